@@ -1,0 +1,109 @@
+"""The Faust app: built from `Settings` by `create_app`, never at import time.
+
+One agent consumes both input topics (`clicks`, `purchases`) in batches and
+hands them to `stream.ingest.Ingestor`; the worker's web server exports
+/metrics; a timer publishes consumer lag.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from stream.ingest import Ingestor, RawMessage
+from stream.lag import publish_consumer_lag
+from streamrec.metrics import IngestMetrics
+from streamrec.settings import Settings
+from streamrec.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
+
+
+def create_app(
+    settings: Settings, *, noop: bool = False, registry: CollectorRegistry = REGISTRY
+) -> faust.App:
+    """The worker app. `noop=True` consumes and counts only: the benchmark's floor."""
+    app = faust.App(
+        settings.app_id,
+        broker=faust_broker_url(settings.kafka_bootstrap),
+        store="memory://",
+        web_host=settings.worker_web_host,
+        web_port=settings.worker_web_port,
+        topic_partitions=settings.input_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_s,
+        producer_acks=-1,
+        broker_session_timeout=settings.consumer_session_timeout_s,
+        broker_rebalance_timeout=settings.consumer_rebalance_timeout_s,
+        broker_heartbeat_interval=settings.consumer_heartbeat_s,
+        web_in_thread=False,
+    )
+    metrics = IngestMetrics(registry)
+    source = app.topic(
+        *settings.input_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
+    state = StateStore(settings)
+
+    async def send_dlq(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        sent = await dlq.send(key=key, value=value, headers=headers)
+        await sent
+
+    ingestor = Ingestor(
+        state, metrics, send_dlq, settings.max_message_bytes, settings.redis_retry_max_s
+    )
+    batch_max, within_s = settings.batch_max_events, settings.batch_within_ms / 1000
+
+    if noop:
+
+        @app.agent(source, name="ingest")
+        async def ingest_noop(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.take_events(batch_max, within=within_s):
+                metrics.events.labels("noop", "accepted").inc(len(events))
+
+    else:
+
+        @app.agent(source, name="ingest")
+        async def ingest(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.take_events(batch_max, within=within_s):
+                await ingestor.handle_batch([raw_message(event) for event in events])
+
+        @app.task
+        async def check_redis() -> None:
+            # Fail fast: a worker that cannot reach Redis must not look healthy.
+            await state.ping()
+            log.info("Redis reachable at %s", settings.redis_url)
+
+    @app.timer(interval=settings.lag_poll_s)
+    async def consumer_lag() -> None:
+        await publish_consumer_lag(app, metrics)
+
+    @app.page("/metrics")
+    async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
+        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app
+
+
+def raw_message(event: faust.types.EventT) -> RawMessage:
+    message = event.message
+    return RawMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        timestamp_s=message.timestamp,
+    )

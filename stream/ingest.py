@@ -1,0 +1,169 @@
+"""Folding one batch of raw messages into Redis state, with nothing lost.
+
+The batch is parsed; rejections go to the DLQ (original bytes, reason, source
+topic/partition/offset in headers, as Kafka Connect's DLQ does); accepted
+events are written in one Redis pipeline. The caller acks the batch only after
+this returns, so a crash before then means redelivery, and dedup by
+`event_id` makes redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka.errors import KafkaError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamrec.events import Event, Rejection, parse_event
+from streamrec.metrics import IngestMetrics
+from streamrec.state import StateStore
+
+log = logging.getLogger(__name__)
+
+STATE_WRITE_FAILED = "state_write_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_s: float | None
+
+
+DlqSender = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+
+
+def dlq_headers(message: RawMessage, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    return [
+        ("streamrec.reason", reason.encode()),
+        ("streamrec.detail", detail.encode()),
+        ("streamrec.source.topic", message.topic.encode()),
+        ("streamrec.source.partition", str(message.partition).encode()),
+        ("streamrec.source.offset", str(message.offset).encode()),
+    ]
+
+
+class Ingestor:
+    def __init__(
+        self,
+        state: StateStore,
+        metrics: IngestMetrics,
+        send_dlq: DlqSender,
+        max_message_bytes: int,
+        retry_max_s: float,
+    ) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.send_dlq = send_dlq
+        self.max_message_bytes = max_message_bytes
+        self.retry_max_s = retry_max_s
+
+    async def handle_batch(self, messages: Sequence[RawMessage]) -> None:
+        self.metrics.batch_events.observe(len(messages))
+        accepted: list[tuple[RawMessage, Event]] = []
+        dead: list[tuple[RawMessage, str, str]] = []
+        for message in messages:
+            parsed = parse_event(message.value, self.max_message_bytes)
+            if isinstance(parsed, Rejection):
+                dead.append((message, parsed.reason.value, parsed.detail))
+            else:
+                accepted.append((message, parsed))
+
+        failed = await self._write_state(accepted)
+        dead.extend((message, STATE_WRITE_FAILED, detail) for message, detail in failed)
+        await self._dead_letter(dead)
+
+    async def _write_state(
+        self, accepted: list[tuple[RawMessage, Event]]
+    ) -> list[tuple[RawMessage, str]]:
+        if not accepted:
+            return []
+        events = [event for _, event in accepted]
+        try:
+            applied = await self._apply_with_retry(events)
+        except ResponseError as exc:
+            # Redis refused the batch (not unreachable): find the culprit one by one
+            # so the rest still lands and the culprit reaches the DLQ.
+            log.error("batch of %d refused by Redis (%s); applying one at a time", len(events), exc)
+            return await self._write_one_by_one(accepted)
+        self._observe(accepted, applied)
+        return []
+
+    async def _write_one_by_one(
+        self, accepted: list[tuple[RawMessage, Event]]
+    ) -> list[tuple[RawMessage, str]]:
+        failed = []
+        for message, event in accepted:
+            try:
+                applied = await self._apply_with_retry([event])
+            except ResponseError as exc:
+                log.error(
+                    "event %s at %s[%d]@%d refused by Redis: %s",
+                    event.event_id, message.topic, message.partition, message.offset, exc,
+                )  # fmt: skip
+                failed.append((message, f"Redis refused the write: {exc}"))
+                continue
+            self._observe([(message, event)], applied)
+        return failed
+
+    async def _apply_with_retry(self, events: list[Event]) -> list[bool]:
+        """Retry while Redis is unreachable: blocking here keeps offsets uncommitted."""
+        backoff_s = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                applied = await self.state.apply_events(events)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.metrics.state_write_retries.inc()
+                log.warning("Redis unreachable (%s); retrying in %.2f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self.retry_max_s)
+                continue
+            self.metrics.state_write.observe(time.perf_counter() - started)
+            return applied
+
+    def _observe(self, accepted: list[tuple[RawMessage, Event]], applied: list[bool]) -> None:
+        now_s = time.time()
+        for (message, event), was_applied in zip(accepted, applied, strict=True):
+            outcome = "accepted" if was_applied else "duplicate"
+            self.metrics.events.labels(event.type.value, outcome).inc()
+            if was_applied and message.timestamp_s is not None:
+                self.metrics.event_to_state.observe(max(0.0, now_s - message.timestamp_s))
+
+    async def _dead_letter(self, dead: list[tuple[RawMessage, str, str]]) -> None:
+        if not dead:
+            return
+        sends = []
+        for message, reason, detail in dead:
+            log.info(
+                "rejected %s[%d]@%d: %s (%s)",
+                message.topic, message.partition, message.offset, reason, detail,
+            )  # fmt: skip
+            sends.append(self.send_dlq(message.key, message.value, dlq_headers(message, reason, detail)))
+        # The batch is acked only after every DLQ record is confirmed by the broker;
+        # a failed send is retried whole (a DLQ record may then appear twice, never zero times).
+        backoff_s = 0.05
+        while True:
+            try:
+                await asyncio.gather(*sends)
+                break
+            except KafkaError as exc:
+                log.warning("DLQ send failed (%s); retrying in %.2f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self.retry_max_s)
+                sends = [
+                    self.send_dlq(m.key, m.value, dlq_headers(m, reason, detail))
+                    for m, reason, detail in dead
+                ]
+        for _, reason, _ in dead:
+            self.metrics.events.labels("invalid", "rejected").inc()
+            self.metrics.dlq.labels(reason).inc()

@@ -1,0 +1,24 @@
+"""Consumer lag per assigned partition: log end offset minus committed offset."""
+
+from __future__ import annotations
+
+import faust
+
+from streamrec.metrics import IngestMetrics
+
+
+async def publish_consumer_lag(app: faust.App, metrics: IngestMetrics) -> None:
+    consumer = app.consumer
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return
+    highwaters = await consumer.highwaters(*assigned)
+    # Faust keeps the last committed offset per partition; it has no public getter.
+    committed = consumer._committed_offset
+    for tp in assigned:
+        end = highwaters.get(tp)
+        if end is None:
+            continue
+        done = committed.get(tp)
+        lag = end - (done or 0)
+        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))

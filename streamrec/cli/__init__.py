@@ -1,0 +1,20 @@
+"""The `streamrec` command line: one typer app, one module per command group.
+
+The CLI is the one place in `streamrec/` that reaches into the services
+(`stream/`, `model_server/`, `retrain/`), and only inside command bodies, so
+importing the kernel never imports a service.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from streamrec.cli import dev, ingest
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+dev.register(app)
+ingest.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,55 @@
+"""`streamrec dev up | down | status`: the embedded broker and Redis."""
+
+from __future__ import annotations
+
+import typer
+from rich import print as rprint
+
+from streamrec.devstack import DevStack
+from streamrec.settings import Settings
+from streamrec.topics import ensure_topics
+
+dev_app = typer.Typer(no_args_is_help=True, help="The embedded Kafka-compatible broker and Redis.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dev_app, name="dev")
+
+
+def _stack() -> tuple[Settings, DevStack]:
+    settings = Settings()
+    return settings, DevStack(settings.home)
+
+
+@dev_app.command()
+def up() -> None:
+    """Start the broker and Redis on free local ports (Redis only if STREAMREC_REDIS_URL is unset)."""
+    settings, stack = _stack()
+    # An explicit Redis URL wins over starting our own.
+    external = settings.redis_url if settings.redis_url_explicit else ""
+    status = stack.up(external_redis_url=external)
+    ensure_topics(Settings())
+    rprint(f"[green]up[/green] kafka={status.kafka_bootstrap} redis={status.redis_url}")
+    rprint(f"addresses written to {settings.home / 'dev.json'}")
+
+
+@dev_app.command()
+def down() -> None:
+    """Stop the broker and Redis started by `dev up` (their data is lost)."""
+    _, stack = _stack()
+    stack.down()
+    rprint("[yellow]down[/yellow]")
+
+
+@dev_app.command()
+def status() -> None:
+    """Say what runs and where."""
+    _, stack = _stack()
+    st = stack.status()
+    rprint(
+        f"broker: {'up' if st.broker_alive else 'down'} {st.kafka_bootstrap or ''}\n"
+        f"redis:  {'up' if st.redis_alive else ('external' if st.redis_url and not st.redis_pid else 'down')} "
+        f"{st.redis_url or ''}"
+    )
+    if not st.broker_alive:
+        raise typer.Exit(1)

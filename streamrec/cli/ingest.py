@@ -1,0 +1,95 @@
+"""`streamrec produce | worker | state | topics`: events in, state out."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from streamrec.replay import FileFormat
+from streamrec.settings import Settings
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(produce)
+    app.command()(worker)
+    app.command()(state)
+    app.command()(topics)
+
+
+def produce(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL, CSV or Taobao CSV"),
+    fmt: FileFormat | None = typer.Option(None, "--format", help="Default: detected."),
+    rate: float | None = typer.Option(None, "--rate", min=1, help="Events per second."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after this many rows."),
+) -> None:
+    """Replay an event file into Kafka, keyed by user, clicks and purchases to their topics."""
+    from itertools import islice
+
+    from streamrec.producer import EventProducer, replay
+    from streamrec.replay import read_events
+    from streamrec.topics import ensure_topics
+
+    settings = Settings()
+    ensure_topics(settings)
+    total = limit or sum(1 for _ in open(path, "rb"))
+    rows = read_events(path, fmt)
+    if limit:
+        rows = islice(rows, limit)
+    with (
+        Progress(
+            TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console,
+        ) as progress,
+        EventProducer(settings) as producer,
+    ):  # fmt: skip
+        task = progress.add_task("produce", total=total)
+        report = replay(producer, rows, rate, lambda n: progress.advance(task, n))
+    console.print(
+        f"sent {report.sent} events in {report.seconds:.1f} s "
+        f"({report.sent / max(report.seconds, 1e-9):,.0f}/s) to {settings.kafka_bootstrap}"
+    )
+    for line_number, rejection in report.skipped[:20]:
+        console.print(f"[red]line {line_number}[/red]: {rejection.reason}: {rejection.detail}")
+    if report.skipped:
+        console.print(f"[red]{len(report.skipped)} bad rows skipped[/red]")
+        raise typer.Exit(1)
+
+
+def worker(
+    web_port: int | None = typer.Option(None, help="Port for /metrics (default: settings)."),
+    noop: bool = typer.Option(False, help="Consume and count only (benchmark floor)."),
+) -> None:
+    """Run the Faust worker: events from Kafka folded into Redis state."""
+    from stream.worker import run_worker
+
+    overrides = {"worker_web_port": web_port} if web_port is not None else {}
+    run_worker(Settings(**overrides), noop=noop)
+
+
+def state(user_id: str = typer.Argument(..., help="The user whose state to print.")) -> None:
+    """Print a user's state as JSON: recent events, purchased items, counts by type."""
+    from streamrec.state import StateStore
+
+    async def read() -> dict[str, object]:
+        store = StateStore(Settings())
+        try:
+            return (await store.read_user(user_id)).to_json_dict()
+        finally:
+            await store.close()
+
+    typer.echo(orjson.dumps(asyncio.run(read()), option=orjson.OPT_INDENT_2).decode())
+
+
+def topics() -> None:
+    """Create every topic with its configured partition count."""
+    from streamrec.topics import ensure_topics
+
+    created = ensure_topics(Settings())
+    console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")

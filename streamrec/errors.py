@@ -1,0 +1,41 @@
+"""The project's exceptions. One root, so a caller can catch everything of ours.
+
+    StreamrecError
+    ├── ConfigError          settings or the dev stack are unusable
+    ├── DevStackError        the embedded broker or Redis could not start
+    ├── StateError           the Redis state could not be read or written
+    ├── InputFormatError     an input file (CSV/JSONL replay) cannot be read
+    └── BundleError          a model bundle is missing, corrupt or incompatible
+        └── ChecksumMismatch a bundle file's sha256 differs from its manifest
+
+Bad events are not exceptions: `streamrec.events.parse_event` returns a typed
+`Rejection` instead, which the stream turns into a DLQ record.
+"""
+
+
+class StreamrecError(Exception):
+    """Root of every exception streamrec raises on purpose."""
+
+
+class ConfigError(StreamrecError):
+    """Settings or the dev stack description are missing or inconsistent."""
+
+
+class DevStackError(StreamrecError):
+    """The embedded broker or Redis could not be started, found or stopped."""
+
+
+class StateError(StreamrecError):
+    """Redis state could not be read or written."""
+
+
+class InputFormatError(StreamrecError):
+    """A replay file is not in the format it was said to be in."""
+
+
+class BundleError(StreamrecError):
+    """A model bundle or registry entry is missing, corrupt or incompatible."""
+
+
+class ChecksumMismatch(BundleError):
+    """A file in a bundle does not hash to the sha256 its manifest records."""

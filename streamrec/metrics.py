@@ -1,0 +1,63 @@
+"""Every Prometheus metric streamrec exports: names, units, labels, buckets.
+
+Each service builds its metric set from a `CollectorRegistry` it is handed
+(the process-wide one by default), so tests can use a fresh registry each.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+# Event-to-state delay is milliseconds-scale; the buckets resolve p99 <= 100 ms.
+DELAY_BUCKETS_S = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class IngestMetrics:
+    """What the stream worker exports on its /metrics."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.events = Counter(
+            "streamrec_events_total",
+            "Events consumed, by event type and outcome (accepted, duplicate, rejected).",
+            ["type", "outcome"],
+            registry=registry,
+        )
+        self.dlq = Counter(
+            "streamrec_dlq_total",
+            "Messages sent to the dead-letter topic, by rejection reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.event_to_state = Histogram(
+            "streamrec_event_to_state_seconds",
+            "From the Kafka message timestamp to the user's state being written in Redis.",
+            buckets=DELAY_BUCKETS_S,
+            registry=registry,
+        )
+        self.state_write = Histogram(
+            "streamrec_state_write_seconds",
+            "Duration of one batched Redis write (one pipeline round trip).",
+            buckets=DELAY_BUCKETS_S,
+            registry=registry,
+        )
+        self.batch_events = Histogram(
+            "streamrec_batch_events",
+            "Events per batch handed to the agent.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.state_write_retries = Counter(
+            "streamrec_state_write_retries_total",
+            "Batched Redis writes retried because Redis was unreachable.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "streamrec_consumer_lag_messages",
+            "Messages in the partition not yet committed by this worker's consumer group.",
+            ["topic", "partition"],
+            registry=registry,
+        )

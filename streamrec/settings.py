@@ -1,0 +1,98 @@
+"""The one typed settings object, built once from `STREAMREC_*` variables.
+
+Nothing else in the project reads the environment. When the Kafka or Redis
+address is not set, the addresses written by `streamrec dev up` are used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_STACK_FILE = "dev.json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+
+    # Where the dev stack keeps its pid files, logs and addresses.
+    home: Path = Field(default_factory=lambda: Path.home() / ".streamrec")
+
+    # Connections. Empty means: the dev stack's address, else the local default.
+    kafka_bootstrap: str = ""
+    redis_url: str = ""
+    # True when the Redis URL came from the caller, not from the dev stack.
+    redis_url_explicit: bool = False
+
+    # Topics.
+    topic_clicks: str = "clicks"
+    topic_purchases: str = "purchases"
+    topic_recommendations: str = "recommendations"
+    topic_dlq: str = "events.dlq"
+    topic_model_versions: str = "model.versions"
+    input_partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    # The Faust worker.
+    app_id: str = "streamrec"
+    worker_web_host: str = "127.0.0.1"
+    worker_web_port: int = Field(default=6066, ge=0, le=65535)
+    batch_max_events: int = Field(default=500, ge=1)
+    batch_within_ms: int = Field(default=10, ge=1)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    # Group membership. The embedded broker holds a join for the rebalance
+    # timeout, so tests and the demo use short ones.
+    consumer_session_timeout_s: float = Field(default=10.0, gt=0)
+    consumer_rebalance_timeout_s: float = Field(default=5.0, gt=0)
+    consumer_heartbeat_s: float = Field(default=1.0, gt=0)
+    redis_retry_max_s: float = Field(default=5.0, gt=0)
+    lag_poll_s: float = Field(default=5.0, gt=0)
+
+    # Event contract limits.
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # State bounds (see docs/state.md for the memory they imply).
+    recent_events_max: int = Field(default=50, ge=1)
+    purchased_max: int = Field(default=200, ge=1)
+    user_items_max: int = Field(default=200, ge=1)
+    user_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    item_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
+    popularity_half_life_s: float = Field(default=6 * 3600, gt=0)
+    trending_max_items: int = Field(default=10_000, ge=10)
+
+    # Models (used by later stages).
+    registry: Path = Field(default_factory=lambda: Path.home() / ".streamrec" / "registry")
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_dev_stack(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        home = Path(values.get("home") or Path.home() / ".streamrec")
+        dev = read_dev_stack(home)
+        if not values.get("kafka_bootstrap"):
+            values["kafka_bootstrap"] = dev.get("kafka_bootstrap", "127.0.0.1:9092")
+        values["redis_url_explicit"] = bool(values.get("redis_url"))
+        if not values.get("redis_url"):
+            values["redis_url"] = dev.get("redis_url", "redis://127.0.0.1:6379/0")
+        return values
+
+    @property
+    def input_topics(self) -> tuple[str, str]:
+        return (self.topic_clicks, self.topic_purchases)
+
+
+def read_dev_stack(home: Path) -> dict[str, str]:
+    path = home / DEV_STACK_FILE
+    try:
+        loaded = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
+    return {k: v for k, v in loaded.items() if isinstance(v, str)}

@@ -1,0 +1,289 @@
+"""Every Redis key streamrec writes, and the only code that writes them.
+
+User keys share the hash tag `{user_id}`; every key is capped or expires (see
+docs/state.md for the layout and the measured memory per user and per item).
+An event is applied by one Lua script, atomically: dedup, then the user's
+recent events, purchases, user-item counts, item popularity and trending, all
+ordered by event time so a late event lands in its place and never overwrites
+newer state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+
+from streamrec.events import Event, EventType
+from streamrec.settings import Settings
+
+PREFIX = "sr"
+EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)
+# Trending scores are stored as 2^((ts - epoch) / half_life); after this many
+# half-lives the epoch moves forward and every score is scaled down, so the
+# doubles never overflow.
+TRENDING_REBASE_HALF_LIVES = 256
+
+
+def user_key(user_id: str, part: str) -> str:
+    return f"{PREFIX}:u:{{{user_id}}}:{part}"
+
+
+def dedup_key(user_id: str, event_id: str) -> str:
+    return f"{PREFIX}:u:{{{user_id}}}:dd:{event_id}"
+
+
+def item_popularity_key(item_id: str) -> str:
+    return f"{PREFIX}:i:{{{item_id}}}:pop"
+
+
+def trending_key(event_type: EventType) -> str:
+    return f"{PREFIX}:trend:{event_type.value}"
+
+
+TRENDING_EPOCH_KEY = f"{PREFIX}:trend:epoch"
+
+
+# KEYS: 1 dedup, 2 recent events, 3 purchased, 4 user items, 5 user-item counts,
+#       6 user meta, 7 item popularity, 8 trending epoch, 9.. trending per type
+# ARGV: 1 event_id, 2 item_id, 3 type, 4 ts_ms, 5 recent member, 6 index of the
+#       type's trending key in KEYS, 7 recent max, 8 purchased max, 9 user items
+#       max, 10 user ttl s, 11 item ttl s, 12 dedup ttl s, 13 half-life ms,
+#       14 trending max, 15 rebase half-lives
+_APPLY_EVENT_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[12]) then
+  return 0
+end
+local item, etype, ts = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local user_ttl, item_ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
+local half_life = tonumber(ARGV[13])
+
+redis.call('ZADD', KEYS[2], ts, ARGV[5])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
+redis.call('EXPIRE', KEYS[2], user_ttl)
+
+if etype == 'purchase' then
+  redis.call('ZADD', KEYS[3], 'GT', ts, item)
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[8]) - 1)
+  redis.call('EXPIRE', KEYS[3], user_ttl)
+end
+
+redis.call('ZADD', KEYS[4], 'GT', ts, item)
+redis.call('HINCRBY', KEYS[5], etype .. ':' .. item, 1)
+local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[9])
+if excess > 0 then
+  local evicted = redis.call('ZPOPMIN', KEYS[4], excess)
+  for i = 1, #evicted, 2 do
+    for _, t in ipairs({EVENT_TYPES}) do
+      redis.call('HDEL', KEYS[5], t .. ':' .. evicted[i])
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[4], user_ttl)
+redis.call('EXPIRE', KEYS[5], user_ttl)
+
+redis.call('HINCRBY', KEYS[6], 'n:' .. etype, 1)
+local last_ts = tonumber(redis.call('HGET', KEYS[6], 'last_ts') or '-1')
+if ts > last_ts then redis.call('HSET', KEYS[6], 'last_ts', ts) end
+redis.call('EXPIRE', KEYS[6], user_ttl)
+
+-- Decayed popularity: the value is kept at a reference time (the newest event
+-- seen); an older event adds its weight decayed to that time, so the result
+-- does not depend on arrival order.
+local ref_field = etype .. ':ref'
+local pop = redis.call('HMGET', KEYS[7], etype, ref_field)
+local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(ts))
+if ts >= ref then
+  value = value * math.pow(2, -(ts - ref) / half_life) + 1
+  ref = ts
+else
+  value = value + math.pow(2, -(ref - ts) / half_life)
+end
+redis.call('HSET', KEYS[7], etype, string.format('%.17g', value), ref_field, ref)
+redis.call('EXPIRE', KEYS[7], item_ttl)
+
+local epoch = tonumber(redis.call('GET', KEYS[8]) or '')
+if not epoch then
+  epoch = ts
+  redis.call('SET', KEYS[8], epoch)
+end
+local exponent = (ts - epoch) / half_life
+local rebase = tonumber(ARGV[15])
+if exponent > rebase then
+  local shift = math.floor(exponent / rebase) * rebase
+  local scale = math.pow(2, -shift)
+  for k = 9, #KEYS do
+    local members = redis.call('ZRANGE', KEYS[k], 0, -1, 'WITHSCORES')
+    for i = 1, #members, 2 do
+      redis.call('ZADD', KEYS[k], tonumber(members[i + 1]) * scale, members[i])
+    end
+  end
+  epoch = epoch + shift * half_life
+  redis.call('SET', KEYS[8], string.format('%.17g', epoch))
+  exponent = exponent - shift
+end
+local trend = KEYS[tonumber(ARGV[6])]
+redis.call('ZINCRBY', trend, string.format('%.17g', math.pow(2, exponent)), item)
+local trending_max = tonumber(ARGV[14])
+if redis.call('ZCARD', trend) > trending_max then
+  redis.call('ZREMRANGEBYRANK', trend, 0, -trending_max - 1)
+end
+return 1
+""".replace("{EVENT_TYPES}", ", ".join(f"'{t.value}'" for t in EVENT_TYPES))
+
+
+@dataclass(frozen=True, slots=True)
+class RecentEvent:
+    event_id: str
+    item_id: str
+    type: EventType
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    user_id: str
+    recent_events: tuple[RecentEvent, ...]
+    purchased: frozenset[str]
+    counts_by_type: dict[str, int]
+    item_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    last_ts_ms: int | None = None
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "user_id": self.user_id,
+            "recent_events": [
+                {"event_id": e.event_id, "item_id": e.item_id, "type": e.type.value, "ts": e.ts_ms}
+                for e in self.recent_events
+            ],
+            "purchased": sorted(self.purchased),
+            "counts_by_type": self.counts_by_type,
+            "item_counts": self.item_counts,
+            "last_ts": self.last_ts_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPopularity:
+    """Decayed event counts per type, as of `as_of_ms`."""
+
+    item_id: str
+    by_type: dict[str, float]
+    as_of_ms: int
+
+
+def recent_member(event: Event) -> bytes:
+    return orjson.dumps([event.event_id, event.item_id, event.type.value])
+
+
+class StateStore:
+    """The Redis connection pool and the scripts that write state."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self._apply_script = self.redis.register_script(_APPLY_EVENT_LUA)
+        self._trend_keys = [trending_key(t) for t in EVENT_TYPES]
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def apply_events(self, events: Sequence[Event]) -> list[bool]:
+        """Apply a batch in one round trip; True where applied, False where a duplicate."""
+        if not events:
+            return []
+        s = self.settings
+        constants = [
+            s.recent_events_max,
+            s.purchased_max,
+            s.user_items_max,
+            s.user_ttl_s,
+            s.item_ttl_s,
+            s.dedup_ttl_s,
+            int(s.popularity_half_life_s * 1000),
+            s.trending_max_items,
+            TRENDING_REBASE_HALF_LIVES,
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                uid = event.user_id
+                keys = [
+                    dedup_key(uid, event.event_id),
+                    user_key(uid, "ev"),
+                    user_key(uid, "buy"),
+                    user_key(uid, "items"),
+                    user_key(uid, "cnt"),
+                    user_key(uid, "meta"),
+                    item_popularity_key(event.item_id),
+                    TRENDING_EPOCH_KEY,
+                    *self._trend_keys,
+                ]
+                args = [
+                    event.event_id,
+                    event.item_id,
+                    event.type.value,
+                    event.ts_ms,
+                    recent_member(event),
+                    9 + EVENT_TYPES.index(event.type),
+                    *constants,
+                ]
+                await self._apply_script(keys=keys, args=args, client=pipe)
+            results = await pipe.execute()
+        return [bool(r) for r in results]
+
+    async def read_user(self, user_id: str) -> UserState:
+        """The user's whole state in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(user_key(user_id, "ev"), 0, -1, withscores=True)
+            pipe.zrange(user_key(user_id, "buy"), 0, -1)
+            pipe.hgetall(user_key(user_id, "cnt"))
+            pipe.hgetall(user_key(user_id, "meta"))
+            recent_raw, purchased_raw, counts_raw, meta_raw = await pipe.execute()
+        recent = []
+        for member, score in recent_raw:
+            event_id, item_id, type_value = orjson.loads(member)
+            recent.append(RecentEvent(event_id, item_id, EventType(type_value), int(score)))
+        item_counts: dict[str, dict[str, int]] = {}
+        for field_name, count in counts_raw.items():
+            type_value, _, item_id = field_name.decode().partition(":")
+            item_counts.setdefault(item_id, {})[type_value] = int(count)
+        meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
+        return UserState(
+            user_id=user_id,
+            recent_events=tuple(recent),
+            purchased=frozenset(p.decode() for p in purchased_raw),
+            counts_by_type={k[2:]: int(v) for k, v in meta.items() if k.startswith("n:")},
+            item_counts=item_counts,
+            last_ts_ms=int(meta["last_ts"]) if "last_ts" in meta else None,
+        )
+
+    async def read_item_popularity(
+        self, item_ids: Sequence[str], now_ms: int
+    ) -> list[ItemPopularity]:
+        """Decayed popularity per type for each item, brought forward to `now_ms`."""
+        half_life_ms = self.settings.popularity_half_life_s * 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item_id in item_ids:
+                pipe.hgetall(item_popularity_key(item_id))
+            rows = await pipe.execute()
+        result = []
+        for item_id, row in zip(item_ids, rows, strict=True):
+            fields = {k.decode(): float(v) for k, v in row.items()}
+            by_type = {}
+            for t in EVENT_TYPES:
+                if t.value in fields:
+                    age_ms = now_ms - fields[f"{t.value}:ref"]
+                    by_type[t.value] = fields[t.value] * math.pow(2, -age_ms / half_life_ms)
+            result.append(ItemPopularity(item_id, by_type, now_ms))
+        return result
+
+    async def trending(self, event_type: EventType, k: int) -> list[tuple[str, float]]:
+        """The top-k items by decayed count of one event type (relative scores)."""
+        rows = await self.redis.zrevrange(trending_key(event_type), 0, k - 1, withscores=True)
+        return [(member.decode(), float(score)) for member, score in rows]

@@ -1,0 +1,60 @@
+"""Topic administration: create every topic streamrec uses with its partition count.
+
+Producers would otherwise auto-create topics with the broker's default count,
+which fixes the ingestion parallelism by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def wanted_topics(settings: Settings) -> dict[str, int]:
+    """Topic name → partitions. Output topics are keyed by user too."""
+    return {
+        settings.topic_clicks: settings.input_partitions,
+        settings.topic_purchases: settings.input_partitions,
+        settings.topic_dlq: 1,
+        settings.topic_recommendations: settings.input_partitions,
+        settings.topic_model_versions: 1,
+    }
+
+
+def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> list[str]:
+    """Create the missing topics; return the names created."""
+    wanted = {**wanted_topics(settings), **(extra or {})}
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            for name, n in wanted.items()
+            if name not in existing
+        ]
+        if not missing:
+            return []
+        try:
+            admin.create_topics(missing)
+        except TopicAlreadyExistsError:
+            log.info("another process created some of %s first", [t.name for t in missing])
+        except KafkaError as exc:
+            raise RuntimeError(f"could not create topics {[t.name for t in missing]}: {exc}") from exc
+        return [t.name for t in missing]
+    finally:
+        admin.close()
+
+
+def partitions_of(settings: Settings, topic: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin")
+    try:
+        described = admin.describe_topics([topic])
+        return len(described[0]["partitions"])
+    finally:
+        admin.close()
