@@ -8,9 +8,11 @@ hands them to `stream.ingest.Ingestor`; the worker's web server exports
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 import faust
+from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from stream.ingest import Ingestor, RawMessage
@@ -65,18 +67,22 @@ def create_app(
     )
     batch_max, within_s = settings.batch_max_events, settings.batch_within_ms / 1000
 
+    def batches(stream: faust.StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
+        # take_events acks a batch only when the loop body has finished with it.
+        return cast(faust.Stream[bytes], stream).take_events(batch_max, within=within_s)
+
     if noop:
 
         @app.agent(source, name="ingest")
         async def ingest_noop(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(batch_max, within=within_s):
+            async for events in batches(stream):
                 metrics.events.labels("noop", "accepted").inc(len(events))
 
     else:
 
         @app.agent(source, name="ingest")
         async def ingest(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(batch_max, within=within_s):
+            async for events in batches(stream):
                 await ingestor.handle_batch([raw_message(event) for event in events])
 
         @app.task
@@ -89,6 +95,18 @@ def create_app(
     async def consumer_lag() -> None:
         await publish_consumer_lag(app, metrics)
 
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: faust.web.View, request: faust.web.Request) -> Any:
+        # Ready once this worker holds input partitions and is not mid-rebalance.
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic in settings.input_topics]
+        if app.rebalancing or not assigned:
+            return web.json({"ready": False, "partitions": len(assigned)}, status=503)
+        return web.json({"ready": True, "partitions": len(assigned)})
+
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:
         # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
@@ -97,13 +115,13 @@ def create_app(
     return app
 
 
-def raw_message(event: faust.types.EventT) -> RawMessage:
+def raw_message(event: EventT[bytes]) -> RawMessage:
     message = event.message
     return RawMessage(
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
         key=message.key,
-        value=message.value,
+        value=message.value or b"",  # a tombstone is judged like any malformed message
         timestamp_s=message.timestamp,
     )

@@ -148,7 +148,9 @@ class Ingestor:
                 "rejected %s[%d]@%d: %s (%s)",
                 message.topic, message.partition, message.offset, reason, detail,
             )  # fmt: skip
-            sends.append(self.send_dlq(message.key, message.value, dlq_headers(message, reason, detail)))
+            sends.append(
+                self.send_dlq(message.key, message.value, dlq_headers(message, reason, detail))
+            )
         # The batch is acked only after every DLQ record is confirmed by the broker;
         # a failed send is retried whole (a DLQ record may then appear twice, never zero times).
         backoff_s = 0.05

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faust
+from faust.types import TP
 
 from streamrec.metrics import IngestMetrics
 
@@ -14,7 +15,7 @@ async def publish_consumer_lag(app: faust.App, metrics: IngestMetrics) -> None:
         return
     highwaters = await consumer.highwaters(*assigned)
     # Faust keeps the last committed offset per partition; it has no public getter.
-    committed = consumer._committed_offset
+    committed: dict[TP, int | None] = getattr(consumer, "_committed_offset", {})
     for tp in assigned:
         end = highwaters.get(tp)
         if end is None:

@@ -76,6 +76,8 @@ class DevStack:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.log_dir = home / "logs"
+        # Held so the children are reaped by us, not warned about when collected.
+        self._children: list[subprocess.Popen[bytes]] = []
 
     def up(self, external_redis_url: str = "") -> DevStackStatus:
         """Start what is not running yet; reuse what is."""
@@ -142,6 +144,9 @@ class DevStack:
             if isinstance(pid, int) and _alive(pid):
                 os.kill(pid, signal.SIGTERM)
                 _wait_gone(pid)
+        for child in self._children:
+            child.wait()
+        self._children.clear()
         (self.home / DEV_STACK_FILE).unlink(missing_ok=True)
 
     def status(self) -> DevStackStatus:
@@ -167,13 +172,15 @@ class DevStack:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         try:
-            return subprocess.Popen(
+            child = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         except OSError as exc:
             raise DevStackError(f"could not start {name} ({argv[0]}): {exc}") from exc
         finally:
             log.close()
+        self._children.append(child)
+        return child
 
 
 def _alive(pid: int) -> bool:

@@ -110,12 +110,16 @@ def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> Event | Rejection:
 
     type_value = body["type"]
     if not isinstance(type_value, str):
-        return Rejection(RejectReason.WRONG_TYPE, f"'type' must be a string, got {_kind(type_value)}")
+        return Rejection(
+            RejectReason.WRONG_TYPE, f"'type' must be a string, got {_kind(type_value)}"
+        )
     try:
         event_type = EventType(type_value)
     except ValueError:
         known = ", ".join(t.value for t in EventType)
-        return Rejection(RejectReason.UNKNOWN_TYPE, f"'type' is {type_value[:40]!r}; expected {known}")
+        return Rejection(
+            RejectReason.UNKNOWN_TYPE, f"'type' is {type_value[:40]!r}; expected {known}"
+        )
 
     ts_ms = parse_timestamp(body["ts"])
     if isinstance(ts_ms, Rejection):
@@ -138,9 +142,13 @@ def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> Event | Rejection:
         value = body.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                return Rejection(RejectReason.WRONG_TYPE, f"'{name}' must be a number, got {_kind(value)}")
+                return Rejection(
+                    RejectReason.WRONG_TYPE, f"'{name}' must be a number, got {_kind(value)}"
+                )
             if not math.isfinite(value) or value < 0:
-                return Rejection(RejectReason.BAD_VALUE, f"'{name}' must be a number >= 0, got {value}")
+                return Rejection(
+                    RejectReason.BAD_VALUE, f"'{name}' must be a number >= 0, got {value}"
+                )
             value = float(value)
         amounts[name] = value
 
@@ -160,7 +168,9 @@ def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> Event | Rejection:
 def parse_timestamp(value: object) -> int | Rejection:
     """Integer milliseconds since the epoch, or an RFC 3339 string with a zone."""
     if isinstance(value, bool):
-        return Rejection(RejectReason.WRONG_TYPE, "'ts' must be integer ms or an RFC 3339 string, got bool")
+        return Rejection(
+            RejectReason.WRONG_TYPE, "'ts' must be integer ms or an RFC 3339 string, got bool"
+        )
     if isinstance(value, int):
         ts_ms = value
     elif isinstance(value, str):
@@ -176,7 +186,8 @@ def parse_timestamp(value: object) -> int | Rejection:
             return Rejection(RejectReason.BAD_TIMESTAMP, f"'ts' {value[:40]!r} is out of range")
     else:
         return Rejection(
-            RejectReason.WRONG_TYPE, f"'ts' must be integer ms or an RFC 3339 string, got {_kind(value)}"
+            RejectReason.WRONG_TYPE,
+            f"'ts' must be integer ms or an RFC 3339 string, got {_kind(value)}",
         )
     if not MIN_TS_MS <= ts_ms <= MAX_TS_MS:
         return Rejection(RejectReason.BAD_TIMESTAMP, f"'ts' {ts_ms} ms is outside 1970..2100")
@@ -189,20 +200,26 @@ def _check_id(name: str, value: object) -> Rejection | None:
     if not value:
         return Rejection(RejectReason.EMPTY_FIELD, f"'{name}' must not be empty")
     if len(value) > MAX_ID_CHARS:
-        return Rejection(RejectReason.TOO_LONG, f"'{name}' is {len(value)} chars, limit {MAX_ID_CHARS}")
+        return Rejection(
+            RejectReason.TOO_LONG, f"'{name}' is {len(value)} chars, limit {MAX_ID_CHARS}"
+        )
     return None
 
 
 def _check_context(context: object) -> Rejection | None:
     if not isinstance(context, dict):
-        return Rejection(RejectReason.WRONG_TYPE, f"'context' must be an object, got {_kind(context)}")
+        return Rejection(
+            RejectReason.WRONG_TYPE, f"'context' must be an object, got {_kind(context)}"
+        )
     if len(context) > MAX_CONTEXT_KEYS:
         return Rejection(
             RejectReason.TOO_LONG, f"'context' has {len(context)} keys, limit {MAX_CONTEXT_KEYS}"
         )
     for key, value in context.items():
         if len(key) > MAX_ID_CHARS:
-            return Rejection(RejectReason.TOO_LONG, f"context key is {len(key)} chars, limit {MAX_ID_CHARS}")
+            return Rejection(
+                RejectReason.TOO_LONG, f"context key is {len(key)} chars, limit {MAX_ID_CHARS}"
+            )
         if isinstance(value, str):
             if len(value) > MAX_CONTEXT_VALUE_CHARS:
                 return Rejection(RejectReason.TOO_LONG, f"context['{key[:40]}'] is too long")

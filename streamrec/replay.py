@@ -6,6 +6,7 @@ exactly which line was bad and why.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Iterator
 from enum import StrEnum
@@ -47,7 +48,9 @@ def detect_format(path: Path) -> FileFormat:
     )
 
 
-def read_events(path: Path, fmt: FileFormat | None = None) -> Iterator[tuple[int, Event | Rejection]]:
+def read_events(
+    path: Path, fmt: FileFormat | None = None
+) -> Iterator[tuple[int, Event | Rejection]]:
     fmt = fmt or detect_format(path)
     if fmt is FileFormat.JSONL:
         yield from _read_jsonl(path)
@@ -74,10 +77,9 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Event | Rejection]]:
             for name in ("price", "quantity"):
                 value = body.get(name)
                 if isinstance(value, str):
-                    try:
+                    # A non-number stays a string, which parse_event rejects with a reason.
+                    with contextlib.suppress(ValueError):
                         body[name] = float(value)
-                    except ValueError:
-                        pass  # left a string: parse_event rejects it with a reason
             yield line_number, parse_event(orjson.dumps(body))
 
 

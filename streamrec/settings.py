@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     def input_topics(self) -> tuple[str, str]:
         return (self.topic_clicks, self.topic_purchases)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as `STREAMREC_*` variables, to hand to a child process."""
+        env = {}
+        for name, value in self.model_dump(exclude={"redis_url_explicit"}).items():
+            env[f"STREAMREC_{name.upper()}"] = str(value)
+        return env
+
 
 def read_dev_stack(home: Path) -> dict[str, str]:
     path = home / DEV_STACK_FILE

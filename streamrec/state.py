@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -132,7 +133,7 @@ if redis.call('ZCARD', trend) > trending_max then
   redis.call('ZREMRANGEBYRANK', trend, 0, -trending_max - 1)
 end
 return 1
-""".replace("{EVENT_TYPES}", ", ".join(f"'{t.value}'" for t in EVENT_TYPES))
+""".replace("{EVENT_TYPES}", "{" + ", ".join(f"'{t.value}'" for t in EVENT_TYPES) + "}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,5 +286,8 @@ class StateStore:
 
     async def trending(self, event_type: EventType, k: int) -> list[tuple[str, float]]:
         """The top-k items by decayed count of one event type (relative scores)."""
-        rows = await self.redis.zrevrange(trending_key(event_type), 0, k - 1, withscores=True)
+        rows = cast(
+            list[tuple[bytes, float]],
+            await self.redis.zrevrange(trending_key(event_type), 0, k - 1, withscores=True),
+        )
         return [(member.decode(), float(score)) for member, score in rows]

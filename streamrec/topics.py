@@ -30,7 +30,9 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
 def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> list[str]:
     """Create the missing topics; return the names created."""
     wanted = {**wanted_topics(settings), **(extra or {})}
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin"
+    )
     try:
         existing = set(admin.list_topics())
         missing = [
@@ -45,14 +47,18 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> li
         except TopicAlreadyExistsError:
             log.info("another process created some of %s first", [t.name for t in missing])
         except KafkaError as exc:
-            raise RuntimeError(f"could not create topics {[t.name for t in missing]}: {exc}") from exc
+            raise RuntimeError(
+                f"could not create topics {[t.name for t in missing]}: {exc}"
+            ) from exc
         return [t.name for t in missing]
     finally:
         admin.close()
 
 
 def partitions_of(settings: Settings, topic: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin"
+    )
     try:
         described = admin.describe_topics([topic])
         return len(described[0]["partitions"])

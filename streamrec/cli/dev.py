@@ -23,7 +23,7 @@ def _stack() -> tuple[Settings, DevStack]:
 
 @dev_app.command()
 def up() -> None:
-    """Start the broker and Redis on free local ports (Redis only if STREAMREC_REDIS_URL is unset)."""
+    """Start the broker, and Redis unless STREAMREC_REDIS_URL names one, on free ports."""
     settings, stack = _stack()
     # An explicit Redis URL wins over starting our own.
     external = settings.redis_url if settings.redis_url_explicit else ""
@@ -46,10 +46,13 @@ def status() -> None:
     """Say what runs and where."""
     _, stack = _stack()
     st = stack.status()
-    rprint(
-        f"broker: {'up' if st.broker_alive else 'down'} {st.kafka_bootstrap or ''}\n"
-        f"redis:  {'up' if st.redis_alive else ('external' if st.redis_url and not st.redis_pid else 'down')} "
-        f"{st.redis_url or ''}"
-    )
+    if st.redis_alive:
+        redis_word = "up"
+    elif st.redis_url and not st.redis_pid:
+        redis_word = "external"
+    else:
+        redis_word = "down"
+    rprint(f"broker: {'up' if st.broker_alive else 'down'} {st.kafka_bootstrap or ''}")
+    rprint(f"redis:  {redis_word} {st.redis_url or ''}")
     if not st.broker_alive:
         raise typer.Exit(1)

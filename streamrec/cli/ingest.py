@@ -38,7 +38,11 @@ def produce(
 
     settings = Settings()
     ensure_topics(settings)
-    total = limit or sum(1 for _ in open(path, "rb"))
+    if limit is None:
+        with open(path, "rb") as fh:
+            total = sum(1 for _ in fh)
+    else:
+        total = limit
     rows = read_events(path, fmt)
     if limit:
         rows = islice(rows, limit)
@@ -69,8 +73,8 @@ def worker(
     """Run the Faust worker: events from Kafka folded into Redis state."""
     from stream.worker import run_worker
 
-    overrides = {"worker_web_port": web_port} if web_port is not None else {}
-    run_worker(Settings(**overrides), noop=noop)
+    settings = Settings() if web_port is None else Settings(worker_web_port=web_port)
+    run_worker(settings, noop=noop)
 
 
 def state(user_id: str = typer.Argument(..., help="The user whose state to print.")) -> None:

@@ -1,0 +1,85 @@
+"""Real parts for the tests: one embedded broker and one Redis server per session.
+
+Both are started in a temporary home, on free ports, so a test run never
+touches a developer's stack or the machine's Redis. Each pipeline under test
+gets its own topics, consumer group and Redis database.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+from streamrec.devstack import DevStack, free_port
+from streamrec.settings import Settings
+from streamrec.state import StateStore
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TAOBAO = DATA / "taobao_stream" / "events.csv"
+
+_redis_dbs = itertools.count(1)
+
+# The tests share two cores with a broker and Redis: time limits would only flake.
+hypothesis_settings.register_profile(
+    "streamrec", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("streamrec")
+
+
+@pytest.fixture(scope="session")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("streamrec-home")
+    stack = DevStack(home)
+    status = stack.up()
+    try:
+        yield Settings(
+            home=home,
+            kafka_bootstrap=status.kafka_bootstrap or "",
+            redis_url=status.redis_url or "",
+        )
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
+    """Settings for one isolated pipeline: its own topics, group and Redis db."""
+
+    def build(name: str, **overrides: object) -> Settings:
+        db = next(_redis_dbs)
+        base = dev_stack.redis_url.rsplit("/", 1)[0]
+        fields: dict[str, object] = {
+            "home": dev_stack.home,
+            "kafka_bootstrap": dev_stack.kafka_bootstrap,
+            "redis_url": f"{base}/{db}",
+            "app_id": f"test-{name}",
+            "topic_clicks": f"{name}.clicks",
+            "topic_purchases": f"{name}.purchases",
+            "topic_recommendations": f"{name}.recommendations",
+            "topic_dlq": f"{name}.dlq",
+            "topic_model_versions": f"{name}.model.versions",
+            "input_partitions": 2,
+            "worker_web_port": free_port(),
+            "lag_poll_s": 0.5,
+            "redis_retry_max_s": 0.5,
+            **overrides,
+        }
+        settings = Settings(**fields)  # type: ignore[arg-type]
+        redis.Redis.from_url(settings.redis_url).flushdb()
+        return settings
+
+    return build
+
+
+@pytest.fixture
+async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[StateStore]:
+    state = StateStore(make_settings("state"))
+    yield state
+    await state.redis.flushdb()
+    await state.close()

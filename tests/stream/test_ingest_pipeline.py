@@ -1,0 +1,225 @@
+"""Events in through the real broker, state out of the real Redis, bad input in the DLQ."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from streamrec.events import Event, RejectReason
+from streamrec.processes import ServiceProcess
+from streamrec.producer import topic_for
+from streamrec.replay import taobao_event
+from streamrec.settings import Settings
+from streamrec.state import item_popularity_key
+from streamrec.topics import ensure_topics
+from tests.conftest import TAOBAO
+from tests.pipeline import (
+    expected_popularity,
+    expected_state,
+    produce_raw,
+    read_topic,
+    wait_counted,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def taobao_events(start: int, count: int) -> list[Event]:
+    events = []
+    with open(TAOBAO, encoding="utf-8") as fh:
+        for line_number, line in enumerate(fh, start=1):
+            if line_number > start + count:
+                break
+            if line_number > start:
+                event = taobao_event(line_number, line)
+                assert isinstance(event, Event)
+                events.append(event)
+    return events
+
+
+def bad_message(kind: RejectReason, n: int) -> bytes:
+    ok = {"event_id": f"bad-{n}", "user_id": "u", "item_id": "i", "type": "click", "ts": 1}
+    variants: dict[RejectReason, Callable[[], bytes]] = {
+        RejectReason.TOO_LARGE: lambda: orjson.dumps({**ok, "pad": "x" * 70_000}),
+        RejectReason.NOT_UTF8: lambda: b'{"event_id": "\xff\xfe"}',
+        RejectReason.MALFORMED_JSON: lambda: b'{"event_id": "a", ' + str(n).encode(),
+        RejectReason.NOT_OBJECT: lambda: orjson.dumps([n, "click"]),
+        RejectReason.MISSING_FIELD: lambda: orjson.dumps(
+            {k: v for k, v in ok.items() if k != "user_id"}
+        ),
+        RejectReason.WRONG_TYPE: lambda: orjson.dumps({**ok, "item_id": n}),
+        RejectReason.EMPTY_FIELD: lambda: orjson.dumps({**ok, "user_id": ""}),
+        RejectReason.TOO_LONG: lambda: orjson.dumps({**ok, "item_id": "i" * 200}),
+        RejectReason.BAD_TIMESTAMP: lambda: orjson.dumps({**ok, "ts": "not a time"}),
+        RejectReason.UNKNOWN_TYPE: lambda: orjson.dumps({**ok, "type": "like"}),
+        RejectReason.BAD_VALUE: lambda: orjson.dumps({**ok, "price": -n - 1}),
+    }
+    return variants[kind]()
+
+
+def start_worker(settings: Settings, log_dir: Path) -> ServiceProcess:
+    worker = ServiceProcess(
+        settings, ["worker"], log_dir / f"{settings.app_id}.log", settings.worker_web_port
+    )
+    worker.start()
+    worker.wait_ready()
+    return worker
+
+
+@pytest.fixture
+def pipeline(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> Iterator[tuple[Settings, ServiceProcess]]:
+    settings = make_settings("ingest")
+    ensure_topics(settings)
+    worker = start_worker(settings, tmp_path)
+    try:
+        yield settings, worker
+    finally:
+        worker.stop()
+
+
+def assert_state_is_exact(settings: Settings, events: list[Event]) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    expected = expected_state(events, settings)
+    users_in_redis = {
+        key.decode().split("{", 1)[1].rsplit("}", 1)[0]
+        for key in client.scan_iter("sr:u:*:meta", count=1000)
+    }
+    assert users_in_redis == set(expected)
+    pipe = client.pipeline(transaction=False)
+    for user_id in expected:
+        pipe.zrange(f"sr:u:{{{user_id}}}:ev", 0, -1, withscores=True)
+        pipe.zrange(f"sr:u:{{{user_id}}}:buy", 0, -1)
+        pipe.hgetall(f"sr:u:{{{user_id}}}:cnt")
+        pipe.hgetall(f"sr:u:{{{user_id}}}:meta")
+    replies = iter(pipe.execute())
+    for user_id, want in expected.items():
+        recent, purchased, counts, meta = next(replies), next(replies), next(replies), next(replies)
+        assert [(int(score), member) for member, score in recent] == [
+            (ts, m) for ts, m, _ in want.recent
+        ], user_id
+        assert {p.decode() for p in purchased} == set(want.purchased), user_id
+        got_counts = {k.decode(): int(v) for k, v in counts.items()}
+        assert got_counts == {
+            f"{t}:{item}": n
+            for item, by_type in want.item_counts.items()
+            for t, n in by_type.items()
+        }, user_id
+        assert {k.decode()[2:]: int(v) for k, v in meta.items() if k.startswith(b"n:")} == dict(
+            want.counts_by_type
+        ), user_id
+
+    popularity = expected_popularity(events, settings.popularity_half_life_s * 1000)
+    pipe = client.pipeline(transaction=False)
+    for item_id, _ in popularity:
+        pipe.hgetall(item_popularity_key(item_id))
+    for (item_id, type_value), row in zip(popularity, pipe.execute(), strict=True):
+        value, ref = popularity[(item_id, type_value)]
+        assert float(row[type_value.encode()]) == pytest.approx(value, rel=1e-9), item_id
+        assert int(float(row[f"{type_value}:ref".encode()])) == ref
+
+
+def test_taobao_replay_with_bad_and_duplicate_events_gives_exact_state_and_full_dlq(
+    pipeline: tuple[Settings, ServiceProcess],
+) -> None:
+    settings, worker = pipeline
+    rng = random.Random(42)
+    events = taobao_events(0, 2000)
+    messages = [(topic_for(e.type, settings), e.user_id.encode(), e.to_json()) for e in events]
+    duplicates = [messages[i] for i in rng.sample(range(len(events)), 100)]
+    kinds = list(RejectReason)
+    bad = [
+        (
+            rng.choice(settings.input_topics),
+            f"bad-{n}".encode(),
+            bad_message(kinds[n % len(kinds)], n),
+            kinds[n % len(kinds)],
+        )
+        for n in range(200)
+    ]
+    stream = messages + duplicates + [(t, k, v) for t, k, v, _ in bad]
+    # Keep each user's own events in order (the key guarantees it in Kafka too);
+    # interleave the duplicates and the bad ones anywhere.
+    positions = sorted(rng.sample(range(len(stream)), len(duplicates) + len(bad)))
+    tail = duplicates + [(t, k, v) for t, k, v, _ in bad]
+    rng.shuffle(tail)
+    ordered: list[tuple[str, bytes | None, bytes]] = []
+    head = iter(messages)
+    extra = iter(tail)
+    positions_set = set(positions)
+    for i in range(len(stream)):
+        ordered.append(next(extra) if i in positions_set else next(head))
+    assert produce_raw(settings, ordered) == 2300
+
+    counted = wait_counted(worker, total=2300)
+    assert counted[("invalid", "rejected")] == 200
+    assert sum(v for (t, o), v in counted.items() if o == "duplicate") == 100
+    assert sum(v for (t, o), v in counted.items() if o == "accepted") == 2000
+
+    assert_state_is_exact(settings, events)
+
+    dlq = read_topic(settings, settings.topic_dlq, expected=200)
+    assert len(dlq) == 200
+    want = Counter((v, kind.value) for _, _, v, kind in bad)
+    got = Counter((r.value, r.headers["streamrec.reason"]) for r in dlq)
+    assert got == want
+    for record in dlq:
+        assert record.headers["streamrec.source.topic"] in settings.input_topics
+        assert int(record.headers["streamrec.source.offset"]) >= 0
+        assert record.headers["streamrec.detail"]
+        assert record.key is not None and record.key.startswith(b"bad-")
+
+
+def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("crash", batch_max_events=50, commit_interval_s=2.0)
+    ensure_topics(settings)
+    events = taobao_events(2000, 4000)
+    messages = [(topic_for(e.type, settings), e.user_id.encode(), e.to_json()) for e in events]
+
+    worker = start_worker(settings, tmp_path)
+    client = redis.Redis.from_url(settings.redis_url)
+
+    def applied() -> int:
+        total = 0
+        for key in client.scan_iter("sr:u:*:meta", count=1000):
+            total += sum(int(v) for k, v in client.hgetall(key).items() if k.startswith(b"n:"))
+        return total
+
+    def paced_produce() -> None:
+        for start in range(0, len(messages), 200):
+            produce_raw(settings, messages[start : start + 200])
+            time.sleep(0.1)
+
+    producer = threading.Thread(target=paced_produce)
+    producer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while applied() < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert applied() >= 1000, "the worker never got going"
+        worker.kill()
+        killed_at = applied()
+        assert killed_at < len(events), "the worker finished before it could be killed"
+    finally:
+        producer.join()
+
+    worker = start_worker(settings, tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while applied() < len(events) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        time.sleep(1.0)  # anything applied twice would show up now
+        assert_state_is_exact(settings, events)
+    finally:
+        worker.stop()

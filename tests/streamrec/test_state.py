@@ -1,0 +1,135 @@
+"""The Redis state layout, against a real Redis: dedup, caps, event-time order, decay."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+
+from streamrec.events import Event, EventType
+from streamrec.settings import Settings
+from streamrec.state import StateStore, item_popularity_key
+
+HOUR_MS = 3_600_000
+
+
+def ev(
+    n: int,
+    user: str = "u",
+    item: str = "i",
+    kind: EventType = EventType.CLICK,
+    ts: int | None = None,
+) -> Event:
+    return Event(f"e{n}", user, item, kind, ts if ts is not None else 1_000_000 + n * 1000)
+
+
+async def test_a_redelivered_event_is_applied_once(store: StateStore) -> None:
+    assert await store.apply_events([ev(1), ev(2)]) == [True, True]
+    assert await store.apply_events([ev(2), ev(3), ev(3)]) == [False, True, False]
+    state = await store.read_user("u")
+    assert [e.event_id for e in state.recent_events] == ["e1", "e2", "e3"]
+    assert state.counts_by_type == {"click": 3}
+    assert state.item_counts == {"i": {"click": 3}}
+
+
+async def test_recent_events_are_capped_and_ordered_by_event_time(store: StateStore) -> None:
+    cap = store.settings.recent_events_max
+    events = [ev(n, item=f"i{n}") for n in range(cap + 10)]
+    random.Random(7).shuffle(events)
+    await store.apply_events(events)
+    state = await store.read_user("u")
+    assert [e.event_id for e in state.recent_events] == [f"e{n}" for n in range(10, cap + 10)]
+    # A late event newer than the oldest kept lands in its place; an older one falls out.
+    await store.apply_events([ev(1000, ts=1_000_000 + 20_500), ev(1001, ts=0)])
+    state = await store.read_user("u")
+    ids = [e.event_id for e in state.recent_events]
+    assert len(ids) == cap
+    assert ids.index("e1000") == ids.index("e20") + 1
+    assert "e1001" not in ids
+    assert state.last_ts_ms == 1_000_000 + (cap + 9) * 1000
+
+
+async def test_purchases_are_a_filter_set(store: StateStore) -> None:
+    await store.apply_events(
+        [
+            ev(1, item="a", kind=EventType.PURCHASE),
+            ev(2, item="b"),
+            ev(3, item="c", kind=EventType.PURCHASE),
+        ]
+    )
+    state = await store.read_user("u")
+    assert state.purchased == {"a", "c"}
+    assert state.counts_by_type == {"purchase": 2, "click": 1}
+
+
+async def test_user_item_counts_keep_only_the_most_recent_items(
+    make_settings: Callable[..., Settings],
+) -> None:
+    store = StateStore(make_settings("caps", user_items_max=3, purchased_max=2))
+    try:
+        events = [ev(n, item=f"i{n}", kind=EventType.PURCHASE) for n in range(5)]
+        events.append(ev(9, item="i1", ts=2_000_000))  # i1 becomes the most recent again
+        await store.apply_events(events)
+        state = await store.read_user("u")
+        assert set(state.item_counts) == {"i1", "i3", "i4"}
+        # i1 was evicted when i4 arrived; the later click starts it afresh.
+        assert state.item_counts["i1"] == {"click": 1}
+        assert state.purchased == {"i3", "i4"}
+    finally:
+        await store.redis.flushdb()
+        await store.close()
+
+
+async def test_popularity_decays_by_event_time_whatever_the_arrival_order(
+    store: StateStore,
+) -> None:
+    half_life_ms = store.settings.popularity_half_life_s * 1000
+    times = [0, half_life_ms, 2 * half_life_ms, 2 * half_life_ms, 5 * half_life_ms]
+    ordered = [ev(n, user=f"u{n}", item="a", ts=int(t)) for n, t in enumerate(times)]
+    shuffled = [ev(100 + n, user=f"u{n}", item="b", ts=int(t)) for n, t in enumerate(times)]
+    random.Random(3).shuffle(shuffled)
+    await store.apply_events(ordered + shuffled)
+
+    now = int(5 * half_life_ms)
+    # Hand-computed: 2^-5 + 2^-4 + 2 * 2^-3 + 1
+    expected = 1 / 32 + 1 / 16 + 2 / 8 + 1
+    a, b = await store.read_item_popularity(["a", "b"], now)
+    assert a.by_type["click"] == pytest.approx(expected, rel=1e-12)
+    assert b.by_type["click"] == pytest.approx(expected, rel=1e-12)
+    (later,) = await store.read_item_popularity(["a"], now + int(half_life_ms))
+    assert later.by_type["click"] == pytest.approx(expected / 2, rel=1e-12)
+
+
+async def test_trending_ranks_by_decayed_count_and_survives_a_rebase(store: StateStore) -> None:
+    hl = int(store.settings.popularity_half_life_s * 1000)
+    await store.apply_events([ev(1, user="x", item="old", ts=0), ev(2, user="y", item="old", ts=1)])
+    # 300 half-lives later (past the rebase point), one event outranks two old ones.
+    await store.apply_events([ev(3, user="z", item="new", ts=300 * hl)])
+    top = await store.trending(EventType.CLICK, 10)
+    assert [item for item, _ in top] == ["new", "old"]
+    assert all(math.isfinite(score) and score >= 0 for _, score in top)
+    assert top[0][1] < 2.0**300
+
+
+async def test_every_key_is_capped_or_expires(store: StateStore) -> None:
+    await store.apply_events(
+        [ev(n, user=f"u{n % 3}", item=f"i{n % 5}", kind=list(EventType)[n % 5]) for n in range(40)]
+    )
+    keys = [k.decode() async for k in store.redis.scan_iter("*")]
+    assert keys
+    for key in keys:
+        ttl = await store.redis.ttl(key)
+        if key.startswith("sr:trend:"):
+            # Global trending sets are capped by size, not time.
+            if key != "sr:trend:epoch":
+                assert await store.redis.zcard(key) <= store.settings.trending_max_items
+            continue
+        assert ttl > 0, f"{key} never expires"
+
+
+async def test_popularity_fields_hold_the_reference_time(store: StateStore) -> None:
+    await store.apply_events([ev(1, ts=5000), ev(2, user="v", ts=4000)])
+    fields = await store.redis.hgetall(item_popularity_key("i"))
+    assert int(float(fields[b"click:ref"])) == 5000
