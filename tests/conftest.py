@@ -36,7 +36,10 @@ hypothesis_settings.load_profile("streamrec")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("streamrec-home")
     stack = DevStack(home)
-    status = stack.up()
+    # With STREAMREC_REDIS_URL set the tests use that server instead of their own,
+    # and flush databases 1-15 of it as they go.
+    outside = Settings()
+    status = stack.up(external_redis_url=outside.redis_url if outside.redis_url_explicit else "")
     try:
         yield Settings(
             home=home,
