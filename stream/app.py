@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from stream.ingest import Ingestor, RawMessage
 from stream.lag import publish_consumer_lag
+from stream.transport import transport_with_fetch_wait
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -47,6 +48,8 @@ def create_app(
         broker_heartbeat_interval=settings.consumer_heartbeat_s,
         web_in_thread=False,
     )
+    transport_class = transport_with_fetch_wait(settings.consumer_fetch_max_wait_ms)
+    app.transport = transport_class(app.conf.broker_consumer, app)
     metrics = IngestMetrics(registry)
     source = app.topic(
         *settings.input_topics,
@@ -80,7 +83,7 @@ def create_app(
 
     else:
 
-        @app.agent(source, name="ingest")
+        @app.agent(source, name="ingest", concurrency=settings.agent_concurrency)
         async def ingest(stream: faust.StreamT[bytes]) -> None:
             async for events in batches(stream):
                 await ingestor.handle_batch([raw_message(event) for event in events])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -133,11 +134,14 @@ class Ingestor:
 
     def _observe(self, accepted: list[tuple[RawMessage, Event]], applied: list[bool]) -> None:
         now_s = time.time()
+        outcomes: Counter[tuple[str, str]] = Counter()
+        observe_delay = self.metrics.event_to_state.observe
         for (message, event), was_applied in zip(accepted, applied, strict=True):
-            outcome = "accepted" if was_applied else "duplicate"
-            self.metrics.events.labels(event.type.value, outcome).inc()
+            outcomes[(event.type.value, "accepted" if was_applied else "duplicate")] += 1
             if was_applied and message.timestamp_s is not None:
-                self.metrics.event_to_state.observe(max(0.0, now_s - message.timestamp_s))
+                observe_delay(max(0.0, now_s - message.timestamp_s))
+        for (type_value, outcome), count in outcomes.items():
+            self.metrics.events.labels(type_value, outcome).inc(count)
 
     async def _dead_letter(self, dead: list[tuple[RawMessage, str, str]]) -> None:
         if not dead:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     app_id: str = "streamrec"
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = Field(default=6066, ge=0, le=65535)
+    # Batches in flight at once per worker: while one waits on Redis the next is
+    # parsed. Safe because every state update is ordered by event time.
+    agent_concurrency: int = Field(default=2, ge=1, le=16)
     batch_max_events: int = Field(default=500, ge=1)
     batch_within_ms: int = Field(default=10, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
@@ -49,6 +52,9 @@ class Settings(BaseSettings):
     consumer_session_timeout_s: float = Field(default=10.0, gt=0)
     consumer_rebalance_timeout_s: float = Field(default=5.0, gt=0)
     consumer_heartbeat_s: float = Field(default=1.0, gt=0)
+    # Longest a fetch may wait for data; bounds delivery delay on brokers that
+    # hold fetches for the full wait (the embedded one does).
+    consumer_fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000)
     redis_retry_max_s: float = Field(default=5.0, gt=0)
     lag_poll_s: float = Field(default=5.0, gt=0)
 
@@ -69,6 +75,11 @@ class Settings(BaseSettings):
     registry: Path = Field(default_factory=lambda: Path.home() / ".streamrec" / "registry")
 
     log_level: str = "INFO"
+
+    # Models (retrain/ and the registry): FAISS switches from an exact flat
+    # index to HNSW at this many items; retrieval hands the ranker this many.
+    hnsw_threshold: int = Field(default=100_000, ge=1)
+    retrieval_candidates: int = Field(default=200, ge=1)
 
     @model_validator(mode="before")
     @classmethod

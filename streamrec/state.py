@@ -48,92 +48,110 @@ def trending_key(event_type: EventType) -> str:
 TRENDING_EPOCH_KEY = f"{PREFIX}:trend:epoch"
 
 
-# KEYS: 1 dedup, 2 recent events, 3 purchased, 4 user items, 5 user-item counts,
-#       6 user meta, 7 item popularity, 8 trending epoch, 9.. trending per type
-# ARGV: 1 event_id, 2 item_id, 3 type, 4 ts_ms, 5 recent member, 6 index of the
-#       type's trending key in KEYS, 7 recent max, 8 purchased max, 9 user items
-#       max, 10 user ttl s, 11 item ttl s, 12 dedup ttl s, 13 half-life ms,
-#       14 trending max, 15 rebase half-lives
-_APPLY_EVENT_LUA = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[12]) then
-  return 0
-end
-local item, etype, ts = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local user_ttl, item_ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
-local half_life = tonumber(ARGV[13])
+# One script call applies a whole batch, so Python packs one command, not one per
+# event. KEYS: 1 trending epoch, 2..(1+T) trending per type, then per event:
+#   dedup, recent events, purchased, user items, user-item counts, user meta,
+#   item popularity.
+# ARGV: 1 recent max, 2 purchased max, 3 user items max, 4 user ttl s, 5 item
+#   ttl s, 6 dedup ttl s, 7 half-life ms, 8 trending max, 9 rebase half-lives,
+#   then per event: event_id, item_id, type, ts_ms, recent member, trending
+#   key index.
+_APPLY_BATCH_LUA = """
+local recent_max, purchased_max, items_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local user_ttl, item_ttl, dedup_ttl = ARGV[4], ARGV[5], ARGV[6]
+local half_life, trending_max, rebase = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local types = {EVENT_TYPES}
+local first_event_key = 2 + #types
+local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 
-redis.call('ZADD', KEYS[2], ts, ARGV[5])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
-redis.call('EXPIRE', KEYS[2], user_ttl)
+local function apply(k, a)
+  if not redis.call('SET', KEYS[k], '1', 'NX', 'EX', dedup_ttl) then
+    return 0
+  end
+  local item, etype, ts = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
 
-if etype == 'purchase' then
-  redis.call('ZADD', KEYS[3], 'GT', ts, item)
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[8]) - 1)
-  redis.call('EXPIRE', KEYS[3], user_ttl)
-end
+  redis.call('ZADD', KEYS[k + 1], ts, ARGV[a + 4])
+  redis.call('ZREMRANGEBYRANK', KEYS[k + 1], 0, -recent_max - 1)
+  redis.call('EXPIRE', KEYS[k + 1], user_ttl)
 
-redis.call('ZADD', KEYS[4], 'GT', ts, item)
-redis.call('HINCRBY', KEYS[5], etype .. ':' .. item, 1)
-local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[9])
-if excess > 0 then
-  local evicted = redis.call('ZPOPMIN', KEYS[4], excess)
-  for i = 1, #evicted, 2 do
-    for _, t in ipairs({EVENT_TYPES}) do
-      redis.call('HDEL', KEYS[5], t .. ':' .. evicted[i])
+  if etype == 'purchase' then
+    redis.call('ZADD', KEYS[k + 2], 'GT', ts, item)
+    redis.call('ZREMRANGEBYRANK', KEYS[k + 2], 0, -purchased_max - 1)
+    redis.call('EXPIRE', KEYS[k + 2], user_ttl)
+  end
+
+  redis.call('ZADD', KEYS[k + 3], 'GT', ts, item)
+  redis.call('HINCRBY', KEYS[k + 4], etype .. ':' .. item, 1)
+  local excess = redis.call('ZCARD', KEYS[k + 3]) - items_max
+  if excess > 0 then
+    local evicted = redis.call('ZPOPMIN', KEYS[k + 3], excess)
+    for i = 1, #evicted, 2 do
+      for _, t in ipairs(types) do
+        redis.call('HDEL', KEYS[k + 4], t .. ':' .. evicted[i])
+      end
     end
   end
-end
-redis.call('EXPIRE', KEYS[4], user_ttl)
-redis.call('EXPIRE', KEYS[5], user_ttl)
+  redis.call('EXPIRE', KEYS[k + 3], user_ttl)
+  redis.call('EXPIRE', KEYS[k + 4], user_ttl)
 
-redis.call('HINCRBY', KEYS[6], 'n:' .. etype, 1)
-local last_ts = tonumber(redis.call('HGET', KEYS[6], 'last_ts') or '-1')
-if ts > last_ts then redis.call('HSET', KEYS[6], 'last_ts', ts) end
-redis.call('EXPIRE', KEYS[6], user_ttl)
+  redis.call('HINCRBY', KEYS[k + 5], 'n:' .. etype, 1)
+  local last_ts = tonumber(redis.call('HGET', KEYS[k + 5], 'last_ts') or '-1')
+  if ts > last_ts then redis.call('HSET', KEYS[k + 5], 'last_ts', ts) end
+  redis.call('EXPIRE', KEYS[k + 5], user_ttl)
 
--- Decayed popularity: the value is kept at a reference time (the newest event
--- seen); an older event adds its weight decayed to that time, so the result
--- does not depend on arrival order.
-local ref_field = etype .. ':ref'
-local pop = redis.call('HMGET', KEYS[7], etype, ref_field)
-local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(ts))
-if ts >= ref then
-  value = value * math.pow(2, -(ts - ref) / half_life) + 1
-  ref = ts
-else
-  value = value + math.pow(2, -(ref - ts) / half_life)
-end
-redis.call('HSET', KEYS[7], etype, string.format('%.17g', value), ref_field, ref)
-redis.call('EXPIRE', KEYS[7], item_ttl)
-
-local epoch = tonumber(redis.call('GET', KEYS[8]) or '')
-if not epoch then
-  epoch = ts
-  redis.call('SET', KEYS[8], epoch)
-end
-local exponent = (ts - epoch) / half_life
-local rebase = tonumber(ARGV[15])
-if exponent > rebase then
-  local shift = math.floor(exponent / rebase) * rebase
-  local scale = math.pow(2, -shift)
-  for k = 9, #KEYS do
-    local members = redis.call('ZRANGE', KEYS[k], 0, -1, 'WITHSCORES')
-    for i = 1, #members, 2 do
-      redis.call('ZADD', KEYS[k], tonumber(members[i + 1]) * scale, members[i])
-    end
+  -- Decayed popularity: the value is kept at a reference time (the newest event
+  -- seen); an older event adds its weight decayed to that time, so the result
+  -- does not depend on arrival order.
+  local ref_field = etype .. ':ref'
+  local pop = redis.call('HMGET', KEYS[k + 6], etype, ref_field)
+  local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(ts))
+  if ts >= ref then
+    value = value * math.pow(2, -(ts - ref) / half_life) + 1
+    ref = ts
+  else
+    value = value + math.pow(2, -(ref - ts) / half_life)
   end
-  epoch = epoch + shift * half_life
-  redis.call('SET', KEYS[8], string.format('%.17g', epoch))
-  exponent = exponent - shift
+  redis.call('HSET', KEYS[k + 6], etype, string.format('%.17g', value), ref_field, ref)
+  redis.call('EXPIRE', KEYS[k + 6], item_ttl)
+
+  -- Trending: scores are 2^((ts - epoch) / half-life); the epoch moves forward
+  -- (and every score is scaled down) before the exponent can overflow a double.
+  if not epoch then
+    epoch = ts
+    redis.call('SET', KEYS[1], epoch)
+  end
+  local exponent = (ts - epoch) / half_life
+  if exponent > rebase then
+    local shift = math.floor(exponent / rebase) * rebase
+    local scale = math.pow(2, -shift)
+    for t = 2, 1 + #types do
+      local members = redis.call('ZRANGE', KEYS[t], 0, -1, 'WITHSCORES')
+      for i = 1, #members, 2 do
+        redis.call('ZADD', KEYS[t], tonumber(members[i + 1]) * scale, members[i])
+      end
+    end
+    epoch = epoch + shift * half_life
+    redis.call('SET', KEYS[1], string.format('%.17g', epoch))
+    exponent = exponent - shift
+  end
+  local trend = KEYS[tonumber(ARGV[a + 5])]
+  redis.call('ZINCRBY', trend, string.format('%.17g', math.pow(2, exponent)), item)
+  if redis.call('ZCARD', trend) > trending_max then
+    redis.call('ZREMRANGEBYRANK', trend, 0, -trending_max - 1)
+  end
+  return 1
 end
-local trend = KEYS[tonumber(ARGV[6])]
-redis.call('ZINCRBY', trend, string.format('%.17g', math.pow(2, exponent)), item)
-local trending_max = tonumber(ARGV[14])
-if redis.call('ZCARD', trend) > trending_max then
-  redis.call('ZREMRANGEBYRANK', trend, 0, -trending_max - 1)
+
+local applied = {}
+local n = (#ARGV - 9) / 6
+for i = 0, n - 1 do
+  applied[i + 1] = apply(first_event_key + i * 7, 9 + i * 6 + 1)
 end
-return 1
+return applied
 """.replace("{EVENT_TYPES}", "{" + ", ".join(f"'{t.value}'" for t in EVENT_TYPES) + "}")
+KEYS_PER_EVENT = 7
+# Bounds one script call: Redis runs a script to the end before serving anyone else.
+SCRIPT_MAX_EVENTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +204,7 @@ class StateStore:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
-        self._apply_script = self.redis.register_script(_APPLY_EVENT_LUA)
+        self._apply_script = self.redis.register_script(_APPLY_BATCH_LUA)
         self._trend_keys = [trending_key(t) for t in EVENT_TYPES]
 
     async def close(self) -> None:
@@ -212,31 +230,31 @@ class StateStore:
             TRENDING_REBASE_HALF_LIVES,
         ]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                uid = event.user_id
-                keys = [
-                    dedup_key(uid, event.event_id),
-                    user_key(uid, "ev"),
-                    user_key(uid, "buy"),
-                    user_key(uid, "items"),
-                    user_key(uid, "cnt"),
-                    user_key(uid, "meta"),
-                    item_popularity_key(event.item_id),
-                    TRENDING_EPOCH_KEY,
-                    *self._trend_keys,
-                ]
-                args = [
-                    event.event_id,
-                    event.item_id,
-                    event.type.value,
-                    event.ts_ms,
-                    recent_member(event),
-                    9 + EVENT_TYPES.index(event.type),
-                    *constants,
-                ]
+            for start in range(0, len(events), SCRIPT_MAX_EVENTS):
+                keys: list[str] = [TRENDING_EPOCH_KEY, *self._trend_keys]
+                args: list[object] = list(constants)
+                for event in events[start : start + SCRIPT_MAX_EVENTS]:
+                    uid = event.user_id
+                    keys += (
+                        dedup_key(uid, event.event_id),
+                        user_key(uid, "ev"),
+                        user_key(uid, "buy"),
+                        user_key(uid, "items"),
+                        user_key(uid, "cnt"),
+                        user_key(uid, "meta"),
+                        item_popularity_key(event.item_id),
+                    )
+                    args += (
+                        event.event_id,
+                        event.item_id,
+                        event.type.value,
+                        event.ts_ms,
+                        recent_member(event),
+                        2 + EVENT_TYPES.index(event.type),
+                    )
                 await self._apply_script(keys=keys, args=args, client=pipe)
-            results = await pipe.execute()
-        return [bool(r) for r in results]
+            chunks = await pipe.execute()
+        return [bool(applied) for chunk in chunks for applied in chunk]
 
     async def read_user(self, user_id: str) -> UserState:
         """The user's whole state in one round trip."""
