@@ -1,0 +1,45 @@
+"""The FAISS index over item vectors: exact (flat) for small catalogues, HNSW
+above a size threshold. The kind and parameters go into the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+HNSW_THRESHOLD = 100_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 256
+
+
+def build_index(
+    item_vectors: np.ndarray, hnsw_threshold: int = HNSW_THRESHOLD
+) -> tuple[Any, dict[str, Any]]:
+    """Index position i holds vocabulary row i + 1 (row 0, padding, is left out)."""
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    n_items, dim = vectors.shape
+    if n_items < hnsw_threshold:
+        index = faiss.IndexFlatIP(dim)
+        params: dict[str, Any] = {"kind": "flat"}
+    else:
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        params = {
+            "kind": "hnsw",
+            "M": HNSW_M,
+            "ef_construction": HNSW_EF_CONSTRUCTION,
+            "ef_search": HNSW_EF_SEARCH,
+        }
+    index.add(vectors)
+    params.update(
+        {"metric": "inner_product", "n_items": n_items, "dim": dim, "threshold": hnsw_threshold}
+    )
+    return index, params
+
+
+def write_index(index: Any, path: Path) -> None:
+    faiss.write_index(index, str(path))

@@ -1,0 +1,175 @@
+"""Training both models from sequences: hold out the most recent sequences,
+train the encoder on the rest, train the ranker on the encoder's candidates
+for the held-out cases, and measure both on the held-out part the ranker did
+not see. The test split of a benchmark never enters here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from retrain.batches import encode
+from retrain.candidates import build_candidates, ranked_target_ranks
+from retrain.data import NextItemCases, UserSequence
+from retrain.encoder import EncoderConfig, SequenceEncoder, grow_items
+from retrain.holdout import next_item_cases, split_recent
+from retrain.metrics import summarise
+from retrain.popularity import decayed_popularity, last_event_ms
+from retrain.ranker import Ranker, RankerConfig, train_ranker
+from retrain.score import encoder_ranks
+from retrain.train_encoder import EncoderTraining, TrainingLog, train_encoder
+from retrain.vocab import ItemVocab
+from streamrec.events import EventType
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    dim: int = 96
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.25
+    max_len: int = 50
+    encoder: EncoderTraining = field(default_factory=EncoderTraining)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    candidates: int = 100
+    holdout_fraction: float = 0.1
+    ranker_share: float = 0.8  # of the held-out sequences; the rest measures the ranker
+    validation_cases: int = 5000  # per-epoch encoder check, a sample of held-out cases
+    half_life_s: float = 6 * 3600
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainedModels:
+    vocab: ItemVocab
+    encoder: SequenceEncoder
+    ranker: Ranker
+    popularity: dict[str, dict[EventType, float]]
+    encoder_log: TrainingLog
+    ranker_losses: list[float]
+    ranker_seconds: float
+    validation: dict[str, dict[str, float | int]]
+    data_window: dict[str, Any]
+    seconds: float
+
+
+def train_models(
+    sequences: Sequence[UserSequence],
+    plan: TrainPlan,
+    parent_vocab: ItemVocab | None = None,
+    parent_encoder: SequenceEncoder | None = None,
+    progress: bool = True,
+) -> TrainedModels:
+    started = time.perf_counter()
+    fit, held_out = split_recent(sequences, plan.holdout_fraction)
+    ranker_fit, ranker_check = split_recent(held_out, 1 - plan.ranker_share)
+    base = parent_vocab or ItemVocab(())
+    vocab = base.grow(item for sequence in sequences for item in sequence.item_ids)
+    config = EncoderConfig(
+        n_items=vocab.n_rows,
+        dim=plan.dim,
+        n_layers=plan.n_layers,
+        n_heads=plan.n_heads,
+        max_len=plan.max_len,
+        dropout=plan.dropout,
+    )
+    warm = grow_items(parent_encoder, vocab.n_rows) if parent_encoder is not None else None
+
+    check_cases = _sample(next_item_cases(held_out), plan.validation_cases, plan.encoder.seed)
+    check_encoded = encode(check_cases.prefixes, vocab)
+    check_targets = np.array([vocab.row(t) for t in check_cases.targets], dtype=np.int64)
+
+    def validate(encoder: SequenceEncoder) -> dict[str, float]:
+        ranks = encoder_ranks(
+            encoder, [e[0] for e in check_encoded], [e[1] for e in check_encoded], check_targets
+        )
+        metrics = summarise(ranks)
+        return {"valid_p20": metrics.p20, "valid_mrr20": metrics.mrr20}
+
+    encoder, encoder_log = train_encoder(
+        encode(fit, vocab), config, plan.encoder, validate=validate, encoder=warm, progress=progress
+    )
+
+    now_ms = last_event_ms(fit)
+    popularity = decayed_popularity(fit, now_ms, plan.half_life_s)
+    ranker_train = build_candidates(
+        encoder,
+        vocab,
+        next_item_cases(ranker_fit),
+        popularity,
+        plan.candidates,
+        plan.half_life_s,
+        progress,
+    )
+    ranker, ranker_losses, ranker_seconds = train_ranker(
+        ranker_train.features, ranker_train.labels, plan.ranker, progress
+    )
+    check = build_candidates(
+        encoder,
+        vocab,
+        next_item_cases(ranker_check),
+        popularity,
+        plan.candidates,
+        plan.half_life_s,
+        progress,
+    )
+    validation = evaluate_pair(encoder, ranker, check, len(vocab))
+    all_ts = [ts for sequence in sequences for ts in sequence.ts_ms]
+    data_window = {
+        "first_event_ms": min(all_ts, default=0),
+        "last_event_ms": max(all_ts, default=0),
+        "events": len(all_ts),
+        "sequences": len(sequences),
+        "items": len(vocab),
+        "fit_sequences": len(fit),
+        "held_out_sequences": len(held_out),
+    }
+    return TrainedModels(
+        vocab=vocab,
+        encoder=encoder,
+        ranker=ranker,
+        popularity=popularity,
+        encoder_log=encoder_log,
+        ranker_losses=ranker_losses,
+        ranker_seconds=ranker_seconds,
+        validation=validation,
+        data_window=data_window,
+        seconds=time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def evaluate_pair(
+    encoder: SequenceEncoder, ranker: Ranker, candidates: Any, n_items: int
+) -> dict[str, dict[str, float | int]]:
+    """Retriever alone (the candidates' own order) and retriever + ranker, on the same cases."""
+    k = candidates.rows.shape[1]
+    retrieval_order = -np.arange(k, dtype=np.float32)[None, :].repeat(len(candidates.rows), axis=0)
+    ranked = ranker(
+        torch.from_numpy(candidates.features.reshape(-1, candidates.features.shape[-1]))
+    )
+    ranked_scores = ranked.numpy().reshape(len(candidates.rows), k)
+    return {
+        "retriever": summarise(ranked_target_ranks(candidates, retrieval_order, n_items)).as_dict(),
+        "retriever_ranker": summarise(
+            ranked_target_ranks(candidates, ranked_scores, n_items)
+        ).as_dict(),
+    }
+
+
+def _sample(cases: NextItemCases, limit: int, seed: int) -> NextItemCases:
+    if len(cases.targets) <= limit:
+        return cases
+    chosen = sorted(np.random.default_rng(seed).choice(len(cases.targets), limit, replace=False))
+    return NextItemCases(
+        prefixes=[cases.prefixes[i] for i in chosen],
+        targets=[cases.targets[i] for i in chosen],
+        target_types=[cases.target_types[i] for i in chosen],
+    )

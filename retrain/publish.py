@@ -1,0 +1,122 @@
+"""Turning trained models into a registry bundle, and reading a bundle's torch
+weights back for a warm start (`weights_only=True`: tensors, never pickles)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retrain.batches import left_pad
+from retrain.encoder import EncoderConfig, SequenceEncoder
+from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, max_abs_difference
+from retrain.index import build_index, write_index
+from retrain.pipeline import TrainedModels, TrainPlan
+from retrain.vocab import ItemVocab
+from streamrec import registry
+from streamrec.errors import BundleError
+
+
+def stage_bundle(models: TrainedModels, folder: Path, hnsw_threshold: int) -> dict[str, Any]:
+    """Write every bundle file into `folder`; returns the manifest sections."""
+    export_encoder(models.encoder, folder / "user_encoder.onnx")
+    export_ranker(models.ranker, folder / "ranker.onnx")
+    item_vectors = models.encoder.item_vectors().detach().numpy()[1:]
+    index, index_params = build_index(item_vectors, hnsw_threshold)
+    write_index(index, folder / "items.faiss")
+    models.vocab.save(folder / "vocab.json")
+    torch.save(models.encoder.state_dict(), folder / "encoder.pt")
+    torch.save(models.ranker.state_dict(), folder / "ranker.pt")
+    parity = check_parity(models, folder)
+    return {
+        "encoder": {
+            **models.encoder.config.to_dict(),
+            "inputs": ["item_ids", "type_ids", "mask"],
+            "output": "user_vector",
+            "padding": "left",
+            "onnx_parity_max_abs": parity["encoder"],
+        },
+        "ranker": {
+            "n_features": int(models.ranker.mean.shape[0]),
+            "inputs": ["features"],
+            "output": "score",
+            "onnx_parity_max_abs": parity["ranker"],
+        },
+        "index": index_params,
+    }
+
+
+def check_parity(models: TrainedModels, folder: Path) -> dict[str, float]:
+    """onnxruntime vs torch on a few real rows; refuses to publish beyond tolerance."""
+    rows = [np.arange(1, 1 + min(n, len(models.vocab)), dtype=np.int64) for n in (1, 3, 7)]
+    types = [np.ones(len(r), dtype=np.int64) for r in rows]
+    item_ids, type_ids, mask = left_pad(rows, types, models.encoder.config.max_len)
+    encoder_diff = max_abs_difference(
+        folder / "user_encoder.onnx",
+        models.encoder,
+        {"item_ids": item_ids.numpy(), "type_ids": type_ids.numpy(), "mask": mask.numpy()},
+    )
+    features = (
+        np.random.default_rng(0)
+        .normal(size=(16, int(models.ranker.mean.shape[0])))
+        .astype(np.float32)
+    )
+    ranker_diff = max_abs_difference(folder / "ranker.onnx", models.ranker, {"features": features})
+    worst = max(encoder_diff, ranker_diff)
+    if worst > PARITY_TOLERANCE:
+        raise BundleError(
+            f"ONNX output differs from torch by {worst:.2e}; tolerance {PARITY_TOLERANCE}"
+        )
+    return {"encoder": encoder_diff, "ranker": ranker_diff}
+
+
+def publish_models(
+    models: TrainedModels,
+    root: Path,
+    plan: TrainPlan,
+    source: dict[str, Any],
+    parent: str | None,
+    hnsw_threshold: int,
+    make_current: bool = True,
+) -> registry.Manifest:
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        sections = stage_bundle(models, staging, hnsw_threshold)
+        return registry.publish(
+            root,
+            staging,
+            parent=parent,
+            data_window={**source, **models.data_window},
+            metrics={"validation": models.validation},
+            encoder=sections["encoder"],
+            ranker=sections["ranker"],
+            index=sections["index"],
+            training={
+                "plan": plan.to_dict(),
+                "train_seconds": round(models.seconds, 1),
+                "encoder_epochs": models.encoder_log.epoch_metrics,
+                "ranker_losses": models.ranker_losses,
+            },
+            make_current=make_current,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_warm_start(root: Path, version: str) -> tuple[ItemVocab, SequenceEncoder]:
+    """The vocabulary and encoder of a verified version, to continue training from."""
+    manifest = registry.verify(root, version)
+    folder = root / version
+    if "encoder.pt" not in manifest.files:
+        raise BundleError(f"bundle {version} carries no encoder.pt to warm-start from")
+    vocab = ItemVocab.load(folder / "vocab.json")
+    fields = EncoderConfig.__dataclass_fields__
+    config = EncoderConfig(**{k: v for k, v in manifest.encoder.items() if k in fields})
+    encoder = SequenceEncoder(config)
+    encoder.load_state_dict(torch.load(folder / "encoder.pt", weights_only=True))
+    return vocab, encoder

@@ -1,0 +1,104 @@
+"""The ranker: an MLP over the rows of `streamrec.features.ranking_features`,
+trained listwise (softmax over one case's retrieval candidates) so it learns
+to reorder exactly what serving hands it. Purchases weigh more than clicks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from streamrec.features import FEATURE_NAMES
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    n_features: int = len(FEATURE_NAMES)
+    hidden: int = 64
+    epochs: int = 6
+    batch_cases: int = 256
+    lr: float = 3e-3
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+class Ranker(nn.Module):
+    """Feature standardisation is part of the module, so ONNX carries it."""
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(config.n_features))
+        self.register_buffer("scale", torch.ones(config.n_features))
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_features, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, 1),
+        )
+        # A skip from the retrieval score: the ranker starts as retrieval order.
+        self.skip = nn.Linear(config.n_features, 1, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        standard = (features - self.mean) / self.scale
+        return (self.mlp(standard) + self.skip(standard)).squeeze(-1)
+
+
+def train_ranker(
+    features: np.ndarray,
+    labels: np.ndarray,
+    config: RankerConfig,
+    progress: bool = True,
+) -> tuple[Ranker, list[float], float]:
+    """`features` (cases, candidates, n_features); `labels` (cases, candidates), the
+    weight of the event that came next on its candidate (0 elsewhere). Cases whose
+    next item was not retrieved carry no signal and are left out."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    keep = labels.sum(axis=1) > 0
+    x = torch.from_numpy(features[keep].astype(np.float32))
+    y = torch.from_numpy(labels[keep].astype(np.float32))
+    ranker = Ranker(config)
+    flat = x.reshape(-1, x.shape[-1])
+    ranker.mean.copy_(flat.mean(dim=0))
+    ranker.scale.copy_(flat.std(dim=0).clamp(min=1e-3))
+    with torch.no_grad():
+        ranker.skip.weight.zero_()
+        ranker.skip.weight[0, 0] = float(ranker.scale[0])  # = the raw user·item dot
+    optimizer = torch.optim.AdamW(ranker.parameters(), lr=config.lr, weight_decay=1e-4)
+    losses: list[float] = []
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        order = rng.permutation(len(x))
+        total = 0.0
+        bar = tqdm(
+            range(0, len(order), config.batch_cases),
+            desc=f"ranker epoch {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for start in bar:
+            batch = torch.from_numpy(order[start : start + config.batch_cases])
+            scores = ranker(x[batch])
+            weights = y[batch].sum(dim=1)
+            # Listwise: the next item should win the softmax over the candidates;
+            # a purchase case counts more than a click case.
+            target = y[batch] / weights.unsqueeze(1)
+            loss = (
+                -(target * F.log_softmax(scores, dim=1)).sum(dim=1) * weights
+            ).sum() / weights.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        losses.append(total / max(len(x), 1))
+    ranker.eval()
+    return ranker, losses, time.perf_counter() - started

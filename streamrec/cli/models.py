@@ -1,0 +1,173 @@
+"""`streamrec train`, `streamrec model ...`, `streamrec eval offline`, `streamrec bench offline`.
+
+Training code lives in `retrain/` and is imported inside the command bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from streamrec import registry
+from streamrec.errors import BundleError, InputFormatError
+from streamrec.settings import Settings
+
+DEFAULT_BENCH_DATA = Path("../shared/data/yoochoose1_64")
+
+
+def register(app: typer.Typer) -> None:
+    model_app = typer.Typer(no_args_is_help=True, help="Inspect and switch model versions.")
+    eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models offline.")
+    app.command("train")(train)
+    model_app.command("list")(model_list)
+    model_app.command("show")(model_show)
+    model_app.command("verify")(model_verify)
+    model_app.command("current")(model_current)
+    model_app.command("rollback")(model_rollback)
+    eval_app.command("offline")(eval_offline)
+    app.add_typer(model_app, name="model")
+    app.add_typer(eval_app, name="eval")
+    _group(app, "bench", "Benchmarks; reports go to bench/reports/.").command("offline")(
+        bench_offline
+    )
+
+
+def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """The sub-app called `name` if another module registered it, else a new one."""
+    for group in app.registered_groups:
+        if group.name == name and group.typer_instance is not None:
+            return group.typer_instance
+    sub_app = typer.Typer(no_args_is_help=True, help=help_text)
+    app.add_typer(sub_app, name=name)
+    return sub_app
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
+
+
+def train(
+    data: Path = typer.Option(..., help="An event file, or the SR-GNN folder."),
+    fmt: str = typer.Option(
+        "", "--format", help="jsonl|csv|taobao|sessions|srgnn; guessed if empty."
+    ),
+    epochs: int = typer.Option(8, min=1, help="Encoder epochs."),
+    dim: int = typer.Option(96, min=8, help="Embedding size."),
+    seed: int = typer.Option(0),
+    warm_start: bool = typer.Option(
+        True, help="Continue from the current version if there is one."
+    ),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Train the retriever and the ranker, export them and publish a bundle."""
+    from dataclasses import replace
+
+    from retrain.data import guess_format, load_sequences
+    from retrain.pipeline import TrainPlan, train_models
+    from retrain.publish import load_warm_start, publish_models
+
+    settings = Settings()
+    fmt = fmt or guess_format(data)
+    try:
+        sequences = load_sequences(data, fmt)
+    except InputFormatError as exc:
+        _fail(str(exc))
+    plan = TrainPlan(dim=dim, half_life_s=settings.popularity_half_life_s)
+    plan = replace(plan, encoder=replace(plan.encoder, epochs=epochs, seed=seed))
+    parent = registry.current_version(settings.registry)
+    parent_vocab = parent_encoder = None
+    if warm_start and parent is not None:
+        parent_vocab, parent_encoder = load_warm_start(settings.registry, parent)
+        if parent_encoder.config.dim != dim:
+            _fail(f"current version {parent} has dim {parent_encoder.config.dim}; asked for {dim}")
+        typer.echo(f"warm start from {parent} ({len(parent_vocab)} items)")
+    models = train_models(sequences, plan, parent_vocab, parent_encoder, progress=not quiet)
+    manifest = publish_models(
+        models,
+        settings.registry,
+        plan,
+        {"source": str(data), "format": fmt},
+        parent if warm_start else None,
+        settings.hnsw_threshold,
+    )
+    typer.echo(json.dumps(models.validation))
+    typer.echo(f"published {manifest.version} to {settings.registry} in {models.seconds:.0f}s")
+
+
+def model_list() -> None:
+    """Every version in the registry, oldest first; * marks the current one."""
+    root = Settings().registry
+    current = registry.current_version(root)
+    for manifest in registry.list_versions(root):
+        mark = "*" if manifest.version == current else " "
+        metrics = manifest.metrics.get("validation", {}).get("retriever_ranker", {})
+        typer.echo(
+            f"{mark} {manifest.version}  {manifest.created_at}  parent={manifest.parent}  "
+            f"items={manifest.index.get('n_items')}  valid={json.dumps(metrics)}"
+        )
+
+
+def model_show(version: str) -> None:
+    """Print a version's manifest."""
+    try:
+        typer.echo(registry.read_manifest(Settings().registry, version).to_json())
+    except BundleError as exc:
+        _fail(str(exc))
+
+
+def model_verify(version: str) -> None:
+    """Check every checksum and run a smoke inference."""
+    try:
+        registry.load(Settings().registry, version)
+    except BundleError as exc:
+        _fail(f"refused: {exc}")
+    typer.echo(f"{version}: checksums match, smoke inference passed")
+
+
+def model_current() -> None:
+    """The version serving now."""
+    version = registry.current_version(Settings().registry)
+    if version is None:
+        _fail("no current version")
+    typer.echo(version)
+
+
+def model_rollback(
+    version: str = typer.Argument(None, help="Default: the current version's parent."),
+) -> None:
+    """Point the current version at an earlier one."""
+    try:
+        typer.echo(f"current is now {registry.rollback(Settings().registry, version)}")
+    except BundleError as exc:
+        _fail(str(exc))
+
+
+def eval_offline(
+    data: Path = typer.Option(DEFAULT_BENCH_DATA, help="The SR-GNN yoochoose1_64 folder."),
+    quick: bool = typer.Option(False, help="One encoder epoch: minutes, not the full result."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """P@20 and MRR@20 (full ranking) for popularity, item-kNN, retriever, retriever + ranker."""
+    from retrain.offline import TrainPlan, quick_plan, run_offline
+
+    plan = quick_plan(TrainPlan()) if quick else TrainPlan()
+    results, _ = run_offline(data, plan, progress=not quiet)
+    typer.echo(f"{'model':<18}{'P@20':>8}{'MRR@20':>8}")
+    for name, metrics in results["models"].items():
+        typer.echo(f"{name:<18}{metrics['p20']:>8.2f}{metrics['mrr20']:>8.2f}")
+    typer.echo(f"train {results['train_seconds']}s, peak RSS {results['peak_rss_mb']} MB")
+
+
+def bench_offline(
+    data: Path = typer.Option(DEFAULT_BENCH_DATA, help="The SR-GNN yoochoose1_64 folder."),
+    quick: bool = typer.Option(False, help="One encoder epoch: checks the bench, not the result."),
+    out: Path = typer.Option(Path("bench/reports"), help="Where offline.md/.json and PNGs go."),
+) -> None:
+    """Run the offline evaluation and write bench/reports/offline.{md,json} and curves."""
+    from bench.offline import run_bench
+
+    report = run_bench(data, out, quick=quick)
+    typer.echo(f"wrote {report}")

@@ -1,0 +1,59 @@
+import pytest
+
+from retrain.data import guess_format, load_sequences, load_srgnn
+from retrain.holdout import next_item_cases, split_recent
+from streamrec.errors import InputFormatError
+from streamrec.events import EventType
+from tests.retrain.fixtures import DATA, TAOBAO, YOOCHOOSE
+
+
+def test_srgnn_files_match_the_published_counts() -> None:
+    split = load_srgnn(YOOCHOOSE)
+    assert len(split.train) == 116_167
+    assert sum(len(s.item_ids) - 1 for s in split.train) == 369_859
+    assert len(split.test.targets) == 55_898
+
+
+def test_taobao_behaviours_map_to_event_types(tmp_path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        TAOBAO.read_text(encoding="utf-8").splitlines()[0] + "\n" + "1,9,5,buy,20\n1,8,5,cart,10\n"
+    )
+    (first, *_) = load_sequences(path, "taobao")
+    by_item = dict(zip(first.item_ids, first.types, strict=True))
+    assert by_item["9"] == EventType.PURCHASE and by_item["8"] == EventType.ADD_TO_CART
+    assert list(first.ts_ms) == sorted(first.ts_ms)
+
+
+def test_sessions_jsonl_and_csv_formats(tmp_path) -> None:
+    sessions = load_sequences(
+        DATA / "yoochoose_sessions" / "yoochoose-clicks-100k_test.txt", "sessions"
+    )
+    assert sessions and all(len(s.item_ids) == len(s.ts_ms) for s in sessions)
+    jsonl = tmp_path / "e.jsonl"
+    jsonl.write_text(
+        '{"event_id":"1","user_id":"u","item_id":"a","type":"purchase","ts":2000}\n'
+        '{"event_id":"2","user_id":"u","item_id":"b","type":"click","ts":1000}\n'
+    )
+    (user,) = load_sequences(jsonl, guess_format(jsonl))
+    assert user.item_ids == ("b", "a") and user.types == (EventType.CLICK, EventType.PURCHASE)
+    csv_path = tmp_path / "e.csv"
+    csv_path.write_text("event_id,user_id,item_id,type,ts\n1,u,a,click,1000\n")
+    assert guess_format(csv_path) == "csv"
+    assert load_sequences(csv_path, "csv")[0].item_ids == ("a",)
+
+
+def test_bad_input_says_what_was_expected(tmp_path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("1,2,3,teleport,5\n")
+    with pytest.raises(InputFormatError, match="pv\\|buy\\|cart\\|fav"):
+        load_sequences(path, "taobao")
+
+
+def test_holdout_takes_the_most_recent_sequences_and_every_prefix() -> None:
+    sequences = load_srgnn(YOOCHOOSE).train[:100]
+    older, recent = split_recent(sequences, 0.1)
+    assert recent == sequences[90:] and older == sequences[:90]
+    cases = next_item_cases(recent)
+    assert len(cases.targets) == sum(len(s.item_ids) - 1 for s in recent)
+    assert cases.prefixes[0].item_ids == recent[0].item_ids[:1]

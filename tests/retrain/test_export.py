@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from retrain.batches import encode, left_pad
+from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, max_abs_difference
+from retrain.holdout import next_item_cases
+from tests.retrain.fixtures import tiny_models, yoochoose_sessions
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+def test_encoder_onnx_matches_torch_on_real_sessions(models, tmp_path) -> None:
+    cases = next_item_cases(yoochoose_sessions(200, skip=1500))
+    encoded = encode(cases.prefixes, models.vocab)
+    item_ids, type_ids, mask = left_pad([e[0] for e in encoded], [e[1] for e in encoded], 20)
+    path = tmp_path / "user_encoder.onnx"
+    export_encoder(models.encoder, path)
+    inputs = {"item_ids": item_ids.numpy(), "type_ids": type_ids.numpy(), "mask": mask.numpy()}
+    assert item_ids.shape[0] > 100 and item_ids.shape[1] > 5  # real, varied lengths
+    assert max_abs_difference(path, models.encoder, inputs) <= PARITY_TOLERANCE
+
+
+def test_ranker_onnx_matches_torch_on_real_features(models, tmp_path) -> None:
+    from retrain.candidates import build_candidates
+
+    cases = next_item_cases(yoochoose_sessions(100, skip=1500))
+    candidates = build_candidates(
+        models.encoder, models.vocab, cases, models.popularity, 20, 3600, False
+    )
+    features = candidates.features.reshape(-1, candidates.features.shape[-1])
+    path = tmp_path / "ranker.onnx"
+    export_ranker(models.ranker, path)
+    assert np.isfinite(features).all()
+    assert max_abs_difference(path, models.ranker, {"features": features}) <= PARITY_TOLERANCE

@@ -1,0 +1,41 @@
+"""Training on a small slice of real sessions must beat popularity: a test that can fail."""
+
+from dataclasses import replace
+
+import pytest
+
+from retrain.baselines import popularity_ranks
+from retrain.candidates import build_candidates
+from retrain.holdout import next_item_cases, split_recent
+from retrain.metrics import summarise
+from retrain.pipeline import evaluate_pair, train_models
+from retrain.train_encoder import EncoderTraining
+from tests.retrain.fixtures import TINY_PLAN, yoochoose_sessions
+
+
+@pytest.mark.slow
+def test_sasrec_on_real_sessions_beats_popularity() -> None:
+    sessions = yoochoose_sessions(12_000)
+    train, test = split_recent(sessions, 0.15)
+    plan = replace(
+        TINY_PLAN, dim=32, encoder=EncoderTraining(epochs=3, batch_size=128, lr=3e-3), candidates=50
+    )
+    models = train_models(train, plan, progress=False)
+    cases = next_item_cases(test)
+    popularity = summarise(popularity_ranks(train, cases))
+    candidates = build_candidates(
+        models.encoder, models.vocab, cases, models.popularity, 50, 3600, False
+    )
+    ours = evaluate_pair(models.encoder, models.ranker, candidates, len(models.vocab))
+    assert ours["retriever"]["p20"] > popularity.p20 + 10
+    assert ours["retriever"]["mrr20"] > popularity.mrr20 + 5
+    assert ours["retriever_ranker"]["p20"] > popularity.p20 + 10
+
+
+def test_same_data_and_seed_give_the_same_metrics() -> None:
+    sessions = yoochoose_sessions(800)
+    first = train_models(sessions, TINY_PLAN, progress=False).validation
+    second = train_models(sessions, TINY_PLAN, progress=False).validation
+    for model in first:
+        assert first[model]["p20"] == pytest.approx(second[model]["p20"], abs=0.1)
+        assert first[model]["mrr20"] == pytest.approx(second[model]["mrr20"], abs=0.1)

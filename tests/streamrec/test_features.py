@@ -1,0 +1,96 @@
+import math
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamrec.events import EventType
+from streamrec.features import (
+    FEATURE_NAMES,
+    TYPE_WEIGHTS,
+    RecentEvent,
+    UserState,
+    ranking_features,
+)
+
+COLUMN = {name: index for index, name in enumerate(FEATURE_NAMES)}
+HOUR_MS = 3600 * 1000
+
+
+def _user() -> UserState:
+    return UserState(
+        recent_events=[
+            RecentEvent("a", EventType.CLICK, 0),
+            RecentEvent("b", EventType.PURCHASE, HOUR_MS),
+            RecentEvent("a", EventType.CLICK, 2 * HOUR_MS),
+        ],
+        purchased=frozenset({"b"}),
+        item_counts={"a": {EventType.CLICK: 2}, "b": {EventType.PURCHASE: 1}},
+    )
+
+
+def test_one_row_per_candidate_in_schema_order() -> None:
+    rows = ranking_features(["a", "b", "c"], np.array([0.5, 2.0, 1.0]), _user(), {}, 2 * HOUR_MS)
+    assert rows.shape == (3, len(FEATURE_NAMES)) and rows.dtype == np.float32
+    assert rows[:, COLUMN["user_item_dot"]].tolist() == [0.5, 2.0, 1.0]
+    assert math.isclose(
+        float(np.exp(rows[:, COLUMN["retrieval_log_softmax"]]).sum()), 1.0, rel_tol=1e-5
+    )
+    assert rows[:, COLUMN["retrieval_rank_log"]].tolist() == [
+        np.float32(math.log1p(2)),
+        0.0,
+        np.float32(math.log1p(1)),
+    ]
+
+
+def test_history_columns() -> None:
+    rows = ranking_features(
+        ["a", "b", "c"], np.zeros(3), _user(), {}, 2 * HOUR_MS, half_life_s=3600
+    )
+    a, b, c = rows
+    assert a[COLUMN["is_last_item"]] == 1 and b[COLUMN["is_last_item"]] == 0
+    assert a[COLUMN["steps_since_seen_inv"]] == 1.0 and b[COLUMN["steps_since_seen_inv"]] == 0.5
+    assert a[COLUMN["time_since_seen_decay"]] == 1.0
+    assert math.isclose(b[COLUMN["time_since_seen_decay"]], 0.5, rel_tol=1e-6)  # one half-life ago
+    assert b[COLUMN["user_item_purchased"]] == 1 and a[COLUMN["user_item_purchased"]] == 0
+    assert c[COLUMN["user_item_seen"]] == 0 and c[COLUMN["user_item_weighted_log"]] == 0
+    assert a[COLUMN["history_length_log"]] == np.float32(math.log1p(3))
+
+
+def test_purchases_weigh_more_than_clicks() -> None:
+    assert (
+        TYPE_WEIGHTS[EventType.PURCHASE]
+        > TYPE_WEIGHTS[EventType.ADD_TO_CART]
+        > TYPE_WEIGHTS[EventType.CLICK]
+    )
+    bought = UserState([], item_counts={"x": {EventType.PURCHASE: 1}})
+    clicked = UserState([], item_counts={"x": {EventType.CLICK: 1}})
+    column = COLUMN["user_item_weighted_log"]
+    assert (
+        ranking_features(["x"], np.zeros(1), bought, {}, 0)[0, column]
+        > (ranking_features(["x"], np.zeros(1), clicked, {}, 0)[0, column])
+    )
+    popularity = {"p": {EventType.PURCHASE: 1.0}, "c": {EventType.CLICK: 1.0}}
+    rows = ranking_features(["p", "c"], np.zeros(2), UserState([]), popularity, 0)
+    assert rows[0, COLUMN["popularity_weighted_log"]] > rows[1, COLUMN["popularity_weighted_log"]]
+
+
+def test_no_candidates_and_no_history() -> None:
+    assert ranking_features([], np.zeros(0), UserState([]), {}, 0).shape == (0, len(FEATURE_NAMES))
+    row = ranking_features(["a"], np.ones(1), UserState([]), {}, 0)[0]
+    assert row[COLUMN["history_length_log"]] == 0 and row[COLUMN["last_type_weight"]] == 0
+
+
+@given(
+    dots=st.lists(st.floats(-1e4, 1e4), min_size=1, max_size=30),
+    history=st.lists(
+        st.tuples(st.integers(0, 40), st.sampled_from(list(EventType)), st.integers(0, 10**12))
+    ),
+    now_ms=st.integers(0, 10**12),
+)
+def test_features_are_always_finite(dots, history, now_ms) -> None:
+    events = [RecentEvent(str(item), kind, ts) for item, kind, ts in history]
+    candidates = [str(i) for i in range(len(dots))]
+    popularity = {str(i): {EventType.CLICK: float(i)} for i in range(10)}
+    rows = ranking_features(candidates, np.array(dots), UserState(events), popularity, now_ms)
+    assert np.isfinite(rows).all()

@@ -1,0 +1,97 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from retrain.publish import load_warm_start, publish_models
+from streamrec import registry
+from streamrec.errors import BundleError, ChecksumMismatch
+from tests.retrain.fixtures import TINY_PLAN, tiny_models
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models(sessions=600)
+
+
+def _publish(models, root, parent=None):
+    return publish_models(
+        models, root, TINY_PLAN, {"source": "test"}, parent, hnsw_threshold=100_000
+    )
+
+
+def test_round_trip(models, tmp_path) -> None:
+    manifest = _publish(models, tmp_path)
+    assert registry.current_version(tmp_path) == manifest.version
+    assert [m.version for m in registry.list_versions(tmp_path)] == [manifest.version]
+    shown = registry.read_manifest(tmp_path, manifest.version)
+    assert shown == manifest
+    on_disk = sorted(p.name for p in (tmp_path / manifest.version).iterdir())
+    assert on_disk == sorted([*manifest.files, registry.MANIFEST])
+    for name, entry in manifest.files.items():
+        assert entry["sha256"] == registry.sha256_of(tmp_path / manifest.version / name)
+    assert manifest.index["kind"] == "flat" and manifest.index["n_items"] == len(models.vocab)
+    assert manifest.data_window["items"] == len(models.vocab)
+    assert "retriever_ranker" in manifest.metrics["validation"]
+
+    loaded = registry.load(tmp_path)
+    assert loaded.version == manifest.version
+    rows = np.array([[0, 0, models.vocab.row(models.vocab.item_ids[0])]], dtype=np.int64)
+    vector = loaded.user_vectors(
+        rows, np.array([[0, 0, 1]]), np.array([[0, 0, 1]], dtype=np.float32)
+    )
+    scores, found = loaded.search(vector, 5)
+    assert found.min() >= 1 and scores.shape == (1, 5)
+    torch_items = models.encoder.item_vectors().detach().numpy()
+    assert np.allclose(scores[0], vector[0] @ torch_items[found[0]].T, atol=1e-4)
+
+    vocab, encoder = load_warm_start(tmp_path, manifest.version)
+    assert vocab == models.vocab
+    assert np.array_equal(encoder.item_vectors().detach().numpy(), torch_items)
+
+
+def test_tampered_file_is_refused(models, tmp_path) -> None:
+    manifest = _publish(models, tmp_path)
+    index_file = tmp_path / manifest.version / "items.faiss"
+    data = bytearray(index_file.read_bytes())
+    data[-1] ^= 0xFF
+    index_file.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match=r"items\.faiss"):
+        registry.verify(tmp_path, manifest.version)
+    with pytest.raises(BundleError):
+        registry.load(tmp_path)
+
+
+def test_missing_file_and_incompatible_schema_are_refused(models, tmp_path) -> None:
+    manifest = _publish(models, tmp_path)
+    folder = tmp_path / manifest.version
+    body = json.loads((folder / registry.MANIFEST).read_text())
+    body["feature_schema_version"] = 999
+    (folder / registry.MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(BundleError, match="feature schema 999"):
+        registry.load(tmp_path, manifest.version)
+    body["feature_schema_version"] = registry.FEATURE_SCHEMA_VERSION
+    (folder / registry.MANIFEST).write_text(json.dumps(body))
+    os.remove(folder / "ranker.onnx")
+    with pytest.raises(BundleError, match=r"ranker\.onnx is listed in the manifest but missing"):
+        registry.verify(tmp_path, manifest.version)
+
+
+def test_rollback_and_atomic_pointer(models, tmp_path) -> None:
+    first = _publish(models, tmp_path)
+    second = _publish(models, tmp_path, parent=first.version)
+    assert registry.current_version(tmp_path) == second.version
+    assert registry.rollback(tmp_path) == first.version
+    assert registry.current_version(tmp_path) == first.version
+    registry.set_current(tmp_path, second.version)
+    assert registry.current_version(tmp_path) == second.version
+    # Only the pointer and the versions: no temporary or staging files left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [registry.CURRENT, first.version, second.version]
+    )
+    with pytest.raises(BundleError, match="no bundle"):
+        registry.set_current(tmp_path, "v-does-not-exist")
+    with pytest.raises(BundleError, match="must match"):
+        registry.read_manifest(tmp_path, "../escape")
+    assert registry.current_version(tmp_path) == second.version
