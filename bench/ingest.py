@@ -24,19 +24,13 @@ from kafka import KafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from bench.common import (
-    REPORTS,
-    counter_total,
-    histogram_buckets,
-    histogram_quantile,
-    machine,
-    write_json,
-)
+from bench.common import REPORTS, machine, write_json
 from streamrec.devstack import DevStack, free_port
 from streamrec.events import Event
 from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
 from streamrec.replay import taobao_event
+from streamrec.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 

@@ -33,7 +33,10 @@ def transport_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Tra
 
     class FetchWaitConsumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-            return thread_class(self, loop=self.loop, beacon=self.beacon)
+            thread: faust_aiokafka.AIOKafkaConsumerThread = thread_class(
+                self, loop=self.loop, beacon=self.beacon
+            )
+            return thread
 
     class Transport(faust_aiokafka.Transport):
         Consumer: ClassVar[type[ConsumerT]] = FetchWaitConsumer

@@ -232,7 +232,7 @@ class StateStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
                 keys: list[str] = [TRENDING_EPOCH_KEY, *self._trend_keys]
-                args: list[object] = list(constants)
+                args: list[str | bytes | int] = list(constants)
                 for event in events[start : start + SCRIPT_MAX_EVENTS]:
                     uid = event.user_id
                     keys += (

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.events import Event, EventType
 from streamrec.processes import ServiceProcess
+from streamrec.scrape import events_by_type_and_outcome
 from streamrec.settings import Settings
 
 
@@ -28,23 +28,13 @@ def produce_raw(settings: Settings, messages: Iterable[tuple[str, bytes | None, 
     return sent
 
 
-def events_counted(worker: ServiceProcess) -> dict[tuple[str, str], float]:
-    counted: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(worker.metrics_text()):
-        if family.name == "streamrec_events":
-            for sample in family.samples:
-                if sample.name == "streamrec_events_total":
-                    counted[(sample.labels["type"], sample.labels["outcome"])] = sample.value
-    return counted
-
-
 def wait_counted(
     worker: ServiceProcess, total: int, timeout_s: float = 120.0
 ) -> dict[tuple[str, str], float]:
     deadline = time.monotonic() + timeout_s
     counted: dict[tuple[str, str], float] = {}
     while time.monotonic() < deadline:
-        counted = events_counted(worker)
+        counted = events_by_type_and_outcome(worker.metrics_text())
         if sum(counted.values()) >= total:
             return counted
         time.sleep(0.25)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import typer
 
-from streamrec.cli import bench, dev, ingest, models
+from streamrec.cli import bench, demo, dev, ingest, models
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 dev.register(app)
 ingest.register(app)
+demo.register(app)
 bench.register(app)
 models.register(app)
 

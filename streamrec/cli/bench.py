@@ -17,3 +17,11 @@ def ingest(quick: bool = typer.Option(False, help="A smaller run, under a minute
     from bench.ingest import run
 
     run(quick=quick)
+
+
+@bench_app.command()
+def memory() -> None:
+    """Redis memory per user, per item and per dedup key of the state layout."""
+    from bench.state_memory import run
+
+    run()
