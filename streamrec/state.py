@@ -48,62 +48,72 @@ def trending_key(event_type: EventType) -> str:
 TRENDING_EPOCH_KEY = f"{PREFIX}:trend:epoch"
 
 
-# One script call applies a whole batch, so Python packs one command, not one per
-# event. KEYS: 1 trending epoch, 2..(1+T) trending per type, then per event:
-#   dedup, recent events, purchased, user items, user-item counts, user meta,
-#   item popularity.
+# One script call applies a whole batch, passed as one JSON argument, so Python
+# packs one small command per 100 events (per-event keys and arguments cost the
+# worker a quarter of its time in redis-py's command packing). The script builds
+# each event's keys from the same templates as the functions above.
+# KEYS: 1 trending epoch, 2..(1+T) trending per type (one per EVENT_TYPES).
 # ARGV: 1 recent max, 2 purchased max, 3 user items max, 4 user ttl s, 5 item
 #   ttl s, 6 dedup ttl s, 7 half-life ms, 8 trending max, 9 rebase half-lives,
-#   then per event: event_id, item_id, type, ts_ms, recent member, trending
-#   key index.
+#   10 JSON [[event_id, user_id, item_id, type, ts_ms], ...].
+# Keys other than the global ones are not declared, so this needs a single Redis
+# (primary + replicas); see docs/state.md.
 _APPLY_BATCH_LUA = """
 local recent_max, purchased_max, items_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local user_ttl, item_ttl, dedup_ttl = ARGV[4], ARGV[5], ARGV[6]
 local half_life, trending_max, rebase = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local types = {EVENT_TYPES}
-local first_event_key = 2 + #types
 local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 
-local function apply(k, a)
-  if not redis.call('SET', KEYS[k], '1', 'NX', 'EX', dedup_ttl) then
+local trend_key = {}
+for i, t in ipairs(types) do trend_key[t] = KEYS[1 + i] end
+
+local function apply(event)
+  local event_id, user, item, etype, ts = event[1], event[2], event[3], event[4], event[5]
+  local u = '{PREFIX}:u:{' .. user .. '}:'
+  local k_recent, k_buy, k_items = u .. 'ev', u .. 'buy', u .. 'items'
+  local k_cnt, k_meta = u .. 'cnt', u .. 'meta'
+  local k_pop = '{PREFIX}:i:{' .. item .. '}:pop'
+  if not redis.call('SET', u .. 'dd:' .. event_id, '1', 'NX', 'EX', dedup_ttl) then
     return 0
   end
-  local item, etype, ts = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
 
-  redis.call('ZADD', KEYS[k + 1], ts, ARGV[a + 4])
-  redis.call('ZREMRANGEBYRANK', KEYS[k + 1], 0, -recent_max - 1)
-  redis.call('EXPIRE', KEYS[k + 1], user_ttl)
+  -- Length-prefixed, so any id round-trips: <len>:<event_id><len>:<item_id><type>
+  local member = #event_id .. ':' .. event_id .. #item .. ':' .. item .. etype
+  redis.call('ZADD', k_recent, ts, member)
+  redis.call('ZREMRANGEBYRANK', k_recent, 0, -recent_max - 1)
+  redis.call('EXPIRE', k_recent, user_ttl)
 
   if etype == 'purchase' then
-    redis.call('ZADD', KEYS[k + 2], 'GT', ts, item)
-    redis.call('ZREMRANGEBYRANK', KEYS[k + 2], 0, -purchased_max - 1)
-    redis.call('EXPIRE', KEYS[k + 2], user_ttl)
+    redis.call('ZADD', k_buy, 'GT', ts, item)
+    redis.call('ZREMRANGEBYRANK', k_buy, 0, -purchased_max - 1)
+    redis.call('EXPIRE', k_buy, user_ttl)
   end
 
-  redis.call('ZADD', KEYS[k + 3], 'GT', ts, item)
-  redis.call('HINCRBY', KEYS[k + 4], etype .. ':' .. item, 1)
-  local excess = redis.call('ZCARD', KEYS[k + 3]) - items_max
+  redis.call('ZADD', k_items, 'GT', ts, item)
+  redis.call('HINCRBY', k_cnt, etype .. ':' .. item, 1)
+  local excess = redis.call('ZCARD', k_items) - items_max
   if excess > 0 then
-    local evicted = redis.call('ZPOPMIN', KEYS[k + 3], excess)
+    local evicted = redis.call('ZPOPMIN', k_items, excess)
     for i = 1, #evicted, 2 do
       for _, t in ipairs(types) do
-        redis.call('HDEL', KEYS[k + 4], t .. ':' .. evicted[i])
+        redis.call('HDEL', k_cnt, t .. ':' .. evicted[i])
       end
     end
   end
-  redis.call('EXPIRE', KEYS[k + 3], user_ttl)
-  redis.call('EXPIRE', KEYS[k + 4], user_ttl)
+  redis.call('EXPIRE', k_items, user_ttl)
+  redis.call('EXPIRE', k_cnt, user_ttl)
 
-  redis.call('HINCRBY', KEYS[k + 5], 'n:' .. etype, 1)
-  local last_ts = tonumber(redis.call('HGET', KEYS[k + 5], 'last_ts') or '-1')
-  if ts > last_ts then redis.call('HSET', KEYS[k + 5], 'last_ts', ts) end
-  redis.call('EXPIRE', KEYS[k + 5], user_ttl)
+  redis.call('HINCRBY', k_meta, 'n:' .. etype, 1)
+  local last_ts = tonumber(redis.call('HGET', k_meta, 'last_ts') or '-1')
+  if ts > last_ts then redis.call('HSET', k_meta, 'last_ts', ts) end
+  redis.call('EXPIRE', k_meta, user_ttl)
 
   -- Decayed popularity: the value is kept at a reference time (the newest event
   -- seen); an older event adds its weight decayed to that time, so the result
   -- does not depend on arrival order.
   local ref_field = etype .. ':ref'
-  local pop = redis.call('HMGET', KEYS[k + 6], etype, ref_field)
+  local pop = redis.call('HMGET', k_pop, etype, ref_field)
   local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(ts))
   if ts >= ref then
     value = value * math.pow(2, -(ts - ref) / half_life) + 1
@@ -111,8 +121,8 @@ local function apply(k, a)
   else
     value = value + math.pow(2, -(ref - ts) / half_life)
   end
-  redis.call('HSET', KEYS[k + 6], etype, string.format('%.17g', value), ref_field, ref)
-  redis.call('EXPIRE', KEYS[k + 6], item_ttl)
+  redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref)
+  redis.call('EXPIRE', k_pop, item_ttl)
 
   -- Trending: scores are 2^((ts - epoch) / half-life); the epoch moves forward
   -- (and every score is scaled down) before the exponent can overflow a double.
@@ -134,7 +144,7 @@ local function apply(k, a)
     redis.call('SET', KEYS[1], string.format('%.17g', epoch))
     exponent = exponent - shift
   end
-  local trend = KEYS[tonumber(ARGV[a + 5])]
+  local trend = trend_key[etype]
   redis.call('ZINCRBY', trend, string.format('%.17g', math.pow(2, exponent)), item)
   if redis.call('ZCARD', trend) > trending_max then
     redis.call('ZREMRANGEBYRANK', trend, 0, -trending_max - 1)
@@ -143,13 +153,14 @@ local function apply(k, a)
 end
 
 local applied = {}
-local n = (#ARGV - 9) / 6
-for i = 0, n - 1 do
-  applied[i + 1] = apply(first_event_key + i * 7, 9 + i * 6 + 1)
+for i, event in ipairs(cjson.decode(ARGV[10])) do
+  applied[i] = apply(event)
 end
 return applied
-""".replace("{EVENT_TYPES}", "{" + ", ".join(f"'{t.value}'" for t in EVENT_TYPES) + "}")
-KEYS_PER_EVENT = 7
+"""
+_APPLY_BATCH_LUA = _APPLY_BATCH_LUA.replace(
+    "{EVENT_TYPES}", "{" + ", ".join(f"'{t.value}'" for t in EVENT_TYPES) + "}"
+).replace("{PREFIX}", PREFIX)
 # Bounds one script call: Redis runs a script to the end before serving anyone else.
 SCRIPT_MAX_EVENTS = 100
 
@@ -194,8 +205,16 @@ class ItemPopularity:
     as_of_ms: int
 
 
-def recent_member(event: Event) -> bytes:
-    return orjson.dumps([event.event_id, event.item_id, event.type.value])
+def parse_recent_member(member: bytes) -> tuple[str, str, str]:
+    """(event_id, item_id, type) from `<len>:<event_id><len>:<item_id><type>` (byte lengths)."""
+    fields = []
+    rest = member
+    for _ in range(2):
+        length_text, _, rest = rest.partition(b":")
+        length = int(length_text)
+        fields.append(rest[:length].decode())
+        rest = rest[length:]
+    return fields[0], fields[1], rest.decode()
 
 
 class StateStore:
@@ -229,30 +248,16 @@ class StateStore:
             s.trending_max_items,
             TRENDING_REBASE_HALF_LIVES,
         ]
+        keys = [TRENDING_EPOCH_KEY, *self._trend_keys]
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
-                keys: list[str] = [TRENDING_EPOCH_KEY, *self._trend_keys]
-                args: list[str | bytes | int] = list(constants)
-                for event in events[start : start + SCRIPT_MAX_EVENTS]:
-                    uid = event.user_id
-                    keys += (
-                        dedup_key(uid, event.event_id),
-                        user_key(uid, "ev"),
-                        user_key(uid, "buy"),
-                        user_key(uid, "items"),
-                        user_key(uid, "cnt"),
-                        user_key(uid, "meta"),
-                        item_popularity_key(event.item_id),
-                    )
-                    args += (
-                        event.event_id,
-                        event.item_id,
-                        event.type.value,
-                        event.ts_ms,
-                        recent_member(event),
-                        2 + EVENT_TYPES.index(event.type),
-                    )
-                await self._apply_script(keys=keys, args=args, client=pipe)
+                batch = orjson.dumps(
+                    [
+                        (e.event_id, e.user_id, e.item_id, e.type.value, e.ts_ms)
+                        for e in events[start : start + SCRIPT_MAX_EVENTS]
+                    ]
+                )
+                await self._apply_script(keys=keys, args=[*constants, batch], client=pipe)
             chunks = await pipe.execute()
         return [bool(applied) for chunk in chunks for applied in chunk]
 
@@ -266,7 +271,7 @@ class StateStore:
             recent_raw, purchased_raw, counts_raw, meta_raw = await pipe.execute()
         recent = []
         for member, score in recent_raw:
-            event_id, item_id, type_value = orjson.loads(member)
+            event_id, item_id, type_value = parse_recent_member(member)
             recent.append(RecentEvent(event_id, item_id, EventType(type_value), int(score)))
         item_counts: dict[str, dict[str, int]] = {}
         for field_name, count in counts_raw.items():

@@ -8,7 +8,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamrec.events import Event, EventType
@@ -93,7 +92,14 @@ def expected_state(events: Iterable[Event], settings: Settings) -> dict[str, Exp
             continue
         seen.add(e.event_id)
         user = users[e.user_id]
-        member = orjson.dumps([e.event_id, e.item_id, e.type.value])
+        event_id, item_id = e.event_id.encode(), e.item_id.encode()
+        member = b"%d:%s%d:%s%s" % (
+            len(event_id),
+            event_id,
+            len(item_id),
+            item_id,
+            e.type.value.encode(),
+        )
         user.recent.append((e.ts_ms, member, e.event_id))
         user.counts_by_type[e.type.value] += 1
         user.item_counts.setdefault(e.item_id, {}).setdefault(e.type.value, 0)

@@ -133,3 +133,19 @@ async def test_popularity_fields_hold_the_reference_time(store: StateStore) -> N
     await store.apply_events([ev(1, ts=5000), ev(2, user="v", ts=4000)])
     fields = await store.redis.hgetall(item_popularity_key("i"))
     assert int(float(fields[b"click:ref"])) == 5000
+
+
+async def test_any_ids_round_trip_through_the_state(store: StateStore) -> None:
+    odd = ["3:x", "{u}", "ünï cödé", 'q"uote\\', "a" * 128, "12:34:56", "\n"]
+    events = [
+        Event(f"{odd[n]}-e", odd[n], odd[-1 - n], EventType.PURCHASE, 1000 + n)
+        for n in range(len(odd))
+    ]
+    assert all(await store.apply_events(events))
+    for event in events:
+        state = await store.read_user(event.user_id)
+        assert [(e.event_id, e.item_id, e.type) for e in state.recent_events] == [
+            (event.event_id, event.item_id, event.type)
+        ]
+        assert state.purchased == {event.item_id}
+        assert state.item_counts == {event.item_id: {"purchase": 1}}
