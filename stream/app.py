@@ -15,8 +15,9 @@ import faust
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from stream.ingest import Ingestor, RawMessage
+from stream.ingest import Ingestor
 from stream.lag import publish_consumer_lag
+from stream.overlap import OverlappedWriter
 from stream.transport import transport_with_fetch_wait
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
@@ -85,8 +86,10 @@ def create_app(
 
         @app.agent(source, name="ingest", concurrency=settings.agent_concurrency)
         async def ingest(stream: faust.StreamT[bytes]) -> None:
+            writer = OverlappedWriter(app, ingestor.handle_batch)
             async for events in batches(stream):
-                await ingestor.handle_batch([raw_message(event) for event in events])
+                await writer.submit(events)
+            await writer.drain()
 
         @app.task
         async def check_redis() -> None:
@@ -116,15 +119,3 @@ def create_app(
         return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app
-
-
-def raw_message(event: EventT[bytes]) -> RawMessage:
-    message = event.message
-    return RawMessage(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value or b"",  # a tombstone is judged like any malformed message
-        timestamp_s=message.timestamp,
-    )

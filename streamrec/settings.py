@@ -41,9 +41,9 @@ class Settings(BaseSettings):
     app_id: str = "streamrec"
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = Field(default=6066, ge=0, le=65535)
-    # Batches in flight at once per worker: while one waits on Redis the next is
-    # parsed. Safe because every state update is ordered by event time.
-    agent_concurrency: int = Field(default=2, ge=1, le=16)
+    # Faust actors per worker. One is fastest here: the Redis write of a batch
+    # already overlaps the collection of the next (stream/overlap.py).
+    agent_concurrency: int = Field(default=1, ge=1, le=16)
     batch_max_events: int = Field(default=500, ge=1)
     batch_within_ms: int = Field(default=10, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
@@ -79,7 +79,20 @@ class Settings(BaseSettings):
     # Models (retrain/ and the registry): FAISS switches from an exact flat
     # index to HNSW at this many items; retrieval hands the ranker this many.
     hnsw_threshold: int = Field(default=100_000, ge=1)
-    retrieval_candidates: int = Field(default=200, ge=1)
+    retrieval_candidates: int = Field(default=100, ge=1)
+
+    # Serving (model_server/): where it listens, its limits and latency budget.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8000, ge=0, le=65535)
+    serve_workers: int = Field(default=1, ge=1, le=64)
+    # Bearer token for /admin/*; empty disables the admin endpoints (401).
+    admin_token: str = ""
+    # Past this, ranking is skipped and the answer comes in retrieval order.
+    serve_budget_ms: float = Field(default=50.0, gt=0)
+    serve_max_k: int = Field(default=200, ge=1)
+    serve_max_items: int = Field(default=1000, ge=1)  # /score item_ids, /recommend exclude
+    serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    registry_poll_s: float = Field(default=2.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,59 @@
+"""Writing one batch while Faust collects the next, without acking early.
+
+`take_events` acks a batch as soon as the loop body returns. Each message is
+reference-counted, so the body takes one more reference per message and
+returns at once; the write runs in the background and drops that reference
+when the state is in Redis. The offset is committable only then. One write is
+in flight at a time, so batches are written in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import faust
+from faust.types import EventT
+
+from stream.ingest import RawMessage
+
+BatchHandler = Callable[[Sequence[RawMessage]], Awaitable[None]]
+
+
+class OverlappedWriter:
+    def __init__(self, app: faust.App, handle_batch: BatchHandler) -> None:
+        self.app = app
+        self.handle_batch = handle_batch
+        self.in_flight: asyncio.Task[None] | None = None
+
+    async def submit(self, events: Sequence[EventT[bytes]]) -> None:
+        """Hold the batch's messages, wait for the previous write, start this one."""
+        for event in events:
+            event.message.incref()
+        messages = [raw_message(event) for event in events]
+        await self.drain()
+        self.in_flight = asyncio.create_task(self._write(events, messages))
+
+    async def drain(self) -> None:
+        # A failed write raises here, the agent crashes and restarts; its
+        # messages were never released, so they are delivered again.
+        if self.in_flight is not None:
+            in_flight, self.in_flight = self.in_flight, None
+            await in_flight
+
+    async def _write(self, events: Sequence[EventT[bytes]], messages: list[RawMessage]) -> None:
+        await self.handle_batch(messages)
+        for event in events:
+            event.message.ack(self.app.consumer)
+
+
+def raw_message(event: EventT[bytes]) -> RawMessage:
+    message = event.message
+    return RawMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value or b"",  # a tombstone is judged like any malformed message
+        timestamp_s=message.timestamp,
+    )
