@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import psutil
 from kafka import KafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -134,13 +135,19 @@ class Bench:
 
     def throughput(
         self, name: str, count: int, noop: bool, profile_to: Path | None = None
-    ) -> float:
-        """Pre-load the topics, start the workers, time 5%..95% of the stream."""
+    ) -> tuple[float, dict[str, float]]:
+        """Pre-load the topics, start the workers, time 5%..95% of the stream.
+        Also returns each process's CPU (% of one core) over the run, and what
+        everything else on the machine used."""
         settings = self.settings_for(name)
         ensure_topics(settings)
         total = self.produce(settings)
         samples: list[tuple[float, float]] = []
+        status = self.stack.status()
         with self.workers(settings, count, noop) as procs:
+            watched = {f"worker {n + 1}": p.proc.pid for n, p in enumerate(procs) if p.proc}
+            watched |= {"broker": status.broker_pid or 0, "redis": status.redis_pid or 0}
+            cpu = _CpuMeter(watched)
             profiler = _start_profiler(procs[0], profile_to) if profile_to else None
             with _progress(f"{name}: {count} worker(s)", total) as advance:
                 deadline = time.monotonic() + 600
@@ -151,13 +158,14 @@ class Bench:
                     advance(done)
                     # Scraping /metrics costs the worker CPU; five times a second is plenty.
                     time.sleep(0.2)
+            usage = cpu.read()
             if profiler is not None:
                 profiler.wait(timeout=60)
         if done < total:
             raise RuntimeError(
                 f"{name}: only {done:.0f} of {total} events consumed; see {self.home}/logs"
             )
-        return _rate_between(samples, 0.05 * total, 0.95 * total)
+        return _rate_between(samples, 0.05 * total, 0.95 * total), usage
 
     def latency(self, rate_per_s: float) -> dict[str, float]:
         settings = self.settings_for("latency")
@@ -180,6 +188,35 @@ class Bench:
 
     def close(self) -> None:
         self.stack.down()
+
+
+class _CpuMeter:
+    """CPU of the named processes since creation, and of everything else."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
+        self.started = time.perf_counter()
+        self.start_times = {name: _cpu_seconds(p) for name, p in self.procs.items()}
+        self.machine_start = psutil.cpu_times()
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.started
+        usage = {
+            name: round(100 * (_cpu_seconds(p) - self.start_times[name]) / wall, 1)
+            for name, p in self.procs.items()
+        }
+        machine = psutil.cpu_times()
+        busy = sum(
+            getattr(machine, f) - getattr(self.machine_start, f)
+            for f in ("user", "system", "nice", "irq", "softirq")
+        )
+        usage["everything else"] = round(max(0.0, 100 * busy / wall - sum(usage.values())), 1)
+        return usage
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def _rate_between(samples: list[tuple[float, float]], low: float, high: float) -> float:
@@ -248,9 +285,9 @@ def run(quick: bool) -> dict[str, object]:
     try:
         console.print(f"[bold]ingest benchmark[/bold]: {len(bench.messages):,} Taobao events, "
                       f"{plan.partitions} partitions per input topic")  # fmt: skip
-        noop_eps = bench.throughput("noop1", 1, noop=True)
-        full_eps = bench.throughput("full1", 1, noop=False, profile_to=profile_path)
-        two_eps = bench.throughput("full2", 2, noop=False)
+        noop_eps, noop_cpu = bench.throughput("noop1", 1, noop=True)
+        full_eps, full_cpu = bench.throughput("full1", 1, noop=False, profile_to=profile_path)
+        two_eps, two_cpu = bench.throughput("full2", 2, noop=False)
         latency = bench.latency(rate_per_s=full_eps / 2)
     finally:
         bench.close()
@@ -267,6 +304,11 @@ def run(quick: bool) -> dict[str, object]:
         "quick": quick,
         "command": f"streamrec bench ingest{' --quick' if quick else ''}",
         "machine": machine(),
+        "cpu_percent": {
+            "noop, 1 worker": noop_cpu,
+            "full, 1 worker": full_cpu,
+            "full, 2 workers": two_cpu,
+        },
         "profile_full_worker": summarize_profile(profile_path),
     }
     write_json("ingest", result)
@@ -311,6 +353,9 @@ def _write_markdown(r: dict[str, object]) -> None:
     profile = r["profile_full_worker"]
     assert isinstance(profile, list)
     rate = r["latency_rate_eps"]
+    cpu = r["cpu_percent"]
+    assert isinstance(cpu, dict)
+    cpu_columns = ["worker 1", "worker 2", "broker", "redis", "everything else"]
     lines = [
         "# Ingestion benchmark",
         "",
@@ -337,6 +382,18 @@ def _write_markdown(r: dict[str, object]) -> None:
         "(set by the producer) to the Redis write, read from the worker's",
         "`streamrec_event_to_state_seconds` histogram, interpolated as Prometheus'",
         "`histogram_quantile` does.",
+        "",
+        "## Where the CPU goes",
+        "",
+        "CPU of each process over each throughput run, in % of one core (the machine has",
+        f"{m['cores']}; 'everything else' is the rest of the machine, e.g. other jobs):",
+        "",
+        "| run | " + " | ".join(cpu_columns) + " |",
+        "|---|" + "---|" * len(cpu_columns),
+        *[
+            f"| {run} | " + " | ".join(str(usage.get(c, "")) for c in cpu_columns) + " |"
+            for run, usage in cpu.items()
+        ],
         "",
         "## Where the full worker's time goes",
         "",
