@@ -5,8 +5,10 @@
     ├── DevStackError        the embedded broker or Redis could not start
     ├── StateError           the Redis state could not be read or written
     ├── InputFormatError     an input file (CSV/JSONL replay) cannot be read
-    └── BundleError          a model bundle is missing, corrupt or incompatible
-        └── ChecksumMismatch a bundle file's sha256 differs from its manifest
+    ├── BundleError          a model bundle is missing, corrupt or incompatible
+    │   └── ChecksumMismatch a bundle file's sha256 differs from its manifest
+    └── ServingError         the model server could not do what was asked
+        └── RequestRejected  the server answered a client's request with an error status
 
 Bad events are not exceptions: `streamrec.events.parse_event` returns a typed
 `Rejection` instead, which the stream turns into a DLQ record.
@@ -39,3 +41,16 @@ class BundleError(StreamrecError):
 
 class ChecksumMismatch(BundleError):
     """A file in a bundle does not hash to the sha256 its manifest records."""
+
+
+class ServingError(StreamrecError):
+    """The model server could not do what was asked (no model to serve, nothing to roll back)."""
+
+
+class RequestRejected(ServingError):
+    """An HTTP request to the model server got an error status; `detail` says why."""
+
+    def __init__(self, status_code: int, detail: object) -> None:
+        super().__init__(f"model server answered {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail

@@ -61,3 +61,61 @@ class IngestMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+
+
+# Serving is sub-millisecond to tens of milliseconds; these resolve p99 <= 5 ms.
+SERVE_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+CANDIDATE_BUCKETS = (0, 1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class ServeMetrics:
+    """What the model server exports on its /metrics."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.request_seconds = Histogram(
+            "streamrec_serve_request_seconds",
+            "Time to answer one request inside the server, by endpoint (recommend, score).",
+            ["endpoint"],
+            buckets=SERVE_BUCKETS_S,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "streamrec_serve_requests_total",
+            "Requests answered, by endpoint and status class (2xx, 4xx, 5xx).",
+            ["endpoint", "status"],
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "streamrec_serve_stage_seconds",
+            "Time spent in one stage of a request: redis, encode, retrieve, features, rank.",
+            ["stage"],
+            buckets=SERVE_BUCKETS_S,
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "streamrec_serve_fallbacks_total",
+            "Answers not ranked by the model, by kind (trending, retrieval).",
+            ["kind"],
+            registry=registry,
+        )
+        self.candidates = Histogram(
+            "streamrec_serve_candidates",
+            "Retrieval candidates handed to the ranker per /recommend request.",
+            buckets=CANDIDATE_BUCKETS,
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "streamrec_model_info",
+            "1 for the model version this server answers with.",
+            ["version"],
+            registry=registry,
+        )
+        self.swaps = Counter(
+            "streamrec_model_swaps_total",
+            "Attempts to load a model version, by outcome (swapped, refused).",
+            ["outcome"],
+            registry=registry,
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from streamrec.cli import bench, demo, dev, ingest, models
+from streamrec.cli import bench, demo, dev, ingest, models, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 dev.register(app)
@@ -17,6 +17,7 @@ ingest.register(app)
 demo.register(app)
 bench.register(app)
 models.register(app)
+serve.register(app)
 
 
 def main() -> None:

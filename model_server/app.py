@@ -1,0 +1,88 @@
+"""The model server app, built from `Settings` by `create_app`, never at import time.
+
+Start-up fails fast: Redis must answer and the registry's current version must
+load (checksums, smoke inference) before /readyz says yes. A watcher follows
+the registry's current pointer and swaps new versions in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from model_server import admin, endpoints
+from model_server.limits import BodySizeLimit
+from model_server.loaded import ModelHolder
+from model_server.openapi import openapi_document
+from model_server.pipeline import Recommender
+from model_server.schemas import request_models
+from model_server.serving import Serving, json_response, measured
+from streamrec.errors import StateError
+from streamrec.metrics import ServeMetrics
+from streamrec.settings import Settings
+from streamrec.state import StateStore
+
+API_VERSION = "1"
+
+
+def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Starlette:
+    metrics = ServeMetrics(registry)
+    requests = request_models(settings)
+    schema = openapi_document(requests, API_VERSION)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = StateStore(settings)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            try:
+                await store.ping()
+            except (RedisError, OSError) as exc:
+                raise StateError(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
+            holder = ModelHolder(settings.registry, metrics)
+            await holder.load()
+            app.state.serving = Serving(
+                settings, store, holder, Recommender(settings, store, metrics), metrics, requests
+            )
+            watcher = asyncio.create_task(holder.watch(settings.registry_poll_s))
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await store.close()
+
+    async def openapi(request: Request) -> Response:
+        return json_response(schema)
+
+    routes = [
+        Route("/recommend", measured("recommend", endpoints.recommend), methods=["POST"]),
+        Route("/score", measured("score", endpoints.score), methods=["POST"]),
+        Route("/model", measured("model", endpoints.model_info), methods=["GET"]),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+        Route("/metrics", endpoints.metrics_page(registry), methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/admin/reload", measured("admin", admin.reload), methods=["POST"]),
+        Route("/admin/rollback", measured("admin", admin.rollback), methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BodySizeLimit, max_bytes=settings.serve_max_body_bytes)],
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    """The factory uvicorn's worker processes call (`--factory`)."""
+    return create_app(Settings())

@@ -1,0 +1,94 @@
+"""The public endpoints: /recommend, /score, /model, /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from model_server.serving import json_response, parse_body, serving_of
+
+READY_PING_TIMEOUT_S = 1.0
+
+
+async def recommend(request: Request) -> Response:
+    serving = serving_of(request)
+    body = await parse_body(request, serving.requests.recommend)
+    model = serving.holder.current
+    answer = await serving.recommender.recommend(
+        model, body.user_id, body.k, body.exclude, body.explain
+    )
+    items = []
+    for item in answer.items:
+        row: dict[str, object] = {"item_id": item.item_id, "score": item.score}
+        if item.features is not None:
+            row["features"] = item.features
+        items.append(row)
+    return json_response(
+        {
+            "user_id": body.user_id,
+            "items": items,
+            "model_version": answer.model_version,
+            "fallback": answer.fallback,
+        }
+    )
+
+
+async def score(request: Request) -> Response:
+    serving = serving_of(request)
+    body = await parse_body(request, serving.requests.score)
+    answer = await serving.recommender.score(serving.holder.current, body.user_id, body.item_ids)
+    items = [
+        {"item_id": s.item_id, "score": s.score}
+        if s.score is not None
+        else {"item_id": s.item_id, "score": None, "error": "unknown_item"}
+        for s in answer.items
+    ]
+    return json_response(
+        {"user_id": body.user_id, "items": items, "model_version": answer.model_version}
+    )
+
+
+async def model_info(request: Request) -> Response:
+    serving = serving_of(request)
+    model = serving.holder.current
+    manifest = model.bundle.manifest
+    return json_response(
+        {
+            "model_version": model.version,
+            "parent": manifest.parent,
+            "created_at": manifest.created_at,
+            "loaded_at_s": model.loaded_at_s,
+            "items": len(model.bundle.item_ids),
+            "index": manifest.index,
+            "feature_schema_version": manifest.feature_schema_version,
+            "metrics": manifest.metrics,
+            "data_window": manifest.data_window,
+            "refused": serving.holder.refused,
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    serving = serving_of(request)
+    try:
+        async with asyncio.timeout(READY_PING_TIMEOUT_S):
+            await serving.store.ping()
+    except (RedisError, TimeoutError) as exc:
+        return json_response({"ready": False, "reason": f"redis: {exc}"}, 503)
+    return json_response({"ready": True, "model_version": serving.holder.current.version})
+
+
+def metrics_page(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return page

@@ -1,0 +1,121 @@
+"""The model version being served, and how it is swapped for another.
+
+Requests read `ModelHolder.current` once and keep that `ServedModel` to the end,
+so a swap (one reference assignment) never changes a request mid-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from streamrec import registry
+from streamrec.errors import BundleError, ServingError
+from streamrec.metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
+
+SwapOutcome = Literal["swapped", "unchanged"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One verified, smoke-tested bundle and what requests need from it."""
+
+    bundle: registry.LoadedBundle
+    item_vectors: np.ndarray  # (items, dim); row i is vocabulary row i + 1
+    loaded_at_s: float
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    outcome: SwapOutcome
+    version: str
+    previous: str | None
+
+
+def open_model(root: Path, version: str) -> ServedModel:
+    """Verify checksums, open the sessions and index, run the smoke inference (blocking)."""
+    bundle = registry.load(root, version)
+    try:
+        item_vectors = bundle.index.reconstruct_n(0, bundle.index.ntotal)
+    except RuntimeError as exc:
+        raise BundleError(f"bundle {version}: item vectors cannot be read back: {exc}") from exc
+    return ServedModel(bundle, np.ascontiguousarray(item_vectors, np.float32), time.time())
+
+
+class ModelHolder:
+    """Holds the served version; loads others in a thread and swaps only those that pass."""
+
+    def __init__(self, root: Path, metrics: ServeMetrics) -> None:
+        self.root = root
+        self.metrics = metrics
+        self._current: ServedModel | None = None
+        self._lock = asyncio.Lock()
+        # Versions the watcher will not retry until an operator asks (/admin/reload).
+        self.refused: dict[str, str] = {}
+
+    @property
+    def current(self) -> ServedModel:
+        if self._current is None:
+            raise ServingError("no model version is loaded yet")
+        return self._current
+
+    async def load(self, version: str | None = None) -> SwapResult:
+        """Load `version` (default: the registry's current pointer) and swap it in.
+
+        Raises BundleError when the bundle is refused; the served version stays."""
+        async with self._lock:
+            wanted = version or registry.current_version(self.root)
+            if wanted is None:
+                raise BundleError(f"{self.root} has no current version; publish one first")
+            previous = self._current.version if self._current else None
+            if wanted == previous:
+                return SwapResult("unchanged", wanted, previous)
+            try:
+                model = await asyncio.to_thread(open_model, self.root, wanted)
+            except BundleError as exc:
+                self.refused[wanted] = str(exc)
+                self.metrics.swaps.labels("refused").inc()
+                log.error("model %s refused, still serving %s: %s", wanted, previous, exc)
+                raise
+            self.refused.pop(wanted, None)
+            self._current = model
+            self.metrics.swaps.labels("swapped").inc()
+            if previous is not None:
+                self.metrics.model_info.remove(previous)
+            self.metrics.model_info.labels(wanted).set(1)
+            log.info("serving model %s (was %s)", wanted, previous)
+            return SwapResult("swapped", wanted, previous)
+
+    async def rollback(self, version: str | None = None) -> SwapResult:
+        """Point the registry at `version` (default: the current one's parent), then load it."""
+        target = await asyncio.to_thread(registry.rollback, self.root, version)
+        return await self.load(target)
+
+    async def watch(self, poll_s: float) -> None:
+        """Follow the registry's current pointer until cancelled."""
+        while True:
+            await asyncio.sleep(poll_s)
+            try:
+                pointer = registry.current_version(self.root)
+            except BundleError as exc:
+                log.warning("cannot read the current model pointer: %s", exc)
+                continue
+            served = self._current.version if self._current else None
+            if pointer is None or pointer == served or pointer in self.refused:
+                continue
+            # A refusal is counted and logged by load(); the old version keeps serving.
+            with contextlib.suppress(BundleError):
+                await self.load(pointer)

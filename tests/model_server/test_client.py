@@ -1,0 +1,33 @@
+"""streamrec.client against `streamrec serve` in its own process."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.client import AsyncRecommenderClient, RecommenderClient
+from streamrec.errors import RequestRejected
+from streamrec.processes import ServiceProcess
+from tests.model_server.conftest import Served, apply, events_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_sync_and_async_clients(served: Served, server_process: ServiceProcess) -> None:
+    await apply(served.settings, events_for("alice", served.items[:5]))
+    url = f"http://127.0.0.1:{served.settings.serve_port}"
+    async with AsyncRecommenderClient(url) as client:
+        answer = await client.recommend("alice", k=7, exclude=[served.items[0]], explain=True)
+        scores = await client.score("alice", [served.items[1], "unknown"])
+    assert answer.model_version == served.first.version
+    assert len(answer.items) == 7 and served.items[0] not in answer.item_ids
+    assert answer.items[0].features is not None
+    assert scores.unknown == ["unknown"]
+
+    with RecommenderClient(url) as sync_client:
+        again = sync_client.recommend("alice", k=7, exclude=[served.items[0]])
+        assert again.item_ids == answer.item_ids
+        assert sync_client.recommend("newcomer", k=3).fallback == "trending"
+        with pytest.raises(RequestRejected) as rejected:
+            sync_client.recommend("alice", k=0)
+    assert rejected.value.status_code == 422
+    assert "k" in str(rejected.value.detail)

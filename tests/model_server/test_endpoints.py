@@ -1,0 +1,184 @@
+"""The HTTP contract on real Redis and a real ONNX bundle, in-process."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.events import EventType
+from streamrec.features import FEATURE_NAMES
+from streamrec.scrape import counter_total
+from tests.model_server.conftest import ADMIN_TOKEN, Served, apply, events_for, in_process
+
+pytestmark = pytest.mark.integration
+
+
+async def test_recommend_ranks_for_a_user_with_history(served: Served) -> None:
+    await apply(served.settings, events_for("alice", served.items[:5]))
+    async with in_process(served.settings) as (client, _):
+        response = await client.post("/recommend", json={"user_id": "alice", "k": 10})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["user_id"] == "alice"
+    assert body["model_version"] == served.first.version
+    assert body["fallback"] is None
+    assert len(body["items"]) == 10
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(item["item_id"] in served.models.vocab for item in body["items"])
+
+
+async def test_a_purchased_item_disappears(served: Served) -> None:
+    await apply(served.settings, events_for("bob", served.items[:8]))
+    async with in_process(served.settings) as (client, _):
+        before = (await client.post("/recommend", json={"user_id": "bob", "k": 5})).json()
+        bought = before["items"][0]["item_id"]
+        await apply(served.settings, events_for("bob", [bought], EventType.PURCHASE, start=100))
+        after = (await client.post("/recommend", json={"user_id": "bob", "k": 5})).json()
+        excluded = after["items"][0]["item_id"]
+        filtered = await client.post(
+            "/recommend", json={"user_id": "bob", "k": 5, "exclude": [excluded]}
+        )
+    assert bought not in [item["item_id"] for item in after["items"]]
+    assert len(after["items"]) == 5
+    assert excluded not in [item["item_id"] for item in filtered.json()["items"]]
+
+
+async def test_a_user_without_history_gets_trending(served: Served) -> None:
+    popular, bought = served.items[10], served.items[11]
+    others = events_for("u1", [popular, popular, served.items[12]])
+    others += events_for("u2", [popular, bought])
+    others += events_for("u3", [bought], EventType.PURCHASE)
+    await apply(served.settings, others)
+    async with in_process(served.settings) as (client, _):
+        response = await client.post("/recommend", json={"user_id": "newcomer", "k": 3})
+    body = response.json()
+    assert body["fallback"] == "trending"
+    # A purchase weighs more than clicks: `bought` (1 click + 1 purchase) leads.
+    assert [item["item_id"] for item in body["items"]] == [bought, popular, served.items[12]]
+
+
+async def test_explain_returns_the_features_behind_each_score(served: Served) -> None:
+    await apply(served.settings, events_for("carol", served.items[:3]))
+    async with in_process(served.settings) as (client, _):
+        body = (
+            await client.post("/recommend", json={"user_id": "carol", "k": 3, "explain": True})
+        ).json()
+    for item in body["items"]:
+        assert set(item["features"]) == {*FEATURE_NAMES, "retrieval_score"}
+
+
+async def test_over_budget_answers_in_retrieval_order(served: Served) -> None:
+    settings = served.settings.model_copy(update={"serve_budget_ms": 1e-6})
+    await apply(settings, events_for("dave", served.items[:3]))
+    async with in_process(settings) as (client, _):
+        body = (await client.post("/recommend", json={"user_id": "dave", "k": 4})).json()
+        metrics = (await client.get("/metrics")).text
+    assert body["fallback"] == "retrieval"
+    assert len(body["items"]) == 4
+    assert counter_total(metrics, "streamrec_serve_fallbacks", kind="retrieval") == 1
+
+
+async def test_score_reports_unknown_items_per_item(served: Served) -> None:
+    await apply(served.settings, events_for("erin", served.items[:3]))
+    known = served.items[20:23]
+    async with in_process(served.settings) as (client, _):
+        response = await client.post(
+            "/score", json={"user_id": "erin", "item_ids": [known[0], "no-such-item", *known[1:]]}
+        )
+        newcomer = await client.post("/score", json={"user_id": "nobody", "item_ids": known})
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert [item["item_id"] for item in items] == [known[0], "no-such-item", *known[1:]]
+    assert items[1] == {"item_id": "no-such-item", "score": None, "error": "unknown_item"}
+    assert all(isinstance(items[i]["score"], float) for i in (0, 2, 3))
+    assert newcomer.status_code == 200
+    assert all(isinstance(item["score"], float) for item in newcomer.json()["items"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/recommend", {"k": 5}, 422, "user_id"),
+        ("/recommend", {"user_id": "", "k": 5}, 422, "user_id"),
+        ("/recommend", {"user_id": "u" * 129}, 422, "user_id"),
+        ("/recommend", {"user_id": "u", "k": 0}, 422, "k"),
+        ("/recommend", {"user_id": "u", "k": 10_000}, 422, "k"),
+        ("/recommend", {"user_id": "u", "k": "many"}, 422, "k"),
+        ("/recommend", {"user_id": "u", "exclude": ["i"] * 1001}, 422, "exclude"),
+        ("/recommend", {"user_id": "u", "colour": "red"}, 422, "colour"),
+        ("/recommend", [1, 2], 422, "body"),
+        ("/score", {"user_id": "u", "item_ids": []}, 422, "item_ids"),
+        ("/score", {"user_id": "u", "item_ids": ["i"] * 1001}, 422, "item_ids"),
+        ("/score", {"user_id": "u"}, 422, "item_ids"),
+    ],
+)
+async def test_bad_requests_get_4xx_with_reasons(
+    served: Served, path: str, body: object, status: int, field: str
+) -> None:
+    async with in_process(served.settings) as (client, _):
+        response = await client.post(path, json=body)
+    assert response.status_code == status
+    problem = response.json()
+    assert problem["error"] == "invalid_request"
+    assert any(d["field"].startswith(field) for d in problem["detail"]), problem
+    assert all(d["message"] for d in problem["detail"])
+
+
+async def test_malformed_and_oversized_bodies(served: Served) -> None:
+    async with in_process(served.settings) as (client, _):
+        malformed = await client.post("/recommend", content=b'{"user_id": ')
+        huge = await client.post(
+            "/score", content=b"x" * (served.settings.serve_max_body_bytes + 1)
+        )
+        wrong_method = await client.get("/recommend")
+        metrics = (await client.get("/metrics")).text
+    assert malformed.status_code == 400
+    assert malformed.json()["error"] == "malformed_json"
+    assert huge.status_code == 413
+    assert "limited to" in huge.json()["detail"]
+    assert wrong_method.status_code == 405
+    assert (
+        counter_total(metrics, "streamrec_serve_requests", endpoint="recommend", status="4xx") == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": ADMIN_TOKEN},
+        {"Authorization": "Basic x"},
+    ],
+)
+async def test_admin_needs_the_bearer_token(served: Served, headers: dict[str, str]) -> None:
+    async with in_process(served.settings) as (client, _):
+        reload = await client.post("/admin/reload", headers=headers)
+        rollback = await client.post("/admin/rollback", headers=headers)
+    for response in (reload, rollback):
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_admin_is_disabled_without_a_configured_token(served: Served) -> None:
+    settings = served.settings.model_copy(update={"admin_token": ""})
+    async with in_process(settings) as (client, _):
+        response = await client.post("/admin/reload", headers={"Authorization": "Bearer "})
+    assert response.status_code == 401
+    assert "disabled" in response.json()["detail"]
+
+
+async def test_health_model_metrics_and_schema(served: Served) -> None:
+    async with in_process(served.settings) as (client, _):
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = (await client.get("/readyz")).json()
+        model = (await client.get("/model")).json()
+        metrics = (await client.get("/metrics")).text
+        schema = (await client.get("/openapi.json")).json()
+    assert ready == {"ready": True, "model_version": served.first.version}
+    assert model["model_version"] == served.first.version
+    assert model["items"] == len(served.models.vocab)
+    assert f'streamrec_model_info{{version="{served.first.version}"}} 1.0' in metrics
+    assert set(schema["paths"]) >= {"/recommend", "/score", "/admin/reload", "/admin/rollback"}
+    recommend = schema["components"]["schemas"]["RecommendRequest"]["properties"]
+    assert recommend["k"]["maximum"] == served.settings.serve_max_k
