@@ -28,6 +28,9 @@ class EncoderConfig:
     max_len: int = 50
     dropout: float = 0.25
     n_types: int = len(EVENT_TYPES) + 1
+    # NISER-style scoring: cosine between user and item vectors times a fixed
+    # scale; 0 keeps the raw inner product.
+    cosine_scale: float = 12.0
 
     def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -109,9 +112,17 @@ class SequenceEncoder(nn.Module):
         self, item_ids: torch.Tensor, type_ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """The user vector: the state after the last (right-most) event."""
-        return self.hidden_states(item_ids, type_ids, mask)[:, -1, :]
+        return self.query(self.hidden_states(item_ids, type_ids, mask)[:, -1, :])
+
+    def query(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states to the vectors whose inner product with `item_vectors` scores items."""
+        if self.config.cosine_scale > 0:
+            return self.config.cosine_scale * F.normalize(hidden, dim=-1)
+        return hidden
 
     def item_vectors(self) -> torch.Tensor:
+        if self.config.cosine_scale > 0:
+            return F.normalize(self.item_emb.weight, dim=-1)
         return self.item_emb.weight
 
 

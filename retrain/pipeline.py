@@ -34,6 +34,7 @@ class TrainPlan:
     n_heads: int = 2
     dropout: float = 0.25
     max_len: int = 50
+    cosine_scale: float = 12.0
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     candidates: int = 100
@@ -79,6 +80,7 @@ def train_models(
         n_heads=plan.n_heads,
         max_len=plan.max_len,
         dropout=plan.dropout,
+        cosine_scale=plan.cosine_scale,
     )
     warm = grow_items(parent_encoder, vocab.n_rows) if parent_encoder is not None else None
 

@@ -73,7 +73,7 @@ def train_encoder(
         for item_ids, type_ids, mask, next_ids in bar:
             hidden = encoder.hidden_states(item_ids, type_ids, mask)
             valid = mask > 0
-            logits = hidden[valid] @ encoder.item_vectors().T
+            logits = encoder.query(hidden[valid]) @ encoder.item_vectors().T
             logits[:, 0] = -1e9  # never predict padding
             loss = F.cross_entropy(
                 logits, next_ids[valid], label_smoothing=training.label_smoothing

@@ -116,10 +116,10 @@ def ranking_features(
         out[row, 6] = math.log1p(sum(TYPE_WEIGHTS[t] * v for t, v in counts.items()))
         out[row, 7] = math.log1p(counts.get(EventType.CLICK, 0))
         out[row, 8] = float(item_id in user.purchased)
-        step = last_step.get(item_id)
-        if step is not None:
+        seen_step = last_step.get(item_id)
+        if seen_step is not None:
             out[row, 9] = 1.0
-            out[row, 10] = 1.0 / (len(recent) - step)
+            out[row, 10] = 1.0 / (len(recent) - seen_step)
             age_ms = max(now_ms - last_ts[item_id], 0)
             out[row, 11] = math.exp(-decay_per_ms * age_ms)
         out[row, 12] = float(item_id == last_item)

@@ -75,7 +75,12 @@ def train(
         sequences = load_sequences(data, fmt)
     except InputFormatError as exc:
         _fail(str(exc))
-    plan = TrainPlan(dim=dim, half_life_s=settings.popularity_half_life_s)
+    plan = TrainPlan(
+        dim=dim,
+        half_life_s=settings.popularity_half_life_s,
+        candidates=settings.retrieval_candidates,
+        max_len=settings.recent_events_max,
+    )
     plan = replace(plan, encoder=replace(plan.encoder, epochs=epochs, seed=seed))
     parent = registry.current_version(settings.registry)
     parent_vocab = parent_encoder = None
