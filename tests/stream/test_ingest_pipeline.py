@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.events import Event, RejectReason
 from streamrec.processes import ServiceProcess
@@ -128,6 +129,23 @@ def assert_state_is_exact(settings: Settings, events: list[Event]) -> None:
         assert int(float(row[f"{type_value}:ref".encode()])) == ref
 
 
+def assert_lag_reaches_zero(worker: ServiceProcess, settings: Settings) -> None:
+    """Once everything is applied and committed, the lag gauge says so."""
+    deadline = time.monotonic() + 20
+    lag: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        lag = {}
+        for family in text_string_to_metric_families(worker.metrics_text()):
+            if family.name == "streamrec_consumer_lag_messages":
+                for sample in family.samples:
+                    if sample.labels["topic"] in settings.input_topics:
+                        lag[f"{sample.labels['topic']}/{sample.labels['partition']}"] = sample.value
+        if len(lag) == 2 * settings.input_partitions and not any(lag.values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"consumer lag did not reach 0: {lag}")
+
+
 def test_taobao_replay_with_bad_and_duplicate_events_gives_exact_state_and_full_dlq(
     pipeline: tuple[Settings, ServiceProcess],
 ) -> None:
@@ -166,6 +184,7 @@ def test_taobao_replay_with_bad_and_duplicate_events_gives_exact_state_and_full_
     assert sum(v for (t, o), v in counted.items() if o == "accepted") == 2000
 
     assert_state_is_exact(settings, events)
+    assert_lag_reaches_zero(worker, settings)
 
     dlq = read_topic(settings, settings.topic_dlq, expected=200)
     assert len(dlq) == 200

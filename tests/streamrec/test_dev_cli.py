@@ -1,0 +1,44 @@
+"""`streamrec dev up | status | down` in a home of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env["STREAMREC_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_dev_up_writes_addresses_that_the_other_commands_find(tmp_path: Path) -> None:
+    up = run(tmp_path, "dev", "up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        described = orjson.loads((tmp_path / "dev.json").read_bytes())
+        status = run(tmp_path, "dev", "status")
+        assert status.returncode == 0
+        assert described["kafka_bootstrap"] in status.stdout
+        assert described["redis_url"] in status.stdout
+        # `streamrec state` finds Redis without flags: an unknown user has empty state.
+        state = run(tmp_path, "state", "nobody")
+        assert state.returncode == 0, state.stderr
+        assert orjson.loads(state.stdout)["recent_events"] == []
+    finally:
+        down = run(tmp_path, "dev", "down")
+    assert down.returncode == 0
+    assert run(tmp_path, "dev", "status").returncode == 1
