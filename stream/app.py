@@ -19,6 +19,7 @@ from stream.ingest import Ingestor
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
 from stream.transport import transport_with_fetch_wait
+from streamrec.archive import ArchiveWriter, prune
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -66,8 +67,9 @@ def create_app(
         sent = await dlq.send(key=key, value=value, headers=headers)
         await sent
 
+    archive = ArchiveWriter(settings.archive_root) if settings.archive_enabled else None
     ingestor = Ingestor(
-        state, metrics, send_dlq, settings.max_message_bytes, settings.redis_retry_max_s
+        state, metrics, send_dlq, settings.max_message_bytes, settings.redis_retry_max_s, archive
     )
     batch_max, within_s = settings.batch_max_events, settings.batch_within_ms / 1000
 
@@ -96,6 +98,14 @@ def create_app(
             # Fail fast: a worker that cannot reach Redis must not look healthy.
             await state.ping()
             log.info("Redis reachable at %s", settings.redis_url)
+
+    if archive is not None:
+
+        @app.timer(interval=600.0)
+        async def prune_archive() -> None:
+            removed = prune(settings.archive_root, settings.archive_retention_s)
+            if removed:
+                log.info("archive retention: removed segments %s", removed)
 
     @app.timer(interval=settings.lag_poll_s)
     async def consumer_lag() -> None:

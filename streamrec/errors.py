@@ -5,6 +5,7 @@
     ├── DevStackError        the embedded broker or Redis could not start
     ├── StateError           the Redis state could not be read or written
     ├── InputFormatError     an input file (CSV/JSONL replay) cannot be read
+    ├── ArchiveError         the event archive cannot be written or read
     ├── BundleError          a model bundle is missing, corrupt or incompatible
     │   └── ChecksumMismatch a bundle file's sha256 differs from its manifest
     └── ServingError         the model server could not do what was asked
@@ -33,6 +34,10 @@ class StateError(StreamrecError):
 
 class InputFormatError(StreamrecError):
     """A replay file is not in the format it was said to be in."""
+
+
+class ArchiveError(StreamrecError):
+    """The event archive folder cannot be written or read."""
 
 
 class BundleError(StreamrecError):

@@ -55,6 +55,16 @@ class IngestMetrics:
             "Batched Redis writes retried because Redis was unreachable.",
             registry=registry,
         )
+        self.archived = Counter(
+            "streamrec_archived_events_total",
+            "Events appended to the archive that retraining reads.",
+            registry=registry,
+        )
+        self.archive_errors = Counter(
+            "streamrec_archive_errors_total",
+            "Batches that could not be appended to the archive (state was still written).",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "streamrec_consumer_lag_messages",
             "Messages in the partition not yet committed by this worker's consumer group.",

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # Event contract limits.
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
 
+    # The event archive that retraining reads (streamrec/archive.py).
+    archive_enabled: bool = True
+    archive_dir: Path | None = None  # default: <home>/archive
+    archive_retention_s: int = Field(default=7 * 24 * 3600, ge=3600)
+
     # State bounds (see docs/state.md for the memory they imply).
     recent_events_max: int = Field(default=50, ge=1)
     purchased_max: int = Field(default=200, ge=1)
@@ -107,6 +112,10 @@ class Settings(BaseSettings):
         if not values.get("redis_url"):
             values["redis_url"] = dev.get("redis_url", "redis://127.0.0.1:6379/0")
         return values
+
+    @property
+    def archive_root(self) -> Path:
+        return self.archive_dir or self.home / "archive"
 
     @property
     def input_topics(self) -> tuple[str, str]:

@@ -68,6 +68,7 @@ def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
             "topic_dlq": f"{name}.dlq",
             "topic_model_versions": f"{name}.model.versions",
             "input_partitions": 2,
+            "archive_dir": dev_stack.home / "archive" / name,
             "worker_web_port": free_port(),
             "lag_poll_s": 0.5,
             "redis_retry_max_s": 0.5,

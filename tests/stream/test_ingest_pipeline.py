@@ -14,6 +14,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamrec.archive import read_archive
 from streamrec.events import Event, RejectReason
 from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
@@ -129,6 +130,17 @@ def assert_state_is_exact(settings: Settings, events: list[Event]) -> None:
         assert int(float(row[f"{type_value}:ref".encode()])) == ref
 
 
+def assert_archive_is_exact(settings: Settings, events: list[Event]) -> None:
+    """Every accepted event once, with the Kafka coordinates it came from."""
+    archived = list(read_archive(settings.archive_root))
+    assert sorted(a.event.event_id for a in archived) == sorted(e.event_id for e in events)
+    by_id = {e.event_id: e for e in events}
+    for record in archived:
+        assert record.event == by_id[record.event.event_id]
+        assert record.topic == topic_for(record.event.type, settings)
+        assert 0 <= record.partition < settings.input_partitions and record.offset >= 0
+
+
 def assert_lag_reaches_zero(worker: ServiceProcess, settings: Settings) -> None:
     """Once everything is applied and committed, the lag gauge says so."""
     deadline = time.monotonic() + 20
@@ -185,6 +197,7 @@ def test_taobao_replay_with_bad_and_duplicate_events_gives_exact_state_and_full_
 
     assert_state_is_exact(settings, events)
     assert_lag_reaches_zero(worker, settings)
+    assert_archive_is_exact(settings, events)
 
     dlq = read_topic(settings, settings.topic_dlq, expected=200)
     assert len(dlq) == 200
@@ -240,5 +253,6 @@ def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(
             time.sleep(0.25)
         time.sleep(1.0)  # anything applied twice would show up now
         assert_state_is_exact(settings, events)
+        assert_archive_is_exact(settings, events)
     finally:
         worker.stop()
