@@ -20,11 +20,29 @@ from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
 from stream.transport import transport_with_fetch_wait
 from streamrec.archive import ArchiveWriter, prune
+from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
 log = logging.getLogger(__name__)
+
+
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The same security as `streamrec.kafka_client` gives kafka-python."""
+    protocol = settings.kafka_security_protocol
+    context = ssl_context(settings)
+    if protocol.startswith("SASL"):
+        kafka_python_options(settings)  # validates: a username is required
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -49,6 +67,7 @@ def create_app(
         broker_rebalance_timeout=settings.consumer_rebalance_timeout_s,
         broker_heartbeat_interval=settings.consumer_heartbeat_s,
         web_in_thread=False,
+        broker_credentials=faust_credentials(settings),
     )
     transport_class = transport_with_fetch_wait(settings.consumer_fetch_max_wait_ms)
     app.transport = transport_class(app.conf.broker_consumer, app)

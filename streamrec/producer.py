@@ -11,6 +11,7 @@ from kafka.errors import KafkaError
 
 from streamrec.errors import StreamrecError
 from streamrec.events import Event, EventType, Rejection
+from streamrec.kafka_client import kafka_python_options
 from streamrec.settings import Settings
 
 
@@ -33,7 +34,7 @@ class EventProducer:
         self.settings = settings
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap,
+                **kafka_python_options(settings),
                 client_id="streamrec-producer",
                 acks="all",
                 linger_ms=5,

@@ -7,10 +7,10 @@ address is not set, the addresses written by `streamrec dev up` are used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_STACK_FILE = "dev.json"
@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     redis_url: str = ""
     # True when the Redis URL came from the caller, not from the dev stack.
     redis_url_explicit: bool = False
+
+    # Kafka security (production brokers): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
 
     # Topics.
     topic_clicks: str = "clicks"
@@ -124,7 +133,16 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as `STREAMREC_*` variables, to hand to a child process."""
         env = {}
-        for name, value in self.model_dump(exclude={"redis_url_explicit"}).items():
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "redis_url_explicit" or value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            elif isinstance(value, list | tuple | dict):
+                value = orjson.dumps(value).decode()
             env[f"STREAMREC_{name.upper()}"] = str(value)
         return env
 

@@ -11,6 +11,8 @@ import logging
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streamrec.errors import StreamrecError
+from streamrec.kafka_client import kafka_python_options
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,7 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
 def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> list[str]:
     """Create the missing topics; return the names created."""
     wanted = {**wanted_topics(settings), **(extra or {})}
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin"
-    )
+    admin = KafkaAdminClient(**kafka_python_options(settings), client_id="streamrec-admin")
     try:
         existing = set(admin.list_topics())
         missing = [
@@ -47,7 +47,7 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> li
         except TopicAlreadyExistsError:
             log.info("another process created some of %s first", [t.name for t in missing])
         except KafkaError as exc:
-            raise RuntimeError(
+            raise StreamrecError(
                 f"could not create topics {[t.name for t in missing]}: {exc}"
             ) from exc
         return [t.name for t in missing]
@@ -56,9 +56,7 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> li
 
 
 def partitions_of(settings: Settings, topic: str) -> int:
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-admin"
-    )
+    admin = KafkaAdminClient(**kafka_python_options(settings), client_id="streamrec-admin")
     try:
         described = admin.describe_topics([topic])
         return len(described[0]["partitions"])
