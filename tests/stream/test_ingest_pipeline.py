@@ -14,37 +14,22 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrec.archive import read_archive
-from streamrec.events import Event, RejectReason
+from streamrec.events import RejectReason
 from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
-from streamrec.replay import taobao_event
 from streamrec.settings import Settings
-from streamrec.state import item_popularity_key
 from streamrec.topics import ensure_topics
-from tests.conftest import TAOBAO
 from tests.pipeline import (
-    expected_popularity,
-    expected_state,
+    assert_archive_is_exact,
+    assert_state_is_exact,
     produce_raw,
     read_topic,
+    start_worker,
+    taobao_events,
     wait_counted,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def taobao_events(start: int, count: int) -> list[Event]:
-    events = []
-    with open(TAOBAO, encoding="utf-8") as fh:
-        for line_number, line in enumerate(fh, start=1):
-            if line_number > start + count:
-                break
-            if line_number > start:
-                event = taobao_event(line_number, line)
-                assert isinstance(event, Event)
-                events.append(event)
-    return events
 
 
 def bad_message(kind: RejectReason, n: int) -> bytes:
@@ -67,15 +52,6 @@ def bad_message(kind: RejectReason, n: int) -> bytes:
     return variants[kind]()
 
 
-def start_worker(settings: Settings, log_dir: Path) -> ServiceProcess:
-    worker = ServiceProcess(
-        settings, ["worker"], log_dir / f"{settings.app_id}.log", settings.worker_web_port
-    )
-    worker.start()
-    worker.wait_ready()
-    return worker
-
-
 @pytest.fixture
 def pipeline(
     make_settings: Callable[..., Settings], tmp_path: Path
@@ -87,58 +63,6 @@ def pipeline(
         yield settings, worker
     finally:
         worker.stop()
-
-
-def assert_state_is_exact(settings: Settings, events: list[Event]) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    expected = expected_state(events, settings)
-    users_in_redis = {
-        key.decode().split("{", 1)[1].rsplit("}", 1)[0]
-        for key in client.scan_iter("sr:u:*:meta", count=1000)
-    }
-    assert users_in_redis == set(expected)
-    pipe = client.pipeline(transaction=False)
-    for user_id in expected:
-        pipe.zrange(f"sr:u:{{{user_id}}}:ev", 0, -1, withscores=True)
-        pipe.zrange(f"sr:u:{{{user_id}}}:buy", 0, -1)
-        pipe.hgetall(f"sr:u:{{{user_id}}}:cnt")
-        pipe.hgetall(f"sr:u:{{{user_id}}}:meta")
-    replies = iter(pipe.execute())
-    for user_id, want in expected.items():
-        recent, purchased, counts, meta = next(replies), next(replies), next(replies), next(replies)
-        assert [(int(score), member) for member, score in recent] == [
-            (ts, m) for ts, m, _ in want.recent
-        ], user_id
-        assert {p.decode() for p in purchased} == set(want.purchased), user_id
-        got_counts = {k.decode(): int(v) for k, v in counts.items()}
-        assert got_counts == {
-            f"{t}:{item}": n
-            for item, by_type in want.item_counts.items()
-            for t, n in by_type.items()
-        }, user_id
-        assert {k.decode()[2:]: int(v) for k, v in meta.items() if k.startswith(b"n:")} == dict(
-            want.counts_by_type
-        ), user_id
-
-    popularity = expected_popularity(events, settings.popularity_half_life_s * 1000)
-    pipe = client.pipeline(transaction=False)
-    for item_id, _ in popularity:
-        pipe.hgetall(item_popularity_key(item_id))
-    for (item_id, type_value), row in zip(popularity, pipe.execute(), strict=True):
-        value, ref = popularity[(item_id, type_value)]
-        assert float(row[type_value.encode()]) == pytest.approx(value, rel=1e-9), item_id
-        assert int(float(row[f"{type_value}:ref".encode()])) == ref
-
-
-def assert_archive_is_exact(settings: Settings, events: list[Event]) -> None:
-    """Every accepted event once, with the Kafka coordinates it came from."""
-    archived = list(read_archive(settings.archive_root))
-    assert sorted(a.event.event_id for a in archived) == sorted(e.event_id for e in events)
-    by_id = {e.event_id: e for e in events}
-    for record in archived:
-        assert record.event == by_id[record.event.event_id]
-        assert record.topic == topic_for(record.event.type, settings)
-        assert 0 <= record.partition < settings.input_partitions and record.offset >= 0
 
 
 def assert_lag_reaches_zero(worker: ServiceProcess, settings: Settings) -> None:
