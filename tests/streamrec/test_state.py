@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Callable
@@ -149,3 +150,18 @@ async def test_any_ids_round_trip_through_the_state(store: StateStore) -> None:
         ]
         assert state.purchased == {event.item_id}
         assert state.item_counts == {event.item_id: {"purchase": 1}}
+
+
+async def test_the_dedup_window_forgets_old_event_ids(
+    make_settings: Callable[..., Settings],
+) -> None:
+    store = StateStore(make_settings("dedup-window", dedup_ttl_s=1))
+    try:
+        assert await store.apply_events([ev(1)]) == [True]
+        assert await store.apply_events([ev(1)]) == [False]
+        await asyncio.sleep(1.2)
+        # Past the window the id is new again (the window bounds memory, not history).
+        assert await store.apply_events([ev(1)]) == [True]
+    finally:
+        await store.redis.flushdb()
+        await store.close()
