@@ -121,6 +121,9 @@ class DevStack:
                     "",
                     "--appendonly",
                     "no",
+                    # Tests give every pipeline its own database.
+                    "--databases",
+                    "256",
                     "--dir",
                     str(self.home),
                 ],

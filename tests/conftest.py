@@ -54,9 +54,12 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
     """Settings for one isolated pipeline: its own topics, group and Redis db."""
 
+    base = dev_stack.redis_url.rsplit("/", 1)[0]
+    databases = int(redis.Redis.from_url(f"{base}/0").config_get("databases")["databases"])
+
     def build(name: str, **overrides: object) -> Settings:
-        db = next(_redis_dbs)
-        base = dev_stack.redis_url.rsplit("/", 1)[0]
+        # Database 0 is the demo's; wrap around on a server with few databases.
+        db = 1 + (next(_redis_dbs) - 1) % (databases - 1)
         fields: dict[str, object] = {
             "home": dev_stack.home,
             "kafka_bootstrap": dev_stack.kafka_bootstrap,
