@@ -14,9 +14,7 @@ import torch
 from retrain.data import UserSequence
 from retrain.vocab import ItemVocab
 from streamrec.events import EventType
-from streamrec.features import EVENT_TYPES
-
-TYPE_IDS = {event_type: index + 1 for index, event_type in enumerate(EVENT_TYPES)}
+from streamrec.features import ENCODER_TYPE_IDS as TYPE_IDS
 
 
 def type_id(event_type: EventType) -> int:

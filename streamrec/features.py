@@ -29,6 +29,9 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType.FAVORITE,
 )
 
+# The encoder's event-type input: 0 is padding. Serving and training both use this.
+ENCODER_TYPE_IDS: Mapping[EventType, int] = {t: index + 1 for index, t in enumerate(EVENT_TYPES)}
+
 # How much one event says about intent. Purchases weigh most.
 TYPE_WEIGHTS: Mapping[EventType, float] = {
     EventType.VIEW: 0.5,
