@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamrec.archive import read_archive
-from streamrec.events import Event, EventType
+from streamrec.events import Event, EventType, RejectReason
 from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
 from streamrec.replay import taobao_event
@@ -207,3 +208,23 @@ def assert_archive_is_exact(settings: Settings, events: list[Event]) -> None:
         assert record.event == by_id[record.event.event_id]
         assert record.topic == topic_for(record.event.type, settings)
         assert 0 <= record.partition < settings.input_partitions and record.offset >= 0
+
+
+def bad_message(kind: RejectReason, n: int) -> bytes:
+    ok = {"event_id": f"bad-{n}", "user_id": "u", "item_id": "i", "type": "click", "ts": 1}
+    variants: dict[RejectReason, Callable[[], bytes]] = {
+        RejectReason.TOO_LARGE: lambda: orjson.dumps({**ok, "pad": "x" * 70_000}),
+        RejectReason.NOT_UTF8: lambda: b'{"event_id": "\xff\xfe"}',
+        RejectReason.MALFORMED_JSON: lambda: b'{"event_id": "a", ' + str(n).encode(),
+        RejectReason.NOT_OBJECT: lambda: orjson.dumps([n, "click"]),
+        RejectReason.MISSING_FIELD: lambda: orjson.dumps(
+            {k: v for k, v in ok.items() if k != "user_id"}
+        ),
+        RejectReason.WRONG_TYPE: lambda: orjson.dumps({**ok, "item_id": n}),
+        RejectReason.EMPTY_FIELD: lambda: orjson.dumps({**ok, "user_id": ""}),
+        RejectReason.TOO_LONG: lambda: orjson.dumps({**ok, "item_id": "i" * 200}),
+        RejectReason.BAD_TIMESTAMP: lambda: orjson.dumps({**ok, "ts": "not a time"}),
+        RejectReason.UNKNOWN_TYPE: lambda: orjson.dumps({**ok, "type": "like"}),
+        RejectReason.BAD_VALUE: lambda: orjson.dumps({**ok, "price": -n - 1}),
+    }
+    return variants[kind]()

@@ -2,6 +2,7 @@
 
 1. SIGKILL the worker three times during a 20k-event replay.
 2. Restart Redis (with its append-only file) in the middle of a replay.
+3. A poison flood: 10k bad messages at full speed among 5k good ones.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,15 +18,19 @@ import pytest
 import redis
 
 from streamrec.devstack import free_port, wait_for_port
+from streamrec.events import RejectReason
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.pipeline import (
     assert_archive_is_exact,
     assert_state_is_exact,
+    bad_message,
     produce_raw,
+    read_topic,
     start_worker,
     taobao_events,
+    wait_counted,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -138,3 +144,33 @@ def test_a_redis_restart_mid_replay_loses_nothing(
         worker.stop()
         redis_proc.terminate()
         redis_proc.wait()
+
+
+def test_a_poison_flood_lands_whole_in_the_dlq_while_good_events_flow(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("drill-poison")
+    ensure_topics(settings)
+    events = taobao_events(50_000, 5_000)
+    good = [(topic_for(e.type, settings), e.user_id.encode(), e.to_json()) for e in events]
+    kinds = list(RejectReason)
+    poison = [
+        (settings.input_topics[n % 2], f"p{n}".encode(), bad_message(kinds[n % len(kinds)], n))
+        for n in range(10_000)
+    ]
+    # Two bad messages after every good one, at full speed.
+    mixed: list[tuple[str, bytes | None, bytes]] = []
+    for n, message in enumerate(good):
+        mixed += [message, *poison[2 * n : 2 * n + 2]]
+    worker = start_worker(settings, tmp_path)
+    try:
+        produce_raw(settings, mixed)
+        counted = wait_counted(worker, total=len(mixed), timeout_s=240)
+        assert counted[("invalid", "rejected")] == len(poison)
+        assert_state_is_exact(settings, events)
+    finally:
+        worker.stop()
+    dlq = read_topic(settings, settings.topic_dlq, expected=len(poison), timeout_s=60)
+    assert len(dlq) == len(poison)
+    reasons = Counter(r.headers["streamrec.reason"] for r in dlq)
+    assert reasons == Counter(kinds[n % len(kinds)].value for n in range(len(poison)))

@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +21,7 @@ from streamrec.topics import ensure_topics
 from tests.pipeline import (
     assert_archive_is_exact,
     assert_state_is_exact,
+    bad_message,
     produce_raw,
     read_topic,
     start_worker,
@@ -30,26 +30,6 @@ from tests.pipeline import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def bad_message(kind: RejectReason, n: int) -> bytes:
-    ok = {"event_id": f"bad-{n}", "user_id": "u", "item_id": "i", "type": "click", "ts": 1}
-    variants: dict[RejectReason, Callable[[], bytes]] = {
-        RejectReason.TOO_LARGE: lambda: orjson.dumps({**ok, "pad": "x" * 70_000}),
-        RejectReason.NOT_UTF8: lambda: b'{"event_id": "\xff\xfe"}',
-        RejectReason.MALFORMED_JSON: lambda: b'{"event_id": "a", ' + str(n).encode(),
-        RejectReason.NOT_OBJECT: lambda: orjson.dumps([n, "click"]),
-        RejectReason.MISSING_FIELD: lambda: orjson.dumps(
-            {k: v for k, v in ok.items() if k != "user_id"}
-        ),
-        RejectReason.WRONG_TYPE: lambda: orjson.dumps({**ok, "item_id": n}),
-        RejectReason.EMPTY_FIELD: lambda: orjson.dumps({**ok, "user_id": ""}),
-        RejectReason.TOO_LONG: lambda: orjson.dumps({**ok, "item_id": "i" * 200}),
-        RejectReason.BAD_TIMESTAMP: lambda: orjson.dumps({**ok, "ts": "not a time"}),
-        RejectReason.UNKNOWN_TYPE: lambda: orjson.dumps({**ok, "type": "like"}),
-        RejectReason.BAD_VALUE: lambda: orjson.dumps({**ok, "price": -n - 1}),
-    }
-    return variants[kind]()
 
 
 @pytest.fixture
