@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -41,7 +42,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = StateStore(settings)
+        # Waits for a free connection instead of failing when all are busy.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.serve_redis_connections
+        )
+        store = StateStore(settings, aioredis.Redis(connection_pool=pool))
         watcher: asyncio.Task[None] | None = None
         try:
             try:
@@ -61,6 +66,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await store.close()
+            await pool.aclose()
 
     async def openapi(request: Request) -> Response:
         return json_response(schema)

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     serve_max_items: int = Field(default=1000, ge=1)  # /score item_ids, /recommend exclude
     serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     registry_poll_s: float = Field(default=2.0, gt=0)
+    # Redis connections per server process; a request waits for a free one.
+    serve_redis_connections: int = Field(default=32, ge=1)
 
     @model_validator(mode="before")
     @classmethod

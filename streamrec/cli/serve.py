@@ -11,6 +11,17 @@ from streamrec.settings import Settings
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
+    _bench_group(app).command("serve")(bench_serve)
+
+
+def _bench_group(app: typer.Typer) -> typer.Typer:
+    """The `bench` group another module registered, else a new one."""
+    for group in app.registered_groups:
+        if group.name == "bench" and group.typer_instance is not None:
+            return group.typer_instance
+    bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; reports go to bench/reports/.")
+    app.add_typer(bench_app, name="bench")
+    return bench_app
 
 
 def serve(
@@ -33,3 +44,12 @@ def serve(
         if value is not None
     }
     run_server(Settings(**overrides))  # type: ignore[arg-type]
+
+
+def bench_serve(
+    quick: bool = typer.Option(False, help="One rate for 10 s, one server process."),
+) -> None:
+    """Open-loop load on /recommend: latency, errors, stages, swap, event-to-effect."""
+    from bench.serve import run
+
+    run(quick=quick)

@@ -1,0 +1,429 @@
+"""Model-server benchmark: an open-loop load generator in its own process against
+`streamrec serve`, at fixed rates; latency, errors, per-stage time, p99 during a
+model swap and event-to-effect delay. Writes bench/reports/serve.{md,json,png}."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from rich.console import Console
+
+from bench.common import REPORTS, machine, write_json
+from streamrec import registry
+from streamrec.client import RecommenderClient
+from streamrec.devstack import DevStack, free_port
+from streamrec.events import Event, EventType
+from streamrec.processes import ServiceProcess
+from streamrec.producer import EventProducer
+from streamrec.settings import Settings
+from streamrec.state import StateStore
+from streamrec.topics import ensure_topics
+
+console = Console(stderr=True)
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose1_64"
+STAGES = ("redis", "encode", "retrieve", "features", "rank")
+
+
+@dataclass(frozen=True)
+class Plan:
+    rates: tuple[int, ...]
+    seconds: float
+    server_counts: tuple[int, ...]
+    users: int
+    effect_samples: int
+    train_sessions: int  # only when no current model exists to copy
+
+
+QUICK = Plan(rates=(250,), seconds=10, server_counts=(1,), users=2000, effect_samples=20,
+             train_sessions=10_000)  # fmt: skip
+FULL = Plan(rates=(250, 500, 1000, 2000), seconds=30, server_counts=(1, 2), users=10_000,
+            effect_samples=100, train_sessions=0)  # fmt: skip
+
+
+def run(quick: bool) -> dict[str, Any]:
+    plan = QUICK if quick else FULL
+    home = Path(tempfile.mkdtemp(prefix="streamrec-bench-serve-"))
+    stack = DevStack(home)
+    status = stack.up()
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=status.kafka_bootstrap or "",
+        redis_url=status.redis_url or "",
+        registry=home / "registry",
+        app_id="bench-serve",
+        topic_clicks="bench-serve.clicks",
+        topic_purchases="bench-serve.purchases",
+        serve_port=free_port(),
+        worker_web_port=free_port(),
+        registry_poll_s=0.5,
+        log_level="WARNING",
+    )
+    try:
+        model_source = prepare_model(settings, plan)
+        users = asyncio.run(seed_users(settings, plan.users))
+        runs: list[dict[str, Any]] = []
+        swap: dict[str, Any] = {"errors": 0}
+        for servers in plan.server_counts:
+            with serving(settings, servers) as (url, server):
+                for rate in plan.rates:
+                    before, cpu_before = scrape(url), server_cpu_s(server)
+                    result = open_loop(url, users, rate, plan.seconds)
+                    served = result["sent"] - result["errors"]
+                    result.update(
+                        servers=servers,
+                        stages_ms=stage_means(before, scrape(url)),
+                        server_cpu_ms_per_request=round(
+                            (server_cpu_s(server) - cpu_before) * 1000 / max(served, 1), 3
+                        ),
+                    )
+                    runs.append(result)
+                    console.print(_line(result))
+                if servers == 1:
+                    swap = swap_run(url, settings, users, plan.rates[-1], plan.seconds)
+                    console.print(f"swap: {_line(swap)}")
+                    effect = event_to_effect(url, settings, users, plan.effect_samples)
+    finally:
+        stack.down()
+        if any(r["errors"] for r in [*runs, swap]):
+            console.print(f"[red]errors[/red]: the server's log is kept in {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+    report = {
+        "runs": runs,
+        "swap_p99_ms": swap["p99_ms"],
+        "swap_errors": swap["errors"],
+        "swap_rate": swap["rate"],
+        "event_to_effect_p50_ms": effect["p50_ms"],
+        "event_to_effect_p99_ms": effect["p99_ms"],
+        "event_to_effect_samples": effect["samples"],
+        "model": model_source,
+        "users": len(users),
+        "quick": quick,
+        "command": f"streamrec bench serve{' --quick' if quick else ''}",
+        "machine": machine(),
+    }
+    write_json("serve", {**report, "runs": [_without_samples(r) for r in runs]})
+    _plot(runs)
+    _write_markdown(report)
+    return report
+
+
+def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
+    """Copy the user's current model when there is one (the yoochoose1_64 bundle),
+    else train a small one on a slice of yoochoose1_64."""
+    mine = Settings()
+    current = registry.current_version(mine.registry) if mine.registry.is_dir() else None
+    if current is not None:
+        shutil.copytree(mine.registry / current, settings.registry / current)
+        registry.set_current(settings.registry, current)
+        manifest = registry.read_manifest(settings.registry, current)
+        return {"version": current, "items": manifest.index.get("n_items"), "source": "copied"}
+    from itertools import islice
+
+    from retrain.data import load_sequences
+    from retrain.pipeline import TrainPlan, train_models
+    from retrain.publish import publish_models
+    from retrain.train_encoder import EncoderTraining
+
+    sessions = plan.train_sessions or 100_000
+    console.print(f"no current model in {mine.registry}: training on {sessions:,} sessions")
+    sequences = list(islice(load_sequences(DATA, "srgnn"), sessions))
+    train_plan = replace(TrainPlan(), dim=64, encoder=EncoderTraining(epochs=1))
+    models = train_models(sequences, train_plan, progress=False)
+    manifest = publish_models(
+        models, settings.registry, train_plan, {"source": str(DATA)}, None, settings.hnsw_threshold
+    )
+    return {"version": manifest.version, "items": len(models.vocab), "source": "trained"}
+
+
+async def seed_users(settings: Settings, count: int) -> list[str]:
+    """Users with recent clicks on catalogue items, as the stream would leave them."""
+    version = registry.current_version(settings.registry)
+    assert version is not None
+    vocab = orjson.loads((settings.registry / version / "vocab.json").read_bytes())["item_ids"]
+    rng = np.random.default_rng(0)
+    now_ms = int(time.time() * 1000)
+    events = []
+    for user in range(count):
+        for step, row in enumerate(rng.integers(0, len(vocab), size=int(rng.integers(3, 20)))):
+            kind = EventType.PURCHASE if rng.random() < 0.05 else EventType.CLICK
+            events.append(Event(f"b{user}-{step}", f"user-{user}", vocab[row], kind, now_ms + step))
+    store = StateStore(settings)
+    try:
+        for start in range(0, len(events), 5000):
+            await store.apply_events(events[start : start + 5000])
+    finally:
+        await store.close()
+    return [f"user-{user}" for user in range(count)]
+
+
+def server_cpu_s(server: ServiceProcess) -> float:
+    """CPU seconds of the server process and its worker processes."""
+    import psutil
+
+    assert server.proc is not None
+    root = psutil.Process(server.proc.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+@contextmanager
+def serving(settings: Settings, servers: int) -> Iterator[tuple[str, ServiceProcess]]:
+    settings = settings.model_copy(update={"serve_workers": servers})
+    process = ServiceProcess(settings, ["serve"], settings.home / "serve.log", settings.serve_port)
+    process.start()
+    try:
+        process.wait_ready()
+        yield f"http://127.0.0.1:{settings.serve_port}", process
+    finally:
+        process.stop()
+
+
+def open_loop(url: str, users: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    """Requests sent on a fixed schedule from another process, whatever the answers do;
+    latency counts from the scheduled time, so queueing shows (no coordinated omission)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        latencies, errors, sent, elapsed = pool.apply(_generate, (url, users, rate, seconds))
+    result = _summary(rate, np.array(latencies), sum(errors.values()), sent, elapsed)
+    result["error_kinds"] = dict(errors)
+    return result
+
+
+def _generate(
+    url: str, users: list[str], rate: float, seconds: float
+) -> tuple[list[float], Counter[str], int, float]:
+    import aiohttp
+
+    async def main() -> tuple[list[float], Counter[str], int, float]:
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(url, connector=connector) as session:
+
+            async def one(user: str, due: float) -> None:
+                body = orjson.dumps({"user_id": user, "k": 20})
+                headers = {"content-type": "application/json"}
+                try:
+                    async with session.post("/recommend", data=body, headers=headers) as response:
+                        await response.read()
+                        if response.status != 200:
+                            errors[f"http {response.status}"] += 1
+                            return
+                except aiohttp.ClientError as exc:
+                    errors[type(exc).__name__] += 1
+                    return
+                latencies.append(time.perf_counter() - due)
+
+            tasks = []
+            started = time.perf_counter()
+            total = int(rate * seconds)
+            for n in range(total):
+                due = started + n / rate
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                tasks.append(asyncio.create_task(one(users[n % len(users)], due)))
+            await asyncio.gather(*tasks)
+            return latencies, errors, total, time.perf_counter() - started
+
+    return asyncio.run(main())
+
+
+def _summary(
+    rate: float, latencies: np.ndarray, errors: int, sent: int, elapsed: float
+) -> dict[str, Any]:
+    ms = latencies * 1000 if len(latencies) else np.zeros(1)
+    return {
+        "rate": rate,
+        "achieved_rate": round(len(latencies) / elapsed, 1),
+        "sent": sent,
+        "errors": errors,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "samples_ms": ms,
+    }
+
+
+def swap_run(
+    url: str, settings: Settings, users: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    """A steady run during which a new version is published and swapped in."""
+    current = registry.current_version(settings.registry)
+    assert current is not None
+
+    def publish_later() -> None:
+        time.sleep(seconds / 3)
+        manifest = registry.read_manifest(settings.registry, current)
+        staged = settings.home / "staged"
+        shutil.copytree(settings.registry / current, staged)
+        (staged / registry.MANIFEST).unlink()
+        registry.publish(
+            settings.registry, staged, parent=current, data_window=manifest.data_window,
+            metrics=manifest.metrics, encoder=manifest.encoder, ranker=manifest.ranker,
+            index=manifest.index, training=manifest.training,
+        )  # fmt: skip
+
+    import threading
+
+    publisher = threading.Thread(target=publish_later)
+    publisher.start()
+    result = open_loop(url, users, rate, seconds)
+    publisher.join()
+    swapped_to = orjson.loads(_get(f"{url}/model"))["model_version"]
+    result["swapped"] = swapped_to != current
+    return result
+
+
+def event_to_effect(url: str, settings: Settings, users: list[str], samples: int) -> dict[str, Any]:
+    """Produce a purchase of a user's top item; poll until the answer drops it."""
+    ensure_topics(settings)
+    worker = ServiceProcess(
+        settings, ["worker"], settings.home / "worker.log", settings.worker_web_port
+    )
+    worker.start()
+    delays: list[float] = []
+    try:
+        worker.wait_ready()
+        with RecommenderClient(url) as client, EventProducer(settings) as producer:
+            for n, user in enumerate(users[:samples]):
+                top = client.recommend(user, k=5).item_ids[0]
+                sent = time.perf_counter()
+                event = Event(f"effect-{n}", user, top, EventType.PURCHASE, int(time.time() * 1000))
+                producer.send(event)
+                producer.flush()
+                while top in client.recommend(user, k=5).item_ids:
+                    if time.perf_counter() - sent > 10:
+                        break
+                delays.append((time.perf_counter() - sent) * 1000)
+    finally:
+        worker.stop()
+    return {
+        "p50_ms": round(float(np.percentile(delays, 50)), 1),
+        "p99_ms": round(float(np.percentile(delays, 99)), 1),
+        "samples": len(delays),
+    }
+
+
+def _get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bytes(response.read())
+
+
+def scrape(url: str) -> str:
+    return _get(f"{url}/metrics").decode()
+
+
+def stage_means(before: str, after: str) -> dict[str, float]:
+    """Mean milliseconds per stage over a run, from the server's histograms."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def sums(text: str) -> dict[tuple[str, str], float]:
+        found = {}
+        for family in text_string_to_metric_families(text):
+            if family.name in ("streamrec_serve_stage_seconds", "streamrec_serve_request_seconds"):
+                for s in family.samples:
+                    if s.name.endswith(("_sum", "_count")):
+                        label = s.labels.get("stage") or f"request:{s.labels.get('endpoint')}"
+                        found[(label, s.name.rsplit("_", 1)[1])] = s.value
+        return found
+
+    b, a = sums(before), sums(after)
+    means = {}
+    for label in {label for label, _ in a}:
+        count = a.get((label, "count"), 0) - b.get((label, "count"), 0)
+        if count:
+            total = a.get((label, "sum"), 0) - b.get((label, "sum"), 0)
+            means[label.replace("request:", "server total ")] = round(total / count * 1000, 3)
+    return means
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (
+        f"{r.get('servers', 1)} server(s) @ {r['rate']}/s: p50 {r['p50_ms']} ms, "
+        f"p99 {r['p99_ms']} ms, errors {r['errors']}, achieved {r['achieved_rate']}/s"
+    )
+
+
+def _without_samples(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "samples_ms"}
+
+
+def _plot(runs: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in runs:
+        ms = np.sort(r["samples_ms"])
+        ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=f"{r['servers']} srv, {r['rate']}/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency from scheduled send (ms, log)")
+    ax.set_ylabel("share of requests ≤ x")
+    ax.axhline(0.99, color="grey", lw=0.5, ls="--")
+    ax.set_title("POST /recommend, open loop, k = 20")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(REPORTS / "serve.png", dpi=110)
+    plt.close(fig)
+
+
+def _write_markdown(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    model = r["model"]
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Command: `{r['command']}`. Open-loop load (aiohttp, its own process) against "
+        f"`streamrec serve`, POST /recommend k = 20 for {r['users']:,} users with 3-19 recent "
+        f"events each; local Redis; model {model['version']} ({model['items']} items, "
+        f"{model['source']}).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
+        f"{m['date']}, commit {m['commit']}. Load generator, server(s) and Redis share the cores.",
+        "",
+        "| servers | rate req/s | achieved | p50 ms | p95 ms | p99 ms | errors | CPU ms/req |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run_ in r["runs"]:
+        lines.append(
+            f"| {run_['servers']} | {run_['rate']} | {run_['achieved_rate']} | {run_['p50_ms']} | "
+            f"{run_['p95_ms']} | {run_['p99_ms']} | {run_['errors']} | "
+            f"{run_['server_cpu_ms_per_request']} |"
+        )
+    lines += [
+        "",
+        f"During a model swap at {r['swap_rate']} req/s: p99 {r['swap_p99_ms']} ms, "
+        f"errors {r['swap_errors']}.",
+        f"Event-to-effect (purchase produced to Kafka → the item gone from the answer), "
+        f"{r['event_to_effect_samples']} samples: p50 {r['event_to_effect_p50_ms']} ms, "
+        f"p99 {r['event_to_effect_p99_ms']} ms.",
+        "",
+        "Mean time per stage inside the server (ms), first run:",
+        "",
+        "| stage | ms |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in sorted(r["runs"][0]["stages_ms"].items())],
+        "",
+        "![latency CDF](serve.png)",
+        "",
+    ]
+    (REPORTS / "serve.md").write_text("\n".join(lines), encoding="utf-8")
