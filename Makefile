@@ -1,12 +1,12 @@
-# Every target sets up what it needs: a virtualenv in .venv, the package, and a
-# redis-server (installed from Debian when missing and we are root).
+# Every target sets up what it needs: a virtualenv in .venv, the package, and
+# redis-server and prometheus (installed from Debian when missing and we are root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv redis demo test lint bench bench-quick clean
+.PHONY: help venv binaries demo test lint bench bench-quick clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install streamrec with its dev tools
 
-redis: ## make sure a redis-server binary exists (apt-get when root)
-	@scripts/ensure-redis.sh
+binaries: ## redis-server and prometheus from Debian when missing (apt-get, as root)
+	@scripts/ensure-binaries.sh
 
-demo: venv redis ## replay a synthetic sample through Kafka -> Faust -> Redis and watch state change
+demo: venv binaries ## replay a synthetic sample through Kafka -> Faust -> Redis and watch state change
 	$(BIN)/streamrec demo
 
-test: venv redis ## unit, integration (real broker, real Redis) and end-to-end tests
+test: venv binaries ## unit, integration (real broker, real Redis) and end-to-end tests
 	$(BIN)/python -m pytest
 
 lint: venv ## ruff check, ruff format --check, mypy on streamrec/
@@ -33,10 +33,10 @@ lint: venv ## ruff check, ruff format --check, mypy on streamrec/
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy streamrec
 
-bench: venv redis ## ingestion benchmark on the Taobao stream (writes bench/reports/)
+bench: venv binaries ## ingestion benchmark on the Taobao stream (writes bench/reports/)
 	$(BIN)/streamrec bench ingest
 
-bench-quick: venv redis ## the same, in under a minute
+bench-quick: venv binaries ## the same, in under a minute
 	$(BIN)/streamrec bench ingest --quick
 
 clean: ## stop the dev stack and remove the virtualenv

@@ -1,0 +1,151 @@
+"""The alert rules and the dashboard name only metrics the code exports; promtool
+accepts the rules; a real Prometheus scrapes a live worker."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from streamrec.devstack import free_port
+from streamrec.events import Event, EventType
+from streamrec.metrics import IngestMetrics, ServeMetrics
+from streamrec.producer import EventProducer
+from streamrec.settings import Settings
+from streamrec.topics import ensure_topics
+from tests.pipeline import start_worker
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+RULES = DEPLOY / "prometheus" / "rules.yml"
+DASHBOARD = DEPLOY / "grafana" / "streamrec.json"
+# Metrics that come from Prometheus itself or from redis_exporter, not from us.
+EXTERNAL = {"up", "redis_memory_used_bytes", "redis_memory_max_bytes"}
+NAME = re.compile(r"\b(?:streamrec_[a-z0-9_]+|up|redis_[a-z0-9_]+)\b")
+
+
+def exported_families() -> set[str]:
+    registry = CollectorRegistry()
+    IngestMetrics(registry)
+    ServeMetrics(registry)
+    return {family.name for family in registry.collect()}
+
+
+def exported_sample_names() -> set[str]:
+    registry = CollectorRegistry()
+    IngestMetrics(registry)
+    ServeMetrics(registry)
+    names = set()
+    for family in registry.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+    return names
+
+
+def rule_expressions() -> list[str]:
+    rules = yaml.safe_load(RULES.read_text())
+    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
+@pytest.mark.parametrize("where", ["rules", "dashboard"])
+def test_every_metric_named_is_one_we_export(where: str) -> None:
+    expressions = rule_expressions() if where == "rules" else dashboard_expressions()
+    named = {name for expr in expressions for name in NAME.findall(expr)}
+    unknown = named - exported_sample_names() - EXTERNAL
+    assert not unknown, f"{where} name metrics nobody exports: {sorted(unknown)}"
+
+
+def test_every_exported_metric_has_a_dashboard_panel() -> None:
+    shown = " ".join(dashboard_expressions())
+    missing = {f for f in exported_families() if f not in shown}
+    assert not missing, f"no panel shows {sorted(missing)}"
+
+
+def test_every_alert_has_a_runbook_entry() -> None:
+    operations = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert f"### {rule['alert']}" in operations, f"no runbook for {rule['alert']}"
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (make binaries)"
+)
+def test_promtool_accepts_the_rules_and_the_scrape_config() -> None:
+    for args in (
+        ["check", "rules", str(RULES)],
+        ["check", "config", str(RULES.parent / "prometheus.yml")],
+    ):
+        done = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not installed (make binaries)"
+)
+def test_a_real_prometheus_scrapes_a_live_worker(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("scraped")
+    ensure_topics(settings)
+    worker = start_worker(settings, tmp_path)
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {
+                        "job_name": "streamrec-worker",
+                        "static_configs": [{"targets": [f"127.0.0.1:{settings.worker_web_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with EventProducer(settings) as producer:
+            for n in range(20):
+                producer.send(Event(f"e{n}", "u1", f"i{n}", EventType.CLICK, 1_700_000_000_000 + n))
+        query = urllib.parse.quote('sum(streamrec_events_total{outcome="accepted"})')
+        url = f"http://127.0.0.1:{port}/api/v1/query?query={query}"
+        deadline, value = time.monotonic() + 60, 0.0
+        while time.monotonic() < deadline and value < 20:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    result = json.loads(response.read())["data"]["result"]
+                value = float(result[0]["value"][1]) if result else 0.0
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert value == 20
+    finally:
+        prometheus.terminate()
+        prometheus.wait()
+        worker.stop()
