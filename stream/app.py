@@ -7,6 +7,7 @@ hands them to `stream.ingest.Ingestor`; the worker's web server exports
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -22,6 +23,7 @@ from stream.transport import transport_with_fetch_wait
 from streamrec.archive import ArchiveWriter, prune
 from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.metrics import IngestMetrics
+from streamrec.notices import StateChanges
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -86,9 +88,21 @@ def create_app(
         sent = await dlq.send(key=key, value=value, headers=headers)
         await sent
 
+    changes = app.topic(settings.topic_state_changes, key_serializer="raw", value_serializer="raw")
+
+    async def notify_changes(notices: list[StateChanges]) -> None:
+        sent = [await changes.send(value=n.to_json(), partition=n.partition) for n in notices]
+        await asyncio.gather(*sent)
+
     archive = ArchiveWriter(settings.archive_root) if settings.archive_enabled else None
     ingestor = Ingestor(
-        state, metrics, send_dlq, settings.max_message_bytes, settings.redis_retry_max_s, archive
+        state,
+        metrics,
+        send_dlq,
+        settings.max_message_bytes,
+        settings.redis_retry_max_s,
+        archive,
+        notify_changes if settings.emit_state_changes else None,
     )
     batch_max, within_s = settings.batch_max_events, settings.batch_within_ms / 1000
 

@@ -25,6 +25,7 @@ from streamrec.archive import ArchivedEvent, ArchiveWriter
 from streamrec.errors import ArchiveError
 from streamrec.events import Event, Rejection, parse_event
 from streamrec.metrics import IngestMetrics
+from streamrec.notices import StateChanges
 from streamrec.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class RawMessage:
 
 
 DlqSender = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+ChangeNotifier = Callable[[list[StateChanges]], Awaitable[None]]
 
 
 def dlq_headers(message: RawMessage, reason: str, detail: str) -> list[tuple[str, bytes]]:
@@ -64,6 +66,7 @@ class Ingestor:
         max_message_bytes: int,
         retry_max_s: float,
         archive: ArchiveWriter | None = None,
+        notify_changes: ChangeNotifier | None = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -71,6 +74,7 @@ class Ingestor:
         self.max_message_bytes = max_message_bytes
         self.retry_max_s = retry_max_s
         self.archive = archive
+        self.notify_changes = notify_changes
 
     async def handle_batch(self, messages: Sequence[RawMessage]) -> None:
         self.metrics.batch_events.observe(len(messages))
@@ -86,6 +90,7 @@ class Ingestor:
         failed = await self._write_state(accepted)
         dead.extend((message, STATE_WRITE_FAILED, detail) for message, detail in failed)
         await self._dead_letter(dead)
+        await self._notify(accepted, failed)
 
     async def _write_state(
         self, accepted: list[tuple[RawMessage, Event]]
@@ -137,6 +142,26 @@ class Ingestor:
                 continue
             self.metrics.state_write.observe(time.perf_counter() - started)
             return applied
+
+    async def _notify(
+        self, accepted: list[tuple[RawMessage, Event]], failed: list[tuple[RawMessage, str]]
+    ) -> None:
+        """One notice per input partition the batch touched, listing its users
+        (duplicates included: after a crash the redelivered batch must still
+        announce the change it made)."""
+        if self.notify_changes is None or not accepted:
+            return
+        failed_offsets = {(m.topic, m.partition, m.offset) for m, _ in failed}
+        by_partition: dict[int, dict[str, int]] = {}
+        for message, event in accepted:
+            if (message.topic, message.partition, message.offset) in failed_offsets:
+                continue
+            users = by_partition.setdefault(message.partition, {})
+            users[event.user_id] = max(users.get(event.user_id, event.ts_ms), event.ts_ms)
+        now_ms = int(time.time() * 1000)
+        await self.notify_changes(
+            [StateChanges(p, users, now_ms) for p, users in sorted(by_partition.items())]
+        )
 
     def _archive(self, written: list[tuple[RawMessage, Event]]) -> None:
         """Duplicates too: a crash between the Redis write and this one replays the

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     topic_recommendations: str = "recommendations"
     topic_dlq: str = "events.dlq"
     topic_model_versions: str = "model.versions"
+    topic_state_changes: str = "state.changes"
+    # One notice per changed user per batch, for whatever refreshes recommendations.
+    emit_state_changes: bool = True
     input_partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 

@@ -26,6 +26,7 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
         settings.topic_dlq: 1,
         settings.topic_recommendations: settings.input_partitions,
         settings.topic_model_versions: 1,
+        settings.topic_state_changes: settings.input_partitions,
     }
 
 

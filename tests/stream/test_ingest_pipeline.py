@@ -13,7 +13,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrec.events import RejectReason
+from streamrec.events import Event, RejectReason
+from streamrec.notices import StateChanges
 from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
@@ -43,6 +44,22 @@ def pipeline(
         yield settings, worker
     finally:
         worker.stop()
+
+
+def assert_every_change_is_announced(settings: Settings, events: list[Event]) -> None:
+    """Every user with applied events appears in a state-change notice, with the
+    newest event time applied."""
+    newest: dict[str, int] = {}
+    for event in events:
+        newest[event.user_id] = max(newest.get(event.user_id, 0), event.ts_ms)
+    # Everything the topic holds, read for a few seconds.
+    records = read_topic(settings, settings.topic_state_changes, expected=10**9, timeout_s=5)
+    announced: dict[str, int] = {}
+    for record in records:
+        notice = StateChanges.from_json(record.value)
+        for user, last_ts in notice.last_ts_ms.items():
+            announced[user] = max(announced.get(user, 0), last_ts)
+    assert announced == newest
 
 
 def assert_lag_reaches_zero(worker: ServiceProcess, settings: Settings) -> None:
@@ -102,6 +119,7 @@ def test_taobao_replay_with_bad_and_duplicate_events_gives_exact_state_and_full_
     assert_state_is_exact(settings, events)
     assert_lag_reaches_zero(worker, settings)
     assert_archive_is_exact(settings, events)
+    assert_every_change_is_announced(settings, events)
 
     dlq = read_topic(settings, settings.topic_dlq, expected=200)
     assert len(dlq) == 200
