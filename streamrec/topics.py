@@ -33,7 +33,7 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
 def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> list[str]:
     """Create the missing topics; return the names created."""
     wanted = {**wanted_topics(settings), **(extra or {})}
-    admin = KafkaAdminClient(**kafka_python_options(settings), client_id="streamrec-admin")
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         missing = [
@@ -57,9 +57,19 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> li
 
 
 def partitions_of(settings: Settings, topic: str) -> int:
-    admin = KafkaAdminClient(**kafka_python_options(settings), client_id="streamrec-admin")
+    admin = _admin(settings)
     try:
         described = admin.describe_topics([topic])
         return len(described[0]["partitions"])
     finally:
         admin.close()
+
+
+def _admin(settings: Settings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(**kafka_python_options(settings), client_id="streamrec-admin")
+    except KafkaError as exc:
+        raise StreamrecError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); "
+            "is the broker up (`streamrec dev status`) or STREAMREC_KAFKA_BOOTSTRAP right?"
+        ) from exc

@@ -8,8 +8,11 @@ importing the kernel never imports a service.
 from __future__ import annotations
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from streamrec.cli import bench, demo, dev, ingest, models, serve
+from streamrec.errors import StreamrecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 dev.register(app)
@@ -21,4 +24,9 @@ serve.register(app)
 
 
 def main() -> None:
-    app()
+    """Expected failures end in one line and exit code 1, not a traceback."""
+    try:
+        app()
+    except StreamrecError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}")
+        raise SystemExit(1) from None

@@ -79,12 +79,19 @@ def worker(
 
 def state(user_id: str = typer.Argument(..., help="The user whose state to print.")) -> None:
     """Print a user's state as JSON: recent events, purchased items, counts by type."""
+    from redis.exceptions import RedisError
+
+    from streamrec.errors import StateError
     from streamrec.state import StateStore
 
+    settings = Settings()
+
     async def read() -> dict[str, object]:
-        store = StateStore(Settings())
+        store = StateStore(settings)
         try:
             return (await store.read_user(user_id)).to_json_dict()
+        except RedisError as exc:
+            raise StateError(f"cannot read Redis at {settings.redis_url}: {exc}") from exc
         finally:
             await store.close()
 

@@ -42,3 +42,26 @@ def test_dev_up_writes_addresses_that_the_other_commands_find(tmp_path: Path) ->
         down = run(tmp_path, "dev", "down")
     assert down.returncode == 0
     assert run(tmp_path, "dev", "status").returncode == 1
+
+
+def test_unreachable_kafka_and_redis_are_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env |= {
+        "STREAMREC_HOME": str(tmp_path),
+        "STREAMREC_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "STREAMREC_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    for args, expected in (
+        (["topics"], "cannot reach Kafka"),
+        (["state", "u1"], "cannot read Redis"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "streamrec", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        assert expected in done.stderr
+        assert "Traceback" not in done.stderr
