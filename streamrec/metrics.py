@@ -129,3 +129,21 @@ class ServeMetrics:
             ["outcome"],
             registry=registry,
         )
+
+
+class PublishMetrics:
+    """What the recommendations publisher exports on its /metrics."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.published = Counter(
+            "streamrec_published_total",
+            "Users whose top-K was published, by outcome (published, rate_limited, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.change_to_publish = Histogram(
+            "streamrec_change_to_publish_seconds",
+            "From the user's state being written to their new top-K being published.",
+            buckets=DELAY_BUCKETS_S,
+            registry=registry,
+        )

@@ -44,8 +44,12 @@ class Settings(BaseSettings):
     topic_dlq: str = "events.dlq"
     topic_model_versions: str = "model.versions"
     topic_state_changes: str = "state.changes"
-    # One notice per changed user per batch, for whatever refreshes recommendations.
+    # Notices of changed users after each batch, which the publisher turns into
+    # fresh top-K on `topic_recommendations` (`streamrec publish`).
     emit_state_changes: bool = True
+    publish_k: int = Field(default=20, ge=1, le=1000)
+    publish_min_interval_ms: int = Field(default=1000, ge=0)  # per user
+    publisher_web_port: int = Field(default=6067, ge=0, le=65535)
     input_partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 

@@ -261,6 +261,17 @@ class StateStore:
             chunks = await pipe.execute()
         return [bool(applied) for chunk in chunks for applied in chunk]
 
+    async def acquire_publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
+        """Per-user rate limit shared by every publisher replica: True where this
+        caller may publish now (no one did in the last `interval_ms`)."""
+        if interval_ms <= 0:
+            return [True] * len(user_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.set(user_key(user_id, "pub"), b"1", nx=True, px=interval_ms)
+            granted = await pipe.execute()
+        return [bool(g) for g in granted]
+
     async def read_user(self, user_id: str) -> UserState:
         """The user's whole state in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -70,6 +70,7 @@ def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
             "topic_recommendations": f"{name}.recommendations",
             "topic_dlq": f"{name}.dlq",
             "topic_model_versions": f"{name}.model.versions",
+            "topic_state_changes": f"{name}.state.changes",
             "input_partitions": 2,
             "archive_dir": dev_stack.home / "archive" / name,
             "worker_web_port": free_port(),

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from streamrec.cli import bench, demo, dev, ingest, models, serve
+from streamrec.cli import bench, demo, dev, ingest, models, publish, serve
 from streamrec.errors import StreamrecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -21,6 +21,7 @@ demo.register(app)
 bench.register(app)
 models.register(app)
 serve.register(app)
+publish.register(app)
 
 
 def main() -> None:

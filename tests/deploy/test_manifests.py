@@ -20,7 +20,11 @@ COMPOSE = DEPLOY / "compose" / "compose.yml"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 DEFAULTS = Settings(kafka_bootstrap="k:9092", redis_url="redis://r:6379/0")
-PORTS = {"worker": DEFAULTS.worker_web_port, "serve": DEFAULTS.serve_port}
+PORTS = {
+    "worker": DEFAULTS.worker_web_port,
+    "serve": DEFAULTS.serve_port,
+    "publish": DEFAULTS.publisher_web_port,
+}
 
 
 def k8s_documents() -> list[dict[str, Any]]:
@@ -65,7 +69,7 @@ def test_every_command_exists() -> None:
         if s.get("image", "").startswith("streamrec")
     }
     used |= {c["args"][0] for _, c in containers() if c["image"].startswith("streamrec")}
-    assert used >= {"worker", "serve", "topics"}
+    assert used >= {"worker", "serve", "publish", "topics"}
     assert used <= cli_commands(), sorted(used - cli_commands())
 
 
@@ -80,7 +84,11 @@ def test_ports_are_the_settings_defaults() -> None:
     assert compose["services"]["server"]["ports"] == [str(PORTS["serve"])]
     scrape = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
     found = {job["job_name"]: job["dns_sd_configs"][0]["port"] for job in scrape["scrape_configs"]}
-    assert found == {"streamrec-worker": PORTS["worker"], "streamrec-server": PORTS["serve"]}
+    assert found == {
+        "streamrec-worker": PORTS["worker"],
+        "streamrec-publisher": PORTS["publish"],
+        "streamrec-server": PORTS["serve"],
+    }
 
 
 @pytest.mark.parametrize("where", ["compose", "k8s"])

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.devstack import free_port
 from streamrec.events import Event, EventType
-from streamrec.metrics import IngestMetrics, ServeMetrics
+from streamrec.metrics import IngestMetrics, PublishMetrics, ServeMetrics
 from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
@@ -37,6 +37,7 @@ def exported_families() -> set[str]:
     registry = CollectorRegistry()
     IngestMetrics(registry)
     ServeMetrics(registry)
+    PublishMetrics(registry)
     return {family.name for family in registry.collect()}
 
 
@@ -44,6 +45,7 @@ def exported_sample_names() -> set[str]:
     registry = CollectorRegistry()
     IngestMetrics(registry)
     ServeMetrics(registry)
+    PublishMetrics(registry)
     names = set()
     for family in registry.collect():
         names.add(family.name)

@@ -165,3 +165,11 @@ async def test_the_dedup_window_forgets_old_event_ids(
     finally:
         await store.redis.flushdb()
         await store.close()
+
+
+async def test_publish_slots_rate_limit_each_user(store: StateStore) -> None:
+    assert await store.acquire_publish_slots(["a", "b"], 300) == [True, True]
+    assert await store.acquire_publish_slots(["a", "c"], 300) == [False, True]
+    await asyncio.sleep(0.35)
+    assert await store.acquire_publish_slots(["a"], 300) == [True]
+    assert await store.acquire_publish_slots(["a", "a"], 0) == [True, True]  # 0 turns it off
