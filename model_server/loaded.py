@@ -30,12 +30,21 @@ class ServedModel:
     """One verified, smoke-tested bundle and what requests need from it."""
 
     bundle: registry.LoadedBundle
-    item_vectors: np.ndarray  # (items, dim); row i is vocabulary row i + 1
+    dim: int
     loaded_at_s: float
 
     @property
     def version(self) -> str:
         return self.bundle.version
+
+    @property
+    def n_items(self) -> int:
+        return int(self.bundle.index.ntotal)
+
+    def item_vectors(self, rows: list[int]) -> np.ndarray:
+        """(len(rows), dim) vectors of these vocabulary rows, read back from the index."""
+        positions = np.asarray(rows, dtype=np.int64) - 1  # index position = vocab row - 1
+        return np.asarray(self.bundle.index.reconstruct_batch(positions), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -47,12 +56,18 @@ class SwapResult:
 
 def open_model(root: Path, version: str) -> ServedModel:
     """Verify checksums, open the sessions and index, run the smoke inference (blocking)."""
+    import faiss
+
+    # One query at a time: OpenMP threads only spin against the other server
+    # processes and Redis for the same cores.
+    faiss.omp_set_num_threads(1)
     bundle = registry.load(root, version)
+    model = ServedModel(bundle, int(bundle.manifest.encoder["dim"]), time.time())
     try:
-        item_vectors = bundle.index.reconstruct_n(0, bundle.index.ntotal)
+        model.item_vectors([1])  # /score reads vectors back; an index that cannot is refused
     except RuntimeError as exc:
         raise BundleError(f"bundle {version}: item vectors cannot be read back: {exc}") from exc
-    return ServedModel(bundle, np.ascontiguousarray(item_vectors, np.float32), time.time())
+    return model
 
 
 class ModelHolder:
@@ -85,11 +100,11 @@ class ModelHolder:
                 return SwapResult("unchanged", wanted, previous)
             try:
                 model = await asyncio.to_thread(open_model, self.root, wanted)
+            except OSError as exc:
+                # A file vanishing or unreadable mid-load is a refusal like any other.
+                raise self._refuse(wanted, previous, BundleError(f"{wanted}: {exc}")) from exc
             except BundleError as exc:
-                self.refused[wanted] = str(exc)
-                self.metrics.swaps.labels("refused").inc()
-                log.error("model %s refused, still serving %s: %s", wanted, previous, exc)
-                raise
+                raise self._refuse(wanted, previous, exc) from None
             self.refused.pop(wanted, None)
             self._current = model
             self.metrics.swaps.labels("swapped").inc()
@@ -98,6 +113,12 @@ class ModelHolder:
             self.metrics.model_info.labels(wanted).set(1)
             log.info("serving model %s (was %s)", wanted, previous)
             return SwapResult("swapped", wanted, previous)
+
+    def _refuse(self, version: str, previous: str | None, reason: BundleError) -> BundleError:
+        self.refused[version] = str(reason)
+        self.metrics.swaps.labels("refused").inc()
+        log.error("model %s refused, still serving %s: %s", version, previous, reason)
+        return reason
 
     async def rollback(self, version: str | None = None) -> SwapResult:
         """Point the registry at `version` (default: the current one's parent), then load it."""
@@ -110,7 +131,7 @@ class ModelHolder:
             await asyncio.sleep(poll_s)
             try:
                 pointer = registry.current_version(self.root)
-            except BundleError as exc:
+            except (BundleError, OSError) as exc:
                 log.warning("cannot read the current model pointer: %s", exc)
                 continue
             served = self._current.version if self._current else None

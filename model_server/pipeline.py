@@ -134,9 +134,7 @@ class Recommender:
         with self._stage("encode"):
             user_vector = model.bundle.user_vectors(*inputs)
         with self._stage("retrieve"):
-            scores, rows = model.bundle.search(
-                user_vector, min(self.candidates, len(model.item_vectors))
-            )
+            scores, rows = model.bundle.search(user_vector, min(self.candidates, model.n_items))
         found = rows[0] > 0
         candidate_ids = [model.bundle.item_ids[row - 1] for row in rows[0][found]]
         dots = scores[0][found]
@@ -218,10 +216,10 @@ class Recommender:
             inputs = encoder_inputs(model, user.recent_events)
             with self._stage("encode"):
                 if inputs is None:
-                    user_vector = np.zeros(model.item_vectors.shape[1], dtype=np.float32)
+                    user_vector = np.zeros(model.dim, dtype=np.float32)
                 else:
                     user_vector = model.bundle.user_vectors(*inputs)[0]
-            dots = model.item_vectors[[rows[i] - 1 for i in known_ids]] @ user_vector
+            dots = model.item_vectors([rows[i] for i in known_ids]) @ user_vector
             with self._stage("features"):
                 popularity = await self.popularity.read(known_ids, now_ms)
                 feature_rows = features.ranking_features(

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -94,6 +95,9 @@ def measured(endpoint: str, handler: Handler) -> Handler:
             response = await handler(request)
         except Problem as problem:
             response = problem.response()
+        except RedisError as exc:
+            log.warning("%s: Redis unavailable: %s", endpoint, exc)
+            response = Problem(503, "state_unavailable", f"Redis: {exc}").response()
         except Exception:
             log.exception("%s failed", endpoint)
             response = Problem(500, "internal_error", "see the server log").response()
