@@ -1,6 +1,11 @@
-import pytest
+import tempfile
+from pathlib import Path
 
-from retrain.data import guess_format, load_sequences, load_srgnn
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retrain.data import TAOBAO_BEHAVIOURS, guess_format, load_sequences, load_srgnn
 from retrain.holdout import next_item_cases, split_recent
 from streamrec.errors import InputFormatError
 from streamrec.events import EventType
@@ -57,3 +62,29 @@ def test_holdout_takes_the_most_recent_sequences_and_every_prefix() -> None:
     cases = next_item_cases(recent)
     assert len(cases.targets) == sum(len(s.item_ids) - 1 for s in recent)
     assert cases.prefixes[0].item_ids == recent[0].item_ids[:1]
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 50),
+            st.integers(0, 50),
+            st.sampled_from(["pv", "buy", "cart", "fav", "click", ""]),
+            st.integers(0, 2_000_000_000),
+        ),
+        max_size=30,
+    )
+)
+def test_taobao_loader_keeps_every_event_or_names_the_bad_line(rows) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "events.csv"
+        path.write_text("".join(f"{u},{i},1,{b},{ts}\n" for u, i, b, ts in rows))
+        if any(b not in TAOBAO_BEHAVIOURS for _, _, b, _ in rows):
+            with pytest.raises(InputFormatError, match=r"events\.csv:\d+"):
+                load_sequences(path, "taobao")
+            return
+        sequences = load_sequences(path, "taobao")
+    assert sum(len(s.item_ids) for s in sequences) == len(rows)
+    assert {s.user_id for s in sequences} == {str(u) for u, *_ in rows}
+    for sequence in sequences:
+        assert list(sequence.ts_ms) == sorted(sequence.ts_ms)
