@@ -41,6 +41,8 @@ def build_candidates(
     batch_size: int = 1024,
 ) -> CandidateSet:
     n = len(cases.targets)
+    # A catalogue smaller than the candidate count (row 0 is padding) gives them all.
+    k = min(k, len(vocab))
     rows = np.zeros((n, k), dtype=np.int64)
     features = np.zeros((n, k, len(FEATURE_NAMES)), dtype=np.float32)
     labels = np.zeros((n, k), dtype=np.float32)

@@ -129,6 +129,8 @@ class Settings(BaseSettings):
         values["redis_url_explicit"] = bool(values.get("redis_url"))
         if not values.get("redis_url"):
             values["redis_url"] = dev.get("redis_url", "redis://127.0.0.1:6379/0")
+        if not values.get("registry"):
+            values["registry"] = home / "registry"
         return values
 
     @property

@@ -40,8 +40,10 @@ def simulate(
     n_events: int = 3000,
     seed: int = 7,
     start_ms: int = START_MS,
+    run_id: str = "",
 ) -> Iterator[Event]:
-    """Events in time order; item popularity inside a category is Zipf-like."""
+    """Events in time order; item popularity inside a category is Zipf-like.
+    `run_id` goes into every event id, so a second run is new events, not duplicates."""
     rng = random.Random(seed)
     catalogue = make_catalogue(rng, n_items, n_categories)
     tastes = {
@@ -72,7 +74,7 @@ def simulate(
                 kind = EventType.ADD_TO_CART
             context = {"source": "synthetic", "category": category}
             yield Event(
-                event_id=f"sim-{seed}-{produced}",
+                event_id=f"sim-{run_id}{seed}-{produced}",
                 user_id=user,
                 item_id=item,
                 type=kind,

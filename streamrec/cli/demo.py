@@ -1,8 +1,16 @@
-"""`streamrec demo`: a synthetic sample through broker -> Faust worker -> Redis, watched live."""
+"""`streamrec demo`: simulated shoppers through the whole pipeline, watched live.
+
+It trains a model on the first part of a synthetic sample, starts a worker and a
+model server, feeds that history through Kafka at full speed, asks for a few
+users' recommendations, replays the rest of the sample live while their state
+and recommendations change, and asks again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -13,7 +21,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from streamrec.events import Event
+from streamrec.client import Recommendations, RecommenderClient
+from streamrec.errors import StreamrecError
+from streamrec.events import Event, EventType
 from streamrec.processes import ServiceProcess
 from streamrec.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.settings import Settings
@@ -21,6 +31,8 @@ from streamrec.state import StateStore
 
 console = Console()
 BAD_MESSAGES = (b"{not json", b'{"event_id": "x"}', b'{"type": "like"}')
+HISTORY_SHARE = 0.7  # of the sample: trained on; the rest is replayed live
+SHOWN = 5  # recommendations shown per user
 
 
 def register(app: typer.Typer) -> None:
@@ -28,10 +40,11 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    events: int = typer.Option(3000, min=10, help="How many synthetic events to replay."),
-    rate: float = typer.Option(300.0, min=1, help="Events per second."),
+    events: int = typer.Option(4000, min=100, help="How many synthetic events to simulate."),
+    rate: float = typer.Option(300.0, min=1, help="Live replay, events per second."),
 ) -> None:
-    """Replay a synthetic sample and show users' state change as events land."""
+    """Train on simulated history, serve, replay live events; show state and
+    recommendations change."""
     from streamrec.devstack import DevStack, free_port
     from streamrec.simulator import simulate
     from streamrec.topics import ensure_topics
@@ -42,53 +55,102 @@ def demo(
         console.print("starting the dev stack (`streamrec dev up`)...")
         stack.up(external_redis_url=settings.redis_url if settings.redis_url_explicit else "")
         settings = Settings()
-    settings = settings.model_copy(update={"worker_web_port": free_port()})
+    settings = settings.model_copy(
+        update={"worker_web_port": free_port(), "serve_port": free_port()}
+    )
     ensure_topics(settings)
 
-    sample = list(simulate(n_events=events))
-    sample_path = settings.home / "demo" / "events.jsonl"
-    sample_path.parent.mkdir(parents=True, exist_ok=True)
-    sample_path.write_bytes(b"\n".join(e.to_json() for e in sample) + b"\n")
-    watched = [user for user, _ in Counter(e.user_id for e in sample).most_common(3)]
-    console.print(f"[bold]sample[/bold]: {len(sample)} synthetic events -> {sample_path}")
+    run_id = time.strftime("%H%M%S-")
+    sample = list(simulate(n_users=150, n_events=events, run_id=run_id))
+    cut = int(len(sample) * HISTORY_SHARE)
+    history, live = sample[:cut], sample[cut:]
+    folder = settings.home / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    history_path = folder / "history.jsonl"
+    history_path.write_bytes(b"\n".join(e.to_json() for e in history) + b"\n")
+    (folder / "live.jsonl").write_bytes(b"\n".join(e.to_json() for e in live) + b"\n")
+    console.print(
+        f"[bold]sample[/bold]: {len(sample)} synthetic events from simulated shoppers; "
+        f"{len(history)} to train on, {len(live)} replayed live ({folder})"
+    )
 
-    log_path = settings.home / "logs" / "demo-worker.log"
-    worker = ServiceProcess(settings, ["worker"], log_path, settings.worker_web_port)
-    console.print("starting a Faust worker (it joins its consumer group in a few seconds)...")
+    console.print("[bold]training[/bold] the retriever and the ranker on the history...")
+    trained = subprocess.run(
+        [sys.executable, "-m", "streamrec", "train", "--data", str(history_path),
+         "--epochs", "3", "--dim", "32", "--quiet"],
+        env=_env(settings), capture_output=True, text=True,
+    )  # fmt: skip
+    if trained.returncode != 0:
+        raise StreamrecError(f"training failed:\n{trained.stdout}{trained.stderr}")
+    console.print(trained.stdout.strip().splitlines()[-1])
+
+    logs = settings.home / "logs"
+    worker = ServiceProcess(
+        settings, ["worker"], logs / "demo-worker.log", settings.worker_web_port
+    )
+    server = ServiceProcess(settings, ["serve"], logs / "demo-server.log", settings.serve_port)
+    console.print("starting a Faust worker and a model server...")
     worker.start()
+    server.start()
     try:
         worker.wait_ready()
-        sender = threading.Thread(target=_replay, args=(settings, sample, rate), daemon=True)
-        sender.start()
-        asyncio.run(_watch(settings, worker, watched, sender, len(sample) + len(BAD_MESSAGES)))
+        server.wait_ready()
+        console.print(f"feeding the {len(history)} history events through Kafka...")
+        _replay(settings, history, rate=None, bad=False)
+        deadline = time.monotonic() + 120
+        while counter_total(worker.metrics_text(), "streamrec_events") < len(history):
+            if time.monotonic() > deadline:
+                raise StreamrecError("the worker did not take the history within 120 s")
+            time.sleep(0.2)
+        watched = [user for user, _ in Counter(e.user_id for e in live).most_common(3)]
+        url = f"http://127.0.0.1:{settings.serve_port}"
+        with RecommenderClient(url) as client:
+            before = {user: client.recommend(user, k=SHOWN) for user in watched}
+            sender = threading.Thread(target=_replay, args=(settings, live, rate), daemon=True)
+            console.print(f"replaying {len(live)} live events at {rate:.0f}/s...")
+            sender.start()
+            expected = len(history) + len(live) + len(BAD_MESSAGES)
+            asyncio.run(_watch(settings, worker, client, watched, sender, expected))
+            after = {user: client.recommend(user, k=SHOWN) for user in watched}
+        _print_before_after(watched, before, after, live)
     finally:
+        server.stop()
         worker.stop()
     console.print(
         f"\n`streamrec state {watched[0]}` prints that user's whole state as JSON.\n"
-        f"The worker's Prometheus metrics were on :{settings.worker_web_port}/metrics; "
-        f"`streamrec worker` serves them on :{Settings().worker_web_port}/metrics.\n"
+        f"While they ran, the worker's Prometheus metrics were on :{settings.worker_web_port}"
+        f"/metrics and the server's on :{settings.serve_port}/metrics; `streamrec worker` and "
+        "`streamrec serve` use :6066 and :8000.\n"
         "Stop the broker and Redis with `streamrec dev down`."
     )
 
 
-def _replay(settings: Settings, sample: list[Event], rate: float) -> None:
+def _env(settings: Settings) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **settings.to_env()}
+
+
+def _replay(settings: Settings, sample: list[Event], rate: float | None, bad: bool = True) -> None:
     from streamrec.producer import EventProducer
 
     with EventProducer(settings) as producer:
         started = time.perf_counter()
         for n, event in enumerate(sample):
-            pause = started + n / rate - time.perf_counter()
+            pause = started + n / rate - time.perf_counter() if rate else 0.0
             if pause > 0:
                 time.sleep(pause)
             producer.send(event)
-        # Bad messages land in the DLQ, counted, never lost.
-        for bad in BAD_MESSAGES:
-            producer.send_raw(settings.topic_clicks, b"demo", bad)
+        if bad:
+            # Bad messages land in the DLQ, counted, never lost.
+            for message in BAD_MESSAGES:
+                producer.send_raw(settings.topic_clicks, b"demo", message)
 
 
 async def _watch(
     settings: Settings,
     worker: ServiceProcess,
+    client: RecommenderClient,
     watched: list[str],
     sender: threading.Thread,
     total: int,
@@ -98,16 +160,18 @@ async def _watch(
         with Live(console=console, refresh_per_second=4) as live:
             while True:
                 text = worker.metrics_text()
-                live.update(await _table(store, text, watched))
+                live.update(await _table(store, client, text, watched))
                 if not sender.is_alive() and counter_total(text, "streamrec_events") >= total:
                     break
                 await asyncio.sleep(0.25)
-            live.update(await _table(store, worker.metrics_text(), watched))
+            live.update(await _table(store, client, worker.metrics_text(), watched))
     finally:
         await store.close()
 
 
-async def _table(store: StateStore, metrics_text: str, watched: list[str]) -> Table:
+async def _table(
+    store: StateStore, client: RecommenderClient, metrics_text: str, watched: list[str]
+) -> Table:
     accepted = counter_total(metrics_text, "streamrec_events", outcome="accepted")
     rejected = counter_total(metrics_text, "streamrec_dlq")
     buckets = histogram_buckets(metrics_text, "streamrec_event_to_state_seconds")
@@ -118,15 +182,51 @@ async def _table(store: StateStore, metrics_text: str, watched: list[str]) -> Ta
     )
     table.add_column("user")
     table.add_column("events", justify="right")
-    table.add_column("last five (c=click a=add_to_cart $=purchase)")
-    table.add_column("purchased", justify="right")
+    table.add_column("last three (c=click a=add_to_cart $=purchase)")
+    table.add_column("bought", justify="right")
+    table.add_column(f"recommended now (top {SHOWN})")
+    marks = {"purchase": "$", "add_to_cart": "a"}
     for user_id in watched:
         state = await store.read_user(user_id)
-        marks = {"purchase": "$", "add_to_cart": "a"}
         last = " ".join(
-            escape(f"{e.item_id}[{marks.get(e.type.value, 'c')}]") for e in state.recent_events[-5:]
+            escape(f"{e.item_id}[{marks.get(e.type.value, 'c')}]") for e in state.recent_events[-3:]
         )
+        now = client.recommend(user_id, k=SHOWN)
         table.add_row(
-            user_id, str(sum(state.counts_by_type.values())), last, str(len(state.purchased))
+            user_id,
+            str(sum(state.counts_by_type.values())),
+            last,
+            str(len(state.purchased)),
+            " ".join(now.item_ids) + (f" ({now.fallback})" if now.fallback else ""),
         )
     return table
+
+
+def _print_before_after(
+    watched: list[str],
+    before: dict[str, Recommendations],
+    after: dict[str, Recommendations],
+    live: list[Event],
+) -> None:
+    table = Table(title="Recommendations before and after each user's live events")
+    table.add_column("user")
+    table.add_column("before")
+    table.add_column("after")
+    table.add_column("bought live (never recommended again)")
+    for user_id in watched:
+        was, now = before[user_id], after[user_id]
+        bought = sorted(
+            {e.item_id for e in live if e.user_id == user_id and e.type is EventType.PURCHASE}
+        )
+        table.add_row(
+            user_id,
+            _describe(was),
+            _describe(now),
+            " ".join(bought) or "-",
+        )
+    console.print(table)
+
+
+def _describe(answer: Recommendations) -> str:
+    note = f" ({answer.fallback})" if answer.fallback else ""
+    return " ".join(answer.item_ids) + note + f"\n[dim]{answer.model_version}[/dim]"

@@ -182,3 +182,12 @@ async def test_health_model_metrics_and_schema(served: Served) -> None:
     assert set(schema["paths"]) >= {"/recommend", "/score", "/admin/reload", "/admin/rollback"}
     recommend = schema["components"]["schemas"]["RecommendRequest"]["properties"]
     assert recommend["k"]["maximum"] == served.settings.serve_max_k
+
+
+async def test_history_of_items_the_model_never_saw_gets_trending(served: Served) -> None:
+    await apply(served.settings, events_for("frank", ["brand-new-1", "brand-new-2"]))
+    await apply(served.settings, events_for("gina", served.items[:2]))
+    async with in_process(served.settings) as (client, _):
+        body = (await client.post("/recommend", json={"user_id": "frank", "k": 5})).json()
+    assert body["fallback"] == "trending"
+    assert {item["item_id"] for item in body["items"]} >= set(served.items[:2])
