@@ -69,8 +69,7 @@ def train_models(
     progress: bool = True,
 ) -> TrainedModels:
     started = time.perf_counter()
-    fit, held_out = split_recent(sequences, plan.holdout_fraction)
-    ranker_fit, ranker_check = split_recent(held_out, 1 - plan.ranker_share)
+    fit, held_out, ranker_fit, ranker_check = holdout_slices(sequences, plan)
     base = parent_vocab or ItemVocab(())
     vocab = base.grow(item for sequence in sequences for item in sequence.item_ids)
     config = EncoderConfig(
@@ -145,6 +144,35 @@ def train_models(
         data_window=data_window,
         seconds=time.perf_counter() - started,
     )
+
+
+def holdout_slices(
+    sequences: Sequence[UserSequence], plan: TrainPlan
+) -> tuple[list[UserSequence], list[UserSequence], list[UserSequence], list[UserSequence]]:
+    """(fit, held out, ranker fit, ranker check): the newest `holdout_fraction` is held
+    out; the ranker trains on most of it and is measured on the newest rest. The
+    retraining gate measures the serving version on the same `ranker check` slice."""
+    fit, held_out = split_recent(sequences, plan.holdout_fraction)
+    ranker_fit, ranker_check = split_recent(held_out, 1 - plan.ranker_share)
+    return fit, held_out, ranker_fit, ranker_check
+
+
+def evaluate_on_slice(
+    encoder: SequenceEncoder,
+    ranker: Ranker,
+    vocab: ItemVocab,
+    sequences: Sequence[UserSequence],
+    plan: TrainPlan,
+) -> dict[str, dict[str, float | int]]:
+    """Any version's retriever and retriever + ranker on the slice `train_models`
+    measures a new version on, with popularity from the same older part."""
+    fit, _, _, ranker_check = holdout_slices(sequences, plan)
+    popularity = decayed_popularity(fit, last_event_ms(fit), plan.half_life_s)
+    check = build_candidates(
+        encoder, vocab, next_item_cases(ranker_check), popularity, plan.candidates,
+        plan.half_life_s, progress=False,
+    )  # fmt: skip
+    return evaluate_pair(encoder, ranker, check, len(vocab))
 
 
 @torch.no_grad()

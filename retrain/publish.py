@@ -16,6 +16,7 @@ from retrain.encoder import EncoderConfig, SequenceEncoder
 from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, max_abs_difference
 from retrain.index import build_index, write_index
 from retrain.pipeline import TrainedModels, TrainPlan
+from retrain.ranker import Ranker, RankerConfig
 from retrain.vocab import ItemVocab
 from streamrec import registry
 from streamrec.errors import BundleError
@@ -120,3 +121,17 @@ def load_warm_start(root: Path, version: str) -> tuple[ItemVocab, SequenceEncode
     encoder = SequenceEncoder(config)
     encoder.load_state_dict(torch.load(folder / "encoder.pt", weights_only=True))
     return vocab, encoder
+
+
+def load_ranker(root: Path, version: str) -> Ranker:
+    """A verified version's ranker, to measure it against a new one."""
+    manifest = registry.verify(root, version)
+    if "ranker.pt" not in manifest.files:
+        raise BundleError(f"bundle {version} carries no ranker.pt")
+    planned = manifest.training.get("plan", {}).get("ranker", {})
+    fields = RankerConfig.__dataclass_fields__
+    config = RankerConfig(**{k: v for k, v in planned.items() if k in fields})
+    ranker = Ranker(config)
+    ranker.load_state_dict(torch.load(root / version / "ranker.pt", weights_only=True))
+    ranker.eval()
+    return ranker

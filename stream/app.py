@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from stream.ingest import Ingestor
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
+from stream.retrain_trigger import RetrainTrigger
 from stream.transport import transport_with_fetch_wait
 from streamrec.archive import ArchiveWriter, prune
 from streamrec.kafka_client import kafka_python_options, ssl_context
@@ -139,6 +140,13 @@ def create_app(
             removed = prune(settings.archive_root, settings.archive_retention_s)
             if removed:
                 log.info("archive retention: removed segments %s", removed)
+
+    if not noop and (settings.retrain_every_s > 0 or settings.retrain_every_events > 0):
+        trigger = RetrainTrigger(settings, state, metrics)
+
+        @app.timer(interval=10.0, on_leader=True)
+        async def retrain_when_due() -> None:
+            await trigger.tick()
 
     @app.timer(interval=settings.lag_poll_s)
     async def consumer_lag() -> None:

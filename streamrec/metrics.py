@@ -65,6 +65,19 @@ class IngestMetrics:
             "Batches that could not be appended to the archive (state was still written).",
             registry=registry,
         )
+        self.retrain = Counter(
+            "streamrec_retrain_total",
+            "Retraining cycles started by the stream, by outcome "
+            "(published, rejected, skipped, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.retrain_seconds = Histogram(
+            "streamrec_retrain_seconds",
+            "Duration of one retraining cycle, as a process of its own.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "streamrec_consumer_lag_messages",
             "Messages in the partition not yet committed by this worker's consumer group.",

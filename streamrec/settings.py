@@ -95,6 +95,18 @@ class Settings(BaseSettings):
     # Models (used by later stages).
     registry: Path = Field(default_factory=lambda: Path.home() / ".streamrec" / "registry")
 
+    # Retraining (retrain/cycle.py): what one cycle reads, and the quality gate.
+    retrain_min_events: int = Field(default=1000, ge=1)  # fewer new events: skip the cycle
+    retrain_replay_window_s: int = Field(default=7 * 24 * 3600, ge=0)
+    retrain_replay_fraction: float = Field(default=0.2, ge=0, le=1)  # of older users, sampled
+    retrain_epochs: int = Field(default=2, ge=1)
+    # Publish when the new version's MRR@20 on the newest held-out slice is at least
+    # the serving version's minus this many points.
+    retrain_tolerance: float = Field(default=0.5, ge=0)
+    # When the leader worker starts a cycle: every N seconds or M new events (0: never).
+    retrain_every_s: int = Field(default=3600, ge=0)
+    retrain_every_events: int = Field(default=100_000, ge=0)
+
     log_level: str = "INFO"
 
     # Models (retrain/ and the registry): FAISS switches from an exact flat

@@ -46,13 +46,16 @@ def trending_key(event_type: EventType) -> str:
 
 
 TRENDING_EPOCH_KEY = f"{PREFIX}:trend:epoch"
+# Events applied since the last retraining cycle was triggered (all workers).
+NEW_EVENTS_KEY = f"{PREFIX}:retrain:new_events"
 
 
 # One script call applies a whole batch, passed as one JSON argument, so Python
 # packs one small command per 100 events (per-event keys and arguments cost the
 # worker a quarter of its time in redis-py's command packing). The script builds
 # each event's keys from the same templates as the functions above.
-# KEYS: 1 trending epoch, 2..(1+T) trending per type (one per EVENT_TYPES).
+# KEYS: 1 trending epoch, 2..(1+T) trending per type (one per EVENT_TYPES), last:
+#   the count of events applied since the last retraining trigger.
 # ARGV: 1 recent max, 2 purchased max, 3 user items max, 4 user ttl s, 5 item
 #   ttl s, 6 dedup ttl s, 7 half-life ms, 8 trending max, 9 rebase half-lives,
 #   10 JSON [[event_id, user_id, item_id, type, ts_ms], ...].
@@ -156,6 +159,9 @@ local applied = {}
 for i, event in ipairs(cjson.decode(ARGV[10])) do
   applied[i] = apply(event)
 end
+local count = 0
+for _, a in ipairs(applied) do count = count + a end
+if count > 0 then redis.call('INCRBY', KEYS[#KEYS], count) end
 return applied
 """
 _APPLY_BATCH_LUA = _APPLY_BATCH_LUA.replace(
@@ -248,7 +254,7 @@ class StateStore:
             s.trending_max_items,
             TRENDING_REBASE_HALF_LIVES,
         ]
-        keys = [TRENDING_EPOCH_KEY, *self._trend_keys]
+        keys = [TRENDING_EPOCH_KEY, *self._trend_keys, NEW_EVENTS_KEY]
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
                 batch = orjson.dumps(
@@ -271,6 +277,14 @@ class StateStore:
                 pipe.set(user_key(user_id, "pub"), b"1", nx=True, px=interval_ms)
             granted = await pipe.execute()
         return [bool(g) for g in granted]
+
+    async def take_new_event_count(self) -> int:
+        """Events applied since the last call (by every worker), and start again at 0."""
+        taken = await self.redis.getdel(NEW_EVENTS_KEY)
+        return int(taken or 0)
+
+    async def new_event_count(self) -> int:
+        return int(await self.redis.get(NEW_EVENTS_KEY) or 0)
 
     async def read_user(self, user_id: str) -> UserState:
         """The user's whole state in one round trip."""

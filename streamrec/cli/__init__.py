@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from streamrec.cli import bench, demo, dev, ingest, models, publish, serve
+from streamrec.cli import bench, demo, dev, ingest, models, publish, retrain, serve
 from streamrec.errors import StreamrecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -22,6 +22,7 @@ bench.register(app)
 models.register(app)
 serve.register(app)
 publish.register(app)
+retrain.register(app)
 
 
 def main() -> None:

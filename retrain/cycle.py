@@ -1,0 +1,153 @@
+"""One incremental retraining cycle, what `streamrec retrain` runs.
+
+Read the events that arrived since the serving version's window (the archive),
+plus a sample of older users from the replay window; warm-start from the
+serving version (the vocabulary grows, old rows are kept); train; measure the
+new and the serving version on the same newest held-out slice; publish and make
+current only if the new one is not worse (within a tolerance); announce it on
+`model.versions`. A rejected or failed cycle leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+
+from retrain.data import group_by_user
+from retrain.pipeline import TrainPlan, evaluate_on_slice, train_models
+from retrain.publish import load_ranker, load_warm_start, publish_models
+from streamrec import registry
+from streamrec.archive import ArchivedEvent, read_archive
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+Outcome = Literal["published", "rejected", "skipped"]
+GATE_METRIC = "mrr20"
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    outcome: Outcome
+    reason: str
+    parent: str | None
+    version: str | None = None
+    new_events: int = 0
+    replay_events: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.__dict__)
+
+
+def run_cycle(
+    settings: Settings,
+    plan: TrainPlan | None = None,
+    now: datetime | None = None,
+    warm_start: bool = True,
+    progress: bool = False,
+) -> CycleResult:
+    started = time.perf_counter()
+    root = settings.registry
+    plan = plan or replace(
+        TrainPlan(), encoder=replace(TrainPlan().encoder, epochs=settings.retrain_epochs)
+    )
+    until = now or datetime.now(UTC)
+    parent = registry.current_version(root)
+    since = _window_end(root, parent)
+
+    new = list(read_archive(settings.archive_root, since, until))
+    if len(new) < settings.retrain_min_events:
+        return CycleResult(
+            "skipped",
+            f"{len(new)} new events since {since}; the minimum is {settings.retrain_min_events}",
+            parent,
+            new_events=len(new),
+            seconds=time.perf_counter() - started,
+        )
+    replay = _replay_sample(settings, since) if since is not None else []
+    sequences = group_by_user(
+        (a.event.user_id, a.event.item_id, a.event.type, a.event.ts_ms) for a in replay + new
+    )
+
+    parent_vocab, parent_encoder = (
+        load_warm_start(root, parent) if parent and warm_start else (None, None)
+    )
+    models = train_models(sequences, plan, parent_vocab, parent_encoder, progress)
+    candidate = models.validation["retriever_ranker"]
+    metrics: dict[str, Any] = {"candidate": candidate}
+    if parent is not None:
+        vocab, encoder = load_warm_start(root, parent)
+        serving = evaluate_on_slice(encoder, load_ranker(root, parent), vocab, sequences, plan)
+        metrics["serving"] = serving["retriever_ranker"]
+        floor = float(metrics["serving"][GATE_METRIC]) - settings.retrain_tolerance
+        if float(candidate[GATE_METRIC]) < floor:
+            reason = (
+                f"new {GATE_METRIC} {candidate[GATE_METRIC]:.2f} < serving "
+                f"{metrics['serving'][GATE_METRIC]:.2f} - tolerance {settings.retrain_tolerance}"
+            )
+            log.warning("retrain rejected: %s", reason)
+            return CycleResult(
+                "rejected", reason, parent, None, len(new), len(replay), metrics,
+                time.perf_counter() - started,
+            )  # fmt: skip
+
+    source = {
+        "archive_since_ms": int(since.timestamp() * 1000) if since else None,
+        "archive_until_ms": int(until.timestamp() * 1000),
+        "new_events": len(new),
+        "replay_events": len(replay),
+        "offsets": _offsets(new),
+        "gate": {"metric": GATE_METRIC, "tolerance": settings.retrain_tolerance, **metrics},
+    }
+    manifest = publish_models(
+        models, root, plan, source, parent, settings.hnsw_threshold, make_current=True
+    )
+    result = CycleResult(
+        "published", "not worse than the serving version" if parent else "first version",
+        parent, manifest.version, len(new), len(replay), metrics, time.perf_counter() - started,
+    )  # fmt: skip
+    log.info("retrain published %s (parent %s)", manifest.version, parent)
+    return result
+
+
+def _window_end(root: Any, parent: str | None) -> datetime | None:
+    """Where the serving version's archive window ended: the next one starts there."""
+    if parent is None:
+        return None
+    until_ms = registry.read_manifest(root, parent).data_window.get("archive_until_ms")
+    return datetime.fromtimestamp(until_ms / 1000, UTC) if until_ms else None
+
+
+def _replay_sample(settings: Settings, since: datetime) -> list[ArchivedEvent]:
+    """Older users' events, a seeded sample by user, so old tastes are not forgotten."""
+    window_start = since - timedelta(seconds=settings.retrain_replay_window_s)
+    older = list(read_archive(settings.archive_root, window_start, since))
+    users = sorted({a.event.user_id for a in older})
+    chosen = set(
+        random.Random(0).sample(users, round(len(users) * settings.retrain_replay_fraction))
+    )
+    return [a for a in older if a.event.user_id in chosen]
+
+
+def _offsets(events: list[ArchivedEvent]) -> dict[str, list[int]]:
+    """topic:partition → [first, last] Kafka offset of the window's events."""
+    spans: dict[str, list[int]] = {}
+    for a in events:
+        span = spans.setdefault(f"{a.topic}:{a.partition}", [a.offset, a.offset])
+        span[0], span[1] = min(span[0], a.offset), max(span[1], a.offset)
+    return spans
+
+
+def announce(settings: Settings, result: CycleResult) -> None:
+    """Tell servers and workers on `model.versions` (they also watch the registry)."""
+    from streamrec.producer import EventProducer
+
+    with EventProducer(settings) as producer:
+        producer.send_raw(settings.topic_model_versions, None, result.to_json())

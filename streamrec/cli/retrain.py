@@ -1,0 +1,30 @@
+"""`streamrec retrain`: one incremental retraining cycle (what a cron job calls)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(retrain)
+
+
+def retrain(
+    cold: bool = typer.Option(False, "--cold", help="Do not warm-start from the serving version."),
+    progress: bool = typer.Option(False, help="Show training progress bars."),
+) -> None:
+    """Train on the events archived since the serving version, gate, publish, announce.
+
+    Prints the outcome as JSON: published, rejected (the gate kept the serving
+    version) or skipped (too few new events). Exit code 0 for all three."""
+    import logging
+
+    from retrain.cycle import announce, run_cycle
+    from streamrec.settings import Settings
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level)
+    result = run_cycle(settings, warm_start=not cold, progress=progress)
+    if result.outcome == "published":
+        announce(settings, result)
+    typer.echo(result.to_json().decode())

@@ -1,0 +1,134 @@
+"""One retraining cycle on real sessions through the archive: the vocabulary grows,
+the gate refuses a worse model, a crash leaves the registry as it was."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from retrain import cycle
+from retrain.cycle import run_cycle
+from retrain.train_encoder import EncoderTraining
+from retrain.vocab import ItemVocab
+from streamrec import registry
+from streamrec.archive import ArchivedEvent, ArchiveWriter
+from streamrec.events import Event, EventType
+from streamrec.settings import Settings
+from tests.retrain.fixtures import TINY_PLAN, yoochoose_sessions
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+OLD, NEW = slice(0, 1500), slice(1500, 2400)
+
+
+def archive_sessions(root: Path, which: slice, arrived: datetime) -> int:
+    """Real yoochoose sessions as archived click events, in session order."""
+    writer = ArchiveWriter(root, writer_id="test")
+    records = []
+    for number, session in enumerate(yoochoose_sessions(which.stop)[which], start=which.start):
+        for step, item_id in enumerate(session.item_ids):
+            ts_ms = int(arrived.timestamp() * 1000) + number * 100 + step
+            event = Event(
+                f"{session.user_id}-{step}", session.user_id, item_id, EventType.CLICK, ts_ms
+            )
+            records.append(ArchivedEvent(event, "clicks", 0, len(records), ts_ms))
+    writer.append(records)
+    writer.close()
+    return len(records)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
+    settings = make_settings(
+        "cycle", registry=tmp_path / "registry", archive_dir=tmp_path / "archive",
+        retrain_min_events=100, retrain_tolerance=100.0,
+    )  # fmt: skip
+    archive_sessions(settings.archive_root, OLD, T0)
+    first = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=1))
+    assert first.outcome == "published" and first.parent is None
+    return settings
+
+
+def test_a_cycle_warm_starts_grows_the_vocabulary_and_records_its_window(
+    settings: Settings,
+) -> None:
+    root = settings.registry
+    parent = registry.current_version(root)
+    assert parent is not None
+    skipped = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=2))
+    assert skipped.outcome == "skipped"  # nothing arrived since the parent's window
+
+    new_events = archive_sessions(settings.archive_root, NEW, T0 + timedelta(hours=2))
+    result = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=3))
+    assert result.outcome == "published", result.reason
+    assert (result.parent, result.new_events) == (parent, new_events)
+    assert registry.current_version(root) == result.version
+
+    old_vocab = ItemVocab.load(root / parent / "vocab.json")
+    new_vocab = ItemVocab.load(root / str(result.version) / "vocab.json")
+    assert new_vocab.item_ids[: len(old_vocab)] == old_vocab.item_ids  # old rows kept
+    assert len(new_vocab) > len(old_vocab)  # the new window brought new items
+    manifest = registry.read_manifest(root, str(result.version))
+    assert manifest.parent == parent
+    window = manifest.data_window
+    assert window["archive_since_ms"] == int((T0 + timedelta(hours=1)).timestamp() * 1000)
+    assert window["new_events"] == new_events and window["replay_events"] > 0
+    assert window["offsets"] == {"clicks:0": [0, new_events - 1]}
+    assert {"candidate", "serving"} <= set(window["gate"])
+
+
+def test_the_gate_refuses_a_worse_model_and_the_serving_version_stays(settings: Settings) -> None:
+    root = settings.registry
+    before = [m.version for m in registry.list_versions(root)]
+    archive_sessions(settings.archive_root, NEW, T0 + timedelta(hours=2))
+    # A cold start that barely learns: deliberately worse than the serving version.
+    crippled = replace(TINY_PLAN, encoder=EncoderTraining(epochs=1, batch_size=128, lr=1e-9))
+    strict = settings.model_copy(update={"retrain_tolerance": 0.0})
+    result = run_cycle(strict, crippled, now=T0 + timedelta(hours=3), warm_start=False)
+    assert result.outcome == "rejected", result.metrics
+    assert result.metrics["candidate"]["mrr20"] < result.metrics["serving"]["mrr20"]
+    assert [m.version for m in registry.list_versions(root)] == before
+    assert registry.current_version(root) == before[-1]
+
+
+def test_a_crash_mid_publish_leaves_the_registry_as_it_was(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = settings.registry
+    before = sorted(p.name for p in root.iterdir())
+    current = registry.current_version(root)
+    archive_sessions(settings.archive_root, NEW, T0 + timedelta(hours=2))
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed mid-export")
+
+    monkeypatch.setattr("retrain.publish.export_ranker", crash)
+    with pytest.raises(RuntimeError, match="mid-export"):
+        run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=3))
+    assert sorted(p.name for p in root.iterdir()) == before
+    assert registry.current_version(root) == current
+    assert cycle.GATE_METRIC == "mrr20"
+
+
+def test_the_command_reports_a_skipped_cycle_as_json(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import orjson
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env |= {"STREAMREC_HOME": str(tmp_path), "STREAMREC_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec", "retrain"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert result["outcome"] == "skipped" and result["new_events"] == 0
