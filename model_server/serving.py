@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from model_server.limits import BodyTooLarge
 from model_server.loaded import ModelHolder
 from model_server.pipeline import Recommender
 from model_server.schemas import RequestModels
@@ -66,7 +67,13 @@ def json_response(
 
 
 async def parse_body(request: Request, model: type[Body], empty_ok: bool = False) -> Body:
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except BodyTooLarge:
+        limit = serving_of(request).settings.serve_max_body_bytes
+        raise Problem(
+            413, "body_too_large", f"request bodies are limited to {limit} bytes"
+        ) from None
     if not raw.strip() and empty_ok:
         raw = b"{}"
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from streamrec.events import EventType
@@ -191,3 +193,16 @@ async def test_history_of_items_the_model_never_saw_gets_trending(served: Served
         body = (await client.post("/recommend", json={"user_id": "frank", "k": 5})).json()
     assert body["fallback"] == "trending"
     assert {item["item_id"] for item in body["items"]} >= set(served.items[:2])
+
+
+async def test_a_streamed_body_over_the_limit_is_cut_off(served: Served) -> None:
+    limit = served.settings.serve_max_body_bytes
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(limit // 1024 + 2):
+            yield b" " * 1024
+
+    async with in_process(served.settings) as (client, _):
+        response = await client.post("/recommend", content=chunks())
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
