@@ -23,8 +23,7 @@ from streamrec.settings import Settings
 from streamrec.state import StateStore
 
 Fallback = Literal["trending", "retrieval"]
-# The encoder's event-type ids: 1 + the position in features.EVENT_TYPES (0 pads).
-TYPE_IDS = {event_type: index + 1 for index, event_type in enumerate(features.EVENT_TYPES)}
+TYPE_IDS = features.ENCODER_TYPE_IDS  # the ids training used: one table, never two
 TRENDING_TYPES = (EventType.CLICK, EventType.PURCHASE)
 # Weight of the newest ranking time in the running estimate of the next one.
 RANK_ESTIMATE_WEIGHT = 0.1

@@ -327,7 +327,8 @@ class StateStore:
             by_type = {}
             for t in EVENT_TYPES:
                 if t.value in fields:
-                    age_ms = now_ms - fields[f"{t.value}:ref"]
+                    # A reader whose clock is behind the newest event sees it undecayed.
+                    age_ms = max(0.0, now_ms - fields[f"{t.value}:ref"])
                     by_type[t.value] = fields[t.value] * math.pow(2, -age_ms / half_life_ms)
             result.append(ItemPopularity(item_id, by_type, now_ms))
         return result

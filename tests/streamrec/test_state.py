@@ -182,3 +182,9 @@ async def test_applied_events_are_counted_for_the_retraining_trigger(store: Stat
     assert await store.new_event_count() == 2
     assert await store.take_new_event_count() == 2
     assert await store.take_new_event_count() == 0
+
+
+async def test_a_reader_behind_the_newest_event_sees_it_undecayed(store: StateStore) -> None:
+    await store.apply_events([ev(1, ts=10**12)])
+    (popularity,) = await store.read_item_popularity(["i"], now_ms=0)
+    assert popularity.by_type == {"click": 1.0}
