@@ -14,7 +14,6 @@ from typing import Literal
 import numpy as np
 
 from model_server.loaded import ServedModel
-from model_server.popularity import PopularityReader
 from streamrec import features
 from streamrec import state as redis_state
 from streamrec.events import EventType
@@ -96,7 +95,6 @@ class Recommender:
 
     def __init__(self, settings: Settings, store: StateStore, metrics: ServeMetrics) -> None:
         self.store = store
-        self.popularity = PopularityReader(store)
         self.metrics = metrics
         self.candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
@@ -174,7 +172,7 @@ class Recommender:
         # The read is not cancelled at the deadline: cancelling a Redis call midway
         # can leave its connection out of step with its replies.
         with self._stage("features"):
-            popularity = await self.popularity.read(candidate_ids, now_ms)
+            popularity = await self.store.read_item_popularity(candidate_ids, now_ms)
             feature_rows = features.ranking_features(
                 candidate_ids, dots, user, popularity_by_type(popularity), now_ms, self.half_life_s
             )
@@ -220,7 +218,7 @@ class Recommender:
                     user_vector = model.bundle.user_vectors(*inputs)[0]
             dots = model.item_vectors([rows[i] for i in known_ids]) @ user_vector
             with self._stage("features"):
-                popularity = await self.popularity.read(known_ids, now_ms)
+                popularity = await self.store.read_item_popularity(known_ids, now_ms)
                 feature_rows = features.ranking_features(
                     known_ids, dots, user, popularity_by_type(popularity), now_ms, self.half_life_s
                 )

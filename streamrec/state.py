@@ -171,6 +171,14 @@ _APPLY_BATCH_LUA = _APPLY_BATCH_LUA.replace(
 SCRIPT_MAX_EVENTS = 100
 
 
+# Read-only: every KEYS hash as one JSON list of flat field/value lists.
+_READ_HASHES_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+return cjson.encode(out)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RecentEvent:
     event_id: str
@@ -230,6 +238,7 @@ class StateStore:
         self.settings = settings
         self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
         self._apply_script = self.redis.register_script(_APPLY_BATCH_LUA)
+        self._read_hashes_script = self.redis.register_script(_READ_HASHES_LUA)
         self._trend_keys = [trending_key(t) for t in EVENT_TYPES]
 
     async def close(self) -> None:
@@ -315,15 +324,16 @@ class StateStore:
     async def read_item_popularity(
         self, item_ids: Sequence[str], now_ms: int
     ) -> list[ItemPopularity]:
-        """Decayed popularity per type for each item, brought forward to `now_ms`."""
+        """Decayed popularity per type for each item, brought forward to `now_ms`.
+        One script call returns every hash as one JSON string: pipelining one HGETALL
+        per candidate spent ~45% of the model server's CPU in redis-py's reply parser."""
+        if not item_ids:
+            return []
         half_life_ms = self.settings.popularity_half_life_s * 1000
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item_id in item_ids:
-                pipe.hgetall(item_popularity_key(item_id))
-            rows = await pipe.execute()
+        encoded = await self._read_hashes_script(keys=[item_popularity_key(i) for i in item_ids])
         result = []
-        for item_id, row in zip(item_ids, rows, strict=True):
-            fields = {k.decode(): float(v) for k, v in row.items()}
+        for item_id, flat in zip(item_ids, orjson.loads(encoded), strict=True):
+            fields = {flat[n]: float(flat[n + 1]) for n in range(0, len(flat), 2)}
             by_type = {}
             for t in EVENT_TYPES:
                 if t.value in fields:

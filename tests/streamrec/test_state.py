@@ -188,3 +188,10 @@ async def test_a_reader_behind_the_newest_event_sees_it_undecayed(store: StateSt
     await store.apply_events([ev(1, ts=10**12)])
     (popularity,) = await store.read_item_popularity(["i"], now_ms=0)
     assert popularity.by_type == {"click": 1.0}
+
+
+async def test_popularity_of_unseen_items_is_empty(store: StateStore) -> None:
+    await store.apply_events([ev(1, item="seen", kind=EventType.PURCHASE), ev(2, item="seen")])
+    assert await store.read_item_popularity([], 5000) == []
+    seen, unseen = await store.read_item_popularity(["seen", "never"], 5000)
+    assert seen.by_type.keys() == {"click", "purchase"} and unseen.by_type == {}
