@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import time
 
 import orjson
 
 from streamrec.metrics import IngestMetrics
+from streamrec.processes import child_env
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -50,7 +50,7 @@ class RetrainTrigger:
         started = time.perf_counter()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "streamrec", "retrain",
-            env={**os.environ, **self.settings.to_env()},
+            env=child_env(self.settings),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         stdout, stderr = await process.communicate()

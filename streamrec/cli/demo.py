@@ -24,7 +24,7 @@ from rich.table import Table
 from streamrec.client import Recommendations, RecommenderClient
 from streamrec.errors import StreamrecError
 from streamrec.events import Event, EventType
-from streamrec.processes import ServiceProcess
+from streamrec.processes import ServiceProcess, child_env
 from streamrec.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -78,7 +78,7 @@ def demo(
     trained = subprocess.run(
         [sys.executable, "-m", "streamrec", "train", "--data", str(history_path),
          "--epochs", "3", "--dim", "32", "--quiet"],
-        env=_env(settings), capture_output=True, text=True,
+        env=child_env(settings), capture_output=True, text=True,
     )  # fmt: skip
     if trained.returncode != 0:
         raise StreamrecError(f"training failed:\n{trained.stdout}{trained.stderr}")
@@ -123,12 +123,6 @@ def demo(
         "`streamrec serve` use :6066 and :8000.\n"
         "Stop the broker and Redis with `streamrec dev down`."
     )
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **settings.to_env()}
 
 
 def _replay(settings: Settings, sample: list[Event], rate: float | None, bad: bool = True) -> None:
