@@ -50,6 +50,19 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         stack.down()
 
 
+def pipeline_names(name: str) -> dict[str, str]:
+    """A consumer group and every topic of its own, so pipelines under test never meet."""
+    return {
+        "app_id": f"test-{name}",
+        "topic_clicks": f"{name}.clicks",
+        "topic_purchases": f"{name}.purchases",
+        "topic_recommendations": f"{name}.recommendations",
+        "topic_dlq": f"{name}.dlq",
+        "topic_model_versions": f"{name}.model.versions",
+        "topic_state_changes": f"{name}.state.changes",
+    }
+
+
 @pytest.fixture(scope="session")
 def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
     """Settings for one isolated pipeline: its own topics, group and Redis db."""
@@ -64,13 +77,7 @@ def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
             "home": dev_stack.home,
             "kafka_bootstrap": dev_stack.kafka_bootstrap,
             "redis_url": f"{base}/{db}",
-            "app_id": f"test-{name}",
-            "topic_clicks": f"{name}.clicks",
-            "topic_purchases": f"{name}.purchases",
-            "topic_recommendations": f"{name}.recommendations",
-            "topic_dlq": f"{name}.dlq",
-            "topic_model_versions": f"{name}.model.versions",
-            "topic_state_changes": f"{name}.state.changes",
+            **pipeline_names(name),
             "input_partitions": 2,
             "archive_dir": dev_stack.home / "archive" / name,
             "worker_web_port": free_port(),

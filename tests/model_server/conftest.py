@@ -27,6 +27,7 @@ from streamrec.events import Event, EventType
 from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
 from streamrec.state import StateStore
+from tests.conftest import pipeline_names
 from tests.retrain.fixtures import TINY_PLAN, tiny_models
 
 ADMIN_TOKEN = "test-admin-token"
@@ -90,12 +91,7 @@ def served(trained: TrainedModels, serve_settings: Settings, tmp_path: Path) -> 
             "registry": root,
             "serve_port": free_port(),
             "worker_web_port": free_port(),
-            "app_id": f"test-{name}",
-            "topic_clicks": f"{name}.clicks",
-            "topic_purchases": f"{name}.purchases",
-            "topic_recommendations": f"{name}.recommendations",
-            "topic_dlq": f"{name}.dlq",
-            "topic_model_versions": f"{name}.model.versions",
+            **pipeline_names(name),
         }
     )
     return Served(settings, root, first, trained)

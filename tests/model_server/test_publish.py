@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def pipeline(served: Served, tmp_path: Path) -> Iterator[Settings]:
     settings = served.settings.model_copy(
         update={
-            "topic_state_changes": f"{served.settings.app_id}.state.changes",
             "publisher_web_port": free_port(),
             "publish_min_interval_ms": 0,
         }

@@ -34,7 +34,6 @@ def running(served: Served, tmp_path: Path) -> Iterator[Settings]:
     settings = served.settings.model_copy(
         update={
             "archive_dir": tmp_path / "archive",
-            "topic_state_changes": f"{served.settings.app_id}.state.changes",
             "retrain_min_events": 200,
             "retrain_tolerance": 100.0,  # this test is about the swap, not the gate
         }
