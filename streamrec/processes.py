@@ -85,6 +85,13 @@ class ServiceProcess:
             self.kill()
 
     def __enter__(self) -> ServiceProcess:
+        """Started and ready; stopped again if it never gets ready."""
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

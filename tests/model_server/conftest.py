@@ -139,12 +139,8 @@ async def wait_until(check: Callable[[], object], timeout_s: float = 20.0) -> No
 @pytest.fixture
 def server_process(served: Served, tmp_path: Path) -> Iterator[ServiceProcess]:
     """`streamrec serve` in a child process, ready."""
-    process = ServiceProcess(
-        served.settings, ["serve"], tmp_path / "serve.log", served.settings.serve_port
-    )
-    process.start()
-    try:
-        process.wait_ready()
+    settings = served.settings
+    with ServiceProcess(
+        settings, ["serve"], tmp_path / "serve.log", settings.serve_port
+    ) as process:
         yield process
-    finally:
-        process.stop()

@@ -37,13 +37,10 @@ async def test_sync_and_async_clients(served: Served, server_process: ServicePro
 
 def test_two_server_processes_share_the_port(served: Served, tmp_path: Path) -> None:
     settings = served.settings.model_copy(update={"serve_workers": 2})
-    process = ServiceProcess(settings, ["serve"], tmp_path / "serve.log", settings.serve_port)
-    process.start()
-    try:
-        process.wait_ready()
-        with RecommenderClient(f"http://127.0.0.1:{settings.serve_port}") as client:
-            answers = [client.recommend("nobody", k=3) for _ in range(20)]
-    finally:
-        process.stop()
+    with (
+        ServiceProcess(settings, ["serve"], tmp_path / "serve.log", settings.serve_port),
+        RecommenderClient(f"http://127.0.0.1:{settings.serve_port}") as client,
+    ):
+        answers = [client.recommend("nobody", k=3) for _ in range(20)]
     assert {a.model_version for a in answers} == {served.first.version}
     assert {a.fallback for a in answers} == {"trending"}

@@ -24,15 +24,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def worker(served: Served, tmp_path: Path) -> Iterator[ServiceProcess]:
     settings = served.settings
     ensure_topics(settings)
-    process = ServiceProcess(
-        settings, ["worker"], tmp_path / "worker.log", settings.worker_web_port
-    )
-    process.start()
-    try:
-        process.wait_ready()
+    log = tmp_path / "worker.log"
+    with ServiceProcess(settings, ["worker"], log, settings.worker_web_port) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def send(settings: Settings, user_id: str, events: list[tuple[str, str]]) -> None:
