@@ -1,18 +1,57 @@
-"""What every benchmark shares: the machine description, report writing, metric scraping."""
+"""What every benchmark shares: the machine description, report writing, a swap without
+training, and the source checkout the drills need."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 
 import orjson
 import psutil
 
+from streamrec import registry
+from streamrec.devstack import DevStack
+from streamrec.settings import Settings
+
 REPORTS = Path(__file__).resolve().parent / "reports"
+CHECKOUT = REPORTS.parents[1]
+
+
+class ScratchStack:
+    """A dev stack (broker + Redis) in a new temporary home for one benchmark run.
+    `settings` point at it; the home is removed afterwards unless the run raised or
+    set `keep` (its logs are worth reading then)."""
+
+    def __init__(self, name: str) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix=f"streamrec-bench-{name}-"))
+        self.stack = DevStack(self.home)
+        self.keep = False
+
+    def __enter__(self) -> Settings:
+        status = self.stack.up()
+        return Settings(
+            home=self.home,
+            kafka_bootstrap=status.kafka_bootstrap or "",
+            redis_url=status.redis_url or "",
+            log_level="WARNING",
+        )
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stack.down()
+        if kind is not None or self.keep:
+            print(f"logs kept in {self.home}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def machine() -> dict[str, object]:
@@ -51,3 +90,31 @@ def write_json(name: str, payload: dict[str, object]) -> Path:
     path = REPORTS / f"{name}.json"
     path.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return path
+
+
+def republish(
+    root: Path, version: str, replace: Mapping[str, Path] | None = None, make_current: bool = True
+) -> registry.Manifest:
+    """A new version holding `version`'s files (some `replace`d) under its manifest's
+    description: a swap without training."""
+    manifest = registry.read_manifest(root, version)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".republish-") as staging:
+        staged = Path(staging) / "bundle"
+        shutil.copytree(root / version, staged)
+        (staged / registry.MANIFEST).unlink()
+        for name, path in (replace or {}).items():
+            shutil.copyfile(path, staged / name)
+        return registry.publish(
+            root, staged, parent=version, data_window=manifest.data_window,
+            metrics=manifest.metrics, encoder=manifest.encoder, ranker=manifest.ranker,
+            index=manifest.index, training=manifest.training, make_current=make_current,
+        )  # fmt: skip
+
+
+def tests_importable() -> None:
+    """The drills are the test suite's own scenarios (tests/drills/), and tests/ is not
+    installed: a source checkout is needed, and put on the import path here."""
+    if not (CHECKOUT / "tests" / "drills").is_dir():
+        raise SystemExit(f"the drills need a source checkout; no tests/drills in {CHECKOUT}")
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -34,6 +35,8 @@ from streamrec.topics import ensure_topics
 console = Console(stderr=True)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose1_64"
 STAGES = ("redis", "encode", "retrieve", "features", "rank")
+STAGE_COLUMNS = (*STAGES, "server total recommend")
+REQUEST_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,13 @@ def run(quick: bool) -> dict[str, Any]:
             with serving(settings, servers) as (url, server):
                 for rate in plan.rates:
                     before, cpu_before = scrape(url), server_cpu_s(server)
+                    load_before = os.getloadavg()[0]
                     result = open_loop(url, users, rate, plan.seconds)
                     served = result["sent"] - result["errors"]
                     result.update(
                         servers=servers,
+                        # 1-minute load average before and after: the other work on the cores
+                        load_avg=(round(load_before, 2), round(os.getloadavg()[0], 2)),
                         stages_ms=stage_means(before, scrape(url)),
                         server_cpu_ms_per_request=round(
                             (server_cpu_s(server) - cpu_before) * 1000 / max(served, 1), 3
@@ -91,7 +97,9 @@ def run(quick: bool) -> dict[str, Any]:
                     runs.append(result)
                     console.print(_line(result))
                 if servers == 1:
-                    swap = swap_run(url, settings, users, plan.rates[-1], plan.seconds)
+                    # At the goal's rate (1,000/s) when the plan has it.
+                    swap_rate = 1000 if 1000 in plan.rates else plan.rates[-1]
+                    swap = swap_run(url, settings, users, swap_rate, plan.seconds)
                     console.print(f"swap: {_line(swap)}")
                     effect = event_to_effect(url, settings, users, plan.effect_samples)
     finally:
@@ -129,7 +137,14 @@ def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
         shutil.copytree(mine.registry / current, settings.registry / current)
         registry.set_current(settings.registry, current)
         manifest = registry.read_manifest(settings.registry, current)
-        return {"version": current, "items": manifest.index.get("n_items"), "source": "copied"}
+        return {
+            "version": current,
+            "items": manifest.index.get("n_items"),
+            "source": "copied",
+            "candidates": manifest.retrieval_candidates,
+            "trained_on": manifest.data_window.get("source"),
+            "encoder_epochs": len(manifest.training.get("encoder_epochs", [])),
+        }
     from itertools import islice
 
     from retrain.data import load_sequences
@@ -213,7 +228,10 @@ def _generate(
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         connector = aiohttp.TCPConnector(limit=256)
-        async with aiohttp.ClientSession(url, connector=connector) as session:
+        # Past this a request counts as an error ("timeout"): an overloaded server
+        # then ends the run near its scheduled length instead of draining a backlog.
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
 
             async def one(user: str, due: float) -> None:
                 body = orjson.dumps({"user_id": user, "k": 20})
@@ -226,6 +244,9 @@ def _generate(
                             return
                 except aiohttp.ClientError as exc:
                     errors[type(exc).__name__] += 1
+                    return
+                except TimeoutError:
+                    errors[f"timeout (> {REQUEST_TIMEOUT_S:g} s)"] += 1
                     return
                 latencies.append(time.perf_counter() - due)
 
@@ -396,19 +417,35 @@ def _write_markdown(r: dict[str, Any]) -> None:
         f"Command: `{r['command']}`. Open-loop load (aiohttp, its own process) against "
         f"`streamrec serve`, POST /recommend k = 20 for {r['users']:,} users with 3-19 recent "
         f"events each; local Redis; model {model['version']} ({model['items']} items, "
-        f"{model['source']}).",
+        f"C = {model.get('candidates')}, {model['source']}; trained on "
+        f"{model.get('trained_on')}, {model.get('encoder_epochs')} encoder epochs).",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
         f"{m['date']}, commit {m['commit']}. Load generator, server(s) and Redis share the cores.",
         "",
-        "| servers | rate req/s | achieved | p50 ms | p95 ms | p99 ms | errors | CPU ms/req |",
-        "|---|---|---|---|---|---|---|---|",
+        "| servers | rate req/s | achieved | p50 ms | p95 ms | p99 ms | errors | CPU ms/req "
+        "| load avg before → after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run_ in r["runs"]:
+        before, after = run_["load_avg"]
         lines.append(
             f"| {run_['servers']} | {run_['rate']} | {run_['achieved_rate']} | {run_['p50_ms']} | "
             f"{run_['p95_ms']} | {run_['p99_ms']} | {run_['errors']} | "
-            f"{run_['server_cpu_ms_per_request']} |"
+            f"{run_['server_cpu_ms_per_request']} | {before} → {after} |"
         )
+    kinds = sorted({k for x in r["runs"] for k in x.get("error_kinds", {})})
+    if kinds:
+        lines += [
+            "",
+            "Errors by kind: "
+            + "; ".join(
+                f"{x['servers']} srv @ {x['rate']}/s: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(x.get("error_kinds", {}).items()))
+                for x in r["runs"]
+                if x.get("error_kinds")
+            )
+            + ".",
+        ]
     lines += [
         "",
         f"During a model swap at {r['swap_rate']} req/s: p99 {r['swap_p99_ms']} ms, "
@@ -417,11 +454,17 @@ def _write_markdown(r: dict[str, Any]) -> None:
         f"{r['event_to_effect_samples']} samples: p50 {r['event_to_effect_p50_ms']} ms, "
         f"p99 {r['event_to_effect_p99_ms']} ms.",
         "",
-        "Mean time per stage inside the server (ms), first run:",
+        "Mean time per stage inside the server (ms, wall clock: queueing for the CPU "
+        "included; encode counts only requests whose cached user vector was stale):",
         "",
-        "| stage | ms |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in sorted(r["runs"][0]["stages_ms"].items())],
+        "| servers | rate | " + " | ".join(STAGE_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(STAGE_COLUMNS),
+        *[
+            f"| {x['servers']} | {x['rate']} | "
+            + " | ".join(str(x["stages_ms"].get(c, "")) for c in STAGE_COLUMNS)
+            + " |"
+            for x in r["runs"]
+        ],
         "",
         "![latency CDF](serve.png)",
         "",

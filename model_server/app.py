@@ -21,10 +21,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from model_server import admin, endpoints
+from model_server.answers import AnswerWriter
 from model_server.limits import BodySizeLimit
 from model_server.loaded import ModelHolder
 from model_server.openapi import openapi_document
 from model_server.pipeline import Recommender
+from model_server.popularity import PopularityTable
 from model_server.schemas import request_models
 from model_server.serving import Serving, json_response, measured
 from streamrec.errors import StateError
@@ -48,6 +50,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         )
         store = StateStore(settings, aioredis.Redis(connection_pool=pool))
         watcher: asyncio.Task[None] | None = None
+        popularity: PopularityTable | None = None
+        refresher: asyncio.Task[None] | None = None
+        answers: AnswerWriter | None = None
+        writer: asyncio.Task[None] | None = None
         try:
             try:
                 await store.ping()
@@ -55,16 +61,31 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 raise StateError(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
             holder = ModelHolder(settings.registry, metrics)
             await holder.load()
+            if settings.serve_popularity_refresh_s > 0:
+                popularity = PopularityTable(
+                    store, settings.serve_popularity_refresh_s, settings.popularity_half_life_s
+                )
+                await popularity.refresh(holder.current)
+                refresher = asyncio.create_task(popularity.follow(holder))
+            recommender = Recommender(settings, store, metrics, popularity)
+            answers = AnswerWriter(store)
+            writer = asyncio.create_task(answers.run())
             app.state.serving = Serving(
-                settings, store, holder, Recommender(settings, store, metrics), metrics, requests
+                settings, store, holder, recommender, metrics, requests, answers
             )
             watcher = asyncio.create_task(holder.watch(settings.registry_poll_s))
             yield
         finally:
+            if answers is not None and writer is not None:
+                answers.stop()
+                await writer
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            if popularity is not None and refresher is not None:
+                popularity.stop()
+                await refresher
             await store.close()
             await pool.aclose()
 
@@ -77,7 +98,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         Route("/model", measured("model", endpoints.model_info), methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
-        Route("/metrics", endpoints.metrics_page(registry), methods=["GET"]),
+        Route(
+            "/metrics",
+            endpoints.metrics_page(registry, settings.serve_metrics_dir),
+            methods=["GET"],
+        ),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/admin/reload", measured("admin", admin.reload), methods=["POST"]),
         Route("/admin/rollback", measured("admin", admin.rollback), methods=["POST"]),

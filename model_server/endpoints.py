@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from model_server.serving import json_response, parse_body, serving_of
+from streamrec.state import Answer
 
 READY_PING_TIMEOUT_S = 1.0
 
@@ -28,6 +31,10 @@ async def recommend(request: Request) -> Response:
         if item.features is not None:
             row["features"] = item.features
         items.append(row)
+    if (serving.settings.hit_window_s > 0 and answer.items) or answer.fresh_vector:
+        shown = [item.item_id for item in answer.items]
+        at_ms = int(time.time() * 1000)
+        serving.answers.add(Answer(body.user_id, shown, at_ms, answer.fresh_vector))
     return json_response(
         {
             "user_id": body.user_id,
@@ -87,7 +94,15 @@ async def readyz(request: Request) -> Response:
     return json_response({"ready": True, "model_version": serving.holder.current.version})
 
 
-def metrics_page(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
+def metrics_page(
+    registry: CollectorRegistry, shared_dir: Path | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    """This process's metrics, or with `shared_dir` (`--workers N`) every worker's,
+    summed from the files prometheus_client's multiprocess mode keeps there."""
+    if shared_dir is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(shared_dir))
+
     async def page(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from model_server.loaded import ServedModel
+from model_server.popularity import PopularityTable
 from streamrec import features
 from streamrec import state as redis_state
 from streamrec.events import EventType
@@ -41,6 +42,9 @@ class Recommendation:
     model_version: str
     fallback: Fallback | None
     candidates: int
+    # The user vector this answer computed (the cache had none for this state and
+    # version): to be stored after the answer is sent.
+    fresh_vector: redis_state.CachedVector | None = None
 
 
 @dataclass(frozen=True)
@@ -84,22 +88,30 @@ def encoder_inputs(
     return item_ids, type_ids, np.ones(item_ids.shape, dtype=np.float32)
 
 
-def popularity_by_type(
-    rows: Sequence[redis_state.ItemPopularity],
-) -> dict[str, dict[EventType, float]]:
-    return {p.item_id: {EventType(t): v for t, v in p.by_type.items()} for p in rows}
-
-
 class Recommender:
     """Answers /recommend and /score from Redis state and one served model."""
 
-    def __init__(self, settings: Settings, store: StateStore, metrics: ServeMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        metrics: ServeMetrics,
+        popularity: PopularityTable | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
-        self.candidates = settings.retrieval_candidates
+        self.popularity = popularity
+        # Used only for a bundle whose manifest does not say how many the ranker saw.
+        self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
         self.half_life_s = settings.popularity_half_life_s
+        self.trending_only = settings.serve_strategy == "trending"
         self._rank_estimate_s = 0.0
+
+    def candidates_for(self, model: ServedModel) -> int:
+        """C: what the ranker was trained on (its softmax and rank features depend on it)."""
+        wanted = model.bundle.manifest.retrieval_candidates or self.default_candidates
+        return min(wanted, model.n_items)
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -123,42 +135,69 @@ class Recommender:
             stored = await self.store.read_user(user_id)
         removed = stored.purchased | set(exclude)
         user = feature_user(stored)
-        inputs = encoder_inputs(model, user.recent_events)
+        inputs = None if self.trending_only else encoder_inputs(model, user.recent_events)
         if inputs is None:
             self.metrics.fallbacks.labels("trending").inc()
             return Recommendation(await self.trending(k, removed), model.version, "trending", 0)
 
-        with self._stage("encode"):
-            user_vector = model.bundle.user_vectors(*inputs)
+        user_vector, fresh_vector = self._user_vector(model, stored, inputs)
         with self._stage("retrieve"):
-            scores, rows = model.bundle.search(user_vector, min(self.candidates, model.n_items))
+            scores, rows = model.bundle.search(user_vector, self.candidates_for(model))
         found = rows[0] > 0
-        candidate_ids = [model.bundle.item_ids[row - 1] for row in rows[0][found]]
-        dots = scores[0][found]
+        vocab_rows, dots = rows[0][found], scores[0][found]
+        candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
         self.metrics.candidates.observe(len(candidate_ids))
 
-        ranked = await self._rank(model, candidate_ids, dots, user, now_ms, deadline)
+        ranked = await self._rank(model, vocab_rows, candidate_ids, dots, user, now_ms, deadline)
+        fallback: Fallback | None
         if ranked is None:
             self.metrics.fallbacks.labels("retrieval").inc()
-            items = [RankedItem(i, float(s)) for i, s in zip(candidate_ids, dots, strict=True)]
-            return Recommendation(
-                _top(items, k, removed), model.version, "retrieval", len(candidate_ids)
-            )
-        rank_scores, feature_rows = ranked
-        order = np.argsort(-rank_scores, kind="stable")
-        items = [
-            RankedItem(
-                candidate_ids[i],
-                float(rank_scores[i]),
-                _explained(feature_rows[i], float(dots[i])) if explain else None,
-            )
-            for i in order
-        ]
-        return Recommendation(_top(items, k, removed), model.version, None, len(candidate_ids))
+            fallback, order, item_scores, feature_rows = "retrieval", range(len(dots)), dots, None
+        else:
+            item_scores, feature_rows = ranked
+            fallback, order = None, np.argsort(-item_scores, kind="stable").tolist()
+
+        def in_order() -> Iterator[RankedItem]:
+            for i in order:
+                explained = None
+                if explain and feature_rows is not None:
+                    explained = _explained(feature_rows[i], float(dots[i]))
+                yield RankedItem(candidate_ids[i], float(item_scores[i]), explained)
+
+        items = _top(in_order(), k, removed)
+        if len(items) < k:
+            # The filters removed too many candidates: trending items fill the rest.
+            taken = removed | {item.item_id for item in items}
+            items += await self.trending(k - len(items), taken)
+        return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
+
+    def _user_vector(
+        self,
+        model: ServedModel,
+        stored: redis_state.UserState,
+        inputs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> tuple[np.ndarray, redis_state.CachedVector | None]:
+        """(1, dim) from the cache when this version computed it from this very state;
+        else from the encoder, with the entry to cache."""
+        cached = stored.cached_vector
+        if (
+            cached is not None
+            and cached.model_version == model.version
+            and cached.state_tag == stored.state_tag
+            and len(cached.values) == 4 * model.dim
+        ):
+            return np.frombuffer(cached.values, dtype=np.float32).reshape(1, model.dim), None
+        with self._stage("encode"):
+            user_vector = model.bundle.user_vectors(*inputs)
+        fresh = redis_state.CachedVector(
+            model.version, stored.state_tag, user_vector.astype("<f4").tobytes()
+        )
+        return user_vector, fresh
 
     async def _rank(
         self,
         model: ServedModel,
+        vocab_rows: np.ndarray,
         candidate_ids: list[str],
         dots: np.ndarray,
         user: features.UserState,
@@ -172,9 +211,9 @@ class Recommender:
         # The read is not cancelled at the deadline: cancelling a Redis call midway
         # can leave its connection out of step with its replies.
         with self._stage("features"):
-            popularity = await self.store.read_item_popularity(candidate_ids, now_ms)
+            popularity = await self._popularity(model, vocab_rows, candidate_ids, now_ms)
             feature_rows = features.ranking_features(
-                candidate_ids, dots, user, popularity_by_type(popularity), now_ms, self.half_life_s
+                candidate_ids, dots, user, popularity, now_ms, self.half_life_s
             )
         if time.perf_counter() >= deadline:
             return None
@@ -183,6 +222,16 @@ class Recommender:
         spent_s = time.perf_counter() - started
         self._rank_estimate_s += RANK_ESTIMATE_WEIGHT * (spent_s - self._rank_estimate_s)
         return rank_scores, feature_rows
+
+    async def _popularity(
+        self, model: ServedModel, vocab_rows: np.ndarray, item_ids: list[str], now_ms: int
+    ) -> np.ndarray:
+        """From the in-process table when it holds this version, else from Redis."""
+        if self.popularity is not None:
+            held = self.popularity.rows(model, vocab_rows, now_ms)
+            if held is not None:
+                return held
+        return await self.store.read_item_popularity(item_ids, now_ms)
 
     async def trending(self, k: int, removed: Collection[str] = ()) -> list[RankedItem]:
         """Items by decayed popularity, purchases weighted above clicks."""
@@ -216,11 +265,14 @@ class Recommender:
                     user_vector = np.zeros(model.dim, dtype=np.float32)
                 else:
                     user_vector = model.bundle.user_vectors(*inputs)[0]
-            dots = model.item_vectors([rows[i] for i in known_ids]) @ user_vector
+            known_rows = [rows[i] for i in known_ids]
+            dots = model.item_vectors(known_rows) @ user_vector
             with self._stage("features"):
-                popularity = await self.store.read_item_popularity(known_ids, now_ms)
+                popularity = await self._popularity(
+                    model, np.asarray(known_rows, dtype=np.int64), known_ids, now_ms
+                )
                 feature_rows = features.ranking_features(
-                    known_ids, dots, user, popularity_by_type(popularity), now_ms, self.half_life_s
+                    known_ids, dots, user, popularity, now_ms, self.half_life_s
                 )
             with self._stage("rank"):
                 rank_scores = model.bundle.score(feature_rows)
@@ -228,7 +280,7 @@ class Recommender:
         return Scores([ItemScore(i, by_item.get(i)) for i in item_ids], model.version)
 
 
-def _top(items: Sequence[RankedItem], k: int, removed: Collection[str]) -> list[RankedItem]:
+def _top(items: Iterable[RankedItem], k: int, removed: Collection[str]) -> list[RankedItem]:
     top: list[RankedItem] = []
     seen: set[str] = set()
     for item in items:

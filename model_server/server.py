@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
@@ -27,15 +29,20 @@ def run_server(settings: Settings) -> None:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         return
-    # Worker processes build their own app from the environment: hand them ours.
-    os.environ.update(settings.to_env())
-    uvicorn.run(
-        "model_server.app:app_from_env",
-        factory=True,
-        workers=settings.serve_workers,
-        host=settings.serve_host,
-        port=settings.serve_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
+    # Worker processes build their own app from the environment: hand them ours,
+    # and a fresh folder where prometheus_client keeps every process's metrics
+    # (it reads PROMETHEUS_MULTIPROC_DIR when a worker imports it).
+    with tempfile.TemporaryDirectory(prefix="streamrec-metrics-") as metrics_dir:
+        workers = settings.model_copy(update={"serve_metrics_dir": Path(metrics_dir)})
+        os.environ.update(workers.to_env())
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "model_server.app:app_from_env",
+            factory=True,
+            workers=settings.serve_workers,
+            host=settings.serve_host,
+            port=settings.serve_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )

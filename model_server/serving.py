@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from model_server.answers import AnswerWriter
 from model_server.limits import BodyTooLarge
 from model_server.loaded import ModelHolder
 from model_server.pipeline import Recommender
@@ -36,6 +37,7 @@ class Serving:
     recommender: Recommender
     metrics: ServeMetrics
     requests: RequestModels
+    answers: AnswerWriter
 
 
 def serving_of(request: Request) -> Serving:

@@ -26,7 +26,7 @@ from streamrec.errors import ArchiveError
 from streamrec.events import Event, Rejection, parse_event
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
-from streamrec.state import StateStore
+from streamrec.state import Applied, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Ingestor:
             self._archive([(message, event)])
         return failed
 
-    async def _apply_with_retry(self, events: list[Event]) -> list[bool]:
+    async def _apply_with_retry(self, events: list[Event]) -> list[Applied]:
         """Retry while Redis is unreachable: blocking here keeps offsets uncommitted."""
         backoff_s = 0.05
         while True:
@@ -181,16 +181,21 @@ class Ingestor:
             return
         self.metrics.archived.inc(count)
 
-    def _observe(self, accepted: list[tuple[RawMessage, Event]], applied: list[bool]) -> None:
+    def _observe(self, accepted: list[tuple[RawMessage, Event]], applied: list[Applied]) -> None:
         now_s = time.time()
         outcomes: Counter[tuple[str, str]] = Counter()
         observe_delay = self.metrics.event_to_state.observe
-        for (message, event), was_applied in zip(accepted, applied, strict=True):
+        hits = 0
+        for (message, event), outcome in zip(accepted, applied, strict=True):
+            was_applied = outcome != Applied.DUPLICATE
             outcomes[(event.type.value, "accepted" if was_applied else "duplicate")] += 1
+            hits += outcome == Applied.HIT
             if was_applied and message.timestamp_s is not None:
                 observe_delay(max(0.0, now_s - message.timestamp_s))
-        for (type_value, outcome), count in outcomes.items():
-            self.metrics.events.labels(type_value, outcome).inc(count)
+        for (type_value, outcome_name), count in outcomes.items():
+            self.metrics.events.labels(type_value, outcome_name).inc(count)
+        if hits:
+            self.metrics.online_hits.inc(hits)
 
     async def _dead_letter(self, dead: list[tuple[RawMessage, str, str]]) -> None:
         if not dead:

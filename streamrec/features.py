@@ -76,17 +76,40 @@ class UserState:
     item_counts: Mapping[str, Mapping[EventType, int]] = field(default_factory=dict)
 
 
+# Popularity reaches `ranking_features` as one row per candidate, one column per
+# event type in EVENT_TYPES order, already decayed to the request time.
+POPULARITY_WEIGHTS = np.array([TYPE_WEIGHTS[t] for t in EVENT_TYPES], dtype=np.float64)
+_CLICK = EVENT_TYPES.index(EventType.CLICK)
+_PURCHASE = EVENT_TYPES.index(EventType.PURCHASE)
+_NO_POPULARITY: Mapping[EventType, float] = {}
+
+
+def popularity_rows(
+    item_ids: Sequence[str], item_popularity: Mapping[str, Mapping[EventType, float]]
+) -> np.ndarray:
+    """(len(item_ids), len(EVENT_TYPES)) float64 from a per-item mapping; 0 where absent."""
+    rows = [
+        [by_type.get(t, 0.0) for t in EVENT_TYPES]
+        for by_type in (item_popularity.get(i, _NO_POPULARITY) for i in item_ids)
+    ]
+    return np.array(rows, dtype=np.float64).reshape(len(item_ids), len(EVENT_TYPES))
+
+
 def ranking_features(
     candidate_ids: Sequence[str],
     user_item_dots: np.ndarray,
     user: UserState,
-    item_popularity: Mapping[str, Mapping[EventType, float]],
+    candidate_popularity: np.ndarray,
     now_ms: int,
     half_life_s: float = 6 * 3600,
 ) -> np.ndarray:
     """One row per candidate. `user_item_dots` is user vector · item vector, in
     candidate order; the retrieval columns are derived from it so that serving
-    and training cannot disagree on them."""
+    and training cannot disagree on them. `candidate_popularity` is
+    `popularity_rows` of the candidates (or the same table read from Redis).
+
+    Vectorised: the only Python loops run over the user's own items (a few
+    dozen), never over the candidates."""
     n = len(candidate_ids)
     dots = np.asarray(user_item_dots, dtype=np.float64).reshape(n)
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
@@ -100,32 +123,34 @@ def ranking_features(
     ranks[order] = np.arange(n)
     out[:, 2] = np.log1p(ranks)
 
-    last_step: dict[str, int] = {}
-    last_ts: dict[str, int] = {}
-    recent = user.recent_events
-    for step, event in enumerate(recent):
-        last_step[event.item_id] = step
-        last_ts[event.item_id] = event.ts_ms
-    last_item = recent[-1].item_id if recent else None
-    last_weight = TYPE_WEIGHTS[recent[-1].type] if recent else 0.0
-    decay_per_ms = math.log(2) / (half_life_s * 1000)
+    popularity = np.asarray(candidate_popularity, dtype=np.float64).reshape(n, len(EVENT_TYPES))
+    out[:, 3] = np.log1p(popularity @ POPULARITY_WEIGHTS)
+    out[:, 4] = np.log1p(popularity[:, _CLICK])
+    out[:, 5] = np.log1p(popularity[:, _PURCHASE])
 
-    for row, item_id in enumerate(candidate_ids):
-        popularity = item_popularity.get(item_id, {})
-        counts = user.item_counts.get(item_id, {})
-        out[row, 3] = math.log1p(sum(TYPE_WEIGHTS[t] * v for t, v in popularity.items()))
-        out[row, 4] = math.log1p(popularity.get(EventType.CLICK, 0.0))
-        out[row, 5] = math.log1p(popularity.get(EventType.PURCHASE, 0.0))
-        out[row, 6] = math.log1p(sum(TYPE_WEIGHTS[t] * v for t, v in counts.items()))
-        out[row, 7] = math.log1p(counts.get(EventType.CLICK, 0))
-        out[row, 8] = float(item_id in user.purchased)
-        seen_step = last_step.get(item_id)
-        if seen_step is not None:
-            out[row, 9] = 1.0
-            out[row, 10] = 1.0 / (len(recent) - seen_step)
-            age_ms = max(now_ms - last_ts[item_id], 0)
-            out[row, 11] = math.exp(-decay_per_ms * age_ms)
-        out[row, 12] = float(item_id == last_item)
-    out[:, 13] = last_weight
+    # Columns 6..12 depend only on the user's own items: compute them once per
+    # item the user touched (slot 1..), then gather; slot 0 is every other item.
+    recent = user.recent_events
+    slots: dict[str, int] = {}
+    for item_id in (*user.item_counts, *(e.item_id for e in recent), *user.purchased):
+        slots.setdefault(item_id, len(slots) + 1)
+    per_item = np.zeros((len(slots) + 1, 7), dtype=np.float64)
+    for item_id, counts in user.item_counts.items():
+        slot = slots[item_id]
+        per_item[slot, 0] = math.log1p(sum(TYPE_WEIGHTS[t] * v for t, v in counts.items()))
+        per_item[slot, 1] = math.log1p(counts.get(EventType.CLICK, 0))
+    for item_id in user.purchased:
+        per_item[slots[item_id], 2] = 1.0
+    decay_per_ms = math.log(2) / (half_life_s * 1000)
+    for step, event in enumerate(recent):  # a later step overwrites: the last time seen
+        slot = slots[event.item_id]
+        per_item[slot, 3] = 1.0
+        per_item[slot, 4] = 1.0 / (len(recent) - step)
+        per_item[slot, 5] = math.exp(-decay_per_ms * max(now_ms - event.ts_ms, 0))
+    if recent:
+        per_item[slots[recent[-1].item_id], 6] = 1.0
+    if slots:
+        out[:, 6:13] = per_item[[slots.get(i, 0) for i in candidate_ids]]
+    out[:, 13] = TYPE_WEIGHTS[recent[-1].type] if recent else 0.0
     out[:, 14] = math.log1p(len(recent))
     return out

@@ -50,6 +50,13 @@ class IngestMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.online_hits = Counter(
+            "streamrec_online_hits_total",
+            "Accepted clicks on an item the model server recommended to the same user within "
+            "the hit window; the online hit rate is this over accepted clicks "
+            '(streamrec_events_total{type="click",outcome="accepted"}).',
+            registry=registry,
+        )
         self.state_write_retries = Counter(
             "streamrec_state_write_retries_total",
             "Batched Redis writes retried because Redis was unreachable.",
@@ -135,6 +142,9 @@ class ServeMetrics:
             "1 for the model version this server answers with.",
             ["version"],
             registry=registry,
+            # With several worker processes (multiprocess mode): one series per live
+            # process, so sum by (version) counts the processes on each version.
+            multiprocess_mode="liveall",
         )
         self.swaps = Counter(
             "streamrec_model_swaps_total",

@@ -30,6 +30,18 @@ def histogram_buckets(metrics_text: str, family_name: str) -> list[tuple[float, 
     return sorted(buckets)
 
 
+def histogram_mean(metrics_text: str, family_name: str) -> float | None:
+    """A histogram's sum over its count; None before its first observation."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == family_name:
+            for sample in family.samples:
+                if sample.name in (f"{family_name}_sum", f"{family_name}_count"):
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    count = totals.get(f"{family_name}_count", 0.0)
+    return totals[f"{family_name}_sum"] / count if count else None
+
+
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     """Prometheus' histogram_quantile: linear interpolation inside the bucket."""
     if not buckets or buckets[-1][1] == 0:

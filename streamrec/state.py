@@ -10,15 +10,17 @@ newer state.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import cast
 
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
 from streamrec.events import Event, EventType
+from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
 from streamrec.settings import Settings
 
 PREFIX = "sr"
@@ -35,6 +37,16 @@ def user_key(user_id: str, part: str) -> str:
 
 def dedup_key(user_id: str, event_id: str) -> str:
     return f"{PREFIX}:u:{{{user_id}}}:dd:{event_id}"
+
+
+def recommended_key(user_id: str) -> str:
+    """What the model server recommended to the user lately: item -> time (ms)."""
+    return user_key(user_id, "rec")
+
+
+def user_vector_key(user_id: str) -> str:
+    """The user vector a model version computed, tagged with the state it came from."""
+    return user_key(user_id, "vec")
 
 
 def item_popularity_key(item_id: str) -> str:
@@ -58,13 +70,16 @@ NEW_EVENTS_KEY = f"{PREFIX}:retrain:new_events"
 #   the count of events applied since the last retraining trigger.
 # ARGV: 1 recent max, 2 purchased max, 3 user items max, 4 user ttl s, 5 item
 #   ttl s, 6 dedup ttl s, 7 half-life ms, 8 trending max, 9 rebase half-lives,
-#   10 JSON [[event_id, user_id, item_id, type, ts_ms], ...].
+#   10 JSON [[event_id, user_id, item_id, type, ts_ms], ...], 11 hit window ms.
+# Returns per event: 0 duplicate, 1 applied, 2 applied and a click on an item
+# recommended to that user within the hit window (the online hit rate).
 # Keys other than the global ones are not declared, so this needs a single Redis
 # (primary + replicas); see docs/state.md.
 _APPLY_BATCH_LUA = """
 local recent_max, purchased_max, items_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local user_ttl, item_ttl, dedup_ttl = ARGV[4], ARGV[5], ARGV[6]
 local half_life, trending_max, rebase = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local hit_window = tonumber(ARGV[11])
 local types = {EVENT_TYPES}
 local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 
@@ -79,6 +94,12 @@ local function apply(event)
   local k_pop = '{PREFIX}:i:{' .. item .. '}:pop'
   if not redis.call('SET', u .. 'dd:' .. event_id, '1', 'NX', 'EX', dedup_ttl) then
     return 0
+  end
+
+  local hit = 0
+  if etype == 'click' and hit_window > 0 then
+    local at = tonumber(redis.call('ZSCORE', u .. 'rec', item) or '')
+    if at and ts >= at and ts - at <= hit_window then hit = 1 end
   end
 
   -- Length-prefixed, so any id round-trips: <len>:<event_id><len>:<item_id><type>
@@ -152,7 +173,7 @@ local function apply(event)
   if redis.call('ZCARD', trend) > trending_max then
     redis.call('ZREMRANGEBYRANK', trend, 0, -trending_max - 1)
   end
-  return 1
+  return 1 + hit
 end
 
 local applied = {}
@@ -160,7 +181,7 @@ for i, event in ipairs(cjson.decode(ARGV[10])) do
   applied[i] = apply(event)
 end
 local count = 0
-for _, a in ipairs(applied) do count = count + a end
+for _, a in ipairs(applied) do count = count + math.min(a, 1) end
 if count > 0 then redis.call('INCRBY', KEYS[#KEYS], count) end
 return applied
 """
@@ -171,10 +192,60 @@ _APPLY_BATCH_LUA = _APPLY_BATCH_LUA.replace(
 SCRIPT_MAX_EVENTS = 100
 
 
-# Read-only: every KEYS hash as one JSON list of flat field/value lists.
-_READ_HASHES_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+# After answers, many at once. ARGV: hit window ms (0: record no items), max items,
+# vector ttl s, then per answer: user id, now ms, the cached vector ('' for none),
+# the item count, the item ids. A user's recommended items older than the window
+# and beyond the cap are dropped. Builds the user keys itself, like the apply script.
+_REMEMBER_ANSWERS_LUA = """
+local window, max_items, vector_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local i = 4
+while i <= #ARGV do
+  local u = '{PREFIX}:u:{' .. ARGV[i] .. '}:'
+  local now, vector, n = tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  if vector ~= '' then redis.call('SET', u .. 'vec', vector, 'EX', vector_ttl) end
+  if window > 0 and n > 0 then
+    local k_rec = u .. 'rec'
+    for j = i + 4, i + 3 + n do redis.call('ZADD', k_rec, now, ARGV[j]) end
+    redis.call('ZREMRANGEBYSCORE', k_rec, '-inf', '(' .. (now - window))
+    redis.call('ZREMRANGEBYRANK', k_rec, 0, -max_items - 1)
+    redis.call('PEXPIRE', k_rec, window)
+  end
+  i = i + 4 + n
+end
+return 0
+""".replace("{PREFIX}", PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the model server keeps of one answer: the items shown, and the user
+    vector it computed when the cache had none for this state."""
+
+    user_id: str
+    item_ids: Sequence[str]
+    at_ms: int
+    vector: CachedVector | None = None
+
+
+class Applied(IntEnum):
+    """What applying one event did."""
+
+    DUPLICATE = 0
+    APPLIED = 1
+    # Applied, and a click on an item recommended to this user within the hit window.
+    HIT = 2
+
+
+# Read-only. KEYS: item popularity hashes; ARGV: event types. One JSON array of
+# numbers, per key and type: the stored value and its reference time (0 when absent).
+_READ_POPULARITY_LUA = """
+local fields = {}
+for i, t in ipairs(ARGV) do fields[2 * i - 1] = t; fields[2 * i] = t .. ':ref' end
+local out, n = {}, 0
+for _, key in ipairs(KEYS) do
+  local values = redis.call('HMGET', key, unpack(fields))
+  for j = 1, #fields do n = n + 1; out[n] = tonumber(values[j]) or 0 end
+end
 return cjson.encode(out)
 """
 
@@ -188,6 +259,25 @@ class RecentEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class CachedVector:
+    """A user vector (float32 bytes) that `model_version` computed from the user's
+    state as it was at `state_tag` (`UserState.state_tag`)."""
+
+    model_version: str
+    state_tag: str
+    values: bytes
+
+    def to_bytes(self) -> bytes:
+        # Version names and tags never contain "|" (registry names are [A-Za-z0-9._-]).
+        return b"|".join((self.model_version.encode(), self.state_tag.encode(), self.values))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CachedVector:
+        version, tag, values = raw.split(b"|", 2)
+        return cls(version.decode(), tag.decode(), values)
+
+
+@dataclass(frozen=True, slots=True)
 class UserState:
     user_id: str
     recent_events: tuple[RecentEvent, ...]
@@ -195,6 +285,13 @@ class UserState:
     counts_by_type: dict[str, int]
     item_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     last_ts_ms: int | None = None
+    cached_vector: CachedVector | None = None
+
+    @property
+    def state_tag(self) -> str:
+        """Changes with every applied event (late ones included): a vector computed
+        from a state with another tag is stale."""
+        return f"{sum(self.counts_by_type.values())}:{self.last_ts_ms}"
 
     def to_json_dict(self) -> dict[str, object]:
         return {
@@ -210,15 +307,6 @@ class UserState:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ItemPopularity:
-    """Decayed event counts per type, as of `as_of_ms`."""
-
-    item_id: str
-    by_type: dict[str, float]
-    as_of_ms: int
-
-
 def parse_recent_member(member: bytes) -> tuple[str, str, str]:
     """(event_id, item_id, type) from `<len>:<event_id><len>:<item_id><type>` (byte lengths)."""
     fields = []
@@ -231,6 +319,14 @@ def parse_recent_member(member: bytes) -> tuple[str, str, str]:
     return fields[0], fields[1], rest.decode()
 
 
+def decay_popularity(stored: np.ndarray, now_ms: int, half_life_s: float) -> np.ndarray:
+    """`StateStore.read_stored_popularity` rows brought forward to `now_ms`."""
+    # A reader whose clock is behind the newest event sees it undecayed.
+    age_ms = np.maximum(0.0, now_ms - stored[..., 1])
+    decayed: np.ndarray = stored[..., 0] * np.exp2(-age_ms / (half_life_s * 1000))
+    return decayed
+
+
 class StateStore:
     """The Redis connection pool and the scripts that write state."""
 
@@ -238,8 +334,10 @@ class StateStore:
         self.settings = settings
         self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
         self._apply_script = self.redis.register_script(_APPLY_BATCH_LUA)
-        self._read_hashes_script = self.redis.register_script(_READ_HASHES_LUA)
+        self._remember_script = self.redis.register_script(_REMEMBER_ANSWERS_LUA)
+        self._read_popularity_script = self.redis.register_script(_READ_POPULARITY_LUA)
         self._trend_keys = [trending_key(t) for t in EVENT_TYPES]
+        self._popularity_types = [t.value for t in POPULARITY_TYPES]
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -247,8 +345,8 @@ class StateStore:
     async def ping(self) -> None:
         await self.redis.ping()
 
-    async def apply_events(self, events: Sequence[Event]) -> list[bool]:
-        """Apply a batch in one round trip; True where applied, False where a duplicate."""
+    async def apply_events(self, events: Sequence[Event]) -> list[Applied]:
+        """Apply a batch in one round trip: per event, applied (a hit or not) or duplicate."""
         if not events:
             return []
         s = self.settings
@@ -264,6 +362,7 @@ class StateStore:
             TRENDING_REBASE_HALF_LIVES,
         ]
         keys = [TRENDING_EPOCH_KEY, *self._trend_keys, NEW_EVENTS_KEY]
+        hit_window_ms = s.hit_window_s * 1000
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
                 batch = orjson.dumps(
@@ -272,9 +371,33 @@ class StateStore:
                         for e in events[start : start + SCRIPT_MAX_EVENTS]
                     ]
                 )
-                await self._apply_script(keys=keys, args=[*constants, batch], client=pipe)
+                await self._apply_script(
+                    keys=keys, args=[*constants, batch, hit_window_ms], client=pipe
+                )
             chunks = await pipe.execute()
-        return [bool(applied) for chunk in chunks for applied in chunk]
+        return [Applied(applied) for chunk in chunks for applied in chunk]
+
+    async def remember_answers(self, answers: Sequence[Answer]) -> None:
+        """After answering, in one script call for many answers: what each user was
+        shown (for the online hit rate) and the user vectors computed."""
+        window_ms = self.settings.hit_window_s * 1000
+        args: list[str | int | bytes] = [
+            window_ms,
+            self.settings.recommended_max,
+            self.settings.user_ttl_s,
+        ]
+        for answer in answers:
+            items = answer.item_ids if window_ms > 0 else ()
+            if not items and answer.vector is None:
+                continue
+            vector = answer.vector.to_bytes() if answer.vector is not None else b""
+            args += [answer.user_id, answer.at_ms, vector, len(items), *items]
+        if len(args) > 3:
+            await self._remember_script(args=args)
+
+    async def record_recommended(self, user_id: str, item_ids: Sequence[str], now_ms: int) -> None:
+        """Remember what the user was shown, for the online hit rate."""
+        await self.remember_answers([Answer(user_id, item_ids, now_ms)])
 
     async def acquire_publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
         """Per-user rate limit shared by every publisher replica: True where this
@@ -296,13 +419,15 @@ class StateStore:
         return int(await self.redis.get(NEW_EVENTS_KEY) or 0)
 
     async def read_user(self, user_id: str) -> UserState:
-        """The user's whole state in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        """The user's whole state, and the cached user vector, in one round trip. A
+        transaction, so the state tag and the events it stands for are one snapshot."""
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrange(user_key(user_id, "ev"), 0, -1, withscores=True)
             pipe.zrange(user_key(user_id, "buy"), 0, -1)
             pipe.hgetall(user_key(user_id, "cnt"))
             pipe.hgetall(user_key(user_id, "meta"))
-            recent_raw, purchased_raw, counts_raw, meta_raw = await pipe.execute()
+            pipe.get(user_vector_key(user_id))
+            recent_raw, purchased_raw, counts_raw, meta_raw, vector_raw = await pipe.execute()
         recent = []
         for member, score in recent_raw:
             event_id, item_id, type_value = parse_recent_member(member)
@@ -319,29 +444,27 @@ class StateStore:
             counts_by_type={k[2:]: int(v) for k, v in meta.items() if k.startswith("n:")},
             item_counts=item_counts,
             last_ts_ms=int(meta["last_ts"]) if "last_ts" in meta else None,
+            cached_vector=CachedVector.from_bytes(vector_raw) if vector_raw else None,
         )
 
-    async def read_item_popularity(
-        self, item_ids: Sequence[str], now_ms: int
-    ) -> list[ItemPopularity]:
-        """Decayed popularity per type for each item, brought forward to `now_ms`.
-        One script call returns every hash as one JSON string: pipelining one HGETALL
-        per candidate spent ~45% of the model server's CPU in redis-py's reply parser."""
+    async def read_item_popularity(self, item_ids: Sequence[str], now_ms: int) -> np.ndarray:
+        """Decayed popularity brought forward to `now_ms`: one row per item, one column
+        per `features.EVENT_TYPES`, 0 where none (the table `ranking_features` takes)."""
+        stored = await self.read_stored_popularity(item_ids)
+        return decay_popularity(stored, now_ms, self.settings.popularity_half_life_s)
+
+    async def read_stored_popularity(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Popularity as stored, (items, `features.EVENT_TYPES`, 2): per type the value
+        at its reference time and that time (ms); zeros where none. One script call
+        returns every value as one JSON array of numbers: one HGETALL per candidate
+        spent ~45% of the model server's CPU in redis-py's reply parser."""
+        shape = (len(item_ids), len(POPULARITY_TYPES), 2)
         if not item_ids:
-            return []
-        half_life_ms = self.settings.popularity_half_life_s * 1000
-        encoded = await self._read_hashes_script(keys=[item_popularity_key(i) for i in item_ids])
-        result = []
-        for item_id, flat in zip(item_ids, orjson.loads(encoded), strict=True):
-            fields = {flat[n]: float(flat[n + 1]) for n in range(0, len(flat), 2)}
-            by_type = {}
-            for t in EVENT_TYPES:
-                if t.value in fields:
-                    # A reader whose clock is behind the newest event sees it undecayed.
-                    age_ms = max(0.0, now_ms - fields[f"{t.value}:ref"])
-                    by_type[t.value] = fields[t.value] * math.pow(2, -age_ms / half_life_ms)
-            result.append(ItemPopularity(item_id, by_type, now_ms))
-        return result
+            return np.zeros(shape)
+        encoded = await self._read_popularity_script(
+            keys=[item_popularity_key(i) for i in item_ids], args=self._popularity_types
+        )
+        return np.array(orjson.loads(encoded), dtype=np.float64).reshape(shape)
 
     async def trending(self, event_type: EventType, k: int) -> list[tuple[str, float]]:
         """The top-k items by decayed count of one event type (relative scores)."""

@@ -1,5 +1,5 @@
 """The alert rules and the dashboard name only metrics the code exports; promtool
-accepts the rules; a real Prometheus scrapes a live worker."""
+accepts the rules; a real Prometheus scrapes a live worker and a live model server."""
 
 from __future__ import annotations
 
@@ -10,20 +10,25 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from streamrec.client import RecommenderClient
 from streamrec.devstack import free_port
 from streamrec.events import Event, EventType
 from streamrec.metrics import IngestMetrics, PublishMetrics, ServeMetrics
+from streamrec.processes import ServiceProcess
 from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
+from tests.model_server.conftest import publish
 from tests.pipeline import start_worker
+from tests.retrain.fixtures import serving_models
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -100,54 +105,91 @@ def test_promtool_accepts_the_rules_and_the_scrape_config() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="prometheus not installed (make binaries)"
-)
-def test_a_real_prometheus_scrapes_a_live_worker(
-    make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
-    settings = make_settings("scraped")
-    ensure_topics(settings)
-    worker = start_worker(settings, tmp_path)
+@contextmanager
+def prometheus_scraping(job: str, target_port: int, workdir: Path) -> Iterator[int]:
+    """A real Prometheus scraping one target every second, with our rules; its port."""
     port = free_port()
-    config = tmp_path / "prometheus.yml"
+    config = workdir / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s"},
                 "rule_files": [str(RULES)],
                 "scrape_configs": [
-                    {
-                        "job_name": "streamrec-worker",
-                        "static_configs": [{"targets": [f"127.0.0.1:{settings.worker_web_port}"]}],
-                    }
+                    {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}
                 ],
             }
         )
     )
     prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        with EventProducer(settings) as producer:
-            for n in range(20):
-                producer.send(Event(f"e{n}", "u1", f"i{n}", EventType.CLICK, 1_700_000_000_000 + n))
-        query = urllib.parse.quote('sum(streamrec_events_total{outcome="accepted"})')
-        url = f"http://127.0.0.1:{port}/api/v1/query?query={query}"
-        deadline, value = time.monotonic() + 60, 0.0
-        while time.monotonic() < deadline and value < 20:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    result = json.loads(response.read())["data"]["result"]
-                value = float(result[0]["value"][1]) if result else 0.0
-            except OSError:
-                pass
-            time.sleep(0.5)
-        assert value == 20
+        yield port
     finally:
         prometheus.terminate()
         prometheus.wait()
+
+
+def query_until(port: int, expr: str, wanted: float, timeout_s: float = 60) -> float:
+    """Ask Prometheus' HTTP API for `expr` until it returns `wanted` or time runs out."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
+    deadline, value = time.monotonic() + timeout_s, 0.0
+    while time.monotonic() < deadline and value != wanted:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                result = json.loads(response.read())["data"]["result"]
+            value = float(result[0]["value"][1]) if result else 0.0
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return value
+
+
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not installed (make binaries)"
+)
+
+
+@pytest.mark.integration
+@needs_prometheus
+def test_a_real_prometheus_scrapes_a_live_worker(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("scraped")
+    ensure_topics(settings)
+    worker = start_worker(settings, tmp_path)
+    try:
+        with prometheus_scraping("streamrec-worker", settings.worker_web_port, tmp_path) as port:
+            with EventProducer(settings) as producer:
+                for n in range(20):
+                    event = Event(f"e{n}", "u1", f"i{n}", EventType.CLICK, 1_700_000_000_000 + n)
+                    producer.send(event)
+            expr = 'sum(streamrec_events_total{outcome="accepted"})'
+            assert query_until(port, expr, 20) == 20
+    finally:
         worker.stop()
+
+
+@pytest.mark.integration
+@needs_prometheus
+def test_a_real_prometheus_scrapes_a_live_model_server(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(
+        "scraped-server", registry=tmp_path / "registry", serve_port=free_port()
+    )
+    version = publish(serving_models(), settings.registry).version
+    with (
+        ServiceProcess(settings, ["serve"], tmp_path / "serve.log", settings.serve_port),
+        prometheus_scraping("streamrec-server", settings.serve_port, tmp_path) as port,
+    ):
+        with RecommenderClient(f"http://127.0.0.1:{settings.serve_port}") as client:
+            for n in range(7):
+                client.recommend(f"nobody-{n}", k=3)
+        expr = 'sum(streamrec_serve_requests_total{job="streamrec-server",endpoint="recommend"})'
+        assert query_until(port, expr, 7) == 7
+        info = f'streamrec_model_info{{job="streamrec-server",version="{version}"}}'
+        assert query_until(port, info, 1) == 1

@@ -28,14 +28,14 @@ from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from tests.conftest import pipeline_names
-from tests.retrain.fixtures import TINY_PLAN, tiny_models
+from tests.retrain.fixtures import TINY_PLAN, serving_models
 
 ADMIN_TOKEN = "test-admin-token"
 
 
 @pytest.fixture(scope="session")
 def trained() -> TrainedModels:
-    return tiny_models(sessions=600)
+    return serving_models()
 
 
 def publish(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.events import EventType
 from streamrec.features import FEATURE_NAMES
 from streamrec.scrape import counter_total
+from streamrec.state import recommended_key, user_vector_key
 from tests.model_server.conftest import ADMIN_TOKEN, Served, apply, events_for, in_process
 
 pytestmark = pytest.mark.integration
@@ -45,6 +49,77 @@ async def test_a_purchased_item_disappears(served: Served) -> None:
     assert excluded not in [item["item_id"] for item in filtered.json()["items"]]
 
 
+async def test_candidates_come_from_the_manifest_and_trending_fills_filtered_gaps(
+    served: Served,
+) -> None:
+    trained_on = served.first.retrieval_candidates
+    assert trained_on is not None and trained_on < served.settings.retrieval_candidates
+    trending_item = served.items[-1]
+    await apply(served.settings, events_for("erin", served.items[:4]))
+    await apply(served.settings, events_for("others", [trending_item] * 3))
+    async with in_process(served.settings) as (client, _):
+        every = await client.post("/recommend", json={"user_id": "erin", "k": trained_on})
+        candidates = [item["item_id"] for item in every.json()["items"]]
+        filtered = await client.post(
+            "/recommend", json={"user_id": "erin", "k": 3, "exclude": candidates}
+        )
+        metrics = (await client.get("/metrics")).text
+    assert len(set(candidates)) == trained_on
+    (family,) = [
+        f for f in text_string_to_metric_families(metrics) if f.name == "streamrec_serve_candidates"
+    ]
+    totals = {s.name: s.value for s in family.samples if s.name.endswith(("_sum", "_count"))}
+    assert totals["streamrec_serve_candidates_sum"] == 2 * trained_on
+    assert totals["streamrec_serve_candidates_count"] == 2
+    items = [item["item_id"] for item in filtered.json()["items"]]
+    assert filtered.json()["fallback"] is None
+    assert items[0] == trending_item and not set(items) & set(candidates)
+
+
+async def test_recommended_items_are_remembered_for_the_hit_rate(served: Served) -> None:
+    await apply(served.settings, events_for("fred", served.items[:4]))
+    async with in_process(served.settings) as (client, app):
+        body = (await client.post("/recommend", json={"user_id": "fred", "k": 5})).json()
+        store = app.state.serving.store
+        await wait_until_async(lambda: store.redis.exists(recommended_key("fred")))
+        shown = await store.redis.zrange(recommended_key("fred"), 0, -1)
+    assert {item_id.decode() for item_id in shown} == {item["item_id"] for item in body["items"]}
+
+
+async def wait_until_async(check: Callable[[], Awaitable[object]], timeout_s: float = 10) -> None:
+    """The server writes answers back a few milliseconds after answering."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "not written back in time"
+        await asyncio.sleep(0.01)
+
+
+def encodes(metrics: str) -> float:
+    """Requests that ran the encoder (the stage histogram's count)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "streamrec_serve_stage_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count") and sample.labels["stage"] == "encode"
+    )
+
+
+async def test_the_user_vector_is_cached_until_the_users_state_changes(served: Served) -> None:
+    await apply(served.settings, events_for("gina", served.items[:4]))
+    async with in_process(served.settings) as (client, app):
+        first = (await client.post("/recommend", json={"user_id": "gina", "k": 5})).json()
+        store = app.state.serving.store
+        await wait_until_async(lambda: store.redis.exists(user_vector_key("gina")))
+        again = (await client.post("/recommend", json={"user_id": "gina", "k": 5})).json()
+        cached = encodes((await client.get("/metrics")).text)
+        await apply(served.settings, events_for("gina", served.items[4:6], start=10))
+        await client.post("/recommend", json={"user_id": "gina", "k": 5})
+        after_event = encodes((await client.get("/metrics")).text)
+    assert again["items"] == first["items"]
+    assert cached == 1 and after_event == 2
+
+
 async def test_a_user_without_history_gets_trending(served: Served) -> None:
     popular, bought = served.items[10], served.items[11]
     others = events_for("u1", [popular, popular, served.items[12]])
@@ -60,8 +135,10 @@ async def test_a_user_without_history_gets_trending(served: Served) -> None:
 
 
 async def test_explain_returns_the_features_behind_each_score(served: Served) -> None:
-    await apply(served.settings, events_for("carol", served.items[:3]))
-    async with in_process(served.settings) as (client, _):
+    # A budget no busy machine overruns: features come only with a ranked answer.
+    settings = served.settings.model_copy(update={"serve_budget_ms": 60_000})
+    await apply(settings, events_for("carol", served.items[:3]))
+    async with in_process(settings) as (client, _):
         body = (
             await client.post("/recommend", json={"user_id": "carol", "k": 3, "explain": True})
         ).json()

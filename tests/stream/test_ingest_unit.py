@@ -76,3 +76,25 @@ async def test_a_batch_waits_for_redis_to_come_back_and_loses_nothing(tmp_path: 
         await ingestor.state.close()
         redis.terminate()
         redis.wait()
+
+
+async def test_a_click_on_a_recently_recommended_item_counts_as_a_hit(
+    make_settings: Callable[..., Settings],
+) -> None:
+    ingestor, metrics, _ = ingestor_for(make_settings("unit", hit_window_s=60))
+    store = ingestor.state
+    await store.record_recommended("u1", ["shown", "also"], now_ms=1_000_000)
+    await store.record_recommended("u2", ["other"], now_ms=1_000_000)
+    clicks = [
+        Event("h1", "u1", "shown", EventType.CLICK, 1_030_000),  # hit
+        Event("h1", "u1", "shown", EventType.CLICK, 1_030_000),  # duplicate: not again
+        Event("h2", "u1", "also", EventType.CLICK, 1_061_000),  # after the window
+        Event("h3", "u1", "other", EventType.CLICK, 1_030_000),  # shown to someone else
+        Event("h4", "u1", "also", EventType.PURCHASE, 1_030_000),  # not a click
+        Event("h5", "u1", "also", EventType.CLICK, 999_000),  # before it was shown
+    ]
+    await ingestor.handle_batch([message(n, e.to_json()) for n, e in enumerate(clicks)])
+    assert metrics.online_hits._value.get() == 1
+    assert metrics.events.labels("click", "accepted")._value.get() == 4
+    await store.redis.flushdb()
+    await store.close()

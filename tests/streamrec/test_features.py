@@ -6,15 +6,21 @@ from hypothesis import strategies as st
 
 from streamrec.events import EventType
 from streamrec.features import (
+    EVENT_TYPES,
     FEATURE_NAMES,
     TYPE_WEIGHTS,
     RecentEvent,
     UserState,
+    popularity_rows,
     ranking_features,
 )
 
 COLUMN = {name: index for index, name in enumerate(FEATURE_NAMES)}
 HOUR_MS = 3600 * 1000
+
+
+def _none(n: int) -> np.ndarray:
+    return popularity_rows([""] * n, {})
 
 
 def _user() -> UserState:
@@ -30,7 +36,9 @@ def _user() -> UserState:
 
 
 def test_one_row_per_candidate_in_schema_order() -> None:
-    rows = ranking_features(["a", "b", "c"], np.array([0.5, 2.0, 1.0]), _user(), {}, 2 * HOUR_MS)
+    rows = ranking_features(
+        ["a", "b", "c"], np.array([0.5, 2.0, 1.0]), _user(), _none(3), 2 * HOUR_MS
+    )
     assert rows.shape == (3, len(FEATURE_NAMES)) and rows.dtype == np.float32
     assert rows[:, COLUMN["user_item_dot"]].tolist() == [0.5, 2.0, 1.0]
     assert math.isclose(
@@ -45,7 +53,7 @@ def test_one_row_per_candidate_in_schema_order() -> None:
 
 def test_history_columns() -> None:
     rows = ranking_features(
-        ["a", "b", "c"], np.zeros(3), _user(), {}, 2 * HOUR_MS, half_life_s=3600
+        ["a", "b", "c"], np.zeros(3), _user(), _none(3), 2 * HOUR_MS, half_life_s=3600
     )
     a, b, c = rows
     assert a[COLUMN["is_last_item"]] == 1 and b[COLUMN["is_last_item"]] == 0
@@ -67,17 +75,22 @@ def test_purchases_weigh_more_than_clicks() -> None:
     clicked = UserState([], item_counts={"x": {EventType.CLICK: 1}})
     column = COLUMN["user_item_weighted_log"]
     assert (
-        ranking_features(["x"], np.zeros(1), bought, {}, 0)[0, column]
-        > (ranking_features(["x"], np.zeros(1), clicked, {}, 0)[0, column])
+        ranking_features(["x"], np.zeros(1), bought, _none(1), 0)[0, column]
+        > (ranking_features(["x"], np.zeros(1), clicked, _none(1), 0)[0, column])
     )
     popularity = {"p": {EventType.PURCHASE: 1.0}, "c": {EventType.CLICK: 1.0}}
-    rows = ranking_features(["p", "c"], np.zeros(2), UserState([]), popularity, 0)
+    rows = ranking_features(
+        ["p", "c"], np.zeros(2), UserState([]), popularity_rows(["p", "c"], popularity), 0
+    )
     assert rows[0, COLUMN["popularity_weighted_log"]] > rows[1, COLUMN["popularity_weighted_log"]]
 
 
 def test_no_candidates_and_no_history() -> None:
-    assert ranking_features([], np.zeros(0), UserState([]), {}, 0).shape == (0, len(FEATURE_NAMES))
-    row = ranking_features(["a"], np.ones(1), UserState([]), {}, 0)[0]
+    assert ranking_features([], np.zeros(0), UserState([]), _none(0), 0).shape == (
+        0,
+        len(FEATURE_NAMES),
+    )
+    row = ranking_features(["a"], np.ones(1), UserState([]), _none(1), 0)[0]
     assert row[COLUMN["history_length_log"]] == 0 and row[COLUMN["last_type_weight"]] == 0
 
 
@@ -92,5 +105,25 @@ def test_features_are_always_finite(dots, history, now_ms) -> None:
     events = [RecentEvent(str(item), kind, ts) for item, kind, ts in history]
     candidates = [str(i) for i in range(len(dots))]
     popularity = {str(i): {EventType.CLICK: float(i)} for i in range(10)}
-    rows = ranking_features(candidates, np.array(dots), UserState(events), popularity, now_ms)
+    rows = ranking_features(
+        candidates,
+        np.array(dots),
+        UserState(events),
+        popularity_rows(candidates, popularity),
+        now_ms,
+    )
     assert np.isfinite(rows).all()
+
+
+def test_popularity_rows_follow_event_types_and_default_to_zero() -> None:
+    table = popularity_rows(["p", "nobody"], {"p": {EventType.PURCHASE: 2.0}})
+    assert table.shape == (2, len(EVENT_TYPES))
+    assert table[0].tolist() == [2.0 if t == EventType.PURCHASE else 0.0 for t in EVENT_TYPES]
+    assert not table[1].any()
+
+
+def test_a_repeated_candidate_gets_the_same_user_columns_each_time() -> None:
+    rows = ranking_features(["a", "c", "a"], np.zeros(3), _user(), _none(3), 2 * HOUR_MS)
+    user_columns = slice(COLUMN["user_item_weighted_log"], COLUMN["is_last_item"] + 1)
+    assert rows[0, user_columns].tolist() == rows[2, user_columns].tolist()
+    assert rows[0, COLUMN["user_item_clicks_log"]] == np.float32(math.log1p(2))

@@ -10,10 +10,19 @@ from collections.abc import Callable
 import pytest
 
 from streamrec.events import Event, EventType
+from streamrec.features import EVENT_TYPES
 from streamrec.settings import Settings
-from streamrec.state import StateStore, item_popularity_key
+from streamrec.state import (
+    Answer,
+    CachedVector,
+    StateStore,
+    item_popularity_key,
+    recommended_key,
+    user_vector_key,
+)
 
 HOUR_MS = 3_600_000
+CLICK = EVENT_TYPES.index(EventType.CLICK)
 
 
 def ev(
@@ -97,10 +106,10 @@ async def test_popularity_decays_by_event_time_whatever_the_arrival_order(
     # Hand-computed: 2^-5 + 2^-4 + 2 * 2^-3 + 1
     expected = 1 / 32 + 1 / 16 + 2 / 8 + 1
     a, b = await store.read_item_popularity(["a", "b"], now)
-    assert a.by_type["click"] == pytest.approx(expected, rel=1e-12)
-    assert b.by_type["click"] == pytest.approx(expected, rel=1e-12)
+    assert a[CLICK] == pytest.approx(expected, rel=1e-12)
+    assert b[CLICK] == pytest.approx(expected, rel=1e-12)
     (later,) = await store.read_item_popularity(["a"], now + int(half_life_ms))
-    assert later.by_type["click"] == pytest.approx(expected / 2, rel=1e-12)
+    assert later[CLICK] == pytest.approx(expected / 2, rel=1e-12)
 
 
 async def test_trending_ranks_by_decayed_count_and_survives_a_rebase(store: StateStore) -> None:
@@ -187,11 +196,54 @@ async def test_applied_events_are_counted_for_the_retraining_trigger(store: Stat
 async def test_a_reader_behind_the_newest_event_sees_it_undecayed(store: StateStore) -> None:
     await store.apply_events([ev(1, ts=10**12)])
     (popularity,) = await store.read_item_popularity(["i"], now_ms=0)
-    assert popularity.by_type == {"click": 1.0}
+    assert popularity.tolist() == [1.0 if t == EventType.CLICK else 0.0 for t in EVENT_TYPES]
 
 
 async def test_popularity_of_unseen_items_is_empty(store: StateStore) -> None:
     await store.apply_events([ev(1, item="seen", kind=EventType.PURCHASE), ev(2, item="seen")])
-    assert await store.read_item_popularity([], 5000) == []
+    assert (await store.read_item_popularity([], 5000)).shape == (0, len(EVENT_TYPES))
     seen, unseen = await store.read_item_popularity(["seen", "never"], 5000)
-    assert seen.by_type.keys() == {"click", "purchase"} and unseen.by_type == {}
+    assert {t for t, v in zip(EVENT_TYPES, seen, strict=True) if v} == {
+        EventType.CLICK,
+        EventType.PURCHASE,
+    }
+    assert not unseen.any()
+
+
+async def test_recommended_items_are_capped_and_expire_with_the_hit_window(
+    make_settings: Callable[..., Settings],
+) -> None:
+    store = StateStore(make_settings("state", hit_window_s=60, recommended_max=3))
+    try:
+        await store.record_recommended("u", ["old"], now_ms=0)
+        await store.record_recommended("u", ["a", "b", "c", "d"], now_ms=61_000)
+        key = recommended_key("u")
+        kept = await store.redis.zrange(key, 0, -1)
+        assert len(kept) == 3 and b"old" not in kept
+        assert 0 < await store.redis.pttl(key) <= 60_000
+    finally:
+        await store.redis.flushdb()
+        await store.close()
+
+
+async def test_nothing_is_recorded_when_the_hit_window_is_off(
+    make_settings: Callable[..., Settings],
+) -> None:
+    store = StateStore(make_settings("state", hit_window_s=0))
+    try:
+        await store.record_recommended("u", ["a"], now_ms=0)
+        assert not await store.redis.exists(recommended_key("u"))
+    finally:
+        await store.close()
+
+
+async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> None:
+    vector = CachedVector("v1", "3:1000", b"\x00\x01|\x02\x03")  # any bytes, "|" included
+    await store.remember_answers(
+        [Answer("u1", ["a", "b"], 1_000, vector), Answer("u2", ["c"], 1_000), Answer("u3", [], 0)]
+    )
+    assert await store.redis.zrange(recommended_key("u1"), 0, -1) == [b"a", b"b"]
+    assert await store.redis.zrange(recommended_key("u2"), 0, -1) == [b"c"]
+    assert not await store.redis.exists(recommended_key("u3"), user_vector_key("u2"))
+    raw = await store.redis.get(user_vector_key("u1"))
+    assert CachedVector.from_bytes(raw) == vector

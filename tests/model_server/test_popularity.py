@@ -1,0 +1,46 @@
+"""The in-process popularity table gives the rows a Redis read would, and nothing
+for a version whose vocabulary it does not hold."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from model_server.loaded import open_model
+from model_server.popularity import CHUNK_ITEMS, PopularityTable
+from streamrec.events import EventType
+from streamrec.state import StateStore
+from tests.model_server.conftest import Served, apply, events_for, publish
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_table_matches_a_redis_read_and_knows_its_version(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = served.items
+    await apply(served.settings, events_for("a", items[:6]))
+    await apply(served.settings, events_for("b", items[3:9], EventType.PURCHASE))
+    monkeypatch.setattr("model_server.popularity.CHUNK_ITEMS", 4)  # several chunks
+    assert CHUNK_ITEMS > 4
+    model = open_model(served.root, served.first.version)
+    store = StateStore(served.settings)
+    try:
+        table = PopularityTable(store, 1.0, served.settings.popularity_half_life_s)
+        await table.refresh(model)
+        wanted = items[:12]
+        rows = np.array([model.bundle.rows[i] for i in wanted])
+        now_ms = int(time.time() * 1000) + 3_600_000
+        held = table.rows(model, rows, now_ms)
+        assert held is not None
+        assert np.allclose(held, await store.read_item_popularity(wanted, now_ms), rtol=1e-12)
+        assert held[:9].any(axis=1).all() and not held[9:].any()
+        second = publish(served.models, served.root, parent=served.first.version)
+        swapped_in = open_model(served.root, second.version)
+        assert table.rows(swapped_in, rows, now_ms) is None  # until the next refresh
+        empty = PopularityTable(store, 1.0, served.settings.popularity_half_life_s)
+        assert empty.rows(model, rows, now_ms) is None
+    finally:
+        await store.close()
