@@ -18,7 +18,7 @@ from retrain.popularity import user_state
 from retrain.score import user_vectors
 from retrain.vocab import ItemVocab
 from streamrec.events import EventType
-from streamrec.features import FEATURE_NAMES, TYPE_WEIGHTS, ranking_features
+from streamrec.features import FEATURE_NAMES, TYPE_WEIGHTS, popularity_rows, ranking_features
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ def build_candidates(
     target_rows = np.array([vocab.row(t) for t in cases.targets], dtype=np.int64)
     encoded = encode(cases.prefixes, vocab)
     items = encoder.item_vectors()
+    # Every item's popularity row once, indexed by vocab row (row 0, padding, is zeros).
+    popularity_by_row = popularity_rows(("", *vocab.item_ids), popularity)
+    popularity_by_row[0] = 0.0
     for start in tqdm(
         range(0, n, batch_size), desc="candidates", disable=not progress, leave=False
     ):
@@ -69,7 +72,7 @@ def build_candidates(
                 candidate_ids,
                 top_scores[case - start].numpy(),
                 state,
-                popularity,
+                popularity_by_row[rows[case]],
                 now_ms,
                 half_life_s,
             )

@@ -68,7 +68,7 @@ def check_parity(models: TrainedModels, folder: Path) -> dict[str, float]:
     )
     ranker_diff = max_abs_difference(folder / "ranker.onnx", models.ranker, {"features": features})
     worst = max(encoder_diff, ranker_diff)
-    if worst > PARITY_TOLERANCE:
+    if not worst <= PARITY_TOLERANCE:  # NaN included: a model that outputs NaN is no model
         raise BundleError(
             f"ONNX output differs from torch by {worst:.2e}; tolerance {PARITY_TOLERANCE}"
         )
@@ -84,8 +84,11 @@ def publish_models(
     hnsw_threshold: int,
     make_current: bool = True,
 ) -> registry.Manifest:
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    except OSError as exc:
+        raise BundleError(f"cannot write the registry at {root}: {exc}") from exc
     try:
         sections = stage_bundle(models, staging, hnsw_threshold)
         return registry.publish(
@@ -95,7 +98,7 @@ def publish_models(
             data_window={**source, **models.data_window},
             metrics={"validation": models.validation},
             encoder=sections["encoder"],
-            ranker=sections["ranker"],
+            ranker={**sections["ranker"], "candidates": plan.candidates},
             index=sections["index"],
             training={
                 "plan": plan.to_dict(),
@@ -105,6 +108,10 @@ def publish_models(
             },
             make_current=make_current,
         )
+    except OSError as exc:
+        # Staged files are removed below and the version folder appears in one
+        # rename, so nothing half-written is left and CURRENT is unchanged.
+        raise BundleError(f"publishing into the registry at {root} failed: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -5,6 +5,7 @@ to reorder exactly what serving hands it. Purchases weigh more than clicks.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -15,6 +16,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from streamrec.features import FEATURE_NAMES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,25 @@ def train_ranker(
     y = torch.from_numpy(labels[keep].astype(np.float32))
     ranker = Ranker(config)
     flat = x.reshape(-1, x.shape[-1])
-    ranker.mean.copy_(flat.mean(dim=0))
-    ranker.scale.copy_(flat.std(dim=0).clamp(min=1e-3))
+    if len(flat):
+        ranker.mean.copy_(flat.mean(dim=0))
+        ranker.scale.copy_(flat.std(dim=0, correction=0).clamp(min=1e-3))
     with torch.no_grad():
         ranker.skip.weight.zero_()
         ranker.skip.weight[0, 0] = float(ranker.scale[0])  # = the raw user·item dot
+    if not keep.any():
+        # Nothing to learn from (too few users with two events, or no next item
+        # among the candidates): the ranker keeps exactly the retrieval order.
+        log.warning(
+            "no ranker training case in %d cases: the ranker keeps retrieval order", len(labels)
+        )
+        with torch.no_grad():
+            last = ranker.mlp[-1]
+            assert isinstance(last, nn.Linear)
+            last.weight.zero_()
+            last.bias.zero_()
+        ranker.eval()
+        return ranker, [], 0.0
     optimizer = torch.optim.AdamW(ranker.parameters(), lr=config.lr, weight_decay=1e-4)
     losses: list[float] = []
     started = time.perf_counter()

@@ -9,7 +9,8 @@
     ├── BundleError          a model bundle is missing, corrupt or incompatible
     │   └── ChecksumMismatch a bundle file's sha256 differs from its manifest
     └── ServingError         the model server could not do what was asked
-        └── RequestRejected  the server answered a client's request with an error status
+        ├── RequestRejected  the server answered a client's request with an error status
+        └── ServersUnavailable  no server answered a client's request in its attempts
 
 Bad events are not exceptions: `streamrec.events.parse_event` returns a typed
 `Rejection` instead, which the stream turns into a DLQ record.
@@ -59,3 +60,7 @@ class RequestRejected(ServingError):
         super().__init__(f"model server answered {status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
+
+
+class ServersUnavailable(ServingError):
+    """Every attempt of a client's request failed to reach a server (refused, reset, timed out)."""

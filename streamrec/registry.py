@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from streamrec.errors import BundleError, ChecksumMismatch
-from streamrec.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, UserState, ranking_features
+from streamrec.features import (
+    FEATURE_NAMES,
+    FEATURE_SCHEMA_VERSION,
+    UserState,
+    popularity_rows,
+    ranking_features,
+)
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -52,6 +58,14 @@ class Manifest:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     bundle_format: int = BUNDLE_FORMAT
     training: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def retrieval_candidates(self) -> int | None:
+        """How many retrieval candidates the ranker was trained on (its softmax and
+        rank features depend on it), when the bundle says."""
+        plan = self.training.get("plan") or {}
+        found = self.ranker.get("candidates", plan.get("candidates"))
+        return int(found) if found else None
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -311,6 +325,12 @@ class LoadedBundle:
                 f"bundle {self.version}: index holds {self.index.ntotal} items, "
                 f"vocabulary {len(self.item_ids)}"
             )
+        dim = int(self.manifest.encoder["dim"])
+        if self.index.d != dim:
+            raise BundleError(
+                f"bundle {self.version}: the index holds {self.index.d}-dim item vectors, "
+                f"the encoder makes {dim}-dim user vectors"
+            )
         item_ids = np.array([[0, 1]], dtype=np.int64)
         type_ids = np.array([[0, 1]], dtype=np.int64)
         mask = np.array([[0.0, 1.0]], dtype=np.float32)
@@ -319,12 +339,18 @@ class LoadedBundle:
             scores, rows = self.search(vector, min(5, len(self.item_ids)))
             candidates = [self.item_ids[r - 1] for r in rows[0] if r > 0]
             features = ranking_features(
-                candidates, scores[0][: len(candidates)], UserState(()), {}, 0
+                candidates,
+                scores[0][: len(candidates)],
+                UserState(()),
+                popularity_rows(candidates, {}),
+                0,
             )
             ranked = self.score(features)
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise BundleError(f"bundle {self.version} failed its smoke inference: {exc}") from exc
-        if vector.shape != (1, int(self.manifest.encoder["dim"])) or not np.isfinite(ranked).all():
+            raise BundleError(
+                f"bundle {self.version} failed its smoke inference: {type(exc).__name__}: {exc}"
+            ) from exc
+        if vector.shape != (1, dim) or not np.isfinite(ranked).all():
             raise BundleError(f"bundle {self.version}: smoke inference gave shape {vector.shape}")
 
 

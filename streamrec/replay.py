@@ -1,4 +1,5 @@
-"""Reading event files for replay: our JSONL and CSV, and the Taobao UserBehavior CSV.
+"""Reading event files for replay: our JSONL and CSV, the Taobao UserBehavior CSV,
+and session-rec's session files (`SessionId ItemId Time`, a session as the user).
 
 Each reader yields `(line_number, Event | Rejection)` so a caller can report
 exactly which line was bad and why.
@@ -29,6 +30,7 @@ class FileFormat(StrEnum):
     JSONL = "jsonl"
     CSV = "csv"
     TAOBAO = "taobao"
+    SESSIONS = "sessions"
 
 
 def detect_format(path: Path) -> FileFormat:
@@ -38,13 +40,16 @@ def detect_format(path: Path) -> FileFormat:
         first = fh.readline()
     if first.startswith("{"):
         return FileFormat.JSONL
+    if first.split()[:3] == ["SessionId", "ItemId", "Time"]:
+        return FileFormat.SESSIONS
     if "event_id" in first.split(","):
         return FileFormat.CSV
     if len(first.split(",")) == 5:
         return FileFormat.TAOBAO
     raise InputFormatError(
         f"{path}: cannot tell the format from the first line {first[:80]!r}; "
-        "expected JSONL, a CSV with an event_id header, or Taobao UserBehavior CSV"
+        "expected JSONL, a CSV with an event_id header, Taobao UserBehavior CSV "
+        "or a session file with the header 'SessionId ItemId Time'"
     )
 
 
@@ -56,6 +61,8 @@ def read_events(
         yield from _read_jsonl(path)
     elif fmt is FileFormat.CSV:
         yield from _read_csv(path)
+    elif fmt is FileFormat.SESSIONS:
+        yield from _read_sessions(path)
     else:
         yield from _read_taobao(path)
 
@@ -107,4 +114,33 @@ def taobao_event(line_number: int, line: str) -> Event | Rejection:
         type=event_type,
         ts_ms=int(seconds) * 1000,
         context={"category_id": category_id},
+    )
+
+
+def _read_sessions(path: Path) -> Iterator[tuple[int, Event | Rejection]]:
+    with open(path, encoding="utf-8") as fh:
+        fh.readline()
+        for line_number, line in enumerate(fh, start=2):
+            yield line_number, session_event(line)
+
+
+def session_event(line: str) -> Event | Rejection:
+    """One session-rec row as a click by the session. The event id is made of the
+    row's content, so the same click in two files (or replayed twice) dedups."""
+    parts = line.rstrip("\r\n").split("\t")
+    if len(parts) != 3:
+        return Rejection(
+            RejectReason.MALFORMED_JSON, f"expected 3 tab-separated columns, got {len(parts)}"
+        )
+    session_id, item_id, seconds = parts
+    try:
+        ts_ms = round(float(seconds) * 1000)
+    except ValueError:
+        return Rejection(RejectReason.BAD_TIMESTAMP, f"time {seconds!r} is not epoch seconds")
+    return Event(
+        event_id=f"s{session_id}-{item_id}-{ts_ms}",
+        user_id=session_id,
+        item_id=item_id,
+        type=EventType.CLICK,
+        ts_ms=ts_ms,
     )

@@ -30,6 +30,20 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
     }
 
 
+def pipeline_names(name: str) -> dict[str, str]:
+    """Settings giving a pipeline a consumer group and every topic of its own, so
+    pipelines sharing a broker (tests, benchmarks, evaluations) never meet."""
+    return {
+        "app_id": name,
+        "topic_clicks": f"{name}.clicks",
+        "topic_purchases": f"{name}.purchases",
+        "topic_recommendations": f"{name}.recommendations",
+        "topic_dlq": f"{name}.dlq",
+        "topic_model_versions": f"{name}.model.versions",
+        "topic_state_changes": f"{name}.state.changes",
+    }
+
+
 def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> list[str]:
     """Create the missing topics; return the names created."""
     wanted = {**wanted_topics(settings), **(extra or {})}

@@ -1,4 +1,5 @@
-"""`streamrec train`, `streamrec model ...`, `streamrec eval offline`, `streamrec bench offline`.
+"""`streamrec train`, `streamrec model ...`, `streamrec eval offline|prequential`,
+`streamrec bench offline|prequential`.
 
 Training code lives in `retrain/` and is imported inside the command bodies.
 """
@@ -8,10 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import orjson
 import typer
 
 from streamrec import registry
 from streamrec.errors import BundleError, InputFormatError
+from streamrec.replay import FileFormat
 from streamrec.settings import Settings
 
 DEFAULT_BENCH_DATA = Path("../shared/data/yoochoose1_64")
@@ -19,7 +22,7 @@ DEFAULT_BENCH_DATA = Path("../shared/data/yoochoose1_64")
 
 def register(app: typer.Typer) -> None:
     model_app = typer.Typer(no_args_is_help=True, help="Inspect and switch model versions.")
-    eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models offline.")
+    eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models offline or live.")
     app.command("train")(train)
     model_app.command("list")(model_list)
     model_app.command("show")(model_show)
@@ -27,11 +30,13 @@ def register(app: typer.Typer) -> None:
     model_app.command("current")(model_current)
     model_app.command("rollback")(model_rollback)
     eval_app.command("offline")(eval_offline)
+    eval_app.command("prequential")(eval_prequential)
     app.add_typer(model_app, name="model")
     app.add_typer(eval_app, name="eval")
-    _group(app, "bench", "Benchmarks; reports go to bench/reports/.").command("offline")(
-        bench_offline
-    )
+    bench_group = _group(app, "bench", "Benchmarks; reports go to bench/reports/.")
+    bench_group.command("offline")(bench_offline)
+    bench_group.command("prequential")(bench_prequential)
+    bench_group.command("retrain")(bench_retrain)
 
 
 def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
@@ -176,3 +181,71 @@ def bench_offline(
 
     report = run_bench(data, out, quick=quick)
     typer.echo(f"wrote {report}")
+
+
+def eval_prequential(
+    data: Path = typer.Option(..., help="Events to replay and score, in time order."),
+    history: Path | None = typer.Option(
+        None, help="Events replayed (not scored) before DATA; default: DATA's first 20%."
+    ),
+    fmt: FileFormat | None = typer.Option(None, "--format", help="Default: detected."),
+    variants: str = typer.Option(
+        "trending,frozen,realtime,retrain", help="Which of the four to run, comma-separated."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first N events."),
+    retrain_every: int = typer.Option(
+        0, min=0, help="Retrain after this many applied events; 0: a sixth of the scored."
+    ),
+    out: Path | None = typer.Option(None, help="Also write the results as JSON here."),
+    workdir: Path | None = typer.Option(
+        None, help="Keep the private stack's logs, archives and registries here."
+    ),
+) -> None:
+    """Replay DATA through a private live pipeline; before each event ask /recommend
+    for its user and score hit@20 and MRR@20. Compares trending only, a model frozen
+    after the warm-up, that model with real-time state, and real-time state plus
+    retraining."""
+    import shutil
+    import tempfile
+
+    from retrain.prequential import Plan, load_replay, run
+
+    replay = load_replay(data, history, limit=limit, fmt=fmt)
+    root = workdir or Path(tempfile.mkdtemp(prefix="streamrec-prequential-"))
+    try:
+        results = run(replay, root, variants.split(","), Plan(retrain_every_events=retrain_every))
+    finally:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    summary = {r.variant: r.summary() for r in results}
+    typer.echo(f"{'variant':<10}{'hit@20':>8}{'MRR@20':>8}{'events':>9}{'errors':>8}")
+    for name, row in summary.items():
+        typer.echo(
+            f"{name:<10}{row['hr20']:>8.2f}{row['mrr20']:>8.2f}{row['events']:>9,}{row['errors']:>8}"
+        )
+    if out is not None:
+        out.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+
+def bench_prequential(
+    quick: bool = typer.Option(
+        False, help="2,000 events of each dataset: minutes, not the result."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Score at most N events per dataset."),
+) -> None:
+    """The prequential replay on yoochoose_sessions (test day) and taobao_stream;
+    writes bench/reports/prequential.{md,json,png}."""
+    from bench.prequential import run_bench
+
+    typer.echo(f"wrote {run_bench(quick=quick, limit=limit)}")
+
+
+def bench_retrain(
+    events: int = typer.Option(1_000_000, min=1000, help="New archived events to train on."),
+    quick: bool = typer.Option(False, help="100,000 events instead."),
+) -> None:
+    """Time one warm `streamrec retrain` cycle on a million archived events;
+    writes bench/reports/retrain.{md,json}."""
+    from bench.retrain import run_bench
+
+    typer.echo(f"wrote {run_bench(events, quick)}")

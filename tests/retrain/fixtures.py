@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 from itertools import islice
 from pathlib import Path
 
@@ -36,3 +37,10 @@ TINY_PLAN = TrainPlan(
 def tiny_models(sessions: int = 1500, plan: TrainPlan = TINY_PLAN) -> TrainedModels:
     """A quickly trained pair on real sessions: real shapes, not real quality."""
     return train_models(yoochoose_sessions(sessions), replace(plan), progress=False)
+
+
+@cache
+def serving_models() -> TrainedModels:
+    """The one tiny pair the model-server tests and the serving drills publish (trained
+    once per process; nothing mutates it)."""
+    return tiny_models(sessions=600)

@@ -16,6 +16,7 @@ from retrain.train_encoder import EncoderTraining
 from retrain.vocab import ItemVocab
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, ArchiveWriter
+from streamrec.errors import BundleError
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
 from tests.retrain.fixtures import TINY_PLAN, yoochoose_sessions
@@ -111,6 +112,31 @@ def test_a_crash_mid_publish_leaves_the_registry_as_it_was(
     assert sorted(p.name for p in root.iterdir()) == before
     assert registry.current_version(root) == current
     assert cycle.GATE_METRIC == "mrr20"
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("retrain.publish.tempfile.mkdtemp", PermissionError(13, "Permission denied")),
+        ("retrain.publish.export_ranker", OSError(28, "No space left on device")),
+    ],
+)
+def test_an_unwritable_registry_is_a_clear_error_and_nothing_half_written(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, target: str, error: OSError
+) -> None:
+    root = settings.registry
+    before = sorted(p.name for p in root.iterdir())
+    current = registry.current_version(root)
+    archive_sessions(settings.archive_root, NEW, T0 + timedelta(hours=2))
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(target, fail)
+    with pytest.raises(BundleError, match=f"registry at {root}.*{error.strerror}"):
+        run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=3))
+    assert sorted(p.name for p in root.iterdir()) == before
+    assert registry.current_version(root) == current
 
 
 def test_the_command_reports_a_skipped_cycle_as_json(tmp_path: Path) -> None:

@@ -39,3 +39,21 @@ def test_same_data_and_seed_give_the_same_metrics() -> None:
     for model in first:
         assert first[model]["p20"] == pytest.approx(second[model]["p20"], abs=0.1)
         assert first[model]["mrr20"] == pytest.approx(second[model]["mrr20"], abs=0.1)
+
+
+def test_a_ranker_without_training_cases_keeps_retrieval_order() -> None:
+    """Too sparse a window (no next item among any candidates) still gives a usable
+    ranker: exactly the retriever's order, never NaN."""
+    import numpy as np
+    import torch
+
+    from retrain.ranker import RankerConfig, train_ranker
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 50, RankerConfig().n_features)).astype(np.float32)
+    ranker, losses, _ = train_ranker(features, np.zeros((3, 50)), RankerConfig(), progress=False)
+    with torch.no_grad():
+        scores = ranker(torch.from_numpy(features)).numpy()
+    assert losses == [] and np.isfinite(scores).all()
+    for case in range(3):
+        assert (np.argsort(-scores[case]) == np.argsort(-features[case, :, 0])).all()

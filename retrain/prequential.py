@@ -1,0 +1,458 @@
+"""Prequential evaluation: replay a dataset in time order through the live pipeline
+(Kafka → stream worker → Redis → model server) and, before each event, ask
+`/recommend` for its user and score the answer against the event's item (hit@20,
+MRR@20); then send the event. Test-then-train, the way a deployed system meets
+its traffic.
+
+Four variants run on the same replay, each in its own pipeline (topics, consumer
+group, Redis database, archive and registry) on one private broker and Redis:
+
+- `trending`: every answer from trending items, which the stream keeps current;
+- `frozen`: the model trained on the warm-up, and nothing after the warm-up
+  reaches the pipeline: user state and trending stay as they were (a batch
+  system refreshed before the replay);
+- `realtime`: that same model, with every event folded into the user's state
+  as it happens;
+- `retrain`: real-time state plus the worker's retraining schedule (every M
+  applied events), hot-swapped into the server as versions pass the gate.
+
+The warm-up (`--history FILE`, or the first 20% of the events) goes through the
+pipeline first and is not scored; the first model is trained once from its
+archive, exactly as `streamrec retrain` trains a first version, and every
+variant serves a copy of it. The replay walks the events in windows of 256;
+inside a window it goes in rounds, round r holding each user's r-th event:
+ask for all of them, send them, wait until the worker has applied them (their
+dedup keys exist).
+So every answer sees all of its user's earlier events, as in a live system
+whose users act seconds apart, and every earlier window's events. Event
+times are shifted so the newest event lies at the replay's start (gaps kept),
+so decay and recency behave as they do on live traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streamrec import registry
+from streamrec.client import AsyncRecommenderClient, Recommendations
+from streamrec.devstack import DevStack, free_port
+from streamrec.errors import InputFormatError, StreamrecError
+from streamrec.events import Event, Rejection
+from streamrec.processes import ServiceProcess
+from streamrec.producer import EventProducer
+from streamrec.replay import FileFormat, read_events
+from streamrec.scrape import counter_total, histogram_mean
+from streamrec.settings import Settings
+from streamrec.state import StateStore, dedup_key
+from streamrec.topics import ensure_topics, pipeline_names
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+K = 20
+RETRAIN_OUTCOMES = ("published", "rejected", "skipped", "failed")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    strategy: Literal["model", "trending"]
+    realtime: bool  # events reach the pipeline while they are scored
+    retrain: bool
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("trending", "trending only", "trending", realtime=True, retrain=False),
+        Variant("frozen", "model frozen after warm-up", "model", realtime=False, retrain=False),
+        Variant(
+            "realtime", "frozen model + real-time state", "model", realtime=True, retrain=False
+        ),
+        Variant("retrain", "real-time state + retraining", "model", realtime=True, retrain=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Replay:
+    name: str
+    warmup: list[Event]
+    scored: list[Event]
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    label: str
+    ts_ms: np.ndarray  # the scored events' (shifted) times
+    hits: np.ndarray  # 1 when the event's item was in the top 20
+    reciprocal_ranks: np.ndarray  # 1/rank within the top 20, else 0
+    errors: int
+    fallbacks: Counter[str]
+    versions: Counter[str]  # which model version answered, how often
+    seconds: float
+    retrains: dict[str, int] = field(default_factory=dict)
+    retrain_seconds: float | None = None  # mean duration of a finished cycle
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "events": len(self.hits),
+            "hr20": round(100 * float(self.hits.mean()), 2) if len(self.hits) else None,
+            "mrr20": round(100 * float(self.reciprocal_ranks.mean()), 2)
+            if len(self.hits)
+            else None,
+            "errors": self.errors,
+            "fallbacks": dict(self.fallbacks),
+            "versions_answering": len(self.versions),
+            "seconds": round(self.seconds, 1),
+            "events_per_s": round(len(self.hits) / self.seconds, 1) if self.seconds else None,
+            "retrains": self.retrains,
+            "retrain_seconds": self.retrain_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    window: int = 256  # events whose users run side by side (each user's in order)
+    concurrency: int = 32  # requests in flight at most
+    retrain_every_events: int = 0  # 0: a sixth of the scored events
+    train_epochs: int = 2
+    timeout_s: float = 120.0  # longest wait for events to be applied
+
+
+def load_replay(
+    data: Path,
+    history: Path | None = None,
+    warmup_fraction: float = 0.2,
+    limit: int | None = None,
+    fmt: FileFormat | None = None,
+) -> Replay:
+    """Events in time order, split into warm-up (`history`, else the first
+    `warmup_fraction` of `data`) and scored (at most `limit`); times shifted so the
+    newest event is now."""
+    events = _valid_events(data, fmt)
+    if history is not None:
+        warmup, scored = _valid_events(history, fmt), events
+    else:
+        cut = int(len(events) * warmup_fraction)
+        warmup, scored = events[:cut], events[cut:]
+    scored = scored[:limit]
+    if not scored:
+        raise InputFormatError(f"{data}: no events left to score")
+    newest = max(e.ts_ms for e in [*warmup, *scored])
+    shift = int(time.time() * 1000) - newest
+    return Replay(
+        data.stem,
+        [replace(e, ts_ms=e.ts_ms + shift) for e in warmup],
+        [replace(e, ts_ms=e.ts_ms + shift) for e in scored],
+    )
+
+
+def _valid_events(path: Path, fmt: FileFormat | None) -> list[Event]:
+    if not path.is_file():
+        raise InputFormatError(f"expected an event file at {path}, found none")
+    events: list[tuple[int, int, Event]] = []
+    rejected: Counter[str] = Counter()
+    for line, parsed in read_events(path, fmt):
+        if isinstance(parsed, Rejection):
+            rejected[parsed.reason] += 1
+        else:
+            events.append((parsed.ts_ms, line, parsed))
+    if rejected:
+        log.warning("%s: skipped %d invalid rows: %s", path, rejected.total(), dict(rejected))
+    events.sort(key=lambda row: (row[0], row[1]))
+    return [event for _, _, event in events]
+
+
+def run(
+    replay: Replay,
+    workdir: Path,
+    variants: Sequence[str] = tuple(VARIANTS),
+    plan: Plan = Plan(),
+) -> list[VariantResult]:
+    """Every variant on `replay`, on a private broker and Redis under `workdir`."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise StreamrecError(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    stack = DevStack(workdir / "stack")
+    status = stack.up()
+    base = Settings(
+        home=workdir,
+        kafka_bootstrap=status.kafka_bootstrap or "",
+        redis_url=status.redis_url or "",
+        input_partitions=2,
+        registry_poll_s=0.5,
+        serve_budget_ms=10_000,  # quality is measured here, not speed: never cut ranking short
+        log_level="WARNING",
+    )
+    if plan.retrain_every_events == 0:
+        plan = replace(plan, retrain_every_events=max(1000, len(replay.scored) // 6))
+    first_model: Path | None = None
+    results = []
+    try:
+        for db, name in enumerate(variants, start=1):
+            variant = VARIANTS[name]
+            settings = _variant_settings(base, replay, variant, db, plan)
+            with ExitStack() as running:
+                # The warm-up goes through a worker that never retrains; the
+                # variants whose scoring worker differs get a fresh one after it.
+                quiet = settings.model_copy(update={"retrain_every_events": 0})
+                ensure_topics(settings)
+                worker: ServiceProcess | None = running.enter_context(_worker(quiet))
+                _send_and_wait(settings, replay.warmup, plan, f"{replay.name}: warm-up")
+                first_model = first_model or _train_first_model(settings, workdir / replay.name)
+                _install(first_model, settings.registry)
+                if worker is not None and (variant.retrain or not variant.realtime):
+                    worker.stop()
+                    worker = running.enter_context(_worker(settings)) if variant.realtime else None
+                results.append(_score(settings, replay, variant, worker, plan))
+            console.print(_line(replay.name, results[-1]))
+    finally:
+        stack.down()
+    return results
+
+
+def _variant_settings(
+    base: Settings, replay: Replay, variant: Variant, db: int, plan: Plan
+) -> Settings:
+    home = base.home / replay.name / variant.name
+    redis_base = base.redis_url.rsplit("/", 1)[0]
+    return base.model_copy(
+        update={
+            **pipeline_names(f"preq-{replay.name}-{variant.name}"),
+            "redis_url": f"{redis_base}/{db}",
+            "archive_dir": home / "archive",
+            "registry": home / "registry",
+            "serve_port": free_port(),
+            "worker_web_port": free_port(),
+            "serve_strategy": variant.strategy,
+            "retrain_epochs": plan.train_epochs,
+            "retrain_every_s": 0,
+            "retrain_every_events": plan.retrain_every_events if variant.retrain else 0,
+            "retrain_min_events": min(1000, plan.retrain_every_events),
+        }
+    )
+
+
+def _install(bundle: Path, root: Path) -> None:
+    """A copy of `bundle` in the registry at `root`, made current."""
+    shutil.copytree(bundle, root / bundle.name)
+    registry.set_current(root, bundle.name)
+
+
+def _train_first_model(settings: Settings, workdir: Path) -> Path:
+    """What a first `streamrec retrain` makes of the warm-up's archive."""
+    from retrain.cycle import run_cycle
+
+    root = workdir / "first-model"
+    console.print(f"training the first model on the warm-up ({settings.archive_root})")
+    result = run_cycle(
+        settings.model_copy(update={"registry": root, "retrain_min_events": 1}), progress=True
+    )
+    if result.outcome != "published" or result.version is None:
+        raise StreamrecError(f"the first model was not trained: {result.reason}")
+    console.print(f"first model {result.version}: {result.metrics.get('candidate')}")
+    return root / result.version
+
+
+@contextmanager
+def _worker(settings: Settings) -> Iterator[ServiceProcess]:
+    log_path = settings.home / "logs" / f"{settings.app_id}-worker.log"
+    with ServiceProcess(settings, ["worker"], log_path, settings.worker_web_port) as worker:
+        yield worker
+
+
+@contextmanager
+def _server(settings: Settings) -> Iterator[str]:
+    log_path = settings.home / "logs" / f"{settings.app_id}-serve.log"
+    with ServiceProcess(settings, ["serve"], log_path, settings.serve_port):
+        yield f"http://127.0.0.1:{settings.serve_port}"
+
+
+def _send_and_wait(settings: Settings, events: list[Event], plan: Plan, title: str) -> None:
+    async def main() -> None:
+        state = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            with EventProducer(settings) as producer, _progress(title, len(events)) as advance:
+                for start in range(0, len(events), 2000):
+                    chunk = events[start : start + 2000]
+                    for event in chunk:
+                        producer.send(event)
+                    producer.flush()
+                    await _wait_applied(state, chunk, plan.timeout_s)
+                    advance(len(chunk))
+            # The warm-up is the first model's data, not a reason to retrain.
+            await StateStore(settings, state).take_new_event_count()
+        finally:
+            await state.aclose()
+
+    asyncio.run(main())
+
+
+async def _wait_applied(state: aioredis.Redis, events: list[Event], timeout_s: float) -> None:
+    """Until the worker has applied every event (its dedup key exists)."""
+    keys = [dedup_key(e.user_id, e.event_id) for e in events]
+    deadline = time.monotonic() + timeout_s
+    pause = 0.002
+    while True:
+        pipe = state.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        missing = [key for key, found in zip(keys, await pipe.execute(), strict=True) if not found]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise StreamrecError(
+                f"{len(missing)} of {len(keys)} events not applied within {timeout_s:.0f} s "
+                f"(first missing key {missing[0]}); see the worker's log under logs/"
+            )
+        keys = missing
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.01)
+
+
+def _score(
+    settings: Settings,
+    replay: Replay,
+    variant: Variant,
+    worker: ServiceProcess | None,
+    plan: Plan,
+) -> VariantResult:
+    with _server(settings) as url:
+        started = time.perf_counter()
+        result = asyncio.run(_replay(settings, url, replay, variant, plan))
+        result.seconds = time.perf_counter() - started
+    if worker is not None and variant.retrain:
+        metrics = worker.metrics_text()
+        result.retrains = {
+            outcome: int(counter_total(metrics, "streamrec_retrain", outcome=outcome))
+            for outcome in RETRAIN_OUTCOMES
+        }
+        mean = histogram_mean(metrics, "streamrec_retrain_seconds")
+        result.retrain_seconds = None if mean is None else round(mean, 1)
+    return result
+
+
+async def _replay(
+    settings: Settings, url: str, replay: Replay, variant: Variant, plan: Plan
+) -> VariantResult:
+    n = len(replay.scored)
+    scores = _Scores(n)
+    state = aioredis.Redis.from_url(settings.redis_url)
+    producer = EventProducer(settings) if variant.realtime else None
+    asking = asyncio.Semaphore(plan.concurrency)
+
+    async def ask(client: AsyncRecommenderClient, index: int, event: Event) -> None:
+        async with asking:
+            try:
+                answer = await client.recommend(event.user_id, k=K)
+            except StreamrecError as exc:
+                scores.errors += 1
+                log.warning("recommend for %s failed: %s", event.user_id, exc)
+            else:
+                scores.record(index, event.item_id, answer)
+
+    try:
+        async with AsyncRecommenderClient(url, timeout_s=30) as client:
+            with _progress(f"{replay.name}: {variant.name}", n) as advance:
+                for start in range(0, n, plan.window):
+                    for step in _rounds(replay.scored, start, min(start + plan.window, n)):
+                        await asyncio.gather(*(ask(client, i, e) for i, e in step))
+                        if producer is not None:
+                            for _, event in step:
+                                producer.send(event)
+                            await _wait_applied(state, [e for _, e in step], plan.timeout_s)
+                        advance(len(step))
+    finally:
+        if producer is not None:
+            producer.close()
+        await state.aclose()
+    ts = np.array([e.ts_ms for e in replay.scored], dtype=np.int64)
+    return VariantResult(
+        variant.name, variant.label, ts, scores.hits, scores.reciprocal_ranks,
+        scores.errors, scores.fallbacks, scores.versions, 0.0,
+    )  # fmt: skip
+
+
+def _rounds(events: list[Event], start: int, stop: int) -> list[list[tuple[int, Event]]]:
+    """The window's events in rounds: round r holds every user's r-th event of the
+    window, so each user's events stay in order and the users of a round run
+    side by side."""
+    by_user: dict[str, list[tuple[int, Event]]] = {}
+    for index in range(start, stop):
+        by_user.setdefault(events[index].user_id, []).append((index, events[index]))
+    rounds: list[list[tuple[int, Event]]] = []
+    for rows in by_user.values():
+        for r, row in enumerate(rows):
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(row)
+    return rounds
+
+
+class _Scores:
+    def __init__(self, n: int) -> None:
+        self.hits = np.zeros(n, dtype=np.float32)
+        self.reciprocal_ranks = np.zeros(n, dtype=np.float32)
+        self.errors = 0
+        self.fallbacks: Counter[str] = Counter()
+        self.versions: Counter[str] = Counter()
+
+    def record(self, index: int, item_id: str, answer: Recommendations) -> None:
+        self.fallbacks[answer.fallback or "none"] += 1
+        self.versions[answer.model_version] += 1
+        ids = answer.item_ids
+        if item_id in ids:
+            self.hits[index] = 1
+            self.reciprocal_ranks[index] = 1 / (ids.index(item_id) + 1)
+
+
+@contextmanager
+def _progress(title: str, total: int) -> Iterator[Any]:
+    columns = (
+        TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(title, total=total)
+        yield lambda done: progress.advance(task, done)
+
+
+def curves(result: VariantResult, bins: int = 20) -> dict[str, list[float]]:
+    """hit@20 and MRR@20 (percent) over equal-count slices of the replay, by time."""
+    edges = np.linspace(0, len(result.hits), bins + 1).astype(int)
+    first = int(result.ts_ms[0]) if len(result.ts_ms) else 0
+    out: dict[str, list[float]] = {"hours": [], "hr20": [], "mrr20": []}
+    for lo, hi in itertools.pairwise(edges):
+        if hi <= lo:
+            continue
+        out["hours"].append(round((int(result.ts_ms[hi - 1]) - first) / 3_600_000, 3))
+        out["hr20"].append(round(100 * float(result.hits[lo:hi].mean()), 2))
+        out["mrr20"].append(round(100 * float(result.reciprocal_ranks[lo:hi].mean()), 2))
+    return out
+
+
+def _line(dataset: str, result: VariantResult) -> str:
+    s = result.summary()
+    return (
+        f"{dataset} {result.variant:>9}: hit@20 {s['hr20']:6.2f}  MRR@20 {s['mrr20']:6.2f}  "
+        f"({s['events']:,} events, {s['events_per_s']}/s, errors {s['errors']}, "
+        f"fallbacks {s['fallbacks']}, retrains {s['retrains'] or '-'})"
+    )

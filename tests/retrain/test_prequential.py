@@ -1,0 +1,101 @@
+"""The prequential replay on the real parts: its own broker and Redis, workers,
+servers, a first model trained by a retrain cycle, the four variants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain.prequential import Plan, curves, load_replay, run
+from streamrec.errors import InputFormatError
+from tests.retrain.fixtures import DATA, TAOBAO
+
+SESSIONS = DATA / "yoochoose_sessions"
+SCORED = 300
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    replay = load_replay(
+        SESSIONS / "yoochoose-clicks-100k_test.txt",
+        SESSIONS / "yoochoose-clicks-100k_train_full.txt",
+        limit=SCORED,
+    )
+    # The newest 15,000 training clicks are enough history for a first model.
+    replay = replace(replay, warmup=replay.warmup[-15_000:])
+    plan = Plan(retrain_every_events=100, train_epochs=1)
+    return {r.variant: r for r in run(replay, tmp_path_factory.mktemp("prequential"), plan=plan)}
+
+
+def test_every_variant_scores_every_event_without_errors(results: dict) -> None:
+    assert set(results) == {"trending", "frozen", "realtime", "retrain"}
+    for result in results.values():
+        assert len(result.hits) == SCORED and result.errors == 0
+        assert sum(result.fallbacks.values()) == SCORED
+        assert set(np.unique(result.hits)) <= {0.0, 1.0}
+        # A reciprocal rank is there exactly when the item was in the top 20.
+        assert np.array_equal(result.reciprocal_ranks > 0, result.hits > 0)
+
+
+def test_trending_and_frozen_answer_new_sessions_from_trending(results: dict) -> None:
+    assert results["trending"].fallbacks == {"trending": SCORED}
+    # The test day's sessions never reached a frozen pipeline: it knows none of them.
+    assert results["frozen"].fallbacks == {"trending": SCORED}
+
+
+def test_real_time_state_is_what_makes_the_model_answer(results: dict) -> None:
+    realtime, frozen = results["realtime"], results["frozen"]
+    # After its first click a session is known, so the model answers from then on.
+    assert realtime.fallbacks["none"] > SCORED // 2
+    assert realtime.hits.mean() > frozen.hits.mean()
+    assert results["retrain"].hits.mean() > frozen.hits.mean()
+
+
+def test_curves_cover_the_replay_in_time_order(results: dict) -> None:
+    curve = curves(results["realtime"], bins=5)
+    assert len(curve["hr20"]) == 5 and curve["hours"] == sorted(curve["hours"])
+    assert np.isclose(np.mean(curve["hr20"]), 100 * results["realtime"].hits.mean(), atol=0.01)
+
+
+def test_warm_up_is_the_first_fifth_without_history_and_times_end_now(tmp_path: Path) -> None:
+    replay = load_replay(TAOBAO, limit=500)
+    assert len(replay.warmup) == 96_168 // 5 and len(replay.scored) == 500
+    times = [e.ts_ms for e in [*replay.warmup, *replay.scored]]
+    assert times == sorted(times)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InputFormatError):
+        load_replay(empty)
+
+
+def test_rounds_keep_each_users_events_in_order_and_every_event_once() -> None:
+    from retrain.prequential import _rounds
+    from streamrec.events import Event, EventType
+
+    users = ["a", "b", "a", "c", "a", "b"]
+    events = [Event(f"e{i}", u, f"i{i}", EventType.CLICK, i) for i, u in enumerate(users)]
+    rounds = _rounds(events, 0, len(events))
+    assert [[i for i, _ in step] for step in rounds] == [[0, 1, 3], [2, 5], [4]]
+    assert all(len({e.user_id for _, e in step}) == len(step) for step in rounds)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--data", "no/such/events.csv"], "expected an event file at no/such/events.csv"),
+        (["--data", str(TAOBAO), "--limit", "10", "--variants", "trending,best"], "unknown"),
+    ],
+)
+def test_the_command_refuses_bad_input_in_one_line(args: list[str], says: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec", "eval", "prequential", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert says in done.stderr and "Traceback" not in done.stderr
