@@ -1,21 +1,43 @@
-"""A small Python client for the model server's /recommend and /score, sync and async.
+"""A small Python client for the model server's /recommend and /score, sync and async,
+with retries and failover over several servers.
 
-with RecommenderClient("http://127.0.0.1:8000") as client:
+with RecommenderClient(["http://10.0.0.1:8000", "http://10.0.0.2:8000"]) as client:
     answer = client.recommend("user-1", k=10)
+
+Both calls only read, so retrying them is safe. One request walks the servers in
+turn (each request starts one further along, spreading load) for at most
+`RetryPolicy.attempts` tries, waiting a short jittered backoff between tries. It
+retries when a server cannot be reached, resets the connection, times out, or
+answers 502/503/504; any other answer (a 4xx above all) is final. A server that
+just failed is tried last for `RetryPolicy.cooldown_s`. When every try fails the
+call raises `RequestRejected` (the last answer was an error status) or
+`ServersUnavailable` (no server answered). The sync and async clients share this
+policy: `_attempts` decides, they only send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 import httpx
 
-from streamrec.errors import RequestRejected
+from streamrec.errors import RequestRejected, ServersUnavailable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_CONNECT_TIMEOUT_S = 1.0
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Not reaching a server, losing it mid-answer, or waiting too long: another may answer.
+RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +70,88 @@ class Scores:
         return [item.item_id for item in self.items if item.score is None]
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How one request is retried. `attempts` counts every try, the first included
+    (1 = never retry); the wait before try n+1 is uniform in [0, min(backoff_max_s,
+    backoff_s * 2**(n-1))] ("full jitter"), so clients that failed together do not
+    come back together."""
+
+    attempts: int = 3
+    backoff_s: float = 0.05
+    backoff_max_s: float = 1.0
+    cooldown_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
+
+    def wait_s(self, failures: int) -> float:
+        """The pause after `failures` failed tries (>= 1)."""
+        ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
+        return random.uniform(0.0, ceiling)
+
+
+class _Servers:
+    """The base URLs a client spreads its requests over, and which ones failed lately."""
+
+    def __init__(self, base_urls: str | Sequence[str], cooldown_s: float) -> None:
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise ValueError("a client needs at least one server base URL")
+        self.urls = [url.rstrip("/") for url in urls]
+        self.cooldown_s = cooldown_s
+        self._turn = itertools.count()
+        self._failed_until: dict[str, float] = {}
+
+    def order(self) -> list[str]:
+        """Every server once, starting one further along than the last request; those
+        that failed within the cooldown go last."""
+        start = next(self._turn) % len(self.urls)
+        turn = self.urls[start:] + self.urls[:start]
+        now = time.monotonic()
+        return sorted(turn, key=lambda url: self._failed_until.get(url, 0.0) > now)
+
+    def failed(self, url: str) -> None:
+        self._failed_until[url] = time.monotonic() + self.cooldown_s
+
+    def answered(self, url: str) -> None:
+        self._failed_until.pop(url, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Try:
+    url: str
+    wait_s: float  # pause before sending
+
+
+# What a try came back with: an answer, or the error that stopped it.
+_Outcome: TypeAlias = httpx.Response | httpx.TransportError
+
+
+def _attempts(
+    servers: _Servers, policy: RetryPolicy, path: str
+) -> Generator[_Try, _Outcome, dict[str, Any]]:
+    """One request's tries: yields where to send next and receives what came back;
+    returns the answer's JSON, or raises once retrying is pointless or used up."""
+    order = servers.order()
+    last: Exception | None = None
+    for attempt in range(policy.attempts):
+        base = order[attempt % len(order)]
+        outcome = yield _Try(f"{base}{path}", policy.wait_s(attempt) if attempt else 0.0)
+        if isinstance(outcome, httpx.Response) and outcome.status_code not in RETRY_STATUSES:
+            servers.answered(base)
+            return _checked(outcome)
+        servers.failed(base)
+        last = _rejection(outcome) if isinstance(outcome, httpx.Response) else outcome
+        log.info("%s%s failed (try %d of %d): %s", base, path, attempt + 1, policy.attempts, last)
+    if isinstance(last, RequestRejected):
+        raise last
+    raise ServersUnavailable(
+        f"{path}: no answer from {servers.urls} in {policy.attempts} tries; last: {last!r}"
+    ) from last
+
+
 def _recommend_body(
     user_id: str,
     k: int,
@@ -65,13 +169,18 @@ def _recommend_body(
     return body
 
 
+def _rejection(response: httpx.Response) -> RequestRejected:
+    try:
+        body = response.json()
+        detail = body.get("detail", response.text) if isinstance(body, dict) else body
+    except ValueError:
+        detail = response.text
+    return RequestRejected(response.status_code, detail)
+
+
 def _checked(response: httpx.Response) -> dict[str, Any]:
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise RequestRejected(response.status_code, detail)
+        raise _rejection(response)
     body: dict[str, Any] = response.json()
     return body
 
@@ -90,11 +199,35 @@ def _scores(body: dict[str, Any]) -> Scores:
     return Scores(body["user_id"], _items(body["items"]), body["model_version"])
 
 
-class RecommenderClient:
-    """Blocking client; one connection pool, close it (or use `with`)."""
+class _ClientBase:
+    """What both clients are given. `base_urls`: one server's base URL or several;
+    `timeout_s`: the longest one try waits for an answer, `connect_timeout_s` for a
+    connection (short, so a dead host costs little before the next one is tried);
+    `retry`: see `RetryPolicy`."""
 
-    def __init__(self, base_url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
+    def __init__(
+        self,
+        base_urls: str | Sequence[str],
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = RetryPolicy(),
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.servers = _Servers(base_urls, retry.cooldown_s)
+        self.retry = retry
+        self.timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
+        self._open_pool()
+
+    def _open_pool(self) -> None:
+        raise NotImplementedError
+
+
+class RecommenderClient(_ClientBase):
+    """Blocking client; one connection pool for every server, close it (or use `with`)."""
+
+    http: httpx.Client
+
+    def _open_pool(self) -> None:
+        self.http = httpx.Client(timeout=self.timeout)
 
     def recommend(
         self,
@@ -105,11 +238,27 @@ class RecommenderClient:
         explain: bool = False,
     ) -> Recommendations:
         body = _recommend_body(user_id, k, exclude, context, explain)
-        return _recommendations(_checked(self.http.post("/recommend", json=body)))
+        return _recommendations(self._post("/recommend", body))
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
-        body = {"user_id": user_id, "item_ids": list(item_ids)}
-        return _scores(_checked(self.http.post("/score", json=body)))
+        return _scores(self._post("/score", {"user_id": user_id, "item_ids": list(item_ids)}))
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        tries = _attempts(self.servers, self.retry, path)
+        step = next(tries)
+        while True:
+            if step.wait_s:
+                time.sleep(step.wait_s)
+            outcome: _Outcome
+            try:
+                outcome = self.http.post(step.url, json=body)
+            except RETRY_ERRORS as exc:
+                outcome = exc
+            try:
+                step = tries.send(outcome)
+            except StopIteration as done:
+                answer: dict[str, Any] = done.value
+                return answer
 
     def close(self) -> None:
         self.http.close()
@@ -123,11 +272,13 @@ class RecommenderClient:
         self.close()
 
 
-class AsyncRecommenderClient:
-    """The same for asyncio; close it (or use `async with`)."""
+class AsyncRecommenderClient(_ClientBase):
+    """The same for asyncio, with the same arguments; close it (or use `async with`)."""
 
-    def __init__(self, base_url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
+    http: httpx.AsyncClient
+
+    def _open_pool(self) -> None:
+        self.http = httpx.AsyncClient(timeout=self.timeout)
 
     async def recommend(
         self,
@@ -138,11 +289,28 @@ class AsyncRecommenderClient:
         explain: bool = False,
     ) -> Recommendations:
         body = _recommend_body(user_id, k, exclude, context, explain)
-        return _recommendations(_checked(await self.http.post("/recommend", json=body)))
+        return _recommendations(await self._post("/recommend", body))
 
     async def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
         body = {"user_id": user_id, "item_ids": list(item_ids)}
-        return _scores(_checked(await self.http.post("/score", json=body)))
+        return _scores(await self._post("/score", body))
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        tries = _attempts(self.servers, self.retry, path)
+        step = next(tries)
+        while True:
+            if step.wait_s:
+                await asyncio.sleep(step.wait_s)
+            outcome: _Outcome
+            try:
+                outcome = await self.http.post(step.url, json=body)
+            except RETRY_ERRORS as exc:
+                outcome = exc
+            try:
+                step = tries.send(outcome)
+            except StopIteration as done:
+                answer: dict[str, Any] = done.value
+                return answer
 
     async def close(self) -> None:
         await self.http.aclose()

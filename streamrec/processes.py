@@ -84,15 +84,18 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def __enter__(self) -> ServiceProcess:
+    def start_ready(self, timeout_s: float = 90.0) -> ServiceProcess:
         """Started and ready; stopped again if it never gets ready."""
         self.start()
         try:
-            self.wait_ready()
+            self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start_ready()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

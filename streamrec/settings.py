@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
     popularity_half_life_s: float = Field(default=6 * 3600, gt=0)
     trending_max_items: int = Field(default=10_000, ge=10)
+    # Online hit rate: the model server remembers what it recommended to a user for
+    # this long (at most `recommended_max` items), and the stream worker counts a
+    # click on one of them as a hit. 0 turns both off.
+    hit_window_s: int = Field(default=30 * 60, ge=0, le=24 * 3600)
+    recommended_max: int = Field(default=100, ge=1, le=10_000)  # <= 128 stays compact
 
     # Models (used by later stages).
     registry: Path = Field(default_factory=lambda: Path.home() / ".streamrec" / "registry")
@@ -128,6 +133,16 @@ class Settings(BaseSettings):
     registry_poll_s: float = Field(default=2.0, gt=0)
     # Redis connections per server process; a request waits for a free one.
     serve_redis_connections: int = Field(default=32, ge=1)
+    # Each server process keeps every catalogue item's popularity in memory, read
+    # again from Redis this often (in chunks), instead of one Redis read of the
+    # candidates per request. 0: read per request.
+    serve_popularity_refresh_s: float = Field(default=1.0, ge=0)
+    # Set by `streamrec serve --workers N` for its worker processes: where they
+    # share Prometheus metric files, so /metrics sums every process.
+    serve_metrics_dir: Path | None = None
+    # "trending" answers every user from trending items (a baseline for
+    # `streamrec eval prequential`); "model" is retrieval + ranking.
+    serve_strategy: Literal["model", "trending"] = "model"
 
     @model_validator(mode="before")
     @classmethod

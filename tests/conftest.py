@@ -16,6 +16,7 @@ import redis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from streamrec import topics
 from streamrec.devstack import DevStack, free_port
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -51,16 +52,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 
 def pipeline_names(name: str) -> dict[str, str]:
-    """A consumer group and every topic of its own, so pipelines under test never meet."""
-    return {
-        "app_id": f"test-{name}",
-        "topic_clicks": f"{name}.clicks",
-        "topic_purchases": f"{name}.purchases",
-        "topic_recommendations": f"{name}.recommendations",
-        "topic_dlq": f"{name}.dlq",
-        "topic_model_versions": f"{name}.model.versions",
-        "topic_state_changes": f"{name}.state.changes",
-    }
+    return topics.pipeline_names(f"test-{name}")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ and compute the state Redis must hold, independently of streamrec/state.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -34,6 +35,37 @@ def produce_raw(settings: Settings, messages: Iterable[tuple[str, bytes | None, 
     producer.flush()
     producer.close()
     return sent
+
+
+def paced_producer(
+    settings: Settings, messages: list[tuple[str, bytes | None, bytes]], batch: int = 500
+) -> threading.Thread:
+    """Produce `messages` in batches 0.1 s apart from a thread, as a live stream would."""
+
+    def run() -> None:
+        for start in range(0, len(messages), batch):
+            produce_raw(settings, messages[start : start + batch])
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def applied_count(client: redis.Redis) -> int:
+    """Events applied to the state so far: the sum of every user's per-type counts."""
+    total = 0
+    for key in client.scan_iter("sr:u:*:meta", count=1000):
+        total += sum(int(v) for k, v in client.hgetall(key).items() if k.startswith(b"n:"))
+    return total
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
 
 
 def wait_counted(
@@ -150,12 +182,9 @@ def taobao_events(start: int, count: int) -> list[Event]:
 
 
 def start_worker(settings: Settings, log_dir: Path) -> ServiceProcess:
-    worker = ServiceProcess(
+    return ServiceProcess(
         settings, ["worker"], log_dir / f"{settings.app_id}.log", settings.worker_web_port
-    )
-    worker.start()
-    worker.wait_ready()
-    return worker
+    ).start_ready()
 
 
 def assert_state_is_exact(settings: Settings, events: list[Event]) -> None:

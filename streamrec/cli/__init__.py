@@ -7,6 +7,8 @@ importing the kernel never imports a service.
 
 from __future__ import annotations
 
+import signal
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -25,8 +27,16 @@ publish.register(app)
 retrain.register(app)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Expected failures end in one line and exit code 1, not a traceback."""
+    """Expected failures end in one line and exit code 1, not a traceback. SIGTERM
+    exits through `finally` blocks, so a stopped demo, benchmark or evaluation
+    stops the broker, Redis and services it started (the worker and the server
+    install their own handlers)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except StreamrecError as exc:

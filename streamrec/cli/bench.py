@@ -25,3 +25,23 @@ def memory() -> None:
     from bench.state_memory import run
 
     run()
+
+
+@bench_app.command()
+def drills() -> None:
+    """Fault drills 1-5 (worker and server kills, Redis restart, poison, bad bundles)."""
+    from bench.drills import run
+
+    run()
+
+
+@bench_app.command()
+def soak(
+    minutes: int = typer.Option(10, min=1, help="How long, in one-minute windows."),
+    rate: int = typer.Option(1000, min=1, help="Requests per second, open loop."),
+    swap_every: float = typer.Option(60.0, min=1.0, help="Seconds between new versions."),
+) -> None:
+    """Drill 6: fixed-rate load with a model swap every minute; errors, p50/p99 per minute."""
+    from bench.soak import run
+
+    run(minutes, rate, swap_every)

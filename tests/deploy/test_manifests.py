@@ -31,11 +31,26 @@ def k8s_documents() -> list[dict[str, Any]]:
     return [doc for path in K8S for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    pod: dict[str, Any] = spec.get("template", {}).get("spec", {})
+    return pod
+
+
 def containers() -> Iterator[tuple[str, dict[str, Any]]]:
     for doc in k8s_documents():
-        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-        for container in spec.get("containers", []):
+        for container in pod_spec(doc).get("containers", []):
             yield doc["metadata"]["name"], container
+
+
+def compose_commands(service: dict[str, Any]) -> list[str]:
+    """The streamrec subcommands a compose service runs: its command, or every
+    `streamrec X` in the script of a shell entrypoint."""
+    if service.get("entrypoint", [None])[0] == "/bin/sh":
+        return re.findall(r"\bstreamrec ([a-z-]+)", " ".join(service["command"]))
+    return [service["command"][0]]
 
 
 def cli_commands() -> set[str]:
@@ -50,8 +65,10 @@ def test_every_file_parses() -> None:
     assert yaml.safe_load(COMPOSE.read_text())["services"]
     assert {doc["kind"] for doc in k8s_documents()} >= {
         "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler",
-        "PersistentVolumeClaim", "Job", "ServiceMonitor", "Kustomization",
+        "PersistentVolumeClaim", "Job", "CronJob", "ServiceMonitor", "Kustomization",
     }  # fmt: skip
+    listed = set(yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in K8S} - {"kustomization.yaml"}
 
 
 def test_every_streamrec_variable_is_a_setting() -> None:
@@ -64,12 +81,13 @@ def test_every_streamrec_variable_is_a_setting() -> None:
 def test_every_command_exists() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     used = {
-        s["command"][0]
+        command
         for s in compose["services"].values()
         if s.get("image", "").startswith("streamrec")
+        for command in compose_commands(s)
     }
     used |= {c["args"][0] for _, c in containers() if c["image"].startswith("streamrec")}
-    assert used >= {"worker", "serve", "publish", "topics"}
+    assert used >= {"worker", "serve", "publish", "topics", "retrain"}
     assert used <= cli_commands(), sorted(used - cli_commands())
 
 
@@ -103,3 +121,37 @@ def test_images_are_pinned(where: str) -> None:
         images = [c["image"] for _, c in containers()]
     for image in images:
         assert ":" in image and not image.endswith(":latest"), image
+
+
+def test_retraining_runs_on_a_schedule_and_workers_leave_it_alone() -> None:
+    (cronjob,) = [doc for doc in k8s_documents() if doc["kind"] == "CronJob"]
+    assert len(cronjob["spec"]["schedule"].split()) == 5
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"  # two cycles would race
+    pod = pod_spec(cronjob)
+    (container,) = pod["containers"]
+    assert container["args"] == ["retrain"]
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "streamrec"}},
+        {"secretRef": {"name": "streamrec"}},
+    ]
+    config = next(doc for doc in k8s_documents() if doc["kind"] == "ConfigMap")["data"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == {config["STREAMREC_REGISTRY"], config["STREAMREC_ARCHIVE_DIR"]}
+    assert not mounts[config["STREAMREC_REGISTRY"]].get("readOnly")  # it publishes there
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    pvcs = {d["metadata"]["name"] for d in k8s_documents() if d["kind"] == "PersistentVolumeClaim"}
+    assert set(claims.values()) == pvcs == {"streamrec-registry", "streamrec-archive"}
+    assert (config["STREAMREC_RETRAIN_EVERY_S"], config["STREAMREC_RETRAIN_EVERY_EVENTS"]) == (
+        "0",
+        "0",
+    )
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    retrain = services["retrain"]
+    script = " ".join(retrain["command"])
+    assert compose_commands(retrain) == ["retrain"]
+    assert script.startswith("while true;") and "sleep" in script
+    assert set(retrain["volumes"]) == set(services["worker"]["volumes"])
+    assert set(retrain["volumes"]) >= {"registry:/registry", "archive:/archive"}
+    assert retrain["environment"]["STREAMREC_RETRAIN_EVERY_S"] == "0"
+    assert services["worker"]["environment"]["STREAMREC_RETRAIN_EVERY_S"] == "0"

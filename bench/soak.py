@@ -1,0 +1,177 @@
+"""Drill 6, the soak: open-loop load on `streamrec serve` at a fixed rate for N minutes
+while a new model version is published every `swap_every_s`; errors, p50 and p99 per
+minute. Writes bench/reports/soak.{md,json,png}. The load generator, users and model
+are bench/serve.py's, so the figures compare with bench/reports/serve.md."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from bench.common import REPORTS, ScratchStack, machine, republish, write_json
+from bench.serve import QUICK, open_loop, prepare_model, scrape, seed_users, serving
+from streamrec import registry
+from streamrec.devstack import free_port
+from streamrec.scrape import counter_total
+
+console = Console(stderr=True)
+WINDOW_S = 60.0
+
+
+def run(minutes: int, rate: int, swap_every_s: float, users: int = 2000) -> dict[str, Any]:
+    windows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    scratch = ScratchStack("soak")
+    with scratch as base:
+        settings = base.model_copy(
+            update={
+                "registry": base.home / "registry",
+                "serve_port": free_port(),
+                "registry_poll_s": 0.5,
+            }
+        )
+        model = prepare_model(settings, QUICK)
+        user_ids = asyncio.run(seed_users(settings, users))
+        with serving(settings, 1) as (url, _):
+            swaps_before = _swaps(url)
+            publisher = Swapper(settings.registry, swap_every_s)
+            with publisher:
+                for minute in range(1, minutes + 1):
+                    result = open_loop(url, user_ids, rate, WINDOW_S)
+                    result.pop("samples_ms")
+                    result["minute"] = minute
+                    result["swaps_published"] = publisher.published
+                    windows.append(result)
+                    console.print(_line(result))
+            swapped = _swaps(url) - swaps_before
+            refused = counter_total(scrape(url), "streamrec_model_swaps", outcome="refused")
+        scratch.keep = any(w["errors"] for w in windows)  # the server's log says why
+    report: dict[str, Any] = {
+        "minutes": minutes,
+        "rate": rate,
+        "swap_every_s": swap_every_s,
+        "windows": windows,
+        "requests": sum(w["sent"] for w in windows),
+        "errors": sum(w["errors"] for w in windows),
+        "swaps_published": publisher.published,
+        "swaps_served": swapped,
+        "swaps_refused": refused,
+        "model": model,
+        "users": len(user_ids),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "command": (
+            f"flock /tmp/streamrec-bench.lock streamrec bench soak --minutes {minutes} "
+            f"--rate {rate} --swap-every {swap_every_s:g}"
+        ),
+        "machine": machine(),
+    }
+    write_json("soak", report)
+    _plot(report)
+    _write_markdown(report)
+    return report
+
+
+class Swapper:
+    """Publishes a copy of the current version as a new one every `every_s`, from a thread."""
+
+    def __init__(self, root: Path, every_s: float) -> None:
+        self.root = root
+        self.every_s = every_s
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Swapper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            current = registry.current_version(self.root)
+            assert current is not None
+            republish(self.root, current)
+            self.published += 1
+
+
+def _swaps(url: str) -> float:
+    return counter_total(scrape(url), "streamrec_model_swaps", outcome="swapped")
+
+
+def _line(w: dict[str, Any]) -> str:
+    return (
+        f"minute {w['minute']}: {w['sent']} sent at {w['rate']}/s, achieved "
+        f"{w['achieved_rate']}/s, p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms, "
+        f"errors {w['errors']}, swaps so far {w['swaps_published']}"
+    )
+
+
+def _plot(r: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [w["minute"] for w in r["windows"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(minutes, [w["p50_ms"] for w in r["windows"]], marker="o", label="p50")
+    ax.plot(minutes, [w["p99_ms"] for w in r["windows"]], marker="o", label="p99")
+    errors = [w["minute"] for w in r["windows"] if w["errors"]]
+    if errors:
+        ax.scatter(errors, [0] * len(errors), color="red", marker="x", label="errors")
+    ax.set_xlabel(f"minute (a new model version published every {r['swap_every_s']:g} s)")
+    ax.set_ylabel("latency from scheduled send (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"soak: POST /recommend at {r['rate']} req/s, open loop")
+    ax.set_xticks(np.array(minutes))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(REPORTS / "soak.png", dpi=110)
+    plt.close(fig)
+
+
+def _write_markdown(r: dict[str, Any]) -> None:
+    m, model = r["machine"], r["model"]
+    lines = [
+        "# Soak (drill 6)",
+        "",
+        f"Command: `{r['command']}`. Open-loop load (bench/serve.py's generator, its own "
+        f"process) on one `streamrec serve` process: POST /recommend k = 20 at {r['rate']} "
+        f"req/s for {r['minutes']} minute(s), {r['users']:,} users with 3-19 recent events; "
+        f"a copy of the served version published as a new one every {r['swap_every_s']:g} s; "
+        f"model {model['version']} ({model['items']} items, {model['source']}).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
+        f"{m['date']}, commit {m['commit']}. Load average (1, 5, 15 min) before "
+        f"{r['load_average_before']}, after {r['load_average_after']}; generator, server and "
+        "Redis share the cores with other work.",
+        "",
+        f"**{r['requests']:,} requests, {r['errors']} errors**; {r['swaps_published']} "
+        f"versions published, {r['swaps_served']:.0f} swapped in, "
+        f"{r['swaps_refused']:.0f} refused.",
+        "",
+        "| minute | sent | achieved req/s | p50 ms | p99 ms | errors | versions published so far |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {w['minute']} | {w['sent']:,} | {w['achieved_rate']} | {w['p50_ms']} | "
+            f"{w['p99_ms']} | {w['errors']} | {w['swaps_published']} |"
+            for w in r["windows"]
+        ],
+        "",
+        "Each minute is one run of the generator; between two the load pauses for the second "
+        "or so it takes to start the next generator process. Latency counts from each "
+        "request's scheduled send time, so queueing shows.",
+        "",
+        "![p50 and p99 per minute](soak.png)",
+        "",
+    ]
+    (REPORTS / "soak.md").write_text("\n".join(lines), encoding="utf-8")

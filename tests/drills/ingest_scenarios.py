@@ -1,0 +1,282 @@
+"""Fault drills on ingestion (drills 1-3) as plain functions that return their figures:
+the tests assert on them, `streamrec bench drills` writes them to bench/reports/.
+
+1. SIGKILL the worker three times during a 20k-event replay.
+2. Restart Redis (with its append-only file) in the middle of a replay.
+3. A poison flood: 10k bad messages among 5k good ones, loaded at full speed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from streamrec.devstack import free_port, wait_for_port
+from streamrec.events import Event, RejectReason
+from streamrec.processes import ServiceProcess
+from streamrec.producer import topic_for
+from streamrec.scrape import events_by_type_and_outcome
+from streamrec.settings import Settings
+from streamrec.topics import ensure_topics
+from tests.pipeline import (
+    applied_count,
+    bad_message,
+    paced_producer,
+    produce_raw,
+    read_topic,
+    start_worker,
+    taobao_events,
+    wait_counted,
+    wait_until,
+)
+
+Message = tuple[str, bytes | None, bytes]
+
+
+def lost_and_duplicated(settings: Settings, events: list[Event]) -> tuple[int, int]:
+    """Events missing from, and applied more than once to, the per-user counts in Redis."""
+    wanted: Counter[tuple[str, str]] = Counter()
+    for event in {e.event_id: e for e in events}.values():
+        wanted[(event.user_id, event.type.value)] += 1
+    client = redis.Redis.from_url(settings.redis_url)
+    users = sorted({user for user, _ in wanted})
+    pipe = client.pipeline(transaction=False)
+    for user in users:
+        pipe.hgetall(f"sr:u:{{{user}}}:meta")
+    got: Counter[tuple[str, str]] = Counter()
+    for user, meta in zip(users, pipe.execute(), strict=True):
+        for key, value in meta.items():
+            if key.startswith(b"n:"):
+                got[(user, key.decode()[2:])] = int(value)
+    lost = sum(max(0, n - got[key]) for key, n in wanted.items())
+    duplicated = sum(max(0, n - wanted[key]) for key, n in got.items())
+    return lost, duplicated
+
+
+def dlq_count(settings: Settings) -> int:
+    return len(read_topic(settings, settings.topic_dlq, expected=0, timeout_s=1))
+
+
+def messages_for(events: list[Event], settings: Settings) -> list[Message]:
+    return [(topic_for(e.type, settings), e.user_id.encode(), e.to_json()) for e in events]
+
+
+def _applied_at_least(client: redis.Redis, count: int) -> Callable[[], bool]:
+    return lambda: applied_count(client) >= count
+
+
+def _counted(worker: ServiceProcess) -> float:
+    return sum(events_by_type_and_outcome(worker.metrics_text()).values())
+
+
+@dataclass
+class IngestDrill:
+    """What every ingestion drill reports; `recovery_s` per fault, from the fault to
+    state moving again."""
+
+    events: int
+    lost: int = 0
+    duplicated: int = 0
+    dlq: int = 0
+    recovery_s: list[float] = field(default_factory=list)
+
+
+def kill_drill(settings: Settings, workdir: Path) -> IngestDrill:
+    """Drill 1: a paced 20k-event replay; the worker is SIGKILLed after 4k, 9k and 14k
+    events are applied, and a new one started each time.
+
+    The replay goes in four segments (to 6k, 11k, 16k, 20k); each next one starts right
+    after a kill, while no worker runs, as a live stream keeps coming during an outage.
+    So every new worker has events no one has applied yet, however fast the last one
+    was, and its first one times the recovery."""
+    ensure_topics(settings)
+    events = taobao_events(10_000, 20_000)
+    messages = messages_for(events, settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    drill = IngestDrill(len(events))
+    producers: list[threading.Thread] = []
+    worker: ServiceProcess | None = None
+    killed_at: float | None = None
+    segments = ((0, 6_000, 4_000), (6_000, 11_000, 9_000), (11_000, 16_000, 14_000))
+    try:
+        for start, end, kill_at in (*segments, (16_000, len(events), None)):
+            producers.append(paced_producer(settings, messages[start:end]))
+            worker = start_worker(settings, workdir)
+            if killed_at is not None:
+                wait_until(lambda w=worker: _counted(w) > 0, 120, "the new worker's first event")
+                drill.recovery_s.append(round(time.monotonic() - killed_at, 2))
+            if kill_at is None:
+                break
+            wait_until(_applied_at_least(client, kill_at), 120, f"{kill_at} events applied")
+            worker.kill()
+            killed_at = time.monotonic()
+        wait_until(lambda: applied_count(client) >= len(events), 180, "every event applied")
+        time.sleep(1.0)  # anything applied twice would show up now
+    finally:
+        for producer in producers:
+            producer.join()
+        if worker is not None:
+            worker.stop()
+    drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
+    drill.dlq = dlq_count(settings)
+    return drill
+
+
+@dataclass
+class RedisRestartDrill(IngestDrill):
+    outage_s: float = 0.0
+    write_retries: float = 0.0
+
+
+def redis_restart_drill(
+    settings: Settings,
+    workdir: Path,
+    check_state: Callable[[Settings, list[Event]], None] | None = None,
+) -> RedisRestartDrill:
+    """Drill 2: the worker writes to a Redis of its own (append-only file, fsync always),
+    which is shut down cleanly after 2k of 8k events and started again 2 s later.
+    `check_state(settings, events)` runs while that Redis still exists."""
+    port = free_port()
+    data_dir = workdir / "redis"
+    data_dir.mkdir()
+    argv = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+    ]  # fmt: skip
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        wait_for_port(port)
+        probe = redis.Redis(port=port)
+        wait_until(lambda: _pings(probe), 30, "Redis to load its append-only file")
+        return proc
+
+    redis_proc = start_redis()
+    settings = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    ensure_topics(settings)
+    events = taobao_events(30_000, 8_000)
+    drill = RedisRestartDrill(len(events))
+    client = redis.Redis.from_url(settings.redis_url)
+    worker: ServiceProcess | None = None
+    try:
+        worker = start_worker(settings, workdir)
+        producer = paced_producer(settings, messages_for(events, settings))
+        wait_until(lambda: applied_count(client) >= 2_000, 60, "2,000 events applied")
+        client.shutdown(nosave=False)  # a clean restart: the append-only file keeps every write
+        redis_proc.wait()
+        down_at = time.monotonic()
+        time.sleep(2.0)  # the worker meets a dead Redis and retries meanwhile
+        redis_proc = start_redis()
+        drill.outage_s = round(time.monotonic() - down_at, 2)
+        applied_then = applied_count(client)
+        wait_until(lambda: applied_count(client) > applied_then, 60, "state to move again")
+        drill.recovery_s.append(round(time.monotonic() - down_at, 2))
+        producer.join()
+        wait_until(lambda: applied_count(client) >= len(events), 120, "every event applied")
+        time.sleep(1.0)
+        drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
+        if check_state is not None:
+            check_state(settings, events)
+        drill.write_retries = sum(
+            float(line.split()[1])
+            for line in worker.metrics_text().splitlines()
+            if line.startswith("streamrec_state_write_retries_total ")
+        )
+    finally:
+        if worker is not None:
+            worker.stop()
+        redis_proc.terminate()
+        redis_proc.wait()
+    drill.dlq = dlq_count(settings)
+    return drill
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.BusyLoadingError:
+        return False
+
+
+@dataclass
+class PoisonDrill(IngestDrill):
+    bad: int = 0
+    rejected: float = 0.0
+    dlq_reasons: dict[str, int] = field(default_factory=dict)
+    expected_reasons: dict[str, int] = field(default_factory=dict)
+    good_rate_during_flood: float = 0.0  # good events/s
+    normal_rate: float | None = None  # good events/s with no poison, when measured
+
+
+def poison_drill(
+    settings: Settings,
+    workdir: Path,
+    good: int = 5_000,
+    measure_normal: bool = False,
+    kinds: Sequence[RejectReason] = tuple(RejectReason),
+) -> PoisonDrill:
+    """Drill 3: two bad messages (every kind of rejection in turn) after each good event,
+    loaded into the topics before the worker starts, so the worker meets them at its full
+    speed. With `measure_normal`, the same number of other good events alone first, for
+    the rate they go at without poison. Rates are timed between 5% and 95% of the good
+    events applied (the worker's own counter), as `bench ingest` times its runs."""
+    ensure_topics(settings)
+    drill = PoisonDrill(good)
+    normal: list[Event] = []
+    if measure_normal:
+        normal = taobao_events(50_000 + good, good)
+        produce_raw(settings, messages_for(normal, settings))
+        worker = start_worker(settings, workdir)
+        try:
+            drill.normal_rate = _good_rate(worker, good)
+        finally:
+            worker.stop()
+    events = taobao_events(50_000, good)
+    poison = [
+        (settings.input_topics[n % 2], f"p{n}".encode(), bad_message(kinds[n % len(kinds)], n))
+        for n in range(2 * good)
+    ]
+    mixed: list[Message] = []
+    for n, message in enumerate(messages_for(events, settings)):
+        mixed += [message, *poison[2 * n : 2 * n + 2]]
+    produce_raw(settings, mixed)
+    worker = start_worker(settings, workdir)
+    try:
+        drill.good_rate_during_flood = _good_rate(worker, good)
+        counted = wait_counted(worker, total=len(mixed), timeout_s=240)
+        drill.rejected = counted.get(("invalid", "rejected"), 0.0)
+    finally:
+        worker.stop()
+    drill.bad = len(poison)
+    drill.lost, drill.duplicated = lost_and_duplicated(settings, normal + events)
+    dlq = read_topic(settings, settings.topic_dlq, expected=len(poison), timeout_s=60)
+    drill.dlq = len(dlq)
+    drill.dlq_reasons = dict(Counter(r.headers["streamrec.reason"] for r in dlq))
+    drill.expected_reasons = dict(Counter(kinds[n % len(kinds)].value for n in range(len(poison))))
+    return drill
+
+
+def _good_rate(worker: ServiceProcess, good: int, timeout_s: float = 240) -> float:
+    """Good events/s as a new worker applies `good` of them, between 5% and 95%."""
+    low, high = 0.05 * good, 0.95 * good
+    marks: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while "high" not in marks:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {high:.0f} good events applied in {timeout_s} s")
+        counted = events_by_type_and_outcome(worker.metrics_text())
+        accepted = sum(n for (kind, outcome), n in counted.items() if outcome == "accepted")
+        now = time.monotonic()
+        if accepted >= low:
+            marks.setdefault("low", now)
+        if accepted >= high:
+            marks["high"] = now
+        time.sleep(0.1)  # each scrape costs the worker CPU
+    return round(0.9 * good / max(marks["high"] - marks["low"], 0.02), 1)
