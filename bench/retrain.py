@@ -64,6 +64,7 @@ def run_bench(events: int = 1_000_000, quick: bool = False) -> Path:
         "events_per_s": round(written / seconds),
         "train_seconds": manifest.training.get("train_seconds") if manifest else None,
         "encoder_epochs": settings.retrain_epochs,
+        "encoder_negatives": settings.retrain_negatives,
         "items": manifest.index.get("n_items") if manifest else None,
         "metrics": result.metrics,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -137,8 +138,9 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
             "One `streamrec retrain` cycle, timed end to end: read the archive window, "
             "warm-start from the serving version (vocabulary grown, old rows kept), train "
-            f"the encoder ({r['encoder_epochs']} epochs, `STREAMREC_RETRAIN_EPOCHS`) and the "
-            "ranker, measure new and serving versions on the same held-out slice, export to "
+            f"the encoder ({r['encoder_epochs']} epochs, `STREAMREC_RETRAIN_EPOCHS`; "
+            f"{_softmax(r['encoder_negatives'])}, `STREAMREC_RETRAIN_NEGATIVES`) and the ranker, "
+            "measure new and serving versions on the same held-out slice, export to "
             "ONNX with the parity check, build the FAISS index, publish. The events are the "
             "yoochoose1_64 training sessions taken again as new sessions until the count "
             f"is reached; the serving version was trained on its first {PARENT_SESSIONS:,}.",
@@ -153,3 +155,7 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def _softmax(negatives: int) -> str:
+    return f"sampled softmax, {negatives:,} negatives" if negatives else "full softmax"

@@ -56,7 +56,12 @@ def run_cycle(
     started = time.perf_counter()
     root = settings.registry
     plan = plan or replace(
-        TrainPlan(), encoder=replace(TrainPlan().encoder, epochs=settings.retrain_epochs)
+        TrainPlan(),
+        encoder=replace(
+            TrainPlan().encoder,
+            epochs=settings.retrain_epochs,
+            negatives=settings.retrain_negatives,
+        ),
     )
     until = now or datetime.now(UTC)
     parent = registry.current_version(root)

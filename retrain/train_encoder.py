@@ -1,5 +1,12 @@
 """Training the sequence encoder: next-item prediction at every position with
-full softmax cross-entropy over the item table (tied input/output embeddings).
+softmax cross-entropy over the item table (tied input/output embeddings), either
+full or sampled.
+
+Sampled softmax (`negatives` > 0) scores each position against its own next item
+and one shared draw of `negatives` items per batch, taken from a mix of the
+uniform and the target-frequency distribution, with the logQ correction (each
+logit minus log of its expected count in the draw) so the loss estimates the
+full softmax; a negative that is the position's own target is masked.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ class EncoderTraining:
     lr: float = 2e-3
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    negatives: int = 0  # 0: full softmax; else sampled softmax with this many per batch
     seed: int = 0
 
 
@@ -57,6 +65,7 @@ def train_encoder(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=training.lr, total_steps=total_steps, pct_start=0.1, anneal_strategy="cos"
     )
+    proposal = _proposal(windows, config.n_items) if training.negatives else None
     log = TrainingLog()
     started = time.perf_counter()
     step = 0
@@ -73,11 +82,16 @@ def train_encoder(
         for item_ids, type_ids, mask, next_ids in bar:
             hidden = encoder.hidden_states(item_ids, type_ids, mask)
             valid = mask > 0
-            logits = encoder.query(hidden[valid]) @ encoder.item_vectors().T
-            logits[:, 0] = -1e9  # never predict padding
-            loss = F.cross_entropy(
-                logits, next_ids[valid], label_smoothing=training.label_smoothing
-            )
+            if proposal is None:
+                logits = encoder.query(hidden[valid]) @ encoder.item_vectors().T
+                logits[:, 0] = -1e9  # never predict padding
+                loss = F.cross_entropy(
+                    logits, next_ids[valid], label_smoothing=training.label_smoothing
+                )
+            else:
+                loss = _sampled_loss(
+                    encoder, hidden[valid], next_ids[valid], proposal, training.negatives
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
@@ -102,3 +116,39 @@ def train_encoder(
     encoder.eval()
     log.seconds = time.perf_counter() - started
     return encoder, log
+
+
+def _proposal(windows: Sequence[tuple[np.ndarray, np.ndarray]], n_items: int) -> torch.Tensor:
+    """Where negatives come from: half uniform over real items, half by how often each
+    item is a training target (popular items are the hard negatives)."""
+    counts = np.zeros(n_items, dtype=np.float64)
+    for rows, _ in windows:
+        np.add.at(counts, rows[1:], 1.0)
+    counts[0] = 0.0
+    uniform = np.ones(n_items, dtype=np.float64)
+    uniform[0] = 0.0
+    mix = 0.5 * uniform / uniform.sum() + 0.5 * counts / max(counts.sum(), 1.0)
+    return torch.from_numpy(mix.astype(np.float32))
+
+
+def _sampled_loss(
+    encoder: SequenceEncoder,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    proposal: torch.Tensor,
+    negatives: int,
+) -> torch.Tensor:
+    sampled = torch.multinomial(proposal, negatives, replacement=True)
+    rows = torch.cat([targets, sampled])
+    weights = encoder.item_emb.weight[rows]
+    if encoder.config.cosine_scale > 0:
+        weights = F.normalize(weights, dim=-1)
+    queries = encoder.query(hidden)
+    positive = (queries * weights[: len(targets)]).sum(-1, keepdim=True)
+    negative = queries @ weights[len(targets) :].T
+    log_q = torch.log(proposal * negatives)
+    positive = positive - log_q[targets].unsqueeze(-1)
+    negative = negative - log_q[sampled]
+    negative = negative.masked_fill(sampled.unsqueeze(0) == targets.unsqueeze(-1), -1e9)
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))

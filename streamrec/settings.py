@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     retrain_replay_window_s: int = Field(default=7 * 24 * 3600, ge=0)
     retrain_replay_fraction: float = Field(default=0.2, ge=0, le=1)  # of older users, sampled
     retrain_epochs: int = Field(default=2, ge=1)
+    # Sampled softmax for warm cycles: this many shared negatives per batch (0: full
+    # softmax over every item, 4-5x slower on 17k items; docs/models.md has the figures).
+    retrain_negatives: int = Field(default=2048, ge=0)
     # Publish when the new version's MRR@20 on the newest held-out slice is at least
     # the serving version's minus this many points.
     retrain_tolerance: float = Field(default=0.5, ge=0)

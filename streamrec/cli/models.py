@@ -61,6 +61,9 @@ def train(
     ),
     epochs: int = typer.Option(8, min=1, help="Encoder epochs."),
     dim: int = typer.Option(96, min=8, help="Embedding size."),
+    negatives: int = typer.Option(
+        0, min=0, help="Sampled softmax with this many negatives per batch; 0: full softmax."
+    ),
     seed: int = typer.Option(0),
     warm_start: bool = typer.Option(
         True, help="Continue from the current version if there is one."
@@ -86,7 +89,9 @@ def train(
         candidates=settings.retrieval_candidates,
         max_len=settings.recent_events_max,
     )
-    plan = replace(plan, encoder=replace(plan.encoder, epochs=epochs, seed=seed))
+    plan = replace(
+        plan, encoder=replace(plan.encoder, epochs=epochs, seed=seed, negatives=negatives)
+    )
     parent = registry.current_version(settings.registry)
     parent_vocab = parent_encoder = None
     if warm_start and parent is not None:

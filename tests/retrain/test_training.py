@@ -14,12 +14,12 @@ from tests.retrain.fixtures import TINY_PLAN, yoochoose_sessions
 
 
 @pytest.mark.slow
-def test_sasrec_on_real_sessions_beats_popularity() -> None:
+@pytest.mark.parametrize("negatives", [0, 512], ids=["full-softmax", "sampled-softmax"])
+def test_sasrec_on_real_sessions_beats_popularity(negatives: int) -> None:
     sessions = yoochoose_sessions(12_000)
     train, test = split_recent(sessions, 0.15)
-    plan = replace(
-        TINY_PLAN, dim=32, encoder=EncoderTraining(epochs=3, batch_size=128, lr=3e-3), candidates=50
-    )
+    training = EncoderTraining(epochs=3, batch_size=128, lr=3e-3, negatives=negatives)
+    plan = replace(TINY_PLAN, dim=32, encoder=training, candidates=50)
     models = train_models(train, plan, progress=False)
     cases = next_item_cases(test)
     popularity = summarise(popularity_ranks(train, cases))
