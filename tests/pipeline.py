@@ -26,26 +26,44 @@ from streamrec.state import item_popularity_key
 from tests.conftest import TAOBAO
 
 
-def produce_raw(settings: Settings, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+def _send_all(producer: KafkaProducer, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
     sent = 0
     for topic, key, value in messages:
         producer.send(topic, key=key, value=value)
         sent += 1
     producer.flush()
-    producer.close()
     return sent
 
 
+def produce_raw(settings: Settings, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    try:
+        return _send_all(producer, messages)
+    finally:
+        producer.close()
+
+
 def paced_producer(
-    settings: Settings, messages: list[tuple[str, bytes | None, bytes]], batch: int = 500
+    settings: Settings,
+    messages: list[tuple[str, bytes | None, bytes]],
+    batch: int = 500,
+    rate: float | None = None,
 ) -> threading.Thread:
-    """Produce `messages` in batches 0.1 s apart from a thread, as a live stream would."""
+    """Produce `messages` from a thread, as a live stream would: in batches 0.1 s apart,
+    or, with `rate`, at that many messages per second."""
 
     def run() -> None:
-        for start in range(0, len(messages), batch):
-            produce_raw(settings, messages[start : start + batch])
-            time.sleep(0.1)
+        producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5
+        )
+        started = time.monotonic()
+        try:
+            for start in range(0, len(messages), batch):
+                _send_all(producer, messages[start : start + batch])
+                due = started + (start + batch) / rate if rate else time.monotonic() + 0.1
+                time.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            producer.close()
 
     thread = threading.Thread(target=run)
     thread.start()

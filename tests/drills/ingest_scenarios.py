@@ -3,7 +3,7 @@ the tests assert on them, `streamrec bench drills` writes them to bench/reports/
 
 1. SIGKILL the worker three times during a 20k-event replay.
 2. Restart Redis (with its append-only file) in the middle of a replay.
-3. A poison flood: 10k bad messages among 5k good ones, loaded at full speed.
+3. A poison flood: 10k bad messages at full speed into a steady stream of 5k good ones.
 """
 
 from __future__ import annotations
@@ -211,46 +211,50 @@ class PoisonDrill(IngestDrill):
     rejected: float = 0.0
     dlq_reasons: dict[str, int] = field(default_factory=dict)
     expected_reasons: dict[str, int] = field(default_factory=dict)
-    good_rate_during_flood: float = 0.0  # good events/s
-    normal_rate: float | None = None  # good events/s with no poison, when measured
+    offered_rate: float = 0.0  # good events/s sent
+    good_rate_during_flood: float = 0.0  # good events/s applied
+    normal_rate: float | None = None  # the same, with no poison, when measured
+    flood_seconds: float = 0.0  # from the first bad message sent until all are counted
 
 
 def poison_drill(
     settings: Settings,
     workdir: Path,
     good: int = 5_000,
+    rate: float = 500.0,
     measure_normal: bool = False,
     kinds: Sequence[RejectReason] = tuple(RejectReason),
 ) -> PoisonDrill:
-    """Drill 3: two bad messages (every kind of rejection in turn) after each good event,
-    loaded into the topics before the worker starts, so the worker meets them at its full
-    speed. With `measure_normal`, the same number of other good events alone first, for
-    the rate they go at without poison. Rates are timed between 5% and 95% of the good
-    events applied (the worker's own counter), as `bench ingest` times its runs."""
+    """Drill 3: good events arrive as a live stream at `rate` events/s; once a fifth of
+    them are sent, 10k bad messages (every kind of rejection in turn; two per good event
+    by default) are loaded at full speed. With `measure_normal`, the same number of
+    other good events alone first, at the same rate, on the same worker. Rates are timed
+    between 5% and 95% of the good events applied (the worker's own counter), as `bench
+    ingest` times its runs."""
     ensure_topics(settings)
-    drill = PoisonDrill(good)
+    drill = PoisonDrill(good, offered_rate=rate)
     normal: list[Event] = []
-    if measure_normal:
-        normal = taobao_events(50_000 + good, good)
-        produce_raw(settings, messages_for(normal, settings))
-        worker = start_worker(settings, workdir)
-        try:
-            drill.normal_rate = _good_rate(worker, good)
-        finally:
-            worker.stop()
     events = taobao_events(50_000, good)
     poison = [
         (settings.input_topics[n % 2], f"p{n}".encode(), bad_message(kinds[n % len(kinds)], n))
         for n in range(2 * good)
     ]
-    mixed: list[Message] = []
-    for n, message in enumerate(messages_for(events, settings)):
-        mixed += [message, *poison[2 * n : 2 * n + 2]]
-    produce_raw(settings, mixed)
     worker = start_worker(settings, workdir)
     try:
-        drill.good_rate_during_flood = _good_rate(worker, good)
-        counted = wait_counted(worker, total=len(mixed), timeout_s=240)
+        if measure_normal:
+            normal = taobao_events(50_000 + good, good)
+            producer = paced_producer(settings, messages_for(normal, settings), 100, rate)
+            drill.normal_rate = _good_rate(worker, good)
+            producer.join()
+        producer = paced_producer(settings, messages_for(events, settings), 100, rate)
+        flood = threading.Thread(target=_flood, args=(settings, poison, good / rate / 5))
+        flood.start()
+        flood_at = time.monotonic() + good / rate / 5
+        drill.good_rate_during_flood = _good_rate(worker, good, already=len(normal))
+        producer.join()
+        flood.join()
+        counted = wait_counted(worker, total=len(normal) + good + len(poison), timeout_s=240)
+        drill.flood_seconds = round(time.monotonic() - flood_at, 1)
         drill.rejected = counted.get(("invalid", "rejected"), 0.0)
     finally:
         worker.stop()
@@ -263,9 +267,17 @@ def poison_drill(
     return drill
 
 
-def _good_rate(worker: ServiceProcess, good: int, timeout_s: float = 240) -> float:
-    """Good events/s as a new worker applies `good` of them, between 5% and 95%."""
-    low, high = 0.05 * good, 0.95 * good
+def _flood(settings: Settings, poison: list[Message], after_s: float) -> None:
+    time.sleep(after_s)
+    produce_raw(settings, poison)
+
+
+def _good_rate(
+    worker: ServiceProcess, good: int, already: int = 0, timeout_s: float = 240
+) -> float:
+    """Good events/s as the worker applies `good` more of them (it had accepted `already`),
+    between 5% and 95%."""
+    low, high = already + 0.05 * good, already + 0.95 * good
     marks: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
     while "high" not in marks:
