@@ -143,8 +143,16 @@ class Recommender:
         user_vector, fresh_vector = self._user_vector(model, stored, inputs)
         with self._stage("retrieve"):
             scores, rows = model.bundle.search(user_vector, self.candidates_for(model))
-        found = rows[0] > 0
-        vocab_rows, dots = rows[0][found], scores[0][found]
+            found = rows[0] > 0
+            vocab_rows, dots = rows[0][found], scores[0][found]
+            recent = model.bundle.manifest.recent_candidates
+            if recent:
+                # The user's own recent items, as in training (retrain/candidates.py).
+                recent_rows = inputs[0][0]
+                recent_dots = model.item_vectors(recent_rows.tolist()) @ user_vector[0]
+                vocab_rows, dots = features.with_recent_items(
+                    vocab_rows, dots, recent_rows, recent_dots, recent
+                )
         candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
         self.metrics.candidates.observe(len(candidate_ids))
 

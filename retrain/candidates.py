@@ -1,5 +1,6 @@
 """Retrieval candidates for held-out cases and their ranking features: the
-encoder's top-k by inner product, then `streamrec.features.ranking_features`
+encoder's top-k by inner product with the user's own recent items in the last
+places (`features.with_recent_items`, as serving does), then `streamrec.features.ranking_features`
 per case, as the model server will compute them."""
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from retrain.popularity import user_state
 from retrain.score import user_vectors
 from retrain.vocab import ItemVocab
 from streamrec.events import EventType
-from streamrec.features import FEATURE_NAMES, TYPE_WEIGHTS, popularity_rows, ranking_features
+from streamrec.features import (
+    FEATURE_NAMES,
+    TYPE_WEIGHTS,
+    popularity_rows,
+    ranking_features,
+    with_recent_items,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ def build_candidates(
     half_life_s: float,
     progress: bool = True,
     batch_size: int = 1024,
+    max_recent: int = 0,
 ) -> CandidateSet:
     n = len(cases.targets)
     # A catalogue smaller than the candidate count (row 0 is padding) gives them all.
@@ -62,15 +70,23 @@ def build_candidates(
         scores = vectors @ items.T
         scores[:, 0] = -torch.inf
         top_scores, top_rows = scores.topk(k, dim=1)
-        rows[start:stop] = top_rows.numpy()
         for case in range(start, stop):
+            recent_rows = encoded[case][0]
+            case_rows, dots = with_recent_items(
+                top_rows[case - start].numpy(),
+                top_scores[case - start].numpy(),
+                recent_rows,
+                scores[case - start, torch.from_numpy(recent_rows)].numpy(),
+                max_recent,
+            )
+            rows[case] = case_rows
             prefix = cases.prefixes[case]
             candidate_ids = [vocab.item_id(int(r)) for r in rows[case]]
             state = user_state(prefix.item_ids, prefix.types, prefix.ts_ms)
             now_ms = prefix.ts_ms[-1] if prefix.ts_ms else 0
             features[case] = ranking_features(
                 candidate_ids,
-                top_scores[case - start].numpy(),
+                dots,
                 state,
                 popularity_by_row[rows[case]],
                 now_ms,

@@ -62,8 +62,9 @@ def run_offline(
     started = time.perf_counter()
     popularity = decayed_popularity(split.train, last_event_ms(split.train), plan.half_life_s)
     candidates = build_candidates(
-        models.encoder, models.vocab, test, popularity, plan.candidates, plan.half_life_s, progress
-    )
+        models.encoder, models.vocab, test, popularity, plan.candidates, plan.half_life_s,
+        progress, max_recent=plan.recent_candidates,
+    )  # fmt: skip
     pair = evaluate_pair(models.encoder, models.ranker, candidates, len(models.vocab))
     results["models"]["retriever"] = pair["retriever"]
     results["models"]["retriever_ranker"] = pair["retriever_ranker"]

@@ -38,6 +38,7 @@ class TrainPlan:
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     candidates: int = 100
+    recent_candidates: int = 20  # of the user's own recent items, in place of the last ones
     holdout_fraction: float = 0.1
     ranker_share: float = 0.8  # of the held-out sequences; the rest measures the ranker
     validation_cases: int = 5000  # per-epoch encoder check, a sample of held-out cases
@@ -108,6 +109,7 @@ def train_models(
         plan.candidates,
         plan.half_life_s,
         progress,
+        max_recent=plan.recent_candidates,
     )
     ranker, ranker_losses, ranker_seconds = train_ranker(
         ranker_train.features, ranker_train.labels, plan.ranker, progress
@@ -120,6 +122,7 @@ def train_models(
         plan.candidates,
         plan.half_life_s,
         progress,
+        max_recent=plan.recent_candidates,
     )
     validation = evaluate_pair(encoder, ranker, check, len(vocab))
     all_ts = [ts for sequence in sequences for ts in sequence.ts_ms]
@@ -170,7 +173,7 @@ def evaluate_on_slice(
     popularity = decayed_popularity(fit, last_event_ms(fit), plan.half_life_s)
     check = build_candidates(
         encoder, vocab, next_item_cases(ranker_check), popularity, plan.candidates,
-        plan.half_life_s, progress=False,
+        plan.half_life_s, progress=False, max_recent=plan.recent_candidates,
     )  # fmt: skip
     return evaluate_pair(encoder, ranker, check, len(vocab))
 

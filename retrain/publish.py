@@ -98,7 +98,11 @@ def publish_models(
             data_window={**source, **models.data_window},
             metrics={"validation": models.validation},
             encoder=sections["encoder"],
-            ranker={**sections["ranker"], "candidates": plan.candidates},
+            ranker={
+                **sections["ranker"],
+                "candidates": plan.candidates,
+                "recent_candidates": plan.recent_candidates,
+            },
             index=sections["index"],
             training={
                 "plan": plan.to_dict(),

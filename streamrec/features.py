@@ -95,6 +95,39 @@ def popularity_rows(
     return np.array(rows, dtype=np.float64).reshape(len(item_ids), len(EVENT_TYPES))
 
 
+def with_recent_items(
+    rows: np.ndarray,
+    dots: np.ndarray,
+    recent_rows: Sequence[int],
+    recent_dots: np.ndarray,
+    max_recent: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Retrieval's candidates (`rows`, best first, with their `dots`) with the user's
+    own recent items added: up to `max_recent` distinct ones retrieval missed, latest
+    first, take the last places, so the count stays `len(rows)`. People go back to
+    what they just looked at; the ranker's user-item columns decide if they do here.
+    `recent_rows` are oldest first, as the recent-events list keeps them; row 0 (an
+    item the model does not know) is skipped."""
+    if max_recent <= 0 or not len(recent_rows):
+        return rows, dots
+    have = set(rows.tolist())
+    added: list[int] = []
+    for position in range(len(recent_rows) - 1, -1, -1):
+        row = int(recent_rows[position])
+        if row > 0 and row not in have:
+            have.add(row)
+            added.append(position)
+            if len(added) == max_recent:
+                break
+    if not added:
+        return rows, dots
+    keep = max(0, len(rows) - len(added))
+    added = added[: len(rows)]
+    extra_rows = np.asarray([recent_rows[p] for p in added], dtype=rows.dtype)
+    extra_dots = np.asarray(recent_dots, dtype=dots.dtype)[added]
+    return np.concatenate([rows[:keep], extra_rows]), np.concatenate([dots[:keep], extra_dots])
+
+
 def ranking_features(
     candidate_ids: Sequence[str],
     user_item_dots: np.ndarray,

@@ -67,6 +67,12 @@ class Manifest:
         found = self.ranker.get("candidates", plan.get("candidates"))
         return int(found) if found else None
 
+    @property
+    def recent_candidates(self) -> int:
+        """How many of the user's own recent items join the candidates, as in training
+        (`features.with_recent_items`); 0 for bundles from before there were any."""
+        return int(self.ranker.get("recent_candidates", 0))
+
     def to_json(self) -> str:
         body = asdict(self)
         body["feature_names"] = list(self.feature_names)

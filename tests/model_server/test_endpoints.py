@@ -76,6 +76,22 @@ async def test_candidates_come_from_the_manifest_and_trending_fills_filtered_gap
     assert items[0] == trending_item and not set(items) & set(candidates)
 
 
+async def test_the_users_own_recent_items_are_among_the_candidates(served: Served) -> None:
+    """People go back to what they just looked at: every item the user clicked is a
+    candidate (the bundle says how many, as it was trained), purchases are not."""
+    assert served.first.recent_candidates >= 4
+    clicked, bought = served.items[-4:], served.items[-5]
+    await apply(served.settings, events_for("gina", clicked))
+    await apply(served.settings, events_for("gina", [bought], EventType.PURCHASE, start=50))
+    async with in_process(served.settings) as (client, _):
+        every = await client.post(
+            "/recommend", json={"user_id": "gina", "k": served.first.retrieval_candidates}
+        )
+    candidates = {item["item_id"] for item in every.json()["items"]}
+    assert set(clicked) <= candidates
+    assert bought not in candidates
+
+
 async def test_recommended_items_are_remembered_for_the_hit_rate(served: Served) -> None:
     await apply(served.settings, events_for("fred", served.items[:4]))
     async with in_process(served.settings) as (client, app):

@@ -13,6 +13,7 @@ from streamrec.features import (
     UserState,
     popularity_rows,
     ranking_features,
+    with_recent_items,
 )
 
 COLUMN = {name: index for index, name in enumerate(FEATURE_NAMES)}
@@ -127,3 +128,25 @@ def test_a_repeated_candidate_gets_the_same_user_columns_each_time() -> None:
     user_columns = slice(COLUMN["user_item_weighted_log"], COLUMN["is_last_item"] + 1)
     assert rows[0, user_columns].tolist() == rows[2, user_columns].tolist()
     assert rows[0, COLUMN["user_item_clicks_log"]] == np.float32(math.log1p(2))
+
+
+def test_recent_items_retrieval_missed_take_the_last_places_latest_first() -> None:
+    rows, dots = np.array([7, 3, 9, 4, 5]), np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    # oldest first, with a repeat (2), one retrieval found (3) and an unknown item (0)
+    recent = [2, 3, 0, 8, 2]
+    recent_dots = np.array([0.1, 0.8, 0.0, 0.2, 0.1])
+
+    merged, merged_dots = with_recent_items(rows, dots, recent, recent_dots, max_recent=20)
+
+    assert merged.tolist() == [7, 3, 9, 2, 8]
+    assert merged_dots.tolist() == [0.9, 0.8, 0.7, 0.1, 0.2]
+
+
+def test_recent_items_are_capped_and_never_grow_the_candidates() -> None:
+    rows, dots = np.array([1, 2, 3]), np.array([0.3, 0.2, 0.1])
+    recent = [10, 11, 12, 13, 14]
+    recent_dots = np.arange(5, dtype=np.float64)
+
+    assert with_recent_items(rows, dots, recent, recent_dots, 2)[0].tolist() == [1, 14, 13]
+    assert with_recent_items(rows, dots, recent, recent_dots, 9)[0].tolist() == [14, 13, 12]
+    assert with_recent_items(rows, dots, recent, recent_dots, 0)[0].tolist() == [1, 2, 3]
