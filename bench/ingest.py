@@ -1,8 +1,10 @@
 """`streamrec bench ingest`: the Taobao stream through the real broker into Redis.
 
 From one run: events/s of one worker with a no-op agent and with the full
-agent, their ratio, the speed-up of two full workers over one, and
-event-to-state p50/p99 with the producer at half the one-worker maximum.
+agent, their ratio, the speed-up of two full workers over one, one full worker
+that also refreshes its users' cached vectors (a model trained on the same
+events in the registry), and event-to-state p50/p99 with the producer at half
+the one-worker maximum.
 Throughput phases pre-load the topics, then start the workers, so the
 producer does not share the two cores with them while they are timed.
 """
@@ -77,6 +79,7 @@ class Bench:
         )
         self.messages = load_messages(plan.events)
         self._db = 0
+        self.last_metrics = ""  # the first worker's /metrics at the end of a throughput run
 
     def settings_for(self, name: str) -> Settings:
         self._db += 1
@@ -134,12 +137,17 @@ class Bench:
                 proc.stop()
 
     def throughput(
-        self, name: str, count: int, noop: bool, profile_to: Path | None = None
+        self,
+        name: str,
+        count: int,
+        noop: bool,
+        profile_to: Path | None = None,
+        **overrides: object,
     ) -> tuple[float, dict[str, float]]:
         """Pre-load the topics, start the workers, time 5%..95% of the stream.
         Also returns each process's CPU (% of one core) over the run, and what
         everything else on the machine used."""
-        settings = self.settings_for(name)
+        settings = self.settings_for(name).model_copy(update=overrides)
         ensure_topics(settings)
         total = self.produce(settings)
         samples: list[tuple[float, float]] = []
@@ -159,6 +167,7 @@ class Bench:
                     # Scraping /metrics costs the worker CPU; five times a second is plenty.
                     time.sleep(0.2)
             usage = cpu.read()
+            self.last_metrics = procs[0].metrics_text()
             if profiler is not None:
                 profiler.wait(timeout=60)
         if done < total:
@@ -185,6 +194,23 @@ class Bench:
             "p99_ms": histogram_quantile(0.99, buckets) * 1000,
             "buckets": buckets,
         }
+
+    def publish_model(self) -> Path:
+        """A registry whose model knows every item of the stream (trained on it, one
+        epoch, the serving bench's 64 dimensions): every user gets a vector."""
+        from dataclasses import replace
+
+        from retrain.data import group_by_user
+        from retrain.pipeline import TrainPlan, train_models
+        from retrain.publish import publish_models
+        from retrain.train_encoder import EncoderTraining
+
+        root = self.home / "vectors-registry"
+        sequences = group_by_user((e.user_id, e.item_id, e.type, e.ts_ms) for e, _ in self.messages)
+        plan = replace(TrainPlan(), dim=64, encoder=EncoderTraining(epochs=1))
+        models = train_models(sequences, plan, progress=False)
+        publish_models(models, root, plan, {"source": str(TAOBAO)}, None, 100_000)
+        return root
 
     def close(self) -> None:
         self.stack.down()
@@ -286,8 +312,21 @@ def run(quick: bool) -> dict[str, object]:
         console.print(f"[bold]ingest benchmark[/bold]: {len(bench.messages):,} Taobao events, "
                       f"{plan.partitions} partitions per input topic")  # fmt: skip
         noop_eps, noop_cpu = bench.throughput("noop1", 1, noop=True)
-        full_eps, full_cpu = bench.throughput("full1", 1, noop=False, profile_to=profile_path)
+        full_eps, full_cpu = bench.throughput(
+            "full1", 1, noop=False, profile_to=profile_path, worker_refresh_vectors=False
+        )
         two_eps, two_cpu = bench.throughput("full2", 2, noop=False)
+        model_root = bench.publish_model()
+        vectors_eps, vectors_cpu = bench.throughput(
+            "vectors1", 1, noop=False, registry=model_root, worker_refresh_vectors=True
+        )
+        refreshes = {
+            outcome: counter_total(
+                bench.last_metrics, "streamrec_vector_refreshes", outcome=outcome
+            )
+            for outcome in ("refreshed", "cached", "trending", "failed", "dropped")
+        }
+        rounds = histogram_buckets(bench.last_metrics, "streamrec_vector_refresh_seconds")
         latency = bench.latency(rate_per_s=full_eps / 2)
     finally:
         bench.close()
@@ -297,6 +336,11 @@ def run(quick: bool) -> dict[str, object]:
         "ratio": round(full_eps / noop_eps, 3),
         "two_worker_eps": round(two_eps, 1),
         "two_worker_speedup": round(two_eps / full_eps, 3),
+        "vectors_eps": round(vectors_eps, 1),
+        "vectors_ratio": round(vectors_eps / full_eps, 3),
+        "vector_refreshes": refreshes,
+        "vector_round_p50_ms": round(histogram_quantile(0.5, rounds) * 1000, 2),
+        "vector_round_p99_ms": round(histogram_quantile(0.99, rounds) * 1000, 2),
         "event_to_state_p50_ms": round(latency["p50_ms"], 2),
         "event_to_state_p99_ms": round(latency["p99_ms"], 2),
         "latency_rate_eps": round(float(latency["rate"]), 1),
@@ -308,6 +352,7 @@ def run(quick: bool) -> dict[str, object]:
             "noop, 1 worker": noop_cpu,
             "full, 1 worker": full_cpu,
             "full, 2 workers": two_cpu,
+            "full + vector refresh, 1 worker": vectors_cpu,
         },
         "profile_full_worker": summarize_profile(profile_path),
     }
@@ -403,6 +448,8 @@ def _write_markdown(r: dict[str, object]) -> None:
         f"| ratio full / no-op | {r['ratio']} | ≥ 0.9 |",
         f"| full agent, 2 workers | {r['two_worker_eps']:,} events/s | — |",
         f"| speed-up 2 workers / 1 | {r['two_worker_speedup']} | ≥ 1.6 |",
+        f"| full agent + user vector refresh, 1 worker | {r['vectors_eps']:,} events/s "
+        f"({r['vectors_ratio']} of the full agent without) | — |",
         f"| event-to-state p50 at {rate} events/s | {r['event_to_state_p50_ms']} ms | — |",
         f"| event-to-state p99 at {rate} events/s | {r['event_to_state_p99_ms']} ms | ≤ 100 ms |",
         "",
@@ -413,6 +460,13 @@ def _write_markdown(r: dict[str, object]) -> None:
         "(set by the producer) to the Redis write, read from the worker's",
         "`streamrec_event_to_state_seconds` histogram, interpolated as Prometheus'",
         "`histogram_quantile` does.",
+        "",
+        "The vector refresh run has a model trained on the same events (64 dimensions,",
+        "2 layers, so every user has a vector): after each batch the worker reads the",
+        "batch's users, runs the encoder once for all of them in a thread and writes",
+        f"their vectors. Users by outcome: {r['vector_refreshes']}; one round (read,",
+        f"encode, write) p50 {r['vector_round_p50_ms']} ms, p99 {r['vector_round_p99_ms']} ms.",
+        "The other runs have no model (`full1` turns the refresh off).",
         "",
         "## Where the CPU goes",
         "",

@@ -8,10 +8,10 @@ import hmac
 from starlette.requests import Request
 from starlette.responses import Response
 
-from model_server.loaded import SwapResult
 from model_server.schemas import RollbackRequest
 from model_server.serving import Problem, json_response, parse_body, serving_of
 from streamrec.errors import BundleError
+from streamrec.loaded import SwapResult
 
 
 def require_token(request: Request) -> None:

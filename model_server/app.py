@@ -23,13 +23,13 @@ from starlette.routing import Route
 from model_server import admin, endpoints
 from model_server.answers import AnswerWriter
 from model_server.limits import BodySizeLimit
-from model_server.loaded import ModelHolder
 from model_server.openapi import openapi_document
 from model_server.pipeline import Recommender
 from model_server.popularity import PopularityTable
 from model_server.schemas import request_models
 from model_server.serving import Serving, json_response, measured
 from streamrec.errors import StateError
+from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore

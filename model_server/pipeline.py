@@ -13,17 +13,22 @@ from typing import Literal
 
 import numpy as np
 
-from model_server.loaded import ServedModel
 from model_server.popularity import PopularityTable
 from streamrec import features
 from streamrec import state as redis_state
 from streamrec.events import EventType
+from streamrec.loaded import ServedModel
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore
+from streamrec.user_vectors import (
+    EncoderInputs,
+    cache_entry,
+    cached_user_vector,
+    user_encoder_inputs,
+)
 
 Fallback = Literal["trending", "retrieval"]
-TYPE_IDS = features.ENCODER_TYPE_IDS  # the ids training used: one table, never two
 TRENDING_TYPES = (EventType.CLICK, EventType.PURCHASE)
 # Weight of the newest ranking time in the running estimate of the next one.
 RANK_ESTIMATE_WEIGHT = 0.1
@@ -73,21 +78,6 @@ def feature_user(user: redis_state.UserState) -> features.UserState:
     )
 
 
-def encoder_inputs(
-    model: ServedModel, recent: Sequence[features.RecentEvent]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(item_ids, type_ids, mask) for one user, as training's left padding makes them;
-    None when no recent item is known to the model."""
-    rows = model.bundle.rows
-    known = [(rows[e.item_id], TYPE_IDS[e.type]) for e in recent if e.item_id in rows]
-    known = known[-model.bundle.max_len :]
-    if not known:
-        return None
-    item_ids = np.array([[row for row, _ in known]], dtype=np.int64)
-    type_ids = np.array([[type_id for _, type_id in known]], dtype=np.int64)
-    return item_ids, type_ids, np.ones(item_ids.shape, dtype=np.float32)
-
-
 class Recommender:
     """Answers /recommend and /score from Redis state and one served model."""
 
@@ -135,7 +125,7 @@ class Recommender:
             stored = await self.store.read_user(user_id)
         removed = stored.purchased | set(exclude)
         user = feature_user(stored)
-        inputs = None if self.trending_only else encoder_inputs(model, user.recent_events)
+        inputs = None if self.trending_only else user_encoder_inputs(model, stored.recent_events)
         if inputs is None:
             self.metrics.fallbacks.labels("trending").inc()
             return Recommendation(await self.trending(k, removed), model.version, "trending", 0)
@@ -180,27 +170,17 @@ class Recommender:
         return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
 
     def _user_vector(
-        self,
-        model: ServedModel,
-        stored: redis_state.UserState,
-        inputs: tuple[np.ndarray, np.ndarray, np.ndarray],
+        self, model: ServedModel, stored: redis_state.UserState, inputs: EncoderInputs
     ) -> tuple[np.ndarray, redis_state.CachedVector | None]:
-        """(1, dim) from the cache when this version computed it from this very state;
-        else from the encoder, with the entry to cache."""
-        cached = stored.cached_vector
-        if (
-            cached is not None
-            and cached.model_version == model.version
-            and cached.state_tag == stored.state_tag
-            and len(cached.values) == 4 * model.dim
-        ):
-            return np.frombuffer(cached.values, dtype=np.float32).reshape(1, model.dim), None
+        """(1, dim) from the cache when this version computed it from this very state
+        (the stream worker refreshes it after each event); else from the encoder,
+        with the entry to cache."""
+        cached = cached_user_vector(model, stored)
+        if cached is not None:
+            return cached, None
         with self._stage("encode"):
             user_vector = model.bundle.user_vectors(*inputs)
-        fresh = redis_state.CachedVector(
-            model.version, stored.state_tag, user_vector.astype("<f4").tobytes()
-        )
-        return user_vector, fresh
+        return user_vector, cache_entry(model, stored, user_vector)
 
     async def _rank(
         self,
@@ -267,7 +247,7 @@ class Recommender:
         known_ids = [i for i in item_ids if i in rows]
         by_item: dict[str, float] = {}
         if known_ids:
-            inputs = encoder_inputs(model, user.recent_events)
+            inputs = user_encoder_inputs(model, stored.recent_events)
             with self._stage("encode"):
                 if inputs is None:
                     user_vector = np.zeros(model.dim, dtype=np.float32)

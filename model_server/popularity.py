@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from redis.exceptions import RedisError
 
-from model_server.loaded import ModelHolder, ServedModel
+from streamrec.loaded import ModelHolder, ServedModel
 from streamrec.state import StateStore, decay_popularity
 
 log = logging.getLogger(__name__)

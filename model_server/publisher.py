@@ -18,9 +18,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from model_server.loaded import ModelHolder
 from model_server.pipeline import Recommendation, Recommender
 from streamrec.kafka_client import kafka_python_options
+from streamrec.loaded import ModelHolder
 from streamrec.metrics import PublishMetrics, ServeMetrics
 from streamrec.notices import StateChanges
 from streamrec.settings import Settings

@@ -17,9 +17,9 @@ from starlette.responses import Response
 
 from model_server.answers import AnswerWriter
 from model_server.limits import BodyTooLarge
-from model_server.loaded import ModelHolder
 from model_server.pipeline import Recommender
 from model_server.schemas import RequestModels
+from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore

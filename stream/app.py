@@ -2,7 +2,8 @@
 
 One agent consumes both input topics (`clicks`, `purchases`) in batches and
 hands them to `stream.ingest.Ingestor`; the worker's web server exports
-/metrics; a timer publishes consumer lag.
+/metrics; a timer publishes consumer lag. With a model in the registry, the
+batches' users get fresh cached vectors (`stream.vectors`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
 from stream.retrain_trigger import RetrainTrigger
 from stream.transport import transport_with_fetch_wait
+from stream.vectors import VectorRefresher
 from streamrec.archive import ArchiveWriter, prune
+from streamrec.errors import BundleError
 from streamrec.kafka_client import kafka_python_options, ssl_context
+from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
 from streamrec.settings import Settings
@@ -96,6 +100,9 @@ def create_app(
         await asyncio.gather(*sent)
 
     archive = ArchiveWriter(settings.archive_root) if settings.archive_enabled else None
+    vectors = None
+    if settings.worker_refresh_vectors and not noop:
+        vectors = VectorRefresher(state, ModelHolder(settings.registry, metrics), metrics)
     ingestor = Ingestor(
         state,
         metrics,
@@ -104,6 +111,7 @@ def create_app(
         settings.redis_retry_max_s,
         archive,
         notify_changes if settings.emit_state_changes else None,
+        vectors.add if vectors is not None else None,
     )
     batch_max, within_s = settings.batch_max_events, settings.batch_within_ms / 1000
 
@@ -132,6 +140,23 @@ def create_app(
             # Fail fast: a worker that cannot reach Redis must not look healthy.
             await state.ping()
             log.info("Redis reachable at %s", settings.redis_url)
+
+    if vectors is not None:
+        refresher = vectors
+
+        @app.task
+        async def refresh_vectors() -> None:
+            await refresher.run()
+
+        @app.task
+        async def follow_registry() -> None:
+            # Ingest never waits for a model: without one (or with a refused one)
+            # the worker only skips the refresh; the watcher loads the next version.
+            try:
+                await refresher.holder.load()
+            except (BundleError, OSError) as exc:
+                log.warning("user vectors not refreshed until a model loads: %s", exc)
+            await refresher.holder.watch(settings.registry_poll_s)
 
     if archive is not None:
 

@@ -4,7 +4,8 @@ The batch is parsed; rejections go to the DLQ (original bytes, reason, source
 topic/partition/offset in headers, as Kafka Connect's DLQ does); accepted
 events are written in one Redis pipeline. The caller acks the batch only after
 this returns, so a crash before then means redelivery, and dedup by
-`event_id` makes redelivery harmless.
+`event_id` makes redelivery harmless. Once the state is written the batch's
+users go to `state_written` (the cached vector refresh), which never blocks it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
@@ -45,6 +46,22 @@ class RawMessage:
 
 DlqSender = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
 ChangeNotifier = Callable[[list[StateChanges]], Awaitable[None]]
+# Told the users of each batch once it is in Redis; must return at once and never raise.
+StateWritten = Callable[[Iterable[str]], None]
+
+
+def _written(
+    accepted: list[tuple[RawMessage, Event]], failed: list[tuple[RawMessage, str]]
+) -> list[tuple[RawMessage, Event]]:
+    """The accepted events that are in Redis (applied or duplicates)."""
+    if not failed:
+        return accepted
+    failed_offsets = {(m.topic, m.partition, m.offset) for m, _ in failed}
+    return [
+        (message, event)
+        for message, event in accepted
+        if (message.topic, message.partition, message.offset) not in failed_offsets
+    ]
 
 
 def dlq_headers(message: RawMessage, reason: str, detail: str) -> list[tuple[str, bytes]]:
@@ -67,6 +84,7 @@ class Ingestor:
         retry_max_s: float,
         archive: ArchiveWriter | None = None,
         notify_changes: ChangeNotifier | None = None,
+        state_written: StateWritten | None = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -75,6 +93,7 @@ class Ingestor:
         self.retry_max_s = retry_max_s
         self.archive = archive
         self.notify_changes = notify_changes
+        self.state_written = state_written
 
     async def handle_batch(self, messages: Sequence[RawMessage]) -> None:
         self.metrics.batch_events.observe(len(messages))
@@ -88,9 +107,13 @@ class Ingestor:
                 accepted.append((message, parsed))
 
         failed = await self._write_state(accepted)
+        written = _written(accepted, failed)
+        if self.state_written is not None and written:
+            # Duplicates too: a redelivered batch's users may have no vector yet.
+            self.state_written(event.user_id for _, event in written)
         dead.extend((message, STATE_WRITE_FAILED, detail) for message, detail in failed)
         await self._dead_letter(dead)
-        await self._notify(accepted, failed)
+        await self._notify(written)
 
     async def _write_state(
         self, accepted: list[tuple[RawMessage, Event]]
@@ -143,19 +166,14 @@ class Ingestor:
             self.metrics.state_write.observe(time.perf_counter() - started)
             return applied
 
-    async def _notify(
-        self, accepted: list[tuple[RawMessage, Event]], failed: list[tuple[RawMessage, str]]
-    ) -> None:
+    async def _notify(self, written: list[tuple[RawMessage, Event]]) -> None:
         """One notice per input partition the batch touched, listing its users
         (duplicates included: after a crash the redelivered batch must still
         announce the change it made)."""
-        if self.notify_changes is None or not accepted:
+        if self.notify_changes is None or not written:
             return
-        failed_offsets = {(m.topic, m.partition, m.offset) for m, _ in failed}
         by_partition: dict[int, dict[str, int]] = {}
-        for message, event in accepted:
-            if (message.topic, message.partition, message.offset) in failed_offsets:
-                continue
+        for message, event in written:
             users = by_partition.setdefault(message.partition, {})
             users[event.user_id] = max(users.get(event.user_id, event.ts_ms), event.ts_ms)
         now_ms = int(time.time() * 1000)

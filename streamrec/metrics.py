@@ -91,6 +91,35 @@ class IngestMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.vector_refreshes = Counter(
+            "streamrec_vector_refreshes_total",
+            "Users whose cached user vector the worker refreshed after a batch, by outcome "
+            "(refreshed; cached: the cache already held this state's vector; trending: no "
+            "recent item the model knows; failed: Redis or the encoder failed; dropped: "
+            "more users waiting than the worker keeps).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.vector_refresh_seconds = Histogram(
+            "streamrec_vector_refresh_seconds",
+            "One round of user vector refreshes: read the users' state, run the encoder "
+            "once for all of them, write the vectors.",
+            buckets=DELAY_BUCKETS_S,
+            registry=registry,
+        )
+        # The model the worker encodes with (the server's are streamrec_model_*).
+        self.swaps = Counter(
+            "streamrec_worker_model_swaps_total",
+            "Attempts by the worker to load a model version, by outcome (swapped, refused).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "streamrec_worker_model_info",
+            "1 for the model version this worker computes user vectors with.",
+            ["version"],
+            registry=registry,
+        )
 
 
 # Serving is sub-millisecond to tens of milliseconds; these resolve p99 <= 5 ms.

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     consumer_fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000)
     redis_retry_max_s: float = Field(default=5.0, gt=0)
     lag_poll_s: float = Field(default=5.0, gt=0)
+    # After each batch, compute its users' vectors with the registry's current model
+    # and cache them where the model server looks first (stream/vectors.py), so the
+    # next request after an event skips the encoder. Off: the server computes them.
+    worker_refresh_vectors: bool = True
 
     # Event contract limits.
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)

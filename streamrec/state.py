@@ -327,6 +327,34 @@ def decay_popularity(stored: np.ndarray, now_ms: int, half_life_s: float) -> np.
     return decayed
 
 
+def _user_state(
+    user_id: str,
+    recent_raw: list[tuple[bytes, float]],
+    purchased_raw: list[bytes],
+    counts_raw: dict[bytes, bytes],
+    meta_raw: dict[bytes, bytes],
+    vector_raw: bytes | None,
+) -> UserState:
+    recent = []
+    for member, score in recent_raw:
+        event_id, item_id, type_value = parse_recent_member(member)
+        recent.append(RecentEvent(event_id, item_id, EventType(type_value), int(score)))
+    item_counts: dict[str, dict[str, int]] = {}
+    for field_name, count in counts_raw.items():
+        type_value, _, item_id = field_name.decode().partition(":")
+        item_counts.setdefault(item_id, {})[type_value] = int(count)
+    meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
+    return UserState(
+        user_id=user_id,
+        recent_events=tuple(recent),
+        purchased=frozenset(p.decode() for p in purchased_raw),
+        counts_by_type={k[2:]: int(v) for k, v in meta.items() if k.startswith("n:")},
+        item_counts=item_counts,
+        last_ts_ms=int(meta["last_ts"]) if "last_ts" in meta else None,
+        cached_vector=CachedVector.from_bytes(vector_raw) if vector_raw else None,
+    )
+
+
 class StateStore:
     """The Redis connection pool and the scripts that write state."""
 
@@ -421,31 +449,33 @@ class StateStore:
     async def read_user(self, user_id: str) -> UserState:
         """The user's whole state, and the cached user vector, in one round trip. A
         transaction, so the state tag and the events it stands for are one snapshot."""
+        (user,) = await self.read_users([user_id])
+        return user
+
+    async def read_users(
+        self, user_ids: Sequence[str], *, for_ranking: bool = True
+    ) -> list[UserState]:
+        """`read_user` for many users in one transaction: one round trip. With
+        `for_ranking=False` only what the user encoder and the cache tag need (recent
+        events, counts, last_ts, cached vector): purchases and user-item counts come
+        back empty, for the stream worker's vector refresh."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrange(user_key(user_id, "ev"), 0, -1, withscores=True)
-            pipe.zrange(user_key(user_id, "buy"), 0, -1)
-            pipe.hgetall(user_key(user_id, "cnt"))
-            pipe.hgetall(user_key(user_id, "meta"))
-            pipe.get(user_vector_key(user_id))
-            recent_raw, purchased_raw, counts_raw, meta_raw, vector_raw = await pipe.execute()
-        recent = []
-        for member, score in recent_raw:
-            event_id, item_id, type_value = parse_recent_member(member)
-            recent.append(RecentEvent(event_id, item_id, EventType(type_value), int(score)))
-        item_counts: dict[str, dict[str, int]] = {}
-        for field_name, count in counts_raw.items():
-            type_value, _, item_id = field_name.decode().partition(":")
-            item_counts.setdefault(item_id, {})[type_value] = int(count)
-        meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
-        return UserState(
-            user_id=user_id,
-            recent_events=tuple(recent),
-            purchased=frozenset(p.decode() for p in purchased_raw),
-            counts_by_type={k[2:]: int(v) for k, v in meta.items() if k.startswith("n:")},
-            item_counts=item_counts,
-            last_ts_ms=int(meta["last_ts"]) if "last_ts" in meta else None,
-            cached_vector=CachedVector.from_bytes(vector_raw) if vector_raw else None,
-        )
+            for user_id in user_ids:
+                pipe.zrange(user_key(user_id, "ev"), 0, -1, withscores=True)
+                if for_ranking:
+                    pipe.zrange(user_key(user_id, "buy"), 0, -1)
+                    pipe.hgetall(user_key(user_id, "cnt"))
+                pipe.hgetall(user_key(user_id, "meta"))
+                pipe.get(user_vector_key(user_id))
+            replies = iter(await pipe.execute())
+        users = []
+        for user_id in user_ids:
+            recent = next(replies)
+            purchased, counts = (next(replies), next(replies)) if for_ranking else ([], {})
+            users.append(
+                _user_state(user_id, recent, purchased, counts, next(replies), next(replies))
+            )
+        return users
 
     async def read_item_popularity(self, item_ids: Sequence[str], now_ms: int) -> np.ndarray:
         """Decayed popularity brought forward to `now_ms`: one row per item, one column

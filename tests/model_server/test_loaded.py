@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_server.loaded import open_model
 from streamrec.errors import ChecksumMismatch
+from streamrec.loaded import open_model
 from tests.model_server.conftest import Served, corrupt
 
 

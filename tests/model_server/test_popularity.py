@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from model_server.loaded import open_model
 from model_server.popularity import CHUNK_ITEMS, PopularityTable
 from streamrec.events import EventType
+from streamrec.loaded import open_model
 from streamrec.state import StateStore
 from tests.model_server.conftest import Served, apply, events_for, publish
 

@@ -1,7 +1,9 @@
-"""The model version being served, and how it is swapped for another.
+"""The model version a process works with, and how it is swapped for another.
 
-Requests read `ModelHolder.current` once and keep that `ServedModel` to the end,
-so a swap (one reference assignment) never changes a request mid-way.
+The model server and the stream worker both hold one: verified, smoke-tested,
+loaded in a thread and swapped in by one reference assignment. A request reads
+`ModelHolder.current` once and keeps that `ServedModel` to the end, so a swap
+never changes it mid-way.
 """
 
 from __future__ import annotations
@@ -12,17 +14,24 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
+from prometheus_client import Counter, Gauge
 
 from streamrec import registry
 from streamrec.errors import BundleError, ServingError
-from streamrec.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
 
 SwapOutcome = Literal["swapped", "unchanged"]
+
+
+class SwapMetrics(Protocol):
+    """What a holder counts: `ServeMetrics` and `IngestMetrics` each carry their own."""
+
+    swaps: Counter  # by outcome: swapped, refused
+    model_info: Gauge  # by version: 1 for the one held
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ def open_model(root: Path, version: str) -> ServedModel:
 class ModelHolder:
     """Holds the served version; loads others in a thread and swaps only those that pass."""
 
-    def __init__(self, root: Path, metrics: ServeMetrics) -> None:
+    def __init__(self, root: Path, metrics: SwapMetrics) -> None:
         single_threaded_faiss()  # built on the event loop's thread, which searches
         self.root = root
         self.metrics = metrics
@@ -96,6 +105,11 @@ class ModelHolder:
     def current(self) -> ServedModel:
         if self._current is None:
             raise ServingError("no model version is loaded yet")
+        return self._current
+
+    @property
+    def held(self) -> ServedModel | None:
+        """The current version, or None before one has loaded (the worker goes on without)."""
         return self._current
 
     async def load(self, version: str | None = None) -> SwapResult:

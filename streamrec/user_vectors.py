@@ -1,0 +1,63 @@
+"""The user vector: the encoder's inputs built from a user's Redis state, and its cache
+entry (`sr:u:{U}:vec`). The model server (on a cache miss) and the stream worker
+(after each batch) both compute it here, so the worker's vectors are the ones the
+server would compute and carry the tag it checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from streamrec import features
+from streamrec.loaded import ServedModel
+from streamrec.state import CachedVector, RecentEvent, UserState
+
+EncoderInputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # item rows, type ids, mask
+TYPE_IDS = features.ENCODER_TYPE_IDS  # the ids training used: one table, never two
+
+
+def known_events(model: ServedModel, recent: Sequence[RecentEvent]) -> list[tuple[int, int]]:
+    """(vocab row, type id) of the last `max_len` recent events the model knows, oldest first."""
+    rows = model.bundle.rows
+    known = [(rows[e.item_id], TYPE_IDS[e.type]) for e in recent if e.item_id in rows]
+    return known[-model.bundle.max_len :]
+
+
+def encoder_inputs(users: Sequence[list[tuple[int, int]]]) -> EncoderInputs:
+    """One batch, left-padded to its longest user as training pads: the latest event of
+    every user in the last column. A batch of one has no padding. Users must not be empty."""
+    length = max(len(known) for known in users)
+    item_ids = np.zeros((len(users), length), dtype=np.int64)
+    type_ids = np.zeros((len(users), length), dtype=np.int64)
+    mask = np.zeros((len(users), length), dtype=np.float32)
+    for n, known in enumerate(users):
+        start = length - len(known)
+        item_ids[n, start:] = [row for row, _ in known]
+        type_ids[n, start:] = [type_id for _, type_id in known]
+        mask[n, start:] = 1.0
+    return item_ids, type_ids, mask
+
+
+def user_encoder_inputs(model: ServedModel, recent: Sequence[RecentEvent]) -> EncoderInputs | None:
+    """One user's inputs; None when no recent item is known to the model (trending)."""
+    known = known_events(model, recent)
+    return encoder_inputs([known]) if known else None
+
+
+def cached_user_vector(model: ServedModel, user: UserState) -> np.ndarray | None:
+    """(1, dim) from the cache when this version computed it from this very state."""
+    cached = user.cached_vector
+    if (
+        cached is not None
+        and cached.model_version == model.version
+        and cached.state_tag == user.state_tag
+        and len(cached.values) == 4 * model.dim
+    ):
+        return np.frombuffer(cached.values, dtype=np.float32).reshape(1, model.dim)
+    return None
+
+
+def cache_entry(model: ServedModel, user: UserState, user_vector: np.ndarray) -> CachedVector:
+    """What to store for a vector `model` computed from `user`'s state as read."""
+    return CachedVector(model.version, user.state_tag, user_vector.astype("<f4").tobytes())
