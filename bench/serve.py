@@ -77,11 +77,11 @@ def run(quick: bool) -> dict[str, Any]:
         registry_poll_s=0.5,
         log_level="WARNING",
     )
+    runs: list[dict[str, Any]] = []
+    swap: dict[str, Any] = {"errors": 0}
     try:
         model_source = prepare_model(settings, plan)
         users = asyncio.run(seed_users(settings, plan.users))
-        runs: list[dict[str, Any]] = []
-        swap: dict[str, Any] = {"errors": 0}
         for servers in plan.server_counts:
             with serving(settings, servers) as (url, server):
                 for rate in plan.rates:

@@ -13,7 +13,7 @@ import torch
 
 from retrain.batches import left_pad
 from retrain.encoder import EncoderConfig, SequenceEncoder
-from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, max_abs_difference
+from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, parity_error
 from retrain.index import build_index, write_index
 from retrain.pipeline import TrainedModels, TrainPlan
 from retrain.ranker import Ranker, RankerConfig
@@ -39,13 +39,13 @@ def stage_bundle(models: TrainedModels, folder: Path, hnsw_threshold: int) -> di
             "inputs": ["item_ids", "type_ids", "mask"],
             "output": "user_vector",
             "padding": "left",
-            "onnx_parity_max_abs": parity["encoder"],
+            "onnx_parity_error": parity["encoder"],
         },
         "ranker": {
             "n_features": int(models.ranker.mean.shape[0]),
             "inputs": ["features"],
             "output": "score",
-            "onnx_parity_max_abs": parity["ranker"],
+            "onnx_parity_error": parity["ranker"],
         },
         "index": index_params,
     }
@@ -56,7 +56,7 @@ def check_parity(models: TrainedModels, folder: Path) -> dict[str, float]:
     rows = [np.arange(1, 1 + min(n, len(models.vocab)), dtype=np.int64) for n in (1, 3, 7)]
     types = [np.ones(len(r), dtype=np.int64) for r in rows]
     item_ids, type_ids, mask = left_pad(rows, types, models.encoder.config.max_len)
-    encoder_diff = max_abs_difference(
+    encoder_diff = parity_error(
         folder / "user_encoder.onnx",
         models.encoder,
         {"item_ids": item_ids.numpy(), "type_ids": type_ids.numpy(), "mask": mask.numpy()},
@@ -66,11 +66,12 @@ def check_parity(models: TrainedModels, folder: Path) -> dict[str, float]:
         .normal(size=(16, int(models.ranker.mean.shape[0])))
         .astype(np.float32)
     )
-    ranker_diff = max_abs_difference(folder / "ranker.onnx", models.ranker, {"features": features})
+    ranker_diff = parity_error(folder / "ranker.onnx", models.ranker, {"features": features})
     worst = max(encoder_diff, ranker_diff)
     if not worst <= PARITY_TOLERANCE:  # NaN included: a model that outputs NaN is no model
         raise BundleError(
-            f"ONNX output differs from torch by {worst:.2e}; tolerance {PARITY_TOLERANCE}"
+            f"ONNX output differs from torch by {worst:.2e} of its scale; "
+            f"tolerance {PARITY_TOLERANCE}"
         )
     return {"encoder": encoder_diff, "ranker": ranker_diff}
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from retrain.batches import encode, left_pad
-from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, max_abs_difference
+from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, parity_error
 from retrain.holdout import next_item_cases
 from tests.retrain.fixtures import tiny_models, yoochoose_sessions
 
@@ -20,7 +20,7 @@ def test_encoder_onnx_matches_torch_on_real_sessions(models, tmp_path) -> None:
     export_encoder(models.encoder, path)
     inputs = {"item_ids": item_ids.numpy(), "type_ids": type_ids.numpy(), "mask": mask.numpy()}
     assert item_ids.shape[0] > 100 and item_ids.shape[1] > 5  # real, varied lengths
-    assert max_abs_difference(path, models.encoder, inputs) <= PARITY_TOLERANCE
+    assert parity_error(path, models.encoder, inputs) <= PARITY_TOLERANCE
 
 
 def test_ranker_onnx_matches_torch_on_real_features(models, tmp_path) -> None:
@@ -34,4 +34,4 @@ def test_ranker_onnx_matches_torch_on_real_features(models, tmp_path) -> None:
     path = tmp_path / "ranker.onnx"
     export_ranker(models.ranker, path)
     assert np.isfinite(features).all()
-    assert max_abs_difference(path, models.ranker, {"features": features}) <= PARITY_TOLERANCE
+    assert parity_error(path, models.ranker, {"features": features}) <= PARITY_TOLERANCE
