@@ -24,7 +24,9 @@ console = Console(stderr=True)
 WINDOW_S = 60.0
 
 
-def run(minutes: int, rate: int, swap_every_s: float, users: int = 2000) -> dict[str, Any]:
+def run(
+    minutes: int, rate: int, swap_every_s: float, servers: int = 2, users: int = 2000
+) -> dict[str, Any]:
     windows: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     scratch = ScratchStack("soak")
@@ -38,7 +40,7 @@ def run(minutes: int, rate: int, swap_every_s: float, users: int = 2000) -> dict
         )
         model = prepare_model(settings, QUICK)
         user_ids = asyncio.run(seed_users(settings, users))
-        with serving(settings, 1) as (url, _):
+        with serving(settings, servers) as (url, _):
             swaps_before = _swaps(url)
             publisher = Swapper(settings.registry, swap_every_s)
             with publisher:
@@ -55,6 +57,7 @@ def run(minutes: int, rate: int, swap_every_s: float, users: int = 2000) -> dict
     report: dict[str, Any] = {
         "minutes": minutes,
         "rate": rate,
+        "servers": servers,
         "swap_every_s": swap_every_s,
         "windows": windows,
         "requests": sum(w["sent"] for w in windows),
@@ -68,7 +71,7 @@ def run(minutes: int, rate: int, swap_every_s: float, users: int = 2000) -> dict
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "command": (
             f"flock /tmp/streamrec-bench.lock streamrec bench soak --minutes {minutes} "
-            f"--rate {rate} --swap-every {swap_every_s:g}"
+            f"--rate {rate} --swap-every {swap_every_s:g} --servers {servers}"
         ),
         "machine": machine(),
     }
@@ -146,7 +149,8 @@ def _write_markdown(r: dict[str, Any]) -> None:
         "# Soak (drill 6)",
         "",
         f"Command: `{r['command']}`. Open-loop load (bench/serve.py's generator, its own "
-        f"process) on one `streamrec serve` process: POST /recommend k = 20 at {r['rate']} "
+        f"process) on `streamrec serve --workers {r.get('servers', 1)}`: "
+        f"POST /recommend k = 20 at {r['rate']} "
         f"req/s for {r['minutes']} minute(s), {r['users']:,} users with 3-19 recent events; "
         f"a copy of the served version published as a new one every {r['swap_every_s']:g} s; "
         f"model {model['version']} ({model['items']} items, {model['source']}).",

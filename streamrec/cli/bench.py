@@ -40,8 +40,9 @@ def soak(
     minutes: int = typer.Option(10, min=1, help="How long, in one-minute windows."),
     rate: int = typer.Option(1000, min=1, help="Requests per second, open loop."),
     swap_every: float = typer.Option(60.0, min=1.0, help="Seconds between new versions."),
+    servers: int = typer.Option(2, min=1, help="Model server processes (serve --workers)."),
 ) -> None:
     """Drill 6: fixed-rate load with a model swap every minute; errors, p50/p99 per minute."""
     from bench.soak import run
 
-    run(minutes, rate, swap_every)
+    run(minutes, rate, swap_every, servers)
