@@ -121,9 +121,8 @@ def train_encoder(
 def _proposal(windows: Sequence[tuple[np.ndarray, np.ndarray]], n_items: int) -> torch.Tensor:
     """Where negatives come from: half uniform over real items, half by how often each
     item is a training target (popular items are the hard negatives)."""
-    counts = np.zeros(n_items, dtype=np.float64)
-    for rows, _ in windows:
-        np.add.at(counts, rows[1:], 1.0)
+    targets = np.concatenate([rows[1:] for rows, _ in windows] or [np.zeros(0, np.int64)])
+    counts = np.bincount(targets, minlength=n_items).astype(np.float64)
     counts[0] = 0.0
     uniform = np.ones(n_items, dtype=np.float64)
     uniform[0] = 0.0
