@@ -60,17 +60,26 @@ def trending_key(event_type: EventType) -> str:
 TRENDING_EPOCH_KEY = f"{PREFIX}:trend:epoch"
 # Events applied since the last retraining cycle was triggered (all workers).
 NEW_EVENTS_KEY = f"{PREFIX}:retrain:new_events"
+# Which items' popularity changed, and when: a counter bumped once per script call
+# that changed any, and a sorted set of items scored by its value at their newest
+# change. A model server holding every item's popularity reads only what changed.
+POPULARITY_SEQ_KEY = f"{PREFIX}:pop:seq"
+POPULARITY_CHANGED_KEY = f"{PREFIX}:pop:changed"
+# Items kept in the change log; a reader further behind than this re-reads them all.
+POPULARITY_CHANGED_MAX = 100_000
 
 
 # One script call applies a whole batch, passed as one JSON argument, so Python
 # packs one small command per 100 events (per-event keys and arguments cost the
 # worker a quarter of its time in redis-py's command packing). The script builds
 # each event's keys from the same templates as the functions above.
-# KEYS: 1 trending epoch, 2..(1+T) trending per type (one per EVENT_TYPES), last:
-#   the count of events applied since the last retraining trigger.
+# KEYS: 1 trending epoch, 2..(1+T) trending per type (one per EVENT_TYPES), then
+#   the count of events applied since the last retraining trigger, the popularity
+#   change counter and the popularity change log.
 # ARGV: 1 recent max, 2 purchased max, 3 user items max, 4 user ttl s, 5 item
 #   ttl s, 6 dedup ttl s, 7 half-life ms, 8 trending max, 9 rebase half-lives,
-#   10 JSON [[event_id, user_id, item_id, type, ts_ms], ...], 11 hit window ms.
+#   10 JSON [[event_id, user_id, item_id, type, ts_ms], ...], 11 hit window ms,
+#   12 change log max.
 # Returns per event: 0 duplicate, 1 applied, 2 applied and a click on an item
 # recommended to that user within the hit window (the online hit rate).
 # Keys other than the global ones are not declared, so this needs a single Redis
@@ -79,8 +88,10 @@ _APPLY_BATCH_LUA = """
 local recent_max, purchased_max, items_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local user_ttl, item_ttl, dedup_ttl = ARGV[4], ARGV[5], ARGV[6]
 local half_life, trending_max, rebase = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local hit_window = tonumber(ARGV[11])
+local hit_window, changed_max = tonumber(ARGV[11]), tonumber(ARGV[12])
 local types = {EVENT_TYPES}
+local k_new_events, k_pop_seq, k_pop_changed = KEYS[2 + #types], KEYS[3 + #types], KEYS[4 + #types]
+local changed_items = {}
 local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 
 local trend_key = {}
@@ -147,6 +158,7 @@ local function apply(event)
   end
   redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref)
   redis.call('EXPIRE', k_pop, item_ttl)
+  changed_items[item] = true
 
   -- Trending: scores are 2^((ts - epoch) / half-life); the epoch moves forward
   -- (and every score is scaled down) before the exponent can overflow a double.
@@ -182,7 +194,12 @@ for i, event in ipairs(cjson.decode(ARGV[10])) do
 end
 local count = 0
 for _, a in ipairs(applied) do count = count + math.min(a, 1) end
-if count > 0 then redis.call('INCRBY', KEYS[#KEYS], count) end
+if count > 0 then
+  redis.call('INCRBY', k_new_events, count)
+  local seq = redis.call('INCR', k_pop_seq)
+  for item in pairs(changed_items) do redis.call('ZADD', k_pop_changed, seq, item) end
+  redis.call('ZREMRANGEBYRANK', k_pop_changed, 0, -changed_max - 1)
+end
 return applied
 """
 _APPLY_BATCH_LUA = _APPLY_BATCH_LUA.replace(
@@ -236,17 +253,60 @@ class Applied(IntEnum):
     HIT = 2
 
 
-# Read-only. KEYS: item popularity hashes; ARGV: event types. One JSON array of
-# numbers, per key and type: the stored value and its reference time (0 when absent).
+# Read-only. KEYS: item popularity hashes; ARGV: event types. Per key and type the
+# stored value and its reference time (0 when absent), as little-endian doubles:
+# the server reads every item's row each second, and decoding one JSON array of
+# numbers per 1,000 items cost it ~1 ms of its event loop each time.
 _READ_POPULARITY_LUA = """
 local fields = {}
 for i, t in ipairs(ARGV) do fields[2 * i - 1] = t; fields[2 * i] = t .. ':ref' end
 local out, n = {}, 0
 for _, key in ipairs(KEYS) do
   local values = redis.call('HMGET', key, unpack(fields))
-  for j = 1, #fields do n = n + 1; out[n] = tonumber(values[j]) or 0 end
+  for j = 1, #fields do n = n + 1; out[n] = struct.pack('<d', tonumber(values[j]) or 0) end
 end
-return cjson.encode(out)
+return table.concat(out)
+"""
+
+
+# Read-only. KEYS: the popularity change counter and log; ARGV: 1 the counter value
+# the reader has seen ('' for none), 2 the log's cap. Returns {counter, items
+# changed since} or {counter, nil} when the log cannot tell: the counter went
+# back (Redis lost it) or the log was trimmed past what the reader has seen.
+_POPULARITY_CHANGES_LUA = """
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ARGV[1] == '' then return {seq, {}} end
+local since = tonumber(ARGV[1])
+if seq < since then return {seq, false} end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if tonumber(oldest[2]) > since then return {seq, false} end
+end
+return {seq, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. since, '+inf')}
+"""
+
+
+# Read-only. KEYS: per user its recent events, purchases, item counts, meta and cached
+# vector keys; ARGV[1]: "1" to read purchases and item counts (ranking), else "0".
+# Per user one array: events and scores, purchases, counts, meta (flat field/value
+# lists) and the vector (nil when none). One script call is one command for the
+# client to pack and one reply to parse, where a MULTI/EXEC pipeline of five
+# commands per user cost the model server ~1 ms of its CPU per request.
+_READ_USERS_LUA = """
+local ranking = ARGV[1] == '1'
+local out = {}
+for i = 1, #KEYS, 5 do
+  local purchased, counts = {}, {}
+  if ranking then
+    purchased = redis.call('ZRANGE', KEYS[i + 1], 0, -1)
+    counts = redis.call('HGETALL', KEYS[i + 2])
+  end
+  out[#out + 1] = {
+    redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES'), purchased, counts,
+    redis.call('HGETALL', KEYS[i + 3]), redis.call('GET', KEYS[i + 4]),
+  }
+end
+return out
 """
 
 
@@ -327,23 +387,28 @@ def decay_popularity(stored: np.ndarray, now_ms: int, half_life_s: float) -> np.
     return decayed
 
 
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """[field, value, field, value, ...] as (field, value) pairs."""
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _user_state(
     user_id: str,
-    recent_raw: list[tuple[bytes, float]],
+    recent_raw: list[tuple[bytes, bytes]],
     purchased_raw: list[bytes],
-    counts_raw: dict[bytes, bytes],
-    meta_raw: dict[bytes, bytes],
+    counts_raw: list[tuple[bytes, bytes]],
+    meta_raw: list[tuple[bytes, bytes]],
     vector_raw: bytes | None,
 ) -> UserState:
     recent = []
     for member, score in recent_raw:
         event_id, item_id, type_value = parse_recent_member(member)
-        recent.append(RecentEvent(event_id, item_id, EventType(type_value), int(score)))
+        recent.append(RecentEvent(event_id, item_id, EventType(type_value), int(float(score))))
     item_counts: dict[str, dict[str, int]] = {}
-    for field_name, count in counts_raw.items():
+    for field_name, count in counts_raw:
         type_value, _, item_id = field_name.decode().partition(":")
         item_counts.setdefault(item_id, {})[type_value] = int(count)
-    meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
+    meta = {k.decode(): v.decode() for k, v in meta_raw}
     return UserState(
         user_id=user_id,
         recent_events=tuple(recent),
@@ -364,6 +429,8 @@ class StateStore:
         self._apply_script = self.redis.register_script(_APPLY_BATCH_LUA)
         self._remember_script = self.redis.register_script(_REMEMBER_ANSWERS_LUA)
         self._read_popularity_script = self.redis.register_script(_READ_POPULARITY_LUA)
+        self._read_users_script = self.redis.register_script(_READ_USERS_LUA)
+        self._popularity_changes_script = self.redis.register_script(_POPULARITY_CHANGES_LUA)
         self._trend_keys = [trending_key(t) for t in EVENT_TYPES]
         self._popularity_types = [t.value for t in POPULARITY_TYPES]
 
@@ -389,7 +456,13 @@ class StateStore:
             s.trending_max_items,
             TRENDING_REBASE_HALF_LIVES,
         ]
-        keys = [TRENDING_EPOCH_KEY, *self._trend_keys, NEW_EVENTS_KEY]
+        keys = [
+            TRENDING_EPOCH_KEY,
+            *self._trend_keys,
+            NEW_EVENTS_KEY,
+            POPULARITY_SEQ_KEY,
+            POPULARITY_CHANGED_KEY,
+        ]
         hit_window_ms = s.hit_window_s * 1000
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
@@ -400,7 +473,9 @@ class StateStore:
                     ]
                 )
                 await self._apply_script(
-                    keys=keys, args=[*constants, batch, hit_window_ms], client=pipe
+                    keys=keys,
+                    args=[*constants, batch, hit_window_ms, POPULARITY_CHANGED_MAX],
+                    client=pipe,
                 )
             chunks = await pipe.execute()
         return [Applied(applied) for chunk in chunks for applied in chunk]
@@ -447,33 +522,38 @@ class StateStore:
         return int(await self.redis.get(NEW_EVENTS_KEY) or 0)
 
     async def read_user(self, user_id: str) -> UserState:
-        """The user's whole state, and the cached user vector, in one round trip. A
-        transaction, so the state tag and the events it stands for are one snapshot."""
+        """The user's whole state, and the cached user vector, in one round trip. One
+        script call, so the state tag and the events it stands for are one snapshot."""
         (user,) = await self.read_users([user_id])
         return user
 
     async def read_users(
         self, user_ids: Sequence[str], *, for_ranking: bool = True
     ) -> list[UserState]:
-        """`read_user` for many users in one transaction: one round trip. With
+        """`read_user` for many users in one script call: one round trip. With
         `for_ranking=False` only what the user encoder and the cache tag need (recent
         events, counts, last_ts, cached vector): purchases and user-item counts come
         back empty, for the stream worker's vector refresh."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for user_id in user_ids:
-                pipe.zrange(user_key(user_id, "ev"), 0, -1, withscores=True)
-                if for_ranking:
-                    pipe.zrange(user_key(user_id, "buy"), 0, -1)
-                    pipe.hgetall(user_key(user_id, "cnt"))
-                pipe.hgetall(user_key(user_id, "meta"))
-                pipe.get(user_vector_key(user_id))
-            replies = iter(await pipe.execute())
+        keys = [
+            key
+            for user_id in user_ids
+            for key in (
+                user_key(user_id, "ev"),
+                user_key(user_id, "buy"),
+                user_key(user_id, "cnt"),
+                user_key(user_id, "meta"),
+                user_vector_key(user_id),
+            )
+        ]
+        replies = await self._read_users_script(keys=keys, args=["1" if for_ranking else "0"])
         users = []
-        for user_id in user_ids:
-            recent = next(replies)
-            purchased, counts = (next(replies), next(replies)) if for_ranking else ([], {})
+        for user_id, (recent, purchased, counts, meta, vector) in zip(
+            user_ids, replies, strict=True
+        ):
             users.append(
-                _user_state(user_id, recent, purchased, counts, next(replies), next(replies))
+                _user_state(
+                    user_id, _pairs(recent), purchased, _pairs(counts), _pairs(meta), vector
+                )
             )
         return users
 
@@ -486,15 +566,25 @@ class StateStore:
     async def read_stored_popularity(self, item_ids: Sequence[str]) -> np.ndarray:
         """Popularity as stored, (items, `features.EVENT_TYPES`, 2): per type the value
         at its reference time and that time (ms); zeros where none. One script call
-        returns every value as one JSON array of numbers: one HGETALL per candidate
-        spent ~45% of the model server's CPU in redis-py's reply parser."""
+        returns every value packed as doubles: one HGETALL per candidate spent ~45% of
+        the model server's CPU in redis-py's reply parser."""
         shape = (len(item_ids), len(POPULARITY_TYPES), 2)
         if not item_ids:
             return np.zeros(shape)
         encoded = await self._read_popularity_script(
             keys=[item_popularity_key(i) for i in item_ids], args=self._popularity_types
         )
-        return np.array(orjson.loads(encoded), dtype=np.float64).reshape(shape)
+        return np.frombuffer(encoded, dtype="<f8").reshape(shape).astype(np.float64)
+
+    async def popularity_changes(self, since: int | None) -> tuple[int, list[str] | None]:
+        """(the change counter, the items whose popularity changed after the counter
+        was `since`); None for the items when the log cannot tell (read them all).
+        With `since=None` only the counter: where a full read starts from."""
+        seq, changed = await self._popularity_changes_script(
+            keys=[POPULARITY_SEQ_KEY, POPULARITY_CHANGED_KEY],
+            args=["" if since is None else since, POPULARITY_CHANGED_MAX],
+        )
+        return int(seq), None if changed is None else [item.decode() for item in changed]
 
     async def trending(self, event_type: EventType, k: int) -> list[tuple[str, float]]:
         """The top-k items by decayed count of one event type (relative scores)."""

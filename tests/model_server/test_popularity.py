@@ -1,5 +1,6 @@
-"""The in-process popularity table gives the rows a Redis read would, and nothing
-for a version whose vocabulary it does not hold."""
+"""The in-process popularity table gives the rows a Redis read would, after new
+events too (read from the change log), and nothing for a version whose vocabulary
+it does not hold."""
 
 from __future__ import annotations
 
@@ -37,9 +38,25 @@ async def test_the_table_matches_a_redis_read_and_knows_its_version(
         assert held is not None
         assert np.allclose(held, await store.read_item_popularity(wanted, now_ms), rtol=1e-12)
         assert held[:9].any(axis=1).all() and not held[9:].any()
+        # New events: the next refresh reads only what changed, and matches Redis.
+        await apply(served.settings, events_for("c", items[8:11], EventType.PURCHASE))
+        before = table._snapshot
+        await table.refresh(model)
+        assert table._snapshot is not None and before is not None
+        assert table._snapshot.full_at_s == before.full_at_s  # not a full read
+        held = table.rows(model, rows, now_ms)
+        assert held is not None
+        assert np.allclose(held, await store.read_item_popularity(wanted, now_ms), rtol=1e-12)
+        assert held[:11].any(axis=1).all() and not held[11:].any()
         second = publish(served.models, served.root, parent=served.first.version)
         swapped_in = open_model(served.root, second.version)
         assert table.rows(swapped_in, rows, now_ms) is None  # until the next refresh
+        # The refresh carries the rows over to the new version's vocabulary.
+        await table.refresh(swapped_in)
+        assert table._snapshot is not None and table._snapshot.full_at_s == before.full_at_s
+        carried = table.rows(swapped_in, rows, now_ms)
+        assert carried is not None
+        assert np.allclose(carried, await store.read_item_popularity(wanted, now_ms), rtol=1e-12)
         empty = PopularityTable(store, 1.0, served.settings.popularity_half_life_s)
         assert empty.rows(model, rows, now_ms) is None
     finally:

@@ -13,6 +13,8 @@ from streamrec.events import Event, EventType
 from streamrec.features import EVENT_TYPES
 from streamrec.settings import Settings
 from streamrec.state import (
+    POPULARITY_CHANGED_MAX,
+    POPULARITY_SEQ_KEY,
     Answer,
     CachedVector,
     StateStore,
@@ -131,14 +133,39 @@ async def test_every_key_is_capped_or_expires(store: StateStore) -> None:
     assert keys
     for key in keys:
         ttl = await store.redis.ttl(key)
-        if key == "sr:retrain:new_events":
-            continue  # one counter, reset by each retraining trigger
+        if key in ("sr:retrain:new_events", "sr:pop:seq"):
+            continue  # one counter each
+        if key == "sr:pop:changed":
+            assert await store.redis.zcard(key) <= POPULARITY_CHANGED_MAX
+            continue
         if key.startswith("sr:trend:"):
             # Global trending sets are capped by size, not time.
             if key != "sr:trend:epoch":
                 assert await store.redis.zcard(key) <= store.settings.trending_max_items
             continue
         assert ttl > 0, f"{key} never expires"
+
+
+async def test_the_popularity_change_log_names_what_changed_or_says_it_cannot(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start, _ = await store.popularity_changes(None)
+    await store.apply_events([ev(1, item="a"), ev(2, item="b")])
+    seq, changed = await store.popularity_changes(start)
+    assert seq > start and sorted(changed or []) == ["a", "b"]
+    assert await store.popularity_changes(seq) == (seq, [])
+    await store.apply_events([ev(1, item="a")])  # a duplicate changes nothing
+    assert await store.popularity_changes(seq) == (seq, [])
+    await store.apply_events([ev(3, item="c")])
+    assert (await store.popularity_changes(seq))[1] == ["c"]
+    # Trimmed past what a reader saw: it must read everything again.
+    monkeypatch.setattr("streamrec.state.POPULARITY_CHANGED_MAX", 2)
+    await store.apply_events([ev(4, item="d"), ev(5, item="e")])
+    assert (await store.popularity_changes(seq))[1] is None
+    assert await store.popularity_changes(seq + 2) == (seq + 2, [])
+    # Redis lost the counter (a restart without persistence): read everything.
+    await store.redis.delete(POPULARITY_SEQ_KEY)
+    assert (await store.popularity_changes(seq))[1] is None
 
 
 async def test_popularity_fields_hold_the_reference_time(store: StateStore) -> None:
