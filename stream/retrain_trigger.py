@@ -10,6 +10,7 @@ import sys
 import time
 
 import orjson
+from redis.exceptions import RedisError
 
 from streamrec.metrics import IngestMetrics
 from streamrec.processes import child_env
@@ -28,7 +29,15 @@ class RetrainTrigger:
         self.running: asyncio.Task[None] | None = None
 
     async def tick(self) -> None:
-        """Start a cycle when one is due and none is running."""
+        """Start a cycle when one is due and none is running. Redis unreachable: try
+        again at the next tick (an exception would crash the worker's timer, and with
+        it the worker, in the middle of a Redis restart the ingest path rides out)."""
+        try:
+            await self._tick()
+        except RedisError as exc:
+            log.warning("retraining trigger: Redis unavailable, next tick retries: %s", exc)
+
+    async def _tick(self) -> None:
         s = self.settings
         if self.running is not None and not self.running.done():
             return

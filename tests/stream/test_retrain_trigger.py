@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from stream.retrain_trigger import RetrainTrigger
@@ -37,4 +38,21 @@ async def test_enough_new_events_start_a_cycle_and_its_outcome_is_counted(
         assert await store.new_event_count() == 0
     finally:
         await store.redis.flushdb()
+        await store.close()
+
+
+async def test_an_unreachable_redis_skips_a_tick_instead_of_crashing_the_worker(
+    make_settings: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on port 1: every Redis call fails with a ConnectionError.
+    settings = make_settings(
+        "trigger-down", registry=tmp_path / "registry", retrain_every_s=0, retrain_every_events=3
+    ).model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    store = StateStore(settings)
+    trigger = RetrainTrigger(settings, store, IngestMetrics(CollectorRegistry()))
+    try:
+        await trigger.tick()  # must not raise: a timer's exception stops the worker
+        assert trigger.running is None
+        assert "Redis unavailable" in caplog.text
+    finally:
         await store.close()
