@@ -106,8 +106,10 @@ def with_recent_items(
     own recent items added: up to `max_recent` distinct ones retrieval missed, latest
     first, take the last places, so the count stays `len(rows)`. People go back to
     what they just looked at; the ranker's user-item columns decide if they do here.
-    `recent_rows` are oldest first, as the recent-events list keeps them; row 0 (an
-    item the model does not know) is skipped."""
+    They displace retrieval's lowest-ranked candidates that are not recent items
+    themselves (a recent item retrieval found keeps its place). `recent_rows` are
+    oldest first, as the recent-events list keeps them; row 0 (an item the model
+    does not know) is skipped."""
     if max_recent <= 0 or not len(recent_rows):
         return rows, dots
     have = set(rows.tolist())
@@ -121,11 +123,14 @@ def with_recent_items(
                 break
     if not added:
         return rows, dots
-    keep = max(0, len(rows) - len(added))
-    added = added[: len(rows)]
+    recent = {int(row) for row in recent_rows}
+    displaced = [i for i in range(len(rows) - 1, -1, -1) if int(rows[i]) not in recent]
+    added = added[: len(displaced)]
+    kept = np.ones(len(rows), dtype=bool)
+    kept[displaced[: len(added)]] = False
     extra_rows = np.asarray([recent_rows[p] for p in added], dtype=rows.dtype)
     extra_dots = np.asarray(recent_dots, dtype=dots.dtype)[added]
-    return np.concatenate([rows[:keep], extra_rows]), np.concatenate([dots[:keep], extra_dots])
+    return np.concatenate([rows[kept], extra_rows]), np.concatenate([dots[kept], extra_dots])
 
 
 def ranking_features(

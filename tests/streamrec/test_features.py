@@ -142,6 +142,21 @@ def test_recent_items_retrieval_missed_take_the_last_places_latest_first() -> No
     assert merged_dots.tolist() == [0.9, 0.8, 0.7, 0.1, 0.2]
 
 
+def test_a_recent_item_retrieval_ranked_low_keeps_its_place() -> None:
+    rows, dots = np.array([7, 3, 9, 4, 5]), np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    recent = [4, 8, 6]  # 4: retrieval found it, in the places the others take
+    recent_dots = np.array([0.6, 0.2, 0.3])
+
+    merged, merged_dots = with_recent_items(rows, dots, recent, recent_dots, max_recent=20)
+
+    assert merged.tolist() == [7, 3, 4, 6, 8]
+    assert merged_dots.tolist() == [0.9, 0.8, 0.6, 0.3, 0.2]
+    # Only recent items left: nothing more can be displaced.
+    assert with_recent_items(np.array([4]), np.array([0.6]), recent, recent_dots, 20)[
+        0
+    ].tolist() == [4]
+
+
 def test_recent_items_are_capped_and_never_grow_the_candidates() -> None:
     rows, dots = np.array([1, 2, 3]), np.array([0.3, 0.2, 0.1])
     recent = [10, 11, 12, 13, 14]
