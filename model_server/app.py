@@ -26,6 +26,7 @@ from model_server.limits import BodySizeLimit
 from model_server.openapi import openapi_document
 from model_server.pipeline import Recommender
 from model_server.popularity import PopularityTable
+from model_server.prewarm import Prewarm
 from model_server.schemas import request_models
 from model_server.serving import Serving, json_response, measured
 from streamrec.errors import StateError
@@ -67,7 +68,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 )
                 await popularity.refresh(holder.current)
                 refresher = asyncio.create_task(popularity.follow(holder))
-            recommender = Recommender(settings, store, metrics, popularity)
+            prewarm = (
+                Prewarm(holder, metrics, settings.serve_prewarm_users)
+                if settings.serve_prewarm_users > 0
+                else None
+            )
+            recommender = Recommender(settings, store, metrics, popularity, prewarm)
             answers = AnswerWriter(store)
             writer = asyncio.create_task(answers.run())
             app.state.serving = Serving(

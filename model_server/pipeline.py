@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from model_server.popularity import PopularityTable
+from model_server.prewarm import Prewarm
 from streamrec import features
 from streamrec import state as redis_state
 from streamrec.events import EventType
@@ -87,10 +88,12 @@ class Recommender:
         store: StateStore,
         metrics: ServeMetrics,
         popularity: PopularityTable | None = None,
+        prewarm: Prewarm | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.popularity = popularity
+        self.prewarm = prewarm
         # Used only for a bundle whose manifest does not say how many the ranker saw.
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
@@ -130,6 +133,8 @@ class Recommender:
             self.metrics.fallbacks.labels("trending").inc()
             return Recommendation(await self.trending(k, removed), model.version, "trending", 0)
 
+        if self.prewarm is not None:
+            self.prewarm.answered(model, stored, inputs)
         user_vector, fresh_vector = self._user_vector(model, stored, inputs)
         with self._stage("retrieve"):
             scores, rows = model.bundle.search(user_vector, self.candidates_for(model))
@@ -178,6 +183,10 @@ class Recommender:
         cached = cached_user_vector(model, stored)
         if cached is not None:
             return cached, None
+        if self.prewarm is not None:
+            warm = self.prewarm.vector(model, stored)
+            if warm is not None:
+                return warm  # computed before the swap; the answer writes it back
         with self._stage("encode"):
             user_vector = model.bundle.user_vectors(*inputs)
         return user_vector, cache_entry(model, stored, user_vector)

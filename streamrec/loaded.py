@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -100,6 +101,9 @@ class ModelHolder:
         self._lock = asyncio.Lock()
         # Versions the watcher will not retry until an operator asks (/admin/reload).
         self.refused: dict[str, str] = {}
+        # Awaited with each new version after it loads and before it swaps in (not
+        # for the first version); an exception is logged and the swap goes on.
+        self.before_swap: list[Callable[[ServedModel], Awaitable[None]]] = []
 
     @property
     def current(self) -> ServedModel:
@@ -131,6 +135,12 @@ class ModelHolder:
             except BundleError as exc:
                 raise self._refuse(wanted, previous, exc) from None
             self.refused.pop(wanted, None)
+            if previous is not None:
+                for prepare in self.before_swap:
+                    try:
+                        await prepare(model)
+                    except Exception:
+                        log.exception("preparing to swap in %s failed; swapping anyway", wanted)
             self._current = model
             self.metrics.swaps.labels("swapped").inc()
             if previous is not None:

@@ -181,6 +181,21 @@ class ServeMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.vector_refreshes = Counter(
+            "streamrec_serve_vector_refreshes_total",
+            "Users answered lately whose vector the server computed with a new version "
+            "before swapping it in, by outcome (refreshed; skipped: their last inputs "
+            "are not what the new version would build, left to their next request).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.vector_refresh_seconds = Histogram(
+            "streamrec_serve_vector_refresh_seconds",
+            "One round of the server's before-swap vector computation: one encoder call "
+            "for up to 100 users.",
+            buckets=DELAY_BUCKETS_S,
+            registry=registry,
+        )
 
 
 class PublishMetrics:

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     # again from Redis this often (in chunks), instead of one Redis read of the
     # candidates per request. 0: read per request.
     serve_popularity_refresh_s: float = Field(default=1.0, ge=0)
+    # Before a new version swaps in, each server process computes its user vectors,
+    # off the request path, for up to this many users it answered most lately (0:
+    # none; after a swap each user's next request runs the encoder).
+    serve_prewarm_users: int = Field(default=20_000, ge=0)
     # Set by `streamrec serve --workers N` for its worker processes: where they
     # share Prometheus metric files, so /metrics sums every process.
     serve_metrics_dir: Path | None = None

@@ -47,7 +47,13 @@ def user_encoder_inputs(model: ServedModel, recent: Sequence[RecentEvent]) -> En
 
 def cached_user_vector(model: ServedModel, user: UserState) -> np.ndarray | None:
     """(1, dim) from the cache when this version computed it from this very state."""
-    cached = user.cached_vector
+    return entry_vector(model, user, user.cached_vector)
+
+
+def entry_vector(
+    model: ServedModel, user: UserState, cached: CachedVector | None
+) -> np.ndarray | None:
+    """(1, dim) from a cache entry when `model` computed it from `user`'s very state."""
     if (
         cached is not None
         and cached.model_version == model.version
@@ -60,4 +66,9 @@ def cached_user_vector(model: ServedModel, user: UserState) -> np.ndarray | None
 
 def cache_entry(model: ServedModel, user: UserState, user_vector: np.ndarray) -> CachedVector:
     """What to store for a vector `model` computed from `user`'s state as read."""
-    return CachedVector(model.version, user.state_tag, user_vector.astype("<f4").tobytes())
+    return tagged_entry(model, user.state_tag, user_vector)
+
+
+def tagged_entry(model: ServedModel, state_tag: str, user_vector: np.ndarray) -> CachedVector:
+    """What to store for a vector `model` computed from the state tagged `state_tag`."""
+    return CachedVector(model.version, state_tag, user_vector.astype("<f4").tobytes())

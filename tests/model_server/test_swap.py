@@ -6,11 +6,16 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec import registry
+from streamrec.loaded import open_model
 from streamrec.processes import ServiceProcess
 from streamrec.scrape import counter_total
+from streamrec.state import StateStore
+from streamrec.user_vectors import cached_user_vector, user_encoder_inputs
 from tests.model_server.conftest import (
     ADMIN_TOKEN,
     Served,
@@ -126,3 +131,64 @@ async def test_rollback_to_the_parent_and_to_a_named_version(served: Served) -> 
         point_current_at(served.root, served.first.version)
         reload = await client.post("/admin/reload", headers=ADMIN)
         assert reload.json()["model_version"] == served.first.version
+
+
+async def test_a_new_version_swaps_in_with_the_vectors_of_users_answered_lately(
+    served: Served,
+) -> None:
+    users = [f"pre-{n}" for n in range(5)]
+    for n, user in enumerate(users):
+        await apply(served.settings, events_for(user, served.items[n : n + 4]))
+    # An item the first version does not know may be known to the next: this user's
+    # inputs cannot be reused, and their next request runs the encoder.
+    odd = events_for("odd", [*served.items[:3], "an-item-no-model-knows"])
+    await apply(served.settings, odd)
+    store = StateStore(served.settings)
+    async with in_process(served.settings) as (client, _):
+        try:
+            for user in [*users, "odd"]:
+                answer = await client.post("/recommend", json={"user_id": user, "k": 5})
+                assert answer.json()["model_version"] == served.first.version
+
+            async def encodes() -> float:
+                text = (await client.get("/metrics")).text
+                return sum(
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "streamrec_serve_stage_seconds_count"
+                    and sample.labels.get("stage") == "encode"
+                )
+
+            second = publish(served.models, served.root, parent=served.first.version)
+            for _ in range(200):
+                if (await client.get("/model")).json()["model_version"] == second.version:
+                    break
+                await asyncio.sleep(0.05)
+            text = (await client.get("/metrics")).text
+            warmed = counter_total(text, "streamrec_serve_vector_refreshes", outcome="refreshed")
+            assert warmed == len(users)
+            before = await encodes()
+            for user in users:
+                answer = await client.post("/recommend", json={"user_id": user, "k": 5})
+                assert answer.json()["model_version"] == second.version
+            assert await encodes() == before  # no request ran the encoder
+            await client.post("/recommend", json={"user_id": "odd", "k": 5})
+            assert await encodes() == before + 1
+            # The answers wrote the new version's vectors back: the very vectors its
+            # encoder computes from the users' state.
+            model = open_model(served.root, second.version)
+            for _ in range(100):
+                states = await store.read_users(users)
+                cached = {s.cached_vector.model_version for s in states if s.cached_vector}
+                if cached == {second.version}:
+                    break
+                await asyncio.sleep(0.05)
+            assert cached == {second.version}
+            for state in states:
+                inputs = user_encoder_inputs(model, state.recent_events)
+                assert inputs is not None
+                computed = model.bundle.user_vectors(*inputs)
+                assert np.allclose(cached_user_vector(model, state), computed, atol=1e-5)
+        finally:
+            await store.close()
