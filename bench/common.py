@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import orjson
 import psutil
@@ -71,7 +73,31 @@ def machine() -> dict[str, object]:
         "os": platform.platform(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
+        "reference_loop_ms": reference_loop_ms(),
     }
+
+
+def reference_loop_ms() -> float:
+    """A yardstick for the cores' speed on the day: the best of 5 runs of one million
+    Python additions. The same VM kind has measured 2-3x apart from day to day."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for n in range(1_000_000):
+            total += n
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """The machine a report's figures come from, as one sentence."""
+    reference = m.get("reference_loop_ms")
+    speed = f"; reference loop {reference} ms (`bench/common.py`)" if reference else ""
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
+        f"{m['date']}, commit {m['commit']}{speed}."
+    )
 
 
 def _git_commit() -> str:

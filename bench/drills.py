@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.common import REPORTS, ScratchStack, machine, tests_importable, write_json
+from bench.common import REPORTS, ScratchStack, machine, machine_line, tests_importable, write_json
 from streamrec.client import RetryPolicy
 from streamrec.devstack import free_port
 from streamrec.settings import Settings
@@ -127,8 +127,7 @@ def _write_markdown(r: dict[str, Any]) -> None:
         f"Command: `{r['command']}` (the same drills as `pytest tests/drills`, with figures "
         "instead of assertions). Real Tansu broker, real Redis, real `streamrec worker` and "
         "`streamrec serve` processes on one machine.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
-        f"{m['date']}, commit {m['commit']}. Load average (1, 5, 15 min) before "
+        f"{machine_line(m)} Load average (1, 5, 15 min) before "
         f"{r['load_average_before']}, after {r['load_average_after']}: the cores are shared "
         "with other work, so rates and latencies are lower bounds of what the code does.",
         "",

@@ -27,7 +27,7 @@ from kafka import KafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from bench.common import REPORTS, machine, write_json
+from bench.common import REPORTS, machine, machine_line, write_json
 from streamrec.devstack import DevStack, free_port
 from streamrec.events import Event
 from streamrec.processes import ServiceProcess
@@ -438,8 +438,7 @@ def _write_markdown(r: dict[str, object]) -> None:
         f"Command: `{r['command']}` — {r['events']:,} events of `shared/data/taobao_stream`, "
         "4 partitions per input topic, the embedded Tansu broker and a local Redis "
         "on the same machine.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
-        f"{m['date']}, commit {m['commit']}.",
+        machine_line(m),
         "",
         "| figure | value | goal |",
         "|---|---|---|",

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.common import machine
+from bench.common import machine, machine_line
 
 # SR-GNN paper (AAAI 2019), Table 2, on exactly this split.
 PUBLISHED = {
@@ -93,9 +93,7 @@ def _markdown(results: dict[str, Any], curves_png: str) -> str:
         "# Offline evaluation: yoochoose1_64 (SR-GNN split)",
         "",
         f"Command: `{results['command']}` (from the repository root; data in `../shared/data/`).",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
-        f"Python {info['python']}, "
-        f"{info['date']}, commit {info['commit']}.",
+        machine_line(info),
         "",
         "Protocol: every test prefix ranks **all** items; P@20 (= HR@20) and MRR@20 in percent, "
         f"{results['test_cases']} test cases. Models are trained on `train_sessions.txt` only; "

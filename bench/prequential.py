@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPORTS, machine, write_json
+from bench.common import REPORTS, machine, machine_line, write_json
 from retrain.prequential import VARIANTS, Plan, curves, load_replay, run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -140,8 +140,7 @@ def _markdown(report: dict[str, Any], plot: str) -> str:
     lines = [
         "# Prequential evaluation",
         "",
-        f"Command: `{report['command']}`. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['memory_gib']} GiB, Python {m['python']}; {m['date']}, commit {m['commit']}. "
+        f"Command: `{report['command']}`. {machine_line(m)} "
         f"Load average before/after: {report['load_average']['before'][0]:.1f} / "
         f"{report['load_average']['after'][0]:.1f} (other work shared the cores when > 2).",
         "",

@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.common import REPORTS, machine, write_json
+from bench.common import REPORTS, machine, machine_line, write_json
 from retrain.data import UserSequence, load_srgnn
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, ArchiveWriter
@@ -131,8 +131,7 @@ def _markdown(r: dict[str, Any]) -> str:
         [
             f"# Warm retrain on {r['events']:,} events",
             "",
-            f"Command: `{r['command']}`. Machine: {m['cpu']}, {m['cores']} cores, "
-            f"{m['memory_gib']} GiB, Python {m['python']}; {m['date']}, commit {m['commit']}. "
+            f"Command: `{r['command']}`. {machine_line(m)} "
             f"Load average before/after: {r['load_average']['before'][0]:.1f} / "
             f"{r['load_average']['after'][0]:.1f} (> 2: other work shared the cores).",
             "",

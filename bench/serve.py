@@ -22,7 +22,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from bench.common import REPORTS, machine, write_json
+from bench.common import REPORTS, machine, machine_line, write_json
 from stream.vectors import VectorRefresher
 from streamrec import registry
 from streamrec.client import RecommenderClient
@@ -458,8 +458,7 @@ def _write_markdown(r: dict[str, Any]) -> None:
         f"model {model['version']} ({model['items']} items, "
         f"C = {model.get('candidates')}, {model['source']}; trained on "
         f"{model.get('trained_on')}, {model.get('encoder_epochs')} encoder epochs).",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
-        f"{m['date']}, commit {m['commit']}. Load generator, server(s) and Redis share the cores.",
+        f"{machine_line(m)} Load generator, server(s) and Redis share the cores.",
         "",
         "| servers | rate req/s | achieved | p50 ms | p95 ms | p99 ms | errors | CPU ms/req "
         "| load avg before → after |",

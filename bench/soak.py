@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from bench.common import REPORTS, ScratchStack, machine, republish, write_json
+from bench.common import REPORTS, ScratchStack, machine, machine_line, republish, write_json
 from bench.serve import QUICK, open_loop, prepare_model, scrape, seed_users, serving
 from streamrec import registry
 from streamrec.devstack import free_port
@@ -154,8 +154,7 @@ def _write_markdown(r: dict[str, Any]) -> None:
         f"req/s for {r['minutes']} minute(s), {r['users']:,} users with 3-19 recent events; "
         f"a copy of the served version published as a new one every {r['swap_every_s']:g} s; "
         f"model {model['version']} ({model['items']} items, {model['source']}).",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
-        f"{m['date']}, commit {m['commit']}. Load average (1, 5, 15 min) before "
+        f"{machine_line(m)} Load average (1, 5, 15 min) before "
         f"{r['load_average_before']}, after {r['load_average_after']}; generator, server and "
         "Redis share the cores with other work.",
         "",
