@@ -5,9 +5,12 @@ model swap and event-to-effect delay. Writes bench/reports/serve.{md,json,png}."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import multiprocessing
 import os
+import resource
 import shutil
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -16,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -239,14 +243,76 @@ def serving(settings: Settings, servers: int) -> Iterator[tuple[str, ServiceProc
         process.stop()
 
 
+LOADGEN_SOURCE = Path(__file__).with_name("loadgen.c")
+
+
+def loadgen_binary() -> Path | None:
+    """bench/loadgen.c compiled (once per version of its source), or None without a
+    C compiler: the aiohttp generator then stands in, at a higher CPU cost."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    digest = hashlib.sha256(LOADGEN_SOURCE.read_bytes()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"streamrec-loadgen-{digest}"
+    if not target.exists():
+        staged = target.with_name(f"{target.name}.{os.getpid()}")
+        subprocess.run([compiler, "-O2", "-o", str(staged), str(LOADGEN_SOURCE)], check=True)
+        staged.rename(target)
+    return target
+
+
 def open_loop(url: str, users: list[str], rate: float, seconds: float) -> dict[str, Any]:
     """Requests sent on a fixed schedule from another process, whatever the answers do;
     latency counts from the scheduled time, so queueing shows (no coordinated omission)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        latencies, errors, sent, elapsed = pool.apply(_generate, (url, users, rate, seconds))
+    binary = loadgen_binary()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if binary is None:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            latencies, errors, sent, elapsed = pool.apply(_generate, (url, users, rate, seconds))
+        generator = "aiohttp"
+    else:
+        latencies, errors, sent, elapsed = _generate_in_c(binary, url, users, rate, seconds)
+        generator = "C"
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = _summary(rate, np.array(latencies), sum(errors.values()), sent, elapsed)
     result["error_kinds"] = dict(errors)
+    result["generator"] = generator
+    cpu_s = sum(
+        getattr(cpu_after, field) - getattr(cpu_before, field) for field in ("ru_utime", "ru_stime")
+    )
+    # The aiohttp generator's includes starting its Python process.
+    result["generator_cpu_ms_per_request"] = round(cpu_s * 1000 / max(sent, 1), 3)
     return result
+
+
+def _generate_in_c(
+    binary: Path, url: str, users: list[str], rate: float, seconds: float
+) -> tuple[list[float], Counter[str], int, float]:
+    address = urlsplit(url)
+    with tempfile.TemporaryDirectory(prefix="streamrec-loadgen-") as folder:
+        bodies, out = Path(folder) / "bodies", Path(folder) / "out"
+        bodies.write_bytes(b"\n".join(orjson.dumps({"user_id": u, "k": 20}) for u in users))
+        command = [
+            str(binary), address.hostname or "127.0.0.1", str(address.port), "/recommend",
+            str(rate), str(seconds), str(bodies), str(out), "512", str(REQUEST_TIMEOUT_S),
+        ]  # fmt: skip
+        subprocess.run(command, check=True)
+        lines = out.read_text().splitlines()
+    header = lines[0].split()  # "# sent N elapsed S connections C"
+    sent, elapsed = int(header[2]), float(header[4])
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    for line in lines[1:]:
+        _, latency_us, status = line.split()
+        if status == "200":
+            latencies.append(int(latency_us) / 1e6)
+        elif status == "timeout":
+            errors[f"timeout (> {REQUEST_TIMEOUT_S:g} s)"] += 1
+        elif status.isdigit():
+            errors[f"http {status}"] += 1
+        else:
+            errors[status] += 1  # closed, connect
+    return latencies, errors, sent, elapsed
 
 
 def _generate(
@@ -427,6 +493,14 @@ def stage_means(before: str, after: str) -> dict[str, float]:
     return means
 
 
+def _generator_name(r: dict[str, Any]) -> str:
+    runs = r["runs"]
+    if runs and runs[0].get("generator") == "C":
+        cpu = max(run["generator_cpu_ms_per_request"] for run in runs)
+        return f"`bench/loadgen.c`, epoll, at most {cpu} ms of CPU per request"
+    return "aiohttp"
+
+
 def _line(r: dict[str, Any]) -> str:
     return (
         f"{r.get('servers', 1)} server(s) @ {r['rate']}/s: p50 {r['p50_ms']} ms, "
@@ -465,7 +539,8 @@ def _write_markdown(r: dict[str, Any]) -> None:
     lines = [
         "# Serving benchmark",
         "",
-        f"Command: `{r['command']}`. Open-loop load (aiohttp, its own process) against "
+        f"Command: `{r['command']}`. Open-loop load ({_generator_name(r)}, its own process) "
+        "against "
         f"`streamrec serve`, POST /recommend k = 20 for {r['users']:,} users with 3-19 recent "
         f"events each and their vectors cached as the stream worker leaves them (the "
         "encoder runs only after a swap or an event); local Redis; "
