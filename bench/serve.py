@@ -458,15 +458,17 @@ def event_to_effect(url: str, settings: Settings, users: list[str], samples: int
     }
 
 
-def _get(url: str) -> bytes:
+def _get(url: str, timeout_s: float = 5) -> bytes:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return bytes(response.read())
 
 
 def scrape(url: str) -> str:
-    return _get(f"{url}/metrics").decode()
+    # After an overloaded run the server still works through the requests the
+    # generator gave up on (the event loop does not cancel them): wait its turn.
+    return _get(f"{url}/metrics", timeout_s=120).decode()
 
 
 def stage_means(before: str, after: str) -> dict[str, float]:
