@@ -124,7 +124,12 @@ def with_recent_items(
     if not added:
         return rows, dots
     recent = {int(row) for row in recent_rows}
-    displaced = [i for i in range(len(rows) - 1, -1, -1) if int(rows[i]) not in recent]
+    displaced: list[int] = []  # from the last place up, as many as are added
+    for position in range(len(rows) - 1, -1, -1):
+        if len(displaced) == len(added):
+            break
+        if int(rows[position]) not in recent:
+            displaced.append(position)
     added = added[: len(displaced)]
     kept = np.ones(len(rows), dtype=bool)
     kept[displaced[: len(added)]] = False
