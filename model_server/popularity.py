@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from redis.exceptions import RedisError
 
-from streamrec.loaded import ModelHolder, ServedModel
+from streamrec.loaded import ModelHolder, ServedModel, vocabulary_map
 from streamrec.state import StateStore, decay_popularity
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,10 @@ class PopularityTable:
         if snapshot.model_version != model.version:
             # Another vocabulary (a retrained version keeps its parent's rows and adds
             # some): every row it shares comes across; only new items are read.
-            source = np.fromiter(
-                (snapshot.rows.get(item, 0) for item in model.bundle.item_ids),
-                dtype=np.int64,
-                count=len(model.bundle.item_ids),
-            )
-            stored = stored[np.concatenate([[0], source])]
-            changed = [*changed, *(model.bundle.item_ids[i] for i in np.flatnonzero(source == 0))]
+            source = vocabulary_map(snapshot.rows, model.bundle.item_ids)
+            stored = stored[source]
+            added = np.flatnonzero(source[1:] == 0)
+            changed = [*changed, *(model.bundle.item_ids[i] for i in added)]
         else:
             stored = stored.copy()
         known = list(dict.fromkeys(item for item in changed if item in rows))

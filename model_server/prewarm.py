@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamrec.loaded import ModelHolder, ServedModel
+from streamrec.loaded import ModelHolder, ServedModel, vocabulary_map
 from streamrec.metrics import ServeMetrics
 from streamrec.state import CachedVector, UserState
 from streamrec.user_vectors import EncoderInputs, encoder_inputs, entry_vector, tagged_entry
@@ -100,12 +100,7 @@ class Prewarm:
             return
         started = time.monotonic()
         # Serving version's row → new version's row (0: the new one lacks the item).
-        remap = np.zeros(serving.n_items + 1, dtype=np.int64)
-        remap[1:] = np.fromiter(
-            (model.bundle.rows.get(item, 0) for item in serving.bundle.item_ids),
-            dtype=np.int64,
-            count=serving.n_items,
-        )
+        remap = vocabulary_map(model.bundle.rows, serving.bundle.item_ids)
         users = [
             (user_id, answered)
             for user_id, answered in reversed(self._answered.items())

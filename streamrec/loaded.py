@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -64,6 +64,14 @@ class SwapResult:
     outcome: SwapOutcome
     version: str
     previous: str | None
+
+
+def vocabulary_map(rows: Mapping[str, int], item_ids: Sequence[str]) -> np.ndarray:
+    """Rows of one vocabulary (`item_ids`, row 1 first) in another (`rows`): index it
+    with the first's rows; 0 where the other lacks the item, and for padding row 0."""
+    mapped = np.zeros(len(item_ids) + 1, dtype=np.int64)
+    mapped[1:] = np.fromiter((rows.get(item, 0) for item in item_ids), np.int64, len(item_ids))
+    return mapped
 
 
 def single_threaded_faiss() -> None:
