@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from bench.common import REPORTS, machine, machine_line, write_json
+from model_server.pipeline import STAGES
 from stream.vectors import VectorRefresher
 from streamrec import registry
 from streamrec.client import RecommenderClient
@@ -42,7 +43,6 @@ from streamrec.topics import ensure_topics
 
 console = Console(stderr=True)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose1_64"
-STAGES = ("redis", "encode", "retrieve", "features", "rank")
 STAGE_COLUMNS = (*STAGES, "server total recommend")
 REQUEST_TIMEOUT_S = 5.0
 

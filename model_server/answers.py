@@ -1,8 +1,8 @@
 """What the server writes back after answering (the items shown, for the online hit
-rate; fresh user vectors, for the cache), batched: every answer of the last few
-milliseconds goes to Redis in one script call, off every request's path. On this
-VM a loopback send costs about a millisecond whenever the cores are contended, so
-a round trip per request was as dear as the whole ranking stage."""
+rate; fresh user vectors, for the cache), batched: every answer of the last
+LINGER_S goes to Redis in one script call, off every request's path. On this VM a
+loopback send costs about a millisecond whenever the cores are contended, so a
+round trip per request was as dear as the whole ranking stage."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ from streamrec.state import Answer, StateStore
 log = logging.getLogger(__name__)
 
 # How long the writer waits for more answers before writing, and at most how
-# many go in one script call (Redis serves no one else while it runs).
-LINGER_S = 0.002
+# many go in one script call (Redis serves no one else while it runs). At 2 ms a
+# server at 500 req/s made a write per request or two: the writer's wake-ups, sends
+# and Redis calls were a quarter of the server's CPU (docs/serving.md). A click
+# within 20 ms of its answer, or the same user asking again that soon (the vector
+# is then computed twice), is rare enough.
+LINGER_S = 0.02
 BATCH_MAX = 64
 # Held while Redis does not answer; beyond this the oldest are dropped (and logged).
 PENDING_MAX = 10_000

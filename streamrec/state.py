@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from streamrec.events import Event, EventType
+from streamrec.events import EVENT_TYPE_OF, Event, EventType
 from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
 from streamrec.settings import Settings
 
@@ -404,7 +404,7 @@ def _user_state(
     recent = []
     for member, score in recent_raw:
         event_id, item_id, type_value = parse_recent_member(member)
-        recent.append(RecentEvent(event_id, item_id, EventType(type_value), int(float(score))))
+        recent.append(RecentEvent(event_id, item_id, EVENT_TYPE_OF[type_value], int(float(score))))
     item_counts: dict[str, dict[str, int]] = {}
     for field_name, count in counts_raw:
         type_value, _, item_id = field_name.decode().partition(":")
