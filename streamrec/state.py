@@ -10,10 +10,10 @@ newer state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from streamrec.events import EVENT_TYPE_OF, Event, EventType
 from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
+from streamrec.pipelined import PipelinedConnection
 from streamrec.settings import Settings
 
 PREFIX = "sr"
@@ -422,20 +423,34 @@ def _user_state(
 
 
 class StateStore:
-    """The Redis connection pool and the scripts that write state."""
+    """The Redis connection pool and the scripts that write state. With `reads`, the
+    users' state (`read_users`) is read through that one pipelined connection
+    instead: the model server's per-request read (streamrec/pipelined.py)."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis | None = None,
+        reads: PipelinedConnection | None = None,
+    ) -> None:
         self.settings = settings
         self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self.reads = reads
         self._apply_script = self.redis.register_script(_APPLY_BATCH_LUA)
         self._remember_script = self.redis.register_script(_REMEMBER_ANSWERS_LUA)
         self._read_popularity_script = self.redis.register_script(_READ_POPULARITY_LUA)
-        self._read_users_script = self.redis.register_script(_READ_USERS_LUA)
+        self._read_users_script: Callable[..., Awaitable[Any]] = (
+            reads.script(_READ_USERS_LUA)
+            if reads is not None
+            else self.redis.register_script(_READ_USERS_LUA)
+        )
         self._popularity_changes_script = self.redis.register_script(_POPULARITY_CHANGES_LUA)
         self._trend_keys = [trending_key(t) for t in EVENT_TYPES]
         self._popularity_types = [t.value for t in POPULARITY_TYPES]
 
     async def close(self) -> None:
+        if self.reads is not None:
+            await self.reads.close()
         await self.redis.aclose()
 
     async def ping(self) -> None:
