@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -81,6 +82,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 if settings.serve_prewarm_users > 0
                 else None
             )
+            if popularity is not None:
+                # After the warm-up: the table the new version starts with is the freshest.
+                holder.before_swap.append(popularity.prepare)
             recommender = Recommender(settings, store, metrics, popularity, prewarm)
             answers = AnswerWriter(store)
             writer = asyncio.create_task(answers.run())
@@ -88,6 +92,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 settings, store, holder, recommender, metrics, requests, answers
             )
             watcher = asyncio.create_task(holder.watch(settings.registry_poll_s))
+            # What start-up built (~100k objects the collector tracks: modules, the
+            # model) lives until shutdown: out of the collector's sight, a full
+            # collection took 4 ms instead of 42-62 ms, which every request waiting
+            # behind it used to see (one-off probe, 1,000 req/s).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             if answers is not None and writer is not None:

@@ -61,3 +61,38 @@ async def test_the_table_matches_a_redis_read_and_knows_its_version(
         assert empty.rows(model, rows, now_ms) is None
     finally:
         await store.close()
+
+
+async def test_a_prepared_version_reads_from_memory_as_soon_as_it_swaps_in(
+    served: Served,
+) -> None:
+    items = served.items
+    await apply(served.settings, events_for("d", items[:6]))
+    model = open_model(served.root, served.first.version)
+    store = StateStore(served.settings)
+    try:
+        table = PopularityTable(store, 1.0, served.settings.popularity_half_life_s)
+        await table.refresh(model)
+        second = publish(served.models, served.root, parent=served.first.version)
+        incoming = open_model(served.root, second.version)
+        await table.prepare(incoming)  # what ModelHolder.before_swap awaits
+        wanted = items[:12]
+        rows = np.array([incoming.bundle.rows[i] for i in wanted])
+        now_ms = int(time.time() * 1000)
+        # Both answer from memory: the version still serving, and the one swapping in.
+        assert (
+            table.rows(model, np.array([model.bundle.rows[i] for i in wanted]), now_ms) is not None
+        )
+        carried = table.rows(incoming, rows, now_ms)
+        assert carried is not None
+        assert np.allclose(carried, await store.read_item_popularity(wanted, now_ms), rtol=1e-12)
+        # Events between preparing and the first refresh on the new version are read then.
+        await apply(served.settings, events_for("e", items[6:11], EventType.PURCHASE))
+        await table.refresh(incoming)
+        assert table._incoming is None
+        held = table.rows(incoming, rows, now_ms)
+        assert held is not None
+        assert np.allclose(held, await store.read_item_popularity(wanted, now_ms), rtol=1e-12)
+        assert held[:11].any(axis=1).all() and not held[11:].any()
+    finally:
+        await store.close()
