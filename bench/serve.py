@@ -495,8 +495,8 @@ def stage_means(before: str, after: str) -> dict[str, float]:
     return means
 
 
-def _generator_name(r: dict[str, Any]) -> str:
-    runs = r["runs"]
+def generator_name(runs: list[dict[str, Any]]) -> str:
+    """How the runs' load was generated, for a report."""
     if runs and runs[0].get("generator") == "C":
         cpu = max(run["generator_cpu_ms_per_request"] for run in runs)
         return f"`bench/loadgen.c`, epoll, at most {cpu} ms of CPU per request"
@@ -541,7 +541,7 @@ def _write_markdown(r: dict[str, Any]) -> None:
     lines = [
         "# Serving benchmark",
         "",
-        f"Command: `{r['command']}`. Open-loop load ({_generator_name(r)}, its own process) "
+        f"Command: `{r['command']}`. Open-loop load ({generator_name(r['runs'])}, its own process) "
         "against "
         f"`streamrec serve`, POST /recommend k = 20 for {r['users']:,} users with 3-19 recent "
         f"events each and their vectors cached as the stream worker leaves them (the "

@@ -15,7 +15,15 @@ import numpy as np
 from rich.console import Console
 
 from bench.common import REPORTS, ScratchStack, machine, machine_line, republish, write_json
-from bench.serve import QUICK, open_loop, prepare_model, scrape, seed_users, serving
+from bench.serve import (
+    QUICK,
+    generator_name,
+    open_loop,
+    prepare_model,
+    scrape,
+    seed_users,
+    serving,
+)
 from streamrec import registry
 from streamrec.devstack import free_port
 from streamrec.scrape import counter_total
@@ -148,7 +156,7 @@ def _write_markdown(r: dict[str, Any]) -> None:
     lines = [
         "# Soak (drill 6)",
         "",
-        f"Command: `{r['command']}`. Open-loop load (bench/serve.py's generator, its own "
+        f"Command: `{r['command']}`. Open-loop load ({generator_name(r['windows'])}, its own "
         f"process) on `streamrec serve --workers {r.get('servers', 1)}`: "
         f"POST /recommend k = 20 at {r['rate']} "
         f"req/s for {r['minutes']} minute(s), {r['users']:,} users with 3-19 recent events; "
