@@ -54,13 +54,18 @@ class PopularityTable:
     def rows(self, model: ServedModel, vocab_rows: np.ndarray, now_ms: int) -> np.ndarray | None:
         """Decayed popularity of these vocabulary rows, or None when the table holds
         another version's vocabulary (a swap that did not `prepare`) or nothing yet."""
-        snapshot = self._snapshot
-        if snapshot is None or snapshot.model_version != model.version:
-            snapshot = self._incoming
-            if snapshot is None or snapshot.model_version != model.version:
-                self._wake.set()  # a swap: carry the table over now, not in a second
-                return None
+        snapshot = self._held(model.version)
+        if snapshot is None:
+            self._wake.set()  # a swap: carry the table over now, not in a second
+            return None
         return decay_popularity(snapshot.stored[vocab_rows], now_ms, self.half_life_s)
+
+    def _held(self, version: str) -> Snapshot | None:
+        """The table for `version`: the serving one's, or the one `prepare` made."""
+        for snapshot in (self._snapshot, self._incoming):
+            if snapshot is not None and snapshot.model_version == version:
+                return snapshot
+        return None
 
     async def prepare(self, model: ServedModel) -> None:
         """Carry the table over to `model` before it swaps in (`ModelHolder.before_swap`).
@@ -78,10 +83,9 @@ class PopularityTable:
             self._incoming = None
 
     async def _next_snapshot(self, model: ServedModel) -> Snapshot:
-        snapshot = self._snapshot
-        incoming = self._incoming
-        if incoming is not None and incoming.model_version == model.version:
-            snapshot = incoming
+        # From the table already held for this version, else carried over from the
+        # serving one's.
+        snapshot = self._held(model.version) or self._snapshot
         if snapshot is None or time.monotonic() - snapshot.full_at_s >= FULL_REFRESH_S:
             return await self._read_all(model)
         seq, changed = await self.store.popularity_changes(snapshot.seq)
