@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
     popularity_half_life_s: float = Field(default=6 * 3600, gt=0)
     trending_max_items: int = Field(default=10_000, ge=10)
+    # Item-to-item co-visitation kept by the apply script (streamrec/covis.py): each
+    # event links its item with the user's `covis_window` latest earlier items; an
+    # item keeps its `covis_neighbours_max` strongest links (0 turns it off).
+    covis_window: int = Field(default=5, ge=1, le=50)
+    covis_neighbours_max: int = Field(default=50, ge=0, le=1000)
+    covis_half_life_s: float = Field(default=3 * 24 * 3600, gt=0)
+    covis_backward: float = Field(default=0.5, ge=0, le=1)
+    # The model server reads the links of the user's this many latest distinct items.
+    covis_read_items: int = Field(default=5, ge=0, le=50)
     # Online hit rate: the model server remembers what it recommended to a user for
     # this long (at most `recommended_max` items), and the stream worker counts a
     # click on one of them as a hit. 0 turns both off.

@@ -19,6 +19,8 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
+from streamrec.covis import REBASE_HALF_LIVES as COVIS_REBASE_HALF_LIVES
+from streamrec.covis import CovisRule
 from streamrec.events import EVENT_TYPE_OF, Event, EventType
 from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
 from streamrec.pipelined import PipelinedConnection
@@ -54,6 +56,12 @@ def item_popularity_key(item_id: str) -> str:
     return f"{PREFIX}:i:{{{item_id}}}:pop"
 
 
+def item_covis_key(item_id: str) -> str:
+    """The item's co-visitation links: neighbour -> score (streamrec/covis.py); the
+    scores' epoch is the `cv:epoch` field of its popularity hash (same slot)."""
+    return f"{PREFIX}:i:{{{item_id}}}:cv"
+
+
 def trending_key(event_type: EventType) -> str:
     return f"{PREFIX}:trend:{event_type.value}"
 
@@ -77,19 +85,21 @@ POPULARITY_CHANGED_MAX = 100_000
 # KEYS: 1 trending epoch, 2..(1+T) trending per type (one per EVENT_TYPES), then
 #   the count of events applied since the last retraining trigger, the popularity
 #   change counter and the popularity change log.
-# ARGV: 1 recent max, 2 purchased max, 3 user items max, 4 user ttl s, 5 item
-#   ttl s, 6 dedup ttl s, 7 half-life ms, 8 trending max, 9 rebase half-lives,
-#   10 JSON [[event_id, user_id, item_id, type, ts_ms], ...], 11 hit window ms,
-#   12 change log max.
+# ARGV: 1 the limits as one JSON object (`StateStore._apply_config`), 2 JSON
+#   [[event_id, user_id, item_id, type, ts_ms], ...].
 # Returns per event: 0 duplicate, 1 applied, 2 applied and a click on an item
 # recommended to that user within the hit window (the online hit rate).
 # Keys other than the global ones are not declared, so this needs a single Redis
 # (primary + replicas); see docs/state.md.
 _APPLY_BATCH_LUA = """
-local recent_max, purchased_max, items_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local user_ttl, item_ttl, dedup_ttl = ARGV[4], ARGV[5], ARGV[6]
-local half_life, trending_max, rebase = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local hit_window, changed_max = tonumber(ARGV[11]), tonumber(ARGV[12])
+local c = cjson.decode(ARGV[1])
+local recent_max, purchased_max, items_max = c.recent_max, c.purchased_max, c.user_items_max
+local user_ttl, item_ttl, dedup_ttl = c.user_ttl_s, c.item_ttl_s, c.dedup_ttl_s
+local half_life, trending_max, rebase = c.half_life_ms, c.trending_max, c.rebase_half_lives
+local hit_window, changed_max = c.hit_window_ms, c.changed_max
+local covis_window, covis_max = c.covis_window, c.covis_max
+local covis_half_life, covis_backward = c.covis_half_life_ms, c.covis_backward
+local covis_rebase = c.covis_rebase_half_lives
 local types = {EVENT_TYPES}
 local k_new_events, k_pop_seq, k_pop_changed = KEYS[2 + #types], KEYS[3 + #types], KEYS[4 + #types]
 local changed_items = {}
@@ -97,6 +107,48 @@ local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 
 local trend_key = {}
 for i, t in ipairs(types) do trend_key[t] = KEYS[1 + i] end
+
+-- Co-visitation (streamrec/covis.py has the rule and its Python twin): a link's
+-- score is w * 2^((ts - epoch) / half-life) against its item's own epoch, kept in
+-- that item's popularity hash; each item keeps its `covis_max` strongest links.
+local function covis_add(item, neighbour, weight, ts)
+  local k_links, k_pop = '{PREFIX}:i:{' .. item .. '}:cv', '{PREFIX}:i:{' .. item .. '}:pop'
+  local epoch = tonumber(redis.call('HGET', k_pop, 'cv:epoch') or '')
+  if not epoch or redis.call('EXISTS', k_links) == 0 then
+    epoch = ts
+    redis.call('HSET', k_pop, 'cv:epoch', epoch)
+  end
+  local exponent = (ts - epoch) / covis_half_life
+  if exponent > covis_rebase then
+    local shift = math.floor(exponent / covis_rebase) * covis_rebase
+    local scale = math.pow(2, -shift)
+    local members = redis.call('ZRANGE', k_links, 0, -1, 'WITHSCORES')
+    for i = 1, #members, 2 do
+      redis.call('ZADD', k_links, tonumber(members[i + 1]) * scale, members[i])
+    end
+    epoch = epoch + math.floor(shift * covis_half_life)
+    redis.call('HSET', k_pop, 'cv:epoch', epoch)
+    exponent = exponent - shift
+  end
+  redis.call('ZINCRBY', k_links, string.format('%.17g', weight * math.pow(2, exponent)), neighbour)
+  if redis.call('ZCARD', k_links) > covis_max then
+    redis.call('ZREMRANGEBYRANK', k_links, 0, -covis_max - 1)
+  end
+  redis.call('EXPIRE', k_links, item_ttl)
+  redis.call('EXPIRE', k_pop, item_ttl)
+end
+
+local function covisit(k_items, item, ts)
+  local earlier = redis.call('ZREVRANGEBYSCORE', k_items, ts, '-inf', 'LIMIT', 0, covis_window + 1)
+  local d = 0
+  for _, other in ipairs(earlier) do
+    if other ~= item and d < covis_window then
+      d = d + 1
+      covis_add(other, item, 1 / d, ts)
+      if covis_backward > 0 then covis_add(item, other, covis_backward / d, ts) end
+    end
+  end
+end
 
 local function apply(event)
   local event_id, user, item, etype, ts = event[1], event[2], event[3], event[4], event[5]
@@ -126,6 +178,7 @@ local function apply(event)
     redis.call('EXPIRE', k_buy, user_ttl)
   end
 
+  if covis_max > 0 then covisit(k_items, item, ts) end
   redis.call('ZADD', k_items, 'GT', ts, item)
   redis.call('HINCRBY', k_cnt, etype .. ':' .. item, 1)
   local excess = redis.call('ZCARD', k_items) - items_max
@@ -190,7 +243,7 @@ local function apply(event)
 end
 
 local applied = {}
-for i, event in ipairs(cjson.decode(ARGV[10])) do
+for i, event in ipairs(cjson.decode(ARGV[2])) do
   applied[i] = apply(event)
 end
 local count = 0
@@ -288,28 +341,40 @@ return {seq, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. since, '+inf')}
 """
 
 
-# Read-only. KEYS: per user its recent events, purchases, item counts, meta and cached
-# vector keys; ARGV[1]: "1" to read purchases and item counts (ranking), else "0".
-# Per user one array: events and scores, purchases, counts, meta (flat field/value
-# lists) and the vector (nil when none). One script call is one command for the
-# client to pack and one reply to parse, where a MULTI/EXEC pipeline of five
-# commands per user cost the model server ~1 ms of its CPU per request.
+# Read-only. KEYS: per user its recent events, purchases, item counts, meta, cached
+# vector and items keys; ARGV[1]: "1" to read purchases and item counts (ranking),
+# else "0"; ARGV[2]: for ranking, of how many of the user's latest distinct items
+# to read the co-visitation links. Per user one array: events and scores,
+# purchases, counts, meta (flat field/value lists), the vector (nil when none) and
+# per linked item {item, epoch, links and scores}. One script call is one command
+# for the client to pack and one reply to parse, where a MULTI/EXEC pipeline of
+# five commands per user cost the model server ~1 ms of its CPU per request.
 _READ_USERS_LUA = """
 local ranking = ARGV[1] == '1'
+local covis_items = tonumber(ARGV[2] or '0')
 local out = {}
-for i = 1, #KEYS, 5 do
-  local purchased, counts = {}, {}
+for i = 1, #KEYS, 6 do
+  local purchased, counts, covis = {}, {}, {}
   if ranking then
     purchased = redis.call('ZRANGE', KEYS[i + 1], 0, -1)
     counts = redis.call('HGETALL', KEYS[i + 2])
+    if covis_items > 0 then
+      for _, item in ipairs(redis.call('ZRANGE', KEYS[i + 5], 0, covis_items - 1, 'REV')) do
+        local k_item = '{PREFIX}:i:{' .. item .. '}:'
+        covis[#covis + 1] = {
+          item, redis.call('HGET', k_item .. 'pop', 'cv:epoch') or '0',
+          redis.call('ZRANGE', k_item .. 'cv', 0, -1, 'REV', 'WITHSCORES'),
+        }
+      end
+    end
   end
   out[#out + 1] = {
     redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES'), purchased, counts,
-    redis.call('HGETALL', KEYS[i + 3]), redis.call('GET', KEYS[i + 4]),
+    redis.call('HGETALL', KEYS[i + 3]), redis.call('GET', KEYS[i + 4]), covis,
   }
 end
 return out
-"""
+""".replace("{PREFIX}", PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +413,9 @@ class UserState:
     item_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     last_ts_ms: int | None = None
     cached_vector: CachedVector | None = None
+    # The co-visitation links of the user's latest distinct items, latest first:
+    # (item, stored scores, epoch ms), as `covis.covis_scores` takes them.
+    covis: tuple[tuple[str, dict[str, float], int], ...] = ()
 
     @property
     def state_tag(self) -> str:
@@ -401,6 +469,7 @@ def _user_state(
     counts_raw: list[tuple[bytes, bytes]],
     meta_raw: list[tuple[bytes, bytes]],
     vector_raw: bytes | None,
+    covis_raw: list[list[Any]],
 ) -> UserState:
     recent = []
     for member, score in recent_raw:
@@ -419,6 +488,49 @@ def _user_state(
         item_counts=item_counts,
         last_ts_ms=int(meta["last_ts"]) if "last_ts" in meta else None,
         cached_vector=CachedVector.from_bytes(vector_raw) if vector_raw else None,
+        covis=tuple(
+            (
+                item.decode(),
+                {member.decode(): float(score) for member, score in _pairs(links)},
+                int(float(epoch)),
+            )
+            for item, epoch, links in covis_raw
+        ),
+    )
+
+
+def covis_rule(settings: Settings) -> CovisRule:
+    """The co-visitation rule these settings apply (and training replays)."""
+    return CovisRule(
+        window=settings.covis_window,
+        max_neighbours=settings.covis_neighbours_max,
+        half_life_s=settings.covis_half_life_s,
+        backward=settings.covis_backward,
+    )
+
+
+def _apply_config(settings: Settings) -> bytes:
+    """The apply script's limits, by name (ARGV[1])."""
+    s, covis = settings, covis_rule(settings)
+    return orjson.dumps(
+        {
+            "recent_max": s.recent_events_max,
+            "purchased_max": s.purchased_max,
+            "user_items_max": s.user_items_max,
+            "user_ttl_s": s.user_ttl_s,
+            "item_ttl_s": s.item_ttl_s,
+            "dedup_ttl_s": s.dedup_ttl_s,
+            "half_life_ms": int(s.popularity_half_life_s * 1000),
+            "trending_max": s.trending_max_items,
+            "rebase_half_lives": TRENDING_REBASE_HALF_LIVES,
+            "hit_window_ms": s.hit_window_s * 1000,
+            "changed_max": POPULARITY_CHANGED_MAX,
+            "covis_window": covis.window if covis.max_neighbours > 0 else 0,
+            "covis_max": covis.max_neighbours,
+            "covis_half_life_ms": covis.half_life_ms,
+            "covis_backward": covis.backward,
+            "covis_rebase_half_lives": COVIS_REBASE_HALF_LIVES,
+        }
     )
 
 
@@ -460,18 +572,6 @@ class StateStore:
         """Apply a batch in one round trip: per event, applied (a hit or not) or duplicate."""
         if not events:
             return []
-        s = self.settings
-        constants = [
-            s.recent_events_max,
-            s.purchased_max,
-            s.user_items_max,
-            s.user_ttl_s,
-            s.item_ttl_s,
-            s.dedup_ttl_s,
-            int(s.popularity_half_life_s * 1000),
-            s.trending_max_items,
-            TRENDING_REBASE_HALF_LIVES,
-        ]
         keys = [
             TRENDING_EPOCH_KEY,
             *self._trend_keys,
@@ -479,7 +579,7 @@ class StateStore:
             POPULARITY_SEQ_KEY,
             POPULARITY_CHANGED_KEY,
         ]
-        hit_window_ms = s.hit_window_s * 1000
+        config = _apply_config(self.settings)
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
                 batch = orjson.dumps(
@@ -488,11 +588,7 @@ class StateStore:
                         for e in events[start : start + SCRIPT_MAX_EVENTS]
                     ]
                 )
-                await self._apply_script(
-                    keys=keys,
-                    args=[*constants, batch, hit_window_ms, POPULARITY_CHANGED_MAX],
-                    client=pipe,
-                )
+                await self._apply_script(keys=keys, args=[config, batch], client=pipe)
             chunks = await pipe.execute()
         return [Applied(applied) for chunk in chunks for applied in chunk]
 
@@ -559,16 +655,26 @@ class StateStore:
                 user_key(user_id, "cnt"),
                 user_key(user_id, "meta"),
                 user_vector_key(user_id),
+                user_key(user_id, "items"),
             )
         ]
-        replies = await self._read_users_script(keys=keys, args=["1" if for_ranking else "0"])
+        covis_items = self.settings.covis_read_items if for_ranking else 0
+        replies = await self._read_users_script(
+            keys=keys, args=["1" if for_ranking else "0", covis_items]
+        )
         users = []
-        for user_id, (recent, purchased, counts, meta, vector) in zip(
+        for user_id, (recent, purchased, counts, meta, vector, covis) in zip(
             user_ids, replies, strict=True
         ):
             users.append(
                 _user_state(
-                    user_id, _pairs(recent), purchased, _pairs(counts), _pairs(meta), vector
+                    user_id,
+                    _pairs(recent),
+                    purchased,
+                    _pairs(counts),
+                    _pairs(meta),
+                    vector,
+                    covis,
                 )
             )
         return users
