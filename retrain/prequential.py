@@ -27,6 +27,14 @@ So every answer sees all of its user's earlier events, as in a live system
 whose users act seconds apart, and every earlier window's events. Event
 times are shifted so the newest event lies at the replay's start (gaps kept),
 so decay and recency behave as they do on live traffic.
+
+The same run scores the online baselines of retrain/online_baselines.py
+in-process on the same replay, in the same order: each observes the warm-up,
+then per round answers for every event of the round before it observes them
+(`AnswerFirst` refuses anything else), so an answer sees only what the
+pipeline had seen. Every result is also broken down by case (`repeat`: the
+user touched the item before, warm-up included; `new_item`; `no_history`) and
+by the event's type.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,11 +56,12 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from retrain.online_baselines import BASELINES, Baseline
 from streamrec import registry
 from streamrec.client import AsyncRecommenderClient, Recommendations
 from streamrec.devstack import DevStack, free_port
 from streamrec.errors import InputFormatError, StreamrecError
-from streamrec.events import Event, Rejection
+from streamrec.events import Event, EventType, Rejection
 from streamrec.processes import ServiceProcess
 from streamrec.producer import EventProducer
 from streamrec.replay import FileFormat, read_events
@@ -66,6 +75,7 @@ console = Console(stderr=True)
 
 K = 20
 RETRAIN_OUTCOMES = ("published", "rejected", "skipped", "failed")
+CASES = ("repeat", "new_item", "no_history")
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,55 @@ class VariantResult:
         }
 
 
+@dataclass
+class PrequentialRun:
+    """What one `run` measured on one replay."""
+
+    variants: list[VariantResult]
+    baselines: list[VariantResult]
+    cases: np.ndarray  # each scored event's case, one of CASES
+    types: np.ndarray  # each scored event's type (EventType values)
+
+    def breakdown(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per variant and baseline, per case and then per event type that occurs:
+        events, hit@20 and MRR@20 (percent)."""
+        groups = {case: self.cases == case for case in CASES}
+        groups |= {t.value: self.types == t.value for t in EventType if t.value in self.types}
+        return {
+            result.variant: {name: _group_summary(result, mask) for name, mask in groups.items()}
+            for result in [*self.variants, *self.baselines]
+        }
+
+
+def _group_summary(result: VariantResult, mask: np.ndarray) -> dict[str, Any]:
+    events = int(mask.sum())
+    if not events:
+        return {"events": 0, "hr20": None, "mrr20": None}
+    return {
+        "events": events,
+        "hr20": round(100 * float(result.hits[mask].mean()), 2),
+        "mrr20": round(100 * float(result.reciprocal_ranks[mask].mean()), 2),
+    }
+
+
+def event_cases(replay: Replay) -> tuple[np.ndarray, np.ndarray]:
+    """Each scored event's case (`repeat`: its user touched the item before, in the
+    warm-up or earlier in the replay; `new_item`: the user has history, not this
+    item; `no_history`) and its type. The user's true history decides, whatever
+    a variant was shown."""
+    touched: dict[str, set[str]] = {}
+    for event in replay.warmup:
+        touched.setdefault(event.user_id, set()).add(event.item_id)
+    cases = []
+    for event in replay.scored:
+        items = touched.setdefault(event.user_id, set())
+        cases.append(
+            "no_history" if not items else "repeat" if event.item_id in items else "new_item"
+        )
+        items.add(event.item_id)
+    return np.array(cases), np.array([e.type.value for e in replay.scored])
+
+
 @dataclass(frozen=True)
 class Plan:
     window: int = 256  # events whose users run side by side (each user's in order)
@@ -187,21 +246,48 @@ def run(
     workdir: Path,
     variants: Sequence[str] = tuple(VARIANTS),
     plan: Plan = Plan(),
-) -> list[VariantResult]:
-    """Every variant on `replay`, on a private broker and Redis under `workdir`."""
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        raise StreamrecError(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
-    stack = DevStack(workdir / "stack")
-    status = stack.up()
-    base = Settings(
+    baselines: Sequence[str] = tuple(BASELINES),
+) -> PrequentialRun:
+    """Every baseline on `replay` in-process, then every variant on a private
+    broker and Redis under `workdir` (none is started when `variants` is empty)."""
+    _check_names("variants", variants, VARIANTS)
+    _check_names("baselines", baselines, BASELINES)
+    settings = Settings(
         home=workdir,
-        kafka_bootstrap=status.kafka_bootstrap or "",
-        redis_url=status.redis_url or "",
         input_partitions=2,
         registry_poll_s=0.5,
         serve_budget_ms=10_000,  # quality is measured here, not speed: never cut ranking short
         log_level="WARNING",
+    )
+    cases, types = event_cases(replay)
+    outcome = PrequentialRun([], [], cases, types)
+    for name in baselines:
+        outcome.baselines.append(
+            score_baseline(replay, name, settings.popularity_half_life_s, plan)
+        )
+        console.print(_line(replay.name, outcome.baselines[-1]))
+    if variants:
+        outcome.variants = _run_variants(replay, settings, variants, plan)
+    return outcome
+
+
+def _check_names(kind: str, names: Sequence[str], known: Mapping[str, object]) -> None:
+    unknown = set(names) - set(known)
+    if unknown:
+        raise StreamrecError(f"unknown {kind} {sorted(unknown)}; known: {', '.join(known)}")
+
+
+def _run_variants(
+    replay: Replay, settings: Settings, variants: Sequence[str], plan: Plan
+) -> list[VariantResult]:
+    workdir = settings.home
+    stack = DevStack(workdir / "stack")
+    status = stack.up()
+    base = settings.model_copy(
+        update={
+            "kafka_bootstrap": status.kafka_bootstrap or "",
+            "redis_url": status.redis_url or "",
+        }
     )
     if plan.retrain_every_events == 0:
         plan = replace(plan, retrain_every_events=max(1000, len(replay.scored) // 6))
@@ -392,6 +478,72 @@ async def _replay(
     )  # fmt: skip
 
 
+class AnswerFirst:
+    """A baseline fed test-then-train: the warm-up first; then a scored event may
+    be observed only once it was answered for, and an answer is refused once a
+    later event of the same user was observed."""
+
+    def __init__(self, baseline: Baseline) -> None:
+        self.baseline = baseline
+        self._answered: set[int] = set()
+        self._user_observed: dict[str, int] = {}  # user → index of their latest observed event
+        self._scoring = False
+
+    def warm(self, event: Event) -> None:
+        if self._scoring:
+            raise StreamrecError(f"warm-up event {event.event_id} after scoring began")
+        self.baseline.observe(event)
+
+    def answer(self, index: int, event: Event, k: int) -> list[str]:
+        self._scoring = True
+        seen = self._user_observed.get(event.user_id, -1)
+        if seen >= index:
+            raise StreamrecError(
+                f"answer for scored event {index} asked after user {event.user_id}'s "
+                f"event {seen} was observed"
+            )
+        self._answered.add(index)
+        return self.baseline.recommend(event.user_id, k)
+
+    def observe(self, index: int, event: Event) -> None:
+        if index not in self._answered:
+            raise StreamrecError(
+                f"scored event {index} (user {event.user_id}, item {event.item_id}) "
+                "observed before it was answered for"
+            )
+        self._answered.remove(index)
+        self._user_observed[event.user_id] = index
+        self.baseline.observe(event)
+
+
+def score_baseline(
+    replay: Replay, name: str, half_life_s: float, plan: Plan = Plan()
+) -> VariantResult:
+    """A baseline on the replay in the pipeline's order (`_rounds` of each window):
+    answers for a round's events first, then observes them. `half_life_s`: its
+    popularity fill's."""
+    spec = BASELINES[name]
+    started = time.perf_counter()
+    baseline = AnswerFirst(spec.build(half_life_s))
+    for event in replay.warmup:
+        baseline.warm(event)
+    n = len(replay.scored)
+    scores = _Scores(n)
+    with _progress(f"{replay.name}: {name}", n) as advance:
+        for start in range(0, n, plan.window):
+            for step in _rounds(replay.scored, start, min(start + plan.window, n)):
+                for index, event in step:
+                    scores.hit(index, event.item_id, baseline.answer(index, event, K))
+                for index, event in step:
+                    baseline.observe(index, event)
+                advance(len(step))
+    ts = np.array([e.ts_ms for e in replay.scored], dtype=np.int64)
+    return VariantResult(
+        name, spec.label, ts, scores.hits, scores.reciprocal_ranks, 0, Counter(), Counter(),
+        time.perf_counter() - started,
+    )  # fmt: skip
+
+
 def _rounds(events: list[Event], start: int, stop: int) -> list[list[tuple[int, Event]]]:
     """The window's events in rounds: round r holds every user's r-th event of the
     window, so each user's events stay in order and the users of a round run
@@ -419,10 +571,12 @@ class _Scores:
     def record(self, index: int, item_id: str, answer: Recommendations) -> None:
         self.fallbacks[answer.fallback or "none"] += 1
         self.versions[answer.model_version] += 1
-        ids = answer.item_ids
-        if item_id in ids:
+        self.hit(index, item_id, answer.item_ids)
+
+    def hit(self, index: int, item_id: str, item_ids: list[str]) -> None:
+        if item_id in item_ids[:K]:
             self.hits[index] = 1
-            self.reciprocal_ranks[index] = 1 / (ids.index(item_id) + 1)
+            self.reciprocal_ranks[index] = 1 / (item_ids.index(item_id) + 1)
 
 
 @contextmanager
@@ -451,8 +605,10 @@ def curves(result: VariantResult, bins: int = 20) -> dict[str, list[float]]:
 
 def _line(dataset: str, result: VariantResult) -> str:
     s = result.summary()
+    scores = f"{dataset} {result.variant:>9}: hit@20 {s['hr20']:6.2f}  MRR@20 {s['mrr20']:6.2f}"
+    if result.variant in BASELINES:
+        return f"{scores}  ({s['events']:,} events, {s['seconds']} s)"
     return (
-        f"{dataset} {result.variant:>9}: hit@20 {s['hr20']:6.2f}  MRR@20 {s['mrr20']:6.2f}  "
-        f"({s['events']:,} events, {s['events_per_s']}/s, errors {s['errors']}, "
+        f"{scores}  ({s['events']:,} events, {s['events_per_s']}/s, errors {s['errors']}, "
         f"fallbacks {s['fallbacks']}, retrains {s['retrains'] or '-'})"
     )

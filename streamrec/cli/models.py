@@ -195,7 +195,13 @@ def eval_prequential(
     ),
     fmt: FileFormat | None = typer.Option(None, "--format", help="Default: detected."),
     variants: str = typer.Option(
-        "trending,frozen,realtime,retrain", help="Which of the four to run, comma-separated."
+        "trending,frozen,realtime,retrain",
+        help="Which of the four to run, comma-separated; '' or 'none': no pipeline at all.",
+    ),
+    baselines: str = typer.Option(
+        "all",
+        help="Online baselines scored in-process on the same replay, comma-separated "
+        "(latest, cooc, vsknn, latest+cooc, cooc+latest, latest+cooc:sum); '' or 'none': none.",
     ),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N events."),
     retrain_every: int = typer.Option(
@@ -209,27 +215,63 @@ def eval_prequential(
     """Replay DATA through a private live pipeline; before each event ask /recommend
     for its user and score hit@20 and MRR@20. Compares trending only, a model frozen
     after the warm-up, that model with real-time state, and real-time state plus
-    retraining."""
+    retraining, beside online baselines (latest items, co-occurrence, V-SKNN, blends)
+    on the same replay; then the same by case and by event type."""
     import shutil
     import tempfile
 
-    from retrain.prequential import Plan, load_replay, run
+    from retrain.online_baselines import BASELINES
+    from retrain.prequential import CASES, Plan, load_replay, run
 
     replay = load_replay(data, history, limit=limit, fmt=fmt)
     root = workdir or Path(tempfile.mkdtemp(prefix="streamrec-prequential-"))
     try:
-        results = run(replay, root, variants.split(","), Plan(retrain_every_events=retrain_every))
+        outcome = run(
+            replay,
+            root,
+            _names(variants),
+            Plan(retrain_every_events=retrain_every),
+            baselines=list(BASELINES) if baselines == "all" else _names(baselines),
+        )
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    summary = {r.variant: r.summary() for r in results}
-    typer.echo(f"{'variant':<10}{'hit@20':>8}{'MRR@20':>8}{'events':>9}{'errors':>8}")
-    for name, row in summary.items():
+    results = [*outcome.variants, *outcome.baselines]
+    width = max([10, *(len(r.variant) + 2 for r in results)])
+    typer.echo(f"{'':<{width}}{'hit@20':>8}{'MRR@20':>8}{'events':>9}{'errors':>8}")
+    for result in results:
+        row = result.summary()
         typer.echo(
-            f"{name:<10}{row['hr20']:>8.2f}{row['mrr20']:>8.2f}{row['events']:>9,}{row['errors']:>8}"
+            f"{result.variant:<{width}}{row['hr20']:>8.2f}{row['mrr20']:>8.2f}"
+            f"{row['events']:>9,}{row['errors']:>8}"
         )
+    breakdown = outcome.breakdown()
+    groups = next(iter(breakdown.values()), {})
+    tables = (("case", CASES), ("event type", [g for g in groups if g not in CASES]))
+    for title, names in tables if groups else ():
+        headers = [f"{name} ({groups[name]['events']:,})" for name in names]
+        typer.echo(f"\nby {title}: hit@20 / MRR@20 (events)")
+        typer.echo(f"{'':<{width}}" + "".join(f"{header:>20}" for header in headers))
+        for result_name, cells in breakdown.items():
+            row_cells = [_cell(cells[name]["hr20"], cells[name]["mrr20"]) for name in names]
+            typer.echo(f"{result_name:<{width}}" + "".join(f"{cell:>20}" for cell in row_cells))
     if out is not None:
-        out.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        report = {
+            "variants": {r.variant: r.summary() for r in outcome.variants},
+            "baselines": {r.variant: r.summary() for r in outcome.baselines},
+            "breakdown": breakdown,
+        }
+        out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+
+
+def _names(option: str) -> list[str]:
+    """A comma-separated option's names; '' and 'none' name nothing."""
+    names = [name.strip() for name in option.split(",") if name.strip()]
+    return [] if names == ["none"] else names
+
+
+def _cell(hr20: float | None, mrr20: float | None) -> str:
+    return "-" if hr20 is None or mrr20 is None else f"{hr20:.2f} / {mrr20:.2f}"
 
 
 def bench_prequential(
