@@ -1,7 +1,8 @@
-"""Prequential benchmark: the four variants of retrain/prequential.py on the
-yoochoose_sessions test day (the days before it as warm-up; sessions as users)
-and on the Taobao stream (its first 20% as warm-up). Writes
-bench/reports/prequential.{md,json,png} (`--quick`: prequential-quick.*)."""
+"""Prequential benchmark: the four variants of retrain/prequential.py and the
+online baselines beside them, on the yoochoose_sessions test day (the days
+before it as warm-up; sessions as users) and on the Taobao stream (its first
+20% as warm-up). Writes bench/reports/prequential.{md,json,png} (`--quick`:
+prequential-quick.*)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPORTS, machine, machine_line, write_json
-from retrain.prequential import VARIANTS, Plan, curves, load_replay, run
+from retrain.online_baselines import BLENDS
+from retrain.prequential import CASES, VARIANTS, Plan, curves, load_replay, run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 YOOCHOOSE = DATA / "yoochoose_sessions"
@@ -56,12 +58,17 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
                 dataset.data, dataset.history, limit=QUICK_LIMIT if quick else limit
             )
             outcome = run(replay, workdir / dataset.name, plan=Plan())
+            baselines = {r.variant: r.summary() for r in outcome.baselines}
             results[dataset.name] = {
                 "describe": dataset.describe,
                 "warmup_events": len(replay.warmup),
                 "scored_events": len(replay.scored),
-                "variants": {r.variant: r.summary() for r in outcome},
-                "curves": {r.variant: curves(r) for r in outcome},
+                "variants": {r.variant: r.summary() for r in outcome.variants},
+                "baselines": baselines,
+                "best_baseline": {m: _best(baselines, m) for m in ("hr20", "mrr20")},
+                "best_blend": _best({n: baselines[n] for n in BLENDS if n in baselines}, "hr20"),
+                "breakdown": outcome.breakdown(),
+                "curves": {r.variant: curves(r) for r in [*outcome.variants, *outcome.baselines]},
             }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -69,11 +76,14 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
     report = {
         "hr20": _per(results, "hr20"),
         "mrr20": _per(results, "mrr20"),
+        "baselines": {n: d["baselines"] for n, d in results.items()},
+        "breakdown": {n: d["breakdown"] for n, d in results.items()},
         "retrains": {n: d["variants"]["retrain"]["retrains"] for n, d in results.items()},
         "retrain_seconds": {
             n: d["variants"]["retrain"]["retrain_seconds"] for n, d in results.items()
         },
         "ratios": _ratios(results),
+        "below_best_baseline": {n: _below_best(d) for n, d in results.items()},
         "datasets": results,
         "quick": quick,
         "load_average": {"before": load_before, "after": os.getloadavg()},
@@ -88,6 +98,11 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
     return path
 
 
+def _best(rows: dict[str, dict[str, Any]], metric: str) -> str | None:
+    """The name of the row with the highest `metric`."""
+    return max(rows, key=lambda name: rows[name][metric] or 0.0, default=None)
+
+
 def _per(results: dict[str, dict[str, Any]], metric: str) -> dict[str, dict[str, float]]:
     return {
         name: {v: row[metric] for v, row in data["variants"].items()}
@@ -96,15 +111,43 @@ def _per(results: dict[str, dict[str, Any]], metric: str) -> dict[str, dict[str,
 
 
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """hit@20 of real-time + retraining over the frozen model and over trending."""
+    """hit@20 of real-time + retraining over the frozen model and over trending;
+    retrain and realtime over the best baseline, by hit@20 and by MRR@20."""
     out = {}
     for name, data in results.items():
         hr = {v: row["hr20"] for v, row in data["variants"].items()}
-        out[name] = {
+        ratios = {
             "retrain_over_frozen": _ratio(hr["retrain"], hr["frozen"]),
             "retrain_over_trending": _ratio(hr["retrain"], hr["trending"]),
             "realtime_over_frozen": _ratio(hr["realtime"], hr["frozen"]),
             "retrain_over_realtime": _ratio(hr["retrain"], hr["realtime"]),
+        }
+        for metric in ("hr20", "mrr20"):
+            best = data["best_baseline"][metric]
+            for variant in ("retrain", "realtime"):
+                ratios[f"{variant}_over_best_baseline_{metric}"] = (
+                    _ratio(data["variants"][variant][metric], data["baselines"][best][metric])
+                    if best is not None
+                    else None
+                )
+        out[name] = ratios
+    return out
+
+
+def _below_best(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """For retrain and realtime, per metric: the cases and event types in which
+    the best baseline of that group scores higher."""
+    breakdown = data["breakdown"]
+    out: dict[str, dict[str, list[str]]] = {}
+    for variant in ("retrain", "realtime"):
+        out[variant] = {
+            metric: [
+                group
+                for group, cell in breakdown[variant].items()
+                if cell["events"]
+                and any(breakdown[b][group][metric] > cell[metric] for b in data["baselines"])
+            ]
+            for metric in ("hr20", "mrr20")
         }
     return out
 
@@ -121,10 +164,18 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
     for row, (name, data) in enumerate(results.items()):
+        best = data["best_baseline"]["hr20"]
         for col, metric in enumerate(("hr20", "mrr20")):
             ax = axes[row][col]
-            for variant, curve in data["curves"].items():
+            for variant in data["variants"]:
+                curve = data["curves"][variant]
                 ax.plot(curve["hours"], curve[metric], marker=".", label=VARIANTS[variant].label)
+            if best is not None:
+                curve = data["curves"][best]
+                ax.plot(
+                    curve["hours"], curve[metric], "k--", marker=".",
+                    label=f"best baseline: {best}",
+                )  # fmt: skip
             ax.set_title(f"{name}: {'hit@20' if metric == 'hr20' else 'MRR@20'} (%)")
             ax.set_xlabel("hours into the scored replay (event time)")
             ax.grid(alpha=0.3)
@@ -147,38 +198,97 @@ def _markdown(report: dict[str, Any], plot: str) -> str:
         "Each event is replayed in time order through a live pipeline (Kafka → stream "
         "worker → Redis → model server, each variant its own topics, Redis database, "
         "archive and registry): first `POST /recommend` (k = 20) for its user, scored "
-        "against the event's item, then the event is sent and applied. See "
+        "against the event's item, then the event is sent and applied. The online "
+        "baselines (retrain/online_baselines.py) answer the same events in the same "
+        "order in-process, each seeing only what the pipeline had seen. See "
         "docs/models.md (Prequential evaluation) for the protocol.",
+        "",
+        "Goal: real-time + retraining ≥ 1.10× the best baseline on hit@20 and on MRR@20 "
+        "(stretch 1.25×); frozen model + real-time state ≥ the best baseline; neither "
+        "below the best baseline in any case of the breakdown.",
         "",
     ]
     for name, data in report["datasets"].items():
-        lines += [
-            f"## {name}",
-            "",
-            f"{data['describe']}. Warm-up {data['warmup_events']:,} events, "
-            f"scored {data['scored_events']:,}.",
-            "",
-            "| variant | hit@20 | MRR@20 | answered by trending | errors | events/s | retrains |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for row in data["variants"].values():
-            trending = row["fallbacks"].get("trending", 0)
-            retrains = ", ".join(f"{k} {v}" for k, v in row["retrains"].items() if v) or "-"
-            lines.append(
-                f"| {row['label']} | {row['hr20']:.2f} | {row['mrr20']:.2f} | "
-                f"{100 * trending / max(row['events'], 1):.0f}% | {row['errors']} | "
-                f"{row['events_per_s']} | {retrains} |"
-            )
-        ratios = report["ratios"][name]
-        seconds = report["retrain_seconds"][name]
-        lines += [
-            "",
-            f"hit@20 ratios: real-time + retraining / frozen = {ratios['retrain_over_frozen']} "
-            f"(goal ≥ 1.2), / trending = {ratios['retrain_over_trending']} (goal ≥ 2); "
-            f"real-time state alone / frozen = {ratios['realtime_over_frozen']}; "
-            f"retraining on top of real-time state = {ratios['retrain_over_realtime']}. "
-            f"Mean retrain cycle: {seconds if seconds is not None else '-'} s.",
-            "",
-        ]
+        lines += _dataset_section(name, data, report)
     lines += [f"![hit@20 and MRR@20 over the replay]({plot})", ""]
     return "\n".join(lines)
+
+
+def _dataset_section(name: str, data: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    best, blend = data["best_baseline"], data["best_blend"]
+    lines = [
+        f"## {name}",
+        "",
+        f"{data['describe']}. Warm-up {data['warmup_events']:,} events, "
+        f"scored {data['scored_events']:,}.",
+        "",
+        "| | hit@20 | MRR@20 | answered by trending | errors | events/s | retrains |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in data["variants"].values():
+        trending = row["fallbacks"].get("trending", 0)
+        retrains = ", ".join(f"{k} {v}" for k, v in row["retrains"].items() if v) or "-"
+        lines.append(
+            f"| {row['label']} | {row['hr20']:.2f} | {row['mrr20']:.2f} | "
+            f"{100 * trending / max(row['events'], 1):.0f}% | {row['errors']} | "
+            f"{row['events_per_s']} | {retrains} |"
+        )
+    for baseline, row in data["baselines"].items():
+        marks = [m for m, flag in (("best hit@20", best["hr20"]), ("best MRR@20", best["mrr20"]),
+                                   ("best blend", blend)) if flag == baseline]  # fmt: skip
+        mark = f" ({', '.join(marks)})" if marks else ""
+        lines.append(
+            f"| baseline `{baseline}`{mark} | {row['hr20']:.2f} | {row['mrr20']:.2f} "
+            "| - | - | - | - |"
+        )
+    ratios = report["ratios"][name]
+    seconds = report["retrain_seconds"][name]
+    below = report["below_best_baseline"][name]
+    lines += [
+        "",
+        f"Against the best baseline (hit@20: `{best['hr20']}`, MRR@20: `{best['mrr20']}`): "
+        f"real-time + retraining {ratios['retrain_over_best_baseline_hr20']}× on hit@20 and "
+        f"{ratios['retrain_over_best_baseline_mrr20']}× on MRR@20 (goal ≥ 1.10, stretch "
+        f"1.25); real-time state {ratios['realtime_over_best_baseline_hr20']}× and "
+        f"{ratios['realtime_over_best_baseline_mrr20']}× (goal ≥ 1). The baselines took "
+        f"{sum(row['seconds'] for row in data['baselines'].values()):.0f} s in all.",
+        "",
+        "| groups of the breakdown where the best baseline scores higher | hit@20 | MRR@20 |",
+        "|---|---|---|",
+    ]
+    for variant in ("retrain", "realtime"):
+        lines.append(
+            f"| {VARIANTS[variant].label} | {', '.join(below[variant]['hr20']) or 'none'} | "
+            f"{', '.join(below[variant]['mrr20']) or 'none'} |"
+        )
+    lines += [
+        "",
+        f"hit@20 ratios: real-time + retraining / frozen = {ratios['retrain_over_frozen']} "
+        f"(goal ≥ 1.2), / trending = {ratios['retrain_over_trending']} (goal ≥ 2); "
+        f"real-time state alone / frozen = {ratios['realtime_over_frozen']}; "
+        f"retraining on top of real-time state = {ratios['retrain_over_realtime']}. "
+        f"Mean retrain cycle: {seconds if seconds is not None else '-'} s.",
+        "",
+    ]
+    breakdown = data["breakdown"]
+    groups = next(iter(breakdown.values()))
+    for title, names in (
+        ("case", list(CASES)), ("event type", [g for g in groups if g not in CASES]),
+    ):  # fmt: skip
+        lines += [
+            f"hit@20 / MRR@20 by {title} (events in brackets):",
+            "",
+            "| | " + " | ".join(f"{g} ({groups[g]['events']:,})" for g in names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        for result, cells in breakdown.items():
+            row = " | ".join(_cell(cells[g]) for g in names)
+            lines.append(f"| {result} | {row} |")
+        lines.append("")
+    return lines
+
+
+def _cell(cell: dict[str, Any]) -> str:
+    if cell["hr20"] is None:
+        return "-"
+    return f"{cell['hr20']:.2f} / {cell['mrr20']:.2f}"
