@@ -18,6 +18,7 @@ from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
 from streamrec import features
 from streamrec import state as redis_state
+from streamrec.covis import covis_scores
 from streamrec.events import EVENT_TYPE_OF, EventType
 from streamrec.loaded import ServedModel
 from streamrec.metrics import ServeMetrics
@@ -67,8 +68,13 @@ class Scores:
     model_version: str
 
 
-def feature_user(user: redis_state.UserState) -> features.UserState:
+def feature_user(
+    user: redis_state.UserState, now_ms: int = 0, covis_half_life_s: float = 1.0
+) -> features.UserState:
     """The state store's view of a user, in the shape `ranking_features` takes."""
+    covis_total, covis_latest = covis_scores(
+        [(links, epoch) for _, links, epoch in user.covis], now_ms, covis_half_life_s
+    )
     return features.UserState(
         recent_events=tuple(
             features.RecentEvent(e.item_id, e.type, e.ts_ms) for e in user.recent_events
@@ -78,6 +84,8 @@ def feature_user(user: redis_state.UserState) -> features.UserState:
             item_id: {EVENT_TYPE_OF[t]: n for t, n in by_type.items()}
             for item_id, by_type in user.item_counts.items()
         },
+        covis_total=covis_total,
+        covis_latest=covis_latest,
     )
 
 
@@ -100,6 +108,7 @@ class Recommender:
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
         self.half_life_s = settings.popularity_half_life_s
+        self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
         self._rank_estimate_s = 0.0
         # Looked up once: five label lookups per request were a visible share of it.
@@ -126,44 +135,66 @@ class Recommender:
         with self._stage("redis"):
             stored = await self.store.read_user(user_id)
         removed = stored.purchased | set(exclude)
-        user = feature_user(stored)
-        inputs = None if self.trending_only else user_encoder_inputs(model, stored.recent_events)
-        if inputs is None:
+        if self.trending_only or not stored.recent_events:
             self.metrics.fallbacks.labels("trending").inc()
             return Recommendation(await self.trending(k, removed), model.version, "trending", 0)
-
-        if self.prewarm is not None:
-            self.prewarm.answered(model, stored, inputs)
-        user_vector, fresh_vector = self._user_vector(model, stored, inputs)
+        user = feature_user(stored, now_ms, self.covis_half_life_s)
+        inputs = user_encoder_inputs(model, stored.recent_events)
+        user_vector: np.ndarray | None = None
+        fresh_vector = None
+        vocab_rows = np.zeros(0, dtype=np.int64)
+        dots = np.zeros(0, dtype=np.float32)
+        if inputs is not None:
+            if self.prewarm is not None:
+                self.prewarm.answered(model, stored, inputs)
+            user_vector, fresh_vector = self._user_vector(model, stored, inputs)
+            with self._stage("retrieve"):
+                scores, rows = model.bundle.search(user_vector, self.candidates_for(model))
+                found = rows[0] > 0
+                vocab_rows, dots = rows[0][found], scores[0][found]
         with self._stage("retrieve"):
-            scores, rows = model.bundle.search(user_vector, self.candidates_for(model))
-            found = rows[0] > 0
-            vocab_rows, dots = rows[0][found], scores[0][found]
-            recent = model.bundle.manifest.recent_candidates
-            if recent:
-                # The user's own recent items, as in training (retrain/candidates.py).
-                recent_rows = inputs[0][0]
-                recent_dots = model.item_vectors(recent_rows.tolist()) @ user_vector[0]
-                vocab_rows, dots = features.with_recent_items(
-                    vocab_rows, dots, recent_rows, recent_dots, recent
-                )
-        candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
+            candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
+            manifest = model.bundle.manifest
+            extra = features.extra_candidates(
+                candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates
+            )
+            if extra:
+                # As in training (retrain/candidates.py): dots for the ones the model
+                # knows, NaN for the rest.
+                known_rows = model.bundle.rows
+                extra_rows = np.array([known_rows.get(i, 0) for i in extra], dtype=np.int64)
+                extra_dots = np.full(len(extra), np.nan, dtype=np.float32)
+                has_vector = extra_rows > 0
+                if user_vector is not None and has_vector.any():
+                    extra_dots[has_vector] = (
+                        model.item_vectors(extra_rows[has_vector].tolist()) @ user_vector[0]
+                    )
+                candidate_ids += extra
+                vocab_rows = np.concatenate([vocab_rows, extra_rows])
+                dots = np.concatenate([dots.astype(np.float32), extra_dots])
+        if not candidate_ids:
+            self.metrics.fallbacks.labels("trending").inc()
+            return Recommendation(await self.trending(k, removed), model.version, "trending", 0)
         self.metrics.candidates.observe(len(candidate_ids))
 
         ranked = await self._rank(model, vocab_rows, candidate_ids, dots, user, now_ms, deadline)
         fallback: Fallback | None
         if ranked is None:
             self.metrics.fallbacks.labels("retrieval").inc()
-            fallback, order, item_scores, feature_rows = "retrieval", range(len(dots)), dots, None
+            # Retrieval order; the candidates without a vector after the others.
+            item_scores = np.nan_to_num(dots, nan=float(np.nanmin(dots, initial=0.0)) - 1.0)
+            fallback, order, feature_rows = "retrieval", range(len(dots)), None
         else:
             item_scores, feature_rows = ranked
             fallback, order = None, np.argsort(-item_scores, kind="stable").tolist()
+
+        item_scores_shown = np.nan_to_num(dots, nan=0.0)
 
         def in_order() -> Iterator[RankedItem]:
             for i in order:
                 explained = None
                 if explain and feature_rows is not None:
-                    explained = _explained(feature_rows[i], float(dots[i]))
+                    explained = _explained(feature_rows[i], float(item_scores_shown[i]))
                 yield RankedItem(candidate_ids[i], float(item_scores[i]), explained)
 
         items = _top(in_order(), k, removed)
@@ -222,10 +253,17 @@ class Recommender:
     async def _popularity(
         self, model: ServedModel, vocab_rows: np.ndarray, item_ids: list[str], now_ms: int
     ) -> np.ndarray:
-        """From the in-process table when it holds this version, else from Redis."""
+        """From the in-process table when it holds this version (the items the model
+        does not know, row 0, from Redis), else all from Redis."""
         if self.popularity is not None:
             held = self.popularity.rows(model, vocab_rows, now_ms)
             if held is not None:
+                unknown = np.flatnonzero(vocab_rows == 0)
+                if len(unknown):
+                    held = held.copy()
+                    held[unknown] = await self.store.read_item_popularity(
+                        [item_ids[i] for i in unknown], now_ms
+                    )
                 return held
         return await self.store.read_item_popularity(item_ids, now_ms)
 
@@ -250,7 +288,7 @@ class Recommender:
         now_ms = int(time.time() * 1000)
         with self._stage("redis"):
             stored = await self.store.read_user(user_id)
-        user = feature_user(stored)
+        user = feature_user(stored, now_ms, self.covis_half_life_s)
         rows = model.bundle.rows
         known_ids = [i for i in item_ids if i in rows]
         by_item: dict[str, float] = {}

@@ -1,18 +1,21 @@
-"""Retrieval candidates for held-out cases and their ranking features: the
-encoder's top-k by inner product with the user's own recent items in the last
-places (`features.with_recent_items`, as serving does), then `streamrec.features.ranking_features`
-per case, as the model server will compute them."""
+"""Candidates for held-out cases and their ranking features, as the model server
+builds them: the encoder's top-k by inner product over the items it was trained
+on, then the user's own recent items and the strongest co-visitation neighbours
+(`features.extra_candidates`, the table as it was at the case's moment), then
+`streamrec.features.ranking_features` per case. Items the encoder never trained on
+(`known`) enter only as extras and without a dot, as a new item does in serving."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from retrain.batches import encode
+from retrain.covis_cases import CaseCovis
 from retrain.data import NextItemCases
 from retrain.encoder import SequenceEncoder
 from retrain.popularity import user_state
@@ -22,17 +25,17 @@ from streamrec.events import EventType
 from streamrec.features import (
     FEATURE_NAMES,
     TYPE_WEIGHTS,
+    extra_candidates,
     popularity_rows,
     ranking_features,
-    with_recent_items,
 )
 
 
 @dataclass(frozen=True)
 class CandidateSet:
-    rows: np.ndarray  # (cases, k) vocab rows, best retrieval score first
-    features: np.ndarray  # (cases, k, n_features)
-    labels: np.ndarray  # (cases, k) weight of the next event's type on its candidate
+    rows: np.ndarray  # (cases, width) vocab rows, retrieval's first; 0 pads a short list
+    features: np.ndarray  # (cases, width, n_features)
+    labels: np.ndarray  # (cases, width) weight of the next event's type on its candidate
     target_rows: np.ndarray  # (cases,) vocab row of the next item, 0 when unknown
 
 
@@ -47,16 +50,34 @@ def build_candidates(
     progress: bool = True,
     batch_size: int = 1024,
     max_recent: int = 0,
+    max_covis: int = 0,
+    covis: CaseCovis | None = None,
+    moments: Sequence[int] | None = None,
+    known: np.ndarray | None = None,
 ) -> CandidateSet:
+    """`covis` with `moments` (from `covis_cases.time_ordered_cases`) gives each case
+    its co-visitation scores; `known` (bool per vocab row) marks the items the
+    encoder trained on (default: all)."""
     n = len(cases.targets)
-    # A catalogue smaller than the candidate count (row 0 is padding) gives them all.
-    k = min(k, len(vocab))
-    rows = np.zeros((n, k), dtype=np.int64)
-    features = np.zeros((n, k, len(FEATURE_NAMES)), dtype=np.float32)
-    labels = np.zeros((n, k), dtype=np.float32)
+    known_rows = np.ones(vocab.n_rows, dtype=bool) if known is None else known.copy()
+    known_rows[0] = False
+    # A catalogue smaller than the candidate count gives them all.
+    k = min(k, int(known_rows.sum()))
+    width = k + max_recent + max_covis
+    rows = np.zeros((n, width), dtype=np.int64)
+    features = np.zeros((n, width, len(FEATURE_NAMES)), dtype=np.float32)
+    labels = np.zeros((n, width), dtype=np.float32)
     target_rows = np.array([vocab.row(t) for t in cases.targets], dtype=np.int64)
     encoded = encode(cases.prefixes, vocab)
     items = encoder.item_vectors()
+    if vocab.n_rows > len(items):
+        # Items that arrived after this encoder (a serving version measured on new
+        # data): candidates only as extras, without a vector.
+        encoder_rows = len(items)
+        known_rows[encoder_rows:] = False
+        items = torch.cat([items, items.new_zeros(vocab.n_rows - encoder_rows, items.shape[1])])
+        encoded = [(r[r < encoder_rows], t[r < encoder_rows]) for r, t in encoded]
+    unknown = torch.from_numpy(~known_rows)
     # Every item's popularity row once, indexed by vocab row (row 0, padding, is zeros).
     popularity_by_row = popularity_rows(("", *vocab.item_ids), popularity)
     popularity_by_row[0] = 0.0
@@ -68,42 +89,55 @@ def build_candidates(
             encoder, [e[0] for e in encoded[start:stop]], [e[1] for e in encoded[start:stop]]
         )
         scores = vectors @ items.T
-        scores[:, 0] = -torch.inf
+        scores[:, unknown] = -torch.inf
         top_scores, top_rows = scores.topk(k, dim=1)
         for case in range(start, stop):
-            recent_rows = encoded[case][0]
-            case_rows, dots = with_recent_items(
-                top_rows[case - start].numpy(),
-                top_scores[case - start].numpy(),
-                recent_rows,
-                scores[case - start, torch.from_numpy(recent_rows)].numpy(),
-                max_recent,
-            )
-            rows[case] = case_rows
             prefix = cases.prefixes[case]
-            candidate_ids = [vocab.item_id(int(r)) for r in rows[case]]
-            state = user_state(prefix.item_ids, prefix.types, prefix.ts_ms)
             now_ms = prefix.ts_ms[-1] if prefix.ts_ms else 0
-            features[case] = ranking_features(
-                candidate_ids,
+            state = user_state(prefix.item_ids, prefix.types, prefix.ts_ms)
+            if covis is not None and moments is not None:
+                total, latest = covis.at(moments[case], prefix.item_ids, now_ms)
+                state = replace(state, covis_total=total, covis_latest=latest)
+            # No item the encoder knows: no user vector, only the extras (as serving).
+            has_vector = len(encoded[case][0]) > 0
+            retrieved = top_rows[case - start].numpy() if has_vector else top_rows[0, :0].numpy()
+            retrieved_dots = top_scores[case - start, : len(retrieved)].numpy()
+            candidate_ids = [vocab.item_id(int(r)) for r in retrieved]
+            extra = extra_candidates(candidate_ids, state, max_recent, max_covis)
+            extra_rows = np.array([vocab.row(i) for i in extra], dtype=np.int64)
+            extra_dots = np.where(
+                known_rows[extra_rows] & has_vector,
+                scores[case - start, torch.from_numpy(extra_rows)].numpy(),
+                np.nan,
+            )
+            case_rows = np.concatenate([retrieved, extra_rows])
+            dots = np.concatenate([retrieved_dots, extra_dots])
+            if not len(case_rows):
+                continue
+            used = len(case_rows)
+            rows[case, :used] = case_rows
+            features[case, :used] = ranking_features(
+                candidate_ids + extra,
                 dots,
                 state,
-                popularity_by_row[rows[case]],
+                popularity_by_row[case_rows],
                 now_ms,
                 half_life_s,
             )
-            hit = np.flatnonzero(rows[case] == target_rows[case])
+            hit = np.flatnonzero(case_rows == target_rows[case])
             if target_rows[case] > 0 and len(hit):
                 labels[case, hit[0]] = TYPE_WEIGHTS[cases.target_types[case]]
     return CandidateSet(rows=rows, features=features, labels=labels, target_rows=target_rows)
 
 
 def ranked_target_ranks(candidates: CandidateSet, scores: np.ndarray, n_items: int) -> np.ndarray:
-    """Rank of the next item after reordering the candidates by `scores`; a next
-    item outside the candidates ranks after all of them (a miss at k <= 20)."""
+    """Rank of the next item after reordering the candidates by `scores` (padding
+    excluded); a next item outside the candidates ranks after all of them (a miss
+    at k <= 20)."""
     ranks = np.full(len(scores), n_items + 1, dtype=np.int64)
     for case in range(len(scores)):
         hit = np.flatnonzero(candidates.rows[case] == candidates.target_rows[case])
         if candidates.target_rows[case] > 0 and len(hit):
-            ranks[case] = int((scores[case] >= scores[case, hit[0]]).sum())
+            real = candidates.rows[case] > 0
+            ranks[case] = int((scores[case][real] >= scores[case, hit[0]]).sum())
     return ranks

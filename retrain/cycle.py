@@ -25,6 +25,7 @@ from retrain.publish import load_ranker, load_warm_start, publish_models
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, read_archive
 from streamrec.settings import Settings
+from streamrec.state import covis_rule
 
 log = logging.getLogger(__name__)
 Outcome = Literal["published", "rejected", "skipped"]
@@ -62,6 +63,8 @@ def run_cycle(
             epochs=settings.retrain_epochs,
             negatives=settings.retrain_negatives,
         ),
+        covis=covis_rule(settings),
+        covis_read_items=settings.covis_read_items,
     )
     until = now or datetime.now(UTC)
     parent = registry.current_version(root)

@@ -16,9 +16,10 @@ import torch
 
 from retrain.baselines import item_knn_ranks, popularity_ranks
 from retrain.candidates import build_candidates
+from retrain.covis_cases import CaseCovis, time_ordered_cases
 from retrain.data import load_srgnn
 from retrain.metrics import summarise
-from retrain.pipeline import TrainedModels, TrainPlan, evaluate_pair, train_models
+from retrain.pipeline import TrainedModels, TrainPlan, evaluate_pair, known_items, train_models
 from retrain.popularity import decayed_popularity, last_event_ms
 from retrain.ranker import RankerConfig
 from retrain.train_encoder import EncoderTraining
@@ -61,9 +62,14 @@ def run_offline(
 
     started = time.perf_counter()
     popularity = decayed_popularity(split.train, last_event_ms(split.train), plan.half_life_s)
+    # Co-visitation as the training sessions left it (the test prefixes come after).
+    _, _, events = time_ordered_cases(split.train, ())
     candidates = build_candidates(
         models.encoder, models.vocab, test, popularity, plan.candidates, plan.half_life_s,
-        progress, max_recent=plan.recent_candidates,
+        progress, max_recent=plan.recent_candidates, max_covis=plan.covis_candidates,
+        covis=CaseCovis(plan.covis, plan.covis_read_items, events),
+        moments=[len(events)] * len(test.targets),
+        known=known_items(models.vocab, split.train, None),
     )  # fmt: skip
     pair = evaluate_pair(models.encoder, models.ranker, candidates, len(models.vocab))
     results["models"]["retriever"] = pair["retriever"]

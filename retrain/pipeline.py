@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from retrain.batches import encode
-from retrain.candidates import build_candidates, ranked_target_ranks
+from retrain.candidates import CandidateSet, build_candidates, ranked_target_ranks
+from retrain.covis_cases import CaseCovis, time_ordered_cases
 from retrain.data import NextItemCases, UserSequence
 from retrain.encoder import EncoderConfig, SequenceEncoder, grow_items
 from retrain.holdout import next_item_cases, split_recent
@@ -24,6 +25,7 @@ from retrain.ranker import Ranker, RankerConfig, train_ranker
 from retrain.score import encoder_ranks
 from retrain.train_encoder import EncoderTraining, TrainingLog, train_encoder
 from retrain.vocab import ItemVocab
+from streamrec.covis import CovisRule
 from streamrec.events import EventType
 
 
@@ -38,7 +40,10 @@ class TrainPlan:
     encoder: EncoderTraining = field(default_factory=EncoderTraining)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     candidates: int = 100
-    recent_candidates: int = 20  # of the user's own recent items, in place of the last ones
+    recent_candidates: int = 20  # of the user's own recent items, after retrieval's
+    covis_candidates: int = 30  # co-visitation neighbours of the user's latest items
+    covis_read_items: int = 5  # latest distinct items whose links are read
+    covis: CovisRule = field(default_factory=CovisRule)  # the stream worker's rule
     holdout_fraction: float = 0.1
     ranker_share: float = 0.8  # of the held-out sequences; the rest measures the ranker
     validation_cases: int = 5000  # per-epoch encoder check, a sample of held-out cases
@@ -101,28 +106,19 @@ def train_models(
 
     now_ms = last_event_ms(fit)
     popularity = decayed_popularity(fit, now_ms, plan.half_life_s)
-    ranker_train = build_candidates(
-        encoder,
-        vocab,
-        next_item_cases(ranker_fit),
-        popularity,
-        plan.candidates,
-        plan.half_life_s,
-        progress,
-        max_recent=plan.recent_candidates,
+    known = known_items(vocab, fit, parent_vocab)
+    ranker_train = case_candidates(
+        encoder, vocab, sequences, ranker_fit, popularity, plan, known, progress
     )
     ranker, ranker_losses, ranker_seconds = train_ranker(
-        ranker_train.features, ranker_train.labels, plan.ranker, progress
-    )
-    check = build_candidates(
-        encoder,
-        vocab,
-        next_item_cases(ranker_check),
-        popularity,
-        plan.candidates,
-        plan.half_life_s,
+        ranker_train.features,
+        ranker_train.labels,
+        plan.ranker,
         progress,
-        max_recent=plan.recent_candidates,
+        real=ranker_train.rows > 0,
+    )
+    check = case_candidates(
+        encoder, vocab, sequences, ranker_check, popularity, plan, known, progress
     )
     validation = evaluate_pair(encoder, ranker, check, len(vocab))
     all_ts = [ts for sequence in sequences for ts in sequence.ts_ms]
@@ -171,11 +167,52 @@ def evaluate_on_slice(
     measures a new version on, with popularity from the same older part."""
     fit, _, _, ranker_check = holdout_slices(sequences, plan)
     popularity = decayed_popularity(fit, last_event_ms(fit), plan.half_life_s)
-    check = build_candidates(
-        encoder, vocab, next_item_cases(ranker_check), popularity, plan.candidates,
-        plan.half_life_s, progress=False, max_recent=plan.recent_candidates,
-    )  # fmt: skip
+    known = known_items(vocab, fit, vocab)
+    # The slice's new items are candidates for this version too, as live, only
+    # without a vector.
+    vocab = vocab.grow(item for sequence in sequences for item in sequence.item_ids)
+    known = np.concatenate([known, np.zeros(vocab.n_rows - len(known), dtype=bool)])
+    check = case_candidates(
+        encoder, vocab, sequences, ranker_check, popularity, plan, known, progress=False
+    )
     return evaluate_pair(encoder, ranker, check, len(vocab))
+
+
+def known_items(
+    vocab: ItemVocab, fit: Sequence[UserSequence], trained: ItemVocab | None
+) -> np.ndarray:
+    """Per vocab row: did the encoder train on the item (in `fit`, or in the vocabulary
+    it warm-started from)? Serving has no vector for the others, so training does not
+    retrieve them either."""
+    known = np.zeros(vocab.n_rows, dtype=bool)
+    names = {item for sequence in fit for item in sequence.item_ids}
+    if trained is not None:
+        names.update(trained.item_ids)
+    for item_id in names:
+        if item_id in vocab:
+            known[vocab.row(item_id)] = True
+    return known
+
+
+def case_candidates(
+    encoder: SequenceEncoder,
+    vocab: ItemVocab,
+    sequences: Sequence[UserSequence],
+    case_sequences: Sequence[UserSequence],
+    popularity: dict[str, dict[EventType, float]],
+    plan: TrainPlan,
+    known: np.ndarray,
+    progress: bool,
+) -> CandidateSet:
+    """The candidates of every next-item case of `case_sequences` (among `sequences`),
+    each with the co-visitation table as it was just before its next event."""
+    cases, moments, events = time_ordered_cases(sequences, case_sequences)
+    return build_candidates(
+        encoder, vocab, cases, popularity, plan.candidates, plan.half_life_s, progress,
+        max_recent=plan.recent_candidates, max_covis=plan.covis_candidates,
+        covis=CaseCovis(plan.covis, plan.covis_read_items, events), moments=moments,
+        known=known,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -103,6 +103,7 @@ def publish_models(
                 **sections["ranker"],
                 "candidates": plan.candidates,
                 "recent_candidates": plan.recent_candidates,
+                "covis_candidates": plan.covis_candidates,
             },
             index=sections["index"],
             training={

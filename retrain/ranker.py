@@ -60,17 +60,22 @@ def train_ranker(
     labels: np.ndarray,
     config: RankerConfig,
     progress: bool = True,
+    real: np.ndarray | None = None,
 ) -> tuple[Ranker, list[float], float]:
     """`features` (cases, candidates, n_features); `labels` (cases, candidates), the
-    weight of the event that came next on its candidate (0 elsewhere). Cases whose
-    next item was not retrieved carry no signal and are left out."""
+    weight of the event that came next on its candidate (0 elsewhere); `real`
+    (cases, candidates) False where a short candidate list was padded. Cases whose
+    next item was not among the candidates carry no signal and are left out."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     keep = labels.sum(axis=1) > 0
     x = torch.from_numpy(features[keep].astype(np.float32))
     y = torch.from_numpy(labels[keep].astype(np.float32))
+    present = torch.from_numpy(
+        np.ones(labels.shape, dtype=bool)[keep] if real is None else real[keep]
+    )
     ranker = Ranker(config)
-    flat = x.reshape(-1, x.shape[-1])
+    flat = x[present]
     if len(flat):
         ranker.mean.copy_(flat.mean(dim=0))
         ranker.scale.copy_(flat.std(dim=0, correction=0).clamp(min=1e-3))
@@ -104,14 +109,13 @@ def train_ranker(
         )
         for start in bar:
             batch = torch.from_numpy(order[start : start + config.batch_cases])
-            scores = ranker(x[batch])
+            scores = ranker(x[batch]).masked_fill(~present[batch], -torch.inf)
             weights = y[batch].sum(dim=1)
             # Listwise: the next item should win the softmax over the candidates;
             # a purchase case counts more than a click case.
             target = y[batch] / weights.unsqueeze(1)
-            loss = (
-                -(target * F.log_softmax(scores, dim=1)).sum(dim=1) * weights
-            ).sum() / weights.sum()
+            log_p = F.log_softmax(scores, dim=1).masked_fill(~present[batch], 0.0)
+            loss = (-(target * log_p).sum(dim=1) * weights).sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -91,6 +91,8 @@ def latest_distinct(item_ids: Sequence[str], limit: int) -> list[str]:
     """The last `limit` distinct items of an oldest-first list, latest first."""
     out: list[str] = []
     seen: set[str] = set()
+    if limit <= 0:
+        return out
     for item_id in reversed(item_ids):
         if item_id not in seen:
             seen.add(item_id)

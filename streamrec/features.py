@@ -9,16 +9,17 @@ candidate, in the column order of `FEATURE_NAMES`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from streamrec.covis import latest_distinct
 from streamrec.events import EventType
 
 # Bump when a column is added, removed, reordered or computed differently: a
 # bundle trained on another version is refused at load time.
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 
 # Fixed order: the encoder's type ids are 1 + the index here (0 is padding).
 EVENT_TYPES: tuple[EventType, ...] = (
@@ -57,6 +58,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "is_last_item",
     "last_type_weight",
     "history_length_log",
+    "in_model",
+    "covis_total_log",
+    "covis_latest_log",
+    "covis_rank_inv",
+    "distinct_recency_inv",
 )
 
 
@@ -74,6 +80,10 @@ class UserState:
     recent_events: Sequence[RecentEvent]
     purchased: frozenset[str] = frozenset()
     item_counts: Mapping[str, Mapping[EventType, int]] = field(default_factory=dict)
+    # Co-visitation scores of neighbours of the user's latest items, decayed to the
+    # request (`covis.covis_scores`): over those items, and from the latest alone.
+    covis_total: Mapping[str, float] = field(default_factory=dict)
+    covis_latest: Mapping[str, float] = field(default_factory=dict)
 
 
 # Popularity reaches `ranking_features` as one row per candidate, one column per
@@ -95,47 +105,33 @@ def popularity_rows(
     return np.array(rows, dtype=np.float64).reshape(len(item_ids), len(EVENT_TYPES))
 
 
-def with_recent_items(
-    rows: np.ndarray,
-    dots: np.ndarray,
-    recent_rows: Sequence[int],
-    recent_dots: np.ndarray,
-    max_recent: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieval's candidates (`rows`, best first, with their `dots`) with the user's
-    own recent items added: up to `max_recent` distinct ones retrieval missed, latest
-    first, take the last places, so the count stays `len(rows)`. People go back to
-    what they just looked at; the ranker's user-item columns decide if they do here.
-    They displace retrieval's lowest-ranked candidates that are not recent items
-    themselves (a recent item retrieval found keeps its place). `recent_rows` are
-    oldest first, as the recent-events list keeps them; row 0 (an item the model
-    does not know) is skipped."""
-    if max_recent <= 0 or not len(recent_rows):
-        return rows, dots
-    have = set(rows.tolist())
-    added: list[int] = []
-    for position in range(len(recent_rows) - 1, -1, -1):
-        row = int(recent_rows[position])
-        if row > 0 and row not in have:
-            have.add(row)
-            added.append(position)
-            if len(added) == max_recent:
+def extra_candidates(
+    retrieved: Collection[str], user: UserState, max_recent: int, max_covis: int
+) -> list[str]:
+    """What joins retrieval's candidates: up to `max_recent` of the user's own distinct
+    recent items, latest first, then up to `max_covis` of the strongest co-visitation
+    neighbours of the user's latest items, each unless retrieval already has it.
+    People go back to what they just looked at, and to what others looked at next
+    to it; neither needs the model to know the item (a new one is recommended the
+    moment events link it). The ranker's columns decide how far each one rises."""
+    have = set(retrieved)
+    added: list[str] = []
+    recent = latest_distinct([e.item_id for e in user.recent_events], max_recent)
+    for item_id in recent:
+        if item_id not in have:
+            have.add(item_id)
+            added.append(item_id)
+    if max_covis > 0 and user.covis_total:
+        strongest = sorted(user.covis_total.items(), key=lambda pair: (-pair[1], pair[0]))
+        taken = 0
+        for item_id, _ in strongest:
+            if taken == max_covis:
                 break
-    if not added:
-        return rows, dots
-    recent = {int(row) for row in recent_rows}
-    displaced: list[int] = []  # from the last place up, as many as are added
-    for position in range(len(rows) - 1, -1, -1):
-        if len(displaced) == len(added):
-            break
-        if int(rows[position]) not in recent:
-            displaced.append(position)
-    added = added[: len(displaced)]
-    kept = np.ones(len(rows), dtype=bool)
-    kept[displaced[: len(added)]] = False
-    extra_rows = np.asarray([recent_rows[p] for p in added], dtype=rows.dtype)
-    extra_dots = np.asarray(recent_dots, dtype=dots.dtype)[added]
-    return np.concatenate([rows[kept], extra_rows]), np.concatenate([dots[kept], extra_dots])
+            if item_id not in have:
+                have.add(item_id)
+                added.append(item_id)
+                taken += 1
+    return added
 
 
 def ranking_features(
@@ -147,17 +143,21 @@ def ranking_features(
     half_life_s: float = 6 * 3600,
 ) -> np.ndarray:
     """One row per candidate. `user_item_dots` is user vector · item vector, in
-    candidate order; the retrieval columns are derived from it so that serving
-    and training cannot disagree on them. `candidate_popularity` is
+    candidate order, NaN where the model has no vector for the item (it entered
+    through the user's history or co-visitation); the retrieval columns are
+    derived from it so that serving and training cannot disagree on them, with the
+    lowest known dot standing in for a missing one. `candidate_popularity` is
     `popularity_rows` of the candidates (or the same table read from Redis).
 
     Vectorised: the only Python loops run over the user's own items (a few
-    dozen), never over the candidates."""
+    dozen) and co-visitation neighbours (a few hundred), never over the candidates."""
     n = len(candidate_ids)
     dots = np.asarray(user_item_dots, dtype=np.float64).reshape(n)
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
     if n == 0:
         return out
+    known = ~np.isnan(dots)
+    dots = np.where(known, dots, dots[known].min() if known.any() else 0.0)
     out[:, 0] = dots
     shifted = dots - dots.max()
     out[:, 1] = shifted - math.log(float(np.exp(shifted).sum()))
@@ -165,6 +165,7 @@ def ranking_features(
     ranks = np.empty(n, dtype=np.float64)
     ranks[order] = np.arange(n)
     out[:, 2] = np.log1p(ranks)
+    out[:, 15] = known
 
     popularity = np.asarray(candidate_popularity, dtype=np.float64).reshape(n, len(EVENT_TYPES))
     out[:, 3] = np.log1p(popularity @ POPULARITY_WEIGHTS)
@@ -196,4 +197,16 @@ def ranking_features(
         out[:, 6:13] = per_item[[slots.get(i, 0) for i in candidate_ids]]
     out[:, 13] = TYPE_WEIGHTS[recent[-1].type] if recent else 0.0
     out[:, 14] = math.log1p(len(recent))
+
+    if user.covis_total:
+        strongest = sorted(user.covis_total.items(), key=lambda pair: (-pair[1], pair[0]))
+        rank_of = {item_id: rank for rank, (item_id, _) in enumerate(strongest, start=1)}
+        total, latest = user.covis_total, user.covis_latest
+        out[:, 16] = np.log1p([total.get(i, 0.0) for i in candidate_ids])
+        out[:, 17] = np.log1p([latest.get(i, 0.0) for i in candidate_ids])
+        out[:, 18] = [1.0 / rank_of[i] if i in rank_of else 0.0 for i in candidate_ids]
+    distinct = latest_distinct([e.item_id for e in recent], len(recent))
+    if distinct:
+        place = {item_id: 1.0 / p for p, item_id in enumerate(distinct, start=1)}
+        out[:, 19] = [place.get(i, 0.0) for i in candidate_ids]
     return out

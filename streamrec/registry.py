@@ -70,8 +70,13 @@ class Manifest:
     @property
     def recent_candidates(self) -> int:
         """How many of the user's own recent items join the candidates, as in training
-        (`features.with_recent_items`); 0 for bundles from before there were any."""
+        (`features.extra_candidates`); 0 for bundles from before there were any."""
         return int(self.ranker.get("recent_candidates", 0))
+
+    @property
+    def covis_candidates(self) -> int:
+        """How many co-visitation neighbours join the candidates, as in training."""
+        return int(self.ranker.get("covis_candidates", 0))
 
     def to_json(self) -> str:
         body = asdict(self)

@@ -52,25 +52,34 @@ async def test_a_purchased_item_disappears(served: Served) -> None:
 async def test_candidates_come_from_the_manifest_and_trending_fills_filtered_gaps(
     served: Served,
 ) -> None:
-    trained_on = served.first.retrieval_candidates
+    manifest = served.first
+    trained_on = manifest.retrieval_candidates
     assert trained_on is not None and trained_on < served.settings.retrieval_candidates
     trending_item = served.items[-1]
     await apply(served.settings, events_for("erin", served.items[:4]))
     await apply(served.settings, events_for("others", [trending_item] * 3))
     async with in_process(served.settings) as (client, _):
-        every = await client.post("/recommend", json={"user_id": "erin", "k": trained_on})
-        candidates = [item["item_id"] for item in every.json()["items"]]
+        every = await client.post("/recommend", json={"user_id": "erin", "k": 200})
+
+        def candidate_counts(text: str) -> dict[str, float]:
+            (family,) = [
+                f
+                for f in text_string_to_metric_families(text)
+                if f.name == "streamrec_serve_candidates"
+            ]
+            return {s.name: s.value for s in family.samples if s.name.endswith(("_sum", "_count"))}
+
+        counted = candidate_counts((await client.get("/metrics")).text)
+        # Retrieval's C plus the extras (the user's recent items and co-visitation
+        # neighbours retrieval missed); the ranked candidates come first, trending after.
+        n = int(counted["streamrec_serve_candidates_sum"])
+        extras = manifest.recent_candidates + manifest.covis_candidates
+        assert trained_on <= n <= trained_on + extras
+        candidates = [item["item_id"] for item in every.json()["items"]][:n]
         filtered = await client.post(
             "/recommend", json={"user_id": "erin", "k": 3, "exclude": candidates}
         )
-        metrics = (await client.get("/metrics")).text
-    assert len(set(candidates)) == trained_on
-    (family,) = [
-        f for f in text_string_to_metric_families(metrics) if f.name == "streamrec_serve_candidates"
-    ]
-    totals = {s.name: s.value for s in family.samples if s.name.endswith(("_sum", "_count"))}
-    assert totals["streamrec_serve_candidates_sum"] == 2 * trained_on
-    assert totals["streamrec_serve_candidates_count"] == 2
+    assert len(set(candidates)) == n and trending_item not in candidates
     items = [item["item_id"] for item in filtered.json()["items"]]
     assert filtered.json()["fallback"] is None
     assert items[0] == trending_item and not set(items) & set(candidates)
@@ -84,9 +93,7 @@ async def test_the_users_own_recent_items_are_among_the_candidates(served: Serve
     await apply(served.settings, events_for("gina", clicked))
     await apply(served.settings, events_for("gina", [bought], EventType.PURCHASE, start=50))
     async with in_process(served.settings) as (client, _):
-        every = await client.post(
-            "/recommend", json={"user_id": "gina", "k": served.first.retrieval_candidates}
-        )
+        every = await client.post("/recommend", json={"user_id": "gina", "k": 200})
     candidates = {item["item_id"] for item in every.json()["items"]}
     assert set(clicked) <= candidates
     assert bought not in candidates
@@ -279,13 +286,22 @@ async def test_health_model_metrics_and_schema(served: Served) -> None:
     assert recommend["k"]["maximum"] == served.settings.serve_max_k
 
 
-async def test_history_of_items_the_model_never_saw_gets_trending(served: Served) -> None:
+async def test_items_the_model_never_saw_are_served_from_history_and_covisitation(
+    served: Served,
+) -> None:
+    """No retrain needed: a new item the user touched, and one that others touched
+    right after it, are candidates the moment the events land; trending fills up."""
     await apply(served.settings, events_for("frank", ["brand-new-1", "brand-new-2"]))
-    await apply(served.settings, events_for("gina", served.items[:2]))
+    await apply(served.settings, events_for("hank", ["brand-new-2", "brand-new-3"], start=10))
+    await apply(served.settings, events_for("gina", served.items[:2], start=20))
     async with in_process(served.settings) as (client, _):
-        body = (await client.post("/recommend", json={"user_id": "frank", "k": 5})).json()
-    assert body["fallback"] == "trending"
-    assert {item["item_id"] for item in body["items"]} >= set(served.items[:2])
+        body = (await client.post("/recommend", json={"user_id": "frank", "k": 8})).json()
+        nobody = (await client.post("/recommend", json={"user_id": "nobody", "k": 5})).json()
+    items = [item["item_id"] for item in body["items"]]
+    assert body["fallback"] is None
+    assert {"brand-new-1", "brand-new-2", "brand-new-3"} <= set(items)
+    assert set(items) >= set(served.items[:2])  # trending filled the rest
+    assert nobody["fallback"] == "trending"
 
 
 async def test_a_streamed_body_over_the_limit_is_cut_off(served: Served) -> None:

@@ -1,6 +1,8 @@
 import math
+from dataclasses import replace
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,9 +13,9 @@ from streamrec.features import (
     TYPE_WEIGHTS,
     RecentEvent,
     UserState,
+    extra_candidates,
     popularity_rows,
     ranking_features,
-    with_recent_items,
 )
 
 COLUMN = {name: index for index, name in enumerate(FEATURE_NAMES)}
@@ -130,38 +132,35 @@ def test_a_repeated_candidate_gets_the_same_user_columns_each_time() -> None:
     assert rows[0, COLUMN["user_item_clicks_log"]] == np.float32(math.log1p(2))
 
 
-def test_recent_items_retrieval_missed_take_the_last_places_latest_first() -> None:
-    rows, dots = np.array([7, 3, 9, 4, 5]), np.array([0.9, 0.8, 0.7, 0.6, 0.5])
-    # oldest first, with a repeat (2), one retrieval found (3) and an unknown item (0)
-    recent = [2, 3, 0, 8, 2]
-    recent_dots = np.array([0.1, 0.8, 0.0, 0.2, 0.1])
-
-    merged, merged_dots = with_recent_items(rows, dots, recent, recent_dots, max_recent=20)
-
-    assert merged.tolist() == [7, 3, 9, 2, 8]
-    assert merged_dots.tolist() == [0.9, 0.8, 0.7, 0.1, 0.2]
+def _history(*items: str) -> UserState:
+    return UserState(
+        recent_events=tuple(RecentEvent(i, EventType.CLICK, n) for n, i in enumerate(items))
+    )
 
 
-def test_a_recent_item_retrieval_ranked_low_keeps_its_place() -> None:
-    rows, dots = np.array([7, 3, 9, 4, 5]), np.array([0.9, 0.8, 0.7, 0.6, 0.5])
-    recent = [4, 8, 6]  # 4: retrieval found it, in the places the others take
-    recent_dots = np.array([0.6, 0.2, 0.3])
-
-    merged, merged_dots = with_recent_items(rows, dots, recent, recent_dots, max_recent=20)
-
-    assert merged.tolist() == [7, 3, 4, 6, 8]
-    assert merged_dots.tolist() == [0.9, 0.8, 0.6, 0.3, 0.2]
-    # Only recent items left: nothing more can be displaced.
-    assert with_recent_items(np.array([4]), np.array([0.6]), recent, recent_dots, 20)[
-        0
-    ].tolist() == [4]
+def test_extras_are_the_users_distinct_recent_items_latest_first_then_covisitation() -> None:
+    user = replace(
+        _history("a", "b", "a", "c"),
+        covis_total={"x": 3.0, "b": 2.5, "y": 2.0, "z": 1.0},
+        covis_latest={"x": 1.0},
+    )
+    # Retrieval found c and y already; caps of 2 recent and 2 neighbours.
+    # The latest two distinct are c (retrieved) and a; then x and b.
+    assert extra_candidates(["c", "y"], user, 2, 2) == ["a", "x", "b"]
+    assert extra_candidates([], user, 9, 0) == ["c", "a", "b"]
+    assert extra_candidates([], user, 0, 9) == ["x", "b", "y", "z"]
 
 
-def test_recent_items_are_capped_and_never_grow_the_candidates() -> None:
-    rows, dots = np.array([1, 2, 3]), np.array([0.3, 0.2, 0.1])
-    recent = [10, 11, 12, 13, 14]
-    recent_dots = np.arange(5, dtype=np.float64)
-
-    assert with_recent_items(rows, dots, recent, recent_dots, 2)[0].tolist() == [1, 14, 13]
-    assert with_recent_items(rows, dots, recent, recent_dots, 9)[0].tolist() == [14, 13, 12]
-    assert with_recent_items(rows, dots, recent, recent_dots, 0)[0].tolist() == [1, 2, 3]
+def test_an_item_without_a_vector_gets_the_lowest_dot_and_is_marked() -> None:
+    user = replace(_history("a", "n"), covis_total={"n2": 4.0, "b": 1.0}, covis_latest={"n2": 4.0})
+    dots = np.array([0.9, 0.2, np.nan, np.nan])
+    rows = ranking_features(["b", "a", "n", "n2"], dots, user, _none(4), 2 * HOUR_MS)
+    assert rows[:, COLUMN["in_model"]].tolist() == [1, 1, 0, 0]
+    assert rows[2:, COLUMN["user_item_dot"]].tolist() == pytest.approx([0.2, 0.2])
+    assert np.isfinite(rows).all()
+    # The co-visitation columns: total, from the latest item, rank among neighbours.
+    assert rows[3, COLUMN["covis_total_log"]] == pytest.approx(math.log1p(4.0))
+    assert rows[3, COLUMN["covis_latest_log"]] == pytest.approx(math.log1p(4.0))
+    assert rows[:, COLUMN["covis_rank_inv"]].tolist() == [0.5, 0.0, 0.0, 1.0]
+    # The user's distinct items latest first: n is 1st, a 2nd.
+    assert rows[:, COLUMN["distinct_recency_inv"]].tolist() == [0.0, 0.5, 1.0, 0.0]
