@@ -56,18 +56,19 @@ def run_cycle(
 ) -> CycleResult:
     started = time.perf_counter()
     root = settings.registry
+    until = now or datetime.now(UTC)
+    parent = registry.current_version(root)
     plan = plan or replace(
         TrainPlan(),
         encoder=replace(
             TrainPlan().encoder,
-            epochs=settings.retrain_epochs,
+            epochs=settings.retrain_epochs if parent else settings.retrain_first_epochs,
             negatives=settings.retrain_negatives,
         ),
+        holdout_fraction=settings.retrain_holdout_fraction,
         covis=covis_rule(settings),
         covis_read_items=settings.covis_read_items,
     )
-    until = now or datetime.now(UTC)
-    parent = registry.current_version(root)
     since = _window_end(root, parent)
 
     new = list(read_archive(settings.archive_root, since, until))

@@ -63,6 +63,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "covis_latest_log",
     "covis_rank_inv",
     "distinct_recency_inv",
+    "history_repeat_share",
+    "last_was_repeat",
 )
 
 
@@ -209,4 +211,8 @@ def ranking_features(
     if distinct:
         place = {item_id: 1.0 / p for p, item_id in enumerate(distinct, start=1)}
         out[:, 19] = [place.get(i, 0.0) for i in candidate_ids]
+        # Is this user going back and forth between items, or moving on? The same
+        # for every candidate: it tells the ranker how far to trust the user columns.
+        out[:, 20] = 1.0 - len(distinct) / len(recent)
+        out[:, 21] = float(any(e.item_id == recent[-1].item_id for e in recent[:-1]))
     return out

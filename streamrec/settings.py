@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     retrain_replay_window_s: int = Field(default=7 * 24 * 3600, ge=0)
     retrain_replay_fraction: float = Field(default=0.2, ge=0, le=1)  # of older users, sampled
     retrain_epochs: int = Field(default=2, ge=1)
+    # A first version (nothing to warm-start from) trains its encoder this long.
+    retrain_first_epochs: int = Field(default=8, ge=1)
+    # Of the newest sequences, held out from the encoder: the ranker trains on most
+    # of them (its cases must be ones the encoder did not see) and the gate measures
+    # on the newest rest.
+    retrain_holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
     # Sampled softmax for warm cycles: this many shared negatives per batch (0: full
     # softmax over every item, 4-5x slower on 17k items; docs/models.md has the figures).
     retrain_negatives: int = Field(default=2048, ge=0)
