@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from retrain.data import NextItemCases, UserSequence
+from retrain.holdout import prefix
 from streamrec.covis import CovisRule, CovisTable, covis_scores, latest_distinct
 
 CovisEvent = tuple[str, str, int]  # user, item, ts ms
@@ -56,14 +57,7 @@ def time_ordered_cases(
     for _, n, position in timeline:
         sequence = history[n]
         if position > 0 and id(sequence) in wanted:
-            prefixes.append(
-                UserSequence(
-                    sequence.user_id,
-                    sequence.item_ids[:position],
-                    sequence.types[:position],
-                    sequence.ts_ms[:position],
-                )
-            )
+            prefixes.append(prefix(sequence, position))
             targets.append(sequence.item_ids[position])
             target_types.append(sequence.types[position])
             moments.append(len(events))

@@ -17,18 +17,18 @@ def split_recent(
     return list(sequences[:cut]), list(sequences[cut:])
 
 
+def prefix(sequence: UserSequence, end: int) -> UserSequence:
+    """The sequence's first `end` events: what was known before event `end`."""
+    return UserSequence(
+        sequence.user_id, sequence.item_ids[:end], sequence.types[:end], sequence.ts_ms[:end]
+    )
+
+
 def next_item_cases(sequences: Sequence[UserSequence]) -> NextItemCases:
     prefixes, targets, target_types = [], [], []
     for sequence in sequences:
         for end in range(1, len(sequence.item_ids)):
-            prefixes.append(
-                UserSequence(
-                    sequence.user_id,
-                    sequence.item_ids[:end],
-                    sequence.types[:end],
-                    sequence.ts_ms[:end],
-                )
-            )
+            prefixes.append(prefix(sequence, end))
             targets.append(sequence.item_ids[end])
             target_types.append(sequence.types[end])
     return NextItemCases(prefixes=prefixes, targets=targets, target_types=target_types)
