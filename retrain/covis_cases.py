@@ -40,11 +40,17 @@ class CaseCovis:
 
 
 def time_ordered_cases(
-    history: Sequence[UserSequence], case_sequences: Sequence[UserSequence]
+    history: Sequence[UserSequence],
+    case_sequences: Sequence[UserSequence],
+    from_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> tuple[NextItemCases, list[int], list[CovisEvent]]:
-    """Every next-item case of `case_sequences` (which are among `history`), ordered
-    by the time of its next event; per case how many of the returned events (all of
-    `history`, in time order) came before that event."""
+    """Every next-item case of `case_sequences` (which are among `history`) whose
+    next event lies in [from_ms, until_ms), ordered by the time of that event; per
+    case how many of the returned events (all of `history`, in time order) came
+    before it."""
+    low = -(2**63) if from_ms is None else from_ms
+    high = 2**63 - 1 if until_ms is None else until_ms
     wanted = {id(sequence) for sequence in case_sequences}
     timeline = sorted(
         (ts, n, position)
@@ -54,9 +60,9 @@ def time_ordered_cases(
     events: list[CovisEvent] = []
     prefixes: list[UserSequence] = []
     targets, target_types, moments = [], [], []
-    for _, n, position in timeline:
+    for ts, n, position in timeline:
         sequence = history[n]
-        if position > 0 and id(sequence) in wanted:
+        if position > 0 and low <= ts < high and id(sequence) in wanted:
             prefixes.append(prefix(sequence, position))
             targets.append(sequence.item_ids[position])
             target_types.append(sequence.types[position])

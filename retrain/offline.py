@@ -44,6 +44,8 @@ def run_offline(
     data_dir: Path, plan: TrainPlan, progress: bool = True
 ) -> tuple[dict[str, Any], TrainedModels]:
     torch.manual_seed(plan.encoder.seed)
+    # The SR-GNN files carry no timestamps: hold out whole (the newest) sessions.
+    plan = replace(plan, split="sequences")
     split = load_srgnn(data_dir)
     test = split.test
     results: dict[str, Any] = {

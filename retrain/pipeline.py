@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from retrain.batches import encode
 from retrain.candidates import CandidateSet, build_candidates, ranked_target_ranks
-from retrain.covis_cases import CaseCovis, time_ordered_cases
+from retrain.covis_cases import CaseCovis, CovisEvent, time_ordered_cases
 from retrain.data import NextItemCases, UserSequence
 from retrain.encoder import EncoderConfig, SequenceEncoder, grow_items
-from retrain.holdout import next_item_cases, split_recent
+from retrain.holdout import prefix, split_recent
 from retrain.metrics import summarise
 from retrain.popularity import decayed_popularity, last_event_ms
 from retrain.ranker import Ranker, RankerConfig, train_ranker
@@ -45,7 +45,11 @@ class TrainPlan:
     covis_read_items: int = 5  # latest distinct items whose links are read
     covis: CovisRule = field(default_factory=CovisRule)  # the stream worker's rule
     holdout_fraction: float = 0.1
-    ranker_share: float = 0.8  # of the held-out sequences; the rest measures the ranker
+    ranker_share: float = 0.8  # of the held-out part; the newest rest measures the ranker
+    # "time": the newest events of every user are held out (live windows: a user
+    # seen before gives the ranker cases with their history); "sequences": the
+    # newest whole sequences (files without real timestamps, such as SR-GNN's).
+    split: Literal["time", "sequences"] = "time"
     validation_cases: int = 5000  # per-epoch encoder check, a sample of held-out cases
     half_life_s: float = 6 * 3600
 
@@ -75,7 +79,7 @@ def train_models(
     progress: bool = True,
 ) -> TrainedModels:
     started = time.perf_counter()
-    fit, held_out, ranker_fit, ranker_check = holdout_slices(sequences, plan)
+    fit, ranker_fit, ranker_check = holdout_slices(sequences, plan)
     base = parent_vocab or ItemVocab(())
     vocab = base.grow(item for sequence in sequences for item in sequence.item_ids)
     config = EncoderConfig(
@@ -89,7 +93,9 @@ def train_models(
     )
     warm = grow_items(parent_encoder, vocab.n_rows) if parent_encoder is not None else None
 
-    check_cases = _sample(next_item_cases(held_out), plan.validation_cases, plan.encoder.seed)
+    held_out = replace(ranker_fit, until_ms=ranker_check.until_ms)
+    held_out_cases = held_out.cases()[0]
+    check_cases = _sample(held_out_cases, plan.validation_cases, plan.encoder.seed)
     check_encoded = encode(check_cases.prefixes, vocab)
     check_targets = np.array([vocab.row(t) for t in check_cases.targets], dtype=np.int64)
 
@@ -107,9 +113,7 @@ def train_models(
     now_ms = last_event_ms(fit)
     popularity = decayed_popularity(fit, now_ms, plan.half_life_s)
     known = known_items(vocab, fit, parent_vocab)
-    ranker_train = case_candidates(
-        encoder, vocab, sequences, ranker_fit, popularity, plan, known, progress
-    )
+    ranker_train = case_candidates(encoder, vocab, ranker_fit, popularity, plan, known, progress)
     ranker, ranker_losses, ranker_seconds = train_ranker(
         ranker_train.features,
         ranker_train.labels,
@@ -117,9 +121,7 @@ def train_models(
         progress,
         real=ranker_train.rows > 0,
     )
-    check = case_candidates(
-        encoder, vocab, sequences, ranker_check, popularity, plan, known, progress
-    )
+    check = case_candidates(encoder, vocab, ranker_check, popularity, plan, known, progress)
     validation = evaluate_pair(encoder, ranker, check, len(vocab))
     all_ts = [ts for sequence in sequences for ts in sequence.ts_ms]
     data_window = {
@@ -129,7 +131,7 @@ def train_models(
         "sequences": len(sequences),
         "items": len(vocab),
         "fit_sequences": len(fit),
-        "held_out_sequences": len(held_out),
+        "held_out_cases": len(held_out_cases.targets),
     }
     return TrainedModels(
         vocab=vocab,
@@ -145,15 +147,51 @@ def train_models(
     )
 
 
+@dataclass(frozen=True)
+class CaseWindow:
+    """The next-item cases of `case_sequences` (among `sequences`) whose next event
+    lies in [from_ms, until_ms), in time order (`covis_cases.time_ordered_cases`)."""
+
+    sequences: Sequence[UserSequence]
+    case_sequences: Sequence[UserSequence]
+    from_ms: int | None = None
+    until_ms: int | None = None
+
+    def cases(self) -> tuple[NextItemCases, list[int], list[CovisEvent]]:
+        return time_ordered_cases(self.sequences, self.case_sequences, self.from_ms, self.until_ms)
+
+
 def holdout_slices(
     sequences: Sequence[UserSequence], plan: TrainPlan
-) -> tuple[list[UserSequence], list[UserSequence], list[UserSequence], list[UserSequence]]:
-    """(fit, held out, ranker fit, ranker check): the newest `holdout_fraction` is held
-    out; the ranker trains on most of it and is measured on the newest rest. The
-    retraining gate measures the serving version on the same `ranker check` slice."""
-    fit, held_out = split_recent(sequences, plan.holdout_fraction)
-    ranker_fit, ranker_check = split_recent(held_out, 1 - plan.ranker_share)
-    return fit, held_out, ranker_fit, ranker_check
+) -> tuple[list[UserSequence], CaseWindow, CaseWindow]:
+    """(what the encoder fits, the ranker's cases, the cases that measure it): the
+    newest `holdout_fraction` is held out from the encoder; the ranker trains on
+    most of it and is measured on the newest rest. The retraining gate measures the
+    serving version on the same last window."""
+    if plan.split == "sequences":
+        fit, held_out = split_recent(sequences, plan.holdout_fraction)
+        ranker_fit, ranker_check = split_recent(held_out, 1 - plan.ranker_share)
+        return fit, CaseWindow(sequences, ranker_fit), CaseWindow(sequences, ranker_check)
+    times = np.sort(np.fromiter((t for s in sequences for t in s.ts_ms), dtype=np.int64))
+    if not len(times):
+        return [], CaseWindow(sequences, ()), CaseWindow(sequences, ())
+    held = plan.holdout_fraction
+    cut = int(times[min(len(times) - 1, int(len(times) * (1 - held)))])
+    check_cut = int(
+        times[min(len(times) - 1, int(len(times) * (1 - held * (1 - plan.ranker_share))))]
+    )
+    fit = [before(s, cut) for s in sequences if s.ts_ms and s.ts_ms[0] < cut]
+    return (
+        fit,
+        CaseWindow(sequences, sequences, cut, check_cut),
+        CaseWindow(sequences, sequences, check_cut, None),
+    )
+
+
+def before(sequence: UserSequence, cut_ms: int) -> UserSequence:
+    """The sequence's events before `cut_ms` (sequences are oldest first)."""
+    end = int(np.searchsorted(np.asarray(sequence.ts_ms), cut_ms, side="left"))
+    return prefix(sequence, end)
 
 
 def evaluate_on_slice(
@@ -163,18 +201,16 @@ def evaluate_on_slice(
     sequences: Sequence[UserSequence],
     plan: TrainPlan,
 ) -> dict[str, dict[str, float | int]]:
-    """Any version's retriever and retriever + ranker on the slice `train_models`
+    """Any version's retriever and retriever + ranker on the cases `train_models`
     measures a new version on, with popularity from the same older part."""
-    fit, _, _, ranker_check = holdout_slices(sequences, plan)
+    fit, _, ranker_check = holdout_slices(sequences, plan)
     popularity = decayed_popularity(fit, last_event_ms(fit), plan.half_life_s)
     known = known_items(vocab, fit, vocab)
     # The slice's new items are candidates for this version too, as live, only
     # without a vector.
     vocab = vocab.grow(item for sequence in sequences for item in sequence.item_ids)
     known = np.concatenate([known, np.zeros(vocab.n_rows - len(known), dtype=bool)])
-    check = case_candidates(
-        encoder, vocab, sequences, ranker_check, popularity, plan, known, progress=False
-    )
+    check = case_candidates(encoder, vocab, ranker_check, popularity, plan, known, progress=False)
     return evaluate_pair(encoder, ranker, check, len(vocab))
 
 
@@ -197,16 +233,15 @@ def known_items(
 def case_candidates(
     encoder: SequenceEncoder,
     vocab: ItemVocab,
-    sequences: Sequence[UserSequence],
-    case_sequences: Sequence[UserSequence],
+    window: CaseWindow,
     popularity: dict[str, dict[EventType, float]],
     plan: TrainPlan,
     known: np.ndarray,
     progress: bool,
 ) -> CandidateSet:
-    """The candidates of every next-item case of `case_sequences` (among `sequences`),
-    each with the co-visitation table as it was just before its next event."""
-    cases, moments, events = time_ordered_cases(sequences, case_sequences)
+    """The candidates of every case of `window`, each with the co-visitation table
+    as it was just before its next event."""
+    cases, moments, events = window.cases()
     return build_candidates(
         encoder, vocab, cases, popularity, plan.candidates, plan.half_life_s, progress,
         max_recent=plan.recent_candidates, max_covis=plan.covis_candidates,

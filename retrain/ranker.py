@@ -107,16 +107,11 @@ def train_ranker(
     optimizer = torch.optim.AdamW(ranker.parameters(), lr=config.lr, weight_decay=1e-4)
     losses: list[float] = []
     started = time.perf_counter()
-    for epoch in range(config.epochs):
+    bar = tqdm(range(config.epochs), desc="ranker", disable=not progress, leave=False)
+    for _ in bar:
         order = rng.permutation(len(x))
         total = 0.0
-        bar = tqdm(
-            range(0, len(order), config.batch_cases),
-            desc=f"ranker epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for start in bar:
+        for start in range(0, len(order), config.batch_cases):
             batch = torch.from_numpy(order[start : start + config.batch_cases])
             scores = ranker(x[batch]).masked_fill(~present[batch], -torch.inf)
             weights = y[batch].sum(dim=1)
@@ -130,5 +125,6 @@ def train_ranker(
             optimizer.step()
             total += loss.item() * len(batch)
         losses.append(total / max(len(x), 1))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     ranker.eval()
     return ranker, losses, time.perf_counter() - started

@@ -88,6 +88,8 @@ def train(
         half_life_s=settings.popularity_half_life_s,
         candidates=settings.retrieval_candidates,
         max_len=settings.recent_events_max,
+        # Files without timestamps (SR-GNN's) hold out whole sessions, not the newest time.
+        split="sequences" if fmt == "srgnn" else "time",
     )
     plan = replace(
         plan, encoder=replace(plan.encoder, epochs=epochs, seed=seed, negatives=negatives)
