@@ -37,6 +37,7 @@ class CandidateSet:
     features: np.ndarray  # (cases, width, n_features)
     labels: np.ndarray  # (cases, width) weight of the next event's type on its candidate
     target_rows: np.ndarray  # (cases,) vocab row of the next item, 0 when unknown
+    repeats: np.ndarray  # (cases,) the next item is one the user touched before
 
 
 @torch.no_grad()
@@ -127,7 +128,11 @@ def build_candidates(
             hit = np.flatnonzero(case_rows == target_rows[case])
             if target_rows[case] > 0 and len(hit):
                 labels[case, hit[0]] = TYPE_WEIGHTS[cases.target_types[case]]
-    return CandidateSet(rows=rows, features=features, labels=labels, target_rows=target_rows)
+    repeats = np.array(
+        [t in set(p.item_ids) for p, t in zip(cases.prefixes, cases.targets, strict=True)],
+        dtype=bool,
+    )
+    return CandidateSet(rows, features, labels, target_rows, repeats)
 
 
 def ranked_target_ranks(candidates: CandidateSet, scores: np.ndarray, n_items: int) -> np.ndarray:

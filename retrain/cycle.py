@@ -29,7 +29,8 @@ from streamrec.state import covis_rule
 
 log = logging.getLogger(__name__)
 Outcome = Literal["published", "rejected", "skipped"]
-GATE_METRIC = "mrr20"
+GATE_METRICS = ("p20", "mrr20")
+GATE_MIN_CASES = 50  # a case measured on fewer is too noisy to hold a version back
 
 
 @dataclass(frozen=True)
@@ -89,18 +90,16 @@ def run_cycle(
         load_warm_start(root, parent) if parent and warm_start else (None, None)
     )
     models = train_models(sequences, plan, parent_vocab, parent_encoder, progress)
-    candidate = models.validation["retriever_ranker"]
-    metrics: dict[str, Any] = {"candidate": candidate}
+    metrics: dict[str, Any] = {"candidate": _gated(models.validation)}
     if parent is not None:
         vocab, encoder = load_warm_start(root, parent)
         serving = evaluate_on_slice(encoder, load_ranker(root, parent), vocab, sequences, plan)
-        metrics["serving"] = serving["retriever_ranker"]
-        floor = float(metrics["serving"][GATE_METRIC]) - settings.retrain_tolerance
-        if float(candidate[GATE_METRIC]) < floor:
-            reason = (
-                f"new {GATE_METRIC} {candidate[GATE_METRIC]:.2f} < serving "
-                f"{metrics['serving'][GATE_METRIC]:.2f} - tolerance {settings.retrain_tolerance}"
-            )
+        metrics["serving"] = _gated(serving)
+        failures = gate_failures(
+            metrics["candidate"], metrics["serving"], settings.retrain_tolerance
+        )
+        if failures:
+            reason = "; ".join(failures)
             log.warning("retrain rejected: %s", reason)
             return CycleResult(
                 "rejected", reason, parent, None, len(new), len(replay), metrics,
@@ -113,7 +112,7 @@ def run_cycle(
         "new_events": len(new),
         "replay_events": len(replay),
         "offsets": _offsets(new),
-        "gate": {"metric": GATE_METRIC, "tolerance": settings.retrain_tolerance, **metrics},
+        "gate": {"metrics": GATE_METRICS, "tolerance": settings.retrain_tolerance, **metrics},
     }
     manifest = publish_models(
         models, root, plan, source, parent, settings.hnsw_threshold, make_current=True
@@ -124,6 +123,35 @@ def run_cycle(
     )  # fmt: skip
     log.info("retrain published %s (parent %s)", manifest.version, parent)
     return result
+
+
+def _gated(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What the gate compares: retriever + ranker overall and by case."""
+    return {**evaluation["retriever_ranker"], "by_case": evaluation.get("by_case", {})}
+
+
+def gate_failures(
+    candidate: dict[str, Any], serving: dict[str, Any], tolerance: float
+) -> list[str]:
+    """Where the new version is worse than the serving one by more than `tolerance`
+    points, on the prequential report's measures: hit@20 (P@20) and MRR@20, overall
+    and for each case (`repeat`, `new_item`) both measured on at least
+    `GATE_MIN_CASES` cases. A version that loses the repeats cannot pass on an
+    average that new items carry. Empty: publish."""
+    rows = [("all", candidate, serving)]
+    for case, new_case in candidate.get("by_case", {}).items():
+        old_case = serving.get("by_case", {}).get(case)
+        if old_case and min(new_case["cases"], old_case["cases"]) >= GATE_MIN_CASES:
+            rows.append((case, new_case, old_case))
+    failures = []
+    for case, new_metrics, old_metrics in rows:
+        for metric in GATE_METRICS:
+            if float(new_metrics[metric]) < float(old_metrics[metric]) - tolerance:
+                failures.append(
+                    f"{case} {metric}: new {new_metrics[metric]:.2f} < serving "
+                    f"{old_metrics[metric]:.2f} - tolerance {tolerance}"
+                )
+    return failures
 
 
 def _window_end(root: Any, parent: str | None) -> datetime | None:

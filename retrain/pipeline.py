@@ -66,7 +66,7 @@ class TrainedModels:
     encoder_log: TrainingLog
     ranker_losses: list[float]
     ranker_seconds: float
-    validation: dict[str, dict[str, float | int]]
+    validation: dict[str, Any]
     data_window: dict[str, Any]
     seconds: float
 
@@ -200,7 +200,7 @@ def evaluate_on_slice(
     vocab: ItemVocab,
     sequences: Sequence[UserSequence],
     plan: TrainPlan,
-) -> dict[str, dict[str, float | int]]:
+) -> dict[str, Any]:
     """Any version's retriever and retriever + ranker on the cases `train_models`
     measures a new version on, with popularity from the same older part."""
     fit, _, ranker_check = holdout_slices(sequences, plan)
@@ -252,20 +252,26 @@ def case_candidates(
 
 @torch.no_grad()
 def evaluate_pair(
-    encoder: SequenceEncoder, ranker: Ranker, candidates: Any, n_items: int
-) -> dict[str, dict[str, float | int]]:
-    """Retriever alone (the candidates' own order) and retriever + ranker, on the same cases."""
+    encoder: SequenceEncoder, ranker: Ranker, candidates: CandidateSet, n_items: int
+) -> dict[str, Any]:
+    """Retriever alone (the candidates' own order) and retriever + ranker, on the same
+    cases; the latter also by case (`repeat`, `new_item`), as the prequential report
+    breaks it down, for the retraining gate."""
     k = candidates.rows.shape[1]
     retrieval_order = -np.arange(k, dtype=np.float32)[None, :].repeat(len(candidates.rows), axis=0)
     ranked = ranker(
         torch.from_numpy(candidates.features.reshape(-1, candidates.features.shape[-1]))
     )
     ranked_scores = ranked.numpy().reshape(len(candidates.rows), k)
+    ranks = ranked_target_ranks(candidates, ranked_scores, n_items)
+    repeats = candidates.repeats
     return {
         "retriever": summarise(ranked_target_ranks(candidates, retrieval_order, n_items)).as_dict(),
-        "retriever_ranker": summarise(
-            ranked_target_ranks(candidates, ranked_scores, n_items)
-        ).as_dict(),
+        "retriever_ranker": summarise(ranks).as_dict(),
+        "by_case": {
+            "repeat": summarise(ranks[repeats]).as_dict(),
+            "new_item": summarise(ranks[~repeats]).as_dict(),
+        },
     }
 
 

@@ -111,7 +111,32 @@ def test_a_crash_mid_publish_leaves_the_registry_as_it_was(
         run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=3))
     assert sorted(p.name for p in root.iterdir()) == before
     assert registry.current_version(root) == current
-    assert cycle.GATE_METRIC == "mrr20"
+    assert cycle.GATE_METRICS == ("p20", "mrr20")
+
+
+def _measured(p20: float, mrr20: float, repeat: tuple[float, float, int]) -> dict:
+    return {
+        "p20": p20, "mrr20": mrr20, "cases": 1000,
+        "by_case": {
+            "repeat": {"p20": repeat[0], "mrr20": repeat[1], "cases": repeat[2]},
+            "new_item": {"p20": 40.0, "mrr20": 15.0, "cases": 700},
+        },
+    }  # fmt: skip
+
+
+def test_the_gate_refuses_a_version_that_loses_the_repeats_on_a_better_average() -> None:
+    serving = _measured(60.0, 30.0, (99.0, 85.0, 300))
+    better_on_average = _measured(61.0, 30.5, (99.0, 80.0, 300))
+    (failure,) = cycle.gate_failures(better_on_average, serving, tolerance=0.5)
+    assert failure.startswith("repeat mrr20: new 80.00 < serving 85.00")
+    assert cycle.gate_failures(serving, serving, tolerance=0.5) == []
+    # A case measured on too few cases does not hold a version back.
+    few = _measured(61.0, 30.5, (99.0, 80.0, cycle.GATE_MIN_CASES - 1))
+    assert cycle.gate_failures(few, serving, tolerance=0.5) == []
+    # Overall hit@20 counts as much as MRR@20.
+    assert cycle.gate_failures(_measured(58.0, 30.0, (99.0, 85.0, 300)), serving, 0.5) == [
+        "all p20: new 58.00 < serving 60.00 - tolerance 0.5"
+    ]
 
 
 @pytest.mark.parametrize(
