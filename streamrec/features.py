@@ -188,11 +188,15 @@ def ranking_features(
     for item_id in user.purchased:
         per_item[slots[item_id], 2] = 1.0
     decay_per_ms = math.log(2) / (half_life_s * 1000)
+    # Recency on the user's own clock (from their latest event), not the request's:
+    # training knows when each case's user last acted, not when they will ask, and
+    # a replay or a clock running ahead must not age every item alike.
+    latest_ms = recent[-1].ts_ms if recent else now_ms
     for step, event in enumerate(recent):  # a later step overwrites: the last time seen
         slot = slots[event.item_id]
         per_item[slot, 3] = 1.0
         per_item[slot, 4] = 1.0 / (len(recent) - step)
-        per_item[slot, 5] = math.exp(-decay_per_ms * max(now_ms - event.ts_ms, 0))
+        per_item[slot, 5] = math.exp(-decay_per_ms * max(latest_ms - event.ts_ms, 0))
     if recent:
         per_item[slots[recent[-1].item_id], 6] = 1.0
     if slots:

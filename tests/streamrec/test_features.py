@@ -63,6 +63,14 @@ def test_history_columns() -> None:
     assert a[COLUMN["steps_since_seen_inv"]] == 1.0 and b[COLUMN["steps_since_seen_inv"]] == 0.5
     assert a[COLUMN["time_since_seen_decay"]] == 1.0
     assert math.isclose(b[COLUMN["time_since_seen_decay"]], 0.5, rel_tol=1e-6)  # one half-life ago
+    # On the user's own clock: asking later (or from a replay's clock) ages nothing.
+    later = ranking_features(
+        ["a", "b", "c"], np.zeros(3), _user(), _none(3), 30 * HOUR_MS, half_life_s=3600
+    )
+    assert (
+        later[:, COLUMN["time_since_seen_decay"]].tolist()
+        == rows[:, COLUMN["time_since_seen_decay"]].tolist()
+    )
     assert b[COLUMN["user_item_purchased"]] == 1 and a[COLUMN["user_item_purchased"]] == 0
     assert c[COLUMN["user_item_seen"]] == 0 and c[COLUMN["user_item_weighted_log"]] == 0
     assert a[COLUMN["history_length_log"]] == np.float32(math.log1p(3))
