@@ -136,9 +136,11 @@ def run(quick: bool) -> dict[str, Any]:
         "command": f"streamrec bench serve{' --quick' if quick else ''}",
         "machine": machine(),
     }
-    write_json("serve", {**report, "runs": [_without_samples(r) for r in runs]})
-    _plot(runs)
-    _write_markdown(report)
+    # A quick run writes its own report, never over the full one the docs cite.
+    stem = "serve-quick" if quick else "serve"
+    write_json(stem, {**report, "runs": [_without_samples(r) for r in runs]})
+    _plot(runs, stem)
+    _write_markdown(report, stem)
     return report
 
 
@@ -514,7 +516,7 @@ def _without_samples(r: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in r.items() if k != "samples_ms"}
 
 
-def _plot(runs: list[dict[str, Any]]) -> None:
+def _plot(runs: list[dict[str, Any]], stem: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -531,11 +533,11 @@ def _plot(runs: list[dict[str, Any]]) -> None:
     ax.set_title("POST /recommend, open loop, k = 20")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(REPORTS / "serve.png", dpi=110)
+    fig.savefig(REPORTS / f"{stem}.png", dpi=110)
     plt.close(fig)
 
 
-def _write_markdown(r: dict[str, Any]) -> None:
+def _write_markdown(r: dict[str, Any], stem: str) -> None:
     m = r["machine"]
     model = r["model"]
     lines = [
@@ -603,7 +605,7 @@ def _write_markdown(r: dict[str, Any]) -> None:
             for x in r["runs"]
         ],
         "",
-        "![latency CDF](serve.png)",
+        f"![latency CDF]({stem}.png)",
         "",
     ]
-    (REPORTS / "serve.md").write_text("\n".join(lines), encoding="utf-8")
+    (REPORTS / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
