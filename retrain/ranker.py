@@ -29,7 +29,7 @@ PRIOR_WEIGHTS = {"user_item_dot": 1.0}
 class RankerConfig:
     n_features: int = len(FEATURE_NAMES)
     hidden: int = 64
-    epochs: int = 6
+    epochs: int = 12
     batch_cases: int = 256
     lr: float = 3e-3
     seed: int = 0
