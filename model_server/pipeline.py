@@ -72,9 +72,10 @@ class Scores:
 
 
 def feature_user(
-    user: redis_state.UserState, now_ms: int = 0, covis_half_life_s: float = 1.0
+    user: redis_state.UserState, now_ms: int, covis_half_life_s: float
 ) -> features.UserState:
-    """The state store's view of a user, in the shape `ranking_features` takes."""
+    """The state store's view of a user, in the shape `ranking_features` takes, with
+    its co-visitation links scored at `now_ms`."""
     covis_total, covis_latest = covis_scores(
         [(links, epoch) for _, links, epoch in user.covis], now_ms, covis_half_life_s
     )
