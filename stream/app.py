@@ -18,7 +18,7 @@ import faust
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from stream.ingest import Ingestor
+from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
 from stream.retrain_trigger import RetrainTrigger
@@ -71,6 +71,8 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
         producer_acks=-1,
+        # The DLQ cuts its records to this (stream/dead_letter.py).
+        producer_max_request_size=settings.dlq_max_record_bytes,
         broker_session_timeout=settings.consumer_session_timeout_s,
         broker_rebalance_timeout=settings.consumer_rebalance_timeout_s,
         broker_heartbeat_interval=settings.consumer_heartbeat_s,
@@ -108,8 +110,7 @@ def create_app(
         state,
         metrics,
         send_dlq,
-        settings.max_message_bytes,
-        settings.redis_retry_max_s,
+        IngestPolicy.from_settings(settings),
         archive,
         notify_changes if settings.emit_state_changes else None,
         vectors.add if vectors is not None else None,

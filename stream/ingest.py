@@ -17,21 +17,40 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stream.dead_letter import DlqSender, dead_letter, send_dead_letters
 from streamrec.archive import ArchivedEvent, ArchiveWriter
 from streamrec.errors import ArchiveError
 from streamrec.events import Event, Rejection, parse_event
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
+from streamrec.settings import Settings
 from streamrec.state import Applied, StateStore
 
 log = logging.getLogger(__name__)
 
 STATE_WRITE_FAILED = "state_write_failed"
+MAX_DETAIL_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    """The limits and retry bounds one worker applies (from `Settings`)."""
+
+    max_message_bytes: int = 64 * 1024
+    retry_max_s: float = 5.0
+    dlq_max_record_bytes: int = 1_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestPolicy:
+        return cls(
+            max_message_bytes=settings.max_message_bytes,
+            retry_max_s=settings.redis_retry_max_s,
+            dlq_max_record_bytes=settings.dlq_max_record_bytes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +63,6 @@ class RawMessage:
     timestamp_s: float | None
 
 
-DlqSender = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
 ChangeNotifier = Callable[[list[StateChanges]], Awaitable[None]]
 # Told the users of each batch once it is in Redis; must return at once and never raise.
 StateWritten = Callable[[Iterable[str]], None]
@@ -67,7 +85,7 @@ def _written(
 def dlq_headers(message: RawMessage, reason: str, detail: str) -> list[tuple[str, bytes]]:
     return [
         ("streamrec.reason", reason.encode()),
-        ("streamrec.detail", detail.encode()),
+        ("streamrec.detail", detail[:MAX_DETAIL_CHARS].encode()),
         ("streamrec.source.topic", message.topic.encode()),
         ("streamrec.source.partition", str(message.partition).encode()),
         ("streamrec.source.offset", str(message.offset).encode()),
@@ -80,8 +98,7 @@ class Ingestor:
         state: StateStore,
         metrics: IngestMetrics,
         send_dlq: DlqSender,
-        max_message_bytes: int,
-        retry_max_s: float,
+        policy: IngestPolicy,
         archive: ArchiveWriter | None = None,
         notify_changes: ChangeNotifier | None = None,
         state_written: StateWritten | None = None,
@@ -89,8 +106,7 @@ class Ingestor:
         self.state = state
         self.metrics = metrics
         self.send_dlq = send_dlq
-        self.max_message_bytes = max_message_bytes
-        self.retry_max_s = retry_max_s
+        self.policy = policy
         self.archive = archive
         self.notify_changes = notify_changes
         self.state_written = state_written
@@ -100,7 +116,7 @@ class Ingestor:
         accepted: list[tuple[RawMessage, Event]] = []
         dead: list[tuple[RawMessage, str, str]] = []
         for message in messages:
-            parsed = parse_event(message.value, self.max_message_bytes)
+            parsed = parse_event(message.value, self.policy.max_message_bytes)
             if isinstance(parsed, Rejection):
                 dead.append((message, parsed.reason.value, parsed.detail))
             else:
@@ -161,7 +177,7 @@ class Ingestor:
                 self.metrics.state_write_retries.inc()
                 log.warning("Redis unreachable (%s); retrying in %.2f s", exc, backoff_s)
                 await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.retry_max_s)
+                backoff_s = min(backoff_s * 2, self.policy.retry_max_s)
                 continue
             self.metrics.state_write.observe(time.perf_counter() - started)
             return applied
@@ -218,30 +234,22 @@ class Ingestor:
     async def _dead_letter(self, dead: list[tuple[RawMessage, str, str]]) -> None:
         if not dead:
             return
-        sends = []
+        letters = []
         for message, reason, detail in dead:
             log.info(
                 "rejected %s[%d]@%d: %s (%s)",
                 message.topic, message.partition, message.offset, reason, detail,
             )  # fmt: skip
-            sends.append(
-                self.send_dlq(message.key, message.value, dlq_headers(message, reason, detail))
+            letters.append(
+                dead_letter(
+                    message.key,
+                    message.value,
+                    dlq_headers(message, reason, detail),
+                    self.policy.dlq_max_record_bytes,
+                )
             )
-        # The batch is acked only after every DLQ record is confirmed by the broker;
-        # a failed send is retried whole (a DLQ record may then appear twice, never zero times).
-        backoff_s = 0.05
-        while True:
-            try:
-                await asyncio.gather(*sends)
-                break
-            except KafkaError as exc:
-                log.warning("DLQ send failed (%s); retrying in %.2f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.retry_max_s)
-                sends = [
-                    self.send_dlq(m.key, m.value, dlq_headers(m, reason, detail))
-                    for m, reason, detail in dead
-                ]
+        # The batch is acked only after every DLQ record is confirmed by the broker.
+        await send_dead_letters(letters, self.send_dlq, self.policy.retry_max_s)
         for _, reason, _ in dead:
             self.metrics.events.labels("invalid", "rejected").inc()
             self.metrics.dlq.labels(reason).inc()

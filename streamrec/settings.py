@@ -80,6 +80,9 @@ class Settings(BaseSettings):
 
     # Event contract limits.
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # The largest record the worker's producer sends (its request size): a DLQ record
+    # beyond it keeps the first bytes of its value, with a `streamrec.truncated` header.
+    dlq_max_record_bytes: int = Field(default=1_000_000, ge=4096)
 
     # The event archive that retraining reads (streamrec/archive.py).
     archive_enabled: bool = True

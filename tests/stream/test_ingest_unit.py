@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream.ingest import Ingestor, RawMessage
+from stream.ingest import Ingestor, IngestPolicy, RawMessage
 from streamrec.devstack import free_port, wait_for_port
 from streamrec.events import Event, EventType
 from streamrec.metrics import IngestMetrics
@@ -32,7 +32,8 @@ def ingestor_for(settings: Settings) -> tuple[Ingestor, IngestMetrics, SentToDlq
         sent.append((key, value, dict(headers)))
 
     metrics = IngestMetrics(CollectorRegistry())
-    return Ingestor(StateStore(settings), metrics, send_dlq, 65536, 0.2), metrics, sent
+    policy = IngestPolicy(retry_max_s=0.2)
+    return Ingestor(StateStore(settings), metrics, send_dlq, policy), metrics, sent
 
 
 async def test_bad_messages_go_to_the_dlq_and_good_ones_to_redis(

@@ -1,0 +1,67 @@
+"""The worker against hostile input and failing neighbours (real broker, real Redis):
+an oversize message, a broker that goes away, keys that lie about the user."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from kafka import KafkaProducer
+
+from streamrec.events import Event, EventType
+from streamrec.settings import Settings
+from streamrec.topics import ensure_topics
+from tests.pipeline import applied_count, read_topic, start_worker, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def good_events(count: int, start_ms: int = 1_700_000_000_000) -> list[Event]:
+    return [
+        Event(f"g{n}", f"user{n % 7}", f"item{n % 11}", EventType.CLICK, start_ms + n)
+        for n in range(count)
+    ]
+
+
+def test_an_oversize_message_reaches_the_dlq_truncated_and_nothing_waits(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """About 1 MB: above the worker's producer request size, accepted by the broker."""
+    settings = make_settings("oversize")
+    ensure_topics(settings)
+    worker = start_worker(settings, tmp_path)
+    huge = b'{"event_id": "big", "pad": "' + b"x" * 1_010_000 + b'"}'
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=4_000_000
+    )
+    try:
+        producer.send(settings.topic_clicks, key=b"big-user", value=huge, partition=0)
+        events = good_events(40)
+        for n, event in enumerate(events):
+            producer.send(
+                settings.topic_clicks,
+                key=event.user_id.encode(),
+                value=event.to_json(),
+                partition=n % 2,
+            )
+        producer.flush()
+        client = redis.Redis.from_url(settings.redis_url)
+        wait_until(lambda: applied_count(client) >= len(events), 60, "every good event applied")
+
+        (record,) = read_topic(settings, settings.topic_dlq, expected=1)
+        assert record.headers["streamrec.reason"] == "too_large"
+        assert record.headers["streamrec.truncated"] == str(len(huge))
+        assert record.headers["streamrec.source.partition"] == "0"
+        assert record.key == b"big-user"
+        assert 0 < len(record.value) < 1_000_000 and huge.startswith(record.value)
+    finally:
+        producer.close()
+        started = time.monotonic()
+        worker.stop(timeout_s=30)
+        stopped_s = time.monotonic() - started
+    assert worker.proc is not None and worker.proc.returncode != -9, "SIGTERM did not stop it"
+    assert stopped_s < 30
+    assert (tmp_path / f"{settings.app_id}.log").read_text().count("Traceback") == 0
