@@ -388,6 +388,11 @@ def _verified(root: Path, version: str, keep: tuple[str, ...]) -> tuple[Manifest
     return manifest, kept
 
 
+def refusal_reason(error: BaseException) -> str:
+    """Why a bundle was refused, on one line: for a log, /model and a terminal."""
+    return " ".join(str(error).split())
+
+
 def _check_compatible(manifest: Manifest) -> None:
     version = manifest.version
     if manifest.bundle_format != BUNDLE_FORMAT:
@@ -444,7 +449,10 @@ def rollback_target(root: Path, version: str | None = None) -> str:
         version = read_manifest(root, current).parent
         if version is None:
             raise BundleError(f"current version {current} has no parent to roll back to")
-    return _check_name(version, "a version")
+    path = root / _check_name(version, "a version")
+    if not path.is_dir():  # CURRENT itself, a stray file, a typo: no bundle to refuse
+        raise BundleError(f"no bundle {version!r} in {root} (expected a folder {path})")
+    return version
 
 
 def rollback(root: Path, version: str | None = None) -> str:
