@@ -218,11 +218,8 @@ class ModelHolder:
     ) -> BundleError:
         self.refused[version] = registry.refusal_reason(reason)
         self.metrics.swaps.labels("refused").inc()
+        serving = f"still serving {previous}" if previous else "no version served yet"
         log.error(
-            "model %s refused, still serving %s: %s",
-            version,
-            previous,
-            self.refused[version],
-            exc_info=unexpected,
+            "model %s refused, %s: %s", version, serving, self.refused[version], exc_info=unexpected
         )
         return reason

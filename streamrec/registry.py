@@ -136,10 +136,10 @@ def _manifest_problem(body: dict[str, Any]) -> str | None:
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             return f"files[{name!r}] must be an object with a sha256 string, got {_shown(entry)}"
     for key in ("dim", "max_len"):
-        if not _is_count(body["encoder"].get(key), 1):
-            return (
-                f"encoder.{key} must be a positive integer, got {_shown(body['encoder'].get(key))}"
-            )
+        if key not in body["encoder"]:
+            return f"encoder.{key} is missing (a positive integer)"
+        if not _is_count(body["encoder"][key], 1):
+            return f"encoder.{key} must be a positive integer, got {_shown(body['encoder'][key])}"
     plan = body.get("training", {}).get("plan") or {}
     if not isinstance(plan, dict):
         return f"training.plan must be an object, got {_shown(plan)}"
