@@ -388,7 +388,7 @@ def _verified(root: Path, version: str, keep: tuple[str, ...]) -> tuple[Manifest
     return manifest, kept
 
 
-def refusal_reason(error: BaseException) -> str:
+def refusal_reason(error: BaseException | str) -> str:
     """Why a bundle was refused, on one line: for a log, /model and a terminal."""
     return " ".join(str(error).split())
 
