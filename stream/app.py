@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
+from stream.readiness import BrokerContact, readiness
 from stream.retrain_trigger import RetrainTrigger
 from stream.transport import transport_with_fetch_wait
 from stream.vectors import VectorRefresher
@@ -133,9 +135,12 @@ def create_app(
         @app.agent(source, name="ingest", concurrency=settings.agent_concurrency)
         async def ingest(stream: faust.StreamT[bytes]) -> None:
             writer = OverlappedWriter(app, ingestor.handle_batch)
-            async for events in batches(stream):
-                await writer.submit(events)
-            await writer.drain()
+            try:
+                async for events in batches(stream):
+                    await writer.submit(events)
+                await writer.drain()
+            finally:
+                await writer.close(settings.worker_shutdown_timeout_s / 3)
 
         @app.task
         async def check_redis() -> None:
@@ -185,9 +190,22 @@ def create_app(
         async def retrain_when_due() -> None:
             await trigger.tick()
 
+    broker = BrokerContact(max(settings.worker_broker_timeout_s, 2 * settings.lag_poll_s))
+
     @app.timer(interval=settings.lag_poll_s)
     async def consumer_lag() -> None:
-        await publish_consumer_lag(app, metrics)
+        # Also the broker probe /readyz reads: the consumer keeps its assignment
+        # while the broker is gone.
+        try:
+            answered = await asyncio.wait_for(publish_consumer_lag(app, metrics), broker.timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "the broker did not answer the lag poll (%r); silent for %.0f s",
+                exc, broker.silent_s,
+            )  # fmt: skip
+            return
+        if answered:
+            broker.answered()
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
@@ -195,11 +213,10 @@ def create_app(
 
     @app.page("/readyz")
     async def readyz(web: faust.web.View, request: faust.web.Request) -> Any:
-        # Ready once this worker holds input partitions and is not mid-rebalance.
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in settings.input_topics]
-        if app.rebalancing or not assigned:
-            return web.json({"ready": False, "partitions": len(assigned)}, status=503)
-        return web.json({"ready": True, "partitions": len(assigned)})
+        unavailable = None if noop else ingestor.state_unavailable
+        body = readiness(len(assigned), bool(app.rebalancing), broker, unavailable)
+        return web.json(body, status=200 if body["ready"] else 503)
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:

@@ -16,10 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from stream.dead_letter import DlqSender, dead_letter, send_dead_letters
 from streamrec.archive import ArchivedEvent, ArchiveWriter
@@ -28,7 +27,7 @@ from streamrec.events import Event, Rejection, parse_event
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
 from streamrec.settings import Settings
-from streamrec.state import Applied, StateStore
+from streamrec.state import UNAVAILABLE_REASONS, Applied, StateStore, unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,10 @@ def _written(
     ]
 
 
+def _is_applied(outcome: Applied | Exception) -> bool:
+    return isinstance(outcome, Applied)
+
+
 def dlq_headers(message: RawMessage, reason: str, detail: str) -> list[tuple[str, bytes]]:
     return [
         ("streamrec.reason", reason.encode()),
@@ -110,6 +113,8 @@ class Ingestor:
         self.archive = archive
         self.notify_changes = notify_changes
         self.state_written = state_written
+        # Writes in flight that wait for Redis, and why (see `state_unavailable`).
+        self._blocked: dict[object, str] = {}
 
     async def handle_batch(self, messages: Sequence[RawMessage]) -> None:
         self.metrics.batch_events.observe(len(messages))
@@ -136,51 +141,92 @@ class Ingestor:
     ) -> list[tuple[RawMessage, str]]:
         if not accepted:
             return []
-        events = [event for _, event in accepted]
-        try:
-            applied = await self._apply_with_retry(events)
-        except ResponseError as exc:
-            # Redis refused the batch (not unreachable): find the culprit one by one
-            # so the rest still lands and the culprit reaches the DLQ.
-            log.error("batch of %d refused by Redis (%s); applying one at a time", len(events), exc)
-            return await self._write_one_by_one(accepted)
-        self._observe(accepted, applied)
-        self._archive(accepted)
-        return []
+        outcomes = await self._apply_until_available([event for _, event in accepted])
+        applied = [(pair, o) for pair, o in zip(accepted, outcomes, strict=True) if _is_applied(o)]
+        refused = [pair for pair, o in zip(accepted, outcomes, strict=True) if not _is_applied(o)]
+        self._observe([pair for pair, _ in applied], [cast(Applied, o) for _, o in applied])
+        self._archive([pair for pair, _ in applied])
+        if not refused:
+            return []
+        # Redis refused a script call for what it held (not an outage): find the
+        # culprit one by one so the rest still lands and the culprit reaches the DLQ.
+        log.error("%d events refused by Redis; applying them one at a time", len(refused))
+        return await self._write_one_by_one(refused)
 
     async def _write_one_by_one(
         self, accepted: list[tuple[RawMessage, Event]]
     ) -> list[tuple[RawMessage, str]]:
         failed = []
         for message, event in accepted:
-            try:
-                applied = await self._apply_with_retry([event])
-            except ResponseError as exc:
+            (outcome,) = await self._apply_until_available([event])
+            if not isinstance(outcome, Applied):
                 log.error(
                     "event %s at %s[%d]@%d refused by Redis: %s",
-                    event.event_id, message.topic, message.partition, message.offset, exc,
+                    event.event_id, message.topic, message.partition, message.offset, outcome,
                 )  # fmt: skip
-                failed.append((message, f"Redis refused the write: {exc}"))
+                failed.append((message, f"Redis refused the write: {outcome}"))
                 continue
-            self._observe([(message, event)], applied)
+            self._observe([(message, event)], [outcome])
             self._archive([(message, event)])
         return failed
 
-    async def _apply_with_retry(self, events: list[Event]) -> list[Applied]:
-        """Retry while Redis is unreachable: blocking here keeps offsets uncommitted."""
+    async def _apply_until_available(self, events: list[Event]) -> list[Applied | Exception]:
+        """Per event its outcome, or the error Redis answered for what it held. While
+        Redis is unreachable or takes no writes (`state.unavailable_reason`: maxmemory,
+        READONLY, LOADING, BUSY, ...) the events not applied yet are sent again, with
+        backoff: waiting here keeps their offsets uncommitted, and an outage refuses a
+        script call before its first write, so every event is applied once."""
+        by_index: dict[int, Applied | Exception] = {}
+        pending = list(range(len(events)))
         backoff_s = 0.05
-        while True:
-            started = time.perf_counter()
-            try:
-                applied = await self.state.apply_events(events)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        waiting = object()  # this call, among the batches in flight
+        try:
+            while True:
+                started = time.perf_counter()
+                results: list[Applied | Exception]
+                try:
+                    results = list(await self.state.apply_events_each([events[i] for i in pending]))
+                except (RedisError, OSError) as exc:
+                    if unavailable_reason(exc) is None and not isinstance(exc, ResponseError):
+                        raise
+                    results = [exc] * len(pending)
+                else:
+                    self.metrics.state_write.observe(time.perf_counter() - started)
+                retry: list[int] = []
+                for index, result in zip(pending, results, strict=True):
+                    reason = None if isinstance(result, Applied) else unavailable_reason(result)
+                    if reason is None:
+                        by_index[index] = result
+                    else:
+                        retry.append(index)
+                        why, error = reason, result
+                if not retry:
+                    return [by_index[i] for i in range(len(events))]
+                self._blocked_by(waiting, why)
                 self.metrics.state_write_retries.inc()
-                log.warning("Redis unreachable (%s); retrying in %.2f s", exc, backoff_s)
+                log.warning(
+                    "Redis takes no writes (%s: %s); %d events wait, retrying in %.2f s",
+                    why, error, len(retry), backoff_s,
+                )  # fmt: skip
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self.policy.retry_max_s)
-                continue
-            self.metrics.state_write.observe(time.perf_counter() - started)
-            return applied
+                pending = retry
+        finally:
+            self._blocked_by(waiting, None)
+
+    @property
+    def state_unavailable(self) -> str | None:
+        """Why Redis takes no writes from this worker now (None: it does)."""
+        return next(iter(self._blocked.values()), None)
+
+    def _blocked_by(self, call: object, reason: str | None) -> None:
+        if reason is None:
+            self._blocked.pop(call, None)
+        else:
+            self._blocked[call] = reason
+        now = set(self._blocked.values())
+        for name in UNAVAILABLE_REASONS:
+            self.metrics.state_write_blocked.labels(name).set(1 if name in now else 0)
 
     async def _notify(self, written: list[tuple[RawMessage, Event]]) -> None:
         """One notice per input partition the batch touched, listing its users

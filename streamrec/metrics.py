@@ -59,7 +59,15 @@ class IngestMetrics:
         )
         self.state_write_retries = Counter(
             "streamrec_state_write_retries_total",
-            "Batched Redis writes retried because Redis was unreachable.",
+            "Batched Redis writes retried because Redis was unreachable or took no writes "
+            "(maxmemory, READONLY, LOADING, BUSY).",
+            registry=registry,
+        )
+        self.state_write_blocked = Gauge(
+            "streamrec_state_write_blocked",
+            "1 while this worker's Redis writes wait out an outage, by reason (unreachable, "
+            "oom, readonly, loading, busy, refused); nothing is acknowledged meanwhile.",
+            ["reason"],
             registry=registry,
         )
         self.archived = Counter(

@@ -71,8 +71,16 @@ class Settings(BaseSettings):
     # Longest a fetch may wait for data; bounds delivery delay on brokers that
     # hold fetches for the full wait (the embedded one does).
     consumer_fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000)
+    # The longest wait between two attempts of a Redis write or a DLQ send that failed
+    # (backoff from 50 ms, doubling).
     redis_retry_max_s: float = Field(default=5.0, gt=0)
     lag_poll_s: float = Field(default=5.0, gt=0)
+    # /readyz says not ready once the broker has not answered the lag poll for this
+    # long (at least two polls).
+    worker_broker_timeout_s: float = Field(default=15.0, gt=0)
+    # After SIGTERM the worker exits within this, even with the broker or Redis gone:
+    # a write still waiting is abandoned (its messages are delivered again).
+    worker_shutdown_timeout_s: float = Field(default=30.0, gt=0)
     # After each batch, compute its users' vectors with the registry's current model
     # and cache them where the model server looks first (stream/vectors.py), so the
     # next request after an event skips the encoder. Off: the server computes them.

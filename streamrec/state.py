@@ -18,6 +18,17 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamrec.covis import REBASE_HALF_LIVES as COVIS_REBASE_HALF_LIVES
 from streamrec.covis import CovisRule
@@ -534,6 +545,35 @@ def _apply_config(settings: Settings) -> bytes:
     )
 
 
+# Why Redis takes no writes for now, whatever the event: an outage to wait out, never
+# a reason to dead-letter an event (label `reason` of `streamrec_state_write_blocked`).
+UNAVAILABLE_REASONS = ("unreachable", "oom", "readonly", "loading", "busy", "refused")
+# Answers without a redis-py class of their own: a script running past the busy
+# threshold, too few replicas for min-replicas-to-write, a failed background save.
+_REFUSED_CODES = {"BUSY": "busy", "NOREPLICAS": "refused", "MISCONF": "refused"}
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """The `UNAVAILABLE_REASONS` entry for an error that says Redis cannot take writes
+    now, else None (an error about this call's content). Each of these refuses a
+    script call before its first write (Redis checks maxmemory and READONLY at a
+    script's first write command, BUSY and LOADING before running it), so calling
+    again once Redis recovers applies it exactly once."""
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, BusyLoadingError):
+        return "loading"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return "unreachable"
+    if isinstance(exc, ClusterDownError | TryAgainError):
+        return "refused"
+    if isinstance(exc, ResponseError):
+        return _REFUSED_CODES.get(str(exc).split(" ", 1)[0])
+    return None
+
+
 class StateStore:
     """The Redis connection pool and the scripts that write state. With `reads`, the
     users' state (`read_users`) is read through that one pipelined connection
@@ -570,6 +610,16 @@ class StateStore:
 
     async def apply_events(self, events: Sequence[Event]) -> list[Applied]:
         """Apply a batch in one round trip: per event, applied (a hit or not) or duplicate."""
+        outcomes = await self.apply_events_each(events)
+        for outcome in outcomes:
+            if isinstance(outcome, RedisError):
+                raise outcome
+        return cast(list[Applied], outcomes)
+
+    async def apply_events_each(self, events: Sequence[Event]) -> list[Applied | RedisError]:
+        """`apply_events`, with per event its outcome or the error Redis answered for the
+        script call that held it (`SCRIPT_MAX_EVENTS` events a call), so a caller can
+        call again for exactly the events not applied. Unreachable Redis raises."""
         if not events:
             return []
         keys = [
@@ -589,8 +639,14 @@ class StateStore:
                     ]
                 )
                 await self._apply_script(keys=keys, args=[config, batch], client=pipe)
-            chunks = await pipe.execute()
-        return [Applied(applied) for chunk in chunks for applied in chunk]
+            chunks = await pipe.execute(raise_on_error=False)
+        outcomes: list[Applied | RedisError] = []
+        for start, chunk in zip(range(0, len(events), SCRIPT_MAX_EVENTS), chunks, strict=True):
+            if isinstance(chunk, RedisError):
+                outcomes += [chunk] * len(events[start : start + SCRIPT_MAX_EVENTS])
+            else:
+                outcomes += [Applied(applied) for applied in chunk]
+        return outcomes
 
     async def remember_answers(self, answers: Sequence[Answer]) -> None:
         """After answering, in one script call for many answers: what each user was

@@ -4,13 +4,17 @@ an oversize message, a broker that goes away, keys that lie about the user."""
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 from kafka import KafkaProducer
 
+from streamrec.devstack import DevStack
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
@@ -65,3 +69,42 @@ def test_an_oversize_message_reaches_the_dlq_truncated_and_nothing_waits(
     assert worker.proc is not None and worker.proc.returncode != -9, "SIGTERM did not stop it"
     assert stopped_s < 30
     assert (tmp_path / f"{settings.app_id}.log").read_text().count("Traceback") == 0
+
+
+def readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, orjson.loads(refused.read())
+
+
+def test_readyz_says_not_ready_once_the_broker_is_gone(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A broker of this test's own, stopped under a ready worker."""
+    redis_url = make_settings("broker-gone").redis_url
+    broker = DevStack(tmp_path / "broker")
+    status = broker.up(external_redis_url=redis_url)
+    try:
+        settings = make_settings("broker-gone", kafka_bootstrap=status.kafka_bootstrap)
+        ensure_topics(settings)
+        worker = start_worker(settings, tmp_path)
+        try:
+            assert readyz(settings.worker_web_port)[0] == 200
+            broker.down()
+            deadline = time.monotonic() + 60
+            answer = readyz(settings.worker_web_port)
+            while answer[0] == 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                answer = readyz(settings.worker_web_port)
+            assert answer[0] == 503, f"still ready 60 s after the broker went: {answer}"
+            assert answer[1]["broker"] is False
+        finally:
+            started = time.monotonic()
+            worker.stop(timeout_s=45)
+            stopped_s = time.monotonic() - started
+        assert worker.proc is not None and worker.proc.returncode != -9, "SIGTERM did not stop it"
+        assert stopped_s < 45
+    finally:
+        broker.down()

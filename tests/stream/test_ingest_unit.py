@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import BusyLoadingError, ResponseError
 
 from stream.ingest import Ingestor, IngestPolicy, RawMessage
 from streamrec.devstack import free_port, wait_for_port
 from streamrec.events import Event, EventType
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
-from streamrec.state import StateStore
+from streamrec.state import StateStore, unavailable_reason
 
 SentToDlq = list[tuple[bytes | None, bytes, dict[str, bytes]]]
 
@@ -66,7 +68,7 @@ async def test_a_batch_waits_for_redis_to_come_back_and_loses_nothing(tmp_path: 
     await asyncio.sleep(1.0)
     assert not task.done(), "the batch must not be acknowledged while Redis is down"
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    redis = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     try:
         wait_for_port(port)
         await asyncio.wait_for(task, timeout=15)
@@ -75,8 +77,8 @@ async def test_a_batch_waits_for_redis_to_come_back_and_loses_nothing(tmp_path: 
         assert metrics.state_write_retries._value.get() >= 1
     finally:
         await ingestor.state.close()
-        redis.terminate()
-        redis.wait()
+        server.terminate()
+        server.wait()
 
 
 async def test_a_click_on_a_recently_recommended_item_counts_as_a_hit(
@@ -99,3 +101,82 @@ async def test_a_click_on_a_recently_recommended_item_counts_as_a_hit(
     assert metrics.events.labels("click", "accepted")._value.get() == 4
     await store.redis.flushdb()
     await store.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Settings]:
+    """A Redis of this test's own, to fill up, demote or keep busy."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    server = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield Settings(redis_url=f"redis://127.0.0.1:{port}/0", kafka_bootstrap="unused:1")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _busy_script(settings: Settings, seconds: float) -> None:
+    """Keep Redis inside one script for `seconds`: every other client meets BUSY."""
+    spin = (
+        "local t0 = redis.call('TIME'); local start = t0[1] * 1e6 + t0[2]; "
+        "while true do local t = redis.call('TIME'); "
+        "if t[1] * 1e6 + t[2] - start > tonumber(ARGV[1]) then return 1 end end"
+    )
+    redis.Redis.from_url(settings.redis_url).eval(spin, 0, int(seconds * 1e6))
+
+
+@pytest.mark.parametrize("outage", ["oom", "readonly", "busy"])
+async def test_redis_taking_no_writes_is_an_outage_waited_out_not_a_dlq_flood(
+    own_redis: Settings, outage: str
+) -> None:
+    ingestor, metrics, sent = ingestor_for(own_redis)
+    admin = redis.Redis.from_url(own_redis.redis_url)
+    first = [Event(f"a{n}", f"u{n % 3}", f"i{n}", EventType.CLICK, 1000 + n) for n in range(5)]
+    await ingestor.handle_batch([message(n, e.to_json()) for n, e in enumerate(first)])
+    # 250 events: three script calls, so a retry must redo only the ones refused.
+    later = [Event(f"b{n}", f"u{n % 3}", f"i{n}", EventType.CLICK, 2000 + n) for n in range(250)]
+    busy: asyncio.Task[None] | None = None
+    if outage == "oom":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+    elif outage == "readonly":
+        admin.replicaof("127.0.0.1", free_port())  # a primary that is not there
+    else:
+        admin.config_set("busy-reply-threshold", 50)
+        busy = asyncio.create_task(asyncio.to_thread(_busy_script, own_redis, 3.0))
+        await asyncio.sleep(0.5)
+    task = asyncio.create_task(
+        ingestor.handle_batch([message(10 + n, e.to_json()) for n, e in enumerate(later)])
+    )
+    try:
+        await asyncio.sleep(1.5)
+        assert not task.done(), "the batch must wait while Redis takes no writes"
+        assert ingestor.state_unavailable == outage
+        assert metrics.state_write_blocked.labels(outage)._value.get() == 1
+        if outage == "oom":
+            admin.config_set("maxmemory", 0)
+        elif outage == "readonly":
+            admin.replicaof("NO", "ONE")
+        await asyncio.wait_for(task, timeout=20)
+    finally:
+        if busy is not None:
+            await busy
+    assert sent == [], "an outage is no reason to dead-letter an event"
+    assert metrics.events.labels("click", "accepted")._value.get() == 255
+    assert metrics.events.labels("click", "duplicate")._value.get() == 0
+    assert metrics.state_write_blocked.labels(outage)._value.get() == 0
+    assert ingestor.state_unavailable is None
+    users = [await ingestor.state.read_user(f"u{n}") for n in range(3)]
+    assert sum(u.counts_by_type["click"] for u in users) == 255
+    await ingestor.state.close()
+
+
+def test_redis_errors_are_told_apart_outage_or_content() -> None:
+    assert unavailable_reason(BusyLoadingError("Redis is loading the dataset")) == "loading"
+    assert unavailable_reason(ResponseError("BUSY Redis is busy running a script")) == "busy"
+    assert unavailable_reason(ResponseError("MISCONF unable to persist")) == "refused"
+    assert unavailable_reason(ResponseError("ERR Error running script: bad argument")) is None
