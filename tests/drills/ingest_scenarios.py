@@ -4,8 +4,8 @@ the tests assert on them, `streamrec bench drills` writes them to bench/reports/
 1. SIGKILL the worker three times during a 20k-event replay.
 2. Restart Redis (with its append-only file) in the middle of a replay.
 3. A poison flood: 10k bad messages at full speed into a steady stream of 5k good ones.
-4. Redis full (`maxmemory` reached, `noeviction`) in the middle of a replay, then
-   its memory raised.
+7. Redis full (`maxmemory` reached, `noeviction`) in the middle of a replay, then
+   its memory raised (drills 4-6 are the serving ones and the soak).
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def redis_full_drill(
     check_state: Callable[[Settings, list[Event]], None] | None = None,
     outage_s: float = 4.0,
 ) -> RedisFullDrill:
-    """Drill 4: a paced 6k-event replay; after 1.5k events are applied, the Redis the
+    """Drill 7: a paced 6k-event replay; after 1.5k events are applied, the Redis the
     worker writes to is set to `noeviction` with `maxmemory` at the memory it uses
     (CONFIG SET), so every write is refused with OOM; `outage_s` later its memory is
     raised again. Both settings are restored whatever happens."""
