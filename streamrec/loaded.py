@@ -3,7 +3,8 @@
 The model server and the stream worker both hold one: verified, smoke-tested,
 loaded in a thread and swapped in by one reference assignment. A request reads
 `ModelHolder.current` once and keeps that `ServedModel` to the end, so a swap
-never changes it mid-way.
+never changes it mid-way. Any failure to open a version, whatever its type, is
+that version's refusal: counted, logged once, listed in `refused`; the held one stays.
 """
 
 from __future__ import annotations

@@ -365,12 +365,15 @@ def list_versions(root: Path) -> list[Manifest]:
 
 def verify(root: Path, version: str) -> Manifest:
     """Checksums and compatibility; raises BundleError (ChecksumMismatch) when refused."""
-    return _verified(root, version, keep=())[0]
+    return read_verified(root, version, keep=())[0]
 
 
-def _verified(root: Path, version: str, keep: tuple[str, ...]) -> tuple[Manifest, dict[str, bytes]]:
+def read_verified(
+    root: Path, version: str, keep: tuple[str, ...]
+) -> tuple[Manifest, dict[str, bytes]]:
     """The manifest, and the bytes of the files in `keep`: each listed file read once,
-    through the folder's descriptor, and checked against its sha256."""
+    through the folder's descriptor, and checked against its sha256. Whoever opens a
+    bundle file opens these bytes, never the path again."""
     with _Folder(root, version) as folder:
         manifest = _manifest_in(folder, root)
         _check_compatible(manifest)
@@ -469,7 +472,7 @@ class LoadedBundle:
     def __init__(self, root: Path, version: str) -> None:
         self.root = root
         self.version = version
-        self.manifest, files = _verified(root, version, keep=REQUIRED_FILES)
+        self.manifest, files = read_verified(root, version, keep=REQUIRED_FILES)
         self.encoder = self._session("user_encoder.onnx", files["user_encoder.onnx"])
         self.ranker = self._session("ranker.onnx", files["ranker.onnx"])
         self.index = self._index(files["items.faiss"])
