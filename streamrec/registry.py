@@ -135,6 +135,8 @@ def _manifest_problem(body: dict[str, Any]) -> str | None:
     for name, entry in body["files"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             return f"files[{name!r}] must be an object with a sha256 string, got {_shown(entry)}"
+        if "bytes" in entry and not _is_count(entry["bytes"], 0):
+            return f"files[{name!r}].bytes must be a non-negative integer, got {_shown(entry)}"
     for key in ("dim", "max_len"):
         if key not in body["encoder"]:
             return f"encoder.{key} is missing (a positive integer)"
@@ -195,8 +197,9 @@ class _Folder:
     ) -> None:
         os.close(self.fd)
 
-    def read(self, name: str, missing: str) -> bytes:
-        """The whole of one regular file of the folder; `missing` says what its absence means."""
+    def read(self, name: str, missing: str, size: int | None = None) -> bytes:
+        """The whole of one regular file of the folder; `missing` says what its absence
+        means. A file that is not `size` bytes long is refused before it is read."""
         where = f"bundle {self.version}: {_check_name(name, 'a bundle file name')}"
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
@@ -210,8 +213,13 @@ class _Folder:
                 ) from None
             raise BundleError(f"{where} cannot be read: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            found = os.fstat(handle.fileno())
+            if not stat.S_ISREG(found.st_mode):
                 raise BundleError(f"{where} is not a regular file")
+            if size is not None and found.st_size != size:
+                raise ChecksumMismatch(
+                    f"{where} has {found.st_size} bytes, manifest expects {size}"
+                )
             try:
                 return handle.read()
             except OSError as exc:
@@ -379,7 +387,7 @@ def read_verified(
         _check_compatible(manifest)
         kept = {}
         for name, entry in manifest.files.items():
-            data = folder.read(name, "is listed in the manifest but missing")
+            data = folder.read(name, "is listed in the manifest but missing", entry.get("bytes"))
             actual = hashlib.sha256(data).hexdigest()
             if actual != entry["sha256"]:
                 raise ChecksumMismatch(

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from retrain.pipeline import TrainedModels
 from streamrec import registry
-from streamrec.errors import BundleError
+from streamrec.errors import BundleError, ChecksumMismatch
 from tests.model_server.conftest import publish as _publish
 from tests.retrain.fixtures import serving_models
 from tests.streamrec.bad_bundles import BAD_BUNDLES, spoil
@@ -134,3 +134,13 @@ def test_listing_survives_bad_folders(models: TrainedModels, tmp_path: Path) -> 
     assert "missing" in listing.unreadable[bad]
     assert "manifest.json" in listing.unreadable["v-empty"]
     assert [m.version for m in registry.list_versions(tmp_path)] == [good]
+
+
+def test_a_file_of_the_wrong_size_is_refused_before_it_is_read(
+    models: TrainedModels, tmp_path: Path
+) -> None:
+    version = _publish(models, tmp_path).version
+    with (tmp_path / version / "items.faiss").open("ab") as handle:
+        handle.write(b"\0" * 4096)
+    with pytest.raises(ChecksumMismatch, match=r"items\.faiss has \d+ bytes, manifest expects"):
+        registry.verify(tmp_path, version)
