@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 from stream.dead_letter import DlqSender, dead_letter, send_dead_letters
 from streamrec.archive import ArchivedEvent, ArchiveWriter
 from streamrec.errors import ArchiveError
-from streamrec.events import Event, Rejection, parse_event
+from streamrec.events import MAX_FUTURE_SKEW_MS, Event, Rejection, parse_event
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
 from streamrec.settings import Settings
@@ -42,6 +42,7 @@ class IngestPolicy:
     max_message_bytes: int = 64 * 1024
     retry_max_s: float = 5.0
     dlq_max_record_bytes: int = 1_000_000
+    max_future_ms: int = MAX_FUTURE_SKEW_MS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestPolicy:
@@ -49,6 +50,7 @@ class IngestPolicy:
             max_message_bytes=settings.max_message_bytes,
             retry_max_s=settings.redis_retry_max_s,
             dlq_max_record_bytes=settings.dlq_max_record_bytes,
+            max_future_ms=settings.max_future_skew_s * 1000,
         )
 
 
@@ -120,8 +122,15 @@ class Ingestor:
         self.metrics.batch_events.observe(len(messages))
         accepted: list[tuple[RawMessage, Event]] = []
         dead: list[tuple[RawMessage, str, str]] = []
+        now_ms = int(time.time() * 1000)
+        policy = self.policy
         for message in messages:
-            parsed = parse_event(message.value, self.policy.max_message_bytes)
+            parsed = parse_event(
+                message.value,
+                policy.max_message_bytes,
+                now_ms=now_ms,
+                max_future_ms=policy.max_future_ms,
+            )
             if isinstance(parsed, Rejection):
                 dead.append((message, parsed.reason.value, parsed.detail))
             else:

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # The largest record the worker's producer sends (its request size): a DLQ record
     # beyond it keeps the first bytes of its value, with a `streamrec.truncated` header.
     dlq_max_record_bytes: int = Field(default=1_000_000, ge=4096)
+    # Events dated more than this after the worker's clock are rejected
+    # (`future_timestamp`); the apply script also caps the time the decayed counters
+    # see at Redis's clock plus this (docs/events.md, docs/state.md).
+    max_future_skew_s: int = Field(default=3600, ge=0)
 
     # The event archive that retraining reads (streamrec/archive.py).
     archive_enabled: bool = True

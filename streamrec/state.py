@@ -115,6 +115,11 @@ local types = {EVENT_TYPES}
 local k_new_events, k_pop_seq, k_pop_changed = KEYS[2 + #types], KEYS[3 + #types], KEYS[4 + #types]
 local changed_items = {}
 local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
+-- The latest time the decayed counters take from an event: Redis's clock plus the
+-- allowed skew, so no single event dated far ahead moves their time origin.
+local clock = redis.call('TIME')
+local latest_ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  + c.max_future_skew_ms
 
 local trend_key = {}
 for i, t in ipairs(types) do trend_key[t] = KEYS[1 + i] end
@@ -211,15 +216,17 @@ local function apply(event)
 
   -- Decayed popularity: the value is kept at a reference time (the newest event
   -- seen); an older event adds its weight decayed to that time, so the result
-  -- does not depend on arrival order.
+  -- does not depend on arrival order. Both counters take the event's time capped
+  -- at `latest_ts`.
+  local decay_ts = math.min(ts, latest_ts)
   local ref_field = etype .. ':ref'
   local pop = redis.call('HMGET', k_pop, etype, ref_field)
-  local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(ts))
-  if ts >= ref then
-    value = value * math.pow(2, -(ts - ref) / half_life) + 1
-    ref = ts
+  local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(decay_ts))
+  if decay_ts >= ref then
+    value = value * math.pow(2, -(decay_ts - ref) / half_life) + 1
+    ref = decay_ts
   else
-    value = value + math.pow(2, -(ref - ts) / half_life)
+    value = value + math.pow(2, -(ref - decay_ts) / half_life)
   end
   redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref)
   redis.call('EXPIRE', k_pop, item_ttl)
@@ -228,10 +235,10 @@ local function apply(event)
   -- Trending: scores are 2^((ts - epoch) / half-life); the epoch moves forward
   -- (and every score is scaled down) before the exponent can overflow a double.
   if not epoch then
-    epoch = ts
+    epoch = decay_ts
     redis.call('SET', KEYS[1], epoch)
   end
-  local exponent = (ts - epoch) / half_life
+  local exponent = (decay_ts - epoch) / half_life
   if exponent > rebase then
     local shift = math.floor(exponent / rebase) * rebase
     local scale = math.pow(2, -shift)
@@ -534,6 +541,7 @@ def _apply_config(settings: Settings) -> bytes:
             "half_life_ms": int(s.popularity_half_life_s * 1000),
             "trending_max": s.trending_max_items,
             "rebase_half_lives": TRENDING_REBASE_HALF_LIVES,
+            "max_future_skew_ms": s.max_future_skew_s * 1000,
             "hit_window_ms": s.hit_window_s * 1000,
             "changed_max": POPULARITY_CHANGED_MAX,
             "covis_window": covis.window if covis.max_neighbours > 0 else 0,
