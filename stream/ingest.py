@@ -21,6 +21,7 @@ from typing import cast
 from redis.exceptions import RedisError, ResponseError
 
 from stream.dead_letter import DlqSender, dead_letter, send_dead_letters
+from stream.producer_faults import ConflictLog, KeyCheck
 from streamrec.archive import ArchivedEvent, ArchiveWriter
 from streamrec.errors import ArchiveError
 from streamrec.events import MAX_FUTURE_SKEW_MS, Event, Rejection, parse_event
@@ -32,6 +33,13 @@ from streamrec.state import UNAVAILABLE_REASONS, Applied, StateStore, unavailabl
 log = logging.getLogger(__name__)
 
 STATE_WRITE_FAILED = "state_write_failed"
+# Label `outcome` of `streamrec_events_total` for each result of the apply script.
+OUTCOME_NAMES = {
+    Applied.APPLIED: "accepted",
+    Applied.HIT: "accepted",
+    Applied.DUPLICATE: "duplicate",
+    Applied.CONFLICT: "conflict",
+}
 MAX_DETAIL_CHARS = 1000
 
 
@@ -117,6 +125,8 @@ class Ingestor:
         self.state_written = state_written
         # Writes in flight that wait for Redis, and why (see `state_unavailable`).
         self._blocked: dict[object, str] = {}
+        self.keys = KeyCheck(metrics)
+        self.conflicts = ConflictLog()
 
     async def handle_batch(self, messages: Sequence[RawMessage]) -> None:
         self.metrics.batch_events.observe(len(messages))
@@ -135,6 +145,7 @@ class Ingestor:
                 dead.append((message, parsed.reason.value, parsed.detail))
             else:
                 accepted.append((message, parsed))
+        self.keys.check(accepted)
 
         failed = await self._write_state(accepted)
         written = _written(accepted, failed)
@@ -154,7 +165,8 @@ class Ingestor:
         applied = [(pair, o) for pair, o in zip(accepted, outcomes, strict=True) if _is_applied(o)]
         refused = [pair for pair, o in zip(accepted, outcomes, strict=True) if not _is_applied(o)]
         self._observe([pair for pair, _ in applied], [cast(Applied, o) for _, o in applied])
-        self._archive([pair for pair, _ in applied])
+        # A conflict is not what was applied under its id: the archive keeps the first.
+        self._archive([pair for pair, o in applied if o != Applied.CONFLICT])
         if not refused:
             return []
         # Redis refused a script call for what it held (not an outage): find the
@@ -176,7 +188,8 @@ class Ingestor:
                 failed.append((message, f"Redis refused the write: {outcome}"))
                 continue
             self._observe([(message, event)], [outcome])
-            self._archive([(message, event)])
+            if outcome != Applied.CONFLICT:
+                self._archive([(message, event)])
         return failed
 
     async def _apply_until_available(self, events: list[Event]) -> list[Applied | Exception]:
@@ -276,11 +289,12 @@ class Ingestor:
         observe_delay = self.metrics.event_to_state.observe
         hits = 0
         for (message, event), outcome in zip(accepted, applied, strict=True):
-            was_applied = outcome != Applied.DUPLICATE
-            outcomes[(event.type.value, "accepted" if was_applied else "duplicate")] += 1
+            outcomes[(event.type.value, OUTCOME_NAMES[outcome])] += 1
             hits += outcome == Applied.HIT
-            if was_applied and message.timestamp_s is not None:
+            if outcome.changed_state and message.timestamp_s is not None:
                 observe_delay(max(0.0, now_s - message.timestamp_s))
+            elif outcome == Applied.CONFLICT:
+                self.conflicts.conflict(message, event)
         for (type_value, outcome_name), count in outcomes.items():
             self.metrics.events.labels(type_value, outcome_name).inc(count)
         if hits:

@@ -22,8 +22,16 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.events = Counter(
             "streamrec_events_total",
-            "Events consumed, by event type and outcome (accepted, duplicate, rejected).",
+            "Events consumed, by event type and outcome (accepted, duplicate, rejected; "
+            "conflict: a duplicate event id with other content, not applied).",
             ["type", "outcome"],
+            registry=registry,
+        )
+        self.key_mismatch = Counter(
+            "streamrec_key_mismatch_total",
+            "Events whose message key is not their user_id, by kind (missing, other_user): "
+            "applied, but per-user order is not guaranteed for them.",
+            ["kind"],
             registry=registry,
         )
         self.dlq = Counter(

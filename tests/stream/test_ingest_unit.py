@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -180,3 +181,48 @@ def test_redis_errors_are_told_apart_outage_or_content() -> None:
     assert unavailable_reason(ResponseError("BUSY Redis is busy running a script")) == "busy"
     assert unavailable_reason(ResponseError("MISCONF unable to persist")) == "refused"
     assert unavailable_reason(ResponseError("ERR Error running script: bad argument")) is None
+
+
+async def test_a_key_that_is_not_the_user_is_counted_and_logged_but_the_event_applied(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    ingestor, metrics, sent = ingestor_for(make_settings("unit"))
+    events = [Event(f"k{n}", f"u{n}", "i", EventType.CLICK, 1000 + n) for n in range(6)]
+    keys: list[bytes | None] = [b"u0", None, b"someone-else", b"u3", None, b"u1"]
+    messages = [
+        RawMessage("clicks", 0, n, key, e.to_json(), timestamp_s=None)
+        for n, (key, e) in enumerate(zip(keys, events, strict=True))
+    ]
+    with caplog.at_level(logging.WARNING, logger="stream.ingest"):
+        await ingestor.handle_batch(messages)
+    assert metrics.key_mismatch.labels("missing")._value.get() == 2
+    assert metrics.key_mismatch.labels("other_user")._value.get() == 2
+    assert metrics.events.labels("click", "accepted")._value.get() == 6
+    assert sent == []
+    # Rate-limited: one line for the batch, with an example and the count.
+    lines = [r.getMessage() for r in caplog.records if "key" in r.getMessage()]
+    assert len(lines) == 1 and "4 messages" in lines[0] and "clicks[0]@1" in lines[0]
+    await ingestor.state.redis.flushdb()
+    await ingestor.state.close()
+
+
+async def test_a_duplicate_id_with_other_content_is_a_conflict_counted_and_logged_once(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    ingestor, metrics, sent = ingestor_for(make_settings("unit"))
+    original = Event("e1", "u1", "i1", EventType.CLICK, 1000)
+    same = Event("e1", "u1", "i1", EventType.CLICK, 1000)
+    other = Event("e1", "u1", "i2", EventType.PURCHASE, 2000)
+    with caplog.at_level(logging.WARNING, logger="stream.ingest"):
+        for n, event in enumerate([original, same, other, other]):
+            await ingestor.handle_batch([message(n, event.to_json())])
+    assert metrics.events.labels("click", "accepted")._value.get() == 1
+    assert metrics.events.labels("click", "duplicate")._value.get() == 1
+    assert metrics.events.labels("purchase", "conflict")._value.get() == 2
+    conflicts = [r.getMessage() for r in caplog.records if "conflict" in r.getMessage()]
+    assert len(conflicts) == 1 and "e1" in conflicts[0]
+    state = await ingestor.state.read_user("u1")
+    assert [(e.item_id, e.type) for e in state.recent_events] == [("i1", EventType.CLICK)]
+    assert sent == []
+    await ingestor.state.redis.flushdb()
+    await ingestor.state.close()
