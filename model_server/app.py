@@ -34,6 +34,7 @@ from streamrec.errors import StateError
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.pipelined import PipelinedConnection
+from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -68,7 +69,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             try:
                 await store.ping()
             except (RedisError, OSError) as exc:
-                raise StateError(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
+                raise StateError(
+                    f"Redis at {redacted(settings.redis_url)} does not answer: {exc}"
+                ) from exc
             holder = ModelHolder(settings.registry, metrics)
             await holder.load()
             if settings.serve_popularity_refresh_s > 0:

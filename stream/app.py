@@ -32,6 +32,7 @@ from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
+from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -67,7 +68,9 @@ def create_app(
         settings.app_id,
         broker=faust_broker_url(settings.kafka_bootstrap),
         store="memory://",
+        # web_host is only the name Faust advertises; web_bind is where it listens.
         web_host=settings.worker_web_host,
+        web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
         topic_partitions=settings.input_partitions,
         consumer_auto_offset_reset="earliest",
@@ -146,7 +149,7 @@ def create_app(
         async def check_redis() -> None:
             # Fail fast: a worker that cannot reach Redis must not look healthy.
             await state.ping()
-            log.info("Redis reachable at %s", settings.redis_url)
+            log.info("Redis reachable at %s", redacted(settings.redis_url))
 
     @app.task
     async def freeze_startup_objects() -> None:

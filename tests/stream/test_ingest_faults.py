@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 import redis
 from kafka import KafkaProducer
@@ -108,3 +109,35 @@ def test_readyz_says_not_ready_once_the_broker_is_gone(
         assert stopped_s < 45
     finally:
         broker.down()
+
+
+def test_the_worker_logs_no_password_and_listens_on_the_host_it_was_given(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    base = make_settings("secrets")
+    admin = redis.Redis.from_url(base.redis_url)
+    # A user of its own on the tests' Redis: the default user stays without a password.
+    admin.acl_setuser(
+        "streamrec-test", enabled=True, passwords=["+s3cret-pw"], keys=["*"],
+        channels=["*"], categories=["+@all"],
+    )  # fmt: skip
+    url = base.redis_url.replace("redis://", "redis://streamrec-test:s3cret-pw@", 1)
+    settings = base.model_copy(update={"redis_url": url})
+    try:
+        ensure_topics(settings)
+        worker = start_worker(settings, tmp_path)
+        try:
+            assert worker.proc is not None
+            listening = {
+                c.laddr.ip
+                for c in psutil.Process(worker.proc.pid).net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == settings.worker_web_port
+            }
+            assert listening == {"127.0.0.1"}
+        finally:
+            worker.stop()
+    finally:
+        admin.acl_deluser("streamrec-test")
+    log = (tmp_path / f"{settings.app_id}.log").read_text()
+    assert "s3cret-pw" not in log
+    assert "streamrec-test:***@" in log
