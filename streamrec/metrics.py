@@ -220,7 +220,9 @@ class PublishMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.published = Counter(
             "streamrec_published_total",
-            "Users whose top-K was published, by outcome (published, rate_limited, failed).",
+            "Users' top-K publishing, by outcome (published; rate_limited: a change inside "
+            "the user's interval, deferred until it passes; coalesced: a change folded into "
+            "a deferred one, published with it).",
             ["outcome"],
             registry=registry,
         )

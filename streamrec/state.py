@@ -717,13 +717,22 @@ class StateStore:
     async def acquire_publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
         """Per-user rate limit shared by every publisher replica: True where this
         caller may publish now (no one did in the last `interval_ms`)."""
+        return [wait_ms == 0 for wait_ms in await self.publish_slots(user_ids, interval_ms)]
+
+    async def publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[int]:
+        """`acquire_publish_slots` that says, where the caller may not publish yet, in
+        how many milliseconds it may (0: now, and the slot is taken)."""
         if interval_ms <= 0:
-            return [True] * len(user_ids)
+            return [0] * len(user_ids)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
                 pipe.set(user_key(user_id, "pub"), b"1", nx=True, px=interval_ms)
-            granted = await pipe.execute()
-        return [bool(g) for g in granted]
+                pipe.pttl(user_key(user_id, "pub"))
+            replies = await pipe.execute()
+        return [
+            0 if granted else max(1, int(ttl_ms))
+            for granted, ttl_ms in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     async def take_new_event_count(self) -> int:
         """Events applied since the last call (by every worker), and start again at 0."""
