@@ -134,9 +134,43 @@ def kill_drill(settings: Settings, workdir: Path) -> IngestDrill:
 
 
 @dataclass
-class RedisRestartDrill(IngestDrill):
+class RedisOutageDrill(IngestDrill):
     outage_s: float = 0.0
     write_retries: float = 0.0
+
+
+@dataclass
+class RedisRestartDrill(RedisOutageDrill):
+    pass
+
+
+def _after_the_outage(
+    drill: RedisOutageDrill,
+    settings: Settings,
+    worker: ServiceProcess,
+    producer: threading.Thread,
+    events: list[Event],
+    applied_then: int,
+    fault_at: float,
+    check_state: Callable[[Settings, list[Event]], None] | None,
+) -> None:
+    """Once Redis takes writes again: the recovery time, then, with every event of the
+    replay (`events`, sent by `producer`) applied, what was lost or doubled and the
+    worker's write retries."""
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_until(lambda: applied_count(client) > applied_then, 60, "state to move again")
+    drill.recovery_s.append(round(time.monotonic() - fault_at, 2))
+    producer.join()
+    wait_until(lambda: applied_count(client) >= len(events), 120, "every event applied")
+    time.sleep(1.0)  # anything applied twice would show up now
+    drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
+    if check_state is not None:
+        check_state(settings, events)
+    drill.write_retries = sum(
+        float(line.split()[1])
+        for line in worker.metrics_text().splitlines()
+        if line.startswith("streamrec_state_write_retries_total ")
+    )
 
 
 def redis_restart_drill(
@@ -180,18 +214,8 @@ def redis_restart_drill(
         redis_proc = start_redis()
         drill.outage_s = round(time.monotonic() - down_at, 2)
         applied_then = applied_count(client)
-        wait_until(lambda: applied_count(client) > applied_then, 60, "state to move again")
-        drill.recovery_s.append(round(time.monotonic() - down_at, 2))
-        producer.join()
-        wait_until(lambda: applied_count(client) >= len(events), 120, "every event applied")
-        time.sleep(1.0)
-        drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
-        if check_state is not None:
-            check_state(settings, events)
-        drill.write_retries = sum(
-            float(line.split()[1])
-            for line in worker.metrics_text().splitlines()
-            if line.startswith("streamrec_state_write_retries_total ")
+        _after_the_outage(
+            drill, settings, worker, producer, events, applied_then, down_at, check_state
         )
     finally:
         if worker is not None:
@@ -299,9 +323,7 @@ def _good_rate(
 
 
 @dataclass
-class RedisFullDrill(IngestDrill):
-    outage_s: float = 0.0
-    write_retries: float = 0.0
+class RedisFullDrill(RedisOutageDrill):
     applied_during_outage: int = 0  # events written while Redis was full: 0
     blocked_reason: str = ""  # what streamrec_state_write_blocked said during the outage
     ready_status_during: int = 0  # the worker's /readyz status during the outage
@@ -314,7 +336,7 @@ def redis_full_drill(
     outage_s: float = 4.0,
 ) -> RedisFullDrill:
     """Drill 7: a paced 6k-event replay; after 1.5k events are applied, the Redis the
-    worker writes to is set to `noeviction` with `maxmemory` at the memory it uses
+    worker writes to is set to `noeviction` with `maxmemory` below the memory it uses
     (CONFIG SET), so every write is refused with OOM; `outage_s` later its memory is
     raised again. Both settings are restored whatever happens."""
     ensure_topics(settings)
@@ -328,7 +350,9 @@ def redis_full_drill(
         producer = paced_producer(settings, messages_for(events, settings))
         wait_until(_applied_at_least(client, 1_500), 60, "1,500 events applied")
         client.config_set("maxmemory-policy", "noeviction")
-        client.config_set("maxmemory", client.info("memory")["used_memory"])
+        # Below the memory in use, not at it: used memory moves (client buffers), and at
+        # the limit some writes would still fit between refusals.
+        client.config_set("maxmemory", client.info("memory")["used_memory"] // 2)
         full_at = time.monotonic()
         time.sleep(1.0)  # a write in flight at the moment may still land
         applied_then = applied_count(client)
@@ -339,18 +363,8 @@ def redis_full_drill(
         drill.applied_during_outage = applied_count(client) - applied_then
         client.config_set("maxmemory", saved["maxmemory"])
         drill.outage_s = round(time.monotonic() - full_at, 2)
-        wait_until(lambda: applied_count(client) > applied_then, 60, "state to move again")
-        drill.recovery_s.append(round(time.monotonic() - full_at, 2))
-        producer.join()
-        wait_until(lambda: applied_count(client) >= len(events), 120, "every event applied")
-        time.sleep(1.0)
-        drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
-        if check_state is not None:
-            check_state(settings, events)
-        drill.write_retries = sum(
-            float(line.split()[1])
-            for line in worker.metrics_text().splitlines()
-            if line.startswith("streamrec_state_write_retries_total ")
+        _after_the_outage(
+            drill, settings, worker, producer, events, applied_then, full_at, check_state
         )
     finally:
         for name, value in saved.items():

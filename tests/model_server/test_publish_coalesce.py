@@ -12,13 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamrec.devstack import free_port
-from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
-from streamrec.topics import ensure_topics
 from tests.model_server.conftest import Served, in_process
 from tests.model_server.test_end_to_end import send
-from tests.model_server.test_publish import published_for
+from tests.model_server.test_publish import published_for, running_feed
 from tests.pipeline import produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,23 +27,8 @@ INTERVAL_MS = 8000
 
 @pytest.fixture
 def limited(served: Served, tmp_path: Path) -> Iterator[Settings]:
-    settings = served.settings.model_copy(
-        update={"publisher_web_port": free_port(), "publish_min_interval_ms": INTERVAL_MS}
-    )
-    ensure_topics(settings)
-    worker = ServiceProcess(settings, ["worker"], tmp_path / "worker.log", settings.worker_web_port)
-    publisher = ServiceProcess(
-        settings, ["publish"], tmp_path / "publisher.log", settings.publisher_web_port
-    )
-    try:
-        worker.start()
-        publisher.start()
-        worker.wait_ready()
-        publisher.wait_ready()
+    with running_feed(served, tmp_path, publish_min_interval_ms=INTERVAL_MS) as settings:
         yield settings
-    finally:
-        publisher.stop()
-        worker.stop()
 
 
 async def test_changes_inside_the_interval_are_published_once_when_it_passes(
