@@ -1,11 +1,12 @@
 """Folding one batch of raw messages into Redis state, with nothing lost.
 
-The batch is parsed; rejections go to the DLQ (original bytes, reason, source
-topic/partition/offset in headers, as Kafka Connect's DLQ does); accepted
-events are written in one Redis pipeline. The caller acks the batch only after
-this returns, so a crash before then means redelivery, and dedup by
-`event_id` makes redelivery harmless. Once the state is written the batch's
-users go to `state_written` (the cached vector refresh), which never blocks it.
+The batch is parsed; rejections go to the DLQ (`stream/dead_letter.py`); accepted
+events are written in one Redis pipeline. While Redis is unreachable or takes no
+writes (full, read-only, loading, busy) the batch waits: an outage is never an
+event's fault. The caller acks the batch only after this returns, so a crash
+before then means redelivery, and dedup by `event_id` makes redelivery harmless.
+Once the state is written the batch's users go to `state_written` (the cached
+vector refresh), which never blocks it.
 """
 
 from __future__ import annotations
