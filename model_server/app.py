@@ -29,7 +29,7 @@ from model_server.pipeline import Recommender
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
 from model_server.schemas import request_models
-from model_server.serving import Serving, json_response, measured
+from model_server.serving import InFlight, Serving, json_response, measured
 from streamrec.errors import StateError
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
@@ -39,6 +39,10 @@ from streamrec.settings import Settings
 from streamrec.state import StateStore
 
 API_VERSION = "1"
+# The longest any Redis call waits (to connect, for a reply, for a free pooled
+# connection). Requests bound theirs to STREAMREC_SERVE_REDIS_TIMEOUT_MS on top; this
+# is for the work behind them: the popularity table, the answers written back.
+REDIS_CALL_TIMEOUT_S = 5.0
 
 
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Starlette:
@@ -50,7 +54,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Waits for a free connection instead of failing when all are busy.
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.serve_redis_connections
+            settings.redis_url,
+            max_connections=settings.serve_redis_connections,
+            timeout=REDIS_CALL_TIMEOUT_S,
+            socket_timeout=REDIS_CALL_TIMEOUT_S,
+            socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
         )
         # Each request's state read shares one pipelined connection (a tenth of a
         # request's CPU less than through the pool); everything else uses the pool.
@@ -92,7 +100,14 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             answers = AnswerWriter(store)
             writer = asyncio.create_task(answers.run())
             app.state.serving = Serving(
-                settings, store, holder, recommender, metrics, requests, answers
+                settings,
+                store,
+                holder,
+                recommender,
+                metrics,
+                requests,
+                answers,
+                InFlight(settings.serve_max_concurrency),
             )
             watcher = asyncio.create_task(holder.watch(settings.registry_poll_s))
             # What start-up built (~100k objects the collector tracks: modules, the
@@ -120,8 +135,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         return json_response(schema)
 
     routes = [
-        Route("/recommend", measured("recommend", endpoints.recommend), methods=["POST"]),
-        Route("/score", measured("score", endpoints.score), methods=["POST"]),
+        Route(
+            "/recommend", measured("recommend", endpoints.recommend, capped=True), methods=["POST"]
+        ),
+        Route("/score", measured("score", endpoints.score, capped=True), methods=["POST"]),
         Route("/model", measured("model", endpoints.model_info), methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),

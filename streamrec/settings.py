@@ -167,6 +167,15 @@ class Settings(BaseSettings):
     serve_max_k: int = Field(default=200, ge=1)
     serve_max_items: int = Field(default=1000, ge=1)  # /score item_ids, /recommend exclude
     serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Bounds on every wait (docs/serving.md, "Timeouts and shedding"). A Redis reply a
+    # request waits for: keep it inside the budget. Then a 503, or trending.
+    serve_redis_timeout_ms: float = Field(default=30.0, gt=0)
+    # /recommend and /score requests one process works on at once; more: 503 at once.
+    serve_max_concurrency: int = Field(default=64, ge=1)
+    # From a connection's opening (or a request's first byte) to the end of its
+    # headers; from there to the end of its body (408).
+    serve_header_timeout_s: float = Field(default=5.0, gt=0)
+    serve_body_timeout_s: float = Field(default=5.0, gt=0)
     registry_poll_s: float = Field(default=2.0, gt=0)
     # Redis connections per server process; a request waits for a free one.
     serve_redis_connections: int = Field(default=32, ge=1)
