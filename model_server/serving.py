@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from model_server.answers import AnswerWriter
@@ -28,6 +28,7 @@ from streamrec.state import StateStore
 log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
+CLIENT_CLOSED_REQUEST = 499
 # A 503 says when to ask again (clients move on to another server at once).
 RETRY_AFTER = {"Retry-After": "1"}
 # While Redis is down every request would log the same line.
@@ -105,6 +106,13 @@ async def parse_body(request: Request, model: type[Body], empty_ok: bool = False
         limit = serving_of(request).settings.serve_max_body_bytes
         raise Problem(
             413, "body_too_large", f"request bodies are limited to {limit} bytes"
+        ) from None
+    except ClientDisconnect:
+        # Nginx's 499: the client closed the connection (or its body timed out,
+        # connections.py) before the body was in. Its doing, so a 4xx; the answer
+        # goes nowhere.
+        raise Problem(
+            CLIENT_CLOSED_REQUEST, "client_closed_request", "the body did not arrive whole"
         ) from None
     if not raw.strip() and empty_ok:
         raw = b"{}"
