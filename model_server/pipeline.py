@@ -63,6 +63,9 @@ class Recommendation:
     # The user vector this answer computed (the cache had none for this state and
     # version): to be stored after the answer is sent.
     fresh_vector: redis_state.CachedVector | None = None
+    # False for a user without state (or whose state did not come in time): nothing
+    # of the answer is written back, so made-up user ids cannot fill Redis.
+    has_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -172,12 +175,13 @@ class Recommender:
             # No state in time: trending as last read (none yet: the error, a 503).
             items = self._trending_as_last_read(model, k, set(exclude))
             self.metrics.fallbacks.labels("trending").inc()
-            return Recommendation(items, model.version, "trending", 0)
+            return Recommendation(items, model.version, "trending", 0, has_state=False)
         removed = stored.purchased | set(exclude)
         if self.trending_only or not stored.recent_events:
             self.metrics.fallbacks.labels("trending").inc()
             items = await self.trending(model, k, removed)
-            return Recommendation(items, model.version, "trending", 0)
+            has_state = bool(stored.recent_events)
+            return Recommendation(items, model.version, "trending", 0, has_state=has_state)
         user = feature_user(stored, now_ms, self.covis_half_life_s)
         inputs = user_encoder_inputs(model, stored.recent_events)
         user_vector: np.ndarray | None = None

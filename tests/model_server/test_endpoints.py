@@ -316,3 +316,22 @@ async def test_a_streamed_body_over_the_limit_is_cut_off(served: Served) -> None
         response = await client.post("/recommend", content=chunks())
     assert "content-length" not in response.request.headers
     assert response.status_code == 413
+
+
+async def test_a_flood_of_unknown_users_writes_nothing_to_redis(served: Served) -> None:
+    """Reads need no token: only users with state (bounded like any state) have what
+    they were shown remembered, so made-up user ids cannot fill Redis."""
+    await apply(served.settings, events_for("others", served.items[:5]))
+    await apply(served.settings, events_for("known", served.items[5:9]))
+    async with in_process(served.settings) as (client, app):
+        store = app.state.serving.store
+        before = await store.redis.dbsize()
+        for n in range(200):
+            response = await client.post("/recommend", json={"user_id": f"made-up-{n}", "k": 20})
+            assert response.json()["fallback"] == "trending"
+        await client.post("/score", json={"user_id": "made-up-x", "item_ids": served.items[:3]})
+        await asyncio.sleep(0.3)  # past the write-back's linger
+        after_flood = await store.redis.dbsize()
+        await client.post("/recommend", json={"user_id": "known", "k": 5})
+        await wait_until_async(lambda: store.redis.exists(recommended_key("known")))
+    assert after_flood == before
