@@ -43,6 +43,7 @@ API_VERSION = "1"
 # connection). Requests bound theirs to STREAMREC_SERVE_REDIS_TIMEOUT_MS on top; this
 # is for the work behind them: the popularity table, the answers written back.
 REDIS_CALL_TIMEOUT_S = 5.0
+WARM_UP_USER = "streamrec-warm-up"  # read at start-up; no one has state under it
 
 
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Starlette:
@@ -76,6 +77,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         try:
             try:
                 await store.ping()
+                # Opens the pipelined connection and loads the state script, so that
+                # the first request's read fits the Redis timeout too.
+                await store.read_user(WARM_UP_USER)
             except (RedisError, OSError) as exc:
                 raise StateError(
                     f"Redis at {redacted(settings.redis_url)} does not answer: {exc}"
@@ -97,6 +101,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 # After the warm-up: the table the new version starts with is the freshest.
                 holder.before_swap.append(popularity.prepare)
             recommender = Recommender(settings, store, metrics, popularity, prewarm)
+            # Held from the start: while Redis does not answer, /recommend answers it.
+            await recommender.hold_trending(holder.current)
             answers = AnswerWriter(store)
             writer = asyncio.create_task(answers.run())
             app.state.serving = Serving(

@@ -45,6 +45,9 @@ STAGES = ("redis", "encode", "retrieve", "features", "rank")
 # Trending reads on, this many times more at each step, while too few of the items
 # it read are ones the model knows.
 TRENDING_READ_GROWTH = 4
+# A trending read takes at least this many (what an answer from the last read can
+# offer while Redis does not answer).
+TRENDING_READ_MIN = 20
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,7 @@ class Recommender:
         if len(items) < k:
             # The filters removed too many candidates: trending items fill the rest.
             taken = removed | {item.item_id for item in items}
-            items += await self.trending(model, k - len(items), taken)
+            items += await self.trending(model, k - len(items), taken, required=False)
         return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
 
     def _user_vector(
@@ -318,18 +321,26 @@ class Recommender:
         return await self.store.read_item_popularity(item_ids, now_ms)
 
     async def trending(
-        self, model: ServedModel, k: int, removed: Collection[str] = ()
+        self, model: ServedModel, k: int, removed: Collection[str] = (), required: bool = True
     ) -> list[RankedItem]:
         """Items the model knows by decayed popularity, every event type counted alike;
-        as last read when Redis does not answer in time (never read: the error)."""
-        wanted = k + len(removed)
+        as last read when Redis does not answer in time. Never read: the error, or
+        with `required=False` (filling up a ranked answer) none."""
+        wanted = max(k, TRENDING_READ_MIN) + len(removed)
         try:
             with self._stage("redis"):
                 ordered = await self._bounded(self._read_trending(model, wanted))
         except RedisError:
+            if self._last_trending is None and not required:
+                return []
             return self._trending_as_last_read(model, k, removed)
         self._last_trending = ordered
         return _top([RankedItem(i, s) for i, s in ordered], k, removed)
+
+    async def hold_trending(self, model: ServedModel) -> None:
+        """Read trending now, with no request's bound (at start-up): what /recommend
+        answers from while Redis does not answer."""
+        self._last_trending = await self._read_trending(model, TRENDING_READ_MIN)
 
     async def _read_trending(self, model: ServedModel, wanted: int) -> list[tuple[str, float]]:
         per_type = await asyncio.gather(
