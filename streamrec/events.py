@@ -109,19 +109,9 @@ def parse_event(
     `now_ms` (the receiver's clock), an event dated more than `max_future_ms` after
     it is rejected: one event from 2099 would otherwise move the decayed counters'
     time origin for everyone (docs/state.md)."""
-    if len(raw) > max_bytes:
-        return Rejection(RejectReason.TOO_LARGE, f"message is {len(raw)} bytes, limit {max_bytes}")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return Rejection(RejectReason.NOT_UTF8, "message is not valid UTF-8")
-        return Rejection(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return Rejection(RejectReason.NOT_OBJECT, f"expected a JSON object, got {_kind(body)}")
-
+    body = decode_object(raw, max_bytes)
+    if isinstance(body, Rejection):
+        return body
     for name in (*_REQUIRED_IDS, "type", "ts"):
         if name not in body:
             return Rejection(RejectReason.MISSING_FIELD, f"required field '{name}' is missing")
@@ -148,12 +138,9 @@ def parse_event(
     ts_ms = parse_timestamp(body["ts"])
     if isinstance(ts_ms, Rejection):
         return ts_ms
-    if now_ms is not None and ts_ms > now_ms + max_future_ms:
-        return Rejection(
-            RejectReason.FUTURE_TIMESTAMP,
-            f"'ts' {ts_ms} ms is {(ts_ms - now_ms) / 1000:.0f} s after the receiver's clock; "
-            f"at most {max_future_ms / 1000:.0f} s is accepted",
-        )
+    future = future_rejection(ts_ms, now_ms, max_future_ms)
+    if future is not None:
+        return future
 
     session_id = body.get("session_id")
     if session_id is not None:
@@ -192,6 +179,36 @@ def parse_event(
         context=context,
         price=amounts["price"],
         quantity=amounts["quantity"],
+    )
+
+
+def decode_object(raw: bytes, max_bytes: int) -> dict[str, Any] | Rejection:
+    """One message's bytes as a JSON object, or why not (the catalogue's records are
+    decoded by the same rules, streamrec/items.py)."""
+    if len(raw) > max_bytes:
+        return Rejection(RejectReason.TOO_LARGE, f"message is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection(RejectReason.NOT_UTF8, "message is not valid UTF-8")
+        return Rejection(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return Rejection(RejectReason.NOT_OBJECT, f"expected a JSON object, got {_kind(body)}")
+    return body
+
+
+def future_rejection(ts_ms: int, now_ms: int | None, max_future_ms: int) -> Rejection | None:
+    """With `now_ms` (the receiver's clock), a time more than `max_future_ms` after it
+    is rejected as `future_timestamp`."""
+    if now_ms is None or ts_ms <= now_ms + max_future_ms:
+        return None
+    return Rejection(
+        RejectReason.FUTURE_TIMESTAMP,
+        f"'ts' {ts_ms} ms is {(ts_ms - now_ms) / 1000:.0f} s after the receiver's clock; "
+        f"at most {max_future_ms / 1000:.0f} s is accepted",
     )
 
 
