@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     topic_dlq: str = "events.dlq"
     topic_model_versions: str = "model.versions"
     topic_state_changes: str = "state.changes"
+    # Catalogue records, key = item_id, created compacted (docs/catalogue.md).
+    topic_items: str = "items"
     # Notices of changed users after each batch, which the publisher turns into
     # fresh top-K on `topic_recommendations` (`streamrec publish`).
     emit_state_changes: bool = True
@@ -108,6 +110,9 @@ class Settings(BaseSettings):
     user_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     item_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
+    # How long a deleted item's marker stays, so an older record arriving late cannot
+    # bring the item back (docs/catalogue.md); past it the item is unknown again.
+    item_tombstone_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     popularity_half_life_s: float = Field(default=6 * 3600, gt=0)
     trending_max_items: int = Field(default=10_000, ge=10)
     # Item-to-item co-visitation kept by the apply script (streamrec/covis.py): each
