@@ -11,7 +11,6 @@ vector refresh), which never blocks it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -19,17 +18,16 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from redis.exceptions import RedisError, ResponseError
-
 from stream.dead_letter import DlqSender, dead_letter, send_dead_letters
 from stream.producer_faults import ConflictLog, KeyCheck
+from stream.redis_waits import RedisWaits
 from streamrec.archive import ArchivedEvent, ArchiveWriter
 from streamrec.errors import ArchiveError
 from streamrec.events import MAX_FUTURE_SKEW_MS, Event, Rejection, parse_event
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
 from streamrec.settings import Settings
-from streamrec.state import UNAVAILABLE_REASONS, Applied, StateStore, unavailable_reason
+from streamrec.state import Applied, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +114,7 @@ class Ingestor:
         archive: ArchiveWriter | None = None,
         notify_changes: ChangeNotifier | None = None,
         state_written: StateWritten | None = None,
+        waits: RedisWaits | None = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
@@ -124,8 +123,8 @@ class Ingestor:
         self.archive = archive
         self.notify_changes = notify_changes
         self.state_written = state_written
-        # Writes in flight that wait for Redis, and why (see `state_unavailable`).
-        self._blocked: dict[object, str] = {}
+        # Writes in flight that wait for Redis, and why: shared with the worker's other agents.
+        self.waits = waits or RedisWaits(metrics, policy.retry_max_s)
         self.keys = KeyCheck(metrics)
         self.conflicts = ConflictLog()
 
@@ -194,62 +193,14 @@ class Ingestor:
         return failed
 
     async def _apply_until_available(self, events: list[Event]) -> list[Applied | Exception]:
-        """Per event its outcome, or the error Redis answered for what it held. While
-        Redis is unreachable or takes no writes (`state.unavailable_reason`: maxmemory,
-        READONLY, LOADING, BUSY, ...) the events not applied yet are sent again, with
-        backoff: waiting here keeps their offsets uncommitted, and an outage refuses a
-        script call before its first write, so every event is applied once."""
-        by_index: dict[int, Applied | Exception] = {}
-        pending = list(range(len(events)))
-        backoff_s = 0.05
-        waiting = object()  # this call, among the batches in flight
-        try:
-            while True:
-                started = time.perf_counter()
-                results: list[Applied | Exception]
-                try:
-                    results = list(await self.state.apply_events_each([events[i] for i in pending]))
-                except (RedisError, OSError) as exc:
-                    if unavailable_reason(exc) is None and not isinstance(exc, ResponseError):
-                        raise
-                    results = [exc] * len(pending)
-                else:
-                    self.metrics.state_write.observe(time.perf_counter() - started)
-                retry: list[int] = []
-                for index, result in zip(pending, results, strict=True):
-                    reason = None if isinstance(result, Applied) else unavailable_reason(result)
-                    if reason is None:
-                        by_index[index] = result
-                    else:
-                        retry.append(index)
-                        why, error = reason, result
-                if not retry:
-                    return [by_index[i] for i in range(len(events))]
-                self._blocked_by(waiting, why)
-                self.metrics.state_write_retries.inc()
-                log.warning(
-                    "Redis takes no writes (%s: %s); %d events wait, retrying in %.2f s",
-                    why, error, len(retry), backoff_s,
-                )  # fmt: skip
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.policy.retry_max_s)
-                pending = retry
-        finally:
-            self._blocked_by(waiting, None)
+        """Per event its outcome, or the error Redis answered for what it held; an
+        outage is waited out (`stream/redis_waits.py`)."""
+        return await self.waits.apply_until_available(self.state.apply_events_each, events)
 
     @property
     def state_unavailable(self) -> str | None:
         """Why Redis takes no writes from this worker now (None: it does)."""
-        return next(iter(self._blocked.values()), None)
-
-    def _blocked_by(self, call: object, reason: str | None) -> None:
-        if reason is None:
-            self._blocked.pop(call, None)
-        else:
-            self._blocked[call] = reason
-        now = set(self._blocked.values())
-        for name in UNAVAILABLE_REASONS:
-            self.metrics.state_write_blocked.labels(name).set(1 if name in now else 0)
+        return self.waits.unavailable
 
     async def _notify(self, written: list[tuple[RawMessage, Event]]) -> None:
         """One notice per input partition the batch touched, listing its users
@@ -302,24 +253,35 @@ class Ingestor:
             self.metrics.online_hits.inc(hits)
 
     async def _dead_letter(self, dead: list[tuple[RawMessage, str, str]]) -> None:
-        if not dead:
-            return
-        letters = []
-        for message, reason, detail in dead:
-            log.info(
-                "rejected %s[%d]@%d: %s (%s)",
-                message.topic, message.partition, message.offset, reason, detail,
-            )  # fmt: skip
-            letters.append(
-                dead_letter(
-                    message.key,
-                    message.value,
-                    dlq_headers(message, reason, detail),
-                    self.policy.dlq_max_record_bytes,
-                )
+        await send_rejections(dead, self.send_dlq, self.policy, self.metrics)
+        if dead:
+            self.metrics.events.labels("invalid", "rejected").inc(len(dead))
+
+
+async def send_rejections(
+    dead: Sequence[tuple[RawMessage, str, str]],
+    send_dlq: DlqSender,
+    policy: IngestPolicy,
+    metrics: IngestMetrics,
+) -> None:
+    """Log each (message, reason, detail), send it to the DLQ and wait until the broker
+    confirmed every record (the batch is acked only after), then count it by reason."""
+    if not dead:
+        return
+    letters = []
+    for message, reason, detail in dead:
+        log.info(
+            "rejected %s[%d]@%d: %s (%s)",
+            message.topic, message.partition, message.offset, reason, detail,
+        )  # fmt: skip
+        letters.append(
+            dead_letter(
+                message.key,
+                message.value,
+                dlq_headers(message, reason, detail),
+                policy.dlq_max_record_bytes,
             )
-        # The batch is acked only after every DLQ record is confirmed by the broker.
-        await send_dead_letters(letters, self.send_dlq, self.policy.retry_max_s)
-        for _, reason, _ in dead:
-            self.metrics.events.labels("invalid", "rejected").inc()
-            self.metrics.dlq.labels(reason).inc()
+        )
+    await send_dead_letters(letters, send_dlq, policy.retry_max_s)
+    for _, reason, _ in dead:
+        metrics.dlq.labels(reason).inc()
