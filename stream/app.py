@@ -1,7 +1,8 @@
 """The Faust app: built from `Settings` by `create_app`, never at import time.
 
 One agent consumes both input topics (`clicks`, `purchases`) in batches and
-hands them to `stream.ingest.Ingestor`; the worker's web server exports
+hands them to `stream.ingest.Ingestor`; another applies the `items` topic to the
+catalogue (`stream.catalogue`); the worker's web server exports
 /metrics; a timer publishes consumer lag. With a model in the registry, the
 batches' users get fresh cached vectors (`stream.vectors`).
 """
@@ -19,6 +20,7 @@ from aiokafka.errors import KafkaError
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from stream.catalogue import CatalogueIngestor, item_message
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
@@ -27,6 +29,7 @@ from stream.retrain_trigger import RetrainTrigger
 from stream.transport import transport_with_fetch_wait
 from stream.vectors import VectorRefresher
 from streamrec.archive import ArchiveWriter, prune
+from streamrec.catalogue import Catalogue
 from streamrec.errors import BundleError
 from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
@@ -144,6 +147,27 @@ def create_app(
                 await writer.drain()
             finally:
                 await writer.close(settings.worker_shutdown_timeout_s / 3)
+
+        items_source = app.topic(
+            settings.topic_items,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        catalogue = CatalogueIngestor(
+            Catalogue(settings, client=state.redis),
+            metrics,
+            send_dlq,
+            IngestPolicy.from_settings(settings),
+            ingestor.waits,  # one outage, one gauge and one /readyz for both agents
+        )
+
+        @app.agent(items_source, name="catalogue")
+        async def apply_catalogue(stream: faust.StreamT[bytes]) -> None:
+            # Catalogue changes are few: each batch is written before the next is taken.
+            async for events in batches(stream):
+                await catalogue.handle_batch([item_message(event) for event in events])
 
         @app.task
         async def check_redis() -> None:
