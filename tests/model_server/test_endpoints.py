@@ -216,7 +216,7 @@ async def test_score_reports_unknown_items_per_item(served: Served) -> None:
         # Strict where the schema says integer, boolean or string: no coercion.
         ("/recommend", {"user_id": "u", "k": "20"}, 422, "k"),
         ("/recommend", {"user_id": "u", "k": True}, 422, "k"),
-        ("/recommend", {"user_id": "u", "k": 20.0}, 422, "k"),
+        ("/recommend", {"user_id": "u", "k": 20.5}, 422, "k"),
         ("/recommend", {"user_id": "u", "explain": 0}, 422, "explain"),
         ("/recommend", {"user_id": "u", "explain": "true"}, 422, "explain"),
         ("/recommend", {"user_id": 7}, 422, "user_id"),
@@ -366,7 +366,10 @@ async def test_a_context_within_the_event_contract_is_accepted(served: Served) -
         response = await client.post(
             "/recommend", json={"user_id": "u", "k": 3, "explain": False, "context": context}
         )
+        # JSON Schema's integer: a number without a fraction.
+        integral = await client.post("/recommend", json={"user_id": "u", "k": 3.0})
     assert response.status_code == 200, response.text
+    assert integral.status_code == 200 and len(integral.json()["items"]) == 3, integral.text
 
 
 EXPECTED_STATUSES = {
