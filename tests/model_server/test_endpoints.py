@@ -362,6 +362,7 @@ async def test_a_flood_of_unknown_users_writes_nothing_to_redis(served: Served) 
 
 async def test_a_context_within_the_event_contract_is_accepted(served: Served) -> None:
     context = {"device": "mobile", "page": 3, "price": 9.5, "k" * 128: "v" * 1024}
+    await apply(served.settings, events_for("others", served.items[:3]))
     async with in_process(served.settings) as (client, _):
         response = await client.post(
             "/recommend", json={"user_id": "u", "k": 3, "explain": False, "context": context}
