@@ -379,36 +379,119 @@ class Recommender:
         return _top(held, k, removed)
 
     async def score(self, model: ServedModel, user_id: str, item_ids: Sequence[str]) -> Scores:
-        """Ranker scores for the given items; unknown items get None."""
+        """Ranker scores for the given items, each ranked as if it were among the
+        candidates /recommend ranks for this user: its retrieval softmax and rank are
+        taken against that set (with the item added when it is not in it), never
+        against the other items sent, so an item's score is the same alone, repeated,
+        among others and inside /recommend. Unknown items get None."""
         now_ms = int(time.time() * 1000)
         with self._stage("redis"):
             stored = await self._bounded(self.store.read_user(user_id))
         user = feature_user(stored, now_ms, self.covis_half_life_s)
         rows = model.bundle.rows
-        known_ids = [i for i in item_ids if i in rows]
+        wanted = list(dict.fromkeys(i for i in item_ids if i in rows))
         by_item: dict[str, float] = {}
-        if known_ids:
+        if wanted:
             inputs = user_encoder_inputs(model, stored.recent_events)
-            with self._stage("encode"):
-                if inputs is None:
-                    user_vector = np.zeros(model.dim, dtype=np.float32)
-                else:
-                    user_vector = model.bundle.user_vectors(*inputs)[0]
-            known_rows = [rows[i] for i in known_ids]
-            dots = model.item_vectors(known_rows) @ user_vector
+            user_vector = None if inputs is None else self._user_vector(model, stored, inputs)[0]
+            with self._stage("retrieve"):
+                candidate_ids, candidate_rows, candidate_dots = self._candidate_set(
+                    model, user, user_vector
+                )
+                place = {item_id: n for n, item_id in enumerate(candidate_ids)}
+                outsiders = [i for i in wanted if i not in place]
+                outsider_rows = np.array([rows[i] for i in outsiders], dtype=np.int64)
+                vector = np.zeros(model.dim, np.float32) if user_vector is None else user_vector[0]
+                outsider_dots = model.item_vectors(outsider_rows.tolist()) @ vector
             with self._stage("features"):
+                every_id = candidate_ids + outsiders
                 popularity = await self._bounded(
                     self._popularity(
-                        model, np.asarray(known_rows, dtype=np.int64), known_ids, now_ms
+                        model, np.concatenate([candidate_rows, outsider_rows]), every_id, now_ms
                     )
                 )
-                feature_rows = features.ranking_features(
-                    known_ids, dots, user, popularity, now_ms, self.half_life_s
-                )
+                n = len(candidate_ids)
+                feature_rows = np.concatenate(
+                    [
+                        features.ranking_features(
+                            candidate_ids, candidate_dots, user, popularity[:n], now_ms,
+                            self.half_life_s,
+                        ),
+                        features.ranking_features(
+                            outsiders, outsider_dots, user, popularity[n:], now_ms,
+                            self.half_life_s,
+                        ),
+                    ]
+                )  # fmt: skip
+                log_softmax, rank_log = against_candidates(candidate_dots, outsider_dots)
+                feature_rows[n:, LOG_SOFTMAX_COLUMN] = log_softmax
+                feature_rows[n:, RANK_LOG_COLUMN] = rank_log
             with self._stage("rank"):
                 rank_scores = model.bundle.score(feature_rows)
-            by_item = {i: float(s) for i, s in zip(known_ids, rank_scores, strict=True)}
+            by_item = {i: float(s) for i, s in zip(every_id, rank_scores, strict=True)}
         return Scores([ItemScore(i, by_item.get(i)) for i in item_ids], model.version)
+
+    def _candidate_set(
+        self, model: ServedModel, user: features.UserState, user_vector: np.ndarray | None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """What /recommend ranks for this user (ids, vocabulary rows, dots; NaN where the
+        model has no vector): retrieval's top C, then the extras, as `recommend`
+        builds them."""
+        vocab_rows = np.zeros(0, dtype=np.int64)
+        dots = np.zeros(0, dtype=np.float32)
+        if user_vector is not None:
+            scores, found_rows = model.bundle.search(user_vector, self.candidates_for(model))
+            found = found_rows[0] > 0
+            vocab_rows, dots = found_rows[0][found], scores[0][found]
+        candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
+        manifest = model.bundle.manifest
+        extra = features.extra_candidates(
+            candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates
+        )
+        if not extra:
+            return candidate_ids, vocab_rows, dots.astype(np.float32)
+        extra_rows = np.array([model.bundle.rows.get(i, 0) for i in extra], dtype=np.int64)
+        extra_dots = np.full(len(extra), np.nan, dtype=np.float32)
+        has_vector = extra_rows > 0
+        if user_vector is not None and has_vector.any():
+            extra_dots[has_vector] = (
+                model.item_vectors(extra_rows[has_vector].tolist()) @ user_vector[0]
+            )
+        return (
+            candidate_ids + extra,
+            np.concatenate([vocab_rows, extra_rows]),
+            np.concatenate([dots.astype(np.float32), extra_dots]),
+        )
+
+
+LOG_SOFTMAX_COLUMN = features.FEATURE_NAMES.index("retrieval_log_softmax")
+RANK_LOG_COLUMN = features.FEATURE_NAMES.index("retrieval_rank_log")
+
+
+def against_candidates(
+    candidate_dots: np.ndarray, item_dots: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each item outside the candidate set, its retrieval log-softmax and log rank
+    as `features.ranking_features` computes them for that item appended to the
+    candidates (NaN dots stand in as the lowest known one), vectorised over the
+    items instead of one call each (tests/model_server/test_score_features.py holds
+    the two to the same numbers)."""
+    dots = np.asarray(candidate_dots, dtype=np.float64)
+    known = dots[~np.isnan(dots)]
+    missing = len(dots) - len(known)
+    item = np.asarray(item_dots, dtype=np.float64)
+    lowest = known.min() if len(known) else np.inf
+    filled = np.minimum(lowest, item)  # what a NaN becomes with the item in the set
+    top = np.maximum(known.max() if len(known) else -np.inf, item)
+    total = (
+        np.exp(known[None, :] - top[:, None]).sum(axis=1)
+        + missing * np.exp(filled - top)
+        + np.exp(item - top)
+    )
+    log_softmax = (item - top) - np.log(total)
+    # Appended last, the item follows every candidate with an equal dot (stable sort).
+    rank = (known[None, :] >= item[:, None]).sum(axis=1) + missing * (filled >= item)
+    return log_softmax, np.log1p(rank)
 
 
 class _Timed:
