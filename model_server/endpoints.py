@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from model_server.serving import json_response, parse_body, serving_of
 from streamrec.state import Answer
 
+log = logging.getLogger(__name__)
 READY_PING_TIMEOUT_S = 1.0
 
 
@@ -91,7 +93,9 @@ async def readyz(request: Request) -> Response:
         async with asyncio.timeout(READY_PING_TIMEOUT_S):
             await serving.store.ping()
     except (RedisError, TimeoutError) as exc:
-        return json_response({"ready": False, "reason": f"redis: {exc}"}, 503)
+        # A probe needs no token: a reason code; the address and the error go to the log.
+        log.warning("not ready: Redis did not answer a ping: %s", exc or type(exc).__name__)
+        return json_response({"ready": False, "reason": "redis_unavailable"}, 503)
     return json_response({"ready": True, "model_version": serving.holder.current.version})
 
 

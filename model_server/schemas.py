@@ -147,7 +147,7 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     model_version: str | None = None
-    reason: str | None = Field(None, description="Why not ready.")
+    reason: Literal["redis_unavailable"] | None = Field(None, description="Why not ready.")
 
 
 class RollbackRequest(Request):

@@ -154,3 +154,12 @@ def test_a_body_that_stops_arriving_is_a_408(slow_client_server: ServiceProcess)
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert b'"error":"body_timeout"' in received
     assert after_s < 5
+
+
+async def test_readyz_says_why_in_a_reason_code(served: Served) -> None:
+    """/readyz is for probes and needs no token: no addresses, no raw error text."""
+    async with in_process(served.settings) as (client, _):
+        with frozen_redis(served.settings):
+            frozen = await client.get("/readyz")
+    assert frozen.status_code == 503
+    assert frozen.json() == {"ready": False, "reason": "redis_unavailable"}
