@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from stream.catalogue import CatalogueIngestor, item_message
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
-from stream.overlap import OverlappedWriter
+from stream.overlap import OverlappedWriter, raw_message
 from stream.readiness import BrokerContact, readiness
 from stream.retrain_trigger import RetrainTrigger
 from stream.transport import transport_with_fetch_wait
@@ -140,13 +140,8 @@ def create_app(
 
         @app.agent(source, name="ingest", concurrency=settings.agent_concurrency)
         async def ingest(stream: faust.StreamT[bytes]) -> None:
-            writer = OverlappedWriter(app, ingestor.handle_batch)
-            try:
-                async for events in batches(stream):
-                    await writer.submit(events)
-                await writer.drain()
-            finally:
-                await writer.close(settings.worker_shutdown_timeout_s / 3)
+            writer = OverlappedWriter(app, ingestor.handle_batch, raw_message)
+            await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
 
         items_source = app.topic(
             settings.topic_items,
@@ -165,9 +160,9 @@ def create_app(
 
         @app.agent(items_source, name="catalogue")
         async def apply_catalogue(stream: faust.StreamT[bytes]) -> None:
-            # Catalogue changes are few: each batch is written before the next is taken.
-            async for events in batches(stream):
-                await catalogue.handle_batch([item_message(event) for event in events])
+            # Held like the events: acked only once written, even if the agent stops.
+            writer = OverlappedWriter(app, catalogue.handle_batch, item_message)
+            await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
 
         @app.task
         async def check_redis() -> None:

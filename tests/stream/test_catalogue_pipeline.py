@@ -20,7 +20,7 @@ from streamrec.scrape import counter_total
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.conftest import TAOBAO
-from tests.pipeline import read_topic, start_worker
+from tests.pipeline import paced_producer, read_topic, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +208,54 @@ def test_a_taobao_files_catalogue_loaded_and_applied(
     by_category = Counter(category for _, category in first_seen.values())
     for category, count in by_category.items():
         assert client.zcard(f"sr:c:{{{category}}}:avail") == count
+
+
+def test_a_worker_killed_mid_load_loses_nothing_and_ends_with_the_newest_records(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("catalogue-crash", batch_max_events=50, commit_interval_s=2.0)
+    ensure_topics(settings)
+    # 300 items, five versions each in time order, moving between categories and stock.
+    versions = [
+        (f"i{n}", v, f"c{(n + v) % 7}", (n + v) % 4 != 0) for v in range(5) for n in range(300)
+    ]
+    messages = [
+        (settings.topic_items, item.encode(), record(item, v, category=c, available=a))
+        for item, v, c, a in versions
+    ]
+    worker = start_worker(settings, tmp_path)
+    producer = paced_producer(settings, messages, batch=50, rate=500)  # 3 s
+    try:
+        deadline = time.monotonic() + 60
+        while (seen := counter_total(worker.metrics_text(), "streamrec_item_records")) < 300:
+            assert time.monotonic() < deadline, "the worker never got going"
+            time.sleep(0.05)
+        worker.kill()
+        assert seen < len(messages), "the worker finished before it could be killed"
+    finally:
+        producer.join()
+    worker = start_worker(settings, tmp_path)
+    try:
+        # What the killed worker had not committed comes again: duplicates, not losses.
+        client = redis.Redis.from_url(settings.redis_url)
+        newest = {item: (v, c, a) for item, v, c, a in versions}  # the last version wins
+        deadline = time.monotonic() + 90
+        while any(
+            client.hget(f"sr:i:{{{item}}}:info", "ts") != str(T + 4).encode() for item in newest
+        ):
+            assert time.monotonic() < deadline, "the restarted worker did not catch up"
+            time.sleep(0.25)
+        text = worker.metrics_text()
+        assert counter_total(text, "streamrec_item_records", outcome="rejected") == 0
+    finally:
+        worker.stop()
+    stored = catalogue_keys(settings)
+    index: dict[str, dict[str, str | int]] = {}
+    for item, (v, category, available) in newest.items():
+        fields = stored.pop(f"sr:i:{{{item}}}:info")
+        assert (fields["ts"], fields["available"], fields["category"]) == (
+            str(T + v), "1" if available else "0", f'["{category}"]',
+        ), item  # fmt: skip
+        if available:
+            index.setdefault(f"sr:c:{{{category}}}:avail", {})[item] = T + v
+    assert stored == index  # the category sets, exactly, and nothing else
