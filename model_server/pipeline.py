@@ -106,7 +106,12 @@ def feature_user(
 
 
 class Recommender:
-    """Answers /recommend and /score from Redis state and one served model."""
+    """Answers /recommend and /score from Redis state and one served model.
+
+    With `redis_timeout_s` (the model server's requests) every Redis wait is bounded
+    and an answer degrades when one runs out: trending as last read, retrieval order.
+    Without (the recommendations publisher, which has no one waiting) Redis waits as
+    long as it takes and its errors propagate."""
 
     def __init__(
         self,
@@ -115,6 +120,7 @@ class Recommender:
         metrics: ServeMetrics,
         popularity: PopularityTable | None = None,
         prewarm: Prewarm | None = None,
+        redis_timeout_s: float | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -123,7 +129,7 @@ class Recommender:
         # Used only for a bundle whose manifest does not say how many the ranker saw.
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
-        self.redis_timeout_s = settings.serve_redis_timeout_ms / 1000
+        self.redis_timeout_s = redis_timeout_s
         self.trending_max = settings.trending_max_items
         # The last trending read (items the model then served knew, by score).
         self._last_trending: list[tuple[str, float]] | None = None
@@ -151,6 +157,8 @@ class Recommender:
         loop was busy with other requests counts, though the loop sees it only in
         the same turn as the timer (a cancelling timeout would win that race: under
         load, 503s for replies that were there in time)."""
+        if self.redis_timeout_s is None:
+            return await call
         timeout_s = self.redis_timeout_s
         if deadline is not None:
             timeout_s = max(min(timeout_s, deadline - time.perf_counter()), 0.0)
@@ -175,7 +183,9 @@ class Recommender:
             with self._stage("redis"):
                 stored = await self._bounded(self.store.read_user(user_id))
         except RedisError:
-            # No state in time: trending as last read (none yet: the error, a 503).
+            if self.redis_timeout_s is None:
+                raise
+            # No state in time: trending as last read (none held: the error, a 503).
             items = self._trending_as_last_read(model, k, set(exclude))
             self.metrics.fallbacks.labels("trending").inc()
             return Recommendation(items, model.version, "trending", 0, has_state=False)
@@ -283,14 +293,14 @@ class Recommender:
         started = time.perf_counter()
         if deadline - started <= self._rank_estimate_s:
             return None
-        # The read is not cancelled at the deadline: cancelling a Redis call midway
-        # can leave its connection out of step with its replies.
         with self._stage("features"):
             try:
                 popularity = await self._bounded(
                     self._popularity(model, vocab_rows, candidate_ids, now_ms), deadline
                 )
             except RedisError:
+                if self.redis_timeout_s is None:
+                    raise
                 return None  # retrieval order, within the budget
             feature_rows = features.ranking_features(
                 candidate_ids, dots, user, popularity, now_ms, self.half_life_s
@@ -331,6 +341,8 @@ class Recommender:
             with self._stage("redis"):
                 ordered = await self._bounded(self._read_trending(model, wanted))
         except RedisError:
+            if self.redis_timeout_s is None:
+                raise
             if self._last_trending is None and not required:
                 return []
             return self._trending_as_last_read(model, k, removed)
