@@ -45,6 +45,15 @@ class ItemMessage:
     message: RawMessage
     tombstone: bool = False
 
+    @property
+    def value(self) -> bytes | None:
+        return None if self.tombstone else self.message.value
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        seconds = self.message.timestamp_s
+        return None if seconds is None else round(seconds * 1000)
+
 
 def item_message(event: EventT[bytes]) -> ItemMessage:
     return ItemMessage(raw_message(event), tombstone=event.message.value is None)
@@ -74,11 +83,9 @@ class CatalogueIngestor:
             message = item.message
             parsed = parse_item_message(
                 message.key,
-                None if item.tombstone else message.value,
+                item.value,
                 policy.max_message_bytes,
-                message_ts_ms=None
-                if message.timestamp_s is None
-                else round(message.timestamp_s * 1000),
+                message_ts_ms=item.timestamp_ms,
                 now_ms=now_ms,
                 max_future_ms=policy.max_future_ms,
             )
