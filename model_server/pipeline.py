@@ -18,10 +18,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
+from model_server.trending import TrendingReader
 from streamrec import features
 from streamrec import state as redis_state
 from streamrec.covis import covis_scores
-from streamrec.events import EVENT_TYPE_OF, EventType
+from streamrec.events import EVENT_TYPE_OF
 from streamrec.loaded import ServedModel
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
@@ -35,19 +36,9 @@ from streamrec.user_vectors import (
 
 Fallback = Literal["trending", "retrieval"]
 T = TypeVar("T")
-# Trending answers "what will someone with no history touch next": every event
-# type counts once. Weighting purchases 5x halved its hit@20 for such users on the
-# Taobao replay against the same counts unweighted (docs/models.md).
-TRENDING_TYPES = tuple(EventType)
 # Weight of the newest ranking time in the running estimate of the next one.
 RANK_ESTIMATE_WEIGHT = 0.1
 STAGES = ("redis", "encode", "retrieve", "features", "rank")
-# Trending reads on, this many times more at each step, while too few of the items
-# it read are ones the model knows.
-TRENDING_READ_GROWTH = 4
-# A trending read takes at least this many (what an answer from the last read can
-# offer while Redis does not answer).
-TRENDING_READ_MIN = 20
 
 
 @dataclass(frozen=True)
@@ -130,9 +121,7 @@ class Recommender:
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
         self.redis_timeout_s = redis_timeout_s
-        self.trending_max = settings.trending_max_items
-        # The last trending read (items the model then served knew, by score).
-        self._last_trending: list[tuple[str, float]] | None = None
+        self.trending_reader = TrendingReader(store, settings.trending_max_items)
         self.half_life_s = settings.popularity_half_life_s
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
@@ -333,62 +322,32 @@ class Recommender:
     async def trending(
         self, model: ServedModel, k: int, removed: Collection[str] = (), required: bool = True
     ) -> list[RankedItem]:
-        """Items the model knows by decayed popularity, every event type counted alike;
-        as last read when Redis does not answer in time. Never read: the error, or
-        with `required=False` (filling up a ranked answer) none."""
-        wanted = max(k, TRENDING_READ_MIN) + len(removed)
+        """Items the model knows by decayed popularity (model_server/trending.py); as
+        last read when Redis does not answer in time. Never read: the error, or with
+        `required=False` (filling up a ranked answer) none."""
         try:
             with self._stage("redis"):
-                ordered = await self._bounded(self._read_trending(model, wanted))
+                ordered = await self._bounded(self.trending_reader.read(model, k + len(removed)))
         except RedisError:
             if self.redis_timeout_s is None:
                 raise
-            if self._last_trending is None and not required:
+            if self.trending_reader.held(model) is None and not required:
                 return []
             return self._trending_as_last_read(model, k, removed)
-        self._last_trending = ordered
         return _top([RankedItem(i, s) for i, s in ordered], k, removed)
 
     async def hold_trending(self, model: ServedModel) -> None:
         """Read trending now, with no request's bound (at start-up): what /recommend
         answers from while Redis does not answer."""
-        self._last_trending = await self._read_trending(model, TRENDING_READ_MIN)
-
-    async def _read_trending(self, model: ServedModel, wanted: int) -> list[tuple[str, float]]:
-        per_type = await asyncio.gather(
-            *(self._trending_of(model, t, wanted) for t in TRENDING_TYPES)
-        )
-        combined: dict[str, float] = {}
-        for rows in per_type:
-            for item_id, score in rows:
-                combined[item_id] = combined.get(item_id, 0.0) + score
-        return sorted(combined.items(), key=lambda pair: -pair[1])
-
-    async def _trending_of(
-        self, model: ServedModel, event_type: EventType, wanted: int
-    ) -> list[tuple[str, float]]:
-        """The top of one type's trending set, only items the model knows: any producer
-        can put any id there (one the model never saw, NUL included), so read deeper
-        while too few are known, up to the whole set (`trending_max_items`)."""
-        known = model.bundle.rows
-        read = wanted
-        while True:
-            rows = await self.store.trending(event_type, read)
-            kept = [(item_id, score) for item_id, score in rows if item_id in known]
-            if len(kept) >= wanted or len(rows) < read or read >= self.trending_max:
-                return kept
-            read = min(read * TRENDING_READ_GROWTH, self.trending_max)
+        await self.trending_reader.read(model, 0)
 
     def _trending_as_last_read(
         self, model: ServedModel, k: int, removed: Collection[str]
     ) -> list[RankedItem]:
-        """While Redis does not answer: the last trending read, held to the items the
-        model now served knows (it may have swapped since)."""
-        if self._last_trending is None:
-            raise RedisTimeoutError("Redis did not answer and no trending answer is held")
-        known = model.bundle.rows
-        held = (RankedItem(i, s) for i, s in self._last_trending if i in known)
-        return _top(held, k, removed)
+        held = self.trending_reader.held(model)
+        if held is None:
+            raise RedisTimeoutError("Redis did not answer and no trending read is held")
+        return _top((RankedItem(i, s) for i, s in held), k, removed)
 
     async def score(self, model: ServedModel, user_id: str, item_ids: Sequence[str]) -> Scores:
         """Ranker scores for the given items, each ranked as if it were among the
