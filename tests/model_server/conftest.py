@@ -80,7 +80,11 @@ class Served:
 def serve_settings(make_settings: Callable[..., Settings]) -> Settings:
     """One Redis database for every model-server test (there are only 16); each test
     flushes it and gets its own registry, port and topics."""
-    return make_settings("serve", admin_token=ADMIN_TOKEN, registry_poll_s=0.1)
+    # A Redis timeout the shared cores cannot trip (a starved Redis took over the
+    # default 30 ms): tests of the timeouts set their own, drill 8 runs the default.
+    return make_settings(
+        "serve", admin_token=ADMIN_TOKEN, registry_poll_s=0.1, serve_redis_timeout_ms=2000
+    )
 
 
 @pytest.fixture
