@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     serve_max_k: int = Field(default=200, ge=1)
     serve_max_items: int = Field(default=1000, ge=1)  # /score item_ids, /recommend exclude
     serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Items the user bought are left out of /recommend answers (design: the
+    # default). False: the ranker decides (`user_item_purchased` is one of its
+    # columns); on the Taobao replay 33 of 1,490 repeats go back to a bought item.
+    serve_exclude_purchased: bool = True
     registry_poll_s: float = Field(default=2.0, gt=0)
     # Redis connections per server process; a request waits for a free one.
     serve_redis_connections: int = Field(default=32, ge=1)
