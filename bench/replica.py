@@ -121,7 +121,7 @@ def _markdown(results: list[dict[str, Any]], command: str, load: tuple[float, fl
     lines = [
         "# Prequential replica (in-process)",
         "",
-        f"Command: `{command}`. {machine_line(machine())}. "
+        f"Command: `{command}`. {machine_line(machine())} "
         f"Load average before/after: {load[0]:.1f} / {load[1]:.1f}.",
         "",
         "The `realtime` variant rebuilt in-process (bench/replica.py says what it leaves "

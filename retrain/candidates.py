@@ -30,6 +30,10 @@ from streamrec.features import (
     ranking_features,
 )
 
+# Trending items read per case, of which the first `max_trending` the encoder knows
+# join the candidates (the replayed table keeps this many at hand).
+TRENDING_READ = 64
+
 
 @dataclass(frozen=True)
 class CandidateSet:
@@ -85,7 +89,12 @@ def build_candidates(
     # Every item's popularity row once, indexed by vocab row (row 0, padding, is zeros).
     popularity_by_row = popularity_rows(("", *vocab.item_ids), popularity)
     popularity_by_row[0] = 0.0
-    static_trending = _trending(popularity, max_trending)
+
+    def known_only(item_ids: Sequence[str]) -> list[str]:
+        # Serving's trending holds only items the served model knows (docs/serving.md).
+        return [i for i in item_ids if i in vocab and known_rows[vocab.row(i)]][:max_trending]
+
+    static_trending = known_only(_trending(popularity, len(popularity)))
     for start in tqdm(
         range(0, n, batch_size), desc="candidates", disable=not progress, leave=False
     ):
@@ -105,7 +114,7 @@ def build_candidates(
                 replay.advance(moments[case])
                 total, latest = replay.covis(prefix.item_ids, now_ms)
                 state = replace(state, covis_total=total, covis_latest=latest)
-                trending = replay.popularity.trending.ranked(max_trending) if max_trending else []
+                trending = known_only(replay.popularity.trending.ranked(TRENDING_READ))
             # No item the encoder knows: no user vector, only the extras (as serving).
             has_vector = len(encoded[case][0]) > 0
             retrieved = top_rows[case - start].numpy() if has_vector else top_rows[0, :0].numpy()
