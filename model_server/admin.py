@@ -12,6 +12,7 @@ from model_server.schemas import RollbackRequest
 from model_server.serving import Problem, json_response, parse_body, serving_of
 from streamrec.errors import BundleError
 from streamrec.loaded import SwapResult
+from streamrec.registry import refusal_reason
 
 
 def require_token(request: Request) -> None:
@@ -40,14 +41,15 @@ async def reload(request: Request) -> Response:
     try:
         return _swapped(await serving_of(request).holder.load())
     except BundleError as exc:
-        raise Problem(409, "bundle_refused", str(exc)) from None
+        raise Problem(409, "bundle_refused", refusal_reason(exc)) from None
 
 
 async def rollback(request: Request) -> Response:
-    """Point the registry at an earlier version (default: the parent) and load it."""
+    """Open an earlier version (default: CURRENT's parent), then point the registry at
+    it and serve it; a target that does not open is a 409 and CURRENT stays."""
     require_token(request)
     body = await parse_body(request, RollbackRequest, empty_ok=True)
     try:
         return _swapped(await serving_of(request).holder.rollback(body.version))
     except BundleError as exc:
-        raise Problem(409, "rollback_refused", str(exc)) from None
+        raise Problem(409, "rollback_refused", refusal_reason(exc)) from None

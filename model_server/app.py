@@ -29,15 +29,21 @@ from model_server.pipeline import Recommender
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
 from model_server.schemas import request_models
-from model_server.serving import Serving, json_response, measured
+from model_server.serving import InFlight, Serving, json_response, measured
 from streamrec.errors import StateError
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.pipelined import PipelinedConnection
+from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
 API_VERSION = "1"
+# The longest any Redis call waits (to connect, for a reply, for a free pooled
+# connection). Requests bound theirs to STREAMREC_SERVE_REDIS_TIMEOUT_MS on top; this
+# is for the work behind them: the popularity table, the answers written back.
+REDIS_CALL_TIMEOUT_S = 5.0
+WARM_UP_USER = "streamrec-warm-up"  # read at start-up; no one has state under it
 
 
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Starlette:
@@ -49,7 +55,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Waits for a free connection instead of failing when all are busy.
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.serve_redis_connections
+            settings.redis_url,
+            max_connections=settings.serve_redis_connections,
+            timeout=REDIS_CALL_TIMEOUT_S,
+            socket_timeout=REDIS_CALL_TIMEOUT_S,
+            socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
         )
         # Each request's state read shares one pipelined connection (a tenth of a
         # request's CPU less than through the pool); everything else uses the pool.
@@ -67,8 +77,13 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         try:
             try:
                 await store.ping()
+                # Opens the pipelined connection and loads the state script, so that
+                # the first request's read fits the Redis timeout too.
+                await store.read_user(WARM_UP_USER)
             except (RedisError, OSError) as exc:
-                raise StateError(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
+                raise StateError(
+                    f"Redis at {redacted(settings.redis_url)} does not answer: {exc}"
+                ) from exc
             holder = ModelHolder(settings.registry, metrics)
             await holder.load()
             if settings.serve_popularity_refresh_s > 0:
@@ -86,10 +101,19 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 # After the warm-up: the table the new version starts with is the freshest.
                 holder.before_swap.append(popularity.prepare)
             recommender = Recommender(settings, store, metrics, popularity, prewarm)
+            # Held from the start: while Redis does not answer, /recommend answers it.
+            await recommender.hold_trending(holder.current)
             answers = AnswerWriter(store)
             writer = asyncio.create_task(answers.run())
             app.state.serving = Serving(
-                settings, store, holder, recommender, metrics, requests, answers
+                settings,
+                store,
+                holder,
+                recommender,
+                metrics,
+                requests,
+                answers,
+                InFlight(settings.serve_max_concurrency),
             )
             watcher = asyncio.create_task(holder.watch(settings.registry_poll_s))
             # What start-up built (~100k objects the collector tracks: modules, the
@@ -117,8 +141,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         return json_response(schema)
 
     routes = [
-        Route("/recommend", measured("recommend", endpoints.recommend), methods=["POST"]),
-        Route("/score", measured("score", endpoints.score), methods=["POST"]),
+        Route(
+            "/recommend", measured("recommend", endpoints.recommend, capped=True), methods=["POST"]
+        ),
+        Route("/score", measured("score", endpoints.score, capped=True), methods=["POST"]),
         Route("/model", measured("model", endpoints.model_info), methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),

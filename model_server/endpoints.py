@@ -31,7 +31,8 @@ async def recommend(request: Request) -> Response:
         if item.features is not None:
             row["features"] = item.features
         items.append(row)
-    if (serving.settings.hit_window_s > 0 and answer.items) or answer.fresh_vector:
+    remember = serving.settings.hit_window_s > 0 and answer.items and answer.has_state
+    if remember or answer.fresh_vector:
         shown = [item.item_id for item in answer.items]
         at_ms = int(time.time() * 1000)
         serving.answers.add(Answer(body.user_id, shown, at_ms, answer.fresh_vector))

@@ -8,7 +8,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from model_server.schemas import (
+    HealthResponse,
+    ModelResponse,
     ProblemBody,
+    ReadyResponse,
     RecommendResponse,
     RequestModels,
     RollbackRequest,
@@ -27,6 +30,9 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
         ScoreResponse,
         RollbackRequest,
         SwapResponse,
+        ModelResponse,
+        HealthResponse,
+        ReadyResponse,
         ProblemBody,
     ]
     inputs = (requests.recommend, requests.score, RollbackRequest)
@@ -44,17 +50,27 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": ref(model, "validation")}},
         }
 
-    def answer(description: str, model: type[BaseModel] | None = None) -> dict[str, Any]:
-        content = {"application/json": {"schema": ref(model)}} if model else {}
-        return {"description": description, "content": content}
+    def answer(description: str, model: type[BaseModel] = ProblemBody) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": ref(model)}}}
 
-    problems = {
-        "400": answer("Malformed JSON", ProblemBody),
-        "413": answer("Body too large", ProblemBody),
-        "422": answer("A field is missing, of the wrong type or over a limit", ProblemBody),
+    # Every status an operation can answer (docs/serving.md has the table).
+    with_body = {
+        "400": answer("Malformed JSON"),
+        "408": answer("The body did not arrive within the body timeout; the connection is closed"),
+        "413": answer("Body too large"),
+        "422": answer("A field is missing, of the wrong type or over a limit"),
+        "499": answer("The client closed the connection before its body arrived (it sees none)"),
     }
-    unauthorized = {"401": answer("Missing or wrong bearer token", ProblemBody)}
-    refused = {"409": answer("The bundle was refused; the old version keeps serving", ProblemBody)}
+    failed = {"500": answer("A bug, logged with its traceback")}
+    no_state = {
+        "503": answer(
+            "Redis did not answer in time (state_unavailable) or the process "
+            "has as many requests in progress as it takes (overloaded); "
+            "see Retry-After"
+        )
+    }
+    unauthorized = {"401": answer("Missing or wrong bearer token")}
+    refused = {"409": answer("The bundle was refused; the old version keeps serving")}
     admin_security: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -63,33 +79,46 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
             "/recommend": {"post": {
                 "summary": "Top-k items for a user",
                 "requestBody": body(requests.recommend),
-                "responses": {"200": answer("Ranked items", RecommendResponse), **problems},
+                "responses": {"200": answer("Ranked items", RecommendResponse),
+                              **with_body, **failed, **no_state},
             }},
             "/score": {"post": {
                 "summary": "Ranker scores for the given items; unknown items per item",
                 "requestBody": body(requests.score),
-                "responses": {"200": answer("Scores in request order", ScoreResponse), **problems},
+                "responses": {"200": answer("Scores in request order", ScoreResponse),
+                              **with_body, **failed, **no_state},
             }},
             "/model": {"get": {"summary": "The version being served",
-                               "responses": {"200": answer("Manifest summary")}}},
+                               "responses": {"200": answer("Manifest summary", ModelResponse),
+                                             **failed}}},
             "/healthz": {"get": {"summary": "The process is alive",
-                                 "responses": {"200": answer("ok")}}},
+                                 "responses": {"200": answer("ok", HealthResponse)}}},
             "/readyz": {"get": {"summary": "Redis reachable and a model loaded",
-                                "responses": {"200": answer("ready"), "503": answer("not ready")}}},
+                                "responses": {"200": answer("ready", ReadyResponse),
+                                              "503": answer("not ready", ReadyResponse)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
-                                 "responses": {"200": answer("text exposition format")}}},
+                                 "responses": {"200": {
+                                     "description": "text exposition format",
+                                     "content": {"text/plain": {"schema": {"type": "string"}}},
+                                 }}}},
+            "/openapi.json": {"get": {"summary": "This document",
+                                      "responses": {"200": {
+                                          "description": "OpenAPI 3.1",
+                                          "content": {"application/json": {
+                                              "schema": {"type": "object"}}},
+                                      }}}},
             "/admin/reload": {"post": {
                 "summary": "Load the registry's current version now",
                 "security": admin_security,
                 "responses": {"200": answer("Swapped or unchanged", SwapResponse),
-                              **unauthorized, **refused},
+                              **unauthorized, **refused, **failed, **no_state},
             }},
             "/admin/rollback": {"post": {
                 "summary": "Point the registry at an earlier version and load it",
                 "security": admin_security,
                 "requestBody": {**body(RollbackRequest), "required": False},
                 "responses": {"200": answer("Swapped or unchanged", SwapResponse),
-                              **unauthorized, **refused},
+                              **with_body, **unauthorized, **refused, **failed, **no_state},
             }},
         },
         "components": {

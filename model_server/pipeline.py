@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from prometheus_client import Histogram
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
@@ -32,6 +34,7 @@ from streamrec.user_vectors import (
 )
 
 Fallback = Literal["trending", "retrieval"]
+T = TypeVar("T")
 # Trending answers "what will someone with no history touch next": every event
 # type counts once. Weighting purchases 5x halved its hit@20 for such users on the
 # Taobao replay against the same counts unweighted (docs/models.md).
@@ -39,6 +42,12 @@ TRENDING_TYPES = tuple(EventType)
 # Weight of the newest ranking time in the running estimate of the next one.
 RANK_ESTIMATE_WEIGHT = 0.1
 STAGES = ("redis", "encode", "retrieve", "features", "rank")
+# Trending reads on, this many times more at each step, while too few of the items
+# it read are ones the model knows.
+TRENDING_READ_GROWTH = 4
+# A trending read takes at least this many (what an answer from the last read can
+# offer while Redis does not answer).
+TRENDING_READ_MIN = 20
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,9 @@ class Recommendation:
     # The user vector this answer computed (the cache had none for this state and
     # version): to be stored after the answer is sent.
     fresh_vector: redis_state.CachedVector | None = None
+    # False for a user without state (or whose state did not come in time): nothing
+    # of the answer is written back, so made-up user ids cannot fill Redis.
+    has_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,10 @@ class Recommender:
         # Used only for a bundle whose manifest does not say how many the ranker saw.
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
+        self.redis_timeout_s = settings.serve_redis_timeout_ms / 1000
+        self.trending_max = settings.trending_max_items
+        # The last trending read (items the model then served knew, by score).
+        self._last_trending: list[tuple[str, float]] | None = None
         self.half_life_s = settings.popularity_half_life_s
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
@@ -130,6 +146,25 @@ class Recommender:
     def _stage(self, name: str) -> _Timed:
         return _Timed(self._stage_seconds[name])
 
+    async def _bounded(self, call: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
+        """`call`'s result, or a Redis TimeoutError after the Redis timeout (or at
+        `deadline`, if sooner). Cancelling is safe here: redis-py drops a connection
+        whose reply it gave up on, the pipelined one reads and discards it.
+
+        `asyncio.wait`, not `asyncio.timeout`: a reply that came in while the event
+        loop was busy with other requests counts, though the loop sees it only in
+        the same turn as the timer (a cancelling timeout would win that race: under
+        load, 503s for replies that were there in time)."""
+        timeout_s = self.redis_timeout_s
+        if deadline is not None:
+            timeout_s = max(min(timeout_s, deadline - time.perf_counter()), 0.0)
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait((task,), timeout=timeout_s)
+        if not done:
+            task.cancel()
+            raise RedisTimeoutError(f"Redis did not answer within {timeout_s * 1000:.0f} ms")
+        return task.result()
+
     async def recommend(
         self,
         model: ServedModel,
@@ -140,12 +175,20 @@ class Recommender:
     ) -> Recommendation:
         deadline = time.perf_counter() + self.budget_s
         now_ms = int(time.time() * 1000)
-        with self._stage("redis"):
-            stored = await self.store.read_user(user_id)
+        try:
+            with self._stage("redis"):
+                stored = await self._bounded(self.store.read_user(user_id))
+        except RedisError:
+            # No state in time: trending as last read (none yet: the error, a 503).
+            items = self._trending_as_last_read(model, k, set(exclude))
+            self.metrics.fallbacks.labels("trending").inc()
+            return Recommendation(items, model.version, "trending", 0, has_state=False)
         removed = (stored.purchased if self.exclude_purchased else frozenset()) | set(exclude)
         if self.trending_only or not stored.recent_events:
             self.metrics.fallbacks.labels("trending").inc()
-            return Recommendation(await self.trending(k, removed), model.version, "trending", 0)
+            items = await self.trending(model, k, removed)
+            has_state = bool(stored.recent_events)
+            return Recommendation(items, model.version, "trending", 0, has_state=has_state)
         user = feature_user(stored, now_ms, self.covis_half_life_s)
         inputs = user_encoder_inputs(model, stored.recent_events)
         user_vector: np.ndarray | None = None
@@ -163,7 +206,7 @@ class Recommender:
         with self._stage("retrieve"):
             candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
             manifest = model.bundle.manifest
-            trending = await self._trending_candidates(manifest.trending_candidates)
+            trending = await self._trending_candidates(model, manifest.trending_candidates)
             extra = features.extra_candidates(
                 candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates, trending
             )
@@ -183,7 +226,8 @@ class Recommender:
                 dots = np.concatenate([dots.astype(np.float32), extra_dots])
         if not candidate_ids:
             self.metrics.fallbacks.labels("trending").inc()
-            return Recommendation(await self.trending(k, removed), model.version, "trending", 0)
+            items = await self.trending(model, k, removed)
+            return Recommendation(items, model.version, "trending", 0)
         self.metrics.candidates.observe(len(candidate_ids))
 
         ranked = await self._rank(model, vocab_rows, candidate_ids, dots, user, now_ms, deadline)
@@ -210,7 +254,7 @@ class Recommender:
         if len(items) < k:
             # The filters removed too many candidates: trending items fill the rest.
             taken = removed | {item.item_id for item in items}
-            items += await self.trending(k - len(items), taken)
+            items += await self.trending(model, k - len(items), taken, required=False)
         return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
 
     def _user_vector(
@@ -247,7 +291,12 @@ class Recommender:
         # The read is not cancelled at the deadline: cancelling a Redis call midway
         # can leave its connection out of step with its replies.
         with self._stage("features"):
-            popularity = await self._popularity(model, vocab_rows, candidate_ids, now_ms)
+            try:
+                popularity = await self._bounded(
+                    self._popularity(model, vocab_rows, candidate_ids, now_ms), deadline
+                )
+            except RedisError:
+                return None  # retrieval order, within the budget
             feature_rows = features.ranking_features(
                 candidate_ids, dots, user, popularity, now_ms, self.half_life_s
             )
@@ -276,36 +325,81 @@ class Recommender:
                 return held
         return await self.store.read_item_popularity(item_ids, now_ms)
 
-    async def _trending_candidates(self, n: int) -> list[str]:
-        """The top `n` trending items, as training adds them to the candidates; cached
-        for `serve_popularity_refresh_s`."""
+    async def _trending_candidates(self, model: ServedModel, n: int) -> list[str]:
+        """The top `n` trending items the model knows, as training adds them to the
+        candidates; read at most once per `serve_popularity_refresh_s`, and none
+        while Redis does not answer (the other candidates still do)."""
         if n <= 0:
             return []
         read_at, read_n, ids = self._trending_ids
         if read_n != n or time.monotonic() - read_at >= self._trending_refresh_s:
-            ids = [item.item_id for item in await self.trending(n)]
+            ids = [item.item_id for item in await self.trending(model, n, required=False)]
             self._trending_ids = (time.monotonic(), n, ids)
         return ids
 
-    async def trending(self, k: int, removed: Collection[str] = ()) -> list[RankedItem]:
-        """Items by decayed popularity, every event type counted alike."""
-        wanted = k + len(removed)
-        with self._stage("redis"):
-            per_type = await asyncio.gather(
-                *(self.store.trending(t, wanted) for t in TRENDING_TYPES)
-            )
+    async def trending(
+        self, model: ServedModel, k: int, removed: Collection[str] = (), required: bool = True
+    ) -> list[RankedItem]:
+        """Items the model knows by decayed popularity, every event type counted alike;
+        as last read when Redis does not answer in time. Never read: the error, or
+        with `required=False` (filling up a ranked answer) none."""
+        wanted = max(k, TRENDING_READ_MIN) + len(removed)
+        try:
+            with self._stage("redis"):
+                ordered = await self._bounded(self._read_trending(model, wanted))
+        except RedisError:
+            if self._last_trending is None and not required:
+                return []
+            return self._trending_as_last_read(model, k, removed)
+        self._last_trending = ordered
+        return _top([RankedItem(i, s) for i, s in ordered], k, removed)
+
+    async def hold_trending(self, model: ServedModel) -> None:
+        """Read trending now, with no request's bound (at start-up): what /recommend
+        answers from while Redis does not answer."""
+        self._last_trending = await self._read_trending(model, TRENDING_READ_MIN)
+
+    async def _read_trending(self, model: ServedModel, wanted: int) -> list[tuple[str, float]]:
+        per_type = await asyncio.gather(
+            *(self._trending_of(model, t, wanted) for t in TRENDING_TYPES)
+        )
         combined: dict[str, float] = {}
         for rows in per_type:
             for item_id, score in rows:
                 combined[item_id] = combined.get(item_id, 0.0) + score
-        ordered = sorted(combined.items(), key=lambda pair: -pair[1])
-        return _top([RankedItem(i, s) for i, s in ordered], k, removed)
+        return sorted(combined.items(), key=lambda pair: -pair[1])
+
+    async def _trending_of(
+        self, model: ServedModel, event_type: EventType, wanted: int
+    ) -> list[tuple[str, float]]:
+        """The top of one type's trending set, only items the model knows: any producer
+        can put any id there (one the model never saw, NUL included), so read deeper
+        while too few are known, up to the whole set (`trending_max_items`)."""
+        known = model.bundle.rows
+        read = wanted
+        while True:
+            rows = await self.store.trending(event_type, read)
+            kept = [(item_id, score) for item_id, score in rows if item_id in known]
+            if len(kept) >= wanted or len(rows) < read or read >= self.trending_max:
+                return kept
+            read = min(read * TRENDING_READ_GROWTH, self.trending_max)
+
+    def _trending_as_last_read(
+        self, model: ServedModel, k: int, removed: Collection[str]
+    ) -> list[RankedItem]:
+        """While Redis does not answer: the last trending read, held to the items the
+        model now served knows (it may have swapped since)."""
+        if self._last_trending is None:
+            raise RedisTimeoutError("Redis did not answer and no trending answer is held")
+        known = model.bundle.rows
+        held = (RankedItem(i, s) for i, s in self._last_trending if i in known)
+        return _top(held, k, removed)
 
     async def score(self, model: ServedModel, user_id: str, item_ids: Sequence[str]) -> Scores:
         """Ranker scores for the given items; unknown items get None."""
         now_ms = int(time.time() * 1000)
         with self._stage("redis"):
-            stored = await self.store.read_user(user_id)
+            stored = await self._bounded(self.store.read_user(user_id))
         user = feature_user(stored, now_ms, self.covis_half_life_s)
         rows = model.bundle.rows
         known_ids = [i for i in item_ids if i in rows]
@@ -320,8 +414,10 @@ class Recommender:
             known_rows = [rows[i] for i in known_ids]
             dots = model.item_vectors(known_rows) @ user_vector
             with self._stage("features"):
-                popularity = await self._popularity(
-                    model, np.asarray(known_rows, dtype=np.int64), known_ids, now_ms
+                popularity = await self._bounded(
+                    self._popularity(
+                        model, np.asarray(known_rows, dtype=np.int64), known_ids, now_ms
+                    )
                 )
                 feature_rows = features.ranking_features(
                     known_ids, dots, user, popularity, now_ms, self.half_life_s

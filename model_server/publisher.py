@@ -1,9 +1,15 @@
 """The recommendations publisher: state-change notices in, each changed user's
-fresh top-K out on `recommendations`, rate-limited per user.
+fresh top-K out on `recommendations`, at most once per `publish_min_interval_ms`
+per user.
 
 It ranks with the model server's own `Recommender` and follows the registry
-like a server does, so the topic and `/recommend` give the same answer.
-Offsets are committed after the records are acknowledged by the broker.
+like a server does, so the topic and `/recommend` give the same answer. A
+change inside a user's interval is never dropped: it is coalesced with any
+later ones and the user is published once when the interval passes, from the
+state as it is then, so the last record per user is always their latest
+answer. Offsets are committed after the records are acknowledged by the broker,
+and never past a notice whose user still waits, so a crash republishes rather
+than loses.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from model_server.pipeline import Recommendation, Recommender
@@ -42,6 +49,37 @@ def recommendation_record(user_id: str, answer: Recommendation, now_ms: int) -> 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state-change notice and where it was read."""
+
+    notice: StateChanges
+    tp: TopicPartition
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A user's changes waiting for their interval to pass: when it does (ms), the
+    newest state write among them, and the earliest notice that named the user
+    (offsets are not committed past it)."""
+
+    due_ms: int
+    applied_at_ms: int
+    tp: TopicPartition
+    offset: int
+
+    def merged(self, later: Pending) -> Pending:
+        earliest = self if (self.tp, self.offset) <= (later.tp, later.offset) else later
+        return Pending(
+            self.due_ms, max(self.applied_at_ms, later.applied_at_ms), earliest.tp, earliest.offset
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class Publisher:
     def __init__(self, settings: Settings, registry: CollectorRegistry = REGISTRY) -> None:
         self.settings = settings
@@ -52,6 +90,10 @@ class Publisher:
         self.models = ModelHolder(settings.registry, serve_metrics)
         self.recommender = Recommender(settings, self.store, serve_metrics)
         self.ready = False
+        # Users with a change not yet published because their interval has not passed.
+        self.pending: dict[str, Pending] = {}
+        # Per partition of state.changes: the offset after the last notice read.
+        self._next_offset: dict[TopicPartition, int] = {}
 
     async def run(self) -> None:
         s = self.settings
@@ -73,17 +115,22 @@ class Publisher:
         await producer.start()
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=100, max_records=500)
+                wait_ms = self._until_next_due_ms(default_ms=100)
+                batches = await consumer.getmany(timeout_ms=wait_ms, max_records=500)
                 self.ready = bool(consumer.assignment())
-                notices = [
-                    StateChanges.from_json(record.value)
-                    for records in batches.values()
+                changes = [
+                    Change(StateChanges.from_json(record.value), tp, record.offset)
+                    for tp, records in batches.items()
                     for record in records
                     if record.value is not None
                 ]
-                if notices:
-                    await self.publish(producer, notices)
-                    await consumer.commit()
+                for tp, records in batches.items():
+                    self._next_offset[tp] = records[-1].offset + 1
+                self._forget_revoked(consumer.assignment())
+                published = await self.publish(producer, changes)
+                published += await self.publish_due(producer)
+                if batches or published:
+                    await self._commit(consumer)
         finally:
             watcher.cancel()
             await consumer.stop()
@@ -91,33 +138,81 @@ class Publisher:
             await web_runner.cleanup()
             await self.store.close()
 
-    async def publish(self, producer: AIOKafkaProducer, notices: list[StateChanges]) -> None:
-        applied_at: dict[str, int] = {}
-        for notice in notices:
-            for user_id in notice.last_ts_ms:
-                applied_at[user_id] = max(applied_at.get(user_id, 0), notice.applied_at_ms)
-        users = list(applied_at)
-        granted = await self.store.acquire_publish_slots(
-            users, self.settings.publish_min_interval_ms
-        )
+    async def publish(self, producer: AIOKafkaProducer, changes: list[Change]) -> int:
+        """Publish the users of these notices whose interval has passed; coalesce the
+        rest into their pending entry. Returns how many users were published."""
+        changed: dict[str, Pending] = {}
+        for change in changes:
+            for user_id in change.notice.last_ts_ms:
+                entry = Pending(0, change.notice.applied_at_ms, change.tp, change.offset)
+                changed[user_id] = changed[user_id].merged(entry) if user_id in changed else entry
+        waiting = [u for u in changed if u in self.pending]
+        for user_id in waiting:
+            self.pending[user_id] = self.pending[user_id].merged(changed.pop(user_id))
+        self.metrics.published.labels("coalesced").inc(len(waiting))
+        return await self._publish_free(producer, changed)
+
+    async def publish_due(self, producer: AIOKafkaProducer) -> int:
+        """Publish the pending users whose interval has passed, from their state now."""
+        now_ms = _now_ms()
+        due = {u: p for u, p in self.pending.items() if p.due_ms <= now_ms}
+        for user_id in due:
+            del self.pending[user_id]
+        return await self._publish_free(producer, due)
+
+    async def _publish_free(self, producer: AIOKafkaProducer, users: dict[str, Pending]) -> int:
+        if not users:
+            return 0
+        order = list(users)
+        waits = await self.store.publish_slots(order, self.settings.publish_min_interval_ms)
+        now_ms = _now_ms()
+        free = []
+        for user_id, wait_ms in zip(order, waits, strict=True):
+            if wait_ms:
+                self.pending[user_id] = replace(users[user_id], due_ms=now_ms + wait_ms)
+                self.metrics.published.labels("rate_limited").inc()
+            else:
+                free.append(user_id)
+        await self._send(producer, {u: users[u].applied_at_ms for u in free})
+        return len(free)
+
+    async def _send(self, producer: AIOKafkaProducer, applied_at: dict[str, int]) -> None:
         model = self.models.current
         sends = []
-        for user_id, may_publish in zip(users, granted, strict=True):
-            if not may_publish:
-                self.metrics.published.labels("rate_limited").inc()
-                continue
+        for user_id, applied_at_ms in applied_at.items():
             answer = await self.recommender.recommend(model, user_id, self.settings.publish_k)
-            now_ms = int(time.time() * 1000)
+            now_ms = _now_ms()
             value = recommendation_record(user_id, answer, now_ms)
             sends.append(
                 await producer.send(
                     self.settings.topic_recommendations, value, key=user_id.encode()
                 )
             )
-            self.metrics.change_to_publish.observe(max(0.0, (now_ms - applied_at[user_id]) / 1000))
+            self.metrics.change_to_publish.observe(max(0.0, (now_ms - applied_at_ms) / 1000))
         # Offsets are committed by the caller only after every record is acknowledged.
         await asyncio.gather(*sends)
         self.metrics.published.labels("published").inc(len(sends))
+
+    def _until_next_due_ms(self, default_ms: int) -> int:
+        if not self.pending:
+            return default_ms
+        soonest = min(p.due_ms for p in self.pending.values())
+        return max(1, min(default_ms, soonest - _now_ms()))
+
+    def _forget_revoked(self, assigned: set[TopicPartition]) -> None:
+        """Users of partitions no longer ours: their new owner reads the notices again
+        from our last commit, which never passed them."""
+        for user_id in [u for u, p in self.pending.items() if p.tp not in assigned]:
+            del self.pending[user_id]
+        for tp in [tp for tp in self._next_offset if tp not in assigned]:
+            del self._next_offset[tp]
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        safe = dict(self._next_offset)
+        for entry in self.pending.values():
+            safe[entry.tp] = min(safe.get(entry.tp, entry.offset), entry.offset)
+        if safe:
+            await consumer.commit(safe)
 
     async def _serve_web(self) -> web.AppRunner:
         async def metrics(_: web.Request) -> web.Response:

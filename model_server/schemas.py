@@ -7,27 +7,48 @@ OpenAPI schema are the ones the server enforces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from streamrec.events import MAX_CONTEXT_KEYS, MAX_ID_CHARS
+from streamrec.events import MAX_CONTEXT_KEYS, MAX_CONTEXT_VALUE_CHARS, MAX_ID_CHARS
 from streamrec.settings import Settings
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
-ContextValue = Annotated[str, StringConstraints(max_length=1024)] | float | int
+# As the event contract (streamrec/events.py) holds an event's context: string or
+# number values (no booleans, no NaN or infinity, integers that fit 64 bits, as
+# orjson reads them), keys of at most 128 characters.
+ContextKey = Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)]
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+
+def _fits_64_bits(value: object) -> object:
+    # Before the union: its float member would take a larger integer as a float.
+    if type(value) is int and not INT_MIN <= value <= INT_MAX:
+        raise ValueError("an integer in context must fit 64 bits")
+    return value
+
+
+ContextValue = Annotated[
+    Annotated[str, StringConstraints(max_length=MAX_CONTEXT_VALUE_CHARS)]
+    | Annotated[int, Field(ge=INT_MIN, le=INT_MAX)]
+    | Annotated[float, Field(allow_inf_nan=False)],
+    BeforeValidator(_fits_64_bits),
+]
 DEFAULT_K = 20
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: a field is what the schema says, never coerced ("20" or true for k, 0
+    # for explain are 422s).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RecommendBase(Request):
     user_id: Id
     k: int
     exclude: list[Id]
-    context: dict[str, ContextValue] | None
+    context: dict[ContextKey, ContextValue] | None
     explain: bool
 
 
@@ -50,7 +71,7 @@ def request_models(settings: Settings) -> RequestModels:
 
         k: int = Field(DEFAULT_K, ge=1, le=settings.serve_max_k)
         exclude: list[Id] = Field(default_factory=list, max_length=max_items)
-        context: dict[str, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
+        context: dict[ContextKey, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
         explain: bool = Field(False, description="Return each item's feature values.")
 
     class ScoreRequest(ScoreBase):
@@ -93,6 +114,29 @@ class ProblemBody(BaseModel):
 
     error: str
     detail: str | list[dict[str, object]]
+
+
+class ModelResponse(BaseModel):
+    model_version: str
+    parent: str | None
+    created_at: str
+    loaded_at_s: float
+    items: int
+    index: dict[str, Any]
+    feature_schema_version: int
+    metrics: dict[str, Any]
+    data_window: dict[str, Any]
+    refused: dict[str, str] = Field(description="Versions refused since start: why.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model_version: str | None = None
+    reason: str | None = Field(None, description="Why not ready.")
 
 
 class RollbackRequest(Request):

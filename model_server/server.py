@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from model_server.app import create_app
+from model_server.connections import TimedHttpToolsProtocol
 from streamrec.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 10
+
+
+def _http_protocol(settings: Settings) -> Any:
+    """What uvicorn makes each connection's protocol with; a partial of a module-level
+    class, so `--workers N` can hand it to its worker processes."""
+    return functools.partial(
+        TimedHttpToolsProtocol,
+        header_timeout_s=settings.serve_header_timeout_s,
+        body_timeout_s=settings.serve_body_timeout_s,
+    )
 
 
 def run_server(settings: Settings) -> None:
@@ -29,6 +42,7 @@ def run_server(settings: Settings) -> None:
             # Nothing reads the client's address: X-Forwarded-* parsing is wasted work.
             proxy_headers=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            http=_http_protocol(settings),
         )
         return
     # Worker processes build their own app from the environment: hand them ours,
@@ -49,4 +63,5 @@ def run_server(settings: Settings) -> None:
             # Nothing reads the client's address: X-Forwarded-* parsing is wasted work.
             proxy_headers=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            http=_http_protocol(settings),
         )

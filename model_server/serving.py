@@ -3,16 +3,17 @@ its endpoints share: JSON bodies in and out, problems as 4xx/5xx, per-endpoint t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from model_server.answers import AnswerWriter
@@ -27,6 +28,35 @@ from streamrec.state import StateStore
 log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
+CLIENT_CLOSED_REQUEST = 499
+# A 503 says when to ask again (clients move on to another server at once).
+RETRY_AFTER = {"Retry-After": "1"}
+# While Redis is down every request would log the same line.
+REDIS_WARNING_EVERY_S = 10.0
+
+
+class InFlight:
+    """The requests one process works on at once; past `limit` the next is refused at
+    once (503), before its body is read, rather than queued behind the others."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.count >= self.limit:
+            raise Problem(
+                503,
+                "overloaded",
+                f"this server already works on {self.limit} requests; ask again",
+                RETRY_AFTER,
+            )
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +68,7 @@ class Serving:
     metrics: ServeMetrics
     requests: RequestModels
     answers: AnswerWriter
+    in_flight: InFlight
 
 
 def serving_of(request: Request) -> Serving:
@@ -76,6 +107,13 @@ async def parse_body(request: Request, model: type[Body], empty_ok: bool = False
         raise Problem(
             413, "body_too_large", f"request bodies are limited to {limit} bytes"
         ) from None
+    except ClientDisconnect:
+        # Nginx's 499: the client closed the connection (or its body timed out,
+        # connections.py) before the body was in. Its doing, so a 4xx; the answer
+        # goes nowhere.
+        raise Problem(
+            CLIENT_CLOSED_REQUEST, "client_closed_request", "the body did not arrive whole"
+        ) from None
     if not raw.strip() and empty_ok:
         raw = b"{}"
     try:
@@ -94,19 +132,34 @@ def _readable(errors: list[Any]) -> list[dict[str, object]]:
     ]
 
 
-def measured(endpoint: str, handler: Handler) -> Handler:
-    """Time the handler, turn a Problem into its answer, count answers by status class."""
+def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
+    """Time the handler, turn a Problem into its answer, count answers by status class.
+    `capped`: the request takes one of the process's `InFlight` slots or is shed."""
+    redis_warnings = _Throttled(REDIS_WARNING_EVERY_S)
 
     async def wrapped(request: Request) -> Response:
-        metrics = serving_of(request).metrics
+        serving = serving_of(request)
+        metrics = serving.metrics
         started = time.perf_counter()
         try:
-            response = await handler(request)
+            if capped:
+                with serving.in_flight.slot():
+                    response = await handler(request)
+            else:
+                response = await handler(request)
         except Problem as problem:
             response = problem.response()
         except RedisError as exc:
-            log.warning("%s: Redis unavailable: %s", endpoint, exc)
-            response = Problem(503, "state_unavailable", f"Redis: {exc}").response()
+            if (suppressed := redis_warnings.due()) is not None:
+                log.warning(
+                    "%s: Redis unavailable: %s (%d more like it not logged)",
+                    endpoint,
+                    exc,
+                    suppressed,
+                )
+            response = Problem(
+                503, "state_unavailable", "Redis did not answer in time", RETRY_AFTER
+            ).response()
         except Exception:
             log.exception("%s failed", endpoint)
             response = Problem(500, "internal_error", "see the server log").response()
@@ -115,3 +168,20 @@ def measured(endpoint: str, handler: Handler) -> Handler:
         return response
 
     return wrapped
+
+
+class _Throttled:
+    """At most one log line per `every_s`; `due()` says how many were held back."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.next_s = 0.0
+        self.held = 0
+
+    def due(self) -> int | None:
+        now_s = time.monotonic()
+        if now_s < self.next_s:
+            self.held += 1
+            return None
+        held, self.held, self.next_s = self.held, 0, now_s + self.every_s
+        return held

@@ -256,7 +256,9 @@ def run(
         home=workdir,
         input_partitions=2,
         registry_poll_s=0.5,
-        serve_budget_ms=10_000,  # quality is measured here, not speed: never cut ranking short
+        # Quality is measured here, not speed: never cut ranking or a Redis read short.
+        serve_budget_ms=10_000,
+        serve_redis_timeout_ms=10_000,
         log_level="WARNING",
     )
     cases, types = event_cases(replay)

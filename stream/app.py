@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from stream.ingest import Ingestor
+from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter
+from stream.readiness import BrokerContact, readiness
 from stream.retrain_trigger import RetrainTrigger
 from stream.transport import transport_with_fetch_wait
 from stream.vectors import VectorRefresher
@@ -30,6 +32,7 @@ from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
+from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -65,12 +68,16 @@ def create_app(
         settings.app_id,
         broker=faust_broker_url(settings.kafka_bootstrap),
         store="memory://",
+        # web_host is only the name Faust advertises; web_bind is where it listens.
         web_host=settings.worker_web_host,
+        web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
         topic_partitions=settings.input_partitions,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
         producer_acks=-1,
+        # The DLQ cuts its records to this (stream/dead_letter.py).
+        producer_max_request_size=settings.dlq_max_record_bytes,
         broker_session_timeout=settings.consumer_session_timeout_s,
         broker_rebalance_timeout=settings.consumer_rebalance_timeout_s,
         broker_heartbeat_interval=settings.consumer_heartbeat_s,
@@ -108,8 +115,7 @@ def create_app(
         state,
         metrics,
         send_dlq,
-        settings.max_message_bytes,
-        settings.redis_retry_max_s,
+        IngestPolicy.from_settings(settings),
         archive,
         notify_changes if settings.emit_state_changes else None,
         vectors.add if vectors is not None else None,
@@ -132,15 +138,18 @@ def create_app(
         @app.agent(source, name="ingest", concurrency=settings.agent_concurrency)
         async def ingest(stream: faust.StreamT[bytes]) -> None:
             writer = OverlappedWriter(app, ingestor.handle_batch)
-            async for events in batches(stream):
-                await writer.submit(events)
-            await writer.drain()
+            try:
+                async for events in batches(stream):
+                    await writer.submit(events)
+                await writer.drain()
+            finally:
+                await writer.close(settings.worker_shutdown_timeout_s / 3)
 
         @app.task
         async def check_redis() -> None:
             # Fail fast: a worker that cannot reach Redis must not look healthy.
             await state.ping()
-            log.info("Redis reachable at %s", settings.redis_url)
+            log.info("Redis reachable at %s", redacted(settings.redis_url))
 
     @app.task
     async def freeze_startup_objects() -> None:
@@ -184,9 +193,22 @@ def create_app(
         async def retrain_when_due() -> None:
             await trigger.tick()
 
+    broker = BrokerContact(max(settings.worker_broker_timeout_s, 2 * settings.lag_poll_s))
+
     @app.timer(interval=settings.lag_poll_s)
     async def consumer_lag() -> None:
-        await publish_consumer_lag(app, metrics)
+        # Also the broker probe /readyz reads: the consumer keeps its assignment
+        # while the broker is gone.
+        try:
+            answered = await asyncio.wait_for(publish_consumer_lag(app, metrics), broker.timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "the broker did not answer the lag poll (%r); silent for %.0f s",
+                exc, broker.silent_s,
+            )  # fmt: skip
+            return
+        if answered:
+            broker.answered()
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
@@ -194,11 +216,10 @@ def create_app(
 
     @app.page("/readyz")
     async def readyz(web: faust.web.View, request: faust.web.Request) -> Any:
-        # Ready once this worker holds input partitions and is not mid-rebalance.
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in settings.input_topics]
-        if app.rebalancing or not assigned:
-            return web.json({"ready": False, "partitions": len(assigned)}, status=503)
-        return web.json({"ready": True, "partitions": len(assigned)})
+        unavailable = None if noop else ingestor.state_unavailable
+        body = readiness(len(assigned), bool(app.rebalancing), broker, unavailable)
+        return web.json(body, status=200 if body["ready"] else 503)
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> Any:

@@ -10,12 +10,15 @@ in flight at a time, so batches are written in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 from faust.types import EventT
 
 from stream.ingest import RawMessage
+
+log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[RawMessage]], Awaitable[None]]
 
@@ -40,6 +43,20 @@ class OverlappedWriter:
         if self.in_flight is not None:
             in_flight, self.in_flight = self.in_flight, None
             await in_flight
+
+    async def close(self, grace_s: float) -> None:
+        """On shutdown: give the write in flight `grace_s` to finish, then cancel it (a
+        write waiting out a Redis or broker outage must not hold the worker). Its
+        messages stay unacknowledged and are delivered again; dedup makes that harmless."""
+        if self.in_flight is None:
+            return
+        in_flight, self.in_flight = self.in_flight, None
+        done, _ = await asyncio.wait({in_flight}, timeout=grace_s)
+        if not done:
+            log.warning("a batch write still waits after %.0f s of shutdown; abandoned", grace_s)
+            in_flight.cancel()
+        elif not in_flight.cancelled() and in_flight.exception() is not None:
+            log.error("the last batch write failed during shutdown: %r", in_flight.exception())
 
     async def _write(self, events: Sequence[EventT[bytes]], messages: list[RawMessage]) -> None:
         await self.handle_batch(messages)

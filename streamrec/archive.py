@@ -2,8 +2,9 @@
 
 The stream worker appends every event it applied (or found already applied) with
 the Kafka topic/partition/offset it came from; retraining reads a time window
-back. Writes are at-least-once (a crash between the Redis write and the archive
-write is replayed), so `read_archive` drops repeated event ids.
+back. Folders it creates are 0700 and files 0600 (user data). Writes are
+at-least-once (a crash between the Redis write and the archive write is
+replayed), so `read_archive` drops repeated event ids.
 
     <archive>/<YYYYmmddTHH>/<topic>.<partition>.<writer>.jsonl
 """
@@ -25,6 +26,9 @@ from streamrec.errors import ArchiveError
 from streamrec.events import Event, Rejection, parse_event
 
 SEGMENT_FORMAT = "%Y%m%dT%H"
+# Events are user data: only the writer's own user reads them.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +82,13 @@ class ArchiveWriter:
             for old_key in [k for k in self._files if k[0] != segment]:
                 self._files.pop(old_key).close()
             folder = self.root / segment
+            path = folder / f"{topic}.{partition}.{self.writer_id}.jsonl"
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-                handle = open(folder / f"{topic}.{partition}.{self.writer_id}.jsonl", "ab")  # noqa: SIM115
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                for private in (self.root, folder):
+                    private.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+                handle = os.fdopen(fd, "ab")
             except OSError as exc:
                 raise ArchiveError(f"cannot write the archive at {folder}: {exc}") from exc
             self._files[key] = handle

@@ -19,9 +19,18 @@ MAX_ID_CHARS = 128
 MAX_CONTEXT_KEYS = 32
 MAX_CONTEXT_VALUE_CHARS = 1024
 # Event time must fall between 1970 and 2100; anything else is a unit mistake
-# (seconds or microseconds sent as milliseconds) or garbage.
+# (microseconds sent as milliseconds) or garbage.
 MIN_TS_MS = 0
 MAX_TS_MS = 4_102_444_800_000
+# Seconds sent as milliseconds are told apart the same way, by range: an integer
+# between these two is a time from 2000 to 2100 in seconds (as milliseconds it
+# would be a moment between 11 January and 17 February 1970), and is converted.
+SECONDS_FROM = 946_684_800  # 2000-01-01T00:00:00Z in seconds
+SECONDS_UNTIL = MAX_TS_MS // 1000
+# How far after the receiver's clock an event may be dated (`max_future_skew_s`):
+# Kafka 4's default for message timestamps in the future
+# (`log.message.timestamp.after.max.ms`), one hour.
+MAX_FUTURE_SKEW_MS = 3_600_000
 
 
 class EventType(StrEnum):
@@ -47,6 +56,7 @@ class RejectReason(StrEnum):
     EMPTY_FIELD = "empty_field"
     TOO_LONG = "too_long"
     BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
     UNKNOWN_TYPE = "unknown_type"
     BAD_VALUE = "bad_value"
 
@@ -88,21 +98,20 @@ class Rejection:
 _REQUIRED_IDS = ("event_id", "user_id", "item_id")
 
 
-def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> Event | Rejection:
-    """Judge one message. Unknown extra fields are ignored (forward compatible)."""
-    if len(raw) > max_bytes:
-        return Rejection(RejectReason.TOO_LARGE, f"message is {len(raw)} bytes, limit {max_bytes}")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return Rejection(RejectReason.NOT_UTF8, "message is not valid UTF-8")
-        return Rejection(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return Rejection(RejectReason.NOT_OBJECT, f"expected a JSON object, got {_kind(body)}")
-
+def parse_event(
+    raw: bytes,
+    max_bytes: int = 64 * 1024,
+    *,
+    now_ms: int | None = None,
+    max_future_ms: int = MAX_FUTURE_SKEW_MS,
+) -> Event | Rejection:
+    """Judge one message. Unknown extra fields are ignored (forward compatible). With
+    `now_ms` (the receiver's clock), an event dated more than `max_future_ms` after
+    it is rejected: one event from 2099 would otherwise move the decayed counters'
+    time origin for everyone (docs/state.md)."""
+    body = decode_object(raw, max_bytes)
+    if isinstance(body, Rejection):
+        return body
     for name in (*_REQUIRED_IDS, "type", "ts"):
         if name not in body:
             return Rejection(RejectReason.MISSING_FIELD, f"required field '{name}' is missing")
@@ -129,6 +138,9 @@ def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> Event | Rejection:
     ts_ms = parse_timestamp(body["ts"])
     if isinstance(ts_ms, Rejection):
         return ts_ms
+    future = future_rejection(ts_ms, now_ms, max_future_ms)
+    if future is not None:
+        return future
 
     session_id = body.get("session_id")
     if session_id is not None:
@@ -170,14 +182,45 @@ def parse_event(raw: bytes, max_bytes: int = 64 * 1024) -> Event | Rejection:
     )
 
 
+def decode_object(raw: bytes, max_bytes: int) -> dict[str, Any] | Rejection:
+    """One message's bytes as a JSON object, or why not (the catalogue's records are
+    decoded by the same rules, streamrec/items.py)."""
+    if len(raw) > max_bytes:
+        return Rejection(RejectReason.TOO_LARGE, f"message is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection(RejectReason.NOT_UTF8, "message is not valid UTF-8")
+        return Rejection(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return Rejection(RejectReason.NOT_OBJECT, f"expected a JSON object, got {_kind(body)}")
+    return body
+
+
+def future_rejection(ts_ms: int, now_ms: int | None, max_future_ms: int) -> Rejection | None:
+    """With `now_ms` (the receiver's clock), a time more than `max_future_ms` after it
+    is rejected as `future_timestamp`."""
+    if now_ms is None or ts_ms <= now_ms + max_future_ms:
+        return None
+    return Rejection(
+        RejectReason.FUTURE_TIMESTAMP,
+        f"'ts' {ts_ms} ms is {(ts_ms - now_ms) / 1000:.0f} s after the receiver's clock; "
+        f"at most {max_future_ms / 1000:.0f} s is accepted",
+    )
+
+
 def parse_timestamp(value: object) -> int | Rejection:
-    """Integer milliseconds since the epoch, or an RFC 3339 string with a zone."""
+    """Integer milliseconds since the epoch (integer seconds from 2000 on are taken
+    as such, see `SECONDS_FROM`), or an RFC 3339 string with a zone."""
     if isinstance(value, bool):
         return Rejection(
             RejectReason.WRONG_TYPE, "'ts' must be integer ms or an RFC 3339 string, got bool"
         )
     if isinstance(value, int):
-        ts_ms = value
+        ts_ms = value * 1000 if SECONDS_FROM <= value < SECONDS_UNTIL else value
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)

@@ -3,13 +3,13 @@
 The model server and the stream worker both hold one: verified, smoke-tested,
 loaded in a thread and swapped in by one reference assignment. A request reads
 `ModelHolder.current` once and keeps that `ServedModel` to the end, so a swap
-never changes it mid-way.
+never changes it mid-way. Any failure to open a version, whatever its type, is
+that version's refusal: counted, logged once, listed in `refused`; the held one stays.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -135,53 +135,92 @@ class ModelHolder:
             previous = self._current.version if self._current else None
             if wanted == previous:
                 return SwapResult("unchanged", wanted, previous)
-            try:
-                model = await asyncio.to_thread(open_model, self.root, wanted)
-            except OSError as exc:
-                # A file vanishing or unreadable mid-load is a refusal like any other.
-                raise self._refuse(wanted, previous, BundleError(f"{wanted}: {exc}")) from exc
-            except BundleError as exc:
-                raise self._refuse(wanted, previous, exc) from None
-            self.refused.pop(wanted, None)
-            if previous is not None:
-                for prepare in self.before_swap:
-                    try:
-                        await prepare(model)
-                    except Exception:
-                        log.exception("preparing to swap in %s failed; swapping anyway", wanted)
-            self._current = model
-            self.metrics.swaps.labels("swapped").inc()
-            if previous is not None:
-                # Zero first: multiprocess mode's files keep a removed series' last value.
-                self.metrics.model_info.labels(previous).set(0)
-                self.metrics.model_info.remove(previous)
-            self.metrics.model_info.labels(wanted).set(1)
-            log.info("serving model %s (was %s)", wanted, previous)
-            return SwapResult("swapped", wanted, previous)
-
-    def _refuse(self, version: str, previous: str | None, reason: BundleError) -> BundleError:
-        self.refused[version] = str(reason)
-        self.metrics.swaps.labels("refused").inc()
-        log.error("model %s refused, still serving %s: %s", version, previous, reason)
-        return reason
+            return await self._swap(await self._open(wanted, previous), previous)
 
     async def rollback(self, version: str | None = None) -> SwapResult:
-        """Point the registry at `version` (default: the current one's parent), then load it."""
-        target = await asyncio.to_thread(registry.rollback, self.root, version)
-        return await self.load(target)
+        """Open `version` (default: the parent of the version CURRENT names), and only
+        then point CURRENT at it and swap it in. A target that does not open is refused
+        like any bundle, and CURRENT stays where it was, so every replica following it
+        keeps serving."""
+        async with self._lock:
+            target = await asyncio.to_thread(registry.rollback_target, self.root, version)
+            previous = self._current.version if self._current else None
+            # Opened even when served: CURRENT must name files that open now.
+            model = await self._open(target, previous)
+            try:
+                await asyncio.to_thread(registry.point_at, model.bundle)
+            except OSError as exc:
+                raise BundleError(f"{target} opened but CURRENT could not move: {exc}") from exc
+            if target == previous:
+                return SwapResult("unchanged", target, previous)
+            return await self._swap(model, previous)
 
     async def watch(self, poll_s: float) -> None:
-        """Follow the registry's current pointer until cancelled."""
+        """Follow the registry's current pointer until cancelled. Nothing a poll meets
+        ends the watch: a refusal is counted and logged by `_open`, anything else is
+        logged and the next poll goes on."""
         while True:
             await asyncio.sleep(poll_s)
             try:
+                await self._follow_pointer()
+            except BundleError:
+                continue  # refused: counted, logged and listed in `refused` already
+            except Exception:
+                log.exception("the model watcher's poll failed; polling on")
+
+    async def _follow_pointer(self) -> None:
+        # Under the lock: a rollback moves the pointer and swaps before this reads it.
+        async with self._lock:
+            try:
                 pointer = registry.current_version(self.root)
-            except (BundleError, OSError) as exc:
+            except BundleError as exc:
                 log.warning("cannot read the current model pointer: %s", exc)
-                continue
+                return
             served = self._current.version if self._current else None
             if pointer is None or pointer == served or pointer in self.refused:
-                continue
-            # A refusal is counted and logged by load(); the old version keeps serving.
-            with contextlib.suppress(BundleError):
-                await self.load(pointer)
+                return
+            await self._swap(await self._open(pointer, served), served)
+
+    async def _open(self, version: str, previous: str | None) -> ServedModel:
+        """Open `version` in a thread; any failure is its refusal, raised as BundleError."""
+        try:
+            model = await asyncio.to_thread(open_model, self.root, version)
+        except BundleError as exc:
+            raise self._refuse(version, previous, exc) from None
+        except Exception as exc:  # a case the registry missed: a refusal, with its traceback
+            reason = BundleError(f"bundle {version} cannot be opened: {type(exc).__name__}: {exc}")
+            raise self._refuse(version, previous, reason, exc) from exc
+        self.refused.pop(version, None)
+        return model
+
+    async def _swap(self, model: ServedModel, previous: str | None) -> SwapResult:
+        if previous is not None:
+            for prepare in self.before_swap:
+                try:
+                    await prepare(model)
+                except Exception:
+                    log.exception("preparing to swap in %s failed; swapping anyway", model.version)
+        self._current = model
+        self.metrics.swaps.labels("swapped").inc()
+        if previous is not None:
+            # Zero first: multiprocess mode's files keep a removed series' last value.
+            self.metrics.model_info.labels(previous).set(0)
+            self.metrics.model_info.remove(previous)
+        self.metrics.model_info.labels(model.version).set(1)
+        log.info("serving model %s (was %s)", model.version, previous)
+        return SwapResult("swapped", model.version, previous)
+
+    def _refuse(
+        self,
+        version: str,
+        previous: str | None,
+        reason: BundleError,
+        unexpected: BaseException | None = None,
+    ) -> BundleError:
+        self.refused[version] = registry.refusal_reason(reason)
+        self.metrics.swaps.labels("refused").inc()
+        serving = f"still serving {previous}" if previous else "no version served yet"
+        log.error(
+            "model %s refused, %s: %s", version, serving, self.refused[version], exc_info=unexpected
+        )
+        return reason

@@ -22,8 +22,16 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.events = Counter(
             "streamrec_events_total",
-            "Events consumed, by event type and outcome (accepted, duplicate, rejected).",
+            "Events consumed, by event type and outcome (accepted, duplicate, rejected; "
+            "conflict: a duplicate event id with other content, not applied).",
             ["type", "outcome"],
+            registry=registry,
+        )
+        self.key_mismatch = Counter(
+            "streamrec_key_mismatch_total",
+            "Events whose message key is not their user_id, by kind (missing, other_user): "
+            "applied, but per-user order is not guaranteed for them.",
+            ["kind"],
             registry=registry,
         )
         self.dlq = Counter(
@@ -59,7 +67,15 @@ class IngestMetrics:
         )
         self.state_write_retries = Counter(
             "streamrec_state_write_retries_total",
-            "Batched Redis writes retried because Redis was unreachable.",
+            "Batched Redis writes retried because Redis was unreachable or took no writes "
+            "(maxmemory, READONLY, LOADING, BUSY).",
+            registry=registry,
+        )
+        self.state_write_blocked = Gauge(
+            "streamrec_state_write_blocked",
+            "1 while this worker's Redis writes wait out an outage, by reason (unreachable, "
+            "oom, readonly, loading, busy, refused); nothing is acknowledged meanwhile.",
+            ["reason"],
             registry=registry,
         )
         self.archived = Counter(
@@ -204,7 +220,9 @@ class PublishMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.published = Counter(
             "streamrec_published_total",
-            "Users whose top-K was published, by outcome (published, rate_limited, failed).",
+            "Users' top-K publishing, by outcome (published; rate_limited: a change inside "
+            "the user's interval, deferred until it passes; coalesced: a change folded into "
+            "a deferred one, published with it).",
             ["outcome"],
             registry=registry,
         )

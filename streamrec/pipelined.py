@@ -125,12 +125,17 @@ class PipelinedConnection:
             setup.append(("AUTH", [*([user] if user else []), options["password"]]))
         if options.get("db"):
             setup.append(("SELECT", [options["db"]]))
-        for name, args in setup:
-            reply = await protocol.send(_command([name, *args]))
-            if isinstance(reply, hiredis.ReplyError):
-                assert protocol.transport is not None
-                protocol.transport.close()
-                raise ResponseError(f"{name}: {reply}")
+        assert protocol.transport is not None
+        try:
+            for name, args in setup:
+                reply = await protocol.send(_command([name, *args]))
+                if isinstance(reply, hiredis.ReplyError):
+                    raise ResponseError(f"{name}: {reply}")
+        except BaseException:
+            # Refused, or the caller gave up waiting (a Redis that accepts connections
+            # but does not answer): the socket must not outlive the attempt.
+            protocol.transport.close()
+            raise
         return protocol
 
     async def close(self) -> None:

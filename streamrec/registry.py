@@ -7,22 +7,28 @@
     <registry>/<version>/vocab.json          item id of every index row
     <registry>/CURRENT                       {"version": ...}, replaced atomically
 
-Loading verifies every sha256, checks compatibility, then runs a smoke
-inference. Nothing here unpickles: ONNX, FAISS, JSON and .npy without pickles.
+Loading reads every file once, through the version folder's descriptor and never
+through a symlink, checks its sha256 and the manifest's shape, opens the models
+from those same bytes, then runs a smoke inference. Any failure is a BundleError.
+CURRENT only moves to a version that opened. Nothing here unpickles: ONNX, FAISS,
+JSON and .npy without pickles.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,9 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 REQUIRED_FILES = ("user_encoder.onnx", "ranker.onnx", "items.faiss", "vocab.json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_OBJECT_FIELDS = ("files", "encoder", "ranker", "index", "data_window", "metrics", "training")
+# A mounted volume's root may hold this; it is not a bundle and not worth a warning.
+_NOT_VERSIONS = {CURRENT, "lost+found"}
 
 
 @dataclass(frozen=True)
@@ -96,13 +105,130 @@ class Manifest:
             raise BundleError(f"{where}: manifest is not valid JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise BundleError(f"{where}: manifest must be a JSON object")
+        problem = _manifest_problem(body)
+        if problem:
+            raise BundleError(f"{where}: manifest {problem}")
         names = {f for f in cls.__dataclass_fields__}
-        missing = {"version", "created_at", "files", "encoder", "ranker", "index"} - set(body)
-        if missing:
-            raise BundleError(f"{where}: manifest is missing {sorted(missing)}")
         body = {k: v for k, v in body.items() if k in names}
         body["feature_names"] = tuple(body.get("feature_names", ()))
         return cls(**body)
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _manifest_problem(body: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's shape, or None. Every field a loader or a
+    request reads is checked here, so a bad one is refused at load, not at request."""
+    missing = {"version", "created_at", "files", "encoder", "ranker", "index"} - set(body)
+    if missing:
+        return f"is missing {sorted(missing)}"
+    for key in ("version", "created_at"):
+        if not isinstance(body[key], str):
+            return f"{key} must be a string, got {_shown(body[key])}"
+    if body.get("parent") is not None and not isinstance(body["parent"], str):
+        return f"parent must be a string or null, got {_shown(body['parent'])}"
+    for key in _OBJECT_FIELDS:
+        if key in body and not isinstance(body[key], dict):
+            return f"{key} must be an object, got {_shown(body[key])}"
+    for name, entry in body["files"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return f"files[{name!r}] must be an object with a sha256 string, got {_shown(entry)}"
+        if "bytes" in entry and not _is_count(entry["bytes"], 0):
+            return f"files[{name!r}].bytes must be a non-negative integer, got {_shown(entry)}"
+    for key in ("dim", "max_len"):
+        if key not in body["encoder"]:
+            return f"encoder.{key} is missing (a positive integer)"
+        if not _is_count(body["encoder"][key], 1):
+            return f"encoder.{key} must be a positive integer, got {_shown(body['encoder'][key])}"
+    plan = body.get("training", {}).get("plan") or {}
+    if not isinstance(plan, dict):
+        return f"training.plan must be an object, got {_shown(plan)}"
+    counts = [
+        ("ranker.candidates", body["ranker"].get("candidates")),
+        ("training.plan.candidates", plan.get("candidates")),
+        ("ranker.recent_candidates", body["ranker"].get("recent_candidates")),
+        ("ranker.covis_candidates", body["ranker"].get("covis_candidates")),
+        ("feature_schema_version", body.get("feature_schema_version")),
+        ("bundle_format", body.get("bundle_format")),
+    ]
+    for key, value in counts:
+        if value is not None and not _is_count(value, 0):
+            return f"{key} must be a non-negative integer, got {_shown(value)}"
+    names = body.get("feature_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return f"feature_names must be a list of strings, got {_shown(names)}"
+    return None
+
+
+class _Folder:
+    """One version's folder, opened once. Its files are read through this descriptor
+    with O_NOFOLLOW, so a symlink is refused and nothing outside the folder is read;
+    a file is read whole, and what was hashed is what gets opened."""
+
+    def __init__(self, root: Path, version: str) -> None:
+        self.version = _check_name(version, "a version")
+        path = root / version
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise BundleError(
+                f"no bundle {version!r} in {root} (expected a folder {path})"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                reason = "a symlink; a version must be a folder inside the registry"
+            elif exc.errno == errno.ENOTDIR:
+                reason = "not a folder, so not a version"
+            else:
+                reason = f"unreadable: {exc.strerror}"
+            raise BundleError(f"{path} is {reason}") from None
+
+    def __enter__(self) -> _Folder:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        os.close(self.fd)
+
+    def read(self, name: str, missing: str, size: int | None = None) -> bytes:
+        """The whole of one regular file of the folder; `missing` says what its absence
+        means. A file that is not `size` bytes long is refused before it is read."""
+        where = f"bundle {self.version}: {_check_name(name, 'a bundle file name')}"
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, dir_fd=self.fd)
+        except FileNotFoundError:
+            raise BundleError(f"{where} {missing}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BundleError(
+                    f"{where} is a symlink; bundle files must be regular files in the bundle folder"
+                ) from None
+            raise BundleError(f"{where} cannot be read: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as handle:
+            found = os.fstat(handle.fileno())
+            if not stat.S_ISREG(found.st_mode):
+                raise BundleError(f"{where} is not a regular file")
+            if size is not None and found.st_size != size:
+                raise ChecksumMismatch(
+                    f"{where} has {found.st_size} bytes, manifest expects {size}"
+                )
+            try:
+                return handle.read()
+            except OSError as exc:
+                raise BundleError(f"{where} cannot be read: {exc.strerror}") from None
 
 
 def sha256_of(path: Path) -> str:
@@ -200,33 +326,91 @@ def publish(
 
 
 def read_manifest(root: Path, version: str) -> Manifest:
-    path = root / _check_name(version, "a version") / MANIFEST
+    with _Folder(root, version) as folder:
+        return _manifest_in(folder, root)
+
+
+def _manifest_in(folder: _Folder, root: Path) -> Manifest:
+    where = str(root / folder.version / MANIFEST)
+    data = folder.read(MANIFEST, f"is missing (expected {where})")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleError(f"no bundle {version!r} in {root} (expected {path})") from None
-    manifest = Manifest.from_json(text, str(path))
-    if manifest.version != version:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{where}: manifest is not UTF-8: {exc}") from None
+    manifest = Manifest.from_json(text, where)
+    if manifest.version != folder.version:
         raise BundleError(
-            f"{path}: manifest says version {manifest.version!r}, folder is {version!r}"
+            f"{where}: manifest says version {manifest.version!r}, folder is {folder.version!r}"
         )
     return manifest
 
 
+@dataclass(frozen=True)
+class Listing:
+    versions: list[Manifest]  # every readable bundle, oldest first
+    unreadable: dict[str, str]  # entry name -> why it is not a readable bundle
+
+
+def list_registry(root: Path) -> Listing:
+    """What the registry holds; one bad folder is listed with its reason, not raised.
+    Hidden entries are publishes and pointer writes under way, and are skipped."""
+    if not root.is_dir():
+        return Listing([], {})
+    try:
+        names = sorted(child.name for child in root.iterdir())
+    except OSError as exc:
+        raise BundleError(f"cannot list the registry {root}: {exc}") from exc
+    manifests, unreadable = [], {}
+    for name in names:
+        if name.startswith(".") or name in _NOT_VERSIONS:
+            continue
+        try:
+            manifests.append(read_manifest(root, name))
+        except BundleError as exc:
+            unreadable[name] = str(exc)
+    return Listing(sorted(manifests, key=lambda m: (m.created_at, m.version)), unreadable)
+
+
 def list_versions(root: Path) -> list[Manifest]:
     """Every readable bundle, oldest first."""
-    if not root.is_dir():
-        return []
-    manifests = []
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and _NAME.match(child.name) and (child / MANIFEST).is_file():
-            manifests.append(read_manifest(root, child.name))
-    return sorted(manifests, key=lambda m: (m.created_at, m.version))
+    return list_registry(root).versions
 
 
 def verify(root: Path, version: str) -> Manifest:
     """Checksums and compatibility; raises BundleError (ChecksumMismatch) when refused."""
-    manifest = read_manifest(root, version)
+    return read_verified(root, version, keep=())[0]
+
+
+def read_verified(
+    root: Path, version: str, keep: tuple[str, ...]
+) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest, and the bytes of the files in `keep`: each listed file read once,
+    through the folder's descriptor, and checked against its sha256. Whoever opens a
+    bundle file opens these bytes, never the path again."""
+    with _Folder(root, version) as folder:
+        manifest = _manifest_in(folder, root)
+        _check_compatible(manifest)
+        kept = {}
+        for name, entry in manifest.files.items():
+            data = folder.read(name, "is listed in the manifest but missing", entry.get("bytes"))
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != entry["sha256"]:
+                raise ChecksumMismatch(
+                    f"bundle {version}: {name} has sha256 {actual[:16]}… ({len(data)} bytes), "
+                    f"manifest expects {entry['sha256'][:16]}… ({entry.get('bytes')} bytes)"
+                )
+            if name in keep:
+                kept[name] = data
+    return manifest, kept
+
+
+def refusal_reason(error: BaseException | str) -> str:
+    """Why a bundle was refused, on one line: for a log, /model and a terminal."""
+    return " ".join(str(error).split())
+
+
+def _check_compatible(manifest: Manifest) -> None:
+    version = manifest.version
     if manifest.bundle_format != BUNDLE_FORMAT:
         raise BundleError(
             f"bundle {version} has format {manifest.bundle_format}; "
@@ -242,41 +426,38 @@ def verify(root: Path, version: str) -> Manifest:
     missing = set(REQUIRED_FILES) - set(manifest.files)
     if missing:
         raise BundleError(f"bundle {version}: manifest lists no {sorted(missing)}")
-    for name, entry in manifest.files.items():
-        path = root / version / _check_name(name, "a bundle file name")
-        if not path.is_file():
-            raise BundleError(f"bundle {version}: {name} is listed in the manifest but missing")
-        actual = sha256_of(path)
-        if actual != entry.get("sha256"):
-            raise ChecksumMismatch(
-                f"bundle {version}: {name} has sha256 {actual[:16]}…, manifest expects "
-                f"{str(entry.get('sha256'))[:16]}…"
-            )
-    return manifest
 
 
 def current_version(root: Path) -> str | None:
+    path = root / CURRENT
     try:
-        body = json.loads((root / CURRENT).read_text(encoding="utf-8"))
+        body = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except ValueError as exc:
-        raise BundleError(f"{root / CURRENT} is not valid JSON: {exc}") from exc
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str):
-        raise BundleError(f"{root / CURRENT}: expected {{'version': str}}, got {body!r}")
+        raise BundleError(f"{path}: expected {{'version': str}}, got {_shown(body)}")
     return _check_name(version, "the current version")
 
 
+def point_at(bundle: LoadedBundle) -> None:
+    """Point CURRENT at a version already opened, so verified and smoke-tested."""
+    body = {"version": bundle.version, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    _write_atomically(bundle.root / CURRENT, json.dumps(body))
+
+
 def set_current(root: Path, version: str) -> None:
-    """Point CURRENT at an existing, verified version."""
-    verify(root, version)
-    body = {"version": version, "since": datetime.now(UTC).isoformat(timespec="seconds")}
-    _write_atomically(root / CURRENT, json.dumps(body))
+    """Point CURRENT at `version` once it has opened and passed its smoke inference:
+    the pointer never names a version this build cannot serve."""
+    point_at(load(root, version))
 
 
-def rollback(root: Path, version: str | None = None) -> str:
-    """Point CURRENT at `version`, or else at the current version's parent."""
+def rollback_target(root: Path, version: str | None = None) -> str:
+    """`version`, or else the parent of the version CURRENT names."""
     if version is None:
         current = current_version(root)
         if current is None:
@@ -284,37 +465,70 @@ def rollback(root: Path, version: str | None = None) -> str:
         version = read_manifest(root, current).parent
         if version is None:
             raise BundleError(f"current version {current} has no parent to roll back to")
-    set_current(root, version)
+    path = root / _check_name(version, "a version")
+    if not path.is_dir():  # CURRENT itself, a stray file, a typo: no bundle to refuse
+        raise BundleError(f"no bundle {version!r} in {root} (expected a folder {path})")
     return version
+
+
+def rollback(root: Path, version: str | None = None) -> str:
+    """Open `version` (default: the current one's parent), then point CURRENT at it.
+    A target that does not open is refused and CURRENT stays where it was."""
+    target = rollback_target(root, version)
+    point_at(load(root, target))
+    return target
 
 
 class LoadedBundle:
     """One verified version, opened for inference: ONNX sessions, FAISS index, vocabulary."""
 
     def __init__(self, root: Path, version: str) -> None:
-        import faiss
-        import onnxruntime as ort
-
-        self.manifest = verify(root, version)
+        self.root = root
         self.version = version
-        folder = root / version
-        try:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            self.encoder = ort.InferenceSession(
-                str(folder / "user_encoder.onnx"), options, providers=["CPUExecutionProvider"]
-            )
-            self.ranker = ort.InferenceSession(
-                str(folder / "ranker.onnx"), options, providers=["CPUExecutionProvider"]
-            )
-            self.index = faiss.read_index(str(folder / "items.faiss"))
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))["item_ids"]
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            raise BundleError(f"bundle {version} could not be opened: {exc}") from exc
-        self.item_ids: list[str] = list(vocab)
+        self.manifest, files = read_verified(root, version, keep=REQUIRED_FILES)
+        self.encoder = self._session("user_encoder.onnx", files["user_encoder.onnx"])
+        self.ranker = self._session("ranker.onnx", files["ranker.onnx"])
+        self.index = self._index(files["items.faiss"])
+        self.item_ids: list[str] = self._vocabulary(files["vocab.json"])
         self.rows = {item_id: row for row, item_id in enumerate(self.item_ids, start=1)}
         self.max_len = int(self.manifest.encoder["max_len"])
         self._smoke_test()
+
+    def _session(self, name: str, model: bytes) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        try:
+            return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError(
+                f"bundle {self.version}: {name} is not an ONNX model this build can run: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _index(self, data: bytes) -> Any:
+        import faiss
+
+        try:
+            return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise BundleError(
+                f"bundle {self.version}: items.faiss is not a FAISS index: {exc}"
+            ) from exc
+
+    def _vocabulary(self, data: bytes) -> list[str]:
+        try:
+            body = json.loads(data)
+        except ValueError as exc:
+            raise BundleError(f"bundle {self.version}: vocab.json is not JSON: {exc}") from None
+        item_ids = body.get("item_ids") if isinstance(body, dict) else None
+        if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
+            raise BundleError(
+                f"bundle {self.version}: vocab.json must be {{'item_ids': [str, ...]}}, "
+                f"got {_shown(body)}"
+            )
+        return item_ids
 
     def user_vectors(
         self, item_ids: np.ndarray, type_ids: np.ndarray, mask: np.ndarray
@@ -371,8 +585,16 @@ class LoadedBundle:
 
 
 def load(root: Path, version: str | None = None) -> LoadedBundle:
-    """Open `version`, or the current one; raises BundleError when refused."""
+    """Open `version`, or the current one; raises BundleError when refused, whatever
+    went wrong: a failure to open a bundle is that bundle's refusal, never a crash."""
     version = version or current_version(root)
     if version is None:
         raise BundleError(f"{root} has no current version; publish or name one")
-    return LoadedBundle(root, version)
+    try:
+        return LoadedBundle(root, version)
+    except BundleError:
+        raise
+    except Exception as exc:  # a case the checks above missed: still a refusal
+        raise BundleError(
+            f"bundle {version} cannot be opened: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     topic_dlq: str = "events.dlq"
     topic_model_versions: str = "model.versions"
     topic_state_changes: str = "state.changes"
+    # Catalogue records, key = item_id, created compacted (docs/catalogue.md).
+    topic_items: str = "items"
     # Notices of changed users after each batch, which the publisher turns into
     # fresh top-K on `topic_recommendations` (`streamrec publish`).
     emit_state_changes: bool = True
@@ -71,8 +73,16 @@ class Settings(BaseSettings):
     # Longest a fetch may wait for data; bounds delivery delay on brokers that
     # hold fetches for the full wait (the embedded one does).
     consumer_fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000)
+    # The longest wait between two attempts of a Redis write or a DLQ send that failed
+    # (backoff from 50 ms, doubling).
     redis_retry_max_s: float = Field(default=5.0, gt=0)
     lag_poll_s: float = Field(default=5.0, gt=0)
+    # /readyz says not ready once the broker has not answered the lag poll for this
+    # long (at least two polls).
+    worker_broker_timeout_s: float = Field(default=15.0, gt=0)
+    # After SIGTERM the worker exits within this, even with the broker or Redis gone:
+    # a write still waiting is abandoned (its messages are delivered again).
+    worker_shutdown_timeout_s: float = Field(default=30.0, gt=0)
     # After each batch, compute its users' vectors with the registry's current model
     # and cache them where the model server looks first (stream/vectors.py), so the
     # next request after an event skips the encoder. Off: the server computes them.
@@ -80,6 +90,13 @@ class Settings(BaseSettings):
 
     # Event contract limits.
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # The largest record the worker's producer sends (its request size): a DLQ record
+    # beyond it keeps the first bytes of its value, with a `streamrec.truncated` header.
+    dlq_max_record_bytes: int = Field(default=1_000_000, ge=4096)
+    # Events dated more than this after the worker's clock are rejected
+    # (`future_timestamp`); the apply script also caps the time the decayed counters
+    # see at Redis's clock plus this (docs/events.md, docs/state.md).
+    max_future_skew_s: int = Field(default=3600, ge=0)
 
     # The event archive that retraining reads (streamrec/archive.py).
     archive_enabled: bool = True
@@ -93,6 +110,9 @@ class Settings(BaseSettings):
     user_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     item_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
+    # How long a deleted item's marker stays, so an older record arriving late cannot
+    # bring the item back (docs/catalogue.md); past it the item is unknown again.
+    item_tombstone_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     popularity_half_life_s: float = Field(default=6 * 3600, gt=0)
     trending_max_items: int = Field(default=10_000, ge=10)
     # Item-to-item co-visitation kept by the apply script (streamrec/covis.py): each
@@ -156,6 +176,15 @@ class Settings(BaseSettings):
     # default). False: the ranker decides (`user_item_purchased` is one of its
     # columns); on the Taobao replay 33 of 1,490 repeats go back to a bought item.
     serve_exclude_purchased: bool = True
+    # Bounds on every wait (docs/serving.md, "Timeouts and shedding"). A Redis reply a
+    # request waits for: keep it inside the budget. Then a 503, or trending.
+    serve_redis_timeout_ms: float = Field(default=30.0, gt=0)
+    # /recommend and /score requests one process works on at once; more: 503 at once.
+    serve_max_concurrency: int = Field(default=64, ge=1)
+    # From a connection's opening (or a request's first byte) to the end of its
+    # headers; from there to the end of its body (408).
+    serve_header_timeout_s: float = Field(default=5.0, gt=0)
+    serve_body_timeout_s: float = Field(default=5.0, gt=0)
     registry_poll_s: float = Field(default=2.0, gt=0)
     # Redis connections per server process; a request waits for a free one.
     serve_redis_connections: int = Field(default=32, ge=1)

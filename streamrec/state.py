@@ -10,6 +10,7 @@ newer state.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -18,6 +19,17 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamrec.covis import REBASE_HALF_LIVES as COVIS_REBASE_HALF_LIVES
 from streamrec.covis import CovisRule
@@ -86,9 +98,10 @@ POPULARITY_CHANGED_MAX = 100_000
 #   the count of events applied since the last retraining trigger, the popularity
 #   change counter and the popularity change log.
 # ARGV: 1 the limits as one JSON object (`StateStore._apply_config`), 2 JSON
-#   [[event_id, user_id, item_id, type, ts_ms], ...].
+#   [[event_id, user_id, item_id, type, ts_ms, content fingerprint], ...].
 # Returns per event: 0 duplicate, 1 applied, 2 applied and a click on an item
-# recommended to that user within the hit window (the online hit rate).
+# recommended to that user within the hit window (the online hit rate), 3 a
+# duplicate id whose content differs from the event applied under it (not applied).
 # Keys other than the global ones are not declared, so this needs a single Redis
 # (primary + replicas); see docs/state.md.
 _APPLY_BATCH_LUA = """
@@ -104,6 +117,11 @@ local types = {EVENT_TYPES}
 local k_new_events, k_pop_seq, k_pop_changed = KEYS[2 + #types], KEYS[3 + #types], KEYS[4 + #types]
 local changed_items = {}
 local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
+-- The latest time the decayed counters take from an event: Redis's clock plus the
+-- allowed skew, so no single event dated far ahead moves their time origin.
+local clock = redis.call('TIME')
+local latest_ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  + c.max_future_skew_ms
 
 local trend_key = {}
 for i, t in ipairs(types) do trend_key[t] = KEYS[1 + i] end
@@ -152,11 +170,18 @@ end
 
 local function apply(event)
   local event_id, user, item, etype, ts = event[1], event[2], event[3], event[4], event[5]
+  local content = event[6]
   local u = '{PREFIX}:u:{' .. user .. '}:'
   local k_recent, k_buy, k_items = u .. 'ev', u .. 'buy', u .. 'items'
   local k_cnt, k_meta = u .. 'cnt', u .. 'meta'
   local k_pop = '{PREFIX}:i:{' .. item .. '}:pop'
-  if not redis.call('SET', u .. 'dd:' .. event_id, '1', 'NX', 'EX', dedup_ttl) then
+  -- The dedup marker holds the event's content fingerprint, so a second event under
+  -- the same id with other content is told apart (a conflict) from a redelivery.
+  local k_dedup = u .. 'dd:' .. event_id
+  if not redis.call('SET', k_dedup, content, 'NX', 'EX', dedup_ttl) then
+    local seen = redis.call('GET', k_dedup)
+    -- '1': a marker written before fingerprints were kept; nothing to compare.
+    if seen and seen ~= content and seen ~= '1' then return 3 end
     return 0
   end
 
@@ -200,15 +225,17 @@ local function apply(event)
 
   -- Decayed popularity: the value is kept at a reference time (the newest event
   -- seen); an older event adds its weight decayed to that time, so the result
-  -- does not depend on arrival order.
+  -- does not depend on arrival order. Both counters take the event's time capped
+  -- at `latest_ts`.
+  local decay_ts = math.min(ts, latest_ts)
   local ref_field = etype .. ':ref'
   local pop = redis.call('HMGET', k_pop, etype, ref_field)
-  local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(ts))
-  if ts >= ref then
-    value = value * math.pow(2, -(ts - ref) / half_life) + 1
-    ref = ts
+  local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(decay_ts))
+  if decay_ts >= ref then
+    value = value * math.pow(2, -(decay_ts - ref) / half_life) + 1
+    ref = decay_ts
   else
-    value = value + math.pow(2, -(ref - ts) / half_life)
+    value = value + math.pow(2, -(ref - decay_ts) / half_life)
   end
   redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref)
   redis.call('EXPIRE', k_pop, item_ttl)
@@ -217,10 +244,10 @@ local function apply(event)
   -- Trending: scores are 2^((ts - epoch) / half-life); the epoch moves forward
   -- (and every score is scaled down) before the exponent can overflow a double.
   if not epoch then
-    epoch = ts
+    epoch = decay_ts
     redis.call('SET', KEYS[1], epoch)
   end
-  local exponent = (ts - epoch) / half_life
+  local exponent = (decay_ts - epoch) / half_life
   if exponent > rebase then
     local shift = math.floor(exponent / rebase) * rebase
     local scale = math.pow(2, -shift)
@@ -247,7 +274,7 @@ for i, event in ipairs(cjson.decode(ARGV[2])) do
   applied[i] = apply(event)
 end
 local count = 0
-for _, a in ipairs(applied) do count = count + math.min(a, 1) end
+for _, a in ipairs(applied) do if a == 1 or a == 2 then count = count + 1 end end
 if count > 0 then
   redis.call('INCRBY', k_new_events, count)
   local seq = redis.call('INCR', k_pop_seq)
@@ -305,6 +332,26 @@ class Applied(IntEnum):
     APPLIED = 1
     # Applied, and a click on an item recommended to this user within the hit window.
     HIT = 2
+    # Not applied: the id was seen for this user with other content (`content_fingerprint`).
+    CONFLICT = 3
+
+    @property
+    def changed_state(self) -> bool:
+        return self in (Applied.APPLIED, Applied.HIT)
+
+
+def content_fingerprint(event: Event) -> str:
+    """A number from 2 to 9999 that changes with the event's content: what its dedup
+    marker holds. Redis keeps integers below 10,000 as shared objects, so the marker
+    costs no more memory than the "1" it replaced (which now means: not known); one
+    conflicting event in about 10,000 goes unnoticed, taken for a redelivery."""
+    e = event
+    context = sorted(e.context.items()) if e.context else None  # key order is no content
+    content = orjson.dumps(
+        [e.item_id, e.type.value, e.ts_ms, e.session_id, context, e.price, e.quantity]
+    )
+    digest = hashlib.blake2b(content, digest_size=8).digest()
+    return str(2 + int.from_bytes(digest, "big") % 9998)
 
 
 # Read-only. KEYS: item popularity hashes; ARGV: event types. Per key and type the
@@ -523,6 +570,7 @@ def _apply_config(settings: Settings) -> bytes:
             "half_life_ms": int(s.popularity_half_life_s * 1000),
             "trending_max": s.trending_max_items,
             "rebase_half_lives": TRENDING_REBASE_HALF_LIVES,
+            "max_future_skew_ms": s.max_future_skew_s * 1000,
             "hit_window_ms": s.hit_window_s * 1000,
             "changed_max": POPULARITY_CHANGED_MAX,
             "covis_window": covis.window if covis.max_neighbours > 0 else 0,
@@ -532,6 +580,35 @@ def _apply_config(settings: Settings) -> bytes:
             "covis_rebase_half_lives": COVIS_REBASE_HALF_LIVES,
         }
     )
+
+
+# Why Redis takes no writes for now, whatever the event: an outage to wait out, never
+# a reason to dead-letter an event (label `reason` of `streamrec_state_write_blocked`).
+UNAVAILABLE_REASONS = ("unreachable", "oom", "readonly", "loading", "busy", "refused")
+# Answers without a redis-py class of their own: a script running past the busy
+# threshold, too few replicas for min-replicas-to-write, a failed background save.
+_REFUSED_CODES = {"BUSY": "busy", "NOREPLICAS": "refused", "MISCONF": "refused"}
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """The `UNAVAILABLE_REASONS` entry for an error that says Redis cannot take writes
+    now, else None (an error about this call's content). Each of these refuses a
+    script call before its first write (Redis checks maxmemory and READONLY at a
+    script's first write command, BUSY and LOADING before running it), so calling
+    again once Redis recovers applies it exactly once."""
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, BusyLoadingError):
+        return "loading"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return "unreachable"
+    if isinstance(exc, ClusterDownError | TryAgainError):
+        return "refused"
+    if isinstance(exc, ResponseError):
+        return _REFUSED_CODES.get(str(exc).split(" ", 1)[0])
+    return None
 
 
 class StateStore:
@@ -570,6 +647,16 @@ class StateStore:
 
     async def apply_events(self, events: Sequence[Event]) -> list[Applied]:
         """Apply a batch in one round trip: per event, applied (a hit or not) or duplicate."""
+        outcomes = await self.apply_events_each(events)
+        for outcome in outcomes:
+            if isinstance(outcome, RedisError):
+                raise outcome
+        return cast(list[Applied], outcomes)
+
+    async def apply_events_each(self, events: Sequence[Event]) -> list[Applied | RedisError]:
+        """`apply_events`, with per event its outcome or the error Redis answered for the
+        script call that held it (`SCRIPT_MAX_EVENTS` events a call), so a caller can
+        call again for exactly the events not applied. Unreachable Redis raises."""
         if not events:
             return []
         keys = [
@@ -584,13 +671,26 @@ class StateStore:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
                 batch = orjson.dumps(
                     [
-                        (e.event_id, e.user_id, e.item_id, e.type.value, e.ts_ms)
+                        (
+                            e.event_id,
+                            e.user_id,
+                            e.item_id,
+                            e.type.value,
+                            e.ts_ms,
+                            content_fingerprint(e),
+                        )
                         for e in events[start : start + SCRIPT_MAX_EVENTS]
                     ]
                 )
                 await self._apply_script(keys=keys, args=[config, batch], client=pipe)
-            chunks = await pipe.execute()
-        return [Applied(applied) for chunk in chunks for applied in chunk]
+            chunks = await pipe.execute(raise_on_error=False)
+        outcomes: list[Applied | RedisError] = []
+        for start, chunk in zip(range(0, len(events), SCRIPT_MAX_EVENTS), chunks, strict=True):
+            if isinstance(chunk, RedisError):
+                outcomes += [chunk] * len(events[start : start + SCRIPT_MAX_EVENTS])
+            else:
+                outcomes += [Applied(applied) for applied in chunk]
+        return outcomes
 
     async def remember_answers(self, answers: Sequence[Answer]) -> None:
         """After answering, in one script call for many answers: what each user was
@@ -617,13 +717,22 @@ class StateStore:
     async def acquire_publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
         """Per-user rate limit shared by every publisher replica: True where this
         caller may publish now (no one did in the last `interval_ms`)."""
+        return [wait_ms == 0 for wait_ms in await self.publish_slots(user_ids, interval_ms)]
+
+    async def publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[int]:
+        """`acquire_publish_slots` that says, where the caller may not publish yet, in
+        how many milliseconds it may (0: now, and the slot is taken)."""
         if interval_ms <= 0:
-            return [True] * len(user_ids)
+            return [0] * len(user_ids)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
                 pipe.set(user_key(user_id, "pub"), b"1", nx=True, px=interval_ms)
-            granted = await pipe.execute()
-        return [bool(g) for g in granted]
+                pipe.pttl(user_key(user_id, "pub"))
+            replies = await pipe.execute()
+        return [
+            0 if granted else max(1, int(ttl_ms))
+            for granted, ttl_ms in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     async def take_new_event_count(self) -> int:
         """Events applied since the last call (by every worker), and start again at 0."""

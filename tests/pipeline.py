@@ -271,6 +271,7 @@ def bad_message(kind: RejectReason, n: int) -> bytes:
         RejectReason.EMPTY_FIELD: lambda: orjson.dumps({**ok, "user_id": ""}),
         RejectReason.TOO_LONG: lambda: orjson.dumps({**ok, "item_id": "i" * 200}),
         RejectReason.BAD_TIMESTAMP: lambda: orjson.dumps({**ok, "ts": "not a time"}),
+        RejectReason.FUTURE_TIMESTAMP: lambda: orjson.dumps({**ok, "ts": "2099-01-01T00:00:00Z"}),
         RejectReason.UNKNOWN_TYPE: lambda: orjson.dumps({**ok, "type": "like"}),
         RejectReason.BAD_VALUE: lambda: orjson.dumps({**ok, "price": -n - 1}),
     }

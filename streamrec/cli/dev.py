@@ -6,6 +6,7 @@ import typer
 from rich import print as rprint
 
 from streamrec.devstack import DevStack
+from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 
@@ -29,7 +30,9 @@ def up() -> None:
     external = settings.redis_url if settings.redis_url_explicit else ""
     status = stack.up(external_redis_url=external)
     ensure_topics(Settings())
-    rprint(f"[green]up[/green] kafka={status.kafka_bootstrap} redis={status.redis_url}")
+    rprint(
+        f"[green]up[/green] kafka={status.kafka_bootstrap} redis={redacted(status.redis_url or '')}"
+    )
     rprint(f"addresses written to {settings.home / 'dev.json'}")
 
 
@@ -53,6 +56,6 @@ def status() -> None:
     else:
         redis_word = "down"
     rprint(f"broker: {'up' if st.broker_alive else 'down'} {st.kafka_bootstrap or ''}")
-    rprint(f"redis:  {redis_word} {st.redis_url or ''}")
+    rprint(f"redis:  {redis_word} {redacted(st.redis_url or '')}")
     if not st.broker_alive:
         raise typer.Exit(1)

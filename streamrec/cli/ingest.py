@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from streamrec.redact import redacted
 from streamrec.replay import FileFormat
 from streamrec.settings import Settings
 
@@ -91,7 +92,7 @@ def state(user_id: str = typer.Argument(..., help="The user whose state to print
         try:
             return (await store.read_user(user_id)).to_json_dict()
         except RedisError as exc:
-            raise StateError(f"cannot read Redis at {settings.redis_url}: {exc}") from exc
+            raise StateError(f"cannot read Redis at {redacted(settings.redis_url)}: {exc}") from exc
         finally:
             await store.close()
 

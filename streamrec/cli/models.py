@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import orjson
 import typer
@@ -49,7 +50,7 @@ def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
     return sub_app
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(message, err=True, fg=typer.colors.RED)
     raise typer.Exit(1)
 
@@ -115,16 +116,27 @@ def train(
 
 
 def model_list() -> None:
-    """Every version in the registry, oldest first; * marks the current one."""
+    """Every version in the registry, oldest first; * marks the current one, ! an entry
+    that is not a readable bundle (with why)."""
     root = Settings().registry
-    current = registry.current_version(root)
-    for manifest in registry.list_versions(root):
+    try:
+        current = registry.current_version(root)
+    except BundleError as exc:
+        current = None
+        typer.echo(f"! {registry.CURRENT}  unreadable: {registry.refusal_reason(exc)}")
+    try:
+        listing = registry.list_registry(root)
+    except BundleError as exc:
+        _fail(registry.refusal_reason(exc))
+    for manifest in listing.versions:
         mark = "*" if manifest.version == current else " "
         metrics = manifest.metrics.get("validation", {}).get("retriever_ranker", {})
         typer.echo(
             f"{mark} {manifest.version}  {manifest.created_at}  parent={manifest.parent}  "
             f"items={manifest.index.get('n_items')}  valid={json.dumps(metrics)}"
         )
+    for name, reason in listing.unreadable.items():
+        typer.echo(f"! {name}  unreadable: {registry.refusal_reason(reason)}")
 
 
 def model_show(version: str) -> None:
@@ -132,21 +144,24 @@ def model_show(version: str) -> None:
     try:
         typer.echo(registry.read_manifest(Settings().registry, version).to_json())
     except BundleError as exc:
-        _fail(str(exc))
+        _fail(registry.refusal_reason(exc))
 
 
 def model_verify(version: str) -> None:
-    """Check every checksum and run a smoke inference."""
+    """Check every checksum, open the models and run a smoke inference."""
     try:
         registry.load(Settings().registry, version)
     except BundleError as exc:
-        _fail(f"refused: {exc}")
+        _fail(f"refused: {registry.refusal_reason(exc)}")
     typer.echo(f"{version}: checksums match, smoke inference passed")
 
 
 def model_current() -> None:
-    """The version serving now."""
-    version = registry.current_version(Settings().registry)
+    """The version CURRENT names."""
+    try:
+        version = registry.current_version(Settings().registry)
+    except BundleError as exc:
+        _fail(registry.refusal_reason(exc))
     if version is None:
         _fail("no current version")
     typer.echo(version)
@@ -155,11 +170,12 @@ def model_current() -> None:
 def model_rollback(
     version: str = typer.Argument(None, help="Default: the current version's parent."),
 ) -> None:
-    """Point the current version at an earlier one."""
+    """Open an earlier version (verify, smoke inference), then point CURRENT at it; a
+    version that does not open is refused and CURRENT stays."""
     try:
         typer.echo(f"current is now {registry.rollback(Settings().registry, version)}")
     except BundleError as exc:
-        _fail(str(exc))
+        _fail(f"refused: {registry.refusal_reason(exc)}")
 
 
 def eval_offline(

@@ -4,6 +4,8 @@ the tests assert on them, `streamrec bench drills` writes them to bench/reports/
 1. SIGKILL the worker three times during a 20k-event replay.
 2. Restart Redis (with its append-only file) in the middle of a replay.
 3. A poison flood: 10k bad messages at full speed into a steady stream of 5k good ones.
+7. Redis full (`maxmemory` reached, `noeviction`) in the middle of a replay, then
+   its memory raised (drills 4-6 are the serving ones and the soak).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -130,9 +134,43 @@ def kill_drill(settings: Settings, workdir: Path) -> IngestDrill:
 
 
 @dataclass
-class RedisRestartDrill(IngestDrill):
+class RedisOutageDrill(IngestDrill):
     outage_s: float = 0.0
     write_retries: float = 0.0
+
+
+@dataclass
+class RedisRestartDrill(RedisOutageDrill):
+    pass
+
+
+def _after_the_outage(
+    drill: RedisOutageDrill,
+    settings: Settings,
+    worker: ServiceProcess,
+    producer: threading.Thread,
+    events: list[Event],
+    applied_then: int,
+    fault_at: float,
+    check_state: Callable[[Settings, list[Event]], None] | None,
+) -> None:
+    """Once Redis takes writes again: the recovery time, then, with every event of the
+    replay (`events`, sent by `producer`) applied, what was lost or doubled and the
+    worker's write retries."""
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_until(lambda: applied_count(client) > applied_then, 60, "state to move again")
+    drill.recovery_s.append(round(time.monotonic() - fault_at, 2))
+    producer.join()
+    wait_until(lambda: applied_count(client) >= len(events), 120, "every event applied")
+    time.sleep(1.0)  # anything applied twice would show up now
+    drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
+    if check_state is not None:
+        check_state(settings, events)
+    drill.write_retries = sum(
+        float(line.split()[1])
+        for line in worker.metrics_text().splitlines()
+        if line.startswith("streamrec_state_write_retries_total ")
+    )
 
 
 def redis_restart_drill(
@@ -176,18 +214,8 @@ def redis_restart_drill(
         redis_proc = start_redis()
         drill.outage_s = round(time.monotonic() - down_at, 2)
         applied_then = applied_count(client)
-        wait_until(lambda: applied_count(client) > applied_then, 60, "state to move again")
-        drill.recovery_s.append(round(time.monotonic() - down_at, 2))
-        producer.join()
-        wait_until(lambda: applied_count(client) >= len(events), 120, "every event applied")
-        time.sleep(1.0)
-        drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
-        if check_state is not None:
-            check_state(settings, events)
-        drill.write_retries = sum(
-            float(line.split()[1])
-            for line in worker.metrics_text().splitlines()
-            if line.startswith("streamrec_state_write_retries_total ")
+        _after_the_outage(
+            drill, settings, worker, producer, events, applied_then, down_at, check_state
         )
     finally:
         if worker is not None:
@@ -292,3 +320,73 @@ def _good_rate(
             marks["high"] = now
         time.sleep(0.1)  # each scrape costs the worker CPU
     return round(0.9 * good / max(marks["high"] - marks["low"], 0.02), 1)
+
+
+@dataclass
+class RedisFullDrill(RedisOutageDrill):
+    applied_during_outage: int = 0  # events written while Redis was full: 0
+    blocked_reason: str = ""  # what streamrec_state_write_blocked said during the outage
+    ready_status_during: int = 0  # the worker's /readyz status during the outage
+
+
+def redis_full_drill(
+    settings: Settings,
+    workdir: Path,
+    check_state: Callable[[Settings, list[Event]], None] | None = None,
+    outage_s: float = 4.0,
+) -> RedisFullDrill:
+    """Drill 7: a paced 6k-event replay; after 1.5k events are applied, the Redis the
+    worker writes to is set to `noeviction` with `maxmemory` below the memory it uses
+    (CONFIG SET), so every write is refused with OOM; `outage_s` later its memory is
+    raised again. Both settings are restored whatever happens."""
+    ensure_topics(settings)
+    events = taobao_events(70_000, 6_000)
+    drill = RedisFullDrill(len(events))
+    client = redis.Redis.from_url(settings.redis_url)
+    saved = {name: client.config_get(name)[name] for name in ("maxmemory", "maxmemory-policy")}
+    worker = start_worker(settings, workdir)
+    producer: threading.Thread | None = None
+    try:
+        producer = paced_producer(settings, messages_for(events, settings))
+        wait_until(_applied_at_least(client, 1_500), 60, "1,500 events applied")
+        client.config_set("maxmemory-policy", "noeviction")
+        # Below the memory in use, not at it: used memory moves (client buffers), and at
+        # the limit some writes would still fit between refusals.
+        client.config_set("maxmemory", client.info("memory")["used_memory"] // 2)
+        full_at = time.monotonic()
+        time.sleep(1.0)  # a write in flight at the moment may still land
+        applied_then = applied_count(client)
+        wait_until(lambda: _blocked_reason(worker) != "", 30, "the worker to report the outage")
+        drill.blocked_reason = _blocked_reason(worker)
+        drill.ready_status_during = _ready_status(settings.worker_web_port)
+        time.sleep(max(0.0, outage_s - (time.monotonic() - full_at)))
+        drill.applied_during_outage = applied_count(client) - applied_then
+        client.config_set("maxmemory", saved["maxmemory"])
+        drill.outage_s = round(time.monotonic() - full_at, 2)
+        _after_the_outage(
+            drill, settings, worker, producer, events, applied_then, full_at, check_state
+        )
+    finally:
+        for name, value in saved.items():
+            client.config_set(name, value)
+        if producer is not None:
+            producer.join()
+        worker.stop()
+    drill.dlq = dlq_count(settings)
+    return drill
+
+
+def _blocked_reason(worker: ServiceProcess) -> str:
+    """The reason the worker's writes wait for, from its /metrics ("" for none)."""
+    for line in worker.metrics_text().splitlines():
+        if line.startswith("streamrec_state_write_blocked{") and line.endswith(" 1.0"):
+            return line.split('reason="', 1)[1].split('"', 1)[0]
+    return ""
+
+
+def _ready_status(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)

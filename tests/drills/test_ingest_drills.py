@@ -13,6 +13,7 @@ from tests.drills.ingest_scenarios import (
     IngestDrill,
     kill_drill,
     poison_drill,
+    redis_full_drill,
     redis_restart_drill,
 )
 from tests.pipeline import assert_archive_is_exact, assert_state_is_exact, taobao_events
@@ -58,3 +59,17 @@ def test_a_poison_flood_lands_whole_in_the_dlq_while_good_events_flow(
     assert drill.rejected == drill.bad == drill.dlq == 10_000
     assert drill.dlq_reasons == drill.expected_reasons
     assert_state_is_exact(settings, taobao_events(50_000, 5_000))
+
+
+def test_a_full_redis_mid_replay_is_an_outage_waited_out_not_a_dlq_flood(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("drill-oom")
+    drill = redis_full_drill(settings, tmp_path, assert_state_is_exact)
+
+    assert_nothing_lost(drill, faults=1)
+    assert drill.dlq == 0, "a full Redis is no reason to dead-letter an event"
+    assert drill.blocked_reason == "oom"
+    assert drill.ready_status_during == 503
+    assert drill.applied_during_outage == 0
+    assert drill.write_retries >= 1

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from model_server.app import create_app
 from retrain.pipeline import TrainedModels
 from retrain.publish import publish_models
 from streamrec import registry
-from streamrec.devstack import free_port
+from streamrec.devstack import DevStack, free_port
 from streamrec.events import Event, EventType
 from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
@@ -144,3 +147,21 @@ def server_process(served: Served, tmp_path: Path) -> Iterator[ServiceProcess]:
         settings, ["serve"], tmp_path / "serve.log", settings.serve_port
     ) as process:
         yield process
+
+
+@contextmanager
+def frozen_redis(settings: Settings, at_most_s: float = 5.0) -> Iterator[None]:
+    """The tests' own redis-server stopped (SIGSTOP) and continued after, or after
+    `at_most_s` whatever happens: connections stay open and every command waits, as
+    with a host that hangs."""
+    pid = DevStack(settings.home).status().redis_pid
+    if pid is None:
+        pytest.skip("needs the tests' own redis-server (STREAMREC_REDIS_URL is set)")
+    thaw = threading.Timer(at_most_s, os.kill, (pid, signal.SIGCONT))
+    os.kill(pid, signal.SIGSTOP)
+    thaw.start()
+    try:
+        yield
+    finally:
+        thaw.cancel()
+        os.kill(pid, signal.SIGCONT)

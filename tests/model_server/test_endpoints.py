@@ -231,14 +231,37 @@ async def test_score_reports_unknown_items_per_item(served: Served) -> None:
         ("/score", {"user_id": "u", "item_ids": []}, 422, "item_ids"),
         ("/score", {"user_id": "u", "item_ids": ["i"] * 1001}, 422, "item_ids"),
         ("/score", {"user_id": "u"}, 422, "item_ids"),
+        # Strict where the schema says integer, boolean or string: no coercion.
+        ("/recommend", {"user_id": "u", "k": "20"}, 422, "k"),
+        ("/recommend", {"user_id": "u", "k": True}, 422, "k"),
+        ("/recommend", {"user_id": "u", "k": 20.0}, 422, "k"),
+        ("/recommend", {"user_id": "u", "explain": 0}, 422, "explain"),
+        ("/recommend", {"user_id": "u", "explain": "true"}, 422, "explain"),
+        ("/recommend", {"user_id": 7}, 422, "user_id"),
+        ("/score", {"user_id": "u", "item_ids": [1]}, 422, "item_ids"),
+        # Context as the event contract holds it: finite numbers, no booleans, keys of
+        # at most 128 characters, integers that fit 64 bits.
+        ("/recommend", b'{"user_id": "u", "context": {"a": NaN}}', 422, "context"),
+        ("/recommend", b'{"user_id": "u", "context": {"a": Infinity}}', 422, "context"),
+        ("/recommend", b'{"user_id": "u", "context": {"a": -Infinity}}', 422, "context"),
+        ("/recommend", b'{"user_id": "u", "context": {"a": 1e400}}', 422, "context"),
+        ("/recommend", {"user_id": "u", "context": {"a": True}}, 422, "context"),
+        ("/recommend", {"user_id": "u", "context": {"k" * 129: "v"}}, 422, "context"),
+        ("/recommend", {"user_id": "u", "context": {"a": 2**70}}, 422, "context"),
+        ("/recommend", {"user_id": "u", "context": {"a": "v" * 1025}}, 422, "context"),
+        ("/admin/rollback", {"version": 3}, 422, "version"),
     ],
 )
 async def test_bad_requests_get_4xx_with_reasons(
     served: Served, path: str, body: object, status: int, field: str
 ) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with in_process(served.settings) as (client, _):
-        response = await client.post(path, json=body)
-    assert response.status_code == status
+        if isinstance(body, bytes):
+            response = await client.post(path, content=body, headers=headers)
+        else:
+            response = await client.post(path, json=body, headers=headers)
+    assert response.status_code == status, response.text
     problem = response.json()
     assert problem["error"] == "invalid_request"
     assert any(d["field"].startswith(field) for d in problem["detail"]), problem
@@ -334,3 +357,64 @@ async def test_a_streamed_body_over_the_limit_is_cut_off(served: Served) -> None
         response = await client.post("/recommend", content=chunks())
     assert "content-length" not in response.request.headers
     assert response.status_code == 413
+
+
+async def test_a_flood_of_unknown_users_writes_nothing_to_redis(served: Served) -> None:
+    """Reads need no token: only users with state (bounded like any state) have what
+    they were shown remembered, so made-up user ids cannot fill Redis."""
+    await apply(served.settings, events_for("others", served.items[:5]))
+    await apply(served.settings, events_for("known", served.items[5:9]))
+    async with in_process(served.settings) as (client, app):
+        store = app.state.serving.store
+        before = await store.redis.dbsize()
+        for n in range(200):
+            response = await client.post("/recommend", json={"user_id": f"made-up-{n}", "k": 20})
+            assert response.json()["fallback"] == "trending"
+        await client.post("/score", json={"user_id": "made-up-x", "item_ids": served.items[:3]})
+        await asyncio.sleep(0.3)  # past the write-back's linger
+        after_flood = await store.redis.dbsize()
+        await client.post("/recommend", json={"user_id": "known", "k": 5})
+        await wait_until_async(lambda: store.redis.exists(recommended_key("known")))
+    assert after_flood == before
+
+
+async def test_a_context_within_the_event_contract_is_accepted(served: Served) -> None:
+    context = {"device": "mobile", "page": 3, "price": 9.5, "k" * 128: "v" * 1024}
+    async with in_process(served.settings) as (client, _):
+        response = await client.post(
+            "/recommend", json={"user_id": "u", "k": 3, "explain": False, "context": context}
+        )
+    assert response.status_code == 200, response.text
+
+
+EXPECTED_STATUSES = {
+    ("/recommend", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
+    ("/score", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
+    ("/model", "get"): {"200", "500"},
+    ("/healthz", "get"): {"200"},
+    ("/readyz", "get"): {"200", "503"},
+    ("/metrics", "get"): {"200"},
+    ("/openapi.json", "get"): {"200"},
+    ("/admin/reload", "post"): {"200", "401", "409", "500", "503"},
+    ("/admin/rollback", "post"): {
+        *("200", "400", "401", "408", "409", "413", "422", "499", "500", "503")
+    },
+}
+
+
+async def test_the_schema_lists_every_status_each_endpoint_can_answer(served: Served) -> None:
+    async with in_process(served.settings) as (client, _):
+        schema = (await client.get("/openapi.json")).json()
+    listed = {
+        (path, method): set(operation["responses"])
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert listed == EXPECTED_STATUSES
+    for (path, method), statuses in listed.items():
+        responses = schema["paths"][path][method]["responses"]
+        for status in statuses:
+            (content,) = responses[status]["content"].values()
+            assert "schema" in content, (path, status)
+            if status != "200" and path != "/readyz":
+                assert content["schema"]["$ref"].endswith("/ProblemBody"), (path, status)

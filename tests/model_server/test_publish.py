@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -21,12 +22,15 @@ from tests.pipeline import read_topic
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def pipeline(served: Served, tmp_path: Path) -> Iterator[Settings]:
+@contextmanager
+def running_feed(
+    served: Served, tmp_path: Path, publish_min_interval_ms: int
+) -> Iterator[Settings]:
+    """A worker and a publisher on the served registry, ready; their settings."""
     settings = served.settings.model_copy(
         update={
             "publisher_web_port": free_port(),
-            "publish_min_interval_ms": 0,
+            "publish_min_interval_ms": publish_min_interval_ms,
         }
     )
     ensure_topics(settings)
@@ -43,6 +47,12 @@ def pipeline(served: Served, tmp_path: Path) -> Iterator[Settings]:
     finally:
         publisher.stop()
         worker.stop()
+
+
+@pytest.fixture
+def pipeline(served: Served, tmp_path: Path) -> Iterator[Settings]:
+    with running_feed(served, tmp_path, publish_min_interval_ms=0) as settings:
+        yield settings
 
 
 def published_for(

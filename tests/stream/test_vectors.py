@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream.ingest import Ingestor, RawMessage
+from stream.ingest import Ingestor, IngestPolicy, RawMessage
 from stream.vectors import VectorRefresher
 from streamrec.devstack import free_port
 from streamrec.errors import BundleError
@@ -61,7 +61,9 @@ async def worker_for(settings: Settings) -> AsyncIterator[Worker]:
     store = StateStore(settings)
     holder = ModelHolder(settings.registry, metrics)
     refresher = VectorRefresher(store, holder, metrics)
-    ingestor = Ingestor(store, metrics, send_dlq, 65536, 0.2, state_written=refresher.add)
+    ingestor = Ingestor(
+        store, metrics, send_dlq, IngestPolicy(retry_max_s=0.2), state_written=refresher.add
+    )
     running = asyncio.create_task(refresher.run())
     try:
         yield Worker(settings, store, holder, ingestor, metrics, refresher)

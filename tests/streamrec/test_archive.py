@@ -62,3 +62,15 @@ def test_retention_removes_whole_old_segments(tmp_path: Path) -> None:
     removed = prune(tmp_path, retention_s=2 * 3600, now=T0 + timedelta(hours=4, minutes=30))
     assert removed == ["20261123T10", "20261123T11"]
     assert [r.event.event_id for r in read_archive(tmp_path)] == ["e2", "e3", "e4"]
+
+
+def test_segments_are_private_to_the_writer(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    writer = ArchiveWriter(root, writer_id="a")
+    writer.append([record(1, T0)])
+    writer.close()
+    (folder,) = [path for _, path in segments(root)]
+    (segment,) = folder.iterdir()
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert segment.stat().st_mode & 0o777 == 0o600

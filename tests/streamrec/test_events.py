@@ -7,7 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamrec.events import Event, EventType, Rejection, RejectReason, parse_event
+from streamrec.events import (
+    MAX_TS_MS,
+    SECONDS_FROM,
+    SECONDS_UNTIL,
+    Event,
+    EventType,
+    Rejection,
+    RejectReason,
+    parse_event,
+)
 
 VALID = {
     "event_id": "e1",
@@ -77,6 +86,32 @@ def test_each_kind_of_bad_input_has_its_reason(raw: bytes, reason: RejectReason)
     assert result.detail
 
 
+NOW_MS = 1_700_000_000_000
+
+
+def test_an_event_dated_after_the_clock_plus_the_skew_is_refused() -> None:
+    hour_ms = 3_600_000
+    on_time = parse_event(body(ts=NOW_MS + hour_ms), now_ms=NOW_MS, max_future_ms=hour_ms)
+    assert isinstance(on_time, Event)
+    for ts in (NOW_MS + hour_ms + 1, "2099-01-01T00:00:00Z", 4_000_000_000_000):
+        result = parse_event(body(ts=ts), now_ms=NOW_MS, max_future_ms=hour_ms)
+        assert isinstance(result, Rejection), ts
+        assert result.reason is RejectReason.FUTURE_TIMESTAMP
+    # Without a clock (files read back, the archive) nothing is judged against one.
+    assert isinstance(parse_event(body(ts=4_000_000_000_000)), Event)
+
+
+def test_seconds_sent_as_milliseconds_are_read_as_seconds() -> None:
+    for seconds in (946_684_800, 1_700_000_000, 4_102_444_799):
+        event = parse_event(body(ts=seconds))
+        assert isinstance(event, Event)
+        assert event.ts_ms == seconds * 1000
+    # Outside 2000..2100 in seconds an integer stays milliseconds.
+    for ms in (0, 1_030_000, 946_684_799, 4_102_444_800, NOW_MS):
+        event = parse_event(body(ts=ms))
+        assert isinstance(event, Event) and event.ts_ms == ms
+
+
 def test_microseconds_sent_as_milliseconds_are_refused() -> None:
     result = parse_event(body(ts=1_700_000_000_000_000))
     assert isinstance(result, Rejection)
@@ -132,7 +167,8 @@ def test_arbitrary_json_objects_give_an_event_or_a_rejection(fields: dict[str, o
         user_id=st.text(min_size=1, max_size=128),
         item_id=st.text(min_size=1, max_size=128),
         type=st.sampled_from(EventType),
-        ts_ms=st.integers(0, 4_102_444_800_000),
+        # Not 11 January to 17 February 1970: those integers are read as seconds.
+        ts_ms=st.integers(0, SECONDS_FROM - 1) | st.integers(SECONDS_UNTIL, MAX_TS_MS),
     )
 )
 def test_every_valid_event_survives_its_wire_form(event: Event) -> None:

@@ -1,0 +1,251 @@
+"""The catalogue in Redis: every key an item record writes, the script that writes
+them, and the reads serving asks of them.
+
+An item's record is one hash in the item's hash slot (`{item_id}`, as its
+popularity keys); each category has a sorted set of its available items. One Lua
+script applies a batch of records, comparing event times inside Redis, so an
+older record never overwrites a newer one (docs/catalogue.md, docs/state.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from streamrec.items import AttributeValue, ItemChange, ItemDelete
+from streamrec.settings import Settings
+from streamrec.state import PREFIX, SCRIPT_MAX_EVENTS
+
+
+def item_info_key(item_id: str) -> str:
+    """The item's catalogue record (a hash), or the marker of its deletion."""
+    return f"{PREFIX}:i:{{{item_id}}}:info"
+
+
+def category_key(category: str) -> str:
+    """The category's available items: item -> ts of the record that made it so."""
+    return f"{PREFIX}:c:{{{category}}}:avail"
+
+
+# What the fingerprint of a delete is: any record's is 16 hex digits.
+DELETED_FINGERPRINT = "-"
+
+
+def record_fingerprint(change: ItemChange) -> str:
+    """What tells a redelivered record (same ts, same fingerprint: a duplicate) from
+    another record with the same ts (applied: the later one in the partition wins)."""
+    if isinstance(change, ItemDelete):
+        return DELETED_FINGERPRINT
+    attributes = sorted(change.attributes.items()) if change.attributes else None
+    content = orjson.dumps(
+        [
+            change.available,
+            change.categories,
+            change.title,
+            change.price,
+            change.tags,
+            attributes,
+        ]
+    )
+    return hashlib.blake2b(content, digest_size=8).hexdigest()
+
+
+class ItemApplied(IntEnum):
+    """What applying one item record did."""
+
+    DUPLICATE = 0  # the same ts and content as what is stored: a redelivery
+    APPLIED = 1
+    DELETED = 2  # the item's keys removed, its deletion marker written
+    STALE = 3  # older than what is stored: not applied
+
+
+# ARGV: 1 the limits as one JSON object, 2 JSON [[item_id, ts, fingerprint, deleted
+# (0/1), available (0/1), [categories], [field, value, ...]], ...] (the hash fields
+# beyond ts, fp and available). Returns an `ItemApplied` per record. Category keys
+# are other slots and are built here, so this needs one Redis, as the event apply
+# script does (docs/state.md, Redis Cluster).
+_APPLY_ITEMS_LUA = """
+local c = cjson.decode(ARGV[1])
+local function apply(r)
+  local item, ts, fp, deleted, available = r[1], r[2], r[3], r[4], r[5]
+  local k = '{PREFIX}:i:{' .. item .. '}:info'
+  local stored = redis.call('HMGET', k, 'ts', 'fp', 'category')
+  local stored_ts = tonumber(stored[1] or '')
+  if stored_ts then
+    if ts < stored_ts then return 3 end
+    if ts == stored_ts and fp == stored[2] then return 0 end
+  end
+  if stored[3] then
+    for _, category in ipairs(cjson.decode(stored[3])) do
+      redis.call('ZREM', '{PREFIX}:c:{' .. category .. '}:avail', item)
+    end
+  end
+  redis.call('DEL', k)
+  local ts_text = string.format('%d', ts)
+  if deleted == 1 then
+    redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', '0', 'deleted', '1')
+    redis.call('EXPIRE', k, c.tombstone_ttl_s)
+    return 2
+  end
+  redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))
+  if available == 1 then
+    for _, category in ipairs(r[6]) do
+      redis.call('ZADD', '{PREFIX}:c:{' .. category .. '}:avail', ts, item)
+    end
+  end
+  return 1
+end
+
+local applied = {}
+for i, record in ipairs(cjson.decode(ARGV[2])) do applied[i] = apply(record) end
+return applied
+""".replace("{PREFIX}", PREFIX)
+
+# Read-only. KEYS: item info hashes; ARGV[1]: one field. Per key its value, or false.
+_READ_FIELD_LUA = """
+local values = {}
+for i, k in ipairs(KEYS) do values[i] = redis.call('HGET', k, ARGV[1]) end
+return values
+"""
+
+
+def _script_args(change: ItemChange) -> list[Any]:
+    fingerprint = record_fingerprint(change)
+    if isinstance(change, ItemDelete):
+        return [change.item_id, change.ts_ms, fingerprint, 1, 0, [], []]
+    fields: list[str] = []
+    if change.categories:
+        fields += ["category", orjson.dumps(change.categories).decode()]
+    if change.title is not None:
+        fields += ["title", change.title]
+    if change.price is not None:
+        fields += ["price", repr(change.price)]
+    if change.tags:
+        fields += ["tags", orjson.dumps(change.tags).decode()]
+    if change.attributes:
+        fields += ["attributes", orjson.dumps(change.attributes).decode()]
+    available = 1 if change.available else 0
+    return [change.item_id, change.ts_ms, fingerprint, 0, available, change.categories, fields]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueItem:
+    """An item as the catalogue holds it; `deleted` for the marker of a deletion."""
+
+    item_id: str
+    ts_ms: int
+    available: bool
+    categories: tuple[str, ...] = ()
+    title: str | None = None
+    price: float | None = None
+    tags: tuple[str, ...] = ()
+    attributes: dict[str, AttributeValue] | None = None
+    deleted: bool = False
+
+
+def _catalogue_item(item_id: str, fields: dict[bytes, bytes]) -> CatalogueItem:
+    def text(name: str) -> str | None:
+        value = fields.get(name.encode())
+        return None if value is None else value.decode()
+
+    def decoded(name: str) -> Any:
+        value = fields.get(name.encode())
+        return None if value is None else orjson.loads(value)
+
+    price = text("price")
+    return CatalogueItem(
+        item_id=item_id,
+        ts_ms=int(fields[b"ts"]),
+        available=fields.get(b"available") == b"1",
+        categories=tuple(decoded("category") or ()),
+        title=text("title"),
+        price=None if price is None else float(price),
+        tags=tuple(decoded("tags") or ()),
+        attributes=decoded("attributes"),
+        deleted=fields.get(b"deleted") == b"1",
+    )
+
+
+class Catalogue:
+    """The catalogue's script and reads over one Redis client (its own, or one it is
+    handed and leaves open)."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self._owns_client = client is None
+        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self._apply_script = self.redis.register_script(_APPLY_ITEMS_LUA)
+        self._read_field_script = self.redis.register_script(_READ_FIELD_LUA)
+        self._config = orjson.dumps({"tombstone_ttl_s": settings.item_tombstone_ttl_s})
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.redis.aclose()
+
+    async def apply_records_each(
+        self, changes: Sequence[ItemChange]
+    ) -> list[ItemApplied | RedisError]:
+        """Apply records in one round trip: per record its outcome, or the error Redis
+        answered for the script call that held it (`SCRIPT_MAX_EVENTS` records a
+        call), so a caller can call again for exactly those. Unreachable Redis raises."""
+        if not changes:
+            return []
+        calls = range(0, len(changes), SCRIPT_MAX_EVENTS)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for start in calls:
+                batch = [_script_args(c) for c in changes[start : start + SCRIPT_MAX_EVENTS]]
+                await self._apply_script(args=[self._config, orjson.dumps(batch)], client=pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        outcomes: list[ItemApplied | RedisError] = []
+        for start, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, RedisError):
+                outcomes += [reply] * len(changes[start : start + SCRIPT_MAX_EVENTS])
+            else:
+                outcomes += [ItemApplied(applied) for applied in reply]
+        return outcomes
+
+    async def available(self, item_ids: Sequence[str]) -> list[bool]:
+        """Per item: False when the catalogue says unavailable or deleted, True
+        otherwise. An item the catalogue does not know counts as available: the
+        catalogue is optional, and a shop without one serves every item."""
+        values = await self._read_field(item_ids, "available")
+        return [value != b"0" for value in values]
+
+    async def categories(self, item_ids: Sequence[str]) -> list[tuple[str, ...]]:
+        """Per item its categories, in the record's order; () when none or unknown."""
+        values = await self._read_field(item_ids, "category")
+        return [() if value is None else tuple(orjson.loads(value)) for value in values]
+
+    async def items_in_category(self, category: str, limit: int) -> list[str]:
+        """Up to `limit` available items of the category, newest record first."""
+        if limit <= 0:
+            return []
+        members = cast(
+            list[bytes], await self.redis.zrevrange(category_key(category), 0, limit - 1)
+        )
+        return [member.decode() for member in members]
+
+    async def items(self, item_ids: Sequence[str]) -> list[CatalogueItem | None]:
+        """Per item the whole record (or its deletion marker); None when unknown."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item_id in item_ids:
+                pipe.hgetall(item_info_key(item_id))
+            replies = await pipe.execute()
+        return [
+            _catalogue_item(item_id, fields) if fields else None
+            for item_id, fields in zip(item_ids, replies, strict=True)
+        ]
+
+    async def _read_field(self, item_ids: Sequence[str], field: str) -> list[bytes | None]:
+        if not item_ids:
+            return []
+        keys = [item_info_key(item_id) for item_id in item_ids]
+        values = await self._read_field_script(keys=keys, args=[field])
+        return [value or None for value in values]

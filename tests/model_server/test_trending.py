@@ -1,0 +1,37 @@
+"""Trending answers hold only items the serving model knows, whatever ids producers
+put at the top of the trending sets (control characters and NUL included)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.model_server.conftest import Served, apply, events_for, in_process
+
+pytestmark = pytest.mark.integration
+
+HOSTILE_IDS = ["\x00", "nul\x00inside", "\x1b[31mred", "tab\there", "new-item"]
+
+
+async def test_trending_serves_only_items_the_model_knows(served: Served) -> None:
+    known = served.items[:3]
+    # Far more unknown ids than a first read of the trending sets returns, each
+    # clicked more often than any known item.
+    unknown = HOSTILE_IDS + [f"flood-{n}" for n in range(300)]
+    await apply(served.settings, events_for("producer", [i for i in unknown for _ in range(5)]))
+    await apply(served.settings, events_for("others", [known[0]] * 4 + [known[1]] * 3))
+    await apply(served.settings, events_for("more", [known[2]] * 2))
+    await apply(served.settings, events_for("reader", served.items[10:14], start=10))
+    vocab = set(served.items)
+    async with in_process(served.settings) as (client, _):
+        newcomer = (await client.post("/recommend", json={"user_id": "nobody", "k": 3})).json()
+        every = (await client.post("/recommend", json={"user_id": "reader", "k": 200})).json()
+        # The filters leave nothing of the ranked candidates: trending fills the answer.
+        ranked = [item["item_id"] for item in every["items"]]
+        filled = (
+            await client.post(
+                "/recommend", json={"user_id": "reader", "k": 3, "exclude": ranked[:1000]}
+            )
+        ).json()
+    assert newcomer["fallback"] == "trending"
+    assert [item["item_id"] for item in newcomer["items"]] == known
+    assert all(item["item_id"] in vocab for item in filled["items"]), filled
