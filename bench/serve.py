@@ -5,7 +5,7 @@ model swap and event-to-effect delay. Writes bench/reports/serve.{md,json,png}."
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import functools
 import multiprocessing
 import os
 import resource
@@ -248,19 +248,25 @@ def serving(settings: Settings, servers: int) -> Iterator[tuple[str, ServiceProc
 LOADGEN_SOURCE = Path(__file__).with_name("loadgen.c")
 
 
+@functools.cache
 def loadgen_binary() -> Path | None:
-    """bench/loadgen.c compiled (once per version of its source), or None without a
-    C compiler: the aiohttp generator then stands in, at a higher CPU cost."""
+    """bench/loadgen.c compiled once per process into a folder of its own (0700, a name
+    no one can guess, removed at exit), or None without a C compiler: the aiohttp
+    generator then stands in, at a higher CPU cost. Never a binary found at a fixed
+    path in the shared temporary folder: anyone on the machine could put one there
+    first, and we would run it."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    digest = hashlib.sha256(LOADGEN_SOURCE.read_bytes()).hexdigest()[:12]
-    target = Path(tempfile.gettempdir()) / f"streamrec-loadgen-{digest}"
-    if not target.exists():
-        staged = target.with_name(f"{target.name}.{os.getpid()}")
-        subprocess.run([compiler, "-O2", "-o", str(staged), str(LOADGEN_SOURCE)], check=True)
-        staged.rename(target)
+    folder = tempfile.TemporaryDirectory(prefix="streamrec-loadgen-")
+    _BUILD_FOLDERS.append(folder)
+    target = Path(folder.name) / "loadgen"
+    subprocess.run([compiler, "-O2", "-o", str(target), str(LOADGEN_SOURCE)], check=True)
     return target
+
+
+# Held until the process exits (TemporaryDirectory removes its folder then).
+_BUILD_FOLDERS: list[tempfile.TemporaryDirectory[str]] = []
 
 
 def open_loop(url: str, users: list[str], rate: float, seconds: float) -> dict[str, Any]:

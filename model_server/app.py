@@ -100,7 +100,14 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if popularity is not None:
                 # After the warm-up: the table the new version starts with is the freshest.
                 holder.before_swap.append(popularity.prepare)
-            recommender = Recommender(settings, store, metrics, popularity, prewarm)
+            recommender = Recommender(
+                settings,
+                store,
+                metrics,
+                popularity,
+                prewarm,
+                redis_timeout_s=settings.serve_redis_timeout_ms / 1000,
+            )
             # Held from the start: while Redis does not answer, /recommend answers it.
             await recommender.hold_trending(holder.current)
             answers = AnswerWriter(store)

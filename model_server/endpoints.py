@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from starlette.responses import Response
 from model_server.serving import json_response, parse_body, serving_of
 from streamrec.state import Answer
 
+log = logging.getLogger(__name__)
 READY_PING_TIMEOUT_S = 1.0
 
 
@@ -65,6 +68,7 @@ async def model_info(request: Request) -> Response:
     serving = serving_of(request)
     model = serving.holder.current
     manifest = model.bundle.manifest
+    root = serving.settings.registry
     return json_response(
         {
             "model_version": model.version,
@@ -75,10 +79,33 @@ async def model_info(request: Request) -> Response:
             "index": manifest.index,
             "feature_schema_version": manifest.feature_schema_version,
             "metrics": manifest.metrics,
-            "data_window": manifest.data_window,
-            "refused": serving.holder.refused,
+            "data_window": {
+                key: without_paths(value, root) if isinstance(value, str) else value
+                for key, value in manifest.data_window.items()
+            },
+            "refused": {
+                version: without_paths(reason, root)
+                for version, reason in serving.holder.refused.items()
+            },
         }
     )
+
+
+# An absolute path inside a message: from a slash that does not follow a word, a
+# dot or another slash, up to the next space, quote, comma or colon.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w./])/[^\s'\",:;]+")
+
+
+def without_paths(text: str, registry_root: Path) -> str:
+    """`text` as endpoints that need no token show it: a path inside the registry
+    relative to it (`v2/manifest.json`), any other by its last part only."""
+    inside = f"{registry_root}/"
+
+    def shortened(match: re.Match[str]) -> str:
+        path = match.group(0)
+        return path.removeprefix(inside) if path.startswith(inside) else Path(path).name
+
+    return _ABSOLUTE_PATH.sub(shortened, text)
 
 
 async def healthz(request: Request) -> Response:
@@ -91,7 +118,9 @@ async def readyz(request: Request) -> Response:
         async with asyncio.timeout(READY_PING_TIMEOUT_S):
             await serving.store.ping()
     except (RedisError, TimeoutError) as exc:
-        return json_response({"ready": False, "reason": f"redis: {exc}"}, 503)
+        # A probe needs no token: a reason code; the address and the error go to the log.
+        log.warning("not ready: Redis did not answer a ping: %s", exc or type(exc).__name__)
+        return json_response({"ready": False, "reason": "redis_unavailable"}, 503)
     return json_response({"ready": True, "model_version": serving.holder.current.version})
 
 

@@ -18,10 +18,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
+from model_server.trending import TrendingReader
 from streamrec import features
 from streamrec import state as redis_state
 from streamrec.covis import covis_scores
-from streamrec.events import EVENT_TYPE_OF, EventType
+from streamrec.events import EVENT_TYPE_OF
 from streamrec.loaded import ServedModel
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
@@ -35,19 +36,9 @@ from streamrec.user_vectors import (
 
 Fallback = Literal["trending", "retrieval"]
 T = TypeVar("T")
-# Trending answers "what will someone with no history touch next": every event
-# type counts once. Weighting purchases 5x halved its hit@20 for such users on the
-# Taobao replay against the same counts unweighted (docs/models.md).
-TRENDING_TYPES = tuple(EventType)
 # Weight of the newest ranking time in the running estimate of the next one.
 RANK_ESTIMATE_WEIGHT = 0.1
 STAGES = ("redis", "encode", "retrieve", "features", "rank")
-# Trending reads on, this many times more at each step, while too few of the items
-# it read are ones the model knows.
-TRENDING_READ_GROWTH = 4
-# A trending read takes at least this many (what an answer from the last read can
-# offer while Redis does not answer).
-TRENDING_READ_MIN = 20
 
 
 @dataclass(frozen=True)
@@ -106,7 +97,12 @@ def feature_user(
 
 
 class Recommender:
-    """Answers /recommend and /score from Redis state and one served model."""
+    """Answers /recommend and /score from Redis state and one served model.
+
+    With `redis_timeout_s` (the model server's requests) every Redis wait is bounded
+    and an answer degrades when one runs out: trending as last read, retrieval order.
+    Without (the recommendations publisher, which has no one waiting) Redis waits as
+    long as it takes and its errors propagate."""
 
     def __init__(
         self,
@@ -115,6 +111,7 @@ class Recommender:
         metrics: ServeMetrics,
         popularity: PopularityTable | None = None,
         prewarm: Prewarm | None = None,
+        redis_timeout_s: float | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -123,10 +120,8 @@ class Recommender:
         # Used only for a bundle whose manifest does not say how many the ranker saw.
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
-        self.redis_timeout_s = settings.serve_redis_timeout_ms / 1000
-        self.trending_max = settings.trending_max_items
-        # The last trending read (items the model then served knew, by score).
-        self._last_trending: list[tuple[str, float]] | None = None
+        self.redis_timeout_s = redis_timeout_s
+        self.trending_reader = TrendingReader(store, settings.trending_max_items)
         self.half_life_s = settings.popularity_half_life_s
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
@@ -155,6 +150,8 @@ class Recommender:
         loop was busy with other requests counts, though the loop sees it only in
         the same turn as the timer (a cancelling timeout would win that race: under
         load, 503s for replies that were there in time)."""
+        if self.redis_timeout_s is None:
+            return await call
         timeout_s = self.redis_timeout_s
         if deadline is not None:
             timeout_s = max(min(timeout_s, deadline - time.perf_counter()), 0.0)
@@ -179,7 +176,9 @@ class Recommender:
             with self._stage("redis"):
                 stored = await self._bounded(self.store.read_user(user_id))
         except RedisError:
-            # No state in time: trending as last read (none yet: the error, a 503).
+            if self.redis_timeout_s is None:
+                raise
+            # No state in time: trending as last read (none held: the error, a 503).
             items = self._trending_as_last_read(model, k, set(exclude))
             self.metrics.fallbacks.labels("trending").inc()
             return Recommendation(items, model.version, "trending", 0, has_state=False)
@@ -288,14 +287,14 @@ class Recommender:
         started = time.perf_counter()
         if deadline - started <= self._rank_estimate_s:
             return None
-        # The read is not cancelled at the deadline: cancelling a Redis call midway
-        # can leave its connection out of step with its replies.
         with self._stage("features"):
             try:
                 popularity = await self._bounded(
                     self._popularity(model, vocab_rows, candidate_ids, now_ms), deadline
                 )
             except RedisError:
+                if self.redis_timeout_s is None:
+                    raise
                 return None  # retrieval order, within the budget
             feature_rows = features.ranking_features(
                 candidate_ids, dots, user, popularity, now_ms, self.half_life_s
@@ -340,92 +339,147 @@ class Recommender:
     async def trending(
         self, model: ServedModel, k: int, removed: Collection[str] = (), required: bool = True
     ) -> list[RankedItem]:
-        """Items the model knows by decayed popularity, every event type counted alike;
-        as last read when Redis does not answer in time. Never read: the error, or
-        with `required=False` (filling up a ranked answer) none."""
-        wanted = max(k, TRENDING_READ_MIN) + len(removed)
+        """Items the model knows by decayed popularity (model_server/trending.py); as
+        last read when Redis does not answer in time. Never read: the error, or with
+        `required=False` (filling up a ranked answer) none."""
         try:
             with self._stage("redis"):
-                ordered = await self._bounded(self._read_trending(model, wanted))
+                ordered = await self._bounded(self.trending_reader.read(model, k + len(removed)))
         except RedisError:
-            if self._last_trending is None and not required:
+            if self.redis_timeout_s is None:
+                raise
+            if self.trending_reader.held(model) is None and not required:
                 return []
             return self._trending_as_last_read(model, k, removed)
-        self._last_trending = ordered
         return _top([RankedItem(i, s) for i, s in ordered], k, removed)
 
     async def hold_trending(self, model: ServedModel) -> None:
         """Read trending now, with no request's bound (at start-up): what /recommend
         answers from while Redis does not answer."""
-        self._last_trending = await self._read_trending(model, TRENDING_READ_MIN)
-
-    async def _read_trending(self, model: ServedModel, wanted: int) -> list[tuple[str, float]]:
-        per_type = await asyncio.gather(
-            *(self._trending_of(model, t, wanted) for t in TRENDING_TYPES)
-        )
-        combined: dict[str, float] = {}
-        for rows in per_type:
-            for item_id, score in rows:
-                combined[item_id] = combined.get(item_id, 0.0) + score
-        return sorted(combined.items(), key=lambda pair: -pair[1])
-
-    async def _trending_of(
-        self, model: ServedModel, event_type: EventType, wanted: int
-    ) -> list[tuple[str, float]]:
-        """The top of one type's trending set, only items the model knows: any producer
-        can put any id there (one the model never saw, NUL included), so read deeper
-        while too few are known, up to the whole set (`trending_max_items`)."""
-        known = model.bundle.rows
-        read = wanted
-        while True:
-            rows = await self.store.trending(event_type, read)
-            kept = [(item_id, score) for item_id, score in rows if item_id in known]
-            if len(kept) >= wanted or len(rows) < read or read >= self.trending_max:
-                return kept
-            read = min(read * TRENDING_READ_GROWTH, self.trending_max)
+        await self.trending_reader.read(model, 0)
 
     def _trending_as_last_read(
         self, model: ServedModel, k: int, removed: Collection[str]
     ) -> list[RankedItem]:
-        """While Redis does not answer: the last trending read, held to the items the
-        model now served knows (it may have swapped since)."""
-        if self._last_trending is None:
-            raise RedisTimeoutError("Redis did not answer and no trending answer is held")
-        known = model.bundle.rows
-        held = (RankedItem(i, s) for i, s in self._last_trending if i in known)
-        return _top(held, k, removed)
+        held = self.trending_reader.held(model)
+        if held is None:
+            raise RedisTimeoutError("Redis did not answer and no trending read is held")
+        return _top((RankedItem(i, s) for i, s in held), k, removed)
 
     async def score(self, model: ServedModel, user_id: str, item_ids: Sequence[str]) -> Scores:
-        """Ranker scores for the given items; unknown items get None."""
+        """Ranker scores for the given items, each ranked as if it were among the
+        candidates /recommend ranks for this user: its retrieval softmax and rank are
+        taken against that set (with the item added when it is not in it), never
+        against the other items sent, so an item's score is the same alone, repeated,
+        among others and inside /recommend. Unknown items get None."""
         now_ms = int(time.time() * 1000)
         with self._stage("redis"):
             stored = await self._bounded(self.store.read_user(user_id))
         user = feature_user(stored, now_ms, self.covis_half_life_s)
         rows = model.bundle.rows
-        known_ids = [i for i in item_ids if i in rows]
+        wanted = list(dict.fromkeys(i for i in item_ids if i in rows))
         by_item: dict[str, float] = {}
-        if known_ids:
+        if wanted:
             inputs = user_encoder_inputs(model, stored.recent_events)
-            with self._stage("encode"):
-                if inputs is None:
-                    user_vector = np.zeros(model.dim, dtype=np.float32)
-                else:
-                    user_vector = model.bundle.user_vectors(*inputs)[0]
-            known_rows = [rows[i] for i in known_ids]
-            dots = model.item_vectors(known_rows) @ user_vector
+            user_vector = None if inputs is None else self._user_vector(model, stored, inputs)[0]
+            with self._stage("retrieve"):
+                candidate_ids, candidate_rows, candidate_dots = self._candidate_set(
+                    model, user, user_vector
+                )
+                place = {item_id: n for n, item_id in enumerate(candidate_ids)}
+                outsiders = [i for i in wanted if i not in place]
+                outsider_rows = np.array([rows[i] for i in outsiders], dtype=np.int64)
+                vector = np.zeros(model.dim, np.float32) if user_vector is None else user_vector[0]
+                outsider_dots = model.item_vectors(outsider_rows.tolist()) @ vector
             with self._stage("features"):
+                every_id = candidate_ids + outsiders
                 popularity = await self._bounded(
                     self._popularity(
-                        model, np.asarray(known_rows, dtype=np.int64), known_ids, now_ms
+                        model, np.concatenate([candidate_rows, outsider_rows]), every_id, now_ms
                     )
                 )
-                feature_rows = features.ranking_features(
-                    known_ids, dots, user, popularity, now_ms, self.half_life_s
-                )
+                n = len(candidate_ids)
+                feature_rows = np.concatenate(
+                    [
+                        features.ranking_features(
+                            candidate_ids, candidate_dots, user, popularity[:n], now_ms,
+                            self.half_life_s,
+                        ),
+                        features.ranking_features(
+                            outsiders, outsider_dots, user, popularity[n:], now_ms,
+                            self.half_life_s,
+                        ),
+                    ]
+                )  # fmt: skip
+                log_softmax, rank_log = against_candidates(candidate_dots, outsider_dots)
+                feature_rows[n:, LOG_SOFTMAX_COLUMN] = log_softmax
+                feature_rows[n:, RANK_LOG_COLUMN] = rank_log
             with self._stage("rank"):
                 rank_scores = model.bundle.score(feature_rows)
-            by_item = {i: float(s) for i, s in zip(known_ids, rank_scores, strict=True)}
+            by_item = {i: float(s) for i, s in zip(every_id, rank_scores, strict=True)}
         return Scores([ItemScore(i, by_item.get(i)) for i in item_ids], model.version)
+
+    def _candidate_set(
+        self, model: ServedModel, user: features.UserState, user_vector: np.ndarray | None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """What /recommend ranks for this user (ids, vocabulary rows, dots; NaN where the
+        model has no vector): retrieval's top C, then the extras, as `recommend`
+        builds them."""
+        vocab_rows = np.zeros(0, dtype=np.int64)
+        dots = np.zeros(0, dtype=np.float32)
+        if user_vector is not None:
+            scores, found_rows = model.bundle.search(user_vector, self.candidates_for(model))
+            found = found_rows[0] > 0
+            vocab_rows, dots = found_rows[0][found], scores[0][found]
+        candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
+        manifest = model.bundle.manifest
+        extra = features.extra_candidates(
+            candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates
+        )
+        if not extra:
+            return candidate_ids, vocab_rows, dots.astype(np.float32)
+        extra_rows = np.array([model.bundle.rows.get(i, 0) for i in extra], dtype=np.int64)
+        extra_dots = np.full(len(extra), np.nan, dtype=np.float32)
+        has_vector = extra_rows > 0
+        if user_vector is not None and has_vector.any():
+            extra_dots[has_vector] = (
+                model.item_vectors(extra_rows[has_vector].tolist()) @ user_vector[0]
+            )
+        return (
+            candidate_ids + extra,
+            np.concatenate([vocab_rows, extra_rows]),
+            np.concatenate([dots.astype(np.float32), extra_dots]),
+        )
+
+
+LOG_SOFTMAX_COLUMN = features.FEATURE_NAMES.index("retrieval_log_softmax")
+RANK_LOG_COLUMN = features.FEATURE_NAMES.index("retrieval_rank_log")
+
+
+def against_candidates(
+    candidate_dots: np.ndarray, item_dots: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each item outside the candidate set, its retrieval log-softmax and log rank
+    as `features.ranking_features` computes them for that item appended to the
+    candidates (NaN dots stand in as the lowest known one), vectorised over the
+    items instead of one call each (tests/model_server/test_score_features.py holds
+    the two to the same numbers)."""
+    dots = np.asarray(candidate_dots, dtype=np.float64)
+    known = dots[~np.isnan(dots)]
+    missing = len(dots) - len(known)
+    item = np.asarray(item_dots, dtype=np.float64)
+    lowest = known.min() if len(known) else np.inf
+    filled = np.minimum(lowest, item)  # what a NaN becomes with the item in the set
+    top = np.maximum(known.max() if len(known) else -np.inf, item)
+    total = (
+        np.exp(known[None, :] - top[:, None]).sum(axis=1)
+        + missing * np.exp(filled - top)
+        + np.exp(item - top)
+    )
+    log_softmax = (item - top) - np.log(total)
+    # Appended last, the item follows every candidate with an equal dot (stable sort).
+    rank = (known[None, :] >= item[:, None]).sum(axis=1) + missing * (filled >= item)
+    return log_softmax, np.log1p(rank)
 
 
 class _Timed:

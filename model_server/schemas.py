@@ -38,15 +38,26 @@ ContextValue = Annotated[
 DEFAULT_K = 20
 
 
+def _integral(value: object) -> object:
+    # JSON Schema's "integer" is any number without a fraction: 20.0 is one, so it
+    # is accepted as 20 (strict mode alone would refuse it); 20.5, "20", true are not.
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+
+
 class Request(BaseModel):
     # Strict: a field is what the schema says, never coerced ("20" or true for k, 0
-    # for explain are 422s).
+    # for explain are 422s; 20.0 is an integer in JSON Schema, `Integer`).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RecommendBase(Request):
     user_id: Id
-    k: int
+    k: Integer
     exclude: list[Id]
     context: dict[ContextKey, ContextValue] | None
     explain: bool
@@ -69,7 +80,7 @@ def request_models(settings: Settings) -> RequestModels:
     class RecommendRequest(RecommendBase):
         """Top-k items for a user; `exclude` and the user's purchases are filtered out."""
 
-        k: int = Field(DEFAULT_K, ge=1, le=settings.serve_max_k)
+        k: Integer = Field(DEFAULT_K, ge=1, le=settings.serve_max_k)
         exclude: list[Id] = Field(default_factory=list, max_length=max_items)
         context: dict[ContextKey, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
         explain: bool = Field(False, description="Return each item's feature values.")
@@ -136,7 +147,7 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     model_version: str | None = None
-    reason: str | None = Field(None, description="Why not ready.")
+    reason: Literal["redis_unavailable"] | None = Field(None, description="Why not ready.")
 
 
 class RollbackRequest(Request):

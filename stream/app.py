@@ -1,7 +1,8 @@
 """The Faust app: built from `Settings` by `create_app`, never at import time.
 
 One agent consumes both input topics (`clicks`, `purchases`) in batches and
-hands them to `stream.ingest.Ingestor`; the worker's web server exports
+hands them to `stream.ingest.Ingestor`; another applies the `items` topic to the
+catalogue (`stream.catalogue`); the worker's web server exports
 /metrics; a timer publishes consumer lag. With a model in the registry, the
 batches' users get fresh cached vectors (`stream.vectors`).
 """
@@ -19,14 +20,16 @@ from aiokafka.errors import KafkaError
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from stream.catalogue import CatalogueIngestor, item_message
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
-from stream.overlap import OverlappedWriter
+from stream.overlap import OverlappedWriter, raw_message
 from stream.readiness import BrokerContact, readiness
 from stream.retrain_trigger import RetrainTrigger
 from stream.transport import transport_with_fetch_wait
 from stream.vectors import VectorRefresher
 from streamrec.archive import ArchiveWriter, prune
+from streamrec.catalogue import Catalogue
 from streamrec.errors import BundleError
 from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
@@ -137,13 +140,29 @@ def create_app(
 
         @app.agent(source, name="ingest", concurrency=settings.agent_concurrency)
         async def ingest(stream: faust.StreamT[bytes]) -> None:
-            writer = OverlappedWriter(app, ingestor.handle_batch)
-            try:
-                async for events in batches(stream):
-                    await writer.submit(events)
-                await writer.drain()
-            finally:
-                await writer.close(settings.worker_shutdown_timeout_s / 3)
+            writer = OverlappedWriter(app, ingestor.handle_batch, raw_message)
+            await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
+
+        items_source = app.topic(
+            settings.topic_items,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        catalogue = CatalogueIngestor(
+            Catalogue(settings, client=state.redis),
+            metrics,
+            send_dlq,
+            IngestPolicy.from_settings(settings),
+            ingestor.waits,  # one outage, one gauge and one /readyz for both agents
+        )
+
+        @app.agent(items_source, name="catalogue")
+        async def apply_catalogue(stream: faust.StreamT[bytes]) -> None:
+            # Held like the events: acked only once written, even if the agent stops.
+            writer = OverlappedWriter(app, catalogue.handle_batch, item_message)
+            await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
 
         @app.task
         async def check_redis() -> None:

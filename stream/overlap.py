@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 import faust
 from faust.types import EventT
@@ -20,20 +21,39 @@ from stream.ingest import RawMessage
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[[Sequence[RawMessage]], Awaitable[None]]
+# What a batch handler takes per message: a RawMessage, or what `convert` makes of one.
+Message = TypeVar("Message")
 
 
-class OverlappedWriter:
-    def __init__(self, app: faust.App, handle_batch: BatchHandler) -> None:
+class OverlappedWriter(Generic[Message]):
+    def __init__(
+        self,
+        app: faust.App,
+        handle_batch: Callable[[Sequence[Message]], Awaitable[None]],
+        convert: Callable[[EventT[bytes]], Message],
+    ) -> None:
         self.app = app
         self.handle_batch = handle_batch
+        self.convert = convert
         self.in_flight: asyncio.Task[None] | None = None
+
+    async def consume(
+        self, batches: AsyncIterator[Sequence[EventT[bytes]]], shutdown_grace_s: float
+    ) -> None:
+        """An agent's loop: every batch written in order, the last one given
+        `shutdown_grace_s` when the agent stops (`close`)."""
+        try:
+            async for events in batches:
+                await self.submit(events)
+            await self.drain()
+        finally:
+            await self.close(shutdown_grace_s)
 
     async def submit(self, events: Sequence[EventT[bytes]]) -> None:
         """Hold the batch's messages, wait for the previous write, start this one."""
         for event in events:
             event.message.incref()
-        messages = [raw_message(event) for event in events]
+        messages = [self.convert(event) for event in events]
         await self.drain()
         self.in_flight = asyncio.create_task(self._write(events, messages))
 
@@ -58,7 +78,7 @@ class OverlappedWriter:
         elif not in_flight.cancelled() and in_flight.exception() is not None:
             log.error("the last batch write failed during shutdown: %r", in_flight.exception())
 
-    async def _write(self, events: Sequence[EventT[bytes]], messages: list[RawMessage]) -> None:
+    async def _write(self, events: Sequence[EventT[bytes]], messages: list[Message]) -> None:
         await self.handle_batch(messages)
         for event in events:
             event.message.ack(self.app.consumer)

@@ -87,6 +87,13 @@ local function apply(r)
       redis.call('ZREM', '{PREFIX}:c:{' .. category .. '}:avail', item)
     end
   end
+  if available == 1 then
+    for _, category in ipairs(r[6]) do
+      redis.call('ZADD', '{PREFIX}:c:{' .. category .. '}:avail', ts, item)
+    end
+  end
+  -- The record (with its ts, the guard above) is written last: a script error before
+  -- it leaves the record to be applied again, not taken for a duplicate.
   redis.call('DEL', k)
   local ts_text = string.format('%d', ts)
   if deleted == 1 then
@@ -95,11 +102,6 @@ local function apply(r)
     return 2
   end
   redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))
-  if available == 1 then
-    for _, category in ipairs(r[6]) do
-      redis.call('ZADD', '{PREFIX}:c:{' .. category .. '}:avail', ts, item)
-    end
-  end
   return 1
 end
 

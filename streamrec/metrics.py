@@ -46,6 +46,20 @@ class IngestMetrics:
             buckets=DELAY_BUCKETS_S,
             registry=registry,
         )
+        self.item_records = Counter(
+            "streamrec_item_records_total",
+            "Catalogue records consumed from the items topic, by outcome (applied, deleted, "
+            "duplicate: a redelivery; stale: older than the item's stored record, not applied; "
+            "rejected: sent to the DLQ, by reason in streamrec_dlq_total).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.item_to_state = Histogram(
+            "streamrec_item_record_to_state_seconds",
+            "From a catalogue record's Kafka message timestamp to its change being in Redis.",
+            buckets=DELAY_BUCKETS_S,
+            registry=registry,
+        )
         self.state_write = Histogram(
             "streamrec_state_write_seconds",
             "Duration of one batched Redis write (one pipeline round trip).",

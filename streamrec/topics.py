@@ -27,7 +27,14 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
         settings.topic_recommendations: settings.input_partitions,
         settings.topic_model_versions: 1,
         settings.topic_state_changes: settings.input_partitions,
+        settings.topic_items: settings.input_partitions,
     }
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic name → configs at creation. The catalogue is compacted: the newest
+    record per item (or its tombstone) is what a new reader needs."""
+    return {settings.topic_items: {"cleanup.policy": "compact"}}
 
 
 def pipeline_names(name: str) -> dict[str, str]:
@@ -41,17 +48,24 @@ def pipeline_names(name: str) -> dict[str, str]:
         "topic_dlq": f"{name}.dlq",
         "topic_model_versions": f"{name}.model.versions",
         "topic_state_changes": f"{name}.state.changes",
+        "topic_items": f"{name}.items",
     }
 
 
 def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> list[str]:
     """Create the missing topics; return the names created."""
     wanted = {**wanted_topics(settings), **(extra or {})}
+    configs = topic_configs(settings)
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            NewTopic(
+                name,
+                num_partitions=n,
+                replication_factor=settings.replication_factor,
+                topic_configs=configs.get(name, {}),
+            )
             for name, n in wanted.items()
             if name not in existing
         ]

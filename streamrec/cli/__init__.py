@@ -13,12 +13,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from streamrec.cli import bench, demo, dev, ingest, models, publish, retrain, serve
+from streamrec.cli import bench, demo, dev, ingest, items, models, publish, retrain, serve
 from streamrec.errors import StreamrecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 dev.register(app)
 ingest.register(app)
+items.register(app)
 demo.register(app)
 bench.register(app)
 models.register(app)

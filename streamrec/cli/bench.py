@@ -28,11 +28,18 @@ def memory() -> None:
 
 
 @bench_app.command()
-def drills() -> None:
-    """Fault drills 1-5 (worker and server kills, Redis restart, poison, bad bundles)."""
+def drills(
+    only: list[str] = typer.Option(
+        [],
+        help="Run this drill alone (a number or a name; repeat for more); its report "
+        "is drills-<numbers>, never the full drills report.",
+    ),
+) -> None:
+    """Fault drills 1-5, 7, 8 (worker and server kills, Redis restart, poison, bad bundles,
+    Redis full, Redis frozen)."""
     from bench.drills import run
 
-    run()
+    run(only)
 
 
 @bench_app.command()

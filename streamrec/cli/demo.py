@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import typer
 from rich.console import Console
@@ -24,6 +25,7 @@ from rich.table import Table
 from streamrec.client import Recommendations, RecommenderClient
 from streamrec.errors import StreamrecError
 from streamrec.events import Event, EventType
+from streamrec.items import ItemRecord
 from streamrec.processes import ServiceProcess, child_env
 from streamrec.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.settings import Settings
@@ -46,7 +48,7 @@ def demo(
     """Train on simulated history, serve, replay live events; show state and
     recommendations change."""
     from streamrec.devstack import DevStack, free_port
-    from streamrec.simulator import simulate
+    from streamrec.simulator import START_MS, simulate, simulate_catalogue
     from streamrec.topics import ensure_topics
 
     settings = Settings()
@@ -64,6 +66,7 @@ def demo(
     sample = list(simulate(n_users=150, n_events=events, run_id=run_id))
     cut = int(len(sample) * HISTORY_SHARE)
     history, live = sample[:cut], sample[cut:]
+    catalogue = simulate_catalogue(until_ms=sample[-1].ts_ms)
     folder = settings.home / "demo"
     folder.mkdir(parents=True, exist_ok=True)
     history_path = folder / "history.jsonl"
@@ -72,6 +75,14 @@ def demo(
     console.print(
         f"[bold]sample[/bold]: {len(sample)} synthetic events from simulated shoppers; "
         f"{len(history)} to train on, {len(live)} replayed live ({folder})"
+    )
+    arrivals = {r.item_id for r in catalogue} - {
+        r.item_id for r in catalogue if r.ts_ms == START_MS
+    }
+    console.print(
+        f"[bold]catalogue[/bold]: {len({r.item_id for r in catalogue})} items with titles and "
+        f"prices, {sum(not r.available for r in catalogue)} stock-outs, {len(arrivals)} new "
+        "arrivals, sent to the items topic with the events in time order (docs/catalogue.md)"
     )
 
     console.print("[bold]training[/bold] the retriever and the ranker on the history...")
@@ -96,7 +107,8 @@ def demo(
         worker.wait_ready()
         server.wait_ready()
         console.print(f"feeding the {len(history)} history events through Kafka...")
-        _replay(settings, history, rate=None, bad=False)
+        history_end_ms = history[-1].ts_ms
+        _replay(settings, history, rate=None, bad=False, catalogue=catalogue)
         deadline = time.monotonic() + 120
         while counter_total(worker.metrics_text(), "streamrec_events") < len(history):
             if time.monotonic() > deadline:
@@ -106,7 +118,10 @@ def demo(
         url = f"http://127.0.0.1:{settings.serve_port}"
         with RecommenderClient(url) as client:
             before = {user: client.recommend(user, k=SHOWN) for user in watched}
-            sender = threading.Thread(target=_replay, args=(settings, live, rate), daemon=True)
+            later = [r for r in catalogue if r.ts_ms > history_end_ms]
+            sender = threading.Thread(
+                target=_replay, args=(settings, live, rate, True, later), daemon=True
+            )
             console.print(f"replaying {len(live)} live events at {rate:.0f}/s...")
             sender.start()
             expected = len(history) + len(live) + len(BAD_MESSAGES)
@@ -125,15 +140,28 @@ def demo(
     )
 
 
-def _replay(settings: Settings, sample: list[Event], rate: float | None, bad: bool = True) -> None:
+def _replay(
+    settings: Settings,
+    sample: list[Event],
+    rate: float | None,
+    bad: bool = True,
+    catalogue: Sequence[ItemRecord] = (),
+) -> None:
+    """Send the events, each catalogue record (in time order) just before the first
+    event after it."""
     from streamrec.producer import EventProducer
 
     with EventProducer(settings) as producer:
         started = time.perf_counter()
+        records = iter(catalogue)
+        record = next(records, None)
         for n, event in enumerate(sample):
             pause = started + n / rate - time.perf_counter() if rate else 0.0
             if pause > 0:
                 time.sleep(pause)
+            while record is not None and record.ts_ms <= event.ts_ms:
+                producer.send_raw(settings.topic_items, record.item_id.encode(), record.to_json())
+                record = next(records, None)
             producer.send(event)
         if bad:
             # Bad messages land in the DLQ, counted, never lost.

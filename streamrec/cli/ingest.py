@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from streamrec.events import Rejection
 from streamrec.redact import redacted
 from streamrec.replay import FileFormat
 from streamrec.settings import Settings
@@ -60,10 +61,15 @@ def produce(
         f"sent {report.sent} events in {report.seconds:.1f} s "
         f"({report.sent / max(report.seconds, 1e-9):,.0f}/s) to {settings.kafka_bootstrap}"
     )
-    for line_number, rejection in report.skipped[:20]:
+    exit_on_bad_rows(report.skipped)
+
+
+def exit_on_bad_rows(skipped: list[tuple[int, Rejection]]) -> None:
+    """Name the first bad rows with their reasons; exit 1 if there were any."""
+    for line_number, rejection in skipped[:20]:
         console.print(f"[red]line {line_number}[/red]: {rejection.reason}: {rejection.detail}")
-    if report.skipped:
-        console.print(f"[red]{len(report.skipped)} bad rows skipped[/red]")
+    if skipped:
+        console.print(f"[red]{len(skipped)} bad rows skipped[/red]")
         raise typer.Exit(1)
 
 

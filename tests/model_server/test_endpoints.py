@@ -234,7 +234,7 @@ async def test_score_reports_unknown_items_per_item(served: Served) -> None:
         # Strict where the schema says integer, boolean or string: no coercion.
         ("/recommend", {"user_id": "u", "k": "20"}, 422, "k"),
         ("/recommend", {"user_id": "u", "k": True}, 422, "k"),
-        ("/recommend", {"user_id": "u", "k": 20.0}, 422, "k"),
+        ("/recommend", {"user_id": "u", "k": 20.5}, 422, "k"),
         ("/recommend", {"user_id": "u", "explain": 0}, 422, "explain"),
         ("/recommend", {"user_id": "u", "explain": "true"}, 422, "explain"),
         ("/recommend", {"user_id": 7}, 422, "user_id"),
@@ -380,11 +380,15 @@ async def test_a_flood_of_unknown_users_writes_nothing_to_redis(served: Served) 
 
 async def test_a_context_within_the_event_contract_is_accepted(served: Served) -> None:
     context = {"device": "mobile", "page": 3, "price": 9.5, "k" * 128: "v" * 1024}
+    await apply(served.settings, events_for("others", served.items[:3]))
     async with in_process(served.settings) as (client, _):
         response = await client.post(
             "/recommend", json={"user_id": "u", "k": 3, "explain": False, "context": context}
         )
+        # JSON Schema's integer: a number without a fraction.
+        integral = await client.post("/recommend", json={"user_id": "u", "k": 3.0})
     assert response.status_code == 200, response.text
+    assert integral.status_code == 200 and len(integral.json()["items"]) == 3, integral.text
 
 
 EXPECTED_STATUSES = {
@@ -418,3 +422,33 @@ async def test_the_schema_lists_every_status_each_endpoint_can_answer(served: Se
             assert "schema" in content, (path, status)
             if status != "200" and path != "/readyz":
                 assert content["schema"]["$ref"].endswith("/ProblemBody"), (path, status)
+
+
+async def test_an_items_score_does_not_depend_on_the_other_items_sent(served: Served) -> None:
+    """/score ranks each item as if it were among the candidates /recommend ranks for
+    this user: alone, repeated, among others, or inside /recommend, the same score."""
+    settings = served.settings.model_copy(update={"serve_budget_ms": 60_000})
+    await apply(settings, events_for("sam", served.items[:6]))
+    async with in_process(settings) as (client, _):
+        ranked = (await client.post("/recommend", json={"user_id": "sam", "k": 50})).json()
+        assert ranked["fallback"] is None
+        in_answer = {item["item_id"]: item["score"] for item in ranked["items"]}
+        candidate, other = list(in_answer)[5], list(in_answer)[9]
+        outsider = next(i for i in reversed(served.items) if i not in in_answer)
+
+        async def scores(item_ids: list[str]) -> dict[str, float]:
+            response = await client.post("/score", json={"user_id": "sam", "item_ids": item_ids})
+            assert response.status_code == 200, response.text
+            items = response.json()["items"]
+            assert [item["item_id"] for item in items] == item_ids
+            return {item["item_id"]: item["score"] for item in items}
+
+        alone = await scores([candidate])
+        repeated = await scores([candidate, candidate, candidate])
+        among = await scores([outsider, candidate, other, *served.items[30:60]])
+        outsider_alone = await scores([outsider])
+    assert alone[candidate] == pytest.approx(in_answer[candidate], rel=1e-4, abs=1e-5)
+    assert repeated[candidate] == alone[candidate]
+    assert among[candidate] == pytest.approx(alone[candidate], rel=1e-5, abs=1e-6)
+    assert among[other] == pytest.approx(in_answer[other], rel=1e-4, abs=1e-5)
+    assert among[outsider] == pytest.approx(outsider_alone[outsider], rel=1e-5, abs=1e-6)

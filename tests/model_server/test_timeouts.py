@@ -13,9 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
+from model_server.pipeline import Recommender
+from streamrec.loaded import open_model
+from streamrec.metrics import ServeMetrics
 from streamrec.processes import ServiceProcess
 from streamrec.scrape import counter_total
+from streamrec.state import StateStore
 from tests.model_server.conftest import Served, apply, events_for, frozen_redis, in_process
 
 pytestmark = pytest.mark.integration
@@ -154,3 +159,30 @@ def test_a_body_that_stops_arriving_is_a_408(slow_client_server: ServiceProcess)
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert b'"error":"body_timeout"' in received
     assert after_s < 5
+
+
+async def test_readyz_says_why_in_a_reason_code(served: Served) -> None:
+    """/readyz is for probes and needs no token: no addresses, no raw error text."""
+    async with in_process(served.settings) as (client, _):
+        with frozen_redis(served.settings):
+            frozen = await client.get("/readyz")
+    assert frozen.status_code == 503
+    assert frozen.json() == {"ready": False, "reason": "redis_unavailable"}
+
+
+async def test_without_a_timeout_the_publishers_recommender_waits_for_redis(
+    served: Served,
+) -> None:
+    """The recommendations feed has no one waiting: a frozen Redis delays its answer,
+    it does not turn a user's top-K into trending."""
+    settings = served.settings.model_copy(update={"serve_budget_ms": 60_000})
+    await apply(settings, events_for("patient", served.items[:5]))
+    store = StateStore(settings)
+    recommender = Recommender(settings, store, ServeMetrics(CollectorRegistry()))
+    model = open_model(served.root, served.first.version)
+    try:
+        with frozen_redis(settings, at_most_s=0.5):
+            answer = await recommender.recommend(model, "patient", 5)
+    finally:
+        await store.close()
+    assert answer.fallback is None and answer.has_state and len(answer.items) == 5

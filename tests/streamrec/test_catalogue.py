@@ -37,8 +37,9 @@ SHOE = ItemRecord(
 
 async def apply(catalogue: Catalogue, *changes: ItemChange) -> list[ItemApplied]:
     outcomes = await catalogue.apply_records_each(changes)
-    assert all(isinstance(o, ItemApplied) for o in outcomes), outcomes
-    return [ItemApplied(o) for o in outcomes]
+    applied = [o for o in outcomes if isinstance(o, ItemApplied)]
+    assert applied == outcomes, outcomes
+    return applied
 
 
 async def members(catalogue: Catalogue, category: str) -> dict[str, float]:

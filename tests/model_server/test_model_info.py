@@ -1,0 +1,30 @@
+"""/model needs no token: it names versions, files of a bundle relative to the
+registry and the training data by its folder's name, never a server path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.model_server.conftest import Served, in_process, point_current_at, publish
+from tests.streamrec.bad_bundles import spoil
+
+pytestmark = pytest.mark.integration
+
+
+async def test_model_shows_no_server_paths(served: Served) -> None:
+    bad = publish(served.models, served.root, served.first.version, make_current=False).version
+    spoil(served.root, bad, "manifest_without_max_len")
+    async with in_process(served.settings) as (client, _):
+        point_current_at(served.root, bad)
+        for _ in range(200):
+            model = (await client.get("/model")).json()
+            if bad in model["refused"]:
+                break
+            await asyncio.sleep(0.05)
+    reason = model["refused"][bad]
+    assert f"{bad}/manifest.json" in reason and "max_len" in reason
+    shown = json.dumps(model)
+    assert str(served.root) not in shown and str(served.root.parent) not in shown
