@@ -6,6 +6,7 @@ prequential-quick.*)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -84,6 +85,7 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
         },
         "ratios": _ratios(results),
         "below_best_baseline": {n: _below_best(d) for n, d in results.items()},
+        "below_any_baseline": {n: _below_best(d, "any") for n, d in results.items()},
         "datasets": results,
         "quick": quick,
         "load_average": {"before": load_before, "after": os.getloadavg()},
@@ -134,22 +136,37 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | N
     return out
 
 
-def _below_best(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+def _below_best(data: dict[str, Any], against: str = "best") -> dict[str, dict[str, list[str]]]:
     """For retrain and realtime, per metric: the cases and event types in which
-    the best baseline of that group scores higher."""
+    the best baseline (the goal's: the best one overall by that metric) scores
+    higher; `against="any"`: in which any baseline does (the one best in that group)."""
     breakdown = data["breakdown"]
     out: dict[str, dict[str, list[str]]] = {}
     for variant in ("retrain", "realtime"):
-        out[variant] = {
-            metric: [
+        out[variant] = {}
+        for metric in ("hr20", "mrr20"):
+            best = data["best_baseline"][metric]
+            rivals = list(data["baselines"]) if against == "any" else [best] if best else []
+            out[variant][metric] = [
                 group
                 for group, cell in breakdown[variant].items()
                 if cell["events"]
-                and any(breakdown[b][group][metric] > cell[metric] for b in data["baselines"])
+                and any(breakdown[b][group][metric] > cell[metric] for b in rivals)
             ]
-            for metric in ("hr20", "mrr20")
-        }
     return out
+
+
+def rewrite_markdown(stem: str = "prequential") -> Path:
+    """The markdown report again from its JSON, for a report whose layout changed
+    after the run (the figures are the JSON's, nothing is measured)."""
+    report = json.loads((REPORTS / f"{stem}.json").read_text(encoding="utf-8"))
+    for name, data in report["datasets"].items():
+        report["below_best_baseline"][name] = _below_best(data)
+        report.setdefault("below_any_baseline", {})[name] = _below_best(data, "any")
+    write_json(stem, report)
+    path = REPORTS / f"{stem}.md"
+    path.write_text(_markdown(report, f"{stem}.png"), encoding="utf-8")
+    return path
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -244,6 +261,7 @@ def _dataset_section(name: str, data: dict[str, Any], report: dict[str, Any]) ->
     ratios = report["ratios"][name]
     seconds = report["retrain_seconds"][name]
     below = report["below_best_baseline"][name]
+    below_any = report.get("below_any_baseline", {}).get(name)
     lines += [
         "",
         f"Against the best baseline (hit@20: `{best['hr20']}`, MRR@20: `{best['mrr20']}`): "
@@ -253,14 +271,21 @@ def _dataset_section(name: str, data: dict[str, Any], report: dict[str, Any]) ->
         f"{ratios['realtime_over_best_baseline_mrr20']}× (goal ≥ 1). The baselines took "
         f"{sum(row['seconds'] for row in data['baselines'].values()):.0f} s in all.",
         "",
-        "| groups of the breakdown where the best baseline scores higher | hit@20 | MRR@20 |",
+        "Groups of the breakdown where the best baseline (of that metric, as in the goal) "
+        "scores higher; in brackets, where a baseline that does best in that group alone "
+        "does (for instance `latest` on repeats, `cooc` on new items):",
+        "",
+        "| | hit@20 | MRR@20 |",
         "|---|---|---|",
     ]
     for variant in ("retrain", "realtime"):
-        lines.append(
-            f"| {VARIANTS[variant].label} | {', '.join(below[variant]['hr20']) or 'none'} | "
-            f"{', '.join(below[variant]['mrr20']) or 'none'} |"
-        )
+        cells = []
+        for metric in ("hr20", "mrr20"):
+            cell = ", ".join(below[variant][metric]) or "none"
+            if below_any is not None:
+                cell += f" ({', '.join(below_any[variant][metric]) or 'none'})"
+            cells.append(cell)
+        lines.append(f"| {VARIANTS[variant].label} | {cells[0]} | {cells[1]} |")
     lines += [
         "",
         f"hit@20 ratios: real-time + retraining / frozen = {ratios['retrain_over_frozen']} "

@@ -125,6 +125,10 @@ class Recommender:
         self.half_life_s = settings.popularity_half_life_s
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
+        self.exclude_purchased = settings.serve_exclude_purchased
+        # The trending candidates, read at most once per refresh (they move slowly).
+        self._trending_refresh_s = settings.serve_popularity_refresh_s
+        self._trending_ids: tuple[float, int, list[str]] = (-float("inf"), 0, [])
         self._rank_estimate_s = 0.0
         # Looked up once: five label lookups per request were a visible share of it.
         self._stage_seconds = {name: metrics.stage_seconds.labels(name) for name in STAGES}
@@ -178,7 +182,7 @@ class Recommender:
             items = self._trending_as_last_read(model, k, set(exclude))
             self.metrics.fallbacks.labels("trending").inc()
             return Recommendation(items, model.version, "trending", 0, has_state=False)
-        removed = stored.purchased | set(exclude)
+        removed = (stored.purchased if self.exclude_purchased else frozenset()) | set(exclude)
         if self.trending_only or not stored.recent_events:
             self.metrics.fallbacks.labels("trending").inc()
             items = await self.trending(model, k, removed)
@@ -201,8 +205,9 @@ class Recommender:
         with self._stage("retrieve"):
             candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
             manifest = model.bundle.manifest
+            trending = await self._trending_candidates(model, manifest.trending_candidates)
             extra = features.extra_candidates(
-                candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates
+                candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates, trending
             )
             if extra:
                 # As in training (retrain/candidates.py): dots for the ones the model
@@ -318,6 +323,18 @@ class Recommender:
                     )
                 return held
         return await self.store.read_item_popularity(item_ids, now_ms)
+
+    async def _trending_candidates(self, model: ServedModel, n: int) -> list[str]:
+        """The top `n` trending items the model knows, as training adds them to the
+        candidates; read at most once per `serve_popularity_refresh_s`, and none
+        while Redis does not answer (the other candidates still do)."""
+        if n <= 0:
+            return []
+        read_at, read_n, ids = self._trending_ids
+        if read_n != n or time.monotonic() - read_at >= self._trending_refresh_s:
+            ids = [item.item_id for item in await self.trending(model, n, required=False)]
+            self._trending_ids = (time.monotonic(), n, ids)
+        return ids
 
     async def trending(
         self, model: ServedModel, k: int, removed: Collection[str] = (), required: bool = True

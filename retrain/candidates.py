@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from retrain.batches import encode
-from retrain.covis_cases import CaseCovis
+from retrain.covis_cases import CaseReplay
 from retrain.data import NextItemCases
 from retrain.encoder import SequenceEncoder
 from retrain.popularity import user_state
@@ -29,6 +29,10 @@ from streamrec.features import (
     popularity_rows,
     ranking_features,
 )
+
+# Trending items read per case, of which the first `max_trending` the encoder knows
+# join the candidates (the replayed table keeps this many at hand).
+TRENDING_READ = 64
 
 
 @dataclass(frozen=True)
@@ -52,19 +56,22 @@ def build_candidates(
     batch_size: int = 1024,
     max_recent: int = 0,
     max_covis: int = 0,
-    covis: CaseCovis | None = None,
+    replay: CaseReplay | None = None,
     moments: Sequence[int] | None = None,
     known: np.ndarray | None = None,
+    max_trending: int = 0,
 ) -> CandidateSet:
-    """`covis` with `moments` (from `covis_cases.time_ordered_cases`) gives each case
-    its co-visitation scores; `known` (bool per vocab row) marks the items the
-    encoder trained on (default: all)."""
+    """`replay` with `moments` (from `covis_cases.time_ordered_cases`) gives each case
+    the co-visitation scores, item popularity and trending items as they were then;
+    without it every case takes `popularity` (and the trending items by it).
+    `known` (bool per vocab row) marks the items the encoder trained on (default:
+    all)."""
     n = len(cases.targets)
     known_rows = np.ones(vocab.n_rows, dtype=bool) if known is None else known.copy()
     known_rows[0] = False
     # A catalogue smaller than the candidate count gives them all.
     k = min(k, int(known_rows.sum()))
-    width = k + max_recent + max_covis
+    width = k + max_recent + max_covis + max_trending
     rows = np.zeros((n, width), dtype=np.int64)
     features = np.zeros((n, width, len(FEATURE_NAMES)), dtype=np.float32)
     labels = np.zeros((n, width), dtype=np.float32)
@@ -82,6 +89,12 @@ def build_candidates(
     # Every item's popularity row once, indexed by vocab row (row 0, padding, is zeros).
     popularity_by_row = popularity_rows(("", *vocab.item_ids), popularity)
     popularity_by_row[0] = 0.0
+
+    def known_only(item_ids: Sequence[str]) -> list[str]:
+        # Serving's trending holds only items the served model knows (docs/serving.md).
+        return [i for i in item_ids if i in vocab and known_rows[vocab.row(i)]][:max_trending]
+
+    static_trending = known_only(_trending(popularity, len(popularity)))
     for start in tqdm(
         range(0, n, batch_size), desc="candidates", disable=not progress, leave=False
     ):
@@ -96,15 +109,18 @@ def build_candidates(
             prefix = cases.prefixes[case]
             now_ms = prefix.ts_ms[-1] if prefix.ts_ms else 0
             state = user_state(prefix.item_ids, prefix.types, prefix.ts_ms)
-            if covis is not None and moments is not None:
-                total, latest = covis.at(moments[case], prefix.item_ids, now_ms)
+            trending = static_trending
+            if replay is not None and moments is not None:
+                replay.advance(moments[case])
+                total, latest = replay.covis(prefix.item_ids, now_ms)
                 state = replace(state, covis_total=total, covis_latest=latest)
+                trending = known_only(replay.popularity.trending.ranked(TRENDING_READ))
             # No item the encoder knows: no user vector, only the extras (as serving).
             has_vector = len(encoded[case][0]) > 0
             retrieved = top_rows[case - start].numpy() if has_vector else top_rows[0, :0].numpy()
             retrieved_dots = top_scores[case - start, : len(retrieved)].numpy()
             candidate_ids = [vocab.item_id(int(r)) for r in retrieved]
-            extra = extra_candidates(candidate_ids, state, max_recent, max_covis)
+            extra = extra_candidates(candidate_ids, state, max_recent, max_covis, trending)
             extra_rows = np.array([vocab.row(i) for i in extra], dtype=np.int64)
             extra_dots = np.where(
                 known_rows[extra_rows] & has_vector,
@@ -117,13 +133,13 @@ def build_candidates(
                 continue
             used = len(case_rows)
             rows[case, :used] = case_rows
+            ids = candidate_ids + extra
+            if replay is not None and moments is not None:
+                case_popularity = replay.popularity.rows(ids, now_ms)
+            else:
+                case_popularity = popularity_by_row[case_rows]
             features[case, :used] = ranking_features(
-                candidate_ids + extra,
-                dots,
-                state,
-                popularity_by_row[case_rows],
-                now_ms,
-                half_life_s,
+                ids, dots, state, case_popularity, now_ms, half_life_s
             )
             hit = np.flatnonzero(case_rows == target_rows[case])
             if target_rows[case] > 0 and len(hit):
@@ -133,6 +149,14 @@ def build_candidates(
         dtype=bool,
     )
     return CandidateSet(rows, features, labels, target_rows, repeats)
+
+
+def _trending(popularity: Mapping[str, Mapping[EventType, float]], n: int) -> list[str]:
+    """The `n` most popular items, every event type alike (as serving's trending)."""
+    if n <= 0:
+        return []
+    totals = {item: sum(by_type.values()) for item, by_type in popularity.items()}
+    return sorted(totals, key=lambda item: (-totals[item], item))[:n]
 
 
 def ranked_target_ranks(candidates: CandidateSet, scores: np.ndarray, n_items: int) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""Training cases in event-time order, each with the co-visitation table as the live
-one held it just before the case's next event: the stream worker's table replayed
-(`streamrec.covis.CovisTable`, the apply script's twin), never a later event."""
+"""Training cases in event-time order, each with the co-visitation table and the
+item popularity as the live ones held them just before the case's next event: the
+stream worker's state replayed (`streamrec.covis.CovisTable`, the apply script's
+twin; `retrain.popularity.ItemPopularity`), never a later event."""
 
 from __future__ import annotations
 
@@ -8,35 +9,55 @@ from collections.abc import Sequence
 
 from retrain.data import NextItemCases, UserSequence
 from retrain.holdout import prefix
+from retrain.popularity import ItemPopularity
 from streamrec.covis import CovisRule, CovisTable, covis_scores, latest_distinct
+from streamrec.events import EventType
 
-CovisEvent = tuple[str, str, int]  # user, item, ts ms
+CaseEvent = tuple[str, str, int, EventType]  # user, item, ts ms, type
 
 
-class CaseCovis:
-    """Replays `events` (in time order) into a table as far as each case asks."""
+class CaseReplay:
+    """Replays `events` (in time order) into the co-visitation table and the item
+    popularity as far as each case asks (`advance`); moments must not go back."""
 
-    def __init__(self, rule: CovisRule, read_items: int, events: Sequence[CovisEvent]) -> None:
+    def __init__(
+        self,
+        rule: CovisRule,
+        read_items: int,
+        events: Sequence[CaseEvent],
+        popularity_half_life_s: float,
+    ) -> None:
         self.rule = rule
         self.read_items = read_items
         self.events = events
         self.table = CovisTable(rule)
+        self.popularity = ItemPopularity(popularity_half_life_s)
         self.applied = 0
 
-    def at(
-        self, moment: int, prefix_items: Sequence[str], now_ms: int
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """(over the user's latest items, from the latest alone) once the first
-        `moment` events are in the table; moments must not go back."""
+    def advance(self, moment: int) -> None:
+        """Apply the first `moment` events."""
         if moment < self.applied:
             raise ValueError(f"case moments go back: {moment} after {self.applied}")
-        for user_id, item_id, ts_ms in self.events[self.applied : moment]:
+        for user_id, item_id, ts_ms, event_type in self.events[self.applied : moment]:
             self.table.apply(user_id, item_id, ts_ms)
+            self.popularity.observe(item_id, event_type, ts_ms)
         self.applied = moment
+
+    def covis(
+        self, prefix_items: Sequence[str], now_ms: int
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """(over the user's latest items, from the latest alone), as serving scores them."""
         if self.read_items <= 0:
             return {}, {}
         lists = [self.table.neighbours(i) for i in latest_distinct(prefix_items, self.read_items)]
         return covis_scores(lists, now_ms, self.rule.half_life_s)
+
+    def at(
+        self, moment: int, prefix_items: Sequence[str], now_ms: int
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """`covis` once the first `moment` events are in."""
+        self.advance(moment)
+        return self.covis(prefix_items, now_ms)
 
 
 def time_ordered_cases(
@@ -44,7 +65,7 @@ def time_ordered_cases(
     case_sequences: Sequence[UserSequence],
     from_ms: int | None = None,
     until_ms: int | None = None,
-) -> tuple[NextItemCases, list[int], list[CovisEvent]]:
+) -> tuple[NextItemCases, list[int], list[CaseEvent]]:
     """Every next-item case of `case_sequences` (which are among `history`) whose
     next event lies in [from_ms, until_ms), ordered by the time of that event; per
     case how many of the returned events (all of `history`, in time order) came
@@ -57,7 +78,7 @@ def time_ordered_cases(
         for n, sequence in enumerate(history)
         for position, ts in enumerate(sequence.ts_ms)
     )
-    events: list[CovisEvent] = []
+    events: list[CaseEvent] = []
     prefixes: list[UserSequence] = []
     targets, target_types, moments = [], [], []
     for ts, n, position in timeline:
@@ -67,6 +88,6 @@ def time_ordered_cases(
             targets.append(sequence.item_ids[position])
             target_types.append(sequence.types[position])
             moments.append(len(events))
-        events.append((sequence.user_id, sequence.item_ids[position], sequence.ts_ms[position]))
+        events.append((sequence.user_id, sequence.item_ids[position], ts, sequence.types[position]))
     cases = NextItemCases(prefixes=prefixes, targets=targets, target_types=target_types)
     return cases, moments, events

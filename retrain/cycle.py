@@ -48,6 +48,21 @@ class CycleResult:
         return orjson.dumps(self.__dict__)
 
 
+def cycle_plan(settings: Settings, first: bool) -> TrainPlan:
+    """What a cycle trains with: the first version, or a warm one on top of its parent."""
+    return replace(
+        TrainPlan(),
+        encoder=replace(
+            TrainPlan().encoder,
+            epochs=settings.retrain_first_epochs if first else settings.retrain_epochs,
+            negatives=settings.retrain_negatives,
+        ),
+        holdout_fraction=settings.retrain_holdout_fraction,
+        covis=covis_rule(settings),
+        covis_read_items=settings.covis_read_items,
+    )
+
+
 def run_cycle(
     settings: Settings,
     plan: TrainPlan | None = None,
@@ -59,17 +74,7 @@ def run_cycle(
     root = settings.registry
     until = now or datetime.now(UTC)
     parent = registry.current_version(root)
-    plan = plan or replace(
-        TrainPlan(),
-        encoder=replace(
-            TrainPlan().encoder,
-            epochs=settings.retrain_epochs if parent else settings.retrain_first_epochs,
-            negatives=settings.retrain_negatives,
-        ),
-        holdout_fraction=settings.retrain_holdout_fraction,
-        covis=covis_rule(settings),
-        covis_read_items=settings.covis_read_items,
-    )
+    plan = plan or cycle_plan(settings, first=parent is None)
     since = _window_end(root, parent)
 
     new = list(read_archive(settings.archive_root, since, until))

@@ -16,7 +16,7 @@ import torch
 
 from retrain.baselines import item_knn_ranks, popularity_ranks
 from retrain.candidates import build_candidates
-from retrain.covis_cases import CaseCovis, time_ordered_cases
+from retrain.covis_cases import CaseReplay, time_ordered_cases
 from retrain.data import load_srgnn
 from retrain.metrics import summarise
 from retrain.pipeline import TrainedModels, TrainPlan, evaluate_pair, known_items, train_models
@@ -69,9 +69,10 @@ def run_offline(
     candidates = build_candidates(
         models.encoder, models.vocab, test, popularity, plan.candidates, plan.half_life_s,
         progress, max_recent=plan.recent_candidates, max_covis=plan.covis_candidates,
-        covis=CaseCovis(plan.covis, plan.covis_read_items, events),
+        replay=CaseReplay(plan.covis, plan.covis_read_items, events, plan.half_life_s),
         moments=[len(events)] * len(test.targets),
         known=known_items(models.vocab, split.train, None),
+        max_trending=plan.trending_candidates,
     )  # fmt: skip
     pair = evaluate_pair(models.encoder, models.ranker, candidates, len(models.vocab))
     results["models"]["retriever"] = pair["retriever"]

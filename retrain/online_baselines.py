@@ -6,87 +6,19 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from retrain.popularity import Popularity
 from streamrec.events import Event
-
-# Past this exponent the decayed counts are rescaled (exp(700) overflows a float).
-_REBASE_EXPONENT = 500.0
 
 
 class Baseline(Protocol):
     def recommend(self, user_id: str, k: int) -> list[str]: ...
 
     def observe(self, event: Event) -> None: ...
-
-
-class Popularity:
-    """Every item's event count (all types) decayed by age, over the events observed
-    so far; what each baseline fills the rest of its k from. Counts are kept
-    relative to a fixed origin, so one event moves only its item's count and the
-    top `keep` items stay at hand. Ties: the smaller item id first."""
-
-    def __init__(self, half_life_s: float, keep: int = 64) -> None:
-        self._rate_per_ms = math.log(2) / (half_life_s * 1000)
-        self._keep = keep
-        self._origin_ms: int | None = None
-        self._weights: dict[str, float] = {}
-        self._top: dict[str, float] = {}
-        self._worst: str | None = None  # the last of the top items, while it is known
-        self._ranked: list[str] | None = None
-
-    def observe(self, event: Event) -> None:
-        if self._origin_ms is None:
-            self._origin_ms = event.ts_ms
-        exponent = self._rate_per_ms * (event.ts_ms - self._origin_ms)
-        if exponent > _REBASE_EXPONENT:
-            self._rebase(event.ts_ms)
-            exponent = 0.0
-        item = event.item_id
-        weight = self._weights.get(item, 0.0) + math.exp(exponent)
-        self._weights[item] = weight
-        if item in self._top or len(self._top) < self._keep:
-            self._top[item] = weight
-            self._worst = self._ranked = None
-            return
-        if self._worst is None:
-            self._worst = max(self._top, key=lambda i: (-self._top[i], i))
-        if (-weight, item) < (-self._top[self._worst], self._worst):
-            del self._top[self._worst]
-            self._top[item] = weight
-            self._worst = self._ranked = None
-
-    def ranked(self, n: int) -> list[str]:
-        """The `n` most popular items, most popular first."""
-        if n > self._keep:
-            return sorted(self._weights, key=lambda i: (-self._weights[i], i))[:n]
-        if self._ranked is None:
-            self._ranked = sorted(self._top, key=lambda i: (-self._top[i], i))
-        return self._ranked[:n]
-
-    def fill(self, item_ids: list[str], k: int) -> list[str]:
-        """`item_ids` (at most k of them) topped up to k with the most popular items
-        not among them."""
-        chosen = item_ids[:k]
-        # The top k hold at least k - len(chosen) items that are not chosen.
-        listed = set(chosen)
-        for item in self.ranked(k):
-            if len(chosen) == k:
-                break
-            if item not in listed:
-                chosen.append(item)
-        return chosen
-
-    def _rebase(self, origin_ms: int) -> None:
-        assert self._origin_ms is not None
-        scale = math.exp(-self._rate_per_ms * (origin_ms - self._origin_ms))
-        self._weights = {item: w * scale for item, w in self._weights.items()}
-        self._top = {item: w * scale for item, w in self._top.items()}
-        self._origin_ms = origin_ms
 
 
 class UserItems:

@@ -15,7 +15,7 @@ import torch
 
 from retrain.batches import encode
 from retrain.candidates import CandidateSet, build_candidates, ranked_target_ranks
-from retrain.covis_cases import CaseCovis, CovisEvent, time_ordered_cases
+from retrain.covis_cases import CaseEvent, CaseReplay, time_ordered_cases
 from retrain.data import NextItemCases, UserSequence
 from retrain.encoder import EncoderConfig, SequenceEncoder, grow_items
 from retrain.holdout import prefix, split_recent
@@ -43,6 +43,7 @@ class TrainPlan:
     recent_candidates: int = 20  # of the user's own recent items, after retrieval's
     covis_candidates: int = 30  # co-visitation neighbours of the user's latest items
     covis_read_items: int = 5  # latest distinct items whose links are read
+    trending_candidates: int = 20  # the top trending items, every event type alike
     covis: CovisRule = field(default_factory=CovisRule)  # the stream worker's rule
     holdout_fraction: float = 0.1
     ranker_share: float = 0.8  # of the held-out part; the newest rest measures the ranker
@@ -157,7 +158,7 @@ class CaseWindow:
     from_ms: int | None = None
     until_ms: int | None = None
 
-    def cases(self) -> tuple[NextItemCases, list[int], list[CovisEvent]]:
+    def cases(self) -> tuple[NextItemCases, list[int], list[CaseEvent]]:
         return time_ordered_cases(self.sequences, self.case_sequences, self.from_ms, self.until_ms)
 
 
@@ -239,14 +240,14 @@ def case_candidates(
     known: np.ndarray,
     progress: bool,
 ) -> CandidateSet:
-    """The candidates of every case of `window`, each with the co-visitation table
-    as it was just before its next event."""
+    """The candidates of every case of `window`, each with the co-visitation table,
+    popularity and trending items as they were just before its next event."""
     cases, moments, events = window.cases()
     return build_candidates(
         encoder, vocab, cases, popularity, plan.candidates, plan.half_life_s, progress,
         max_recent=plan.recent_candidates, max_covis=plan.covis_candidates,
-        covis=CaseCovis(plan.covis, plan.covis_read_items, events), moments=moments,
-        known=known,
+        replay=CaseReplay(plan.covis, plan.covis_read_items, events, plan.half_life_s),
+        moments=moments, known=known, max_trending=plan.trending_candidates,
     )  # fmt: skip
 
 

@@ -256,14 +256,22 @@ def run(
         home=workdir,
         input_partitions=2,
         registry_poll_s=0.5,
-        serve_budget_ms=10_000,  # quality is measured here, not speed: never cut ranking short
+        # Quality is measured here, not speed: never cut ranking or a Redis read short.
+        serve_budget_ms=10_000,
+        serve_redis_timeout_ms=10_000,
         log_level="WARNING",
     )
     cases, types = event_cases(replay)
     outcome = PrequentialRun([], [], cases, types)
     for name in baselines:
         outcome.baselines.append(
-            score_baseline(replay, name, settings.popularity_half_life_s, plan)
+            score_baseline(
+                replay,
+                name,
+                settings.popularity_half_life_s,
+                plan,
+                exclude_purchased=settings.serve_exclude_purchased,
+            )
         )
         console.print(_line(replay.name, outcome.baselines[-1]))
     if variants:
@@ -481,17 +489,25 @@ async def _replay(
 class AnswerFirst:
     """A baseline fed test-then-train: the warm-up first; then a scored event may
     be observed only once it was answered for, and an answer is refused once a
-    later event of the same user was observed."""
+    later event of the same user was observed. With `exclude_purchased` its answers
+    leave out what the user bought, as the pipeline's do (same rule for both)."""
 
-    def __init__(self, baseline: Baseline) -> None:
+    def __init__(self, baseline: Baseline, exclude_purchased: bool = False) -> None:
         self.baseline = baseline
+        self.exclude_purchased = exclude_purchased
         self._answered: set[int] = set()
         self._user_observed: dict[str, int] = {}  # user → index of their latest observed event
+        self._purchased: dict[str, set[str]] = {}
         self._scoring = False
 
     def warm(self, event: Event) -> None:
         if self._scoring:
             raise StreamrecError(f"warm-up event {event.event_id} after scoring began")
+        self._observe(event)
+
+    def _observe(self, event: Event) -> None:
+        if self.exclude_purchased and event.type == EventType.PURCHASE:
+            self._purchased.setdefault(event.user_id, set()).add(event.item_id)
         self.baseline.observe(event)
 
     def answer(self, index: int, event: Event, k: int) -> list[str]:
@@ -503,7 +519,9 @@ class AnswerFirst:
                 f"event {seen} was observed"
             )
         self._answered.add(index)
-        return self.baseline.recommend(event.user_id, k)
+        bought = self._purchased.get(event.user_id, set())
+        answer = self.baseline.recommend(event.user_id, k + len(bought))
+        return [item for item in answer if item not in bought][:k]
 
     def observe(self, index: int, event: Event) -> None:
         if index not in self._answered:
@@ -513,18 +531,22 @@ class AnswerFirst:
             )
         self._answered.remove(index)
         self._user_observed[event.user_id] = index
-        self.baseline.observe(event)
+        self._observe(event)
 
 
 def score_baseline(
-    replay: Replay, name: str, half_life_s: float, plan: Plan = Plan()
+    replay: Replay,
+    name: str,
+    half_life_s: float,
+    plan: Plan = Plan(),
+    exclude_purchased: bool = False,
 ) -> VariantResult:
     """A baseline on the replay in the pipeline's order (`_rounds` of each window):
     answers for a round's events first, then observes them. `half_life_s`: its
-    popularity fill's."""
+    popularity fill's; `exclude_purchased`: the pipeline's purchase filter."""
     spec = BASELINES[name]
     started = time.perf_counter()
-    baseline = AnswerFirst(spec.build(half_life_s))
+    baseline = AnswerFirst(spec.build(half_life_s), exclude_purchased)
     for event in replay.warmup:
         baseline.warm(event)
     n = len(replay.scored)

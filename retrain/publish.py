@@ -104,6 +104,7 @@ def publish_models(
                 "candidates": plan.candidates,
                 "recent_candidates": plan.recent_candidates,
                 "covis_candidates": plan.covis_candidates,
+                "trending_candidates": plan.trending_candidates,
             },
             index=sections["index"],
             training={

@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 # cost 1.35 MRR@20 on the yoochoose replay's first 4,000 events (docs/models.md).
 PRIOR_WEIGHTS = {"user_item_dot": 1.0}
 
+# Raw weights of the ranker when there are too few cases to train it: what a
+# practitioner would blend by hand, the user's own items latest first, then the
+# co-visitation neighbours, then what is popular (the retrieval dot left out: an
+# encoder trained on so little data ranked worse with it).
+BLEND_WEIGHTS = {
+    "distinct_recency_inv": 20.0,
+    "covis_total_log": 8.0,
+    "popularity_weighted_log": 1.0,
+}
+
 
 @dataclass(frozen=True)
 class RankerConfig:
@@ -33,6 +43,10 @@ class RankerConfig:
     batch_cases: int = 256
     lr: float = 3e-3
     seed: int = 0
+    # Fewer cases than this with the next item among the candidates: no training,
+    # the ranker is `BLEND_WEIGHTS` (on the Taobao warm-up's 30 such cases a trained
+    # ranker was noise: docs/models.md).
+    min_cases: int = 500
 
     def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -84,19 +98,21 @@ def train_ranker(
     if len(flat):
         ranker.mean.copy_(flat.mean(dim=0))
         ranker.scale.copy_(flat.std(dim=0, correction=0).clamp(min=1e-3))
+    trains = int(keep.sum()) >= config.min_cases
     with torch.no_grad():
-        # The skip starts from `PRIOR_WEIGHTS`; a window with few cases (most users
-        # act once or twice) keeps close to it.
+        # The skip starts from `PRIOR_WEIGHTS`, or is `BLEND_WEIGHTS` for good.
         ranker.skip.weight.zero_()
-        for name, raw_weight in PRIOR_WEIGHTS.items():
+        for name, raw_weight in (PRIOR_WEIGHTS if trains else BLEND_WEIGHTS).items():
             column = FEATURE_NAMES.index(name)
             ranker.skip.weight[0, column] = raw_weight * float(ranker.scale[column])
-    if not keep.any():
-        # Nothing to learn from (too few users with two events, or no next item
-        # among the candidates): the ranker keeps exactly its starting blend.
+    if not trains:
+        # Too little to learn from (most users act once or twice, or the next item
+        # is rarely among the candidates): the hand blend, exactly.
         log.warning(
-            "no ranker training case in %d cases: the ranker keeps its starting blend", len(labels)
-        )
+            "%d of %d ranker cases have the next item among the candidates (minimum %d): "
+            "the ranker is the hand blend",
+            int(keep.sum()), len(labels), config.min_cases,
+        )  # fmt: skip
         with torch.no_grad():
             last = ranker.mlp[-1]
             assert isinstance(last, nn.Linear)

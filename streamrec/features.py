@@ -108,31 +108,40 @@ def popularity_rows(
 
 
 def extra_candidates(
-    retrieved: Collection[str], user: UserState, max_recent: int, max_covis: int
+    retrieved: Collection[str],
+    user: UserState,
+    max_recent: int,
+    max_covis: int,
+    trending: Sequence[str] = (),
 ) -> list[str]:
     """What joins retrieval's candidates: up to `max_recent` of the user's own distinct
     recent items, latest first, then up to `max_covis` of the strongest co-visitation
-    neighbours of the user's latest items, each unless retrieval already has it.
-    People go back to what they just looked at, and to what others looked at next
-    to it; neither needs the model to know the item (a new one is recommended the
-    moment events link it). The ranker's columns decide how far each one rises."""
+    neighbours of the user's latest items, then the `trending` items (the top few,
+    every event type alike), each unless already there. People go back to what they
+    just looked at, to what others looked at next to it, and to what everyone is
+    looking at now; none needs the model to know the item (a new one is recommended
+    the moment events link it). The ranker's columns decide how far each one rises."""
     have = set(retrieved)
     added: list[str] = []
-    recent = latest_distinct([e.item_id for e in user.recent_events], max_recent)
-    for item_id in recent:
-        if item_id not in have:
-            have.add(item_id)
-            added.append(item_id)
+
+    def add(item_id: str) -> bool:
+        if item_id in have:
+            return False
+        have.add(item_id)
+        added.append(item_id)
+        return True
+
+    for item_id in latest_distinct([e.item_id for e in user.recent_events], max_recent):
+        add(item_id)
     if max_covis > 0 and user.covis_total:
         strongest = sorted(user.covis_total.items(), key=lambda pair: (-pair[1], pair[0]))
         taken = 0
         for item_id, _ in strongest:
             if taken == max_covis:
                 break
-            if item_id not in have:
-                have.add(item_id)
-                added.append(item_id)
-                taken += 1
+            taken += add(item_id)
+    for item_id in trending:
+        add(item_id)
     return added
 
 

@@ -87,6 +87,11 @@ class Manifest:
         """How many co-visitation neighbours join the candidates, as in training."""
         return int(self.ranker.get("covis_candidates", 0))
 
+    @property
+    def trending_candidates(self) -> int:
+        """How many of the top trending items join the candidates, as in training."""
+        return int(self.ranker.get("trending_candidates", 0))
+
     def to_json(self) -> str:
         body = asdict(self)
         body["feature_names"] = list(self.feature_names)

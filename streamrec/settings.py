@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     serve_max_k: int = Field(default=200, ge=1)
     serve_max_items: int = Field(default=1000, ge=1)  # /score item_ids, /recommend exclude
     serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Items the user bought are left out of /recommend answers (design: the
+    # default). False: the ranker decides (`user_item_purchased` is one of its
+    # columns); on the Taobao replay 33 of 1,490 repeats go back to a bought item.
+    serve_exclude_purchased: bool = True
     # Bounds on every wait (docs/serving.md, "Timeouts and shedding"). A Redis reply a
     # request waits for: keep it inside the budget. Then a 503, or trending.
     serve_redis_timeout_ms: float = Field(default=30.0, gt=0)

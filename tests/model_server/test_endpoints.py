@@ -55,9 +55,12 @@ async def test_candidates_come_from_the_manifest_and_trending_fills_filtered_gap
     manifest = served.first
     trained_on = manifest.retrieval_candidates
     assert trained_on is not None and trained_on < served.settings.retrieval_candidates
+    assert manifest.trending_candidates > 0
     trending_item = served.items[-1]
     await apply(served.settings, events_for("erin", served.items[:4]))
-    await apply(served.settings, events_for("others", [trending_item] * 3))
+    # More trending items than the candidates take: the others fill filtered gaps.
+    others = served.items[-(manifest.trending_candidates + 10) :]
+    await apply(served.settings, events_for("others", [*others, trending_item, trending_item]))
     async with in_process(served.settings) as (client, _):
         every = await client.post("/recommend", json={"user_id": "erin", "k": 200})
 
@@ -70,19 +73,22 @@ async def test_candidates_come_from_the_manifest_and_trending_fills_filtered_gap
             return {s.name: s.value for s in family.samples if s.name.endswith(("_sum", "_count"))}
 
         counted = candidate_counts((await client.get("/metrics")).text)
-        # Retrieval's C plus the extras (the user's recent items and co-visitation
-        # neighbours retrieval missed); the ranked candidates come first, trending after.
+        # Retrieval's C plus the extras (the user's recent items, co-visitation
+        # neighbours and the top trending items retrieval missed); the ranked
+        # candidates come first, trending after.
         n = int(counted["streamrec_serve_candidates_sum"])
-        extras = manifest.recent_candidates + manifest.covis_candidates
+        extras = (
+            manifest.recent_candidates + manifest.covis_candidates + manifest.trending_candidates
+        )
         assert trained_on <= n <= trained_on + extras
         candidates = [item["item_id"] for item in every.json()["items"]][:n]
         filtered = await client.post(
             "/recommend", json={"user_id": "erin", "k": 3, "exclude": candidates}
         )
-    assert len(set(candidates)) == n and trending_item not in candidates
+    assert len(set(candidates)) == n and trending_item in candidates
     items = [item["item_id"] for item in filtered.json()["items"]]
     assert filtered.json()["fallback"] is None
-    assert items[0] == trending_item and not set(items) & set(candidates)
+    assert len(items) == 3 and not set(items) & set(candidates)
 
 
 async def test_the_users_own_recent_items_are_among_the_candidates(served: Served) -> None:
@@ -97,6 +103,18 @@ async def test_the_users_own_recent_items_are_among_the_candidates(served: Serve
     candidates = {item["item_id"] for item in every.json()["items"]}
     assert set(clicked) <= candidates
     assert bought not in candidates
+
+
+async def test_with_the_purchase_filter_off_a_bought_item_can_come_back(served: Served) -> None:
+    """`serve_exclude_purchased=False`: the ranker decides (people buy again, and
+    click what they bought), so the bought item is among the candidates."""
+    bought = served.items[-6]
+    await apply(served.settings, events_for("hana", served.items[-9:-7]))
+    await apply(served.settings, events_for("hana", [bought], EventType.PURCHASE, start=50))
+    settings = served.settings.model_copy(update={"serve_exclude_purchased": False})
+    async with in_process(settings) as (client, _):
+        every = await client.post("/recommend", json={"user_id": "hana", "k": 200})
+    assert bought in {item["item_id"] for item in every.json()["items"]}
 
 
 async def test_recommended_items_are_remembered_for_the_hit_rate(served: Served) -> None:

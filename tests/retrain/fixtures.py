@@ -28,7 +28,7 @@ TINY_PLAN = TrainPlan(
     max_len=20,
     dropout=0.1,
     encoder=EncoderTraining(epochs=1, batch_size=128),
-    ranker=RankerConfig(hidden=8, epochs=1),
+    ranker=RankerConfig(hidden=8, epochs=1, min_cases=1),
     candidates=20,
     validation_cases=200,
 )

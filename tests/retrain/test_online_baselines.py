@@ -244,6 +244,16 @@ def test_answer_first_refuses_to_observe_before_answering_or_to_answer_too_late(
         guarded.warm(event("w", "a"))
 
 
+def test_with_the_purchase_filter_a_baseline_leaves_out_what_the_user_bought() -> None:
+    """The pipeline drops bought items by default; the baselines it is compared with
+    follow the same rule, and still answer k items."""
+    for exclude, expected in ((False, ["b", "a"]), (True, ["a", "c"])):
+        guarded = AnswerFirst(Latest(DAY_S), exclude_purchased=exclude)
+        for e in (event("u", "a", 0), event("u", "b", 1, EventType.PURCHASE), event("w", "c", 2)):
+            guarded.warm(e)
+        assert guarded.answer(0, event("u", "x", 3), 2) == expected
+
+
 class _Spy:
     """A baseline that remembers which scored events it had observed at each answer."""
 

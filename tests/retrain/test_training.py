@@ -41,19 +41,23 @@ def test_same_data_and_seed_give_the_same_metrics() -> None:
         assert first[model]["mrr20"] == pytest.approx(second[model]["mrr20"], abs=0.1)
 
 
-def test_a_ranker_without_training_cases_keeps_retrieval_order() -> None:
-    """Too sparse a window (no next item among any candidates) still gives a usable
-    ranker: exactly the retriever's order, never NaN."""
+def test_a_ranker_with_too_few_cases_is_the_hand_blend() -> None:
+    """Too sparse a window (no next item among any candidates, or fewer such cases
+    than `min_cases`) still gives a usable ranker: exactly `BLEND_WEIGHTS`, never NaN."""
     import numpy as np
     import torch
 
-    from retrain.ranker import RankerConfig, train_ranker
+    from retrain.ranker import BLEND_WEIGHTS, RankerConfig, train_ranker
+    from streamrec.features import FEATURE_NAMES
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(3, 50, RankerConfig().n_features)).astype(np.float32)
-    ranker, losses, _ = train_ranker(features, np.zeros((3, 50)), RankerConfig(), progress=False)
-    with torch.no_grad():
-        scores = ranker(torch.from_numpy(features)).numpy()
-    assert losses == [] and np.isfinite(scores).all()
-    for case in range(3):
-        assert (np.argsort(-scores[case]) == np.argsort(-features[case, :, 0])).all()
+    blend = sum(w * features[..., FEATURE_NAMES.index(n)] for n, w in BLEND_WEIGHTS.items())
+    labels = np.zeros((3, 50))
+    for few in (labels, np.eye(3, 50)):  # none, then 3 < min_cases
+        ranker, losses, _ = train_ranker(features, few, RankerConfig(), progress=False)
+        with torch.no_grad():
+            scores = ranker(torch.from_numpy(features)).numpy()
+        assert losses == [] and np.isfinite(scores).all()
+        for case in range(3):
+            assert (np.argsort(-scores[case]) == np.argsort(-blend[case])).all()

@@ -157,6 +157,14 @@ def test_extras_are_the_users_distinct_recent_items_latest_first_then_covisitati
     assert extra_candidates(["c", "y"], user, 2, 2) == ["a", "x", "b"]
     assert extra_candidates([], user, 9, 0) == ["c", "a", "b"]
     assert extra_candidates([], user, 0, 9) == ["x", "b", "y", "z"]
+    # Then the trending items, each unless already there.
+    assert extra_candidates(["c", "y"], user, 2, 2, ["t", "a", "c", "u"]) == [
+        "a",
+        "x",
+        "b",
+        "t",
+        "u",
+    ]
 
 
 def test_an_item_without_a_vector_gets_the_lowest_dot_and_is_marked() -> None:
