@@ -192,37 +192,12 @@ class Recommender:
         inputs = user_encoder_inputs(model, stored.recent_events)
         user_vector: np.ndarray | None = None
         fresh_vector = None
-        vocab_rows = np.zeros(0, dtype=np.int64)
-        dots = np.zeros(0, dtype=np.float32)
         if inputs is not None:
             if self.prewarm is not None:
                 self.prewarm.answered(model, stored, inputs)
             user_vector, fresh_vector = self._user_vector(model, stored, inputs)
-            with self._stage("retrieve"):
-                scores, rows = model.bundle.search(user_vector, self.candidates_for(model))
-                found = rows[0] > 0
-                vocab_rows, dots = rows[0][found], scores[0][found]
         with self._stage("retrieve"):
-            candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
-            manifest = model.bundle.manifest
-            trending = await self._trending_candidates(model, manifest.trending_candidates)
-            extra = features.extra_candidates(
-                candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates, trending
-            )
-            if extra:
-                # As in training (retrain/candidates.py): dots for the ones the model
-                # knows, NaN for the rest.
-                known_rows = model.bundle.rows
-                extra_rows = np.array([known_rows.get(i, 0) for i in extra], dtype=np.int64)
-                extra_dots = np.full(len(extra), np.nan, dtype=np.float32)
-                has_vector = extra_rows > 0
-                if user_vector is not None and has_vector.any():
-                    extra_dots[has_vector] = (
-                        model.item_vectors(extra_rows[has_vector].tolist()) @ user_vector[0]
-                    )
-                candidate_ids += extra
-                vocab_rows = np.concatenate([vocab_rows, extra_rows])
-                dots = np.concatenate([dots.astype(np.float32), extra_dots])
+            candidate_ids, vocab_rows, dots = await self._candidate_set(model, user, user_vector)
         if not candidate_ids:
             self.metrics.fallbacks.labels("trending").inc()
             items = await self.trending(model, k, removed)
@@ -383,7 +358,7 @@ class Recommender:
             inputs = user_encoder_inputs(model, stored.recent_events)
             user_vector = None if inputs is None else self._user_vector(model, stored, inputs)[0]
             with self._stage("retrieve"):
-                candidate_ids, candidate_rows, candidate_dots = self._candidate_set(
+                candidate_ids, candidate_rows, candidate_dots = await self._candidate_set(
                     model, user, user_vector
                 )
                 place = {item_id: n for n, item_id in enumerate(candidate_ids)}
@@ -419,12 +394,12 @@ class Recommender:
             by_item = {i: float(s) for i, s in zip(every_id, rank_scores, strict=True)}
         return Scores([ItemScore(i, by_item.get(i)) for i in item_ids], model.version)
 
-    def _candidate_set(
+    async def _candidate_set(
         self, model: ServedModel, user: features.UserState, user_vector: np.ndarray | None
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """What /recommend ranks for this user (ids, vocabulary rows, dots; NaN where the
-        model has no vector): retrieval's top C, then the extras, as `recommend`
-        builds them."""
+        model has no vector): retrieval's top C, then the extras, as training builds
+        them (retrain/candidates.py)."""
         vocab_rows = np.zeros(0, dtype=np.int64)
         dots = np.zeros(0, dtype=np.float32)
         if user_vector is not None:
@@ -433,8 +408,9 @@ class Recommender:
             vocab_rows, dots = found_rows[0][found], scores[0][found]
         candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
         manifest = model.bundle.manifest
+        trending = await self._trending_candidates(model, manifest.trending_candidates)
         extra = features.extra_candidates(
-            candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates
+            candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates, trending
         )
         if not extra:
             return candidate_ids, vocab_rows, dots.astype(np.float32)
