@@ -21,6 +21,7 @@ from model_server.prewarm import Prewarm
 from model_server.trending import TrendingReader
 from streamrec import features
 from streamrec import state as redis_state
+from streamrec.catalogue import Catalogue
 from streamrec.covis import covis_scores
 from streamrec.events import EVENT_TYPE_OF
 from streamrec.loaded import ServedModel
@@ -121,7 +122,9 @@ class Recommender:
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
         self.redis_timeout_s = redis_timeout_s
-        self.trending_reader = TrendingReader(store, settings.trending_max_items)
+        self.trending_reader = TrendingReader(
+            store, settings.trending_max_items, Catalogue(settings, client=store.redis)
+        )
         self.half_life_s = settings.popularity_half_life_s
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"

@@ -1,12 +1,14 @@
 """Trending for the model server: the top of the decayed trending sets in Redis,
-every event type counted alike, held to the items the served model knows; and the
-last read, which /recommend answers from while Redis does not answer."""
+every event type counted alike, held to the items the served model knows and the
+catalogue does not mark unavailable or deleted (docs/catalogue.md); and the last
+read, which /recommend answers from while Redis does not answer."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 
+from streamrec.catalogue import Catalogue
 from streamrec.events import EventType
 from streamrec.loaded import ServedModel
 from streamrec.state import StateStore
@@ -22,9 +24,12 @@ READ_GROWTH = 4
 
 
 class TrendingReader:
-    def __init__(self, store: StateStore, max_items: int) -> None:
+    def __init__(
+        self, store: StateStore, max_items: int, catalogue: Catalogue | None = None
+    ) -> None:
         self.store = store
         self.max_items = max_items  # what the trending sets are trimmed to
+        self.catalogue = catalogue
         self._last: list[tuple[str, float]] | None = None
 
     async def read(self, model: ServedModel, wanted: int) -> list[tuple[str, float]]:
@@ -36,7 +41,13 @@ class TrendingReader:
         for rows in per_type:
             for item_id, score in rows:
                 combined[item_id] = combined.get(item_id, 0.0) + score
-        self._last = sorted(combined.items(), key=lambda pair: -pair[1])
+        ordered = sorted(combined.items(), key=lambda pair: -pair[1])
+        if self.catalogue is not None and ordered:
+            # An item out of stock or withdrawn leaves trending at the next read;
+            # one the catalogue never heard of stays (the catalogue is optional).
+            flags = await self.catalogue.available([item_id for item_id, _ in ordered])
+            ordered = [pair for pair, available in zip(ordered, flags, strict=True) if available]
+        self._last = ordered
         return self._last
 
     def held(self, model: ServedModel) -> Iterator[tuple[str, float]] | None:

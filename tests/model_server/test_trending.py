@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from streamrec.catalogue import Catalogue
+from streamrec.items import ItemRecord
 from tests.model_server.conftest import Served, apply, events_for, in_process
 
 pytestmark = pytest.mark.integration
@@ -35,3 +37,25 @@ async def test_trending_serves_only_items_the_model_knows(served: Served) -> Non
     assert newcomer["fallback"] == "trending"
     assert [item["item_id"] for item in newcomer["items"]] == known
     assert all(item["item_id"] in vocab for item in filled["items"]), filled
+
+
+async def test_an_item_out_of_stock_leaves_trending_and_comes_back(served: Served) -> None:
+    """The catalogue decides what trending may show: an item marked unavailable
+    leaves the answer at the next trending read, and returns when it is back."""
+    top = served.items[20]
+    await apply(served.settings, events_for("crowd", [top] * 50))
+    catalogue = Catalogue(served.settings)
+    try:
+
+        async def newcomer() -> list[str]:
+            async with in_process(served.settings) as (client, _):
+                answer = await client.post("/recommend", json={"user_id": "new", "k": 5})
+            return [item["item_id"] for item in answer.json()["items"]]
+
+        assert (await newcomer())[0] == top
+        await catalogue.apply_records_each([ItemRecord(top, 1_000, available=False)])
+        assert top not in await newcomer()
+        await catalogue.apply_records_each([ItemRecord(top, 2_000, available=True)])
+        assert (await newcomer())[0] == top
+    finally:
+        await catalogue.close()
