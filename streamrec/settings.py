@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # The longest wait between two attempts of a Redis write or a DLQ send that failed
     # (backoff from 50 ms, doubling).
     redis_retry_max_s: float = Field(default=5.0, gt=0)
+    # No call to Redis from a worker or a command waits longer than this for its
+    # reply (then it is an outage, retried): a connection left hanging across a
+    # Redis restart otherwise stalled ingest for good.
+    redis_socket_timeout_s: float = Field(default=10.0, gt=0)
     lag_poll_s: float = Field(default=5.0, gt=0)
     # /readyz says not ready once the broker has not answered the lag poll for this
     # long (at least two polls).

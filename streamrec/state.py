@@ -623,7 +623,11 @@ class StateStore:
         reads: PipelinedConnection | None = None,
     ) -> None:
         self.settings = settings
-        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_socket_timeout_s,
+            socket_connect_timeout=settings.redis_socket_timeout_s,
+        )
         self.reads = reads
         self._apply_script = self.redis.register_script(_APPLY_BATCH_LUA)
         self._remember_script = self.redis.register_script(_REMEMBER_ANSWERS_LUA)
