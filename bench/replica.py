@@ -40,7 +40,13 @@ from retrain.pipeline import (
     known_items,
     train_models,
 )
-from retrain.prequential import BASELINES, event_cases, load_replay, score_baseline
+from retrain.prequential import (
+    BASELINES,
+    event_cases,
+    load_replay,
+    replay_categories,
+    score_baseline,
+)
 from streamrec.settings import Settings
 
 WITH_HISTORY = ("repeat", "new_item")
@@ -54,7 +60,10 @@ def replicate(dataset: str, cache: Path | None = None) -> dict[str, Any]:
     settings = Settings()
     plan = cycle_plan(settings, first=True)
     warm = group_by_user((e.user_id, e.item_id, e.type, e.ts_ms) for e in replay.warmup)
-    models = _first_models(warm, plan, cache / f"replica-{dataset}.pt" if cache else None)
+    categories = replay_categories(replay)
+    models = _first_models(
+        warm, plan, categories, cache / f"replica-{dataset}.pt" if cache else None
+    )
     everything = group_by_user(
         (e.user_id, e.item_id, e.type, e.ts_ms) for e in [*replay.warmup, *replay.scored]
     )
@@ -64,7 +73,7 @@ def replicate(dataset: str, cache: Path | None = None) -> dict[str, Any]:
     known = np.concatenate([known, np.zeros(vocab.n_rows - len(known), dtype=bool)])
     window = CaseWindow(everything, everything, replay.scored[0].ts_ms, None)
     candidates = case_candidates(
-        models.encoder, vocab, window, models.popularity, plan, known, True
+        models.encoder, vocab, window, models.popularity, plan, known, True, categories
     )
     pair = evaluate_pair(models.encoder, models.ranker, candidates, len(vocab))
     rows = {
@@ -98,11 +107,13 @@ def replicate(dataset: str, cache: Path | None = None) -> dict[str, Any]:
     }
 
 
-def _first_models(warm: list[Any], plan: Any, path: Path | None) -> TrainedModels:
+def _first_models(
+    warm: list[Any], plan: Any, categories: dict[str, tuple[str, ...]], path: Path | None
+) -> TrainedModels:
     if path is not None and path.exists():
         models: TrainedModels = torch.load(path, weights_only=False)
         return models
-    models = train_models(warm, plan, progress=True)
+    models = train_models(warm, plan, progress=True, categories=categories)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(models, path)

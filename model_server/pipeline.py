@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -122,9 +122,8 @@ class Recommender:
         self.default_candidates = settings.retrieval_candidates
         self.budget_s = settings.serve_budget_ms / 1000
         self.redis_timeout_s = redis_timeout_s
-        self.trending_reader = TrendingReader(
-            store, settings.trending_max_items, Catalogue(settings, client=store.redis)
-        )
+        self.catalogue = Catalogue(settings, client=store.redis)
+        self.trending_reader = TrendingReader(store, settings.trending_max_items, self.catalogue)
         self.half_life_s = settings.popularity_half_life_s
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
@@ -200,7 +199,9 @@ class Recommender:
                 self.prewarm.answered(model, stored, inputs)
             user_vector, fresh_vector = self._user_vector(model, stored, inputs)
         with self._stage("retrieve"):
-            candidate_ids, vocab_rows, dots = await self._candidate_set(model, user, user_vector)
+            candidate_ids, vocab_rows, dots, user = await self._candidate_set(
+                model, user, user_vector
+            )
         if not candidate_ids:
             self.metrics.fallbacks.labels("trending").inc()
             items = await self.trending(model, k, removed)
@@ -361,8 +362,8 @@ class Recommender:
             inputs = user_encoder_inputs(model, stored.recent_events)
             user_vector = None if inputs is None else self._user_vector(model, stored, inputs)[0]
             with self._stage("retrieve"):
-                candidate_ids, candidate_rows, candidate_dots = await self._candidate_set(
-                    model, user, user_vector
+                candidate_ids, candidate_rows, candidate_dots, user = await self._candidate_set(
+                    model, user, user_vector, wanted
                 )
                 place = {item_id: n for n, item_id in enumerate(candidate_ids)}
                 outsiders = [i for i in wanted if i not in place]
@@ -398,11 +399,16 @@ class Recommender:
         return Scores([ItemScore(i, by_item.get(i)) for i in item_ids], model.version)
 
     async def _candidate_set(
-        self, model: ServedModel, user: features.UserState, user_vector: np.ndarray | None
-    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        self,
+        model: ServedModel,
+        user: features.UserState,
+        user_vector: np.ndarray | None,
+        also: Sequence[str] = (),
+    ) -> tuple[list[str], np.ndarray, np.ndarray, features.UserState]:
         """What /recommend ranks for this user (ids, vocabulary rows, dots; NaN where the
         model has no vector): retrieval's top C, then the extras, as training builds
-        them (retrain/candidates.py)."""
+        them (retrain/candidates.py); and the user with the catalogue's categories of
+        all of them and of `also` (items /score ranks beside them)."""
         vocab_rows = np.zeros(0, dtype=np.int64)
         dots = np.zeros(0, dtype=np.float32)
         if user_vector is not None:
@@ -415,8 +421,15 @@ class Recommender:
         extra = features.extra_candidates(
             candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates, trending
         )
+        if manifest.category_candidates > 0:
+            user = await self._with_categories(
+                user, [*candidate_ids, *extra, *also], manifest.category_candidates
+            )
+            extra += features.extra_candidates(
+                [*candidate_ids, *extra], user, 0, 0, (), manifest.category_candidates
+            )
         if not extra:
-            return candidate_ids, vocab_rows, dots.astype(np.float32)
+            return candidate_ids, vocab_rows, dots.astype(np.float32), user
         extra_rows = np.array([model.bundle.rows.get(i, 0) for i in extra], dtype=np.int64)
         extra_dots = np.full(len(extra), np.nan, dtype=np.float32)
         has_vector = extra_rows > 0
@@ -428,6 +441,35 @@ class Recommender:
             candidate_ids + extra,
             np.concatenate([vocab_rows, extra_rows]),
             np.concatenate([dots.astype(np.float32), extra_dots]),
+            user,
+        )
+
+    async def _with_categories(
+        self, user: features.UserState, ranked: Sequence[str], max_category: int
+    ) -> features.UserState:
+        """`user` with the most popular items of their latest item's categories and
+        the categories of their recent items and of `ranked`, read from the catalogue
+        in one call; as it was when Redis does not answer in time (the category
+        columns 0, as for an item the catalogue lacks)."""
+        recent = [e.item_id for e in user.recent_events]
+        if not recent:
+            return user
+        read = features.category_read(max_category)
+        try:
+            with self._stage("redis"):
+                context = await self._bounded(
+                    self.catalogue.category_context(
+                        recent[-1], read, list(dict.fromkeys([*recent, *ranked]))
+                    )
+                )
+        except RedisError:
+            if self.redis_timeout_s is None:
+                raise
+            return user
+        return replace(
+            user,
+            category_items=features.category_candidates(context.popular, read),
+            categories=context.categories,
         )
 
 

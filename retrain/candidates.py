@@ -25,6 +25,7 @@ from streamrec.events import EventType
 from streamrec.features import (
     FEATURE_NAMES,
     TYPE_WEIGHTS,
+    category_read,
     extra_candidates,
     popularity_rows,
     ranking_features,
@@ -60,6 +61,7 @@ def build_candidates(
     moments: Sequence[int] | None = None,
     known: np.ndarray | None = None,
     max_trending: int = 0,
+    max_category: int = 0,
 ) -> CandidateSet:
     """`replay` with `moments` (from `covis_cases.time_ordered_cases`) gives each case
     the co-visitation scores, item popularity and trending items as they were then;
@@ -71,7 +73,7 @@ def build_candidates(
     known_rows[0] = False
     # A catalogue smaller than the candidate count gives them all.
     k = min(k, int(known_rows.sum()))
-    width = k + max_recent + max_covis + max_trending
+    width = k + max_recent + max_covis + max_trending + max_category
     rows = np.zeros((n, width), dtype=np.int64)
     features = np.zeros((n, width, len(FEATURE_NAMES)), dtype=np.float32)
     labels = np.zeros((n, width), dtype=np.float32)
@@ -115,12 +117,21 @@ def build_candidates(
                 total, latest = replay.covis(prefix.item_ids, now_ms)
                 state = replace(state, covis_total=total, covis_latest=latest)
                 trending = known_only(replay.popularity.trending.ranked(TRENDING_READ))
+                if replay.categories:
+                    read = category_read(max_category)
+                    state = replace(
+                        state,
+                        category_items=replay.category_items(prefix.item_ids, read),
+                        categories=replay.categories,
+                    )
             # No item the encoder knows: no user vector, only the extras (as serving).
             has_vector = len(encoded[case][0]) > 0
             retrieved = top_rows[case - start].numpy() if has_vector else top_rows[0, :0].numpy()
             retrieved_dots = top_scores[case - start, : len(retrieved)].numpy()
             candidate_ids = [vocab.item_id(int(r)) for r in retrieved]
-            extra = extra_candidates(candidate_ids, state, max_recent, max_covis, trending)
+            extra = extra_candidates(
+                candidate_ids, state, max_recent, max_covis, trending, max_category
+            )
             extra_rows = np.array([vocab.row(i) for i in extra], dtype=np.int64)
             extra_dots = np.where(
                 known_rows[extra_rows] & has_vector,

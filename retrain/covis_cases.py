@@ -5,20 +5,22 @@ twin; `retrain.popularity.ItemPopularity`), never a later event."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from retrain.data import NextItemCases, UserSequence
 from retrain.holdout import prefix
-from retrain.popularity import ItemPopularity
+from retrain.popularity import CategoryPopularity, ItemPopularity
 from streamrec.covis import CovisRule, CovisTable, covis_scores, latest_distinct
 from streamrec.events import EventType
+from streamrec.features import category_candidates
 
 CaseEvent = tuple[str, str, int, EventType]  # user, item, ts ms, type
 
 
 class CaseReplay:
-    """Replays `events` (in time order) into the co-visitation table and the item
-    popularity as far as each case asks (`advance`); moments must not go back."""
+    """Replays `events` (in time order) into the co-visitation table, the item
+    popularity and the popularity within each category (of `categories`: item ->
+    its categories) as far as each case asks (`advance`); moments must not go back."""
 
     def __init__(
         self,
@@ -26,12 +28,15 @@ class CaseReplay:
         read_items: int,
         events: Sequence[CaseEvent],
         popularity_half_life_s: float,
+        categories: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.rule = rule
         self.read_items = read_items
         self.events = events
         self.table = CovisTable(rule)
         self.popularity = ItemPopularity(popularity_half_life_s)
+        self.categories: Mapping[str, Sequence[str]] = categories or {}
+        self.category_popularity = CategoryPopularity(self.categories, popularity_half_life_s)
         self.applied = 0
 
     def advance(self, moment: int) -> None:
@@ -41,7 +46,14 @@ class CaseReplay:
         for user_id, item_id, ts_ms, event_type in self.events[self.applied : moment]:
             self.table.apply(user_id, item_id, ts_ms)
             self.popularity.observe(item_id, event_type, ts_ms)
+            self.category_popularity.observe(item_id, ts_ms)
         self.applied = moment
+
+    def category_items(self, prefix_items: Sequence[str], n: int) -> list[str]:
+        """The most popular items now of the categories of the user's latest item."""
+        if n <= 0 or not prefix_items:
+            return []
+        return category_candidates(self.category_popularity.of_item(prefix_items[-1], n), n)
 
     def covis(
         self, prefix_items: Sequence[str], now_ms: int

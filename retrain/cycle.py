@@ -10,20 +10,24 @@ current only if the new one is not worse (within a tolerance); announce it on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
+from redis.exceptions import RedisError
 
 from retrain.data import group_by_user
 from retrain.pipeline import TrainPlan, evaluate_on_slice, train_models
 from retrain.publish import load_ranker, load_warm_start, publish_models
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, read_archive
+from streamrec.catalogue import Catalogue
 from streamrec.settings import Settings
 from streamrec.state import covis_rule
 
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 Outcome = Literal["published", "rejected", "skipped"]
 GATE_METRICS = ("p20", "mrr20")
 GATE_MIN_CASES = 50  # a case measured on fewer is too noisy to hold a version back
+CATEGORY_READ_BATCH = 1000  # items per catalogue read (one script call each)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,33 @@ class CycleResult:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.__dict__)
+
+
+def catalogue_categories(settings: Settings, item_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The catalogue's categories of `item_ids` (those it has any for), read from
+    Redis; none when Redis cannot be read (logged): the version is then trained and
+    served without the category columns (its manifest says so)."""
+
+    async def read() -> dict[str, tuple[str, ...]]:
+        catalogue = Catalogue(settings)
+        try:
+            found: dict[str, tuple[str, ...]] = {}
+            for start in range(0, len(item_ids), CATEGORY_READ_BATCH):
+                chunk = item_ids[start : start + CATEGORY_READ_BATCH]
+                for item_id, categories in zip(
+                    chunk, await catalogue.categories(chunk), strict=True
+                ):
+                    if categories:
+                        found[item_id] = categories
+            return found
+        finally:
+            await catalogue.close()
+
+    try:
+        return asyncio.run(read())
+    except (RedisError, OSError) as exc:
+        log.warning("the catalogue could not be read (%s): training without categories", exc)
+        return {}
 
 
 def cycle_plan(settings: Settings, first: bool) -> TrainPlan:
@@ -94,11 +126,21 @@ def run_cycle(
     parent_vocab, parent_encoder = (
         load_warm_start(root, parent) if parent and warm_start else (None, None)
     )
-    models = train_models(sequences, plan, parent_vocab, parent_encoder, progress)
+    categories = catalogue_categories(
+        settings, sorted({item for sequence in sequences for item in sequence.item_ids})
+    )
+    models = train_models(
+        sequences, plan, parent_vocab, parent_encoder, progress, categories=categories
+    )
     metrics: dict[str, Any] = {"candidate": _gated(models.validation)}
     if parent is not None:
         vocab, encoder = load_warm_start(root, parent)
-        serving = evaluate_on_slice(encoder, load_ranker(root, parent), vocab, sequences, plan)
+        # The serving version measured as it serves: with the category columns only
+        # if it was trained with them.
+        served_with = categories if registry.verify(root, parent).category_candidates else None
+        serving = evaluate_on_slice(
+            encoder, load_ranker(root, parent), vocab, sequences, plan, served_with
+        )
         metrics["serving"] = _gated(serving)
         failures = gate_failures(
             metrics["candidate"], metrics["serving"], settings.retrain_tolerance

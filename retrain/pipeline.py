@@ -6,7 +6,7 @@ not see. The test split of a benchmark never enters here."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -44,6 +44,7 @@ class TrainPlan:
     covis_candidates: int = 30  # co-visitation neighbours of the user's latest items
     covis_read_items: int = 5  # latest distinct items whose links are read
     trending_candidates: int = 20  # the top trending items, every event type alike
+    category_candidates: int = 20  # most popular of the latest item's categories
     covis: CovisRule = field(default_factory=CovisRule)  # the stream worker's rule
     holdout_fraction: float = 0.1
     ranker_share: float = 0.8  # of the held-out part; the newest rest measures the ranker
@@ -78,7 +79,10 @@ def train_models(
     parent_vocab: ItemVocab | None = None,
     parent_encoder: SequenceEncoder | None = None,
     progress: bool = True,
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> TrainedModels:
+    """`categories` (item -> its categories in the catalogue) gives the cases the
+    category candidates and columns serving computes from the catalogue."""
     started = time.perf_counter()
     fit, ranker_fit, ranker_check = holdout_slices(sequences, plan)
     base = parent_vocab or ItemVocab(())
@@ -114,7 +118,9 @@ def train_models(
     now_ms = last_event_ms(fit)
     popularity = decayed_popularity(fit, now_ms, plan.half_life_s)
     known = known_items(vocab, fit, parent_vocab)
-    ranker_train = case_candidates(encoder, vocab, ranker_fit, popularity, plan, known, progress)
+    ranker_train = case_candidates(
+        encoder, vocab, ranker_fit, popularity, plan, known, progress, categories
+    )
     ranker, ranker_losses, ranker_seconds = train_ranker(
         ranker_train.features,
         ranker_train.labels,
@@ -122,7 +128,9 @@ def train_models(
         progress,
         real=ranker_train.rows > 0,
     )
-    check = case_candidates(encoder, vocab, ranker_check, popularity, plan, known, progress)
+    check = case_candidates(
+        encoder, vocab, ranker_check, popularity, plan, known, progress, categories
+    )
     validation = evaluate_pair(encoder, ranker, check, len(vocab))
     all_ts = [ts for sequence in sequences for ts in sequence.ts_ms]
     data_window = {
@@ -133,6 +141,7 @@ def train_models(
         "items": len(vocab),
         "fit_sequences": len(fit),
         "held_out_cases": len(held_out_cases.targets),
+        "items_with_category": sum(1 for item in vocab.item_ids if item in (categories or {})),
     }
     return TrainedModels(
         vocab=vocab,
@@ -201,6 +210,7 @@ def evaluate_on_slice(
     vocab: ItemVocab,
     sequences: Sequence[UserSequence],
     plan: TrainPlan,
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Any version's retriever and retriever + ranker on the cases `train_models`
     measures a new version on, with popularity from the same older part."""
@@ -211,7 +221,9 @@ def evaluate_on_slice(
     # without a vector.
     vocab = vocab.grow(item for sequence in sequences for item in sequence.item_ids)
     known = np.concatenate([known, np.zeros(vocab.n_rows - len(known), dtype=bool)])
-    check = case_candidates(encoder, vocab, ranker_check, popularity, plan, known, progress=False)
+    check = case_candidates(
+        encoder, vocab, ranker_check, popularity, plan, known, False, categories
+    )
     return evaluate_pair(encoder, ranker, check, len(vocab))
 
 
@@ -239,15 +251,20 @@ def case_candidates(
     plan: TrainPlan,
     known: np.ndarray,
     progress: bool,
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> CandidateSet:
     """The candidates of every case of `window`, each with the co-visitation table,
-    popularity and trending items as they were just before its next event."""
+    popularity, trending items and popularity within each category as they were
+    just before its next event."""
     cases, moments, events = window.cases()
     return build_candidates(
         encoder, vocab, cases, popularity, plan.candidates, plan.half_life_s, progress,
         max_recent=plan.recent_candidates, max_covis=plan.covis_candidates,
-        replay=CaseReplay(plan.covis, plan.covis_read_items, events, plan.half_life_s),
+        replay=CaseReplay(
+            plan.covis, plan.covis_read_items, events, plan.half_life_s, categories
+        ),
         moments=moments, known=known, max_trending=plan.trending_candidates,
+        max_category=plan.category_candidates,
     )  # fmt: skip
 
 
@@ -260,9 +277,9 @@ def evaluate_pair(
     breaks it down, for the retraining gate."""
     k = candidates.rows.shape[1]
     retrieval_order = -np.arange(k, dtype=np.float32)[None, :].repeat(len(candidates.rows), axis=0)
-    ranked = ranker(
-        torch.from_numpy(candidates.features.reshape(-1, candidates.features.shape[-1]))
-    )
+    # A ranker of an older feature schema reads the first columns it knows.
+    columns = candidates.features[..., : ranker.n_features].reshape(-1, ranker.n_features)
+    ranked = ranker(torch.from_numpy(np.ascontiguousarray(columns)))
     ranked_scores = ranked.numpy().reshape(len(candidates.rows), k)
     ranks = ranked_target_ranks(candidates, ranked_scores, n_items)
     repeats = candidates.repeats

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -163,3 +163,33 @@ class ItemPopularity:
             if row is not None:
                 out[n] = row
         return out * math.exp(-self._rate_per_ms * (now_ms - self._origin_ms))
+
+
+class CategoryPopularity:
+    """Per category, its items' event counts (all types) decayed by age, as the
+    stream worker keeps them in Redis (`streamrec/state.py`): each event counts
+    once in every category the catalogue gives its item."""
+
+    def __init__(
+        self, categories: Mapping[str, Sequence[str]], half_life_s: float, keep: int = 100
+    ) -> None:
+        self._categories = categories
+        self._half_life_s = half_life_s
+        self._keep = keep
+        self._by_category: dict[str, Popularity] = {}
+
+    def observe(self, item_id: str, ts_ms: int) -> None:
+        for category in self._categories.get(item_id, ()):
+            popularity = self._by_category.get(category)
+            if popularity is None:
+                popularity = Popularity(self._half_life_s, keep=self._keep)
+                self._by_category[category] = popularity
+            popularity.observe_at(item_id, ts_ms)
+
+    def of_item(self, item_id: str, n: int) -> list[list[str]]:
+        """Per category of `item_id`, its `n` most popular items."""
+        return [
+            self._by_category[c].ranked(n)
+            for c in self._categories.get(item_id, ())
+            if c in self._by_category
+        ]

@@ -58,10 +58,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from retrain.online_baselines import BASELINES, Baseline
 from streamrec import registry
+from streamrec.catalogue import Catalogue
 from streamrec.client import AsyncRecommenderClient, Recommendations
 from streamrec.devstack import DevStack, free_port
 from streamrec.errors import InputFormatError, StreamrecError
 from streamrec.events import Event, EventType, Rejection
+from streamrec.items import item_from_fields
 from streamrec.processes import ServiceProcess
 from streamrec.producer import EventProducer
 from streamrec.replay import FileFormat, read_events
@@ -225,6 +227,18 @@ def load_replay(
     )
 
 
+def replay_categories(replay: Replay) -> dict[str, tuple[str, ...]]:
+    """The catalogue's categories of the replay's items, where its events carry one
+    (a Taobao file's `category_id`): what a shop's catalogue knows of every item
+    before anyone touches it. Empty for a file without categories."""
+    categories: dict[str, tuple[str, ...]] = {}
+    for event in [*replay.warmup, *replay.scored]:
+        category = (event.context or {}).get("category_id")
+        if category is not None:
+            categories[event.item_id] = (str(category),)
+    return categories
+
+
 def _valid_events(path: Path, fmt: FileFormat | None) -> list[Event]:
     if not path.is_file():
         raise InputFormatError(f"expected an event file at {path}, found none")
@@ -310,6 +324,7 @@ def _run_variants(
                 # variants whose scoring worker differs get a fresh one after it.
                 quiet = settings.model_copy(update={"retrain_every_events": 0})
                 ensure_topics(settings)
+                _load_catalogue(settings, replay)
                 worker: ServiceProcess | None = running.enter_context(_worker(quiet))
                 _send_and_wait(settings, replay.warmup, plan, f"{replay.name}: warm-up")
                 first_model = first_model or _train_first_model(settings, workdir / replay.name)
@@ -322,6 +337,42 @@ def _run_variants(
     finally:
         stack.down()
     return results
+
+
+CATALOGUE_LOAD_BATCH = 5000  # records per pipelined round trip
+
+
+def _load_catalogue(settings: Settings, replay: Replay) -> None:
+    """The replay's catalogue (`replay_categories`) in Redis before the first event,
+    every item available, as a shop's catalogue exists before anyone touches it."""
+    categories = replay_categories(replay)
+    if not categories:
+        return
+    ts_ms = min(e.ts_ms for e in [*replay.warmup, *replay.scored]) - 1
+    records = []
+    for item_id, item_categories in categories.items():
+        record = item_from_fields(
+            {"item_id": item_id, "ts": ts_ms, "category": list(item_categories)}
+        )
+        if isinstance(record, Rejection):
+            raise StreamrecError(f"item {item_id!r} of the replay: {record.reason}")
+        records.append(record)
+
+    async def load() -> None:
+        catalogue = Catalogue(settings)
+        try:
+            for start in range(0, len(records), CATALOGUE_LOAD_BATCH):
+                outcomes = await catalogue.apply_records_each(
+                    records[start : start + CATALOGUE_LOAD_BATCH]
+                )
+                failed = [o for o in outcomes if isinstance(o, Exception)]
+                if failed:
+                    raise StreamrecError(f"the catalogue was not loaded: {failed[0]}")
+        finally:
+            await catalogue.close()
+
+    asyncio.run(load())
+    console.print(f"{replay.name}: {len(records):,} catalogue records loaded")
 
 
 def _variant_settings(

@@ -105,8 +105,14 @@ def publish_models(
                 "recent_candidates": plan.recent_candidates,
                 "covis_candidates": plan.covis_candidates,
                 "trending_candidates": plan.trending_candidates,
+                # Trained without a catalogue: serving leaves the category columns at
+                # 0 as training saw them, whatever the catalogue holds by then.
+                "category_candidates": (
+                    plan.category_candidates if models.data_window.get("items_with_category") else 0
+                ),
             },
             index=sections["index"],
+            feature_columns=models.ranker.n_features,
             training={
                 "plan": plan.to_dict(),
                 "train_seconds": round(models.seconds, 1),

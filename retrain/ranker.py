@@ -32,6 +32,11 @@ BLEND_WEIGHTS = {
     "distinct_recency_inv": 20.0,
     "covis_total_log": 8.0,
     "popularity_weighted_log": 1.0,
+    # The catalogue's categories, where there is one: the most popular items of the
+    # latest item's category, in order, and how much of the user's history shares a
+    # candidate's category (a plateau on the Taobao replica: docs/models.md).
+    "category_rank_inv": 6.0,
+    "category_share": 5.0,
 }
 
 
@@ -68,6 +73,10 @@ class Ranker(nn.Module):
         )
         # A linear skip: the ranker starts as a hand-written blend (`PRIOR_WEIGHTS`).
         self.skip = nn.Linear(config.n_features, 1, bias=False)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.mean.shape[0])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         standard = (features - self.mean) / self.scale

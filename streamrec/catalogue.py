@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from streamrec.items import AttributeValue, ItemChange, ItemDelete
 from streamrec.settings import Settings
-from streamrec.state import PREFIX, SCRIPT_MAX_EVENTS
+from streamrec.state import PREFIX, SCRIPT_MAX_EVENTS, redis_client
 
 
 def item_info_key(item_id: str) -> str:
@@ -118,6 +118,53 @@ return values
 """
 
 
+def category_popular_key(category: str) -> str:
+    """The category's items by decayed event count (the stream worker's apply script)."""
+    return f"{PREFIX}:c:{{{category}}}:pop"
+
+
+# Read-only. ARGV: 1 n, 2 the user's latest item, 3.. items whose categories are
+# asked. Returns {categories (JSON or false) per asked item, then per category of the
+# latest item {its n most popular available items}, then the categories of those}.
+# Category keys are other slots, built here (one Redis, as the apply script).
+_CATEGORY_CONTEXT_LUA = """
+local n = tonumber(ARGV[1])
+local function categories_of(item)
+  return redis.call('HGET', '{PREFIX}:i:{' .. item .. '}:info', 'category')
+end
+local asked = {}
+for i = 3, #ARGV do asked[#asked + 1] = categories_of(ARGV[i]) end
+local lists, popular = {}, {}
+local latest = categories_of(ARGV[2])
+if latest and n > 0 then
+  for _, category in ipairs(cjson.decode(latest)) do
+    local k = '{PREFIX}:c:{' .. category .. '}:'
+    local items = {}
+    for _, item in ipairs(redis.call('ZREVRANGE', k .. 'pop', 0, 2 * n - 1)) do
+      if #items < n and redis.call('ZSCORE', k .. 'avail', item) then
+        items[#items + 1] = item
+        popular[#popular + 1] = item
+      end
+    end
+    lists[#lists + 1] = items
+  end
+end
+local popular_categories = {}
+for i, item in ipairs(popular) do popular_categories[i] = categories_of(item) end
+return {asked, lists, popular, popular_categories}
+""".replace("{PREFIX}", PREFIX)
+
+
+@dataclass(frozen=True)
+class CategoryContext:
+    """What serving reads of the catalogue for one user: the most popular available
+    items of each category of the user's latest item (most popular first), and the
+    categories of every item asked about and of those."""
+
+    popular: list[list[str]]
+    categories: dict[str, tuple[str, ...]]
+
+
 def _script_args(change: ItemChange) -> list[Any]:
     fingerprint = record_fingerprint(change)
     if isinstance(change, ItemDelete):
@@ -182,9 +229,10 @@ class Catalogue:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self._owns_client = client is None
-        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self.redis: aioredis.Redis = client or redis_client(settings)
         self._apply_script = self.redis.register_script(_APPLY_ITEMS_LUA)
         self._read_field_script = self.redis.register_script(_READ_FIELD_LUA)
+        self._category_context_script = self.redis.register_script(_CATEGORY_CONTEXT_LUA)
         self._config = orjson.dumps({"tombstone_ttl_s": settings.item_tombstone_ttl_s})
 
     async def close(self) -> None:
@@ -233,6 +281,24 @@ class Catalogue:
             list[bytes], await self.redis.zrevrange(category_key(category), 0, limit - 1)
         )
         return [member.decode() for member in members]
+
+    async def category_context(
+        self, latest_item: str, n: int, item_ids: Sequence[str]
+    ) -> CategoryContext:
+        """In one script call: up to `n` of the most popular available items of each
+        category of `latest_item`, and the categories of `item_ids` and of those."""
+        asked, lists, popular, popular_categories = await self._category_context_script(
+            args=[n, latest_item, *item_ids]
+        )
+        categories: dict[str, tuple[str, ...]] = {}
+        for item_id, value in zip(
+            [*item_ids, *(i.decode() for i in popular)],
+            [*asked, *popular_categories],
+            strict=True,
+        ):
+            if value:
+                categories[item_id] = tuple(orjson.loads(value))
+        return CategoryContext([[i.decode() for i in items] for items in lists], categories)
 
     async def items(self, item_ids: Sequence[str]) -> list[CatalogueItem | None]:
         """Per item the whole record (or its deletion marker); None when unknown."""

@@ -17,9 +17,10 @@ import numpy as np
 from streamrec.covis import latest_distinct
 from streamrec.events import EventType
 
-# Bump when a column is added, removed, reordered or computed differently: a
-# bundle trained on another version is refused at load time.
-FEATURE_SCHEMA_VERSION = 2
+# Bump when a column is added, removed, reordered or computed differently. A
+# bundle trained on an older version whose columns are a prefix of these (schema 2:
+# the first 22) still loads, its ranker fed those columns; any other is refused.
+FEATURE_SCHEMA_VERSION = 3
 
 # Fixed order: the encoder's type ids are 1 + the index here (0 is padding).
 EVENT_TYPES: tuple[EventType, ...] = (
@@ -65,7 +66,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "distinct_recency_inv",
     "history_repeat_share",
     "last_was_repeat",
+    # Schema 3: the catalogue's categories (0 where the catalogue has none).
+    "category_share",
+    "category_rank_inv",
 )
+
+# The schemas a bundle may have been trained on: per schema, how many of the first
+# FEATURE_NAMES its ranker reads.
+READABLE_FEATURE_SCHEMAS: Mapping[int, int] = {2: 22, FEATURE_SCHEMA_VERSION: len(FEATURE_NAMES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,11 @@ class UserState:
     # request (`covis.covis_scores`): over those items, and from the latest alone.
     covis_total: Mapping[str, float] = field(default_factory=dict)
     covis_latest: Mapping[str, float] = field(default_factory=dict)
+    # The most popular items right now of the categories of the user's latest item
+    # (`category_candidates`), and the categories of the user's recent items and
+    # of whatever else is ranked for them (an item the catalogue lacks is absent).
+    category_items: Sequence[str] = ()
+    categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 # Popularity reaches `ranking_features` as one row per candidate, one column per
@@ -107,20 +120,45 @@ def popularity_rows(
     return np.array(rows, dtype=np.float64).reshape(len(item_ids), len(EVENT_TYPES))
 
 
+def category_read(max_category: int) -> int:
+    """How many of a category's most popular items are read for `max_category` of
+    them to join a user's candidates: twice as many, as the user's own items and
+    the other extras may be among them."""
+    return 2 * max_category
+
+
+def category_candidates(per_category: Sequence[Sequence[str]], n: int) -> list[str]:
+    """Up to `n` distinct items from the most-popular lists of the latest item's
+    categories, taken in turn (the first of each, then the second of each...)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for place in range(max((len(items) for items in per_category), default=0)):
+        for items in per_category:
+            if len(out) == n:
+                return out
+            if place < len(items) and items[place] not in seen:
+                seen.add(items[place])
+                out.append(items[place])
+    return out
+
+
 def extra_candidates(
     retrieved: Collection[str],
     user: UserState,
     max_recent: int,
     max_covis: int,
     trending: Sequence[str] = (),
+    max_category: int = 0,
 ) -> list[str]:
     """What joins retrieval's candidates: up to `max_recent` of the user's own distinct
     recent items, latest first, then up to `max_covis` of the strongest co-visitation
     neighbours of the user's latest items, then the `trending` items (the top few,
-    every event type alike), each unless already there. People go back to what they
-    just looked at, to what others looked at next to it, and to what everyone is
-    looking at now; none needs the model to know the item (a new one is recommended
-    the moment events link it). The ranker's columns decide how far each one rises."""
+    every event type alike), then up to `max_category` of the most popular items of
+    the latest item's categories (`user.category_items`), each unless already there.
+    People go back to what they just looked at, to what others looked at next to it,
+    to what everyone is looking at now and to what is popular among things like
+    it; none needs the model to know the item (a new one is recommended the moment
+    events link it). The ranker's columns decide how far each one rises."""
     have = set(retrieved)
     added: list[str] = []
 
@@ -142,6 +180,11 @@ def extra_candidates(
             taken += add(item_id)
     for item_id in trending:
         add(item_id)
+    taken = 0
+    for item_id in user.category_items:
+        if taken == max_category:
+            break
+        taken += add(item_id)
     return added
 
 
@@ -228,4 +271,18 @@ def ranking_features(
         # for every candidate: it tells the ranker how far to trust the user columns.
         out[:, 20] = 1.0 - len(distinct) / len(recent)
         out[:, 21] = float(any(e.item_id == recent[-1].item_id for e in recent[:-1]))
+    if user.categories and recent:
+        # Per category, the share of the user's recent events on items in it; a
+        # candidate takes the largest over its own categories.
+        share: dict[str, float] = {}
+        for event in recent:
+            for category in user.categories.get(event.item_id, ()):
+                share[category] = share.get(category, 0.0) + 1.0 / len(recent)
+        out[:, 22] = [
+            max((share.get(c, 0.0) for c in user.categories.get(i, ())), default=0.0)
+            for i in candidate_ids
+        ]
+    if user.category_items:
+        place = {item_id: 1.0 / p for p, item_id in enumerate(user.category_items, start=1)}
+        out[:, 23] = [place.get(i, 0.0) for i in candidate_ids]
     return out

@@ -37,6 +37,7 @@ from streamrec.errors import BundleError, ChecksumMismatch
 from streamrec.features import (
     FEATURE_NAMES,
     FEATURE_SCHEMA_VERSION,
+    READABLE_FEATURE_SCHEMAS,
     UserState,
     popularity_rows,
     ranking_features,
@@ -91,6 +92,13 @@ class Manifest:
     def trending_candidates(self) -> int:
         """How many of the top trending items join the candidates, as in training."""
         return int(self.ranker.get("trending_candidates", 0))
+
+    @property
+    def category_candidates(self) -> int:
+        """How many of the most popular items of the latest item's categories join
+        the candidates, as in training; 0: trained without a catalogue, so serving
+        computes no category column either."""
+        return int(self.ranker.get("category_candidates", 0))
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -282,9 +290,15 @@ def publish(
     training: Mapping[str, Any] | None = None,
     make_current: bool = True,
     version: str | None = None,
+    feature_columns: int = len(FEATURE_NAMES),
 ) -> Manifest:
     """Move the files in `staged` into a new version with a manifest; optionally
-    point CURRENT at it. The version directory appears in one rename."""
+    point CURRENT at it. The version directory appears in one rename.
+    `feature_columns`: how many of the first FEATURE_NAMES the ranker reads (a
+    readable schema's width)."""
+    schemas = {width: schema for schema, width in READABLE_FEATURE_SCHEMAS.items()}
+    if feature_columns not in schemas:
+        raise BundleError(f"a ranker of {feature_columns} columns matches no feature schema")
     root.mkdir(parents=True, exist_ok=True)
     version = _check_name(version or new_version_name(), "a version")
     if (root / version).exists():
@@ -311,6 +325,8 @@ def publish(
         index=dict(index),
         files=files,
         training=dict(training or {}),
+        feature_schema_version=schemas[feature_columns],
+        feature_names=FEATURE_NAMES[:feature_columns],
     )
     building = root / f".building-{version}"
     shutil.copytree(staged, building)
@@ -416,13 +432,15 @@ def _check_compatible(manifest: Manifest) -> None:
             f"bundle {version} has format {manifest.bundle_format}; "
             f"this build reads {BUNDLE_FORMAT}"
         )
-    if manifest.feature_schema_version != FEATURE_SCHEMA_VERSION:
+    schema = manifest.feature_schema_version
+    if schema not in READABLE_FEATURE_SCHEMAS:
         raise BundleError(
-            f"bundle {version} was trained on feature schema {manifest.feature_schema_version}; "
-            f"this build computes schema {FEATURE_SCHEMA_VERSION}"
+            f"bundle {version} was trained on feature schema {schema}; "
+            f"this build computes schemas {sorted(READABLE_FEATURE_SCHEMAS)}"
         )
-    if tuple(manifest.feature_names) != FEATURE_NAMES:
-        raise BundleError(f"bundle {version} expects features {list(manifest.feature_names)}")
+    names = tuple(manifest.feature_names)
+    if names != FEATURE_NAMES[: READABLE_FEATURE_SCHEMAS[schema]]:
+        raise BundleError(f"bundle {version} expects features {list(names)}")
     missing = set(REQUIRED_FILES) - set(manifest.files)
     if missing:
         raise BundleError(f"bundle {version}: manifest lists no {sorted(missing)}")
@@ -545,7 +563,10 @@ class LoadedBundle:
         return scores, positions + 1  # index position i holds vocab row i + 1
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        outputs = self.ranker.run(None, {"features": np.asarray(features, dtype=np.float32)})
+        """The ranker's score per row of `features.ranking_features` (all columns of
+        this build; a bundle of an older schema reads the first ones it knows)."""
+        columns = np.asarray(features, dtype=np.float32)[:, : len(self.manifest.feature_names)]
+        outputs = self.ranker.run(None, {"features": np.ascontiguousarray(columns)})
         return np.asarray(outputs[0], dtype=np.float32).reshape(-1)
 
     def _smoke_test(self) -> None:

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     item_tombstone_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     popularity_half_life_s: float = Field(default=6 * 3600, gt=0)
     trending_max_items: int = Field(default=10_000, ge=10)
+    # Items kept per category in its popularity set (`sr:c:{C}:pop`): the most
+    # popular, from which a user's category candidates come. 0: not kept.
+    category_popular_max: int = Field(default=100, ge=0)
     # Item-to-item co-visitation kept by the apply script (streamrec/covis.py): each
     # event links its item with the user's `covis_window` latest earlier items; an
     # item keeps its `covis_neighbours_max` strongest links (0 turns it off).

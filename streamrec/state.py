@@ -113,6 +113,7 @@ local hit_window, changed_max = c.hit_window_ms, c.changed_max
 local covis_window, covis_max = c.covis_window, c.covis_max
 local covis_half_life, covis_backward = c.covis_half_life_ms, c.covis_backward
 local covis_rebase = c.covis_rebase_half_lives
+local category_max = c.category_max
 local types = {EVENT_TYPES}
 local k_new_events, k_pop_seq, k_pop_changed = KEYS[2 + #types], KEYS[3 + #types], KEYS[4 + #types]
 local changed_items = {}
@@ -126,34 +127,56 @@ local latest_ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 10
 local trend_key = {}
 for i, t in ipairs(types) do trend_key[t] = KEYS[1 + i] end
 
--- Co-visitation (streamrec/covis.py has the rule and its Python twin): a link's
--- score is w * 2^((ts - epoch) / half-life) against its item's own epoch, kept in
--- that item's popularity hash; each item keeps its `covis_max` strongest links.
-local function covis_add(item, neighbour, weight, ts)
-  local k_links, k_pop = '{PREFIX}:i:{' .. item .. '}:cv', '{PREFIX}:i:{' .. item .. '}:pop'
-  local epoch = tonumber(redis.call('HGET', k_pop, 'cv:epoch') or '')
-  if not epoch or redis.call('EXISTS', k_links) == 0 then
+-- A member's score in a decayed sorted set is w * 2^((ts - epoch) / half-life)
+-- against the set's own epoch (field `epoch_field` of hash `k_epoch`); the epoch moves
+-- forward (and the scores are scaled down) once the exponent passes `rebase_at`.
+-- The set keeps its `max_members` strongest members.
+local function decayed_add(k_set, k_epoch, epoch_field, member, weight, ts, hl, rebase_at,
+                           max_members, ttl)
+  local epoch = tonumber(redis.call('HGET', k_epoch, epoch_field) or '')
+  if not epoch or redis.call('EXISTS', k_set) == 0 then
     epoch = ts
-    redis.call('HSET', k_pop, 'cv:epoch', epoch)
+    redis.call('HSET', k_epoch, epoch_field, epoch)
   end
-  local exponent = (ts - epoch) / covis_half_life
-  if exponent > covis_rebase then
-    local shift = math.floor(exponent / covis_rebase) * covis_rebase
+  local exponent = (ts - epoch) / hl
+  if exponent > rebase_at then
+    local shift = math.floor(exponent / rebase_at) * rebase_at
     local scale = math.pow(2, -shift)
-    local members = redis.call('ZRANGE', k_links, 0, -1, 'WITHSCORES')
+    local members = redis.call('ZRANGE', k_set, 0, -1, 'WITHSCORES')
     for i = 1, #members, 2 do
-      redis.call('ZADD', k_links, tonumber(members[i + 1]) * scale, members[i])
+      redis.call('ZADD', k_set, tonumber(members[i + 1]) * scale, members[i])
     end
-    epoch = epoch + math.floor(shift * covis_half_life)
-    redis.call('HSET', k_pop, 'cv:epoch', epoch)
+    epoch = epoch + math.floor(shift * hl)
+    redis.call('HSET', k_epoch, epoch_field, epoch)
     exponent = exponent - shift
   end
-  redis.call('ZINCRBY', k_links, string.format('%.17g', weight * math.pow(2, exponent)), neighbour)
-  if redis.call('ZCARD', k_links) > covis_max then
-    redis.call('ZREMRANGEBYRANK', k_links, 0, -covis_max - 1)
+  redis.call('ZINCRBY', k_set, string.format('%.17g', weight * math.pow(2, exponent)), member)
+  if redis.call('ZCARD', k_set) > max_members then
+    redis.call('ZREMRANGEBYRANK', k_set, 0, -max_members - 1)
   end
-  redis.call('EXPIRE', k_links, item_ttl)
-  redis.call('EXPIRE', k_pop, item_ttl)
+  redis.call('EXPIRE', k_set, ttl)
+  redis.call('EXPIRE', k_epoch, ttl)
+end
+
+-- Co-visitation (streamrec/covis.py has the rule and its Python twin): each item's
+-- links are a decayed set against the item's own epoch, kept in that item's
+-- popularity hash; each item keeps its `covis_max` strongest links.
+local function covis_add(item, neighbour, weight, ts)
+  local k_links, k_pop = '{PREFIX}:i:{' .. item .. '}:cv', '{PREFIX}:i:{' .. item .. '}:pop'
+  decayed_add(k_links, k_pop, 'cv:epoch', neighbour, weight, ts, covis_half_life, covis_rebase,
+              covis_max, item_ttl)
+end
+
+-- Popularity within each category the catalogue gives the item (retrain.popularity.
+-- CategoryPopularity is the twin): every event counts once, decayed as popularity.
+local function category_add(item, ts)
+  local categories = redis.call('HGET', '{PREFIX}:i:{' .. item .. '}:info', 'category')
+  if not categories then return end
+  for _, category in ipairs(cjson.decode(categories)) do
+    local k = '{PREFIX}:c:{' .. category .. '}:'
+    decayed_add(k .. 'pop', k .. 'meta', 'epoch', item, 1, ts, half_life, rebase,
+                category_max, item_ttl)
+  end
 end
 
 local function covisit(k_items, item, ts)
@@ -266,6 +289,7 @@ local function apply(event)
   if redis.call('ZCARD', trend) > trending_max then
     redis.call('ZREMRANGEBYRANK', trend, 0, -trending_max - 1)
   end
+  if category_max > 0 then category_add(item, decay_ts) end
   return 1 + hit
 end
 
@@ -578,7 +602,17 @@ def _apply_config(settings: Settings) -> bytes:
             "covis_half_life_ms": covis.half_life_ms,
             "covis_backward": covis.backward,
             "covis_rebase_half_lives": COVIS_REBASE_HALF_LIVES,
+            "category_max": s.category_popular_max,
         }
+    )
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A client of `redis_url` whose every call has a reply and connect timeout."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
     )
 
 
@@ -623,11 +657,7 @@ class StateStore:
         reads: PipelinedConnection | None = None,
     ) -> None:
         self.settings = settings
-        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_socket_timeout_s,
-            socket_connect_timeout=settings.redis_socket_timeout_s,
-        )
+        self.redis: aioredis.Redis = client or redis_client(settings)
         self.reads = reads
         self._apply_script = self.redis.register_script(_APPLY_BATCH_LUA)
         self._remember_script = self.redis.register_script(_REMEMBER_ANSWERS_LUA)

@@ -180,3 +180,27 @@ def test_an_item_without_a_vector_gets_the_lowest_dot_and_is_marked() -> None:
     assert rows[:, COLUMN["covis_rank_inv"]].tolist() == [0.5, 0.0, 0.0, 1.0]
     # The user's distinct items latest first: n is 1st, a 2nd.
     assert rows[:, COLUMN["distinct_recency_inv"]].tolist() == [0.0, 0.5, 1.0, 0.0]
+
+
+def test_category_columns_from_the_catalogue() -> None:
+    # The user's events: a (shoes), b (hats), a (shoes): shoes is 2/3 of them.
+    user = replace(
+        _user(),
+        category_items=("s1", "a", "s2"),
+        categories={"a": ("shoes",), "b": ("hats",), "s1": ("shoes",), "s2": ("shoes", "hats")},
+    )
+    rows = ranking_features(["s2", "s1", "b", "x"], np.zeros(4), user, _none(4), 2 * HOUR_MS)
+    share = rows[:, COLUMN["category_share"]].tolist()
+    assert share == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.0])
+    assert rows[:, COLUMN["category_rank_inv"]].tolist() == pytest.approx([1 / 3, 1.0, 0, 0])
+    # No catalogue: both 0, as for every bundle trained without one.
+    bare = ranking_features(["s2", "a"], np.zeros(2), _user(), _none(2), 2 * HOUR_MS)
+    assert not bare[:, COLUMN["category_share"] :].any()
+
+
+def test_category_candidates_come_last_and_count_only_new_items() -> None:
+    user = replace(_user(), category_items=("a", "s1", "t", "s2", "s3"))
+    # "a" is the user's own, "t" trending: neither counts against the two taken.
+    extra = extra_candidates(["r"], user, 5, 0, ["t"], max_category=2)
+    assert extra == ["a", "b", "t", "s1", "s2"]
+    assert extra_candidates(["r"], user, 5, 0, ["t"]) == ["a", "b", "t"]

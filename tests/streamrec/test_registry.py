@@ -95,3 +95,28 @@ def test_rollback_and_atomic_pointer(models, tmp_path) -> None:
     with pytest.raises(BundleError, match="must match"):
         registry.read_manifest(tmp_path, "../escape")
     assert registry.current_version(tmp_path) == second.version
+
+
+def test_a_bundle_of_the_previous_feature_schema_still_loads_and_ranks(models, tmp_path) -> None:
+    """Schema 2 had the first 22 columns: its ranker is fed those, so a version trained
+    before the catalogue's columns keeps serving after an upgrade."""
+    from dataclasses import replace
+
+    from retrain.ranker import Ranker, RankerConfig
+
+    old_width = registry.READABLE_FEATURE_SCHEMAS[2]
+    old_ranker = Ranker(RankerConfig(n_features=old_width, hidden=8))
+    manifest = _publish(replace(models, ranker=old_ranker), tmp_path)
+    assert manifest.feature_schema_version == 2
+    assert manifest.feature_names == registry.FEATURE_NAMES[:old_width]
+    folder = tmp_path / manifest.version
+    body = json.loads((folder / registry.MANIFEST).read_text())
+    bundle = registry.load(tmp_path, manifest.version)
+    rows = np.random.default_rng(0).random((3, len(registry.FEATURE_NAMES)), np.float32)
+    changed = rows.copy()
+    changed[:, old_width:] = 7.0  # columns the old ranker never saw change nothing
+    assert np.array_equal(bundle.score(rows), bundle.score(changed))
+    body["feature_names"] = list(registry.FEATURE_NAMES[1 : old_width + 1])
+    (folder / registry.MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(BundleError, match="expects features"):
+        registry.load(tmp_path, manifest.version)
