@@ -17,6 +17,7 @@ from retrain.online_baselines import (
     BaselineSpec,
     Cooc,
     Latest,
+    LatestCategoryCooc,
     LatestCooc,
     Popularity,
 )
@@ -135,6 +136,28 @@ def test_the_blends_order_own_items_and_co_occurrence_differently() -> None:
     assert blends["sum"].recommend("w", 3) == ["c", "b", "a"]
     # The fourth slot is the most popular item not listed yet.
     assert [blends[b].recommend("w", 4)[3] for b in blends] == ["z", "z", "z"]
+
+
+def test_latest_then_the_latest_items_category_then_co_occurrence() -> None:
+    model = LatestCategoryCooc(DAY_S)
+
+    def touch(user_id: str, item_id: str, category: str) -> None:
+        model.observe(
+            Event(f"e{next(_ids)}", user_id, item_id, EventType.CLICK, 0, {"category_id": category})
+        )
+
+    # Shoes: s2 three times, s1 twice (one with w); hats: h1; w also saw h1 then s1.
+    for user_id, item_id, category in [
+        ("p", "s2", "shoes"), ("q", "s2", "shoes"), ("r", "s2", "shoes"),
+        ("p", "s1", "shoes"), ("q", "h1", "hats"), ("q", "b9", "bags"),
+        ("w", "h1", "hats"), ("w", "s1", "shoes"),
+    ]:  # fmt: skip
+        touch(user_id, item_id, category)
+    # Own (s1, h1), then shoes by count (s2; s1 listed), then co-occurrence (b9
+    # with h1 through q), then popularity.
+    assert model.recommend("w", 4) == ["s1", "h1", "s2", "b9"]
+    # An item never seen has no category yet: a newcomer's list is popularity.
+    assert model.recommend("nobody", 2) == ["s2", "h1"]
 
 
 # --- V-SKNN ----------------------------------------------------------------------
