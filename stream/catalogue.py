@@ -19,11 +19,16 @@ from dataclasses import dataclass
 from faust.types import EventT
 
 from stream.dead_letter import DlqSender
-from stream.ingest import STATE_WRITE_FAILED, IngestPolicy, RawMessage, send_rejections
+from stream.ingest import (
+    STATE_WRITE_FAILED,
+    IngestPolicy,
+    RawMessage,
+    send_rejections,
+    split_parsed,
+)
 from stream.overlap import raw_message
 from stream.redis_waits import RedisWaits
 from streamrec.catalogue import Catalogue, ItemApplied
-from streamrec.events import Rejection
 from streamrec.items import ItemChange, parse_item_message
 from streamrec.metrics import IngestMetrics
 
@@ -75,24 +80,23 @@ class CatalogueIngestor:
         self.waits = waits
 
     async def handle_batch(self, messages: Sequence[ItemMessage]) -> None:
-        accepted: list[tuple[RawMessage, ItemChange]] = []
-        dead: list[tuple[RawMessage, str, str]] = []
         now_ms = int(time.time() * 1000)
         policy = self.policy
-        for item in messages:
-            message = item.message
-            parsed = parse_item_message(
-                message.key,
-                item.value,
-                policy.max_message_bytes,
-                message_ts_ms=item.timestamp_ms,
-                now_ms=now_ms,
-                max_future_ms=policy.max_future_ms,
+        accepted: list[tuple[RawMessage, ItemChange]]
+        accepted, dead = split_parsed(
+            (
+                item.message,
+                parse_item_message(
+                    item.message.key,
+                    item.value,
+                    policy.max_message_bytes,
+                    message_ts_ms=item.timestamp_ms,
+                    now_ms=now_ms,
+                    max_future_ms=policy.max_future_ms,
+                ),
             )
-            if isinstance(parsed, Rejection):
-                dead.append((message, parsed.reason.value, parsed.detail))
-            else:
-                accepted.append((message, parsed))
+            for item in messages
+        )
 
         dead += await self._apply(accepted)
         await send_rejections(dead, self.send_dlq, policy, self.metrics)

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 from stream.dead_letter import DlqSender, dead_letter, send_dead_letters
 from stream.producer_faults import ConflictLog, KeyCheck
@@ -130,21 +130,20 @@ class Ingestor:
 
     async def handle_batch(self, messages: Sequence[RawMessage]) -> None:
         self.metrics.batch_events.observe(len(messages))
-        accepted: list[tuple[RawMessage, Event]] = []
-        dead: list[tuple[RawMessage, str, str]] = []
         now_ms = int(time.time() * 1000)
         policy = self.policy
-        for message in messages:
-            parsed = parse_event(
-                message.value,
-                policy.max_message_bytes,
-                now_ms=now_ms,
-                max_future_ms=policy.max_future_ms,
+        accepted, dead = split_parsed(
+            (
+                message,
+                parse_event(
+                    message.value,
+                    policy.max_message_bytes,
+                    now_ms=now_ms,
+                    max_future_ms=policy.max_future_ms,
+                ),
             )
-            if isinstance(parsed, Rejection):
-                dead.append((message, parsed.reason.value, parsed.detail))
-            else:
-                accepted.append((message, parsed))
+            for message in messages
+        )
         self.keys.check(accepted)
 
         failed = await self._write_state(accepted)
@@ -256,6 +255,25 @@ class Ingestor:
         await send_rejections(dead, self.send_dlq, self.policy, self.metrics)
         if dead:
             self.metrics.events.labels("invalid", "rejected").inc(len(dead))
+
+
+Parsed = TypeVar("Parsed")
+DeadLetter = tuple[RawMessage, str, str]  # the message, the reason, the detail
+
+
+def split_parsed(
+    judged: Iterable[tuple[RawMessage, Parsed | Rejection]],
+) -> tuple[list[tuple[RawMessage, Parsed]], list[DeadLetter]]:
+    """Each message with what its parser made of it, split into the accepted and the
+    rejected (with the rejection's reason and detail, for the DLQ)."""
+    accepted: list[tuple[RawMessage, Parsed]] = []
+    dead: list[DeadLetter] = []
+    for message, parsed in judged:
+        if isinstance(parsed, Rejection):
+            dead.append((message, parsed.reason.value, parsed.detail))
+        else:
+            accepted.append((message, parsed))
+    return accepted, dead
 
 
 async def send_rejections(

@@ -135,12 +135,9 @@ def parse_event(
             RejectReason.UNKNOWN_TYPE, f"'type' is {type_value[:40]!r}; expected {known}"
         )
 
-    ts_ms = parse_timestamp(body["ts"])
+    ts_ms = event_time(body["ts"], now_ms, max_future_ms)
     if isinstance(ts_ms, Rejection):
         return ts_ms
-    future = future_rejection(ts_ms, now_ms, max_future_ms)
-    if future is not None:
-        return future
 
     session_id = body.get("session_id")
     if session_id is not None:
@@ -210,6 +207,14 @@ def future_rejection(ts_ms: int, now_ms: int | None, max_future_ms: int) -> Reje
         f"'ts' {ts_ms} ms is {(ts_ms - now_ms) / 1000:.0f} s after the receiver's clock; "
         f"at most {max_future_ms / 1000:.0f} s is accepted",
     )
+
+
+def event_time(value: object, now_ms: int | None, max_future_ms: int) -> int | Rejection:
+    """A record's `ts` (`parse_timestamp`), refused when too far ahead of `now_ms`."""
+    ts_ms = parse_timestamp(value)
+    if isinstance(ts_ms, Rejection):
+        return ts_ms
+    return future_rejection(ts_ms, now_ms, max_future_ms) or ts_ms
 
 
 def parse_timestamp(value: object) -> int | Rejection:

@@ -26,8 +26,8 @@ from streamrec.events import (
     _check_id,
     _kind,
     decode_object,
+    event_time,
     future_rejection,
-    parse_timestamp,
 )
 
 MAX_TITLE_CHARS = 1024
@@ -156,12 +156,9 @@ def item_from_fields(
     rejection = _check_id("item_id", item_id)
     if rejection is not None:
         return rejection
-    ts_ms = parse_timestamp(body["ts"])
+    ts_ms = event_time(body["ts"], now_ms, max_future_ms)
     if isinstance(ts_ms, Rejection):
         return ts_ms
-    future = future_rejection(ts_ms, now_ms, max_future_ms)
-    if future is not None:
-        return future
 
     deleted = _flag(body, "deleted", default=False)
     if isinstance(deleted, Rejection):
