@@ -199,9 +199,10 @@ class Recommender:
                 self.prewarm.answered(model, stored, inputs)
             user_vector, fresh_vector = self._user_vector(model, stored, inputs)
         with self._stage("retrieve"):
-            candidate_ids, vocab_rows, dots, user = await self._candidate_set(
+            candidate_ids, vocab_rows, dots, user, unavailable = await self._candidate_set(
                 model, user, user_vector
             )
+        removed |= unavailable
         if not candidate_ids:
             self.metrics.fallbacks.labels("trending").inc()
             items = await self.trending(model, k, removed)
@@ -362,7 +363,8 @@ class Recommender:
             inputs = user_encoder_inputs(model, stored.recent_events)
             user_vector = None if inputs is None else self._user_vector(model, stored, inputs)[0]
             with self._stage("retrieve"):
-                candidate_ids, candidate_rows, candidate_dots, user = await self._candidate_set(
+                # An unavailable item is scored all the same: the caller asked for it.
+                candidate_ids, candidate_rows, candidate_dots, user, _ = await self._candidate_set(
                     model, user, user_vector, wanted
                 )
                 place = {item_id: n for n, item_id in enumerate(candidate_ids)}
@@ -404,11 +406,12 @@ class Recommender:
         user: features.UserState,
         user_vector: np.ndarray | None,
         also: Sequence[str] = (),
-    ) -> tuple[list[str], np.ndarray, np.ndarray, features.UserState]:
+    ) -> tuple[list[str], np.ndarray, np.ndarray, features.UserState, frozenset[str]]:
         """What /recommend ranks for this user (ids, vocabulary rows, dots; NaN where the
         model has no vector): retrieval's top C, then the extras, as training builds
-        them (retrain/candidates.py); and the user with the catalogue's categories of
-        all of them and of `also` (items /score ranks beside them)."""
+        them (retrain/candidates.py); the user with the catalogue's categories of all
+        of them and of `also` (items /score ranks beside them) when the version was
+        trained with categories; and which of them the catalogue marks unavailable."""
         vocab_rows = np.zeros(0, dtype=np.int64)
         dots = np.zeros(0, dtype=np.float32)
         if user_vector is not None:
@@ -421,15 +424,15 @@ class Recommender:
         extra = features.extra_candidates(
             candidate_ids, user, manifest.recent_candidates, manifest.covis_candidates, trending
         )
+        user, unavailable = await self._with_catalogue(
+            user, [*candidate_ids, *extra, *also], manifest.category_candidates
+        )
         if manifest.category_candidates > 0:
-            user = await self._with_categories(
-                user, [*candidate_ids, *extra, *also], manifest.category_candidates
-            )
             extra += features.extra_candidates(
                 [*candidate_ids, *extra], user, 0, 0, (), manifest.category_candidates
             )
         if not extra:
-            return candidate_ids, vocab_rows, dots.astype(np.float32), user
+            return candidate_ids, vocab_rows, dots.astype(np.float32), user, unavailable
         extra_rows = np.array([model.bundle.rows.get(i, 0) for i in extra], dtype=np.int64)
         extra_dots = np.full(len(extra), np.nan, dtype=np.float32)
         has_vector = extra_rows > 0
@@ -442,35 +445,41 @@ class Recommender:
             np.concatenate([vocab_rows, extra_rows]),
             np.concatenate([dots.astype(np.float32), extra_dots]),
             user,
+            unavailable,
         )
 
-    async def _with_categories(
+    async def _with_catalogue(
         self, user: features.UserState, ranked: Sequence[str], max_category: int
-    ) -> features.UserState:
-        """`user` with the most popular items of their latest item's categories and
-        the categories of their recent items and of `ranked`, read from the catalogue
-        in one call; as it was when Redis does not answer in time (the category
-        columns 0, as for an item the catalogue lacks)."""
+    ) -> tuple[features.UserState, frozenset[str]]:
+        """One catalogue read for the items of an answer: which of `ranked` are
+        unavailable or deleted, and, for a version trained with categories
+        (`max_category` > 0), the user with the most popular items of their latest
+        item's categories and the categories of their recent items and of `ranked`.
+        When Redis does not answer in time: the user as given and nothing known
+        unavailable (the category columns 0, as for an item the catalogue lacks)."""
         recent = [e.item_id for e in user.recent_events]
         if not recent:
-            return user
+            return user, frozenset()
         read = features.category_read(max_category)
         try:
             with self._stage("redis"):
                 context = await self._bounded(
-                    self.catalogue.category_context(
+                    self.catalogue.serving_context(
                         recent[-1], read, list(dict.fromkeys([*recent, *ranked]))
                     )
                 )
         except RedisError:
             if self.redis_timeout_s is None:
                 raise
-            return user
-        return replace(
+            return user, frozenset()
+        if max_category <= 0:
+            return user, context.unavailable
+        with_categories = replace(
             user,
             category_items=features.category_candidates(context.popular, read),
             categories=context.categories,
         )
+        return with_categories, context.unavailable
 
 
 LOG_SOFTMAX_COLUMN = features.FEATURE_NAMES.index("retrieval_log_softmax")

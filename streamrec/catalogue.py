@@ -123,19 +123,20 @@ def category_popular_key(category: str) -> str:
     return f"{PREFIX}:c:{{{category}}}:pop"
 
 
-# Read-only. ARGV: 1 n, 2 the user's latest item, 3.. items whose categories are
-# asked. Returns {categories (JSON or false) per asked item, then per category of the
-# latest item {its n most popular available items}, then the categories of those}.
-# Category keys are other slots, built here (one Redis, as the apply script).
-_CATEGORY_CONTEXT_LUA = """
+# Read-only. ARGV: 1 n, 2 the user's latest item, 3.. items asked about. Returns
+# {per asked item {categories (JSON) or false, available ('0'/'1') or false}, then per
+# category of the latest item {its n most popular available items}, then the
+# categories of those}. Category keys are other slots, built here (one Redis, as the
+# apply script).
+_SERVING_CONTEXT_LUA = """
 local n = tonumber(ARGV[1])
-local function categories_of(item)
-  return redis.call('HGET', '{PREFIX}:i:{' .. item .. '}:info', 'category')
+local function info(item)
+  return redis.call('HMGET', '{PREFIX}:i:{' .. item .. '}:info', 'category', 'available')
 end
 local asked = {}
-for i = 3, #ARGV do asked[#asked + 1] = categories_of(ARGV[i]) end
+for i = 3, #ARGV do asked[#asked + 1] = info(ARGV[i]) end
 local lists, popular = {}, {}
-local latest = categories_of(ARGV[2])
+local latest = info(ARGV[2])[1]
 if latest and n > 0 then
   for _, category in ipairs(cjson.decode(latest)) do
     local k = '{PREFIX}:c:{' .. category .. '}:'
@@ -150,19 +151,21 @@ if latest and n > 0 then
   end
 end
 local popular_categories = {}
-for i, item in ipairs(popular) do popular_categories[i] = categories_of(item) end
+for i, item in ipairs(popular) do popular_categories[i] = info(item)[1] end
 return {asked, lists, popular, popular_categories}
 """.replace("{PREFIX}", PREFIX)
 
 
 @dataclass(frozen=True)
-class CategoryContext:
-    """What serving reads of the catalogue for one user: the most popular available
-    items of each category of the user's latest item (most popular first), and the
-    categories of every item asked about and of those."""
+class ServingContext:
+    """What serving reads of the catalogue for one user's answer: the most popular
+    available items of each category of the user's latest item (most popular first),
+    the categories of every item asked about and of those, and which of the items
+    asked about are unavailable or deleted."""
 
     popular: list[list[str]]
     categories: dict[str, tuple[str, ...]]
+    unavailable: frozenset[str]
 
 
 def _script_args(change: ItemChange) -> list[Any]:
@@ -232,7 +235,7 @@ class Catalogue:
         self.redis: aioredis.Redis = client or redis_client(settings)
         self._apply_script = self.redis.register_script(_APPLY_ITEMS_LUA)
         self._read_field_script = self.redis.register_script(_READ_FIELD_LUA)
-        self._category_context_script = self.redis.register_script(_CATEGORY_CONTEXT_LUA)
+        self._serving_context_script = self.redis.register_script(_SERVING_CONTEXT_LUA)
         self._config = orjson.dumps({"tombstone_ttl_s": settings.item_tombstone_ttl_s})
 
     async def close(self) -> None:
@@ -282,23 +285,28 @@ class Catalogue:
         )
         return [member.decode() for member in members]
 
-    async def category_context(
+    async def serving_context(
         self, latest_item: str, n: int, item_ids: Sequence[str]
-    ) -> CategoryContext:
+    ) -> ServingContext:
         """In one script call: up to `n` of the most popular available items of each
-        category of `latest_item`, and the categories of `item_ids` and of those."""
-        asked, lists, popular, popular_categories = await self._category_context_script(
+        category of `latest_item`; the categories and availability of `item_ids`,
+        and the categories of those popular items."""
+        asked, lists, popular, popular_categories = await self._serving_context_script(
             args=[n, latest_item, *item_ids]
         )
+        popular_ids = [i.decode() for i in popular]
         categories: dict[str, tuple[str, ...]] = {}
-        for item_id, value in zip(
-            [*item_ids, *(i.decode() for i in popular)],
-            [*asked, *popular_categories],
-            strict=True,
-        ):
-            if value:
-                categories[item_id] = tuple(orjson.loads(value))
-        return CategoryContext([[i.decode() for i in items] for items in lists], categories)
+        unavailable: set[str] = set()
+        for item_id, (category, available) in zip(item_ids, asked, strict=True):
+            if category:
+                categories[item_id] = tuple(orjson.loads(category))
+            if available == b"0":
+                unavailable.add(item_id)
+        for item_id, category in zip(popular_ids, popular_categories, strict=True):
+            if category:
+                categories[item_id] = tuple(orjson.loads(category))
+        lists_ids = [[i.decode() for i in items] for items in lists]
+        return ServingContext(lists_ids, categories, frozenset(unavailable))
 
     async def items(self, item_ids: Sequence[str]) -> list[CatalogueItem | None]:
         """Per item the whole record (or its deletion marker); None when unknown."""

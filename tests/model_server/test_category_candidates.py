@@ -65,3 +65,38 @@ async def test_popular_items_of_the_latest_items_category_join_the_candidates(
     else:
         assert all(not item["features"]["category_share"] for item in answer["items"])
     assert scored["items"][0]["score"] is not None
+
+
+async def test_an_unavailable_item_leaves_the_ranked_answer_and_comes_back(
+    served: Served,
+) -> None:
+    """Own items, retrieved ones and co-visited ones alike: the catalogue's word is
+    read on every ranked answer, with no retrain and no cache to wait for."""
+    await apply(served.settings, events_for("returning", served.items[:4]))
+    # Others' events: trending then has enough to fill what the filter removes.
+    await apply(served.settings, events_for("crowd", served.items[100:160]))
+    catalogue = Catalogue(served.settings)
+
+    async def ids() -> list[str]:
+        body = (await client.post("/recommend", json={"user_id": "returning", "k": 30})).json()
+        assert body["fallback"] is None, body
+        return [item["item_id"] for item in body["items"]]
+
+    try:
+        async with in_process(served.settings) as (client, _):
+            before = await ids()
+            own, top = served.items[2], next(i for i in before if i not in served.items[:4])
+            assert own in before
+            await catalogue.apply_records_each(
+                [ItemRecord(own, 1, available=False), ItemRecord(top, 1, available=False)]
+            )
+            hidden = await ids()
+            await catalogue.apply_records_each([ItemRecord(own, 2), ItemRecord(top, 2)])
+            back = await ids()
+            scored = await client.post("/score", json={"user_id": "returning", "item_ids": [own]})
+    finally:
+        await catalogue.close()
+    assert own not in hidden and top not in hidden
+    assert len(hidden) == 30  # topped up
+    assert back == before
+    assert scored.json()["items"][0]["score"] is not None

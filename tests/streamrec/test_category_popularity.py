@@ -97,7 +97,7 @@ async def test_the_set_is_bounded_and_ranks_as_its_training_twin(
     stored = await popular(catalogue, "a")
     assert len(stored) == 5
     assert stored[:3] == twin.of_item("i1", 3)[0]
-    context = await catalogue.category_context("i0", 3, ["i0", "nope"])
+    context = await catalogue.serving_context("i0", 3, ["i0", "nope"])
     assert context.popular == [twin.of_item("i0", 3)[0], twin.of_item("i0", 3)[1]]
     assert context.categories["i0"] == ("a", "b") and "nope" not in context.categories
     # The lists taken in turn, each item once.
@@ -121,11 +121,11 @@ async def test_serving_reads_only_available_items_of_the_latest_items_categories
         + [click(10 + n, f"v{n}", "hot", now + 10 + n) for n in range(2)]
         + [click(20, "w", "seen", now + 20)]
     )
-    assert (await catalogue.category_context("seen", 5, [])).popular == [["gone", "hot", "seen"]]
+    assert (await catalogue.serving_context("seen", 5, [])).popular == [["gone", "hot", "seen"]]
     await catalogue.apply_records_each(
         [ItemRecord("gone", 2, available=False, categories=("shoes",))]
     )
-    context = await catalogue.category_context("seen", 5, ["hot"])
+    context = await catalogue.serving_context("seen", 5, ["hot"])
     assert context.popular == [["hot", "seen"]]
     assert context.categories == {"hot": ("shoes",), "seen": ("shoes",)}
-    assert (await catalogue.category_context("no-such-item", 5, [])).popular == []
+    assert (await catalogue.serving_context("no-such-item", 5, [])).popular == []
