@@ -14,6 +14,8 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from model_server.filters import NO_FILTER, ItemFilter
+from model_server.schemas import ItemFilterBody
 from model_server.serving import json_response, parse_body, serving_of
 from streamrec.state import Answer
 
@@ -25,8 +27,17 @@ async def recommend(request: Request) -> Response:
     serving = serving_of(request)
     body = await parse_body(request, serving.requests.recommend)
     model = serving.holder.current
+    max_per_category = body.max_per_category
+    if max_per_category is None:
+        max_per_category = serving.settings.serve_max_per_category
     answer = await serving.recommender.recommend(
-        model, body.user_id, body.k, body.exclude, body.explain
+        model,
+        body.user_id,
+        body.k,
+        body.exclude,
+        body.explain,
+        item_filter(body.filter),
+        max_per_category,
     )
     items = []
     for item in answer.items:
@@ -45,7 +56,20 @@ async def recommend(request: Request) -> Response:
             "items": items,
             "model_version": answer.model_version,
             "fallback": answer.fallback,
+            "short": len(items) < body.k,
         }
+    )
+
+
+def item_filter(body: ItemFilterBody | None) -> ItemFilter:
+    if body is None:
+        return NO_FILTER
+    return ItemFilter(
+        include_categories=frozenset(body.include_categories),
+        exclude_categories=frozenset(body.exclude_categories),
+        price_min=body.price_min,
+        price_max=body.price_max,
+        attributes=dict(body.attributes),
     )
 
 

@@ -16,12 +16,13 @@ from prometheus_client import Histogram
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from model_server.filters import NO_FILTER, ItemFilter, fill_sources, pick
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
 from model_server.trending import TrendingReader
 from streamrec import features
 from streamrec import state as redis_state
-from streamrec.catalogue import Catalogue
+from streamrec.catalogue import Catalogue, CatalogueItem
 from streamrec.covis import covis_scores
 from streamrec.events import EVENT_TYPE_OF
 from streamrec.loaded import ServedModel
@@ -171,15 +172,21 @@ class Recommender:
         k: int,
         exclude: Collection[str] = (),
         explain: bool = False,
+        item_filter: ItemFilter = NO_FILTER,
+        max_per_category: int = 0,
     ) -> Recommendation:
+        """With `item_filter` or `max_per_category` the answer is picked from the
+        ranked candidates, then trending and the included categories' most popular
+        items, against the catalogue's records (model_server/filters.py)."""
         deadline = time.perf_counter() + self.budget_s
+        filtered = item_filter.active or max_per_category > 0
         now_ms = int(time.time() * 1000)
         try:
             with self._stage("redis"):
                 stored = await self._bounded(self.store.read_user(user_id))
         except RedisError:
-            if self.redis_timeout_s is None:
-                raise
+            if self.redis_timeout_s is None or filtered:
+                raise  # a filter the catalogue cannot check is never ignored: a 503
             # No state in time: trending as last read (none held: the error, a 503).
             items = self._trending_as_last_read(model, k, set(exclude))
             self.metrics.fallbacks.labels("trending").inc()
@@ -187,7 +194,10 @@ class Recommender:
         removed = (stored.purchased if self.exclude_purchased else frozenset()) | set(exclude)
         if self.trending_only or not stored.recent_events:
             self.metrics.fallbacks.labels("trending").inc()
-            items = await self.trending(model, k, removed)
+            if filtered:
+                items = await self._filtered(model, [], k, removed, item_filter, max_per_category)
+            else:
+                items = await self.trending(model, k, removed)
             has_state = bool(stored.recent_events)
             return Recommendation(items, model.version, "trending", 0, has_state=has_state)
         user = feature_user(stored, now_ms, self.covis_half_life_s)
@@ -205,7 +215,10 @@ class Recommender:
         removed |= unavailable
         if not candidate_ids:
             self.metrics.fallbacks.labels("trending").inc()
-            items = await self.trending(model, k, removed)
+            if filtered:
+                items = await self._filtered(model, [], k, removed, item_filter, max_per_category)
+            else:
+                items = await self.trending(model, k, removed)
             return Recommendation(items, model.version, "trending", 0)
         self.metrics.candidates.observe(len(candidate_ids))
 
@@ -229,12 +242,55 @@ class Recommender:
                     explained = _explained(feature_rows[i], float(item_scores_shown[i]))
                 yield RankedItem(candidate_ids[i], float(item_scores[i]), explained)
 
+        if filtered:
+            ranked_items = [item for item in in_order() if item.item_id not in removed]
+            items = await self._filtered(
+                model, ranked_items, k, removed, item_filter, max_per_category
+            )
+            return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
         items = _top(in_order(), k, removed)
         if len(items) < k:
             # The filters removed too many candidates: trending items fill the rest.
             taken = removed | {item.item_id for item in items}
             items += await self.trending(model, k - len(items), taken, required=False)
         return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
+
+    async def _filtered(
+        self,
+        model: ServedModel,
+        ranked: list[RankedItem],
+        k: int,
+        removed: Collection[str],
+        item_filter: ItemFilter,
+        max_per_category: int,
+    ) -> list[RankedItem]:
+        """The first `k` of `ranked`, then of trending, then of the included
+        categories' most popular items, that the filter admits, available, not
+        `removed`, at most `max_per_category` of a category. The catalogue must
+        answer: a filter it cannot check is a Redis error (a 503), never ignored."""
+        fill = await self.trending(model, max(FILL_READ, 2 * k), removed, required=False)
+        pool = ranked + [item for item in fill if item.item_id not in removed]
+        records: dict[str, CatalogueItem | None] = {}
+        sources = list(item_filter.include_categories)
+        for _ in range(2):  # then once more from the categories the answer holds
+            for category in sorted(sources):
+                popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
+                pool += [RankedItem(i, 0.0) for i in popular if i not in removed]
+            unread = list(dict.fromkeys(i.item_id for i in pool if i.item_id not in records))
+            with self._stage("redis"):
+                found = await self._bounded(self.catalogue.items(unread))
+            records.update(zip(unread, found, strict=True))
+            # Out of stock or deleted: never offered (an item the catalogue lacks is).
+            pool = [item for item in pool if _available(records[item.item_id])]
+            ids = [item.item_id for item in pool]
+            chosen = pick(ids, records, k, item_filter, max_per_category)
+            if len(chosen) == k or sources:
+                break
+            # The answer's categories, or (when the filter admitted nothing) the pool's.
+            sources = fill_sources([records[ids[p]] for p in chosen] or records.values())
+            if not sources:
+                break
+        return [pool[p] for p in chosen]
 
     def _user_vector(
         self, model: ServedModel, stored: redis_state.UserState, inputs: EncoderInputs
@@ -482,6 +538,9 @@ class Recommender:
         return with_categories, context.unavailable
 
 
+# Items of trending (and of each included category) a filtered answer may fill from.
+FILL_READ = 100
+
 LOG_SOFTMAX_COLUMN = features.FEATURE_NAMES.index("retrieval_log_softmax")
 RANK_LOG_COLUMN = features.FEATURE_NAMES.index("retrieval_rank_log")
 
@@ -530,6 +589,10 @@ class _Timed:
         tb: TracebackType | None,
     ) -> None:
         self.histogram.observe(time.perf_counter() - self.started)
+
+
+def _available(record: CatalogueItem | None) -> bool:
+    return record is None or (record.available and not record.deleted)
 
 
 def _top(items: Iterable[RankedItem], k: int, removed: Collection[str]) -> list[RankedItem]:

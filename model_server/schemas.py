@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from streamrec.events import MAX_CONTEXT_KEYS, MAX_CONTEXT_VALUE_CHARS, MAX_ID_CHARS
+from streamrec.items import MAX_ATTRIBUTES, MAX_CATEGORIES
 from streamrec.settings import Settings
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
@@ -63,6 +65,36 @@ class RecommendBase(Request):
     explain: bool
 
 
+AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+Price = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _number(value: object) -> object:
+    # A price bound may be written 10 or 10.5; strict mode alone takes only floats.
+    if type(value) is int and INT_MIN <= value <= INT_MAX:
+        return float(value)
+    return value
+
+
+class ItemFilterBody(Request):
+    """Which items an answer may hold, from the catalogue's records (an item the
+    catalogue lacks passes only `exclude_categories`)."""
+
+    include_categories: list[Id] = Field(
+        default_factory=list, max_length=MAX_CATEGORIES, description="In at least one."
+    )
+    exclude_categories: list[Id] = Field(
+        default_factory=list, max_length=MAX_CATEGORIES, description="In none."
+    )
+    price_min: Annotated[Price, BeforeValidator(_number)] | None = None
+    price_max: Annotated[Price, BeforeValidator(_number)] | None = None
+    attributes: dict[AttributeKey, ContextValue | bool] = Field(
+        default_factory=dict,
+        max_length=MAX_ATTRIBUTES,
+        description="Each equal to the item's attribute of that name.",
+    )
+
+
 class ScoreBase(Request):
     user_id: Id
     item_ids: list[Id]
@@ -84,6 +116,14 @@ def request_models(settings: Settings) -> RequestModels:
         exclude: list[Id] = Field(default_factory=list, max_length=max_items)
         context: dict[ContextKey, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
         explain: bool = Field(False, description="Return each item's feature values.")
+        filter: ItemFilterBody | None = Field(None, description="Catalogue filters.")
+        max_per_category: (
+            Annotated[int, Ge(0), Le(settings.serve_max_k), BeforeValidator(_integral)] | None
+        ) = Field(
+            None,
+            description="At most this many items of one category (0: no cap); "
+            "default STREAMREC_SERVE_MAX_PER_CATEGORY.",
+        )
 
     class ScoreRequest(ScoreBase):
         """Ranker scores for the given items, in the order given."""
@@ -105,6 +145,9 @@ class RecommendResponse(BaseModel):
     model_version: str
     fallback: Literal["trending", "retrieval"] | None = Field(
         None, description="Set when the answer is not the ranker's: why."
+    )
+    short: bool = Field(
+        False, description="Fewer than k items: the filters and the catalogue left no more."
     )
 
 

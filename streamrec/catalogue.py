@@ -308,6 +308,16 @@ class Catalogue:
         lists_ids = [[i.decode() for i in items] for items in lists]
         return ServingContext(lists_ids, categories, frozenset(unavailable))
 
+    async def popular(self, category: str, limit: int) -> list[str]:
+        """Up to `limit` of the category's most popular items now (the stream worker's
+        decayed counts, docs/state.md), most popular first; availability unchecked."""
+        if limit <= 0:
+            return []
+        members = cast(
+            list[bytes], await self.redis.zrevrange(category_popular_key(category), 0, limit - 1)
+        )
+        return [member.decode() for member in members]
+
     async def items(self, item_ids: Sequence[str]) -> list[CatalogueItem | None]:
         """Per item the whole record (or its deletion marker); None when unknown."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -53,6 +53,7 @@ class Recommendations:
     items: tuple[ScoredItem, ...]
     model_version: str
     fallback: str | None  # "trending" or "retrieval" when the ranker did not order them
+    short: bool = False  # fewer than k: the filters and the catalogue left no more
 
     @property
     def item_ids(self) -> list[str]:
@@ -158,8 +159,14 @@ def _recommend_body(
     exclude: Sequence[str],
     context: Mapping[str, str | int | float] | None,
     explain: bool,
+    item_filter: Mapping[str, Any] | None = None,
+    max_per_category: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"user_id": user_id, "k": k}
+    if item_filter:
+        body["filter"] = dict(item_filter)
+    if max_per_category is not None:
+        body["max_per_category"] = max_per_category
     if exclude:
         body["exclude"] = list(exclude)
     if context:
@@ -191,7 +198,11 @@ def _items(rows: list[dict[str, Any]]) -> tuple[ScoredItem, ...]:
 
 def _recommendations(body: dict[str, Any]) -> Recommendations:
     return Recommendations(
-        body["user_id"], _items(body["items"]), body["model_version"], body.get("fallback")
+        body["user_id"],
+        _items(body["items"]),
+        body["model_version"],
+        body.get("fallback"),
+        bool(body.get("short", False)),
     )
 
 
@@ -236,8 +247,12 @@ class RecommenderClient(_ClientBase):
         exclude: Sequence[str] = (),
         context: Mapping[str, str | int | float] | None = None,
         explain: bool = False,
+        item_filter: Mapping[str, Any] | None = None,
+        max_per_category: int | None = None,
     ) -> Recommendations:
-        body = _recommend_body(user_id, k, exclude, context, explain)
+        """`item_filter`: the request's `filter` object (include_categories,
+        exclude_categories, price_min, price_max, attributes; docs/serving.md)."""
+        body = _recommend_body(user_id, k, exclude, context, explain, item_filter, max_per_category)
         return _recommendations(self._post("/recommend", body))
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
@@ -287,8 +302,12 @@ class AsyncRecommenderClient(_ClientBase):
         exclude: Sequence[str] = (),
         context: Mapping[str, str | int | float] | None = None,
         explain: bool = False,
+        item_filter: Mapping[str, Any] | None = None,
+        max_per_category: int | None = None,
     ) -> Recommendations:
-        body = _recommend_body(user_id, k, exclude, context, explain)
+        """`item_filter`: the request's `filter` object (include_categories,
+        exclude_categories, price_min, price_max, attributes; docs/serving.md)."""
+        body = _recommend_body(user_id, k, exclude, context, explain, item_filter, max_per_category)
         return _recommendations(await self._post("/recommend", body))
 
     async def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:

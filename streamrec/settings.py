@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     # Items kept per category in its popularity set (`sr:c:{C}:pop`): the most
     # popular, from which a user's category candidates come. 0: not kept.
     category_popular_max: int = Field(default=100, ge=0)
+    # At most this many items of one category in a /recommend answer unless the
+    # request says (`max_per_category`); 0: no cap.
+    serve_max_per_category: int = Field(default=0, ge=0)
     # Item-to-item co-visitation kept by the apply script (streamrec/covis.py): each
     # event links its item with the user's `covis_window` latest earlier items; an
     # item keeps its `covis_neighbours_max` strongest links (0 turns it off).

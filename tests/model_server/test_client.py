@@ -29,6 +29,11 @@ async def test_sync_and_async_clients(served: Served, server_process: ServicePro
         again = sync_client.recommend("alice", k=7, exclude=[served.items[0]])
         assert again.item_ids == answer.item_ids
         assert sync_client.recommend("newcomer", k=3).fallback == "trending"
+        # No catalogue here: nothing has a category, so including one leaves nothing.
+        filtered = sync_client.recommend(
+            "alice", k=3, item_filter={"include_categories": ["shoes"]}, max_per_category=1
+        )
+        assert filtered.item_ids == [] and filtered.short is True
         with pytest.raises(RequestRejected) as rejected:
             sync_client.recommend("alice", k=0)
     assert rejected.value.status_code == 422

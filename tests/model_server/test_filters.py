@@ -1,0 +1,117 @@
+"""Per-request catalogue filters and the per-category cap on /recommend, against a
+real Redis catalogue: what the filter admits, what fills an answer the filter thinned,
+what the answer says when nothing can, and the filter's rules on hand-made records."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_server.filters import ItemFilter, pick
+from streamrec.catalogue import Catalogue, CatalogueItem
+from streamrec.items import ItemRecord
+from tests.model_server.conftest import Served, apply, events_for, in_process
+
+
+def record(item_id: str, *categories: str, price: float | None = None, **attributes: object):
+    return CatalogueItem(
+        item_id, 1, True, categories, price=price, attributes=dict(attributes) or None
+    )  # type: ignore[arg-type]
+
+
+def test_the_filter_rules_on_records() -> None:
+    records = {
+        "boot": record("boot", "shoes", price=80.0, brand="acme", waterproof=True, size=42),
+        "sandal": record("sandal", "shoes", "sale", price=20.0, brand="zed"),
+        "hat": record("hat", "hats", price=15.0),
+    }
+    ids = ["boot", "sandal", "hat", "unknown"]
+
+    def chosen(item_filter: ItemFilter, k: int = 10, cap: int = 0) -> list[str]:
+        return [ids[p] for p in pick(ids, records, k, item_filter, cap)]
+
+    assert chosen(ItemFilter()) == ids
+    assert chosen(ItemFilter(include_categories=frozenset({"shoes"}))) == ["boot", "sandal"]
+    # An item the catalogue lacks passes an exclusion and nothing that asks for a value.
+    assert chosen(ItemFilter(exclude_categories=frozenset({"sale", "hats"}))) == [
+        "boot",
+        "unknown",
+    ]
+    assert chosen(ItemFilter(price_min=15, price_max=20)) == ["sandal", "hat"]
+    assert chosen(ItemFilter(attributes={"size": 42.0, "waterproof": True})) == ["boot"]
+    assert chosen(ItemFilter(attributes={"waterproof": 1})) == []  # true is not 1
+    assert chosen(ItemFilter(), cap=1) == ["boot", "hat", "unknown"]  # sandal: 2nd shoe
+    assert chosen(ItemFilter(), k=2) == ["boot", "sandal"]
+
+
+async def _catalogue(served: Served) -> dict[str, str]:
+    """Half the model's items are shoes (price 10 + n), the rest hats; one shoe is
+    out of stock. The user looked at four of them; others at many."""
+    items = served.items[:200]
+    kinds = {item: ("shoes" if n % 2 else "hats") for n, item in enumerate(items)}
+    catalogue = Catalogue(served.settings)
+    try:
+        await catalogue.apply_records_each(
+            [
+                ItemRecord(item, 1, categories=(kind,), price=10.0 + n, attributes={"n": n})
+                for n, (item, kind) in enumerate(kinds.items())
+            ]
+        )
+        await catalogue.apply_records_each(
+            [ItemRecord(items[1], 2, available=False, categories=("shoes",))]
+        )
+    finally:
+        await catalogue.close()
+    await apply(served.settings, events_for("browser", items[:4]))
+    await apply(served.settings, events_for("crowd", items[4:200]))
+    return kinds
+
+
+@pytest.mark.parametrize("user", ["browser", "newcomer"])
+async def test_filters_and_the_cap_hold_on_ranked_and_trending_answers(
+    served: Served, user: str
+) -> None:
+    kinds = await _catalogue(served)
+    asked = {
+        "plain": {},
+        "shoes": {"filter": {"include_categories": ["shoes"]}},
+        "cheap_hats": {"filter": {"exclude_categories": ["shoes"], "price_max": 60}},
+        "capped": {"max_per_category": 3},
+        "none": {"filter": {"include_categories": ["no-such-category"]}},
+        "one": {"filter": {"attributes": {"n": 7}}},
+    }
+    answers = {}
+    async with in_process(served.settings) as (client, _):
+        for name, body in asked.items():
+            response = await client.post("/recommend", json={"user_id": user, "k": 10, **body})
+            assert response.status_code == 200, response.text
+            answers[name] = response.json()
+    ids = {name: [i["item_id"] for i in answer["items"]] for name, answer in answers.items()}
+    assert answers["plain"]["fallback"] == (None if user == "browser" else "trending")
+    assert len(ids["shoes"]) == 10 and all(kinds[i] == "shoes" for i in ids["shoes"])
+    assert served.items[1] not in ids["shoes"]  # out of stock
+    assert len(ids["cheap_hats"]) == 10
+    assert all(kinds[i] == "hats" and served.items.index(i) <= 50 for i in ids["cheap_hats"])
+    capped = [kinds.get(i) for i in ids["capped"]]
+    assert capped.count("shoes") <= 3 and capped.count("hats") <= 3
+    # Items the catalogue lacks have no category to cap; a newcomer sees none of them.
+    assert len(capped) == (10 if user == "browser" else 6)
+    assert answers["capped"]["short"] is (user != "browser")
+    assert ids["none"] == [] and answers["none"]["short"] is True
+    assert answers["plain"]["short"] is False
+    assert ids["one"] == [served.items[7]] and answers["one"]["short"] is True
+
+
+async def test_a_filtered_answer_is_a_503_when_the_catalogue_cannot_answer(
+    served: Served,
+) -> None:
+    from tests.model_server.conftest import frozen_redis
+
+    await _catalogue(served)
+    async with in_process(served.settings) as (client, _):
+        assert (await client.post("/recommend", json={"user_id": "browser"})).status_code == 200
+        with frozen_redis(served.settings, at_most_s=4.0):
+            response = await client.post(
+                "/recommend",
+                json={"user_id": "browser", "filter": {"include_categories": ["shoes"]}},
+            )
+    assert response.status_code == 503, response.text
