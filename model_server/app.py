@@ -152,6 +152,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             "/recommend", measured("recommend", endpoints.recommend, capped=True), methods=["POST"]
         ),
         Route("/score", measured("score", endpoints.score, capped=True), methods=["POST"]),
+        Route("/similar", measured("similar", endpoints.similar, capped=True), methods=["POST"]),
         Route("/model", measured("model", endpoints.model_info), methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),

@@ -73,6 +73,28 @@ def item_filter(body: ItemFilterBody | None) -> ItemFilter:
     )
 
 
+async def similar(request: Request) -> Response:
+    serving = serving_of(request)
+    body = await parse_body(request, serving.requests.similar)
+    max_per_category = body.max_per_category
+    if max_per_category is None:
+        max_per_category = serving.settings.serve_max_per_category
+    answer = await serving.recommender.similar(
+        serving.holder.current, body.item_id, body.k, item_filter(body.filter), max_per_category
+    )
+    return json_response(
+        {
+            "item_id": body.item_id,
+            "items": [
+                {"item_id": item.item_id, "score": item.score, "source": item.source}
+                for item in answer.items
+            ],
+            "model_version": answer.model_version,
+            "short": len(answer.items) < body.k,
+        }
+    )
+
+
 async def score(request: Request) -> Response:
     serving = serving_of(request)
     body = await parse_body(request, serving.requests.score)

@@ -16,6 +16,7 @@ from model_server.schemas import (
     RequestModels,
     RollbackRequest,
     ScoreResponse,
+    SimilarResponse,
     SwapResponse,
 )
 
@@ -26,7 +27,9 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         requests.recommend,
         requests.score,
+        requests.similar,
         RecommendResponse,
+        SimilarResponse,
         ScoreResponse,
         RollbackRequest,
         SwapResponse,
@@ -35,7 +38,7 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
         ReadyResponse,
         ProblemBody,
     ]
-    inputs = (requests.recommend, requests.score, RollbackRequest)
+    inputs = (requests.recommend, requests.score, requests.similar, RollbackRequest)
     refs, top = models_json_schema(
         [(m, "validation" if m in inputs else "serialization") for m in models],
         ref_template=REF,
@@ -86,6 +89,12 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
                 "summary": "Ranker scores for the given items; unknown items per item",
                 "requestBody": body(requests.score),
                 "responses": {"200": answer("Scores in request order", ScoreResponse),
+                              **with_body, **failed, **no_state},
+            }},
+            "/similar": {"post": {
+                "summary": "Items like this one (customers who viewed this)",
+                "requestBody": body(requests.similar),
+                "responses": {"200": answer("Similar items", SimilarResponse),
                               **with_body, **failed, **no_state},
             }},
             "/model": {"get": {"summary": "The version being served",

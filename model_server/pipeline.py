@@ -48,6 +48,7 @@ class RankedItem:
     item_id: str
     score: float
     features: Mapping[str, float] | None = None
+    source: str | None = None  # /similar: which list the item came from
 
 
 @dataclass(frozen=True)
@@ -269,13 +270,31 @@ class Recommender:
         `removed`, at most `max_per_category` of a category. The catalogue must
         answer: a filter it cannot check is a Redis error (a 503), never ignored."""
         fill = await self.trending(model, max(FILL_READ, 2 * k), removed, required=False)
-        pool = ranked + [item for item in fill if item.item_id not in removed]
+        return await self._pick(model, ranked + fill, k, removed, item_filter, max_per_category)
+
+    async def _pick(
+        self,
+        model: ServedModel,
+        offered: list[RankedItem],
+        k: int,
+        removed: Collection[str],
+        item_filter: ItemFilter,
+        max_per_category: int,
+    ) -> list[RankedItem]:
+        """The first `k` of `offered`, then of the included categories' most popular
+        items, that are available, not `removed`, admitted by the filter and within
+        the per-category cap; when that leaves fewer than k and nothing was included
+        by name, once more from the most popular items of the categories the answer
+        (or else the offer) holds. The catalogue must answer: a filter it cannot
+        check is a Redis error (a 503), never ignored."""
+        pool = [item for item in offered if item.item_id not in removed]
         records: dict[str, CatalogueItem | None] = {}
         sources = list(item_filter.include_categories)
-        for _ in range(2):  # then once more from the categories the answer holds
+        chosen: list[int] = []
+        for _ in range(2):
             for category in sorted(sources):
                 popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
-                pool += [RankedItem(i, 0.0) for i in popular if i not in removed]
+                pool += [RankedItem(i, 0.0, source="category") for i in popular if i not in removed]
             unread = list(dict.fromkeys(i.item_id for i in pool if i.item_id not in records))
             with self._stage("redis"):
                 found = await self._bounded(self.catalogue.items(unread))
@@ -291,6 +310,47 @@ class Recommender:
             if not sources:
                 break
         return [pool[p] for p in chosen]
+
+    async def similar(
+        self,
+        model: ServedModel,
+        item_id: str,
+        k: int,
+        item_filter: ItemFilter = NO_FILTER,
+        max_per_category: int = 0,
+    ) -> Recommendation:
+        """Items like `item_id` ("customers who viewed this"), in this order: its
+        real-time co-visitation neighbours by decayed weight, its nearest items by
+        the model's item vectors, the most popular items of its categories, then
+        trending; each once, available, filtered and capped as /recommend's."""
+        now_ms = int(time.time() * 1000)
+        with self._stage("redis"):
+            links, epoch = await self._bounded(self.store.read_item_links(item_id, SIMILAR_READ))
+        offered: list[RankedItem] = []
+        if links:
+            _, weights = covis_scores([(links, epoch)], now_ms, self.covis_half_life_s)
+            by_weight = sorted(weights.items(), key=lambda pair: (-pair[1], pair[0]))
+            offered += [RankedItem(i, w, source="covis") for i, w in by_weight]
+        row = model.bundle.rows.get(item_id, 0)
+        if row > 0:
+            with self._stage("retrieve"):
+                vector = np.asarray(model.item_vectors([row]), dtype=np.float32).reshape(1, -1)
+                scores, rows = model.bundle.search(vector, min(SIMILAR_READ + 1, model.n_items))
+            offered += [
+                RankedItem(model.item_id_by_row[r], float(v), source="vector")
+                for v, r in zip(scores[0], rows[0], strict=True)
+                if r > 0
+            ]
+        with self._stage("redis"):
+            (categories,) = await self._bounded(self.catalogue.categories([item_id]))
+            for category in categories:
+                popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
+                offered += [RankedItem(i, 0.0, source="category") for i in popular]
+        sourced = len(offered)
+        fill = await self.trending(model, max(FILL_READ, 2 * k), (item_id,), required=False)
+        offered += [replace(item, source="trending") for item in fill]
+        items = await self._pick(model, offered, k, {item_id}, item_filter, max_per_category)
+        return Recommendation(items, model.version, None, sourced, has_state=False)
 
     def _user_vector(
         self, model: ServedModel, stored: redis_state.UserState, inputs: EncoderInputs
@@ -540,6 +600,8 @@ class Recommender:
 
 # Items of trending (and of each included category) a filtered answer may fill from.
 FILL_READ = 100
+# Co-visitation links and vector neighbours /similar reads of the item.
+SIMILAR_READ = 50
 
 LOG_SOFTMAX_COLUMN = features.FEATURE_NAMES.index("retrieval_log_softmax")
 RANK_LOG_COLUMN = features.FEATURE_NAMES.index("retrieval_rank_log")

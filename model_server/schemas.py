@@ -100,14 +100,22 @@ class ScoreBase(Request):
     item_ids: list[Id]
 
 
+class SimilarBase(Request):
+    item_id: Id
+    k: Integer
+
+
 @dataclass(frozen=True)
 class RequestModels:
     recommend: type[RecommendBase]
     score: type[ScoreBase]
+    similar: type[SimilarBase]
 
 
 def request_models(settings: Settings) -> RequestModels:
     max_items = settings.serve_max_items
+    # The bounds before the validator: after it they would not reach the JSON Schema.
+    PerCategory = Annotated[int, Ge(0), Le(settings.serve_max_k), BeforeValidator(_integral)]
 
     class RecommendRequest(RecommendBase):
         """Top-k items for a user; `exclude` and the user's purchases are filtered out."""
@@ -117,9 +125,7 @@ def request_models(settings: Settings) -> RequestModels:
         context: dict[ContextKey, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
         explain: bool = Field(False, description="Return each item's feature values.")
         filter: ItemFilterBody | None = Field(None, description="Catalogue filters.")
-        max_per_category: (
-            Annotated[int, Ge(0), Le(settings.serve_max_k), BeforeValidator(_integral)] | None
-        ) = Field(
+        max_per_category: PerCategory | None = Field(
             None,
             description="At most this many items of one category (0: no cap); "
             "default STREAMREC_SERVE_MAX_PER_CATEGORY.",
@@ -130,7 +136,17 @@ def request_models(settings: Settings) -> RequestModels:
 
         item_ids: list[Id] = Field(min_length=1, max_length=max_items)
 
-    return RequestModels(RecommendRequest, ScoreRequest)
+    class SimilarRequest(SimilarBase):
+        """Items like this one: its real-time co-visitation neighbours, its nearest
+        items by the model's vectors, its categories' most popular, then trending."""
+
+        k: Integer = Field(DEFAULT_K, ge=1, le=settings.serve_max_k)
+        filter: ItemFilterBody | None = Field(None, description="Catalogue filters.")
+        max_per_category: PerCategory | None = Field(
+            None, description="At most this many items of one category (0: no cap)."
+        )
+
+    return RequestModels(RecommendRequest, ScoreRequest, SimilarRequest)
 
 
 class ScoredItem(BaseModel):
@@ -146,6 +162,21 @@ class RecommendResponse(BaseModel):
     fallback: Literal["trending", "retrieval"] | None = Field(
         None, description="Set when the answer is not the ranker's: why."
     )
+    short: bool = Field(
+        False, description="Fewer than k items: the filters and the catalogue left no more."
+    )
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    score: float = Field(description="On its source's scale: link weight, inner product, 0.")
+    source: Literal["covis", "vector", "category", "trending"]
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    items: list[SimilarItem]
+    model_version: str
     short: bool = Field(
         False, description="Fewer than k items: the filters and the catalogue left no more."
     )

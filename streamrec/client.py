@@ -47,6 +47,25 @@ class ScoredItem:
     features: Mapping[str, float] | None = None
 
 
+@dataclass(frozen=True)
+class SimilarItem:
+    item_id: str
+    score: float  # on its source's scale
+    source: str  # covis, vector, category or trending
+
+
+@dataclass(frozen=True)
+class Similar:
+    item_id: str
+    items: tuple[SimilarItem, ...]
+    model_version: str
+    short: bool = False
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [item.item_id for item in self.items]
+
+
 @dataclass(frozen=True, slots=True)
 class Recommendations:
     user_id: str
@@ -176,6 +195,22 @@ def _recommend_body(
     return body
 
 
+def _similar_body(
+    item_id: str, k: int, item_filter: Mapping[str, Any] | None, max_per_category: int | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"item_id": item_id, "k": k}
+    if item_filter:
+        body["filter"] = dict(item_filter)
+    if max_per_category is not None:
+        body["max_per_category"] = max_per_category
+    return body
+
+
+def _similar(body: dict[str, Any]) -> Similar:
+    items = tuple(SimilarItem(i["item_id"], float(i["score"]), i["source"]) for i in body["items"])
+    return Similar(body["item_id"], items, body["model_version"], bool(body.get("short", False)))
+
+
 def _rejection(response: httpx.Response) -> RequestRejected:
     try:
         body = response.json()
@@ -258,6 +293,18 @@ class RecommenderClient(_ClientBase):
     def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
         return _scores(self._post("/score", {"user_id": user_id, "item_ids": list(item_ids)}))
 
+    def similar(
+        self,
+        item_id: str,
+        k: int = 20,
+        item_filter: Mapping[str, Any] | None = None,
+        max_per_category: int | None = None,
+    ) -> Similar:
+        """Items like `item_id`; `item_filter` as in `recommend`."""
+        return _similar(
+            self._post("/similar", _similar_body(item_id, k, item_filter, max_per_category))
+        )
+
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         tries = _attempts(self.servers, self.retry, path)
         step = next(tries)
@@ -313,6 +360,17 @@ class AsyncRecommenderClient(_ClientBase):
     async def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
         body = {"user_id": user_id, "item_ids": list(item_ids)}
         return _scores(await self._post("/score", body))
+
+    async def similar(
+        self,
+        item_id: str,
+        k: int = 20,
+        item_filter: Mapping[str, Any] | None = None,
+        max_per_category: int | None = None,
+    ) -> Similar:
+        """Items like `item_id`; `item_filter` as in `recommend`."""
+        body = _similar_body(item_id, k, item_filter, max_per_category)
+        return _similar(await self._post("/similar", body))
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         tries = _attempts(self.servers, self.retry, path)

@@ -822,6 +822,17 @@ class StateStore:
             )
         return users
 
+    async def read_item_links(self, item_id: str, n: int) -> tuple[dict[str, float], int]:
+        """The item's `n` strongest co-visitation links as stored, with their epoch
+        (`covis.covis_scores` decays them); ({}, 0) when it has none. One round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(item_covis_key(item_id), 0, n - 1, withscores=True)
+            pipe.hget(item_popularity_key(item_id), "cv:epoch")
+            links, epoch = await pipe.execute()
+        if not links or epoch is None:
+            return {}, 0
+        return {member.decode(): float(score) for member, score in links}, int(float(epoch))
+
     async def read_item_popularity(self, item_ids: Sequence[str], now_ms: int) -> np.ndarray:
         """Decayed popularity brought forward to `now_ms`: one row per item, one column
         per `features.EVENT_TYPES`, 0 where none (the table `ranking_features` takes)."""
