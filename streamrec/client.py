@@ -181,11 +181,7 @@ def _recommend_body(
     item_filter: Mapping[str, Any] | None = None,
     max_per_category: int | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"user_id": user_id, "k": k}
-    if item_filter:
-        body["filter"] = dict(item_filter)
-    if max_per_category is not None:
-        body["max_per_category"] = max_per_category
+    body = _picked({"user_id": user_id, "k": k}, item_filter, max_per_category)
     if exclude:
         body["exclude"] = list(exclude)
     if context:
@@ -198,7 +194,13 @@ def _recommend_body(
 def _similar_body(
     item_id: str, k: int, item_filter: Mapping[str, Any] | None, max_per_category: int | None
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"item_id": item_id, "k": k}
+    return _picked({"item_id": item_id, "k": k}, item_filter, max_per_category)
+
+
+def _picked(
+    body: dict[str, Any], item_filter: Mapping[str, Any] | None, max_per_category: int | None
+) -> dict[str, Any]:
+    """`body` with the catalogue filter and the per-category cap, when given."""
     if item_filter:
         body["filter"] = dict(item_filter)
     if max_per_category is not None:
