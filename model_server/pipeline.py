@@ -320,9 +320,10 @@ class Recommender:
         max_per_category: int = 0,
     ) -> Recommendation:
         """Items like `item_id` ("customers who viewed this"), in this order: its
-        real-time co-visitation neighbours by decayed weight, its nearest items by
-        the model's item vectors, the most popular items of its categories, then
-        trending; each once, available, filtered and capped as /recommend's."""
+        real-time co-visitation neighbours by decayed weight, the most popular items
+        of its categories, its nearest items by the model's item vectors, then
+        trending; each once, available, filtered and capped as /recommend's (the
+        order: bench/reports/similar.md)."""
         now_ms = int(time.time() * 1000)
         with self._stage("redis"):
             links, epoch = await self._bounded(self.store.read_item_links(item_id, SIMILAR_READ))
@@ -331,6 +332,11 @@ class Recommender:
             _, weights = covis_scores([(links, epoch)], now_ms, self.covis_half_life_s)
             by_weight = sorted(weights.items(), key=lambda pair: (-pair[1], pair[0]))
             offered += [RankedItem(i, w, source="covis") for i, w in by_weight]
+        with self._stage("redis"):
+            (categories,) = await self._bounded(self.catalogue.categories([item_id]))
+            for category in categories:
+                popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
+                offered += [RankedItem(i, 0.0, source="category") for i in popular]
         row = model.bundle.rows.get(item_id, 0)
         if row > 0:
             with self._stage("retrieve"):
@@ -341,11 +347,6 @@ class Recommender:
                 for v, r in zip(scores[0], rows[0], strict=True)
                 if r > 0
             ]
-        with self._stage("redis"):
-            (categories,) = await self._bounded(self.catalogue.categories([item_id]))
-            for category in categories:
-                popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
-                offered += [RankedItem(i, 0.0, source="category") for i in popular]
         sourced = len(offered)
         fill = await self.trending(model, max(FILL_READ, 2 * k), (item_id,), required=False)
         offered += [replace(item, source="trending") for item in fill]

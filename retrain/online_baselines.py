@@ -85,6 +85,10 @@ class Cooc:
                 self._counts[item][other] += 1
         self.users.touch(event.user_id, item)
 
+    def neighbours(self, item_id: str, n: int) -> list[str]:
+        """The `n` items counted most often with `item_id` (ties: the first counted)."""
+        return [item for item, _ in self._counts.get(item_id, Counter()).most_common(n)]
+
     def scores(self, user_id: str) -> dict[str, float]:
         scores: dict[str, float] = {}
         for rank, item in enumerate(self.users.latest(user_id, self.window), start=1):
