@@ -38,6 +38,7 @@ async def recommend(request: Request) -> Response:
         body.explain,
         item_filter(body.filter),
         max_per_category,
+        serving.settings.serve_diversity if body.diversity is None else body.diversity,
     )
     items = []
     for item in answer.items:

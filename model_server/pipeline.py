@@ -16,6 +16,7 @@ from prometheus_client import Histogram
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from model_server.diversity import mmr_order
 from model_server.filters import NO_FILTER, ItemFilter, fill_sources, pick
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
@@ -175,10 +176,12 @@ class Recommender:
         explain: bool = False,
         item_filter: ItemFilter = NO_FILTER,
         max_per_category: int = 0,
+        diversity: float = 0.0,
     ) -> Recommendation:
         """With `item_filter` or `max_per_category` the answer is picked from the
         ranked candidates, then trending and the included categories' most popular
-        items, against the catalogue's records (model_server/filters.py)."""
+        items, against the catalogue's records (model_server/filters.py). With
+        `diversity` > 0 the ranked order is re-ranked first (model_server/diversity.py)."""
         deadline = time.perf_counter() + self.budget_s
         filtered = item_filter.active or max_per_category > 0
         now_ms = int(time.time() * 1000)
@@ -233,6 +236,13 @@ class Recommender:
         else:
             item_scores, feature_rows = ranked
             fallback, order = None, np.argsort(-item_scores, kind="stable").tolist()
+            if diversity > 0:
+                vectors = np.zeros((len(vocab_rows), model.dim), dtype=np.float32)
+                known = np.flatnonzero(vocab_rows > 0)
+                if len(known):
+                    vectors[known] = model.item_vectors(vocab_rows[known].tolist())
+                pool = min(len(order), DIVERSITY_POOL_PER_ITEM * k)
+                order = mmr_order(order, item_scores, vectors, diversity, pool)
 
         item_scores_shown = np.nan_to_num(dots, nan=0.0)
 
@@ -603,6 +613,8 @@ class Recommender:
 FILL_READ = 100
 # Co-visitation links and vector neighbours /similar reads of the item.
 SIMILAR_READ = 50
+# The best ranked k * this a diversity re-rank chooses from.
+DIVERSITY_POOL_PER_ITEM = 4
 
 LOG_SOFTMAX_COLUMN = features.FEATURE_NAMES.index("retrieval_log_softmax")
 RANK_LOG_COLUMN = features.FEATURE_NAMES.index("retrieval_rank_log")

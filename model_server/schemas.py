@@ -131,6 +131,12 @@ def request_models(settings: Settings) -> RequestModels:
             "default STREAMREC_SERVE_MAX_PER_CATEGORY.",
         )
 
+        diversity: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+            None,
+            description="Weight of novelty in a maximal-marginal-relevance re-rank of the "
+            "ranked answer (0: the ranker's order); default STREAMREC_SERVE_DIVERSITY.",
+        )
+
     class ScoreRequest(ScoreBase):
         """Ranker scores for the given items, in the order given."""
 

@@ -180,8 +180,11 @@ def _recommend_body(
     explain: bool,
     item_filter: Mapping[str, Any] | None = None,
     max_per_category: int | None = None,
+    diversity: float | None = None,
 ) -> dict[str, Any]:
     body = _picked({"user_id": user_id, "k": k}, item_filter, max_per_category)
+    if diversity is not None:
+        body["diversity"] = diversity
     if exclude:
         body["exclude"] = list(exclude)
     if context:
@@ -286,10 +289,14 @@ class RecommenderClient(_ClientBase):
         explain: bool = False,
         item_filter: Mapping[str, Any] | None = None,
         max_per_category: int | None = None,
+        diversity: float | None = None,
     ) -> Recommendations:
         """`item_filter`: the request's `filter` object (include_categories,
-        exclude_categories, price_min, price_max, attributes; docs/serving.md)."""
-        body = _recommend_body(user_id, k, exclude, context, explain, item_filter, max_per_category)
+        exclude_categories, price_min, price_max, attributes; docs/serving.md);
+        `diversity`: the re-rank's weight of novelty, 0 to 1."""
+        body = _recommend_body(
+            user_id, k, exclude, context, explain, item_filter, max_per_category, diversity
+        )
         return _recommendations(self._post("/recommend", body))
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
@@ -353,10 +360,14 @@ class AsyncRecommenderClient(_ClientBase):
         explain: bool = False,
         item_filter: Mapping[str, Any] | None = None,
         max_per_category: int | None = None,
+        diversity: float | None = None,
     ) -> Recommendations:
         """`item_filter`: the request's `filter` object (include_categories,
-        exclude_categories, price_min, price_max, attributes; docs/serving.md)."""
-        body = _recommend_body(user_id, k, exclude, context, explain, item_filter, max_per_category)
+        exclude_categories, price_min, price_max, attributes; docs/serving.md);
+        `diversity`: the re-rank's weight of novelty, 0 to 1."""
+        body = _recommend_body(
+            user_id, k, exclude, context, explain, item_filter, max_per_category, diversity
+        )
         return _recommendations(await self._post("/recommend", body))
 
     async def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # At most this many items of one category in a /recommend answer unless the
     # request says (`max_per_category`); 0: no cap.
     serve_max_per_category: int = Field(default=0, ge=0)
+    # Weight of novelty in /recommend's diversity re-rank unless the request says
+    # (`diversity`); 0: the ranker's order (docs/serving.md).
+    serve_diversity: float = Field(default=0.0, ge=0.0, le=1.0)
     # Item-to-item co-visitation kept by the apply script (streamrec/covis.py): each
     # event links its item with the user's `covis_window` latest earlier items; an
     # item keeps its `covis_neighbours_max` strongest links (0 turns it off).

@@ -34,6 +34,7 @@ async def test_sync_and_async_clients(served: Served, server_process: ServicePro
             "alice", k=3, item_filter={"include_categories": ["shoes"]}, max_per_category=1
         )
         assert filtered.item_ids == [] and filtered.short is True
+        assert len(sync_client.recommend("alice", k=5, diversity=0.5).items) == 5
         with pytest.raises(RequestRejected) as rejected:
             sync_client.recommend("alice", k=0)
     assert rejected.value.status_code == 422
