@@ -180,7 +180,14 @@ class Publisher:
         model = self.models.current
         sends = []
         for user_id, applied_at_ms in applied_at.items():
-            answer = await self.recommender.recommend(model, user_id, self.settings.publish_k)
+            # The settings' cap and diversity, as /recommend applies them by default.
+            answer = await self.recommender.recommend(
+                model,
+                user_id,
+                self.settings.publish_k,
+                max_per_category=self.settings.serve_max_per_category,
+                diversity=self.settings.serve_diversity,
+            )
             now_ms = _now_ms()
             value = recommendation_record(user_id, answer, now_ms)
             sends.append(
