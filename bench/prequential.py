@@ -181,8 +181,8 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
     for row, (name, data) in enumerate(results.items()):
-        best = data["best_baseline"]["hr20"]
         for col, metric in enumerate(("hr20", "mrr20")):
+            best = data["best_baseline"][metric]  # per metric, as the goal reads it
             ax = axes[row][col]
             for variant in data["variants"]:
                 curve = data["curves"][variant]
@@ -196,7 +196,7 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
             ax.set_title(f"{name}: {'hit@20' if metric == 'hr20' else 'MRR@20'} (%)")
             ax.set_xlabel("hours into the scored replay (event time)")
             ax.grid(alpha=0.3)
-        axes[row][0].legend(fontsize=8)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     REPORTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
