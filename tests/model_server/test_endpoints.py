@@ -394,6 +394,7 @@ async def test_a_context_within_the_event_contract_is_accepted(served: Served) -
 EXPECTED_STATUSES = {
     ("/recommend", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
     ("/score", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
+    ("/similar", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
     ("/model", "get"): {"200", "500"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
