@@ -107,6 +107,8 @@ end
 
 local applied = {}
 for i, record in ipairs(cjson.decode(ARGV[2])) do applied[i] = apply(record) end
+-- Serving reads the catalogue per request only once it has ever held a record.
+redis.call('SET', '{PREFIX}:catalogue', '1')
 return applied
 """.replace("{PREFIX}", PREFIX)
 
@@ -116,6 +118,10 @@ local values = {}
 for i, k in ipairs(KEYS) do values[i] = redis.call('HGET', k, ARGV[1]) end
 return values
 """
+
+
+# Set by the first record ever applied: until then serving skips its catalogue read.
+CATALOGUE_MARKER = f"{PREFIX}:catalogue"
 
 
 def category_popular_key(category: str) -> str:
@@ -307,6 +313,10 @@ class Catalogue:
                 categories[item_id] = tuple(orjson.loads(category))
         lists_ids = [[i.decode() for i in items] for items in lists]
         return ServingContext(lists_ids, categories, frozenset(unavailable))
+
+    async def present(self) -> bool:
+        """Has any record ever been applied here (`CATALOGUE_MARKER`)?"""
+        return bool(await self.redis.exists(CATALOGUE_MARKER))
 
     async def popular(self, category: str, limit: int) -> list[str]:
         """Up to `limit` of the category's most popular items now (the stream worker's

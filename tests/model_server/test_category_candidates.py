@@ -83,6 +83,8 @@ async def test_an_unavailable_item_leaves_the_ranked_answer_and_comes_back(
         return [item["item_id"] for item in body["items"]]
 
     try:
+        # The shop has a catalogue (without one, serving reads none: docs/serving.md).
+        await catalogue.apply_records_each([ItemRecord("some-other-item", 1)])
         async with in_process(served.settings) as (client, _):
             before = await ids()
             own, top = served.items[2], next(i for i in before if i not in served.items[:4])
