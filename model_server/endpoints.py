@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
@@ -20,6 +21,7 @@ from model_server.serving import json_response, parse_body, serving_of
 from streamrec.state import Answer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 READY_PING_TIMEOUT_S = 1.0
 
 
@@ -27,9 +29,7 @@ async def recommend(request: Request) -> Response:
     serving = serving_of(request)
     body = await parse_body(request, serving.requests.recommend)
     model = serving.holder.current
-    max_per_category = body.max_per_category
-    if max_per_category is None:
-        max_per_category = serving.settings.serve_max_per_category
+    max_per_category = _or_default(body.max_per_category, serving.settings.serve_max_per_category)
     answer = await serving.recommender.recommend(
         model,
         body.user_id,
@@ -38,7 +38,7 @@ async def recommend(request: Request) -> Response:
         body.explain,
         item_filter(body.filter),
         max_per_category,
-        serving.settings.serve_diversity if body.diversity is None else body.diversity,
+        _or_default(body.diversity, serving.settings.serve_diversity),
     )
     items = []
     for item in answer.items:
@@ -62,6 +62,11 @@ async def recommend(request: Request) -> Response:
     )
 
 
+def _or_default(asked: T | None, setting: T) -> T:
+    """What the request asked for, else the setting."""
+    return setting if asked is None else asked
+
+
 def item_filter(body: ItemFilterBody | None) -> ItemFilter:
     if body is None:
         return NO_FILTER
@@ -77,9 +82,7 @@ def item_filter(body: ItemFilterBody | None) -> ItemFilter:
 async def similar(request: Request) -> Response:
     serving = serving_of(request)
     body = await parse_body(request, serving.requests.similar)
-    max_per_category = body.max_per_category
-    if max_per_category is None:
-        max_per_category = serving.settings.serve_max_per_category
+    max_per_category = _or_default(body.max_per_category, serving.settings.serve_max_per_category)
     answer = await serving.recommender.similar(
         serving.holder.current, body.item_id, body.k, item_filter(body.filter), max_per_category
     )

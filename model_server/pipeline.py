@@ -199,10 +199,7 @@ class Recommender:
         removed = (stored.purchased if self.exclude_purchased else frozenset()) | set(exclude)
         if self.trending_only or not stored.recent_events:
             self.metrics.fallbacks.labels("trending").inc()
-            if filtered:
-                items = await self._filtered(model, [], k, removed, item_filter, max_per_category)
-            else:
-                items = await self.trending(model, k, removed)
+            items = await self._unranked(model, k, removed, item_filter, max_per_category)
             has_state = bool(stored.recent_events)
             return Recommendation(items, model.version, "trending", 0, has_state=has_state)
         user = feature_user(stored, now_ms, self.covis_half_life_s)
@@ -220,10 +217,7 @@ class Recommender:
         removed |= unavailable
         if not candidate_ids:
             self.metrics.fallbacks.labels("trending").inc()
-            if filtered:
-                items = await self._filtered(model, [], k, removed, item_filter, max_per_category)
-            else:
-                items = await self.trending(model, k, removed)
+            items = await self._unranked(model, k, removed, item_filter, max_per_category)
             return Recommendation(items, model.version, "trending", 0)
         self.metrics.candidates.observe(len(candidate_ids))
 
@@ -267,6 +261,29 @@ class Recommender:
             items += await self.trending(model, k - len(items), taken, required=False)
         return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
 
+    async def _unranked(
+        self,
+        model: ServedModel,
+        k: int,
+        removed: Collection[str],
+        item_filter: ItemFilter,
+        max_per_category: int,
+    ) -> list[RankedItem]:
+        """Trending, through the filters and the cap when the request has any."""
+        if item_filter.active or max_per_category > 0:
+            return await self._filtered(model, [], k, removed, item_filter, max_per_category)
+        return await self.trending(model, k, removed)
+
+    async def _category_items(
+        self, categories: Iterable[str], removed: Collection[str] = ()
+    ) -> list[RankedItem]:
+        """The most popular items of each category in turn (`FILL_READ` of each)."""
+        items: list[RankedItem] = []
+        for category in categories:
+            popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
+            items += [RankedItem(i, 0.0, source="category") for i in popular if i not in removed]
+        return items
+
     async def _filtered(
         self,
         model: ServedModel,
@@ -303,9 +320,7 @@ class Recommender:
         sources = list(item_filter.include_categories)
         chosen: list[int] = []
         for _ in range(2):
-            for category in sorted(sources):
-                popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
-                pool += [RankedItem(i, 0.0, source="category") for i in popular if i not in removed]
+            pool += await self._category_items(sorted(sources), removed)
             unread = list(dict.fromkeys(i.item_id for i in pool if i.item_id not in records))
             with self._stage("redis"):
                 found = await self._bounded(self.catalogue.items(unread))
@@ -345,9 +360,7 @@ class Recommender:
             offered += [RankedItem(i, w, source="covis") for i, w in by_weight]
         with self._stage("redis"):
             (categories,) = await self._bounded(self.catalogue.categories([item_id]))
-            for category in categories:
-                popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
-                offered += [RankedItem(i, 0.0, source="category") for i in popular]
+            offered += await self._category_items(categories)
         row = model.bundle.rows.get(item_id, 0)
         if row > 0:
             with self._stage("retrieve"):

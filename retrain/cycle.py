@@ -137,7 +137,9 @@ def run_cycle(
         vocab, encoder = load_warm_start(root, parent)
         # The serving version measured as it serves: with the category columns only
         # if it was trained with them.
-        served_with = categories if registry.verify(root, parent).category_candidates else None
+        served_with = (
+            categories if registry.read_manifest(root, parent).category_candidates else None
+        )
         serving = evaluate_on_slice(
             encoder, load_ranker(root, parent), vocab, sequences, plan, served_with
         )

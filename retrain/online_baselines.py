@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -105,6 +105,14 @@ class Cooc:
 Blend = Literal["latest-first", "cooc-first", "sum"]
 
 
+def _extend(listed: dict[str, None], items: Iterable[str], k: int) -> None:
+    """Add `items` in order to `listed` (an ordered set) until it holds `k`."""
+    for item in items:
+        if len(listed) >= k:
+            return
+        listed.setdefault(item)
+
+
 class LatestCooc(Cooc):
     """The user's latest items and co-occurrence in one list: `latest-first` (own
     items latest first, then co-occurrence), `cooc-first` (the other way), or
@@ -127,10 +135,7 @@ class LatestCooc(Cooc):
         cooc = heapq.nlargest(k, scores, key=scores.__getitem__)
         first, then = (own, cooc) if self.blend == "latest-first" else (cooc, own)
         listed = dict.fromkeys(first)
-        for item in then:
-            if len(listed) >= k:
-                break
-            listed.setdefault(item)
+        _extend(listed, then, k)
         return self.popularity.fill(list(listed), k)
 
 
@@ -158,15 +163,9 @@ class LatestCategoryCooc(LatestCooc):
         listed = dict.fromkeys(own)
         if own:
             for items in self.by_category.of_item(own[0], k):
-                for item in items:
-                    if len(listed) >= k:
-                        break
-                    listed.setdefault(item)
+                _extend(listed, items, k)
         scores = self.scores(user_id)
-        for item in heapq.nlargest(k, scores, key=scores.__getitem__):
-            if len(listed) >= k:
-                break
-            listed.setdefault(item)
+        _extend(listed, heapq.nlargest(k, scores, key=scores.__getitem__), k)
         return self.popularity.fill(list(listed), k)
 
 
