@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -144,3 +144,32 @@ def tests_importable() -> None:
         raise SystemExit(f"the drills need a source checkout; no tests/drills in {CHECKOUT}")
     if str(CHECKOUT) not in sys.path:
         sys.path.insert(0, str(CHECKOUT))
+
+
+def in_process_report_head(
+    title: str, command: str, load: tuple[float, float], intro: str
+) -> list[str]:
+    """The first lines of an in-process bench's markdown report: its title, the
+    command, the machine and load, and what the tables hold."""
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}`. {machine_line(machine())} "
+        f"Load average before/after: {load[0]:.1f} / {load[1]:.1f}.",
+        "",
+        intro,
+        "",
+    ]
+
+
+def dataset_table_head(result: dict[str, Any], columns: Sequence[str]) -> list[str]:
+    """A dataset's section heading, its description and case count, and the header
+    of its table with these columns."""
+    return [
+        f"## {result['dataset']}",
+        "",
+        f"{result['describe']}; {result['cases']:,} cases.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]

@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import REPORTS, machine, machine_line, write_json
+from bench.common import (
+    REPORTS,
+    dataset_table_head,
+    in_process_report_head,
+    machine,
+    write_json,
+)
 from bench.prequential import DATASETS
 from retrain.cycle import cycle_plan
 from retrain.data import group_by_user
@@ -129,25 +135,15 @@ def _summary(hits: np.ndarray, reciprocal_ranks: np.ndarray) -> dict[str, float 
 
 
 def _markdown(results: list[dict[str, Any]], command: str, load: tuple[float, float]) -> str:
-    lines = [
-        "# Prequential replica (in-process)",
-        "",
-        f"Command: `{command}`. {machine_line(machine())} "
-        f"Load average before/after: {load[0]:.1f} / {load[1]:.1f}.",
-        "",
+    lines = in_process_report_head(
+        "Prequential replica (in-process)",
+        command,
+        load,
         "The `realtime` variant rebuilt in-process (bench/replica.py says what it leaves "
         "out): events of users with history only. hit@20 / MRR@20 (cases):",
-        "",
-    ]
+    )
     for result in results:
-        lines += [
-            f"## {result['dataset']}",
-            "",
-            f"{result['describe']}; {result['cases']:,} cases.",
-            "",
-            "| | with history | repeat | new_item |",
-            "|---|---|---|---|",
-        ]
+        lines += dataset_table_head(result, ("", "with history", "repeat", "new_item"))
         for name, row in result["rows"].items():
             cells = [
                 f"{row[g]['p20']:.2f} / {row[g]['mrr20']:.2f} ({row[g]['cases']:,})"

@@ -29,7 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.common import REPORTS, machine, machine_line, write_json
+from bench.common import (
+    REPORTS,
+    dataset_table_head,
+    in_process_report_head,
+    machine,
+    write_json,
+)
 from bench.prequential import DATASETS
 from retrain.cycle import cycle_plan
 from retrain.data import group_by_user
@@ -154,25 +160,15 @@ def _top(items: Sequence[str], fill: Sequence[str], leave_out: str) -> list[str]
 
 
 def _markdown(results: list[dict[str, Any]], command: str, load: tuple[float, float]) -> str:
-    lines = [
-        "# /similar's rule on the prequential replays",
-        "",
-        f"Command: `{command}`. {machine_line(machine())} "
-        f"Load average before/after: {load[0]:.1f} / {load[1]:.1f}.",
-        "",
+    lines = in_process_report_head(
+        "/similar's rule on the prequential replays",
+        command,
+        load,
         'Every scored event of a user with an earlier event: the list "similar to the '
         "user's previous item\" (bench/similar.py says how each is built). hit@20 / MRR@20:",
-        "",
-    ]
+    )
     for result in results:
-        lines += [
-            f"## {result['dataset']}",
-            "",
-            f"{result['describe']}; {result['cases']:,} cases.",
-            "",
-            "| list | hit@20 / MRR@20 |",
-            "|---|---|",
-        ]
+        lines += dataset_table_head(result, ("list", "hit@20 / MRR@20"))
         lines += [
             f"| {name} | {row['p20']:.2f} / {row['mrr20']:.2f} |"
             for name, row in result["rows"].items()
