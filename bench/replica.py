@@ -88,6 +88,7 @@ def replicate(dataset: str, cache: Path | None = None) -> dict[str, Any]:
             **pair["by_case"],
         },
         "replica, retrieval order": {"with_history": pair["retriever"]},
+        "oracle over the replica's candidates": _oracle(candidates),
     }
     cases, _ = event_cases(replay)
     for name in BASELINES:
@@ -124,6 +125,26 @@ def _first_models(
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(models, path)
     return models
+
+
+def _oracle(candidates: Any) -> dict[str, dict[str, float | int]]:
+    """The ceiling of any ranker over these candidates: the next item first whenever
+    it is among them (hit@20 = MRR@20 = the candidates' recall)."""
+    present = np.array(
+        [
+            target > 0 and bool((rows == target).any())
+            for rows, target in zip(candidates.rows, candidates.target_rows, strict=True)
+        ]
+    )
+    repeats = candidates.repeats
+    return {
+        group: _summary(present[mask], present[mask].astype(float))
+        for group, mask in (
+            ("with_history", np.ones(len(present), dtype=bool)),
+            ("repeat", repeats),
+            ("new_item", ~repeats),
+        )
+    }
 
 
 def _summary(hits: np.ndarray, reciprocal_ranks: np.ndarray) -> dict[str, float | int]:
