@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import psutil
 
+from devtools.devstack import DevStack
 from streamrec import registry
-from streamrec.devstack import DevStack
 from streamrec.settings import Settings
 
 REPORTS = Path(__file__).resolve().parent / "reports"

@@ -17,8 +17,8 @@ from typing import Any
 from rich.console import Console
 
 from bench.common import REPORTS, ScratchStack, machine, machine_line, tests_importable, write_json
+from devtools.devstack import free_port
 from streamrec.client import RetryPolicy
-from streamrec.devstack import free_port
 from streamrec.events import Event
 from streamrec.settings import Settings
 

@@ -28,12 +28,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bench.common import REPORTS, machine, machine_line, write_json
-from streamrec.devstack import DevStack, free_port
+from devtools.devstack import DevStack, free_port
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.events import Event
-from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
 from streamrec.replay import taobao_event
-from streamrec.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 

@@ -1,4 +1,4 @@
-"""Prequential benchmark: the four variants of retrain/prequential.py and the
+"""Prequential benchmark: the four variants of bench/live_replay.py and the
 online baselines beside them, on the yoochoose_sessions test day (the days
 before it as warm-up; sessions as users) and on the Taobao stream (its first
 20% as warm-up). Writes bench/reports/prequential.{md,json,png} (`--quick`:
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPORTS, machine, machine_line, write_json
+from bench.live_replay import CASES, VARIANTS, Plan, curves, load_replay, run
 from retrain.online_baselines import BLENDS
-from retrain.prequential import CASES, VARIANTS, Plan, curves, load_replay, run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 YOOCHOOSE = DATA / "yoochoose_sessions"

@@ -34,6 +34,13 @@ from bench.common import (
     machine,
     write_json,
 )
+from bench.live_replay import (
+    BASELINES,
+    event_cases,
+    load_replay,
+    replay_categories,
+    score_baseline,
+)
 from bench.prequential import DATASETS
 from retrain.cycle import cycle_plan
 from retrain.data import group_by_user
@@ -45,13 +52,6 @@ from retrain.pipeline import (
     holdout_slices,
     known_items,
     train_models,
-)
-from retrain.prequential import (
-    BASELINES,
-    event_cases,
-    load_replay,
-    replay_categories,
-    score_baseline,
 )
 from streamrec.settings import Settings
 

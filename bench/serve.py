@@ -27,15 +27,15 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from bench.common import REPORTS, machine, machine_line, write_json
+from devtools.devstack import DevStack, free_port
+from devtools.processes import ServiceProcess
 from model_server.pipeline import STAGES
 from stream.vectors import VectorRefresher
 from streamrec import registry
 from streamrec.client import RecommenderClient
-from streamrec.devstack import DevStack, free_port
 from streamrec.events import Event, EventType
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
-from streamrec.processes import ServiceProcess
 from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.state import StateStore

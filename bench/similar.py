@@ -36,13 +36,13 @@ from bench.common import (
     machine,
     write_json,
 )
+from bench.live_replay import load_replay, replay_categories
 from bench.prequential import DATASETS
 from retrain.cycle import cycle_plan
 from retrain.data import group_by_user
 from retrain.online_baselines import Cooc
 from retrain.pipeline import train_models
 from retrain.popularity import CategoryPopularity, Popularity
-from retrain.prequential import load_replay, replay_categories
 from streamrec.covis import CovisTable, covis_scores
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings

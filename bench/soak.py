@@ -24,9 +24,9 @@ from bench.serve import (
     seed_users,
     serving,
 )
+from devtools.devstack import free_port
+from devtools.scrape import counter_total
 from streamrec import registry
-from streamrec.devstack import free_port
-from streamrec.scrape import counter_total
 
 console = Console(stderr=True)
 WINDOW_S = 60.0

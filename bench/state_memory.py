@@ -18,7 +18,7 @@ from rich.progress import track
 
 from bench.common import REPORTS, machine, machine_line, write_json
 from bench.ingest import load_messages
-from streamrec.devstack import DevStack
+from devtools.devstack import DevStack
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
 from streamrec.state import (

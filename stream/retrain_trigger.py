@@ -13,7 +13,6 @@ import orjson
 from redis.exceptions import RedisError
 
 from streamrec.metrics import IngestMetrics
-from streamrec.processes import child_env
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -58,8 +57,8 @@ class RetrainTrigger:
     async def _run(self) -> None:
         started = time.perf_counter()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamrec", "retrain",
-            env=child_env(self.settings),
+            sys.executable, "-m", "cli", "retrain",
+            env=self.settings.child_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         stdout, stderr = await process.communicate()

@@ -6,6 +6,7 @@ address is not set, the addresses written by `streamrec dev up` are used.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,6 +256,11 @@ class Settings(BaseSettings):
                 value = orjson.dumps(value).decode()
             env[f"STREAMREC_{name.upper()}"] = str(value)
         return env
+
+    def child_env(self) -> dict[str, str]:
+        """This process's environment with these settings laid over it, for a child
+        streamrec process."""
+        return {**os.environ, **self.to_env()}
 
 
 def read_dev_stack(home: Path) -> dict[str, str]:

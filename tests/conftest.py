@@ -16,8 +16,8 @@ import redis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from devtools.devstack import DevStack, free_port
 from streamrec import topics
-from streamrec.devstack import DevStack, free_port
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 

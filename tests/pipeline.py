@@ -15,12 +15,12 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from devtools.processes import ServiceProcess
+from devtools.scrape import events_by_type_and_outcome
 from streamrec.archive import read_archive
 from streamrec.events import Event, EventType, RejectReason
-from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
 from streamrec.replay import taobao_event
-from streamrec.scrape import events_by_type_and_outcome
 from streamrec.settings import Settings
 from streamrec.state import item_popularity_key
 from tests.conftest import TAOBAO

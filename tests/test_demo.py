@@ -17,7 +17,7 @@ def test_demo_trains_serves_and_shows_recommendations_change(dev_stack: Settings
     env = {**os.environ, "STREAMREC_HOME": str(dev_stack.home), "COLUMNS": "160"}
     env.pop("STREAMREC_REDIS_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "demo", "--events", "400", "--rate", "1000"],
+        [sys.executable, "-m", "cli", "demo", "--events", "400", "--rate", "1000"],
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -12,7 +12,7 @@ import pytest
 import typer
 import yaml
 
-from streamrec.cli import app
+from cli import app
 from streamrec.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

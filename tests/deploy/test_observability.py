@@ -18,11 +18,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from devtools.devstack import free_port
+from devtools.processes import ServiceProcess
 from streamrec.client import RecommenderClient
-from streamrec.devstack import free_port
 from streamrec.events import Event, EventType
 from streamrec.metrics import IngestMetrics, PublishMetrics, ServeMetrics
-from streamrec.processes import ServiceProcess
 from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import redis
 
-from streamrec.devstack import free_port, wait_for_port
+from devtools.devstack import free_port, wait_for_port
+from devtools.processes import ServiceProcess
+from devtools.scrape import events_by_type_and_outcome
 from streamrec.events import Event, RejectReason
-from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
-from streamrec.scrape import events_by_type_and_outcome
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.pipeline import (

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from devtools.processes import ServiceProcess
 from retrain.pipeline import TrainedModels
-from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
 from tests.drills.serving_scenarios import seed_users
 from tests.model_server.conftest import frozen_redis, publish

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from bench.common import republish
+from devtools.devstack import free_port
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from retrain.pipeline import TrainedModels
 from streamrec import registry
 from streamrec.client import AsyncRecommenderClient, RetryPolicy
-from streamrec.devstack import free_port
 from streamrec.errors import ServingError
-from streamrec.processes import ServiceProcess
-from streamrec.scrape import counter_total
 from streamrec.settings import Settings
 from tests.model_server.conftest import apply, corrupt, events_for, point_current_at, publish
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.devstack import free_port
 from retrain.pipeline import TrainedModels
-from streamrec.devstack import free_port
 from streamrec.settings import Settings
 from tests.drills.redis_freeze_scenarios import redis_freeze_drill
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.devstack import free_port
 from retrain.pipeline import TrainedModels
-from streamrec.devstack import free_port
 from streamrec.settings import Settings
 from tests.drills.serving_scenarios import bad_bundle_drill, server_kill_drill
 

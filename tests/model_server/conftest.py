@@ -21,13 +21,13 @@ import redis
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
+from devtools.devstack import DevStack, free_port
+from devtools.processes import ServiceProcess
 from model_server.app import create_app
 from retrain.pipeline import TrainedModels
 from retrain.publish import publish_models
 from streamrec import registry
-from streamrec.devstack import DevStack, free_port
 from streamrec.events import Event, EventType
-from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from tests.conftest import pipeline_names

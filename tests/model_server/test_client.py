@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.processes import ServiceProcess
 from streamrec.client import AsyncRecommenderClient, RecommenderClient
 from streamrec.errors import RequestRejected
-from streamrec.processes import ServiceProcess
 from tests.model_server.conftest import Served, apply, events_for
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from starlette.types import Message
 
-from streamrec.processes import ServiceProcess
-from streamrec.scrape import counter_total
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from tests.model_server.conftest import Served, in_process
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import numpy as np
 import orjson
 import pytest
 
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from streamrec.client import Recommendations, RecommenderClient
 from streamrec.loaded import open_model
-from streamrec.processes import ServiceProcess
-from streamrec.scrape import counter_total
 from streamrec.settings import Settings
 from streamrec.state import StateStore, UserState
 from streamrec.topics import ensure_topics

@@ -15,9 +15,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
+from devtools.devstack import free_port
+from devtools.processes import ServiceProcess
 from retrain.pipeline import TrainedModels
-from streamrec.devstack import free_port
-from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
 from tests.conftest import pipeline_names
 from tests.model_server.conftest import ADMIN_TOKEN, apply, events_for, publish

@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streamrec.processes import ServiceProcess
-from streamrec.scrape import counter_total
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from tests.model_server.conftest import Served
 
 pytestmark = pytest.mark.integration

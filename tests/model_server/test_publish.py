@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamrec.devstack import free_port
-from streamrec.processes import ServiceProcess
+from devtools.devstack import free_port
+from devtools.processes import ServiceProcess
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.model_server.conftest import Served

@@ -11,8 +11,8 @@ import logging
 import httpx
 import pytest
 
+from devtools.scrape import counter_total
 from streamrec import registry
-from streamrec.scrape import counter_total
 from tests.model_server.conftest import (
     ADMIN_TOKEN,
     Served,

@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.processes import ServiceProcess
 from retrain.cycle import run_cycle
 from streamrec import registry
 from streamrec.archive import read_archive
 from streamrec.client import RecommenderClient
 from streamrec.events import Event, EventType
-from streamrec.processes import ServiceProcess
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.model_server.conftest import Served

@@ -4,10 +4,10 @@ trending; the catalogue's availability and the request's filters hold throughout
 
 from __future__ import annotations
 
+from devtools.processes import ServiceProcess
 from streamrec.catalogue import Catalogue
 from streamrec.client import AsyncRecommenderClient
 from streamrec.items import ItemRecord
-from streamrec.processes import ServiceProcess
 from tests.model_server.conftest import Served, apply, events_for, in_process
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.devstack import free_port
 from model_server.app import create_app
-from streamrec.devstack import free_port
 from streamrec.errors import StateError
 from streamrec.settings import Settings
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from streamrec import registry
 from streamrec.loaded import open_model
-from streamrec.processes import ServiceProcess
-from streamrec.scrape import counter_total
 from streamrec.state import StateStore
 from streamrec.user_vectors import cached_user_vector, user_encoder_inputs
 from tests.model_server.conftest import (

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from model_server.pipeline import Recommender
 from streamrec.loaded import open_model
 from streamrec.metrics import ServeMetrics
-from streamrec.processes import ServiceProcess
-from streamrec.scrape import counter_total
 from streamrec.state import StateStore
 from tests.model_server.conftest import Served, apply, events_for, frozen_redis, in_process
 

@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from streamrec.cli import app
+from cli import app
 from tests.retrain.fixtures import yoochoose_sessions
 
 

@@ -174,7 +174,7 @@ def test_the_command_reports_a_skipped_cycle_as_json(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env |= {"STREAMREC_HOME": str(tmp_path), "STREAMREC_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "retrain"],
+        [sys.executable, "-m", "cli", "retrain"],
         env=env,
         capture_output=True,
         text=True,

@@ -11,6 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.live_replay import (
+    AnswerFirst,
+    Plan,
+    PrequentialRun,
+    Replay,
+    _rounds,
+    event_cases,
+    score_baseline,
+)
 from retrain.online_baselines import (
     BASELINES,
     VSKNN,
@@ -20,15 +29,6 @@ from retrain.online_baselines import (
     LatestCategoryCooc,
     LatestCooc,
     Popularity,
-)
-from retrain.prequential import (
-    AnswerFirst,
-    Plan,
-    PrequentialRun,
-    Replay,
-    _rounds,
-    event_cases,
-    score_baseline,
 )
 from streamrec.errors import StreamrecError
 from streamrec.events import Event, EventType

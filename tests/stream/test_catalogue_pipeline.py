@@ -14,9 +14,9 @@ import orjson
 import pytest
 import redis
 
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from streamrec.catalogue import CATALOGUE_MARKER, Catalogue
-from streamrec.processes import ServiceProcess, child_env
-from streamrec.scrape import counter_total
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.conftest import TAOBAO
@@ -188,8 +188,8 @@ def test_a_taobao_files_catalogue_loaded_and_applied(
     worker = start_worker(settings, tmp_path)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "streamrec", "items", "load", "--from-taobao", str(path)],
-            env=child_env(settings), capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "cli", "items", "load", "--from-taobao", str(path)],
+            env=settings.child_env(), capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         first_seen: dict[str, tuple[int, str]] = {}

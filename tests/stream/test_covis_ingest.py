@@ -14,10 +14,10 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from devtools.scrape import events_by_type_and_outcome
 from streamrec.covis import CovisTable
 from streamrec.events import Event, EventType
 from streamrec.producer import topic_for
-from streamrec.scrape import events_by_type_and_outcome
 from streamrec.settings import Settings
 from streamrec.state import covis_rule, item_covis_key, item_popularity_key
 from streamrec.topics import ensure_topics

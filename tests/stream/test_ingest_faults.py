@@ -15,7 +15,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from streamrec.devstack import DevStack
+from devtools.devstack import DevStack
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics

@@ -12,9 +12,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.processes import ServiceProcess
 from streamrec.events import Event, RejectReason
 from streamrec.notices import StateChanges
-from streamrec.processes import ServiceProcess
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics

@@ -14,8 +14,8 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import BusyLoadingError, ResponseError
 
+from devtools.devstack import free_port, wait_for_port
 from stream.ingest import Ingestor, IngestPolicy, RawMessage
-from streamrec.devstack import free_port, wait_for_port
 from streamrec.events import Event, EventType
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.devstack import free_port
 from stream.ingest import Ingestor, IngestPolicy, RawMessage
 from stream.vectors import VectorRefresher
-from streamrec.devstack import free_port
 from streamrec.errors import BundleError
 from streamrec.events import Event, EventType
 from streamrec.loaded import ModelHolder, ServedModel

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from devtools.scrape import counter_total
 from streamrec.events import Event, EventType
 from streamrec.producer import topic_for
-from streamrec.scrape import counter_total
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.model_server.conftest import publish

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from devtools.devstack import free_port
 from streamrec.client import AsyncRecommenderClient, RecommenderClient, RetryPolicy
-from streamrec.devstack import free_port
 from streamrec.errors import RequestRejected, ServersUnavailable
 
 ANSWER = {"user_id": "u", "items": [{"item_id": "i1", "score": 1.0}], "model_version": "v1"}

@@ -17,7 +17,7 @@ def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env["STREAMREC_HOME"] = str(home)
     return subprocess.run(
-        [sys.executable, "-m", "streamrec", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -56,7 +56,7 @@ def test_unreachable_kafka_and_redis_are_one_clear_line_not_a_traceback(tmp_path
         (["state", "u1"], "cannot read Redis"),
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "streamrec", *args],
+            [sys.executable, "-m", "cli", *args],
             env=env,
             capture_output=True,
             text=True,

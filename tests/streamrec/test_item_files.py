@@ -15,7 +15,6 @@ import orjson
 from streamrec.events import Rejection, RejectReason
 from streamrec.item_files import ItemFileFormat, detect_item_format, read_items, taobao_items
 from streamrec.items import ItemDelete, ItemRecord
-from streamrec.processes import child_env
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.conftest import TAOBAO
@@ -107,8 +106,8 @@ def test_a_taobao_item_that_changes_category_gets_a_newer_record(tmp_path: Path)
 
 def _load(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamrec", "items", "load", *args],
-        env=child_env(settings),
+        [sys.executable, "-m", "cli", "items", "load", *args],
+        env=settings.child_env(),
         capture_output=True,
         text=True,
         timeout=120,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from cli import app
 from streamrec import registry
-from streamrec.cli import app
 from tests.model_server.conftest import publish
 from tests.retrain.fixtures import serving_models
 from tests.streamrec.bad_bundles import BAD_BUNDLES, spoil
@@ -87,12 +87,12 @@ def test_verify_show_and_rollback_of_what_is_not_a_bundle(root: Path) -> None:
 
 
 def test_the_installed_command_prints_one_line(root: Path, tmp_path: Path) -> None:
-    """Through `python -m streamrec`, as an operator runs it: no traceback on stderr."""
+    """Through `python -m cli`, as an operator runs it: no traceback on stderr."""
     version = publish(serving_models(), root).version
     spoil(root, version, "files_entry_not_an_object")
     env = {"STREAMREC_REGISTRY": str(root), "STREAMREC_HOME": str(tmp_path / "home")}
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "model", "verify", version],
+        [sys.executable, "-m", "cli", "model", "verify", version],
         capture_output=True,
         text=True,
         env={**os.environ, **env},

@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 from streamrec.events import Event, EventType, Rejection, RejectReason
-from streamrec.processes import child_env
 from streamrec.replay import FileFormat, detect_format, read_events
 from streamrec.settings import Settings
 from tests.conftest import TAOBAO
@@ -84,9 +83,9 @@ def test_produce_command_sends_valid_rows_and_reports_bad_ones(
         for n, kind in enumerate(["click", "purchase", "view", "click"])
     ]
     path.write_bytes(b"\n".join(orjson.dumps(g) for g in good) + b'\n{"event_id": 1}\n')
-    env = child_env(settings)
+    env = settings.child_env()
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "produce", str(path), "--rate", "1000"],
+        [sys.executable, "-m", "cli", "produce", str(path), "--rate", "1000"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr

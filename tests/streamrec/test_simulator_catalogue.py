@@ -3,8 +3,8 @@ and new arrivals inside the simulated span."""
 
 from __future__ import annotations
 
+from devtools.simulator import START_MS, simulate, simulate_catalogue
 from streamrec.items import ItemRecord, parse_item
-from streamrec.simulator import START_MS, simulate, simulate_catalogue
 
 
 def test_the_catalogue_matches_the_simulated_shop() -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrain.online_baselines import BASELINES
-from retrain.prequential import (
+from bench.live_replay import (
     CASES,
     VARIANTS,
     Plan,
@@ -21,6 +20,7 @@ from retrain.prequential import (
     load_replay,
     run,
 )
+from retrain.online_baselines import BASELINES
 from streamrec.errors import InputFormatError
 from tests.retrain.fixtures import DATA, TAOBAO
 
@@ -129,7 +129,7 @@ def test_warm_up_is_the_first_fifth_without_history_and_times_end_now(tmp_path: 
 
 
 def test_rounds_keep_each_users_events_in_order_and_every_event_once() -> None:
-    from retrain.prequential import _rounds
+    from bench.live_replay import _rounds
     from streamrec.events import Event, EventType
 
     users = ["a", "b", "a", "c", "a", "b"]
@@ -152,7 +152,7 @@ def test_the_command_refuses_bad_input_in_one_line(args: list[str], says: str) -
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "eval", "prequential", *args],
+        [sys.executable, "-m", "cli", "eval", "prequential", *args],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1
@@ -167,7 +167,7 @@ def test_the_command_scores_baselines_alone_with_variants_none(tmp_path: Path) -
     out = tmp_path / "baselines.json"
     args = ["--data", str(TAOBAO), "--limit", "300", "--variants", "none", "--out", str(out)]
     done = subprocess.run(
-        [sys.executable, "-m", "streamrec", "eval", "prequential", *args],
+        [sys.executable, "-m", "cli", "eval", "prequential", *args],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -20,11 +20,6 @@ from streamrec.errors import StreamrecError
 from streamrec.settings import Settings
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    """This process's environment with `settings` laid over it, for a child streamrec."""
-    return {**os.environ, **settings.to_env()}
-
-
 class ServiceProcess:
     def __init__(self, settings: Settings, args: list[str], log_path: Path, port: int) -> None:
         self.settings = settings
@@ -34,11 +29,11 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
-        env = {**child_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        env = {**self.settings.child_env(), "PYTHONUNBUFFERED": "1"}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamrec", *self.args],
+                [sys.executable, "-m", "cli", *self.args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from streamrec.cli.ingest import console, exit_on_bad_rows
+from cli.ingest import console, exit_on_bad_rows
 from streamrec.events import Rejection
 from streamrec.item_files import ItemFileFormat
 from streamrec.items import ItemChange, ItemDelete

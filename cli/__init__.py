@@ -1,8 +1,8 @@
 """The `streamrec` command line: one typer app, one module per command group.
 
-The CLI is the one place in `streamrec/` that reaches into the services
-(`stream/`, `model_server/`, `retrain/`), and only inside command bodies, so
-importing the kernel never imports a service.
+It sits above every other room (docs/architecture.md): it may import the
+services, the benchmarks and the dev tools, and nothing imports it. The
+services are imported inside command bodies, so `streamrec --help` stays fast.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from streamrec.cli import bench, demo, dev, ingest, items, models, publish, retrain, serve
+from cli import bench, demo, dev, ingest, items, models, publish, retrain, serve
 from streamrec.errors import StreamrecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])

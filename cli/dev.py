@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich import print as rprint
 
-from streamrec.devstack import DevStack
+from devtools.devstack import DevStack
 from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics

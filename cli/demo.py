@@ -22,12 +22,12 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.client import Recommendations, RecommenderClient
 from streamrec.errors import StreamrecError
 from streamrec.events import Event, EventType
 from streamrec.items import ItemRecord
-from streamrec.processes import ServiceProcess, child_env
-from streamrec.scrape import counter_total, histogram_buckets, histogram_quantile
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -47,8 +47,8 @@ def demo(
 ) -> None:
     """Train on simulated history, serve, replay live events; show state and
     recommendations change."""
-    from streamrec.devstack import DevStack, free_port
-    from streamrec.simulator import START_MS, simulate, simulate_catalogue
+    from devtools.devstack import DevStack, free_port
+    from devtools.simulator import START_MS, simulate, simulate_catalogue
     from streamrec.topics import ensure_topics
 
     settings = Settings()
@@ -87,9 +87,9 @@ def demo(
 
     console.print("[bold]training[/bold] the retriever and the ranker on the history...")
     trained = subprocess.run(
-        [sys.executable, "-m", "streamrec", "train", "--data", str(history_path),
+        [sys.executable, "-m", "cli", "train", "--data", str(history_path),
          "--epochs", "3", "--dim", "32", "--quiet"],
-        env=child_env(settings), capture_output=True, text=True,
+        env=settings.child_env(), capture_output=True, text=True,
     )  # fmt: skip
     if trained.returncode != 0:
         raise StreamrecError(f"training failed:\n{trained.stdout}{trained.stderr}")

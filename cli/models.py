@@ -238,8 +238,8 @@ def eval_prequential(
     import shutil
     import tempfile
 
+    from bench.live_replay import CASES, Plan, load_replay, run
     from retrain.online_baselines import BASELINES
-    from retrain.prequential import CASES, Plan, load_replay, run
 
     replay = load_replay(data, history, limit=limit, fmt=fmt)
     root = workdir or Path(tempfile.mkdtemp(prefix="streamrec-prequential-"))

@@ -56,18 +56,18 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from devtools.devstack import DevStack, free_port
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total, histogram_mean
 from retrain.online_baselines import BASELINES, Baseline
 from streamrec import registry
 from streamrec.catalogue import Catalogue
 from streamrec.client import AsyncRecommenderClient, Recommendations
-from streamrec.devstack import DevStack, free_port
 from streamrec.errors import InputFormatError, StreamrecError
 from streamrec.events import Event, EventType, Rejection
 from streamrec.items import item_from_fields
-from streamrec.processes import ServiceProcess
 from streamrec.producer import EventProducer
 from streamrec.replay import FileFormat, read_events
-from streamrec.scrape import counter_total, histogram_mean
 from streamrec.settings import Settings
 from streamrec.state import StateStore, dedup_key
 from streamrec.topics import ensure_topics, pipeline_names
