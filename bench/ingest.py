@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -176,7 +177,7 @@ class Bench:
             )
         return _rate_between(samples, 0.05 * total, 0.95 * total), usage
 
-    def latency(self, rate_per_s: float) -> dict[str, float]:
+    def latency(self, rate_per_s: float) -> dict[str, Any]:
         settings = self.settings_for("latency")
         ensure_topics(settings)
         with self.workers(settings, 1, noop=False) as (proc,):
@@ -357,7 +358,7 @@ def run(quick: bool) -> dict[str, object]:
         "profile_full_worker": summarize_profile(profile_path),
     }
     write_json("ingest", result)
-    _plot(result, latency["buckets"])  # type: ignore[arg-type]
+    _plot(result, latency["buckets"])
     _write_markdown(result)
     console.print_json(
         orjson.dumps({k: v for k, v in result.items() if k != "profile_full_worker"}).decode()

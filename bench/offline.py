@@ -35,9 +35,12 @@ OURS = {
 
 
 def run_bench(data: Path, out: Path, quick: bool = False) -> Path:
-    from retrain.offline import TrainPlan, quick_plan, run_offline
+    from retrain.offline import quick_plan, run_offline
+    from retrain.pipeline import train_plan
+    from streamrec.settings import Settings
 
-    plan = quick_plan(TrainPlan()) if quick else TrainPlan()
+    plan = train_plan(Settings())
+    plan = quick_plan(plan) if quick else plan
     results, _ = run_offline(data, plan, progress=True)
     results["quick"] = quick
     results["machine"] = machine()

@@ -35,7 +35,6 @@ from bench.common import (
     write_json,
 )
 from bench.live_replay import (
-    BASELINES,
     event_cases,
     load_replay,
     replay_categories,
@@ -44,6 +43,7 @@ from bench.live_replay import (
 from bench.prequential import DATASETS
 from retrain.cycle import cycle_plan
 from retrain.data import group_by_user
+from retrain.online_baselines import BASELINES
 from retrain.pipeline import (
     CaseWindow,
     TrainedModels,

@@ -118,8 +118,8 @@ def measure(dataset: str, quick: bool = False) -> dict[str, Any]:
     }
     for event in replay.warmup:
         observe(event.user_id, event.item_id, event.ts_ms)
-    hits = {name: [] for name in methods}
-    ranks = {name: [] for name in methods}
+    hits: dict[str, list[bool]] = {name: [] for name in methods}
+    ranks: dict[str, list[float]] = {name: [] for name in methods}
     cases = 0
     for event in tqdm(replay.scored, desc=f"{dataset} similar", leave=False):
         previous = last_item.get(event.user_id)

@@ -184,9 +184,11 @@ def eval_offline(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """P@20 and MRR@20 (full ranking) for popularity, item-kNN, retriever, retriever + ranker."""
-    from retrain.offline import TrainPlan, quick_plan, run_offline
+    from retrain.offline import quick_plan, run_offline
+    from retrain.pipeline import train_plan
 
-    plan = quick_plan(TrainPlan()) if quick else TrainPlan()
+    plan = train_plan(Settings())
+    plan = quick_plan(plan) if quick else plan
     results, _ = run_offline(data, plan, progress=not quiet)
     typer.echo(f"{'model':<18}{'P@20':>8}{'MRR@20':>8}")
     for name, metrics in results["models"].items():

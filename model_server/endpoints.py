@@ -181,7 +181,7 @@ def metrics_page(
     summed from the files prometheus_client's multiprocess mode keeps there."""
     if shared_dir is not None:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(shared_dir))
+        multiprocess.MultiProcessCollector(registry, path=str(shared_dir))  # type: ignore[no-untyped-call]
 
     async def page(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

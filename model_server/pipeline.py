@@ -223,6 +223,7 @@ class Recommender:
 
         ranked = await self._rank(model, vocab_rows, candidate_ids, dots, user, now_ms, deadline)
         fallback: Fallback | None
+        order: Sequence[int]
         if ranked is None:
             self.metrics.fallbacks.labels("retrieval").inc()
             # Retrieval order; the candidates without a vector after the others.

@@ -57,14 +57,6 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class RecommendBase(Request):
-    user_id: Id
-    k: Integer
-    exclude: list[Id]
-    context: dict[ContextKey, ContextValue] | None
-    explain: bool
-
-
 AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 Price = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -95,6 +87,17 @@ class ItemFilterBody(Request):
     )
 
 
+class RecommendBase(Request):
+    user_id: Id
+    k: Integer
+    exclude: list[Id]
+    context: dict[ContextKey, ContextValue] | None
+    explain: bool
+    filter: ItemFilterBody | None
+    max_per_category: int | None
+    diversity: float | None
+
+
 class ScoreBase(Request):
     user_id: Id
     item_ids: list[Id]
@@ -103,6 +106,8 @@ class ScoreBase(Request):
 class SimilarBase(Request):
     item_id: Id
     k: Integer
+    filter: ItemFilterBody | None
+    max_per_category: int | None
 
 
 @dataclass(frozen=True)

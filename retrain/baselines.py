@@ -27,7 +27,7 @@ def popularity_ranks(train: Sequence[UserSequence], cases: NextItemCases) -> np.
 
 
 def item_knn_ranks(train: Sequence[UserSequence], cases: NextItemCases) -> np.ndarray:
-    sessions_with = Counter()
+    sessions_with: Counter[str] = Counter()
     together: dict[str, Counter[str]] = defaultdict(Counter)
     for sequence in train:
         items = set(sequence.item_ids)

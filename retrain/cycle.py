@@ -23,13 +23,12 @@ import orjson
 from redis.exceptions import RedisError
 
 from retrain.data import group_by_user
-from retrain.pipeline import TrainPlan, evaluate_on_slice, train_models
+from retrain.pipeline import TrainPlan, evaluate_on_slice, train_models, train_plan
 from retrain.publish import load_ranker, load_warm_start, publish_models
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, read_archive
 from streamrec.catalogue import Catalogue
 from streamrec.settings import Settings
-from streamrec.state import covis_rule
 
 log = logging.getLogger(__name__)
 Outcome = Literal["published", "rejected", "skipped"]
@@ -82,16 +81,15 @@ def catalogue_categories(settings: Settings, item_ids: Sequence[str]) -> dict[st
 
 def cycle_plan(settings: Settings, first: bool) -> TrainPlan:
     """What a cycle trains with: the first version, or a warm one on top of its parent."""
-    return replace(
-        TrainPlan(),
+    encoder = TrainPlan().encoder
+    return train_plan(
+        settings,
         encoder=replace(
-            TrainPlan().encoder,
+            encoder,
             epochs=settings.retrain_first_epochs if first else settings.retrain_epochs,
             negatives=settings.retrain_negatives,
         ),
         holdout_fraction=settings.retrain_holdout_fraction,
-        covis=covis_rule(settings),
-        covis_read_items=settings.covis_read_items,
     )
 
 

@@ -58,7 +58,8 @@ class CausalSelfAttention(nn.Module):
         weights = weights.masked_fill(~attend[:, None, :, :], -1e9)
         weights = self.dropout(F.softmax(weights, dim=-1))
         out = (weights @ v).transpose(1, 2).flatten(2)
-        return self.dropout(self.proj(out))
+        projected: torch.Tensor = self.dropout(self.proj(out))
+        return projected
 
 
 class Block(nn.Module):
@@ -76,7 +77,8 @@ class Block(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         hidden = hidden + self.attn(self.ln_1(hidden), attend)
-        return hidden + self.mlp(self.ln_2(hidden))
+        out: torch.Tensor = hidden + self.mlp(self.ln_2(hidden))
+        return out
 
 
 class SequenceEncoder(nn.Module):
@@ -106,7 +108,8 @@ class SequenceEncoder(nn.Module):
         attend = (column[:, :, None] >= column[:, None, :]) & valid[:, None, :]
         for block in self.blocks:
             hidden = block(hidden, attend)
-        return self.ln_f(hidden)
+        out: torch.Tensor = self.ln_f(hidden)
+        return out
 
     def forward(
         self, item_ids: torch.Tensor, type_ids: torch.Tensor, mask: torch.Tensor

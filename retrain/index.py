@@ -21,6 +21,7 @@ def build_index(
     """Index position i holds vocabulary row i + 1 (row 0, padding, is left out)."""
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     n_items, dim = vectors.shape
+    index: Any
     if n_items < hnsw_threshold:
         index = faiss.IndexFlatIP(dim)
         params: dict[str, Any] = {"kind": "flat"}

@@ -27,6 +27,8 @@ from retrain.train_encoder import EncoderTraining, TrainingLog, train_encoder
 from retrain.vocab import ItemVocab
 from streamrec.covis import CovisRule
 from streamrec.events import EventType
+from streamrec.settings import Settings
+from streamrec.state import covis_rule
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,25 @@ class TrainPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def train_plan(settings: Settings, **choices: Any) -> TrainPlan:
+    """The plan every trainer starts from (`streamrec train`, `streamrec retrain`, the
+    offline and prequential harnesses): what serving and the stream worker do, read
+    from the same settings, so training sees the requests it will answer — the
+    popularity half-life, the recent events kept per user (the encoder's length),
+    the retrieval candidates, the co-visitation rule and how many latest items'
+    links are read. `choices` are the trainer's own (dim, encoder, split, ...)."""
+    return replace(
+        TrainPlan(
+            max_len=settings.recent_events_max,
+            candidates=settings.retrieval_candidates,
+            covis=covis_rule(settings),
+            covis_read_items=settings.covis_read_items,
+            half_life_s=settings.popularity_half_life_s,
+        ),
+        **choices,
+    )
 
 
 @dataclass

@@ -58,6 +58,8 @@ class RankerConfig:
 
 
 class Ranker(nn.Module):
+    mean: torch.Tensor  # buffers: standardisation inside the module, so in the ONNX graph
+    scale: torch.Tensor
     """Feature standardisation is part of the module, so ONNX carries it."""
 
     def __init__(self, config: RankerConfig) -> None:
@@ -80,7 +82,8 @@ class Ranker(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         standard = (features - self.mean) / self.scale
-        return (self.mlp(standard) + self.skip(standard)).squeeze(-1)
+        scores: torch.Tensor = self.mlp(standard) + self.skip(standard)
+        return scores.squeeze(-1)
 
 
 def train_ranker(
@@ -146,7 +149,7 @@ def train_ranker(
             log_p = F.log_softmax(scores, dim=1).masked_fill(~present[batch], 0.0)
             loss = (-(target * log_p).sum(dim=1) * weights).sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total += loss.item() * len(batch)
         losses.append(total / max(len(x), 1))

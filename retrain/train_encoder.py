@@ -93,7 +93,7 @@ def train_encoder(
                     encoder, hidden[valid], next_ids[valid], proposal, training.negatives
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
             optimizer.step()
             schedule.step()
