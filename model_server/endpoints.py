@@ -40,26 +40,12 @@ async def recommend(request: Request) -> Response:
         max_per_category,
         _or_default(body.diversity, serving.settings.serve_diversity),
     )
-    items = []
-    for item in answer.items:
-        row: dict[str, object] = {"item_id": item.item_id, "score": item.score}
-        if item.features is not None:
-            row["features"] = item.features
-        items.append(row)
     remember = serving.settings.hit_window_s > 0 and answer.items and answer.has_state
     if remember or answer.fresh_vector:
         shown = [item.item_id for item in answer.items]
         at_ms = int(time.time() * 1000)
         serving.answers.add(Answer(body.user_id, shown, at_ms, answer.fresh_vector))
-    return json_response(
-        {
-            "user_id": body.user_id,
-            "items": items,
-            "model_version": answer.model_version,
-            "fallback": answer.fallback,
-            "short": len(items) < body.k,
-        }
-    )
+    return json_response(answer.body(body.user_id, body.k))
 
 
 def _or_default(asked: T | None, setting: T) -> T:

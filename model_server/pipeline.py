@@ -65,6 +65,23 @@ class Recommendation:
     # of the answer is written back, so made-up user ids cannot fill Redis.
     has_state: bool = True
 
+    def body(self, user_id: str, k: int) -> dict[str, object]:
+        """The answer on the wire, the one shape `/recommend` returns and the
+        recommendations feed publishes (docs/serving.md)."""
+        items = []
+        for item in self.items:
+            row: dict[str, object] = {"item_id": item.item_id, "score": item.score}
+            if item.features is not None:
+                row["features"] = item.features
+            items.append(row)
+        return {
+            "user_id": user_id,
+            "items": items,
+            "model_version": self.model_version,
+            "fallback": self.fallback,
+            "short": len(items) < k,
+        }
+
 
 @dataclass(frozen=True)
 class ItemScore:

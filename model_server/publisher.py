@@ -36,17 +36,9 @@ from streamrec.state import StateStore
 log = logging.getLogger(__name__)
 
 
-def recommendation_record(user_id: str, answer: Recommendation, now_ms: int) -> bytes:
+def recommendation_record(user_id: str, answer: Recommendation, k: int, now_ms: int) -> bytes:
     """What downstream consumers read: the /recommend answer plus when it was made."""
-    return orjson.dumps(
-        {
-            "user_id": user_id,
-            "items": [{"item_id": i.item_id, "score": i.score} for i in answer.items],
-            "model_version": answer.model_version,
-            "fallback": answer.fallback,
-            "ts": now_ms,
-        }
-    )
+    return orjson.dumps({**answer.body(user_id, k), "ts": now_ms})
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +181,7 @@ class Publisher:
                 diversity=self.settings.serve_diversity,
             )
             now_ms = _now_ms()
-            value = recommendation_record(user_id, answer, now_ms)
+            value = recommendation_record(user_id, answer, self.settings.publish_k, now_ms)
             sends.append(
                 await producer.send(
                     self.settings.topic_recommendations, value, key=user_id.encode()

@@ -13,12 +13,7 @@ import torch
 
 from retrain.data import UserSequence
 from retrain.vocab import ItemVocab
-from streamrec.events import EventType
 from streamrec.features import ENCODER_TYPE_IDS as TYPE_IDS
-
-
-def type_id(event_type: EventType) -> int:
-    return TYPE_IDS[event_type]
 
 
 def encode(

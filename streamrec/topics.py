@@ -84,15 +84,6 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> li
         admin.close()
 
 
-def partitions_of(settings: Settings, topic: str) -> int:
-    admin = _admin(settings)
-    try:
-        described = admin.describe_topics([topic])
-        return len(described[0]["partitions"])
-    finally:
-        admin.close()
-
-
 def _admin(settings: Settings) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(**kafka_python_options(settings), client_id="streamrec-admin")
