@@ -66,10 +66,11 @@ from streamrec.client import AsyncRecommenderClient, Recommendations
 from streamrec.errors import InputFormatError, StreamrecError
 from streamrec.events import Event, EventType, Rejection
 from streamrec.items import item_from_fields
+from streamrec.keys import dedup_key
 from streamrec.producer import EventProducer
 from streamrec.replay import FileFormat, read_events
 from streamrec.settings import Settings
-from streamrec.state import StateStore, dedup_key
+from streamrec.state import StateStore
 from streamrec.topics import ensure_topics, pipeline_names
 
 log = logging.getLogger(__name__)

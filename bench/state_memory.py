@@ -20,16 +20,11 @@ from bench.common import REPORTS, machine, machine_line, write_json
 from bench.ingest import load_messages
 from devtools.devstack import DevStack
 from streamrec.events import Event, EventType
+from streamrec.keys import UserPart, item_covis_key, item_popularity_key, trending_key, user_key
 from streamrec.settings import Settings
-from streamrec.state import (
-    StateStore,
-    item_covis_key,
-    item_popularity_key,
-    trending_key,
-    user_key,
-)
+from streamrec.state import StateStore
 
-USER_PARTS = ("ev", "buy", "items", "cnt", "meta")
+USER_PARTS = (UserPart.RECENT, UserPart.PURCHASED, UserPart.ITEMS, UserPart.COUNTS, UserPart.META)
 COVIS_EPOCH_FIELD = "cv:epoch"
 # Taobao item ids are numbers of up to 7 digits; a listpack stores such members as
 # integers, so the full item's neighbours get ids of that shape.

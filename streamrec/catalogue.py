@@ -20,19 +20,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from streamrec.items import AttributeValue, ItemChange, ItemDelete
+from streamrec.keys import (
+    CATALOGUE_MARKER,
+    CategoryPart,
+    ItemPart,
+    category_key,
+    item_key,
+    lua_script,
+)
 from streamrec.settings import Settings
-from streamrec.state import PREFIX, SCRIPT_MAX_EVENTS, redis_client
-
-
-def item_info_key(item_id: str) -> str:
-    """The item's catalogue record (a hash), or the marker of its deletion."""
-    return f"{PREFIX}:i:{{{item_id}}}:info"
-
-
-def category_key(category: str) -> str:
-    """The category's available items: item -> ts of the record that made it so."""
-    return f"{PREFIX}:c:{{{category}}}:avail"
-
+from streamrec.state import SCRIPT_MAX_EVENTS, redis_client
 
 # What the fingerprint of a delete is: any record's is 16 hex digits.
 DELETED_FINGERPRINT = "-"
@@ -66,100 +63,19 @@ class ItemApplied(IntEnum):
     STALE = 3  # older than what is stored: not applied
 
 
-# ARGV: 1 the limits as one JSON object, 2 JSON [[item_id, ts, fingerprint, deleted
-# (0/1), available (0/1), [categories], [field, value, ...]], ...] (the hash fields
-# beyond ts, fp and available). Returns an `ItemApplied` per record. Category keys
-# are other slots and are built here, so this needs one Redis, as the event apply
-# script does (docs/state.md, Redis Cluster).
-_APPLY_ITEMS_LUA = """
-local c = cjson.decode(ARGV[1])
-local function apply(r)
-  local item, ts, fp, deleted, available = r[1], r[2], r[3], r[4], r[5]
-  local k = '{PREFIX}:i:{' .. item .. '}:info'
-  local stored = redis.call('HMGET', k, 'ts', 'fp', 'category')
-  local stored_ts = tonumber(stored[1] or '')
-  if stored_ts then
-    if ts < stored_ts then return 3 end
-    if ts == stored_ts and fp == stored[2] then return 0 end
-  end
-  if stored[3] then
-    for _, category in ipairs(cjson.decode(stored[3])) do
-      redis.call('ZREM', '{PREFIX}:c:{' .. category .. '}:avail', item)
-    end
-  end
-  if available == 1 then
-    for _, category in ipairs(r[6]) do
-      redis.call('ZADD', '{PREFIX}:c:{' .. category .. '}:avail', ts, item)
-    end
-  end
-  -- The record (with its ts, the guard above) is written last: a script error before
-  -- it leaves the record to be applied again, not taken for a duplicate.
-  redis.call('DEL', k)
-  local ts_text = string.format('%d', ts)
-  if deleted == 1 then
-    redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', '0', 'deleted', '1')
-    redis.call('EXPIRE', k, c.tombstone_ttl_s)
-    return 2
-  end
-  redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))
-  return 1
-end
-
-local applied = {}
-for i, record in ipairs(cjson.decode(ARGV[2])) do applied[i] = apply(record) end
--- Serving reads the catalogue per request only once it has ever held a record.
-redis.call('SET', '{PREFIX}:catalogue', '1')
-return applied
-""".replace("{PREFIX}", PREFIX)
-
-# Read-only. KEYS: item info hashes; ARGV[1]: one field. Per key its value, or false.
-_READ_FIELD_LUA = """
-local values = {}
-for i, k in ipairs(KEYS) do values[i] = redis.call('HGET', k, ARGV[1]) end
-return values
-"""
+def item_info_key(item_id: str) -> str:
+    """The item's catalogue record (a hash), or the marker of its deletion."""
+    return item_key(item_id, ItemPart.INFO)
 
 
-# Set by the first record ever applied: until then serving skips its catalogue read.
-CATALOGUE_MARKER = f"{PREFIX}:catalogue"
+def category_available_key(category: str) -> str:
+    """The category's available items: item -> ts of the record that made it so."""
+    return category_key(category, CategoryPart.AVAILABLE)
 
 
 def category_popular_key(category: str) -> str:
     """The category's items by decayed event count (the stream worker's apply script)."""
-    return f"{PREFIX}:c:{{{category}}}:pop"
-
-
-# Read-only. ARGV: 1 n, 2 the user's latest item, 3.. items asked about. Returns
-# {per asked item {categories (JSON) or false, available ('0'/'1') or false}, then per
-# category of the latest item {its n most popular available items}, then the
-# categories of those}. Category keys are other slots, built here (one Redis, as the
-# apply script).
-_SERVING_CONTEXT_LUA = """
-local n = tonumber(ARGV[1])
-local function info(item)
-  return redis.call('HMGET', '{PREFIX}:i:{' .. item .. '}:info', 'category', 'available')
-end
-local asked = {}
-for i = 3, #ARGV do asked[#asked + 1] = info(ARGV[i]) end
-local lists, popular = {}, {}
-local latest = info(ARGV[2])[1]
-if latest and n > 0 then
-  for _, category in ipairs(cjson.decode(latest)) do
-    local k = '{PREFIX}:c:{' .. category .. '}:'
-    local items = {}
-    for _, item in ipairs(redis.call('ZREVRANGE', k .. 'pop', 0, 2 * n - 1)) do
-      if #items < n and redis.call('ZSCORE', k .. 'avail', item) then
-        items[#items + 1] = item
-        popular[#popular + 1] = item
-      end
-    end
-    lists[#lists + 1] = items
-  end
-end
-local popular_categories = {}
-for i, item in ipairs(popular) do popular_categories[i] = info(item)[1] end
-return {asked, lists, popular, popular_categories}
-""".replace("{PREFIX}", PREFIX)
+    return category_key(category, CategoryPart.POPULAR)
 
 
 @dataclass(frozen=True)
@@ -239,9 +155,9 @@ class Catalogue:
         self.settings = settings
         self._owns_client = client is None
         self.redis: aioredis.Redis = client or redis_client(settings)
-        self._apply_script = self.redis.register_script(_APPLY_ITEMS_LUA)
-        self._read_field_script = self.redis.register_script(_READ_FIELD_LUA)
-        self._serving_context_script = self.redis.register_script(_SERVING_CONTEXT_LUA)
+        self._apply_script = self.redis.register_script(lua_script("apply_items"))
+        self._read_field_script = self.redis.register_script(lua_script("read_field"))
+        self._serving_context_script = self.redis.register_script(lua_script("serving_context"))
         self._config = orjson.dumps({"tombstone_ttl_s": settings.item_tombstone_ttl_s})
 
     async def close(self) -> None:
@@ -287,7 +203,7 @@ class Catalogue:
         if limit <= 0:
             return []
         members = cast(
-            list[bytes], await self.redis.zrevrange(category_key(category), 0, limit - 1)
+            list[bytes], await self.redis.zrevrange(category_available_key(category), 0, limit - 1)
         )
         return [member.decode() for member in members]
 

@@ -14,7 +14,7 @@ from streamrec.catalogue import (
     Catalogue,
     CatalogueItem,
     ItemApplied,
-    category_key,
+    category_available_key,
     item_info_key,
 )
 from streamrec.items import ItemChange, ItemDelete, ItemRecord
@@ -43,7 +43,7 @@ async def apply(catalogue: Catalogue, *changes: ItemChange) -> list[ItemApplied]
 
 
 async def members(catalogue: Catalogue, category: str) -> dict[str, float]:
-    rows = await catalogue.redis.zrange(category_key(category), 0, -1, withscores=True)
+    rows = await catalogue.redis.zrange(category_available_key(category), 0, -1, withscores=True)
     return {member.decode(): score for member, score in rows}
 
 

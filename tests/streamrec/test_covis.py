@@ -12,8 +12,9 @@ import redis
 
 from streamrec.covis import CovisRule, CovisTable, covis_scores, latest_distinct
 from streamrec.events import Event, EventType
+from streamrec.keys import item_covis_key
 from streamrec.settings import Settings
-from streamrec.state import StateStore, covis_rule, item_covis_key
+from streamrec.state import StateStore, covis_rule
 
 DAY_MS = 86_400_000
 

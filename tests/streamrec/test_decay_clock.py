@@ -9,7 +9,8 @@ import time
 import pytest
 
 from streamrec.events import Event, EventType
-from streamrec.state import TRENDING_EPOCH_KEY, StateStore, item_popularity_key
+from streamrec.keys import TRENDING_EPOCH_KEY, item_popularity_key
+from streamrec.state import StateStore
 
 pytestmark = pytest.mark.integration
 

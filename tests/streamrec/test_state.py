@@ -11,17 +11,9 @@ import pytest
 
 from streamrec.events import Event, EventType
 from streamrec.features import EVENT_TYPES
+from streamrec.keys import POPULARITY_SEQ_KEY, item_popularity_key, recommended_key, user_vector_key
 from streamrec.settings import Settings
-from streamrec.state import (
-    POPULARITY_CHANGED_MAX,
-    POPULARITY_SEQ_KEY,
-    Answer,
-    CachedVector,
-    StateStore,
-    item_popularity_key,
-    recommended_key,
-    user_vector_key,
-)
+from streamrec.state import POPULARITY_CHANGED_MAX, Answer, CachedVector, StateStore
 
 HOUR_MS = 3_600_000
 CLICK = EVENT_TYPES.index(EventType.CLICK)

@@ -1,0 +1,134 @@
+"""The Redis key layout, defined once: the Python key functions below and the Lua
+scripts' key functions (`LUA_PRELUDE`, put before every script of `streamrec/lua/`)
+are both made from this table. docs/state.md gives each key's memory.
+
+A user's keys share the hash tag `{user_id}`, an item's `{item_id}`, a category's
+`{category}`; every key is capped or expires.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+
+from streamrec.events import EventType
+
+PREFIX = "sr"
+EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)
+
+
+class UserPart(StrEnum):
+    """`sr:u:{user_id}:<part>`."""
+
+    RECENT = "ev"  # sorted set: the latest events, by event time
+    PURCHASED = "buy"  # sorted set: items bought, by time
+    ITEMS = "items"  # sorted set: items touched, by their latest time
+    COUNTS = "cnt"  # hash: `<type>:<item>` -> count
+    META = "meta"  # hash: counts by type, the latest event time
+    RECOMMENDED = "rec"  # sorted set: items recommended lately, by time (hit rate)
+    VECTOR = "vec"  # the user vector a model version computed
+    PUBLISHED = "pub"  # the feed's per-user interval marker
+    DEDUP = "dd:"  # + event_id: an event's dedup marker
+
+
+class ItemPart(StrEnum):
+    """`sr:i:{item_id}:<part>`."""
+
+    POPULARITY = "pop"  # hash: decayed counts by type, their reference times, epochs
+    COVIS = "cv"  # sorted set: co-visitation links (streamrec/covis.py)
+    INFO = "info"  # hash: the catalogue record, or its deletion marker
+
+
+class CategoryPart(StrEnum):
+    """`sr:c:{category}:<part>`."""
+
+    POPULAR = "pop"  # sorted set: items by decayed event count
+    META = "meta"  # hash: that set's epoch
+    AVAILABLE = "avail"  # sorted set: available items, by record time
+
+
+def user_key(user_id: str, part: UserPart) -> str:
+    return f"{PREFIX}:u:{{{user_id}}}:{part}"
+
+
+def item_key(item_id: str, part: ItemPart) -> str:
+    return f"{PREFIX}:i:{{{item_id}}}:{part}"
+
+
+def category_key(category: str, part: CategoryPart) -> str:
+    return f"{PREFIX}:c:{{{category}}}:{part}"
+
+
+def dedup_key(user_id: str, event_id: str) -> str:
+    return user_key(user_id, UserPart.DEDUP) + event_id
+
+
+def recommended_key(user_id: str) -> str:
+    """What the model server recommended to the user lately: item -> time (ms)."""
+    return user_key(user_id, UserPart.RECOMMENDED)
+
+
+def user_vector_key(user_id: str) -> str:
+    """The user vector a model version computed, tagged with the state it came from."""
+    return user_key(user_id, UserPart.VECTOR)
+
+
+def item_popularity_key(item_id: str) -> str:
+    return item_key(item_id, ItemPart.POPULARITY)
+
+
+def item_covis_key(item_id: str) -> str:
+    """The item's co-visitation links: neighbour -> score (streamrec/covis.py); the
+    scores' epoch is the `cv:epoch` field of its popularity hash (same slot)."""
+    return item_key(item_id, ItemPart.COVIS)
+
+
+def trending_key(event_type: EventType) -> str:
+    return f"{PREFIX}:trend:{event_type.value}"
+
+
+TRENDING_EPOCH_KEY = f"{PREFIX}:trend:epoch"
+# Events applied since the last retraining cycle was triggered (all workers).
+NEW_EVENTS_KEY = f"{PREFIX}:retrain:new_events"
+# Which items' popularity changed, and when: a counter bumped once per script call
+# that changed any, and a sorted set of items scored by its value at their newest
+# change. A model server holding every item's popularity reads only what changed.
+POPULARITY_SEQ_KEY = f"{PREFIX}:pop:seq"
+POPULARITY_CHANGED_KEY = f"{PREFIX}:pop:changed"
+# Set by the first item record ever applied: until then serving skips its catalogue read.
+CATALOGUE_MARKER = f"{PREFIX}:catalogue"
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _lua_constants(prefix: str, parts: type[StrEnum]) -> list[str]:
+    return [f"local {prefix}_{part.name} = {_lua_string(part.value)}" for part in parts]
+
+
+LUA_PRELUDE = "\n".join(
+    [
+        "-- Made from streamrec/keys.py: the one definition of the key layout.",
+        *(
+            f"local function {name}_key({name}, part) return "
+            + _lua_string(f"{PREFIX}:{letter}:{{")
+            + f" .. {name} .. '}}:' .. part end"
+            for name, letter in (("user", "u"), ("item", "i"), ("category", "c"))
+        ),
+        *_lua_constants("USER", UserPart),
+        *_lua_constants("ITEM", ItemPart),
+        *_lua_constants("CATEGORY", CategoryPart),
+        f"local CATALOGUE_MARKER = {_lua_string(CATALOGUE_MARKER)}",
+        "local EVENT_TYPES = {" + ", ".join(_lua_string(t.value) for t in EVENT_TYPES) + "}",
+        "",
+    ]
+)
+
+
+@cache
+def lua_script(name: str) -> str:
+    """`streamrec/lua/<name>.lua` with the key layout before it."""
+    body = resources.files("streamrec").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return LUA_PRELUDE + body

@@ -1,0 +1,43 @@
+-- ARGV: 1 the limits as one JSON object, 2 JSON [[item_id, ts, fingerprint, deleted
+-- (0/1), available (0/1), [categories], [field, value, ...]], ...] (the hash fields
+-- beyond ts, fp and available). Returns an `ItemApplied` per record. Category keys
+-- are other slots and are built here, so this needs one Redis, as the event apply
+-- script does (docs/state.md, Redis Cluster).
+local c = cjson.decode(ARGV[1])
+local function apply(r)
+  local item, ts, fp, deleted, available = r[1], r[2], r[3], r[4], r[5]
+  local k = item_key(item, ITEM_INFO)
+  local stored = redis.call('HMGET', k, 'ts', 'fp', 'category')
+  local stored_ts = tonumber(stored[1] or '')
+  if stored_ts then
+    if ts < stored_ts then return 3 end
+    if ts == stored_ts and fp == stored[2] then return 0 end
+  end
+  if stored[3] then
+    for _, category in ipairs(cjson.decode(stored[3])) do
+      redis.call('ZREM', category_key(category, CATEGORY_AVAILABLE), item)
+    end
+  end
+  if available == 1 then
+    for _, category in ipairs(r[6]) do
+      redis.call('ZADD', category_key(category, CATEGORY_AVAILABLE), ts, item)
+    end
+  end
+  -- The record (with its ts, the guard above) is written last: a script error before
+  -- it leaves the record to be applied again, not taken for a duplicate.
+  redis.call('DEL', k)
+  local ts_text = string.format('%d', ts)
+  if deleted == 1 then
+    redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', '0', 'deleted', '1')
+    redis.call('EXPIRE', k, c.tombstone_ttl_s)
+    return 2
+  end
+  redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))
+  return 1
+end
+
+local applied = {}
+for i, record in ipairs(cjson.decode(ARGV[2])) do applied[i] = apply(record) end
+-- Serving reads the catalogue per request only once it has ever held a record.
+redis.call('SET', CATALOGUE_MARKER, '1')
+return applied
