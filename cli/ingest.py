@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from streamrec.errors import InputFormatError
 from streamrec.events import Rejection
 from streamrec.redact import redacted
 from streamrec.replay import FileFormat
@@ -30,33 +31,41 @@ def produce(
     fmt: FileFormat | None = typer.Option(None, "--format", help="Default: detected."),
     rate: float | None = typer.Option(None, "--rate", min=1, help="Events per second."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after this many rows."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first bad row (exit 1) instead of skipping it."
+    ),
 ) -> None:
     """Replay an event file into Kafka, keyed by user, clicks and purchases to their topics."""
     from itertools import islice
 
     from streamrec.producer import EventProducer, replay
-    from streamrec.replay import read_events
+    from streamrec.replay import detect_format, read_events
     from streamrec.topics import ensure_topics
 
     settings = Settings()
+    fmt = fmt or detect_format(path)
     ensure_topics(settings)
     if limit is None:
         with open(path, "rb") as fh:
             total = sum(1 for _ in fh)
     else:
         total = limit
-    rows = read_events(path, fmt)
+    rows = read_events(path, fmt, strict=strict)
     if limit:
         rows = islice(rows, limit)
-    with (
-        Progress(
-            TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console,
-        ) as progress,
-        EventProducer(settings) as producer,
-    ):  # fmt: skip
-        task = progress.add_task("produce", total=total)
-        report = replay(producer, rows, rate, lambda n: progress.advance(task, n))
+    try:
+        with (
+            Progress(
+                TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), console=console,
+            ) as progress,
+            EventProducer(settings) as producer,
+        ):  # fmt: skip
+            task = progress.add_task("produce", total=total)
+            report = replay(producer, rows, rate, lambda n: progress.advance(task, n))
+    except InputFormatError as exc:  # --strict: the first bad row, named by read_events
+        typer.secho(str(exc), err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
     console.print(
         f"sent {report.sent} events in {report.seconds:.1f} s "
         f"({report.sent / max(report.seconds, 1e-9):,.0f}/s) to {settings.kafka_bootstrap}"
@@ -65,7 +74,8 @@ def produce(
 
 
 def exit_on_bad_rows(skipped: list[tuple[int, Rejection]]) -> None:
-    """Name the first bad rows with their reasons; exit 1 if there were any."""
+    """Name the first bad rows with their reasons; exit 1 if there were any. Every
+    command that reads an event file ends this way (docs/events.md)."""
     for line_number, rejection in skipped[:20]:
         console.print(f"[red]line {line_number}[/red]: {rejection.reason}: {rejection.detail}")
     if skipped:

@@ -58,7 +58,10 @@ def _fail(message: str) -> NoReturn:
 def train(
     data: Path = typer.Option(..., help="An event file, or the SR-GNN folder."),
     fmt: str = typer.Option(
-        "", "--format", help="jsonl|csv|taobao|sessions|srgnn; guessed if empty."
+        "", "--format", help="jsonl|csv|taobao|sessions|srgnn; detected if empty."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first bad row (exit 1) instead of skipping it."
     ),
     epochs: int = typer.Option(8, min=1, help="Encoder epochs."),
     dim: int = typer.Option(96, min=8, help="Embedding size."),
@@ -74,23 +77,30 @@ def train(
     """Train the retriever and the ranker, export them and publish a bundle."""
     from dataclasses import replace
 
-    from retrain.data import guess_format, load_sequences
-    from retrain.pipeline import TrainPlan, train_models
+    from cli.ingest import exit_on_bad_rows
+    from retrain.data import SRGNN, read_sequences
+    from retrain.pipeline import train_models, train_plan
     from retrain.publish import load_warm_start, publish_models
 
     settings = Settings()
-    fmt = fmt or guess_format(data)
     try:
-        sequences = load_sequences(data, fmt)
+        event_log = read_sequences(data, fmt or None, strict=strict)
     except InputFormatError as exc:
         _fail(str(exc))
-    plan = TrainPlan(
+    typer.echo(
+        f"read {data} as {event_log.fmt}: {event_log.n_events} events, "
+        f"{len(event_log.sequences)} users, {event_log.n_items} items; "
+        f"{len(event_log.skipped)} bad rows skipped"
+    )
+    sequences = event_log.sequences
+    if not sequences:
+        exit_on_bad_rows(event_log.skipped)
+        _fail(f"{data}: no events to train on")
+    plan = train_plan(
+        settings,
         dim=dim,
-        half_life_s=settings.popularity_half_life_s,
-        candidates=settings.retrieval_candidates,
-        max_len=settings.recent_events_max,
         # Files without timestamps (SR-GNN's) hold out whole sessions, not the newest time.
-        split="sequences" if fmt == "srgnn" else "time",
+        split="sequences" if event_log.fmt == SRGNN else "time",
     )
     plan = replace(
         plan, encoder=replace(plan.encoder, epochs=epochs, seed=seed, negatives=negatives)
@@ -107,12 +117,13 @@ def train(
         models,
         settings.registry,
         plan,
-        {"source": str(data), "format": fmt},
+        {"source": str(data), "format": event_log.fmt},
         parent if warm_start else None,
         settings.hnsw_threshold,
     )
     typer.echo(json.dumps(models.validation))
     typer.echo(f"published {manifest.version} to {settings.registry} in {models.seconds:.0f}s")
+    exit_on_bad_rows(event_log.skipped)
 
 
 def model_list() -> None:

@@ -1,30 +1,25 @@
 """Reading interaction logs into per-user (or per-session) event sequences.
 
-Formats: `jsonl` (our event schema), `csv` (our schema as columns), `taobao`
-(UserBehavior: user_id,item_id,category_id,behavior,timestamp), `sessions`
-(session-rec: SessionId ItemId Time, tab-separated) and `srgnn` (the SR-GNN
-yoochoose1_64 text files: a folder with train_sessions.txt and test.txt).
+Event files (JSONL, CSV, Taobao UserBehavior, session-rec) are read by the one
+reader, `streamrec.replay`, under the same rules as `streamrec produce`: bad rows
+are skipped and counted, or stop the read with `strict`. The other format is
+`srgnn`: the SR-GNN yoochoose1_64 text files, a folder with train_sessions.txt
+and test.txt, which holds no events (no ids, no times) and is read here.
 """
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamrec.errors import InputFormatError
-from streamrec.events import Event, EventType, Rejection, parse_event, parse_timestamp
+from streamrec.events import EventType, Rejection
+from streamrec.replay import FileFormat, detect_format, read_events
 
-FORMATS = ("jsonl", "csv", "taobao", "sessions", "srgnn")
-
-TAOBAO_BEHAVIOURS = {
-    "pv": EventType.CLICK,
-    "buy": EventType.PURCHASE,
-    "cart": EventType.ADD_TO_CART,
-    "fav": EventType.FAVORITE,
-}
+SRGNN = "srgnn"
+FORMATS = (*(f.value for f in FileFormat), SRGNN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,33 +47,49 @@ class SrgnnSplit:
     test: NextItemCases
 
 
-def load_sequences(path: Path, fmt: str) -> list[UserSequence]:
-    """The training sequences in `path`. For `srgnn` that is the training file only."""
-    if fmt == "srgnn":
-        return load_srgnn(path).train
-    readers = {
-        "jsonl": _read_jsonl,
-        "csv": _read_csv,
-        "taobao": _read_taobao,
-        "sessions": _read_sessions,
-    }
-    if fmt not in readers:
+@dataclass(frozen=True, slots=True)
+class EventLog:
+    """A file read for training: its format, its sequences and the rows skipped."""
+
+    fmt: str
+    sequences: list[UserSequence]
+    skipped: list[tuple[int, Rejection]]
+
+    @property
+    def n_events(self) -> int:
+        return sum(len(sequence.item_ids) for sequence in self.sequences)
+
+    @property
+    def n_items(self) -> int:
+        return len({item_id for sequence in self.sequences for item_id in sequence.item_ids})
+
+
+def read_sequences(path: Path, fmt: str | None = None, *, strict: bool = False) -> EventLog:
+    """The training sequences in `path`, the format detected when not given (a folder
+    is `srgnn`). For `srgnn` they are the training file's only."""
+    if fmt == SRGNN or (fmt is None and path.is_dir()):
+        return EventLog(SRGNN, load_srgnn(path).train, [])
+    if fmt is not None and fmt not in FORMATS:
         raise InputFormatError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if not path.is_file():
         raise InputFormatError(f"expected an event file at {path}, found none")
-    return group_by_user(readers[fmt](path))
+    file_format = FileFormat(fmt) if fmt else detect_format(path)
+    skipped: list[tuple[int, Rejection]] = []
+
+    def accepted() -> Iterator[tuple[str, str, EventType, int]]:
+        for line_number, parsed in read_events(path, file_format, strict=strict):
+            if isinstance(parsed, Rejection):
+                skipped.append((line_number, parsed))
+            else:
+                yield parsed.user_id, parsed.item_id, parsed.type, parsed.ts_ms
+
+    sequences = group_by_user(accepted())
+    return EventLog(file_format.value, sequences, skipped)
 
 
-def guess_format(path: Path) -> str:
-    if path.is_dir():
-        return "srgnn"
-    if path.suffix == ".jsonl":
-        return "jsonl"
-    if path.suffix == ".txt":
-        return "sessions"
-    with path.open(encoding="utf-8") as handle:
-        first = handle.readline()
-    return "csv" if "user_id" in first else "taobao"
+def load_sequences(path: Path, fmt: str) -> list[UserSequence]:
+    """The training sequences in `path`; bad rows are skipped (`read_sequences` lists them)."""
+    return read_sequences(path, fmt).sequences
 
 
 def group_by_user(events: Iterable[tuple[str, str, EventType, int]]) -> list[UserSequence]:
@@ -139,62 +150,3 @@ def load_srgnn(folder: Path) -> SrgnnSplit:
         prefixes=prefixes, targets=targets, target_types=[EventType.CLICK] * len(targets)
     )
     return SrgnnSplit(train=train, test=test)
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, str, EventType, int]]:
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parsed = parse_event(line.strip())
-            if isinstance(parsed, Rejection):
-                raise InputFormatError(f"{path}:{number}: {parsed.reason}: {parsed.detail}")
-            assert isinstance(parsed, Event)
-            yield parsed.user_id, parsed.item_id, parsed.type, parsed.ts_ms
-
-
-def _read_csv(path: Path) -> Iterator[tuple[str, str, EventType, int]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"user_id", "item_id", "type", "ts"} - set(reader.fieldnames or ())
-        if missing:
-            raise InputFormatError(
-                f"{path}: expected columns user_id,item_id,type,ts; missing {sorted(missing)}"
-            )
-        for number, row in enumerate(reader, start=2):
-            raw_ts = row["ts"]
-            ts_ms = parse_timestamp(int(raw_ts) if raw_ts.isdigit() else raw_ts)
-            if isinstance(ts_ms, Rejection):
-                raise InputFormatError(f"{path}:{number}: {ts_ms.detail}")
-            try:
-                event_type = EventType(row["type"])
-            except ValueError:
-                raise InputFormatError(
-                    f"{path}:{number}: unknown event type {row['type']!r}"
-                ) from None
-            yield row["user_id"], row["item_id"], event_type, ts_ms
-
-
-def _read_taobao(path: Path) -> Iterator[tuple[str, str, EventType, int]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            if len(row) != 5 or row[3] not in TAOBAO_BEHAVIOURS or not row[4].isdigit():
-                raise InputFormatError(
-                    f"{path}:{number}: expected user_id,item_id,category_id,pv|buy|cart|fav,"
-                    f"epoch seconds; got {','.join(row)[:80]!r}"
-                )
-            yield row[0], row[1], TAOBAO_BEHAVIOURS[row[3]], int(row[4]) * 1000
-
-
-def _read_sessions(path: Path) -> Iterator[tuple[str, str, EventType, int]]:
-    with path.open(encoding="utf-8") as handle:
-        header = handle.readline().split()
-        if header[:3] != ["SessionId", "ItemId", "Time"]:
-            raise InputFormatError(
-                f"{path}: expected the header 'SessionId ItemId Time', got {header}"
-            )
-        for number, line in enumerate(handle, start=2):
-            fields = line.split("\t")
-            if len(fields) < 3:
-                raise InputFormatError(f"{path}:{number}: expected 3 tab-separated fields")
-            yield fields[0], fields[1], EventType.CLICK, round(float(fields[2]) * 1000)

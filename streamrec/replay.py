@@ -2,7 +2,8 @@
 and session-rec's session files (`SessionId ItemId Time`, a session as the user).
 
 Each reader yields `(line_number, Event | Rejection)` so a caller can report
-exactly which line was bad and why.
+exactly which line was bad and why. This is the one reader of event files: the
+producer, the trainer and the benchmarks all detect formats and judge rows here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class FileFormat(StrEnum):
     SESSIONS = "sessions"
 
 
+# A header naming any of these is our schema as CSV columns. A header without
+# `event_id` still reads as CSV, so each row is rejected with the contract's reason.
+CSV_FIELDS = frozenset(("event_id", "user_id", "item_id", "type", "ts"))
+
+
 def detect_format(path: Path) -> FileFormat:
     if path.suffix in (".jsonl", ".json", ".ndjson"):
         return FileFormat.JSONL
@@ -42,7 +48,7 @@ def detect_format(path: Path) -> FileFormat:
         return FileFormat.JSONL
     if first.split()[:3] == ["SessionId", "ItemId", "Time"]:
         return FileFormat.SESSIONS
-    if "event_id" in first.split(","):
+    if CSV_FIELDS & {name.strip() for name in first.split(",")}:
         return FileFormat.CSV
     if len(first.split(",")) == 5:
         return FileFormat.TAOBAO
@@ -54,17 +60,30 @@ def detect_format(path: Path) -> FileFormat:
 
 
 def read_events(
-    path: Path, fmt: FileFormat | None = None
+    path: Path, fmt: FileFormat | None = None, *, strict: bool = False
 ) -> Iterator[tuple[int, Event | Rejection]]:
+    """Every row of `path` judged by the event contract. With `strict`, the first bad
+    row raises `InputFormatError` (`bad_row_message`) instead of being yielded."""
     fmt = fmt or detect_format(path)
-    if fmt is FileFormat.JSONL:
-        yield from _read_jsonl(path)
-    elif fmt is FileFormat.CSV:
-        yield from _read_csv(path)
-    elif fmt is FileFormat.SESSIONS:
-        yield from _read_sessions(path)
-    else:
-        yield from _read_taobao(path)
+    readers = {
+        FileFormat.JSONL: _read_jsonl,
+        FileFormat.CSV: _read_csv,
+        FileFormat.SESSIONS: _read_sessions,
+        FileFormat.TAOBAO: _read_taobao,
+    }
+    rows = readers[fmt](path)
+    if not strict:
+        yield from rows
+        return
+    for line_number, parsed in rows:
+        if isinstance(parsed, Rejection):
+            raise InputFormatError(bad_row_message(path, line_number, parsed))
+        yield line_number, parsed
+
+
+def bad_row_message(path: Path, line_number: int, rejection: Rejection) -> str:
+    """How every command names a bad row it stops at: file, line and the contract's reason."""
+    return f"{path}:{line_number}: {rejection.reason}: {rejection.detail}"
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Event | Rejection]]:

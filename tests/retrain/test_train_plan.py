@@ -2,6 +2,11 @@
 request looks like reaches every trainer, so a changed setting never leaves training
 on the old value (the skew issue 14 found in `streamrec retrain`)."""
 
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
 from retrain.cycle import cycle_plan
 from retrain.pipeline import TrainPlan, train_plan
 from streamrec.covis import CovisRule
@@ -54,3 +59,39 @@ def test_cycle_plan_takes_the_retrain_settings() -> None:
     assert (first.encoder.epochs, warm.encoder.epochs) == (5, 1)
     assert first.encoder.negatives == warm.encoder.negatives == 64
     assert first.holdout_fraction == 0.2
+
+
+def test_streamrec_train_follows_the_serving_settings(tmp_path, monkeypatch) -> None:
+    """`streamrec train` builds its plan from the same settings; the published
+    manifest records the plan it trained with."""
+    events = tmp_path / "events.jsonl"
+    with events.open("w") as handle:
+        for user in range(300):
+            for step in range(4):
+                body = {
+                    "event_id": f"u{user}-{step}",
+                    "user_id": f"u{user}",
+                    "item_id": f"i{(user * 7 + step * 3) % 60}",
+                    "type": "click",
+                    "ts": 1_700_000_000_000 + user * 10_000 + step * 1000,
+                }
+                handle.write(json.dumps(body) + "\n")
+    monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    for name, value in CHANGED.items():
+        monkeypatch.setenv(f"STREAMREC_{name.upper()}", str(value))
+    runner = CliRunner()
+    trained = runner.invoke(
+        app, ["train", "--data", str(events), "--epochs", "1", "--dim", "16", "--quiet"]
+    )
+    assert trained.exit_code == 0, trained.output
+    version = runner.invoke(app, ["model", "current"]).output.strip()
+    plan = json.loads(runner.invoke(app, ["model", "show", version]).output)["training"]["plan"]
+    assert plan["half_life_s"] == 1800.0 and plan["max_len"] == 30 and plan["candidates"] == 150
+    assert plan["covis"] == {
+        "window": 3,
+        "max_neighbours": 20,
+        "half_life_s": 3600.0,
+        "backward": 0.25,
+    }
+    assert plan["covis_read_items"] == 7
