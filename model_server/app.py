@@ -122,7 +122,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 answers,
                 InFlight(settings.serve_max_concurrency),
             )
-            watcher = asyncio.create_task(holder.watch(settings.registry_poll_s))
+            watcher = asyncio.create_task(holder.follow(settings))
             # What start-up built (~100k objects the collector tracks: modules, the
             # model) lives until shutdown: out of the collector's sight, a full
             # collection took 4 ms instead of 42-62 ms, which every request waiting

@@ -101,7 +101,7 @@ class Publisher:
             fetch_max_wait_ms=s.consumer_fetch_max_wait_ms,
         )
         producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=5)
-        watcher = asyncio.create_task(self.models.watch(s.registry_poll_s))
+        watcher = asyncio.create_task(self.models.follow(s))
         web_runner = await self._serve_web()
         await consumer.start()
         await producer.start()

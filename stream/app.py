@@ -195,7 +195,7 @@ def create_app(
                 await refresher.holder.load()
             except (BundleError, OSError) as exc:
                 log.warning("user vectors not refreshed until a model loads: %s", exc)
-            await refresher.holder.watch(settings.registry_poll_s)
+            await refresher.holder.follow(settings)
 
     if archive is not None:
 

@@ -10,6 +10,7 @@ that version's refusal: counted, logged once, listed in `refused`; the held one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,7 +22,9 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from streamrec import registry
+from streamrec.announcements import wake_on_announcements
 from streamrec.errors import BundleError, ServingError
+from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,8 @@ class ModelHolder:
         # Awaited with each new version after it loads and before it swaps in (not
         # for the first version); an exception is logged and the swap goes on.
         self.before_swap: list[Callable[[ServedModel], Awaitable[None]]] = []
+        # Set by an announcement on `model.versions`: the watcher looks at once.
+        self.wake = asyncio.Event()
 
     @property
     def current(self) -> ServedModel:
@@ -155,12 +160,29 @@ class ModelHolder:
                 return SwapResult("unchanged", target, previous)
             return await self._swap(model, previous)
 
+    async def follow(self, settings: Settings) -> None:
+        """Follow the registry until cancelled: a poll every `registry_poll_s`, and at
+        once on an announcement (streamrec/announcements.py) when
+        `follow_announcements` is on."""
+        if not settings.follow_announcements:
+            await self.watch(settings.registry_poll_s)
+            return
+        listener = asyncio.create_task(wake_on_announcements(settings, self.wake))
+        try:
+            await self.watch(settings.registry_poll_s)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
     async def watch(self, poll_s: float) -> None:
-        """Follow the registry's current pointer until cancelled. Nothing a poll meets
-        ends the watch: a refusal is counted and logged by `_open`, anything else is
-        logged and the next poll goes on."""
+        """Follow the registry's current pointer until cancelled: every `poll_s`, or
+        sooner when `wake` is set. Nothing a poll meets ends the watch: a refusal is
+        counted and logged by `_open`, anything else is logged and the next poll goes on."""
         while True:
-            await asyncio.sleep(poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), poll_s)
+            self.wake.clear()
             try:
                 await self._follow_pointer()
             except BundleError:

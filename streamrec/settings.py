@@ -200,6 +200,9 @@ class Settings(BaseSettings):
     serve_header_timeout_s: float = Field(default=5.0, gt=0)
     serve_body_timeout_s: float = Field(default=5.0, gt=0)
     registry_poll_s: float = Field(default=2.0, gt=0)
+    # Servers, the feed and workers also swap as soon as `streamrec retrain`
+    # announces a version on `topic_model_versions` (the poll stays the fallback).
+    follow_announcements: bool = True
     # Redis connections per server process; a request waits for a free one.
     serve_redis_connections: int = Field(default=32, ge=1)
     # Each server process keeps every catalogue item's popularity in memory, read
