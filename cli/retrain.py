@@ -15,8 +15,10 @@ def retrain(
 ) -> None:
     """Train on the events archived since the serving version, gate, publish, announce.
 
-    Prints the outcome as JSON: published, rejected (the gate kept the serving
-    version) or skipped (too few new events). Exit code 0 for all three."""
+    Prints the outcome as one JSON line, the last of stdout: published, rejected
+    (the gate kept the serving version) or skipped (too few new events). Exit code 0
+    for all three. The worker's trigger reads that line (docs/operations.md, the
+    command contract)."""
     import logging
 
     from retrain.cycle import announce, run_cycle

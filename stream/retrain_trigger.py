@@ -1,6 +1,8 @@
 """Triggering retraining from the stream: every N seconds or M applied events (all
 workers together), from the leader worker only, as a process of its own
-(`streamrec retrain`), so training never runs on the worker's event loop."""
+(`streamrec retrain`), so training never runs on the worker's event loop. The
+command's answer is its last line of stdout, one JSON object (the contract is in
+docs/operations.md, "`streamrec retrain`: the command contract")."""
 
 from __future__ import annotations
 
