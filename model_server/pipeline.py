@@ -96,7 +96,7 @@ class Scores:
 
 
 def feature_user(
-    user: redis_state.UserState, now_ms: int, covis_half_life_s: float
+    user: redis_state.StoredUser, now_ms: int, covis_half_life_s: float
 ) -> features.UserState:
     """The state store's view of a user, in the shape `ranking_features` takes, with
     its co-visitation links scored at `now_ms`."""
@@ -396,7 +396,7 @@ class Recommender:
         return Recommendation(items, model.version, None, sourced, has_state=False)
 
     def _user_vector(
-        self, model: ServedModel, stored: redis_state.UserState, inputs: EncoderInputs
+        self, model: ServedModel, stored: redis_state.StoredUser, inputs: EncoderInputs
     ) -> tuple[np.ndarray, redis_state.CachedVector | None]:
         """(1, dim) from the cache when this version computed it from this very state
         (the stream worker refreshes it after each event); else from the encoder,

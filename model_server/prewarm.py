@@ -31,7 +31,7 @@ import numpy as np
 
 from streamrec.loaded import ModelHolder, ServedModel, vocabulary_map
 from streamrec.metrics import ServeMetrics
-from streamrec.state import CachedVector, UserState
+from streamrec.state import CachedVector, StoredUser
 from streamrec.user_vectors import EncoderInputs, encoder_inputs, entry_vector, tagged_entry
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Prewarm:
         self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="prewarm")
         holder.before_swap.append(self.warm_up)
 
-    def answered(self, model: ServedModel, user: UserState, inputs: EncoderInputs) -> None:
+    def answered(self, model: ServedModel, user: StoredUser, inputs: EncoderInputs) -> None:
         """Remember a request's encoder inputs, when they are the user's whole recent
         history (an item the serving version does not know might be known to the next)."""
         known = model.bundle.rows
@@ -82,7 +82,9 @@ class Prewarm:
             if len(recent) > self.max_users:
                 del recent[next(iter(recent))]
 
-    def vector(self, model: ServedModel, user: UserState) -> tuple[np.ndarray, CachedVector] | None:
+    def vector(
+        self, model: ServedModel, user: StoredUser
+    ) -> tuple[np.ndarray, CachedVector] | None:
         """The (1, dim) vector `model` computed for `user` before it swapped in, and its
         cache entry, when computed from this very state."""
         version, entries = self._warm

@@ -106,7 +106,9 @@ def content_fingerprint(event: Event) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class RecentEvent:
+class StoredEvent:
+    """One of a user's recent events as the store keeps it."""
+
     event_id: str
     item_id: str
     type: EventType
@@ -116,7 +118,7 @@ class RecentEvent:
 @dataclass(frozen=True, slots=True)
 class CachedVector:
     """A user vector (float32 bytes) that `model_version` computed from the user's
-    state as it was at `state_tag` (`UserState.state_tag`)."""
+    state as it was at `state_tag` (`StoredUser.state_tag`)."""
 
     model_version: str
     state_tag: str
@@ -133,9 +135,12 @@ class CachedVector:
 
 
 @dataclass(frozen=True, slots=True)
-class UserState:
+class StoredUser:
+    """A user's state as read from Redis; ranking sees it as `features.UserState`
+    (the server converts, decaying the co-visitation scores to the request)."""
+
     user_id: str
-    recent_events: tuple[RecentEvent, ...]
+    recent_events: tuple[StoredEvent, ...]
     purchased: frozenset[str]
     counts_by_type: dict[str, int]
     item_counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -198,17 +203,17 @@ def _user_state(
     meta_raw: list[tuple[bytes, bytes]],
     vector_raw: bytes | None,
     covis_raw: list[list[Any]],
-) -> UserState:
+) -> StoredUser:
     recent = []
     for member, score in recent_raw:
         event_id, item_id, type_value = parse_recent_member(member)
-        recent.append(RecentEvent(event_id, item_id, EVENT_TYPE_OF[type_value], int(float(score))))
+        recent.append(StoredEvent(event_id, item_id, EVENT_TYPE_OF[type_value], int(float(score))))
     item_counts: dict[str, dict[str, int]] = {}
     for field_name, count in counts_raw:
         type_value, _, item_id = field_name.decode().partition(":")
         item_counts.setdefault(item_id, {})[type_value] = int(count)
     meta = {k.decode(): v.decode() for k, v in meta_raw}
-    return UserState(
+    return StoredUser(
         user_id=user_id,
         recent_events=tuple(recent),
         purchased=frozenset(p.decode() for p in purchased_raw),
@@ -435,7 +440,7 @@ class StateStore:
     async def new_event_count(self) -> int:
         return int(await self.redis.get(NEW_EVENTS_KEY) or 0)
 
-    async def read_user(self, user_id: str) -> UserState:
+    async def read_user(self, user_id: str) -> StoredUser:
         """The user's whole state, and the cached user vector, in one round trip. One
         script call, so the state tag and the events it stands for are one snapshot."""
         (user,) = await self.read_users([user_id])
@@ -443,7 +448,7 @@ class StateStore:
 
     async def read_users(
         self, user_ids: Sequence[str], *, for_ranking: bool = True
-    ) -> list[UserState]:
+    ) -> list[StoredUser]:
         """`read_user` for many users in one script call: one round trip. With
         `for_ranking=False` only what the user encoder and the cache tag need (recent
         events, counts, last_ts, cached vector): purchases and user-item counts come

@@ -11,13 +11,13 @@ import numpy as np
 
 from streamrec import features
 from streamrec.loaded import ServedModel
-from streamrec.state import CachedVector, RecentEvent, UserState
+from streamrec.state import CachedVector, StoredEvent, StoredUser
 
 EncoderInputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # item rows, type ids, mask
 TYPE_IDS = features.ENCODER_TYPE_IDS  # the ids training used: one table, never two
 
 
-def known_events(model: ServedModel, recent: Sequence[RecentEvent]) -> list[tuple[int, int]]:
+def known_events(model: ServedModel, recent: Sequence[StoredEvent]) -> list[tuple[int, int]]:
     """(vocab row, type id) of the last `max_len` recent events the model knows, oldest first."""
     rows = model.bundle.rows
     known = [(rows[e.item_id], TYPE_IDS[e.type]) for e in recent if e.item_id in rows]
@@ -39,19 +39,19 @@ def encoder_inputs(users: Sequence[list[tuple[int, int]]]) -> EncoderInputs:
     return item_ids, type_ids, mask
 
 
-def user_encoder_inputs(model: ServedModel, recent: Sequence[RecentEvent]) -> EncoderInputs | None:
+def user_encoder_inputs(model: ServedModel, recent: Sequence[StoredEvent]) -> EncoderInputs | None:
     """One user's inputs; None when no recent item is known to the model (trending)."""
     known = known_events(model, recent)
     return encoder_inputs([known]) if known else None
 
 
-def cached_user_vector(model: ServedModel, user: UserState) -> np.ndarray | None:
+def cached_user_vector(model: ServedModel, user: StoredUser) -> np.ndarray | None:
     """(1, dim) from the cache when this version computed it from this very state."""
     return entry_vector(model, user, user.cached_vector)
 
 
 def entry_vector(
-    model: ServedModel, user: UserState, cached: CachedVector | None
+    model: ServedModel, user: StoredUser, cached: CachedVector | None
 ) -> np.ndarray | None:
     """(1, dim) from a cache entry when `model` computed it from `user`'s very state."""
     if (
@@ -64,7 +64,7 @@ def entry_vector(
     return None
 
 
-def cache_entry(model: ServedModel, user: UserState, user_vector: np.ndarray) -> CachedVector:
+def cache_entry(model: ServedModel, user: StoredUser, user_vector: np.ndarray) -> CachedVector:
     """What to store for a vector `model` computed from `user`'s state as read."""
     return tagged_entry(model, user.state_tag, user_vector)
 
