@@ -90,7 +90,7 @@ class ItemScore:
 
 
 @dataclass(frozen=True)
-class Scores:
+class ScoreAnswer:
     items: list[ItemScore]
     model_version: str
 
@@ -521,7 +521,7 @@ class Recommender:
             raise RedisTimeoutError("Redis did not answer and no trending read is held")
         return _top((RankedItem(i, s) for i, s in held), k, removed)
 
-    async def score(self, model: ServedModel, user_id: str, item_ids: Sequence[str]) -> Scores:
+    async def score(self, model: ServedModel, user_id: str, item_ids: Sequence[str]) -> ScoreAnswer:
         """Ranker scores for the given items, each ranked as if it were among the
         candidates /recommend ranks for this user: its retrieval softmax and rank are
         taken against that set (with the item added when it is not in it), never
@@ -573,7 +573,7 @@ class Recommender:
             with self._stage("rank"):
                 rank_scores = model.bundle.score(feature_rows)
             by_item = {i: float(s) for i, s in zip(every_id, rank_scores, strict=True)}
-        return Scores([ItemScore(i, by_item.get(i)) for i in item_ids], model.version)
+        return ScoreAnswer([ItemScore(i, by_item.get(i)) for i in item_ids], model.version)
 
     async def _candidate_set(
         self,
