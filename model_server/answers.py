@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 # How long the writer waits for more answers before writing, and at most how
 # many go in one script call (Redis serves no one else while it runs). At 2 ms a
 # server at 500 req/s made a write per request or two: the writer's wake-ups, sends
-# and Redis calls were a quarter of the server's CPU (docs/serving.md). A click
+# and Redis calls were a quarter of the server's CPU (docs/decisions.md). A click
 # within 20 ms of its answer, or the same user asking again that soon (the vector
 # is then computed twice), is rare enough.
 LINGER_S = 0.02

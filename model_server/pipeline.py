@@ -478,7 +478,7 @@ class Recommender:
     async def _catalogue_present(self) -> bool:
         """Whether a catalogue was ever loaded, read at most once per
         `serve_popularity_refresh_s`: without one, a ranked request makes no
-        catalogue read (it cost 0.6 ms of CPU per request, docs/serving.md). When
+        catalogue read (it cost 0.6 ms of CPU per request, docs/decisions.md). When
         Redis does not answer: taken as present (the read then degrades)."""
         read_at, present = self._catalogue_seen
         if time.monotonic() - read_at >= self._trending_refresh_s:

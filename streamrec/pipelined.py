@@ -1,7 +1,7 @@
 """One Redis connection that every concurrent caller's script calls share: commands
 go out as they come, replies are matched to callers in order (Redis answers a
 connection's commands in the order it received them). The model server reads
-each request's user state through it (docs/serving.md, "Where the time goes")."""
+each request's user state through it (docs/serving.md; the measurements: docs/decisions.md)."""
 
 from __future__ import annotations
 
