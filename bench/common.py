@@ -1,5 +1,5 @@
-"""What every benchmark shares: the machine description, report writing, a swap without
-training, and the source checkout the drills need."""
+"""What every benchmark shares: the machine description, report writing and a swap
+without training."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from streamrec import registry
 from streamrec.settings import Settings
 
 REPORTS = Path(__file__).resolve().parent / "reports"
-CHECKOUT = REPORTS.parents[1]
 
 
 class ScratchStack:
@@ -135,15 +134,6 @@ def republish(
             metrics=manifest.metrics, encoder=manifest.encoder, ranker=manifest.ranker,
             index=manifest.index, training=manifest.training, make_current=make_current,
         )  # fmt: skip
-
-
-def tests_importable() -> None:
-    """The drills are the test suite's own scenarios (tests/drills/), and tests/ is not
-    installed: a source checkout is needed, and put on the import path here."""
-    if not (CHECKOUT / "tests" / "drills").is_dir():
-        raise SystemExit(f"the drills need a source checkout; no tests/drills in {CHECKOUT}")
-    if str(CHECKOUT) not in sys.path:
-        sys.path.insert(0, str(CHECKOUT))
 
 
 def in_process_report_head(

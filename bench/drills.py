@@ -1,8 +1,7 @@
 """Fault drills 1-5, 7 and 8 outside pytest, on a dev stack of their own; each drill's
 figures go to bench/reports/drills.{md,json}, or, for a run of some drills only
 (`--only`), to a report of their own (drills-7-8.{md,json}). The drills are the ones the
-tests run (tests/drills/*_scenarios.py); here nothing is asserted, everything is written
-down."""
+tests run (bench/scenarios/); here nothing is asserted, everything is written down."""
 
 from __future__ import annotations
 
@@ -16,7 +15,12 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.common import REPORTS, ScratchStack, machine, machine_line, tests_importable, write_json
+from bench.common import REPORTS, ScratchStack, machine, machine_line, write_json
+from bench.scenarios.ingest import kill_drill, poison_drill, redis_full_drill, redis_restart_drill
+from bench.scenarios.models import serving_models
+from bench.scenarios.pipeline import assert_state_is_exact, pipeline_names
+from bench.scenarios.redis_freeze import redis_freeze_drill
+from bench.scenarios.serving import bad_bundle_drill, server_kill_drill
 from devtools.devstack import free_port
 from streamrec.client import RetryPolicy
 from streamrec.events import Event
@@ -77,19 +81,6 @@ def run(only: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def _drills(base: Settings, home: Path) -> dict[str, Callable[[], dict[str, Any]]]:
-    tests_importable()
-    from tests.conftest import pipeline_names
-    from tests.drills.ingest_scenarios import (
-        kill_drill,
-        poison_drill,
-        redis_full_drill,
-        redis_restart_drill,
-    )
-    from tests.drills.redis_freeze_scenarios import redis_freeze_drill
-    from tests.drills.serving_scenarios import bad_bundle_drill, server_kill_drill
-    from tests.pipeline import assert_state_is_exact
-    from tests.retrain.fixtures import serving_models
-
     databases = iter(range(1, 16))
 
     def settings(name: str, **overrides: object) -> Settings:

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from bench.scenarios.pipeline import pipeline_names
 from devtools.devstack import DevStack, free_port
-from streamrec import topics
 from streamrec.settings import Settings
 from streamrec.state import StateStore
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TAOBAO = DATA / "taobao_stream" / "events.csv"
 
 _redis_dbs = itertools.count(1)
 
@@ -49,10 +45,6 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         )
     finally:
         stack.down()
-
-
-def pipeline_names(name: str) -> dict[str, str]:
-    return topics.pipeline_names(f"test-{name}")
 
 
 @pytest.fixture(scope="session")

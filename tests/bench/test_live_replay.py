@@ -20,9 +20,9 @@ from bench.live_replay import (
     load_replay,
     run,
 )
+from bench.scenarios.data import DATA, TAOBAO
 from retrain.online_baselines import BASELINES
 from streamrec.errors import InputFormatError
-from tests.retrain.fixtures import DATA, TAOBAO
 
 SESSIONS = DATA / "yoochoose_sessions"
 SCORED = 300

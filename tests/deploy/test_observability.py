@@ -18,6 +18,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from bench.scenarios.models import publish, serving_models
+from bench.scenarios.pipeline import start_worker
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from streamrec.client import RecommenderClient
@@ -26,9 +28,6 @@ from streamrec.metrics import IngestMetrics, PublishMetrics, ServeMetrics
 from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
-from tests.model_server.conftest import publish
-from tests.pipeline import start_worker
-from tests.retrain.fixtures import serving_models
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"

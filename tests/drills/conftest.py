@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bench.scenarios.models import serving_models
 from retrain.pipeline import TrainedModels
-from tests.retrain.fixtures import serving_models
 
 
 @pytest.fixture(scope="session")

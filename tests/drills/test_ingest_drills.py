@@ -1,5 +1,5 @@
 """Fault drills on ingestion (real broker, real Redis): nothing lost, nothing doubled.
-The drills themselves are in `ingest_scenarios.py`; here they must come out exact."""
+The drills themselves are in `bench/scenarios/ingest.py`; here they must come out exact."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.settings import Settings
-from tests.drills.ingest_scenarios import (
+from bench.scenarios.ingest import (
     IngestDrill,
     kill_drill,
     poison_drill,
     redis_full_drill,
     redis_restart_drill,
 )
-from tests.pipeline import assert_archive_is_exact, assert_state_is_exact, taobao_events
+from bench.scenarios.pipeline import assert_archive_is_exact, assert_state_is_exact, taobao_events
+from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.scenarios.redis_freeze import redis_freeze_drill
 from devtools.devstack import free_port
 from retrain.pipeline import TrainedModels
 from streamrec.settings import Settings
-from tests.drills.redis_freeze_scenarios import redis_freeze_drill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.scenarios.serving import bad_bundle_drill, server_kill_drill
 from devtools.devstack import free_port
 from retrain.pipeline import TrainedModels
 from streamrec.settings import Settings
-from tests.drills.serving_scenarios import bad_bundle_drill, server_kill_drill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

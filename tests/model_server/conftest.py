@@ -5,13 +5,9 @@ a fresh registry per test; the app run in-process (lifespan included) or as
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,17 +17,14 @@ import redis
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
-from devtools.devstack import DevStack, free_port
+from bench.scenarios.models import publish, serving_models
+from bench.scenarios.pipeline import pipeline_names
+from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from model_server.app import create_app
 from retrain.pipeline import TrainedModels
-from retrain.publish import publish_models
 from streamrec import registry
-from streamrec.events import Event, EventType
 from streamrec.settings import Settings
-from streamrec.state import StateStore
-from tests.conftest import pipeline_names
-from tests.retrain.fixtures import TINY_PLAN, serving_models
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -39,29 +32,6 @@ ADMIN_TOKEN = "test-admin-token"
 @pytest.fixture(scope="session")
 def trained() -> TrainedModels:
     return serving_models()
-
-
-def publish(
-    models: TrainedModels, root: Path, parent: str | None = None, make_current: bool = True
-) -> registry.Manifest:
-    return publish_models(
-        models, root, TINY_PLAN, {"source": "test"}, parent, 100_000, make_current=make_current
-    )
-
-
-def point_current_at(root: Path, version: str) -> None:
-    """Move CURRENT without the registry's own verification: what a bad actor or a
-    half-copied volume could do, and what the server must survive."""
-    temp = root / ".CURRENT.tmp"
-    temp.write_text(json.dumps({"version": version}))
-    temp.replace(root / registry.CURRENT)
-
-
-def corrupt(root: Path, version: str, name: str = "ranker.onnx") -> None:
-    path = root / version / name
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 @dataclass
@@ -116,24 +86,6 @@ async def in_process(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClien
         yield client, app
 
 
-def events_for(
-    user_id: str, items: Iterable[str], event_type: EventType = EventType.CLICK, start: int = 0
-) -> list[Event]:
-    now_ms = int(time.time() * 1000)
-    return [
-        Event(f"{user_id}-{event_type.value}-{start + n}", user_id, item, event_type, now_ms + n)
-        for n, item in enumerate(items)
-    ]
-
-
-async def apply(settings: Settings, events: list[Event]) -> None:
-    store = StateStore(settings)
-    try:
-        await store.apply_events(events)
-    finally:
-        await store.close()
-
-
 async def wait_until(check: Callable[[], object], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -151,21 +103,3 @@ def server_process(served: Served, tmp_path: Path) -> Iterator[ServiceProcess]:
         settings, ["serve"], tmp_path / "serve.log", settings.serve_port
     ) as process:
         yield process
-
-
-@contextmanager
-def frozen_redis(settings: Settings, at_most_s: float = 5.0) -> Iterator[None]:
-    """The tests' own redis-server stopped (SIGSTOP) and continued after, or after
-    `at_most_s` whatever happens: connections stay open and every command waits, as
-    with a host that hangs."""
-    pid = DevStack(settings.home).status().redis_pid
-    if pid is None:
-        pytest.skip("needs the tests' own redis-server (STREAMREC_REDIS_URL is set)")
-    thaw = threading.Timer(at_most_s, os.kill, (pid, signal.SIGCONT))
-    os.kill(pid, signal.SIGSTOP)
-    thaw.start()
-    try:
-        yield
-    finally:
-        thaw.cancel()
-        os.kill(pid, signal.SIGCONT)

@@ -8,9 +8,11 @@ from dataclasses import replace
 
 import pytest
 
+from bench.scenarios.models import publish
+from bench.scenarios.users import apply, events_for
 from streamrec.catalogue import Catalogue
 from streamrec.items import ItemRecord
-from tests.model_server.conftest import Served, apply, events_for, in_process, publish
+from tests.model_server.conftest import Served, in_process
 
 
 async def _shop(served: Served) -> str:

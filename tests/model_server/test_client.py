@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
 from streamrec.client import AsyncRecommenderClient, RecommenderClient
 from streamrec.errors import RequestRejected
-from tests.model_server.conftest import Served, apply, events_for
+from tests.model_server.conftest import Served
 
 pytestmark = pytest.mark.integration
 

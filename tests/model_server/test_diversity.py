@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench.scenarios.users import apply, events_for
 from model_server.diversity import mmr_order
-from tests.model_server.conftest import Served, apply, events_for, in_process
+from tests.model_server.conftest import Served, in_process
 
 
 def test_mmr_trades_relevance_for_items_unlike_those_already_chosen() -> None:

@@ -13,17 +13,17 @@ import numpy as np
 import orjson
 import pytest
 
+from bench.scenarios.pipeline import produce_raw
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from streamrec.client import Recommendations, RecommenderClient
 from streamrec.loaded import open_model
 from streamrec.settings import Settings
-from streamrec.state import StateStore, UserState
+from streamrec.state import StateStore, StoredUser
 from streamrec.topics import ensure_topics
 from streamrec.user_vectors import user_encoder_inputs
 from tests.model_server.conftest import Served
 from tests.model_server.test_endpoints import encodes
-from tests.pipeline import produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,8 +68,8 @@ def poll(
     raise AssertionError(f"{user_id}: the answer did not change within {timeout_s} s")
 
 
-def read_user(settings: Settings, user_id: str) -> UserState:
-    async def read() -> UserState:
+def read_user(settings: Settings, user_id: str) -> StoredUser:
+    async def read() -> StoredUser:
         store = StateStore(settings)
         try:
             return await store.read_user(user_id)
@@ -81,7 +81,7 @@ def read_user(settings: Settings, user_id: str) -> UserState:
 
 def wait_for_fresh_vector(
     settings: Settings, user_id: str, events: int, timeout_s: float = 30.0
-) -> UserState:
+) -> StoredUser:
     """The user's state once all `events` are applied and `vec` was made from it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.scenarios.users import apply, events_for
 from devtools.scrape import counter_total
 from streamrec.events import EventType
 from streamrec.features import FEATURE_NAMES
-from streamrec.state import recommended_key, user_vector_key
-from tests.model_server.conftest import ADMIN_TOKEN, Served, apply, events_for, in_process
+from streamrec.keys import recommended_key, user_vector_key
+from tests.model_server.conftest import ADMIN_TOKEN, Served, in_process
 
 pytestmark = pytest.mark.integration
 

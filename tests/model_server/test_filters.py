@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from bench.scenarios.users import apply, events_for
 from model_server.filters import ItemFilter, pick
 from streamrec.catalogue import Catalogue, CatalogueItem
 from streamrec.items import ItemRecord
-from tests.model_server.conftest import Served, apply, events_for, in_process
+from tests.model_server.conftest import Served, in_process
 
 
 def record(item_id: str, *categories: str, price: float | None = None, **attributes: object):
@@ -104,7 +105,7 @@ async def test_filters_and_the_cap_hold_on_ranked_and_trending_answers(
 async def test_a_filtered_answer_is_a_503_when_the_catalogue_cannot_answer(
     served: Served,
 ) -> None:
-    from tests.model_server.conftest import frozen_redis
+    from bench.scenarios.redis_freeze import frozen_redis
 
     await _catalogue(served)
     async with in_process(served.settings) as (client, _):

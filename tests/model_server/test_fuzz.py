@@ -15,12 +15,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
+from bench.scenarios.models import publish
+from bench.scenarios.pipeline import pipeline_names
+from bench.scenarios.users import apply, events_for
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from retrain.pipeline import TrainedModels
 from streamrec.settings import Settings
-from tests.conftest import pipeline_names
-from tests.model_server.conftest import ADMIN_TOKEN, apply, events_for, publish
+from tests.model_server.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.scenarios.models import corrupt
 from streamrec.errors import ChecksumMismatch
 from streamrec.loaded import open_model
-from tests.model_server.conftest import Served, corrupt
+from tests.model_server.conftest import Served
 
 
 def test_item_vectors_are_the_trained_ones(served: Served) -> None:

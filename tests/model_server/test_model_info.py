@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tests.model_server.conftest import Served, in_process, point_current_at, publish
+from bench.scenarios.models import point_current_at, publish
+from tests.model_server.conftest import Served, in_process
 from tests.streamrec.bad_bundles import spoil
 
 pytestmark = pytest.mark.integration

@@ -9,11 +9,13 @@ import time
 import numpy as np
 import pytest
 
+from bench.scenarios.models import publish
+from bench.scenarios.users import apply, events_for
 from model_server.popularity import CHUNK_ITEMS, PopularityTable
 from streamrec.events import EventType
 from streamrec.loaded import open_model
 from streamrec.state import StateStore
-from tests.model_server.conftest import Served, apply, events_for, publish
+from tests.model_server.conftest import Served
 
 pytestmark = pytest.mark.integration
 

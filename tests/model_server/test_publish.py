@@ -11,13 +11,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.scenarios.pipeline import read_topic
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.model_server.conftest import Served
 from tests.model_server.test_end_to_end import send
-from tests.pipeline import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

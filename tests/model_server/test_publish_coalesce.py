@@ -12,11 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.scenarios.pipeline import produce_raw
 from streamrec.settings import Settings
 from tests.model_server.conftest import Served, in_process
 from tests.model_server.test_end_to_end import send
 from tests.model_server.test_publish import published_for, running_feed
-from tests.pipeline import produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

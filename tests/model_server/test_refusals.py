@@ -11,18 +11,11 @@ import logging
 import httpx
 import pytest
 
+from bench.scenarios.models import point_current_at, publish
+from bench.scenarios.users import apply, events_for
 from devtools.scrape import counter_total
 from streamrec import registry
-from tests.model_server.conftest import (
-    ADMIN_TOKEN,
-    Served,
-    apply,
-    events_for,
-    in_process,
-    point_current_at,
-    publish,
-    wait_until,
-)
+from tests.model_server.conftest import ADMIN_TOKEN, Served, in_process, wait_until
 from tests.streamrec.bad_bundles import BAD_BUNDLES, spoil
 
 pytestmark = pytest.mark.integration

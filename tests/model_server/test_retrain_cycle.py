@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.scenarios.data import yoochoose_sessions
+from bench.scenarios.models import TINY_PLAN
+from bench.scenarios.pipeline import produce_raw
 from devtools.processes import ServiceProcess
 from retrain.cycle import run_cycle
 from streamrec import registry
@@ -23,8 +26,6 @@ from streamrec.events import Event, EventType
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.model_server.conftest import Served
-from tests.pipeline import produce_raw
-from tests.retrain.fixtures import TINY_PLAN, yoochoose_sessions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

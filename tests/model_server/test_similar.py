@@ -4,11 +4,12 @@ trending; the catalogue's availability and the request's filters hold throughout
 
 from __future__ import annotations
 
+from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
 from streamrec.catalogue import Catalogue
 from streamrec.client import AsyncRecommenderClient
 from streamrec.items import ItemRecord
-from tests.model_server.conftest import Served, apply, events_for, in_process
+from tests.model_server.conftest import Served, in_process
 
 
 async def test_similar_items_come_from_links_vectors_categories_then_trending(

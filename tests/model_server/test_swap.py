@@ -10,23 +10,15 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.scenarios.models import corrupt, point_current_at, publish
+from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from streamrec import registry
 from streamrec.loaded import open_model
 from streamrec.state import StateStore
 from streamrec.user_vectors import cached_user_vector, user_encoder_inputs
-from tests.model_server.conftest import (
-    ADMIN_TOKEN,
-    Served,
-    apply,
-    corrupt,
-    events_for,
-    in_process,
-    point_current_at,
-    publish,
-    wait_until,
-)
+from tests.model_server.conftest import ADMIN_TOKEN, Served, in_process, wait_until
 
 pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -15,13 +15,15 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.scenarios.redis_freeze import frozen_redis
+from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from model_server.pipeline import Recommender
 from streamrec.loaded import open_model
 from streamrec.metrics import ServeMetrics
 from streamrec.state import StateStore
-from tests.model_server.conftest import Served, apply, events_for, frozen_redis, in_process
+from tests.model_server.conftest import Served, in_process
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from bench.scenarios.users import apply, events_for
 from streamrec.catalogue import Catalogue
 from streamrec.items import ItemRecord
-from tests.model_server.conftest import Served, apply, events_for, in_process
+from tests.model_server.conftest import Served, in_process
 
 pytestmark = pytest.mark.integration
 

@@ -1,11 +1,16 @@
 """`streamrec train` and `streamrec model ...` end to end on a small real slice."""
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
+from bench.scenarios.data import yoochoose_sessions
 from cli import app
-from tests.retrain.fixtures import yoochoose_sessions
+from retrain.data import read_sequences
+from streamrec import registry
+from streamrec.events import Rejection
+from streamrec.replay import bad_row_message, read_events
 
 
 def test_train_publishes_and_model_commands_read_the_registry(tmp_path, monkeypatch) -> None:
@@ -51,3 +56,80 @@ def test_train_publishes_and_model_commands_read_the_registry(tmp_path, monkeypa
     (tmp_path / "registry" / first / "vocab.json").write_text('{"item_ids": []}')
     refused = runner.invoke(app, ["model", "verify", first])
     assert refused.exit_code == 1 and "refused" in refused.output
+
+
+def _events_with_a_bad_row(path: Path) -> int:
+    """Write 200 sessions' clicks as JSONL into `path` with one bad row; its line number."""
+    lines = [
+        json.dumps(
+            {
+                "event_id": f"{sequence.user_id}-{step}",
+                "user_id": sequence.user_id,
+                "item_id": item_id,
+                "type": "click",
+                "ts": 1_700_000_000_000 + step * 1000,
+            }
+        )
+        for sequence in yoochoose_sessions(200)
+        for step, item_id in enumerate(sequence.item_ids)
+    ]
+    bad_line = 10
+    lines.insert(bad_line - 1, json.dumps({"event_id": "x", "user_id": "u", "type": "click"}))
+    path.write_text("\n".join(lines) + "\n")
+    return bad_line
+
+
+def test_train_skips_and_counts_bad_rows_and_says_what_it_read(tmp_path, monkeypatch) -> None:
+    # A .json file holding JSONL: once read as CSV by `train`, as JSONL by `produce`.
+    events = tmp_path / "events.json"
+    bad_line = _events_with_a_bad_row(events)
+    expected = read_sequences(events)
+    monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    trained = CliRunner().invoke(
+        app, ["train", "--data", str(events), "--epochs", "1", "--dim", "16", "--quiet"]
+    )
+    # Like `produce`: the good rows are used, the bad ones named, and the exit code says so.
+    assert trained.exit_code == 1, trained.output
+    assert (
+        f"read {events} as jsonl: {expected.n_events} events, {len(expected.sequences)} users, "
+        f"{expected.n_items} items; 1 bad rows skipped"
+    ) in trained.stdout
+    assert "published v" in trained.stdout
+    assert f"line {bad_line}: missing_field" in trained.stderr
+    assert "1 bad rows skipped" in trained.stderr
+
+
+def test_train_strict_stops_at_the_first_bad_row_in_one_line(tmp_path, monkeypatch) -> None:
+    events = tmp_path / "events.jsonl"
+    bad_line = _events_with_a_bad_row(events)
+    (rejection,) = [row for line, row in read_events(events) if isinstance(row, Rejection)]
+    monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    trained = CliRunner().invoke(app, ["train", "--data", str(events), "--strict", "--quiet"])
+    assert trained.exit_code == 1
+    assert trained.stderr == bad_row_message(events, bad_line, rejection) + "\n"
+    assert trained.stdout == ""
+    assert registry.current_version(tmp_path / "registry") is None
+
+
+def test_train_rejects_a_csv_without_event_id_by_the_event_contract(tmp_path, monkeypatch) -> None:
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,type,ts\nu,a,click,1000\nu,b,purchase,2000\n")
+    monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(events), "--quiet"])
+    assert trained.exit_code == 1
+    assert f"read {events} as csv: 0 events, 0 users, 0 items; 2 bad rows skipped" in (
+        trained.stdout
+    )
+    assert "line 2: missing_field: required field 'event_id' is missing" in trained.stderr
+    assert "2 bad rows skipped" in trained.stderr
+    strict = runner.invoke(app, ["train", "--data", str(events), "--strict", "--quiet"])
+    assert strict.exit_code == 1
+    assert strict.stderr == (f"{events}:2: missing_field: required field 'event_id' is missing\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    nothing = runner.invoke(app, ["train", "--data", str(empty), "--quiet"])
+    assert nothing.exit_code == 1 and f"{empty}: no events to train on" in nothing.stderr

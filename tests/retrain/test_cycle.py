@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.scenarios.data import yoochoose_sessions
+from bench.scenarios.models import TINY_PLAN
 from retrain import cycle
 from retrain.cycle import run_cycle
 from retrain.train_encoder import EncoderTraining
@@ -19,7 +21,6 @@ from streamrec.archive import ArchivedEvent, ArchiveWriter
 from streamrec.errors import BundleError
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
-from tests.retrain.fixtures import TINY_PLAN, yoochoose_sessions
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 OLD, NEW = slice(0, 1500), slice(1500, 2400)

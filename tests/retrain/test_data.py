@@ -5,11 +5,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retrain.data import TAOBAO_BEHAVIOURS, guess_format, load_sequences, load_srgnn
+from bench.scenarios.data import DATA, TAOBAO, YOOCHOOSE
+from retrain.data import load_sequences, load_srgnn, read_sequences
 from retrain.holdout import next_item_cases, split_recent
 from streamrec.errors import InputFormatError
-from streamrec.events import EventType
-from tests.retrain.fixtures import DATA, TAOBAO, YOOCHOOSE
+from streamrec.events import EventType, RejectReason
+from streamrec.replay import TAOBAO_BEHAVIOR
 
 
 def test_srgnn_files_match_the_published_counts() -> None:
@@ -40,19 +41,32 @@ def test_sessions_jsonl_and_csv_formats(tmp_path) -> None:
         '{"event_id":"1","user_id":"u","item_id":"a","type":"purchase","ts":2000}\n'
         '{"event_id":"2","user_id":"u","item_id":"b","type":"click","ts":1000}\n'
     )
-    (user,) = load_sequences(jsonl, guess_format(jsonl))
+    read = read_sequences(jsonl)
+    assert read.fmt == "jsonl"
+    (user,) = read.sequences
     assert user.item_ids == ("b", "a") and user.types == (EventType.CLICK, EventType.PURCHASE)
     csv_path = tmp_path / "e.csv"
     csv_path.write_text("event_id,user_id,item_id,type,ts\n1,u,a,click,1000\n")
-    assert guess_format(csv_path) == "csv"
+    assert read_sequences(csv_path).fmt == "csv"
     assert load_sequences(csv_path, "csv")[0].item_ids == ("a",)
 
 
-def test_bad_input_says_what_was_expected(tmp_path) -> None:
+def test_a_folder_is_srgnn_and_an_unknown_format_is_named(tmp_path) -> None:
+    assert read_sequences(YOOCHOOSE).fmt == "srgnn"
+    with pytest.raises(InputFormatError, match=r"format must be one of jsonl, csv, .*srgnn"):
+        read_sequences(TAOBAO, "parquet")
+
+
+def test_a_bad_row_is_skipped_and_counted_or_stops_a_strict_read(tmp_path) -> None:
     path = tmp_path / "bad.csv"
-    path.write_text("1,2,3,teleport,5\n")
-    with pytest.raises(InputFormatError, match="pv\\|buy\\|cart\\|fav"):
-        load_sequences(path, "taobao")
+    path.write_text("1,2,3,pv,5\n1,2,3,teleport,5\n")
+    read = read_sequences(path, "taobao")
+    assert [s.item_ids for s in read.sequences] == [("2",)]
+    ((line_number, rejection),) = read.skipped
+    assert line_number == 2 and rejection.reason is RejectReason.UNKNOWN_TYPE
+    assert "pv/buy/cart/fav" in rejection.detail
+    with pytest.raises(InputFormatError, match=r"bad\.csv:2: unknown_type: .*pv/buy/cart/fav"):
+        read_sequences(path, "taobao", strict=True)
 
 
 def test_holdout_takes_the_most_recent_sequences_and_every_prefix() -> None:
@@ -75,16 +89,19 @@ def test_holdout_takes_the_most_recent_sequences_and_every_prefix() -> None:
         max_size=30,
     )
 )
-def test_taobao_loader_keeps_every_event_or_names_the_bad_line(rows) -> None:
+def test_taobao_loader_keeps_every_good_event_and_names_each_bad_line(rows) -> None:
+    bad_lines = [n for n, (_, _, b, _) in enumerate(rows, start=1) if b not in TAOBAO_BEHAVIOR]
+    good = [row for row in rows if row[2] in TAOBAO_BEHAVIOR]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "events.csv"
         path.write_text("".join(f"{u},{i},1,{b},{ts}\n" for u, i, b, ts in rows))
-        if any(b not in TAOBAO_BEHAVIOURS for _, _, b, _ in rows):
-            with pytest.raises(InputFormatError, match=r"events\.csv:\d+"):
-                load_sequences(path, "taobao")
-            return
-        sequences = load_sequences(path, "taobao")
-    assert sum(len(s.item_ids) for s in sequences) == len(rows)
-    assert {s.user_id for s in sequences} == {str(u) for u, *_ in rows}
+        read = read_sequences(path, "taobao")
+        if bad_lines:
+            with pytest.raises(InputFormatError, match=rf"events\.csv:{bad_lines[0]}: "):
+                read_sequences(path, "taobao", strict=True)
+    assert [line_number for line_number, _ in read.skipped] == bad_lines
+    sequences = read.sequences
+    assert sum(len(s.item_ids) for s in sequences) == len(good)
+    assert {s.user_id for s in sequences} == {str(u) for u, *_ in good}
     for sequence in sequences:
         assert list(sequence.ts_ms) == sorted(sequence.ts_ms)

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
+from bench.scenarios.data import yoochoose_sessions
+from bench.scenarios.models import tiny_models
 from retrain.batches import encode, left_pad
 from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, parity_error
 from retrain.holdout import next_item_cases
-from tests.retrain.fixtures import tiny_models, yoochoose_sessions
 
 
 @pytest.fixture(scope="module")

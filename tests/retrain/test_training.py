@@ -4,13 +4,14 @@ from dataclasses import replace
 
 import pytest
 
+from bench.scenarios.data import yoochoose_sessions
+from bench.scenarios.models import TINY_PLAN
 from retrain.baselines import popularity_ranks
 from retrain.candidates import build_candidates
 from retrain.holdout import next_item_cases, split_recent
 from retrain.metrics import summarise
 from retrain.pipeline import evaluate_pair, train_models
 from retrain.train_encoder import EncoderTraining
-from tests.retrain.fixtures import TINY_PLAN, yoochoose_sessions
 
 
 @pytest.mark.slow

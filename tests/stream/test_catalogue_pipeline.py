@@ -14,13 +14,13 @@ import orjson
 import pytest
 import redis
 
+from bench.scenarios.data import TAOBAO
+from bench.scenarios.pipeline import paced_producer, read_topic, start_worker
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from streamrec.catalogue import CATALOGUE_MARKER, Catalogue
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
-from tests.conftest import TAOBAO
-from tests.pipeline import paced_producer, read_topic, start_worker
 
 pytestmark = pytest.mark.integration
 

@@ -14,14 +14,15 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from bench.scenarios.pipeline import applied_count, start_worker, wait_until
 from devtools.scrape import events_by_type_and_outcome
 from streamrec.covis import CovisTable
 from streamrec.events import Event, EventType
+from streamrec.keys import item_covis_key, item_popularity_key
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
-from streamrec.state import covis_rule, item_covis_key, item_popularity_key
+from streamrec.state import covis_rule
 from streamrec.topics import ensure_topics
-from tests.pipeline import applied_count, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
 

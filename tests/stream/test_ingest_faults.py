@@ -15,11 +15,11 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from bench.scenarios.pipeline import applied_count, read_topic, start_worker, wait_until
 from devtools.devstack import DevStack
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
-from tests.pipeline import applied_count, read_topic, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.processes import ServiceProcess
-from streamrec.events import Event, RejectReason
-from streamrec.notices import StateChanges
-from streamrec.producer import topic_for
-from streamrec.settings import Settings
-from streamrec.topics import ensure_topics
-from tests.pipeline import (
+from bench.scenarios.pipeline import (
     applied_count,
     assert_archive_is_exact,
     assert_state_is_exact,
@@ -30,6 +24,12 @@ from tests.pipeline import (
     taobao_events,
     wait_counted,
 )
+from devtools.processes import ServiceProcess
+from streamrec.events import Event, RejectReason
+from streamrec.notices import StateChanges
+from streamrec.producer import topic_for
+from streamrec.settings import Settings
+from streamrec.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.scenarios.models import corrupt, point_current_at, publish, serving_models
 from devtools.devstack import free_port
 from stream.ingest import Ingestor, IngestPolicy, RawMessage
 from stream.vectors import VectorRefresher
@@ -22,10 +23,8 @@ from streamrec.events import Event, EventType
 from streamrec.loaded import ModelHolder, ServedModel
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
-from streamrec.state import StateStore, UserState
+from streamrec.state import StateStore, StoredUser
 from streamrec.user_vectors import cached_user_vector, user_encoder_inputs
-from tests.model_server.conftest import corrupt, point_current_at, publish
-from tests.retrain.fixtures import serving_models
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +81,7 @@ def clicks(user_id: str, items: list[str], start: int = 0) -> list[Event]:
     ]
 
 
-async def refreshed(worker: Worker, user_id: str, timeout_s: float = 10.0) -> UserState:
+async def refreshed(worker: Worker, user_id: str, timeout_s: float = 10.0) -> StoredUser:
     """The user's state once it holds a vector made from this very state."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -94,7 +93,7 @@ async def refreshed(worker: Worker, user_id: str, timeout_s: float = 10.0) -> Us
         await asyncio.sleep(0.02)
 
 
-def computed_alone(model: ServedModel, user: UserState) -> np.ndarray:
+def computed_alone(model: ServedModel, user: StoredUser) -> np.ndarray:
     """What the server computes for this user on a cache miss: one user, no padding."""
     inputs = user_encoder_inputs(model, user.recent_events)
     assert inputs is not None

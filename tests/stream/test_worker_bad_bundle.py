@@ -11,14 +11,19 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.scenarios.models import publish, serving_models
+from bench.scenarios.pipeline import (
+    applied_count,
+    produce_raw,
+    start_worker,
+    wait_counted,
+    wait_until,
+)
 from devtools.scrape import counter_total
 from streamrec.events import Event, EventType
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
-from tests.model_server.conftest import publish
-from tests.pipeline import applied_count, produce_raw, start_worker, wait_counted, wait_until
-from tests.retrain.fixtures import serving_models
 from tests.streamrec.bad_bundles import spoil
 
 pytestmark = pytest.mark.integration

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import orjson
 
+from bench.scenarios.data import TAOBAO
+from bench.scenarios.pipeline import read_topic
 from streamrec.events import Rejection, RejectReason
 from streamrec.item_files import ItemFileFormat, detect_item_format, read_items, taobao_items
 from streamrec.items import ItemDelete, ItemRecord
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
-from tests.conftest import TAOBAO
-from tests.pipeline import read_topic
 
 JSONL = (
     b'{"item_id": "i1", "ts": 1700000000000, "category": "shoes", "title": "Trail runner",'

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from bench.scenarios.models import publish, serving_models
 from cli import app
 from streamrec import registry
-from tests.model_server.conftest import publish
-from tests.retrain.fixtures import serving_models
 from tests.streamrec.bad_bundles import BAD_BUNDLES, spoil
 
 

@@ -4,10 +4,10 @@ import os
 import numpy as np
 import pytest
 
+from bench.scenarios.models import TINY_PLAN, tiny_models
 from retrain.publish import load_warm_start, publish_models
 from streamrec import registry
 from streamrec.errors import BundleError, ChecksumMismatch
-from tests.retrain.fixtures import TINY_PLAN, tiny_models
 
 
 @pytest.fixture(scope="module")

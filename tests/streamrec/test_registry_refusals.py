@@ -14,11 +14,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from bench.scenarios.models import publish as _publish
+from bench.scenarios.models import serving_models
 from retrain.pipeline import TrainedModels
 from streamrec import registry
 from streamrec.errors import BundleError, ChecksumMismatch
-from tests.model_server.conftest import publish as _publish
-from tests.retrain.fixtures import serving_models
 from tests.streamrec.bad_bundles import BAD_BUNDLES, spoil
 
 

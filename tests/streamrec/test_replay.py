@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.scenarios.data import TAOBAO
+from bench.scenarios.pipeline import read_topic
 from streamrec.events import Event, EventType, Rejection, RejectReason
-from streamrec.replay import FileFormat, detect_format, read_events
+from streamrec.replay import FileFormat, bad_row_message, detect_format, read_events
 from streamrec.settings import Settings
-from tests.conftest import TAOBAO
-from tests.pipeline import read_topic
 
 
 def test_taobao_rows_map_to_our_types_with_line_number_ids() -> None:
@@ -95,3 +95,58 @@ def test_produce_command_sends_valid_rows_and_reports_bad_ones(
     purchases = read_topic(settings, settings.topic_purchases, expected=1)
     assert sorted(orjson.loads(r.value)["event_id"] for r in clicks) == ["e0", "e2", "e3"]
     assert [r.key for r in purchases] == [b"u1"]
+
+
+@pytest.mark.integration
+def test_produce_strict_stops_at_the_first_bad_row_in_one_line(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("produce-strict")
+    path = tmp_path / "events.json"  # JSONL, as the suffix says
+    good = [
+        {
+            "event_id": f"e{n}",
+            "user_id": "u",
+            "item_id": "i",
+            "type": "click",
+            "ts": 1_700_000_000_000,
+        }
+        for n in range(4)
+    ]
+    rows = [orjson.dumps(g) for g in good]
+    rows.insert(2, b'{"event_id": "x", "user_id": "u", "item_id": "i", "type": "like", "ts": 1}')
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    (rejection,) = [row for _, row in read_events(path) if isinstance(row, Rejection)]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "produce", str(path), "--strict"],
+        env=settings.child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == bad_row_message(path, 3, rejection)
+    assert rejection.reason is RejectReason.UNKNOWN_TYPE
+    clicks = read_topic(settings, settings.topic_clicks, expected=2)
+    assert sorted(orjson.loads(r.value)["event_id"] for r in clicks) == ["e0", "e1"]
+
+
+@pytest.mark.integration
+def test_produce_rejects_a_csv_without_event_id_as_train_does(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("produce-no-ids")
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,item_id,type,ts\nu,a,click,1000\nu,b,click,2000\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "produce", str(path)],
+        env=settings.child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "sent 0 events" in done.stderr and "2 bad rows skipped" in done.stderr
+    assert "line 2: missing_field: required field 'event_id' is missing" in done.stderr
+    strict = subprocess.run(
+        [sys.executable, "-m", "cli", "produce", str(path), "--strict"],
+        env=settings.child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert strict.returncode == 1
+    assert strict.stderr.strip().splitlines()[-1] == (
+        f"{path}:2: missing_field: required field 'event_id' is missing"
+    )

@@ -22,14 +22,7 @@ from pathlib import Path
 
 import redis
 
-from devtools.devstack import free_port, wait_for_port
-from devtools.processes import ServiceProcess
-from devtools.scrape import events_by_type_and_outcome
-from streamrec.events import Event, RejectReason
-from streamrec.producer import topic_for
-from streamrec.settings import Settings
-from streamrec.topics import ensure_topics
-from tests.pipeline import (
+from bench.scenarios.pipeline import (
     applied_count,
     bad_message,
     paced_producer,
@@ -40,6 +33,13 @@ from tests.pipeline import (
     wait_counted,
     wait_until,
 )
+from devtools.devstack import free_port, wait_for_port
+from devtools.processes import ServiceProcess
+from devtools.scrape import events_by_type_and_outcome
+from streamrec.events import Event, RejectReason
+from streamrec.producer import topic_for
+from streamrec.settings import Settings
+from streamrec.topics import ensure_topics
 
 Message = tuple[str, bytes | None, bytes]
 
@@ -80,6 +80,10 @@ def _counted(worker: ServiceProcess) -> float:
     return sum(events_by_type_and_outcome(worker.metrics_text()).values())
 
 
+def _counted_any(worker: ServiceProcess) -> Callable[[], bool]:
+    return lambda: _counted(worker) > 0
+
+
 @dataclass
 class IngestDrill:
     """What every ingestion drill reports; `recovery_s` per fault, from the fault to
@@ -114,7 +118,7 @@ def kill_drill(settings: Settings, workdir: Path) -> IngestDrill:
             producers.append(paced_producer(settings, messages[start:end]))
             worker = start_worker(settings, workdir)
             if killed_at is not None:
-                wait_until(lambda w=worker: _counted(w) > 0, 120, "the new worker's first event")
+                wait_until(_counted_any(worker), 120, "the new worker's first event")
                 drill.recovery_s.append(round(time.monotonic() - killed_at, 2))
             if kill_at is None:
                 break
@@ -343,7 +347,7 @@ def redis_full_drill(
     events = taobao_events(70_000, 6_000)
     drill = RedisFullDrill(len(events))
     client = redis.Redis.from_url(settings.redis_url)
-    saved = {name: client.config_get(name)[name] for name in ("maxmemory", "maxmemory-policy")}
+    saved = {name: str(client.config_get(name)[name]) for name in ("maxmemory", "maxmemory-policy")}
     worker = start_worker(settings, workdir)
     producer: threading.Thread | None = None
     try:

@@ -1,14 +1,19 @@
 """Drill 8 as a plain function that returns its figures: a `streamrec serve` process
 under closed-loop load (/recommend for users with history and for newcomers,
-/score) while its Redis is stopped (SIGSTOP) for a few seconds. Every answer must
-come within the latency budget plus 50 ms, and the only 5xx is a 503."""
+/score) while its Redis is stopped (SIGSTOP, `frozen_redis`, which the model-server
+tests use too) for a few seconds. Every answer must come within the latency budget
+plus 50 ms, and the only 5xx is a 503."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +21,33 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.scenarios.models import publish
+from bench.scenarios.serving import seed_users
+from devtools.devstack import DevStack
 from devtools.processes import ServiceProcess
 from retrain.pipeline import TrainedModels
 from streamrec.settings import Settings
-from tests.drills.serving_scenarios import seed_users
-from tests.model_server.conftest import frozen_redis, publish
+
+
+@contextmanager
+def frozen_redis(settings: Settings, at_most_s: float = 5.0) -> Iterator[None]:
+    """The dev stack's own redis-server stopped (SIGSTOP) and continued after, or after
+    `at_most_s` whatever happens: connections stay open and every command waits, as
+    with a host that hangs."""
+    pid = DevStack(settings.home).status().redis_pid
+    if pid is None:
+        # Only the tests run against an outside Redis: they skip; the bench has its own.
+        import pytest
+
+        pytest.skip("needs the tests' own redis-server (STREAMREC_REDIS_URL is set)")
+    thaw = threading.Timer(at_most_s, os.kill, (pid, signal.SIGCONT))
+    os.kill(pid, signal.SIGSTOP)
+    thaw.start()
+    try:
+        yield
+    finally:
+        thaw.cancel()
+        os.kill(pid, signal.SIGCONT)
 
 
 @dataclass(frozen=True)
@@ -112,7 +139,7 @@ def redis_freeze_drill(
     frozen_s: float = 5.0,
     concurrency: int = 2,
 ) -> RedisFreezeDrill:
-    """`settings` name an empty registry and their own port; Redis is the tests' own."""
+    """`settings` name an empty registry and their own port; Redis is the dev stack's own."""
     publish(models, settings.registry)
     items = list(models.vocab.item_ids)
     users = seed_users(settings, items)

@@ -1,29 +1,36 @@
-"""Test-side tools for driving a real pipeline: produce raw messages, wait, read back,
-and compute the state Redis must hold, independently of streamrec/state.py."""
+"""Tools for driving a real pipeline (its own topics and group, raw messages in, waits,
+records read back) and the state Redis must hold, computed independently of
+streamrec/state.py."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import orjson
-import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from bench.scenarios.data import TAOBAO
 from devtools.processes import ServiceProcess
 from devtools.scrape import events_by_type_and_outcome
+from streamrec import topics
 from streamrec.archive import read_archive
 from streamrec.events import Event, EventType, RejectReason
+from streamrec.keys import item_popularity_key
 from streamrec.producer import topic_for
 from streamrec.replay import taobao_event
 from streamrec.settings import Settings
-from streamrec.state import item_popularity_key
-from tests.conftest import TAOBAO
+
+
+def pipeline_names(name: str) -> dict[str, str]:
+    return topics.pipeline_names(f"test-{name}")
 
 
 def _send_all(producer: KafkaProducer, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
@@ -74,7 +81,8 @@ def applied_count(client: redis.Redis) -> int:
     """Events applied to the state so far: the sum of every user's per-type counts."""
     total = 0
     for key in client.scan_iter("sr:u:*:meta", count=1000):
-        total += sum(int(v) for k, v in client.hgetall(key).items() if k.startswith(b"n:"))
+        meta = cast(dict[bytes, bytes], client.hgetall(key))  # no decode_responses: bytes
+        total += sum(int(v) for k, v in meta.items() if k.startswith(b"n:"))
     return total
 
 
@@ -242,7 +250,8 @@ def assert_state_is_exact(settings: Settings, events: list[Event]) -> None:
         pipe.hgetall(item_popularity_key(item_id))
     for (item_id, type_value), row in zip(popularity, pipe.execute(), strict=True):
         value, ref = popularity[(item_id, type_value)]
-        assert float(row[type_value.encode()]) == pytest.approx(value, rel=1e-9), item_id
+        got = float(row[type_value.encode()])
+        assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), item_id
         assert int(float(row[f"{type_value}:ref".encode()])) == ref
 
 

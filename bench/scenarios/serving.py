@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import republish
+from bench.scenarios.models import corrupt, point_current_at, publish
+from bench.scenarios.users import apply, events_for
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
@@ -28,7 +30,6 @@ from streamrec import registry
 from streamrec.client import AsyncRecommenderClient, RetryPolicy
 from streamrec.errors import ServingError
 from streamrec.settings import Settings
-from tests.model_server.conftest import apply, corrupt, events_for, point_current_at, publish
 
 USERS = 20
 SHIPPED_RETRY = RetryPolicy()  # the library default

@@ -1,0 +1,1 @@
+"""The fault drills and what they are built from: the tests assert, `bench drills` reports."""
