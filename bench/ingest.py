@@ -308,7 +308,9 @@ def run(quick: bool) -> dict[str, object]:
     plan = QUICK if quick else FULL
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     bench = Bench(plan, home)
-    profile_path = REPORTS / "ingest_full_worker.folded"
+    # A quick run writes its own report, never over the full one the docs cite.
+    stem = "ingest-quick" if quick else "ingest"
+    profile_path = REPORTS / f"{stem}_full_worker.folded"
     try:
         console.print(f"[bold]ingest benchmark[/bold]: {len(bench.messages):,} Taobao events, "
                       f"{plan.partitions} partitions per input topic")  # fmt: skip
@@ -357,16 +359,16 @@ def run(quick: bool) -> dict[str, object]:
         },
         "profile_full_worker": summarize_profile(profile_path),
     }
-    write_json("ingest", result)
-    _plot(result, latency["buckets"])
-    _write_markdown(result)
+    write_json(stem, result)
+    _plot(result, latency["buckets"], REPORTS / f"{stem}.png")
+    _write_markdown(result, stem)
     console.print_json(
         orjson.dumps({k: v for k, v in result.items() if k != "profile_full_worker"}).decode()
     )
     return result
 
 
-def _plot(result: dict[str, object], buckets: list[tuple[float, float]]) -> None:
+def _plot(result: dict[str, object], buckets: list[tuple[float, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +391,7 @@ def _plot(result: dict[str, object], buckets: list[tuple[float, float]]) -> None
     right.set_title(f"Delay CDF at {result['latency_rate_eps']} events/s")
     right.axhline(0.99, color="grey", lw=0.5, ls="--")
     fig.tight_layout()
-    fig.savefig(REPORTS / "ingest.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -424,7 +426,7 @@ def _bounds(r: dict[str, object], cpu: dict[str, dict[str, float]]) -> list[str]
     return lines
 
 
-def _write_markdown(r: dict[str, object]) -> None:
+def _write_markdown(r: dict[str, object], stem: str) -> None:
     m = r["machine"]
     assert isinstance(m, dict)
     profile = r["profile_full_worker"]
@@ -453,7 +455,7 @@ def _write_markdown(r: dict[str, object]) -> None:
         f"| event-to-state p50 at {rate} events/s | {r['event_to_state_p50_ms']} ms | — |",
         f"| event-to-state p99 at {rate} events/s | {r['event_to_state_p99_ms']} ms | ≤ 100 ms |",
         "",
-        "![throughput and delay](ingest.png)",
+        f"![throughput and delay]({stem}.png)",
         "",
         "Throughput is timed between 5% and 95% of the stream consumed, with the topics",
         "loaded before the workers start. Delay runs from the Kafka message timestamp",
@@ -494,7 +496,7 @@ def _write_markdown(r: dict[str, object]) -> None:
         *[f"| `{label}` | {share:.1%} |" for label, share in profile],
         "",
     ]
-    (REPORTS / "ingest.md").write_text("\n".join(lines))
+    (REPORTS / f"{stem}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
