@@ -19,6 +19,7 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
 
 from stream.catalogue import CatalogueIngestor, item_message
 from stream.ingest import Ingestor, IngestPolicy
@@ -157,6 +158,16 @@ def create_app(
             IngestPolicy.from_settings(settings),
             ingestor.waits,  # one outage, one gauge and one /readyz for both agents
         )
+
+        @app.timer(interval=settings.lag_poll_s)
+        async def catalogue_gauges() -> None:
+            try:
+                items, unavailable = await catalogue.catalogue.counts()
+            except RedisError as exc:
+                log.warning("catalogue gauges not read: %s", exc)
+                return
+            metrics.catalogue_items.set(items)
+            metrics.catalogue_unavailable.set(unavailable)
 
         @app.agent(items_source, name="catalogue")
         async def apply_catalogue(stream: faust.StreamT[bytes]) -> None:

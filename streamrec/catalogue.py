@@ -21,7 +21,9 @@ from redis.exceptions import RedisError
 
 from streamrec.items import AttributeValue, ItemChange, ItemDelete
 from streamrec.keys import (
+    CATALOGUE_ITEMS_KEY,
     CATALOGUE_MARKER,
+    CATALOGUE_UNAVAILABLE_KEY,
     CategoryPart,
     ItemPart,
     category_key,
@@ -233,6 +235,12 @@ class Catalogue:
     async def present(self) -> bool:
         """Has any record ever been applied here (`CATALOGUE_MARKER`)?"""
         return bool(await self.redis.exists(CATALOGUE_MARKER))
+
+    async def counts(self) -> tuple[int, int]:
+        """(items with a live record, of them unavailable), as the items script keeps
+        them (records applied before these counters existed are not in them)."""
+        items, unavailable = await self.redis.mget(CATALOGUE_ITEMS_KEY, CATALOGUE_UNAVAILABLE_KEY)
+        return int(items or 0), int(unavailable or 0)
 
     async def popular(self, category: str, limit: int) -> list[str]:
         """Up to `limit` of the category's most popular items now (the stream worker's

@@ -28,7 +28,7 @@ class UserPart(StrEnum):
     META = "meta"  # hash: counts by type, the latest event time
     RECOMMENDED = "rec"  # sorted set: items recommended lately, by time (hit rate)
     VECTOR = "vec"  # the user vector a model version computed
-    PUBLISHED = "pub"  # the feed's per-user interval marker
+    FEED = "pub"  # the feed's per-user interval marker ("pub": existing keys stay valid)
     DEDUP = "dd:"  # + event_id: an event's dedup marker
 
 
@@ -98,6 +98,10 @@ POPULARITY_SEQ_KEY = f"{PREFIX}:pop:seq"
 POPULARITY_CHANGED_KEY = f"{PREFIX}:pop:changed"
 # Set by the first item record ever applied: until then serving skips its catalogue read.
 CATALOGUE_MARKER = f"{PREFIX}:catalogue"
+# Items with a live record, and those of them unavailable: counters the items script
+# keeps with every record it applies (the worker's catalogue gauges read them).
+CATALOGUE_ITEMS_KEY = f"{PREFIX}:catalogue:items"
+CATALOGUE_UNAVAILABLE_KEY = f"{PREFIX}:catalogue:unavailable"
 
 
 def _lua_string(text: str) -> str:
@@ -121,6 +125,8 @@ LUA_PRELUDE = "\n".join(
         *_lua_constants("ITEM", ItemPart),
         *_lua_constants("CATEGORY", CategoryPart),
         f"local CATALOGUE_MARKER = {_lua_string(CATALOGUE_MARKER)}",
+        f"local CATALOGUE_ITEMS = {_lua_string(CATALOGUE_ITEMS_KEY)}",
+        f"local CATALOGUE_UNAVAILABLE = {_lua_string(CATALOGUE_UNAVAILABLE_KEY)}",
         "local EVENT_TYPES = {" + ", ".join(_lua_string(t.value) for t in EVENT_TYPES) + "}",
         "",
     ]

@@ -54,6 +54,17 @@ class IngestMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.catalogue_items = Gauge(
+            "streamrec_catalogue_items",
+            "Items with a live catalogue record (every worker reports the same count: "
+            "take max, not sum).",
+            registry=registry,
+        )
+        self.catalogue_unavailable = Gauge(
+            "streamrec_catalogue_unavailable_items",
+            "Items with a live catalogue record marked unavailable (take max, not sum).",
+            registry=registry,
+        )
         self.item_to_state = Histogram(
             "streamrec_item_record_to_state_seconds",
             "From a catalogue record's Kafka message timestamp to its change being in Redis.",
@@ -228,21 +239,21 @@ class ServeMetrics:
         )
 
 
-class PublishMetrics:
-    """What the recommendations publisher exports on its /metrics."""
+class FeedMetrics:
+    """What the recommendations feed exports on its /metrics."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.published = Counter(
-            "streamrec_published_total",
-            "Users' top-K publishing, by outcome (published; rate_limited: a change inside "
-            "the user's interval, deferred until it passes; coalesced: a change folded into "
-            "a deferred one, published with it).",
+        self.records = Counter(
+            "streamrec_feed_records_total",
+            "Users' top-K records on the feed, by outcome (published: sent; rate_limited: "
+            "a change inside the user's interval, deferred until it passes; coalesced: a "
+            "change folded into a deferred one, sent with it).",
             ["outcome"],
             registry=registry,
         )
-        self.change_to_publish = Histogram(
-            "streamrec_change_to_publish_seconds",
-            "From the user's state being written to their new top-K being published.",
+        self.change_to_feed = Histogram(
+            "streamrec_change_to_feed_seconds",
+            "From the user's state being written to their new top-K being on the feed.",
             buckets=DELAY_BUCKETS_S,
             registry=registry,
         )

@@ -2,12 +2,34 @@
 -- (0/1), available (0/1), [categories], [field, value, ...]], ...] (the hash fields
 -- beyond ts, fp and available). Returns an `ItemApplied` per record. Category keys
 -- are other slots and are built here, so this needs one Redis, as the event apply
--- script does (docs/state.md, Redis Cluster).
+-- script does (docs/state.md, Redis Cluster). Keeps the catalogue's counts
+-- (CATALOGUE_ITEMS: items with a live record; CATALOGUE_UNAVAILABLE: those of them
+-- unavailable) with every record it applies.
 local c = cjson.decode(ARGV[1])
+-- (1 when a record is a live item, 1 when that item is unavailable) from a stored
+-- record's `available` and `deleted` fields.
+local function counted(available, deleted)
+  if not available or deleted == '1' then return 0, 0 end
+  return 1, (available == '0') and 1 or 0
+end
+-- The counts move with each record, right after it is written: a script error on a
+-- later record of the batch (the batch is then applied again one by one, this
+-- record a duplicate) neither loses nor repeats them.
+local function recount(stored, deleted, available)
+  local live_before, unavailable_before = counted(stored[4], stored[5])
+  local live_after, unavailable_after = 0, 0
+  if deleted ~= 1 then live_after, unavailable_after = 1, (available == 1) and 0 or 1 end
+  if live_after ~= live_before then
+    redis.call('INCRBY', CATALOGUE_ITEMS, live_after - live_before)
+  end
+  if unavailable_after ~= unavailable_before then
+    redis.call('INCRBY', CATALOGUE_UNAVAILABLE, unavailable_after - unavailable_before)
+  end
+end
 local function apply(r)
   local item, ts, fp, deleted, available = r[1], r[2], r[3], r[4], r[5]
   local k = item_key(item, ITEM_INFO)
-  local stored = redis.call('HMGET', k, 'ts', 'fp', 'category')
+  local stored = redis.call('HMGET', k, 'ts', 'fp', 'category', 'available', 'deleted')
   local stored_ts = tonumber(stored[1] or '')
   if stored_ts then
     if ts < stored_ts then return 3 end
@@ -30,9 +52,11 @@ local function apply(r)
   if deleted == 1 then
     redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', '0', 'deleted', '1')
     redis.call('EXPIRE', k, c.tombstone_ttl_s)
+    recount(stored, deleted, available)
     return 2
   end
   redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))
+  recount(stored, deleted, available)
   return 1
 end
 

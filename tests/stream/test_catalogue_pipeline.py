@@ -18,7 +18,8 @@ from bench.scenarios.data import TAOBAO
 from bench.scenarios.pipeline import paced_producer, read_topic, start_worker
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
-from streamrec.catalogue import CATALOGUE_MARKER, Catalogue
+from streamrec.catalogue import Catalogue
+from streamrec.keys import CATALOGUE_ITEMS_KEY, CATALOGUE_MARKER, CATALOGUE_UNAVAILABLE_KEY
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 
@@ -85,12 +86,15 @@ def wait_items_counted(
 
 def catalogue_keys(settings: Settings) -> dict[str, dict[str, str | int]]:
     """Every key in the pipeline's Redis database, with its content (hashes and sorted
-    sets are all the catalogue writes, beside its marker, checked and left out)."""
+    sets are all the catalogue writes, beside its marker and its two counters, left
+    out here and checked by the caller)."""
     client = redis.Redis.from_url(settings.redis_url)
     content: dict[str, dict[str, str | int]] = {}
     for key in client.scan_iter("*"):
         if key == CATALOGUE_MARKER.encode():
             assert client.get(key) == b"1"
+            continue
+        if key in (CATALOGUE_ITEMS_KEY.encode(), CATALOGUE_UNAVAILABLE_KEY.encode()):
             continue
         kind = client.type(key)
         assert kind in (b"hash", b"zset"), (key, kind)
@@ -118,6 +122,12 @@ def test_records_deletes_late_and_bad_records_through_the_worker(
             expected = sum(1 for *_, o in MIX if o == reason)
             assert counter_total(text, "streamrec_dlq", reason=reason) == expected, reason
         assert "streamrec_item_record_to_state_seconds_count 8.0" in text
+        # Live: i1, i4 (unavailable) and i5; i2 and i3 deleted.
+        deadline = time.monotonic() + 20
+        while "streamrec_catalogue_items 3.0" not in worker.metrics_text():
+            assert time.monotonic() < deadline, "the catalogue gauge did not reach 3"
+            time.sleep(0.25)
+        assert "streamrec_catalogue_unavailable_items 1.0" in worker.metrics_text()
     finally:
         worker.stop()
 
@@ -141,6 +151,7 @@ def test_records_deletes_late_and_bad_records_through_the_worker(
     assert fingerprints["sr:i:{i2}:info"] == fingerprints["sr:i:{i3}:info"] == "-"
     assert all(len(fingerprints[f"sr:i:{{{i}}}:info"]) == 16 for i in ("i1", "i4", "i5"))
     client = redis.Redis.from_url(settings.redis_url)
+    assert client.mget(CATALOGUE_ITEMS_KEY, CATALOGUE_UNAVAILABLE_KEY) == [b"3", b"1"]
     assert 0 < client.ttl("sr:i:{i3}:info") <= 3600 and client.ttl("sr:i:{i1}:info") == -1
 
     dlq = read_topic(settings, settings.topic_dlq, expected=5)

@@ -219,6 +219,24 @@ async def test_any_arrival_order_gives_the_newest_record_per_item(
                     index[category].add(item)
         for category, items in index.items():
             assert set(await members(catalogue, category)) == items
+        live = [c for c in newest.values() if isinstance(c, ItemRecord)]
+        assert await catalogue.counts() == (len(live), sum(not c.available for c in live))
     finally:
         await catalogue.redis.flushdb()
         await catalogue.close()
+
+
+async def test_the_catalogue_counts_follow_every_record(catalogue: Catalogue) -> None:
+    """The gauges' counts: live items and, of them, unavailable ones; a redelivery, a
+    stale record and a second delete change nothing."""
+    assert await catalogue.counts() == (0, 0)
+    await apply(catalogue, SHOE, ItemRecord("i2", 1_000))
+    assert await catalogue.counts() == (2, 0)
+    await apply(catalogue, ItemRecord("i2", 2_000, available=False))
+    assert await catalogue.counts() == (2, 1)
+    await apply(catalogue, ItemRecord("i2", 2_000, available=False), ItemRecord("i2", 1_500))
+    assert await catalogue.counts() == (2, 1)  # a duplicate, then a stale record
+    await apply(catalogue, ItemDelete("i2", 3_000), ItemDelete("i2", 3_000))
+    assert await catalogue.counts() == (1, 0)
+    await apply(catalogue, ItemRecord("i2", 4_000, available=False))
+    assert await catalogue.counts() == (2, 1)  # back after its delete
