@@ -14,6 +14,7 @@ import torch
 from retrain.data import UserSequence
 from retrain.vocab import ItemVocab
 from streamrec.features import ENCODER_TYPE_IDS as TYPE_IDS
+from streamrec.user_vectors import left_padded
 
 
 def encode(
@@ -51,17 +52,8 @@ def training_windows(
 def left_pad(
     rows: Sequence[np.ndarray], types: Sequence[np.ndarray], max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(item_ids, type_ids, mask) of shape (batch, width); keeps each row's last max_len."""
-    width = max(1, min(max_len, max(len(r) for r in rows)))
-    item_ids = np.zeros((len(rows), width), dtype=np.int64)
-    type_ids = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.float32)
-    for index, (row, kinds) in enumerate(zip(rows, types, strict=True)):
-        row, kinds = row[-width:], kinds[-width:]
-        if len(row):
-            item_ids[index, -len(row) :] = row
-            type_ids[index, -len(row) :] = kinds
-            mask[index, -len(row) :] = 1.0
+    """`streamrec.user_vectors.left_padded` (what serving pads with) as tensors."""
+    item_ids, type_ids, mask = left_padded(rows, types, max_len)
     return torch.from_numpy(item_ids), torch.from_numpy(type_ids), torch.from_numpy(mask)
 
 

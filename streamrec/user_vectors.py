@@ -24,19 +24,36 @@ def known_events(model: ServedModel, recent: Sequence[StoredEvent]) -> list[tupl
     return known[-model.bundle.max_len :]
 
 
+def left_padded(
+    item_rows: Sequence[Sequence[int] | np.ndarray],
+    type_ids: Sequence[Sequence[int] | np.ndarray],
+    max_len: int,
+) -> EncoderInputs:
+    """(item_ids, type_ids, mask) of shape (batch, width): each sequence's last
+    `max_len` events right-aligned, so every sequence's latest event is in the last
+    column; the width is the longest kept sequence (at least 1). Training
+    (`retrain.batches.left_pad`) and serving pad with this one function."""
+    width = max(1, min(max_len, max(len(rows) for rows in item_rows)))
+    item_ids = np.zeros((len(item_rows), width), dtype=np.int64)
+    types = np.zeros((len(item_rows), width), dtype=np.int64)
+    mask = np.zeros((len(item_rows), width), dtype=np.float32)
+    for n, (rows, kinds) in enumerate(zip(item_rows, type_ids, strict=True)):
+        rows, kinds = rows[-width:], kinds[-width:]
+        if len(rows):
+            item_ids[n, -len(rows) :] = rows
+            types[n, -len(rows) :] = kinds
+            mask[n, -len(rows) :] = 1.0
+    return item_ids, types, mask
+
+
 def encoder_inputs(users: Sequence[list[tuple[int, int]]]) -> EncoderInputs:
-    """One batch, left-padded to its longest user as training pads: the latest event of
-    every user in the last column. A batch of one has no padding. Users must not be empty."""
-    length = max(len(known) for known in users)
-    item_ids = np.zeros((len(users), length), dtype=np.int64)
-    type_ids = np.zeros((len(users), length), dtype=np.int64)
-    mask = np.zeros((len(users), length), dtype=np.float32)
-    for n, known in enumerate(users):
-        start = length - len(known)
-        item_ids[n, start:] = [row for row, _ in known]
-        type_ids[n, start:] = [type_id for _, type_id in known]
-        mask[n, start:] = 1.0
-    return item_ids, type_ids, mask
+    """One batch of users' known events, left-padded to its longest user (a batch of
+    one has no padding). Users must not be empty."""
+    return left_padded(
+        [[row for row, _ in known] for known in users],
+        [[type_id for _, type_id in known] for known in users],
+        max_len=max(len(known) for known in users),
+    )
 
 
 def user_encoder_inputs(model: ServedModel, recent: Sequence[StoredEvent]) -> EncoderInputs | None:
