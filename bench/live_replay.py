@@ -123,6 +123,10 @@ class VariantResult:
     seconds: float
     retrains: dict[str, int] = field(default_factory=dict)
     retrain_seconds: float | None = None  # mean duration of a finished cycle
+    # How often each item was in an answer's top 20 (for coverage and exposure), and
+    # the mean share of distinct categories in a top 20 (items with a category).
+    exposure: Counter[str] = field(default_factory=Counter)
+    category_diversity: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -150,6 +154,8 @@ class PrequentialRun:
     baselines: list[VariantResult]
     cases: np.ndarray  # each scored event's case, one of CASES
     types: np.ndarray  # each scored event's type (EventType values)
+    # Per variant and baseline: what its answers showed (`exposure_summary`).
+    exposure: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def breakdown(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per variant and baseline, per case and then per event type that occurs:
@@ -170,6 +176,32 @@ def _group_summary(result: VariantResult, mask: np.ndarray) -> dict[str, Any]:
         "events": events,
         "hr20": round(100 * float(result.hits[mask].mean()), 2),
         "mrr20": round(100 * float(result.reciprocal_ranks[mask].mean()), 2),
+    }
+
+
+def exposure_summary(result: VariantResult, replay: Replay) -> dict[str, float | None]:
+    """Beside hit rate: what the answers showed. `coverage20`: the share of the
+    replay's items ever in a top 20; `tail_share`: the share of shown slots taken by
+    items outside the 20% most touched over the whole replay; `gini`: of how often
+    each of the replay's items was shown (0: all alike, 1: one item only);
+    `category_diversity`: distinct categories per item with a category in a top 20,
+    the mean over answers (None without categories). In percent but the Gini."""
+    touched = Counter(e.item_id for e in [*replay.warmup, *replay.scored])
+    shown = result.exposure
+    slots = sum(shown.values())
+    if not slots:
+        return {"coverage20": None, "tail_share": None, "gini": None, "category_diversity": None}
+    head = {item for item, _ in touched.most_common(max(1, len(touched) // 5))}
+    counts = np.sort(np.array([shown.get(item, 0) for item in touched], dtype=np.float64))
+    n = len(counts)
+    gini = float((2 * np.arange(1, n + 1) - n - 1) @ counts / (n * counts.sum()))
+    return {
+        "coverage20": round(100 * len(shown) / len(touched), 2),
+        "tail_share": round(100 * sum(c for i, c in shown.items() if i not in head) / slots, 2),
+        "gini": round(gini, 3),
+        "category_diversity": None
+        if result.category_diversity is None
+        else round(100 * result.category_diversity, 2),
     }
 
 
@@ -291,6 +323,9 @@ def run(
         console.print(_line(replay.name, outcome.baselines[-1]))
     if variants:
         outcome.variants = _run_variants(replay, settings, variants, plan)
+    outcome.exposure = {
+        r.variant: exposure_summary(r, replay) for r in [*outcome.variants, *outcome.baselines]
+    }
     return outcome
 
 
@@ -501,7 +536,7 @@ async def _replay(
     settings: Settings, url: str, replay: Replay, variant: Variant, plan: Plan
 ) -> VariantResult:
     n = len(replay.scored)
-    scores = _Scores(n)
+    scores = _Scores(n, replay_categories(replay))
     state = aioredis.Redis.from_url(settings.redis_url)
     producer = EventProducer(settings) if variant.realtime else None
     asking = asyncio.Semaphore(plan.concurrency)
@@ -534,7 +569,8 @@ async def _replay(
     ts = np.array([e.ts_ms for e in replay.scored], dtype=np.int64)
     return VariantResult(
         variant.name, variant.label, ts, scores.hits, scores.reciprocal_ranks,
-        scores.errors, scores.fallbacks, scores.versions, 0.0,
+        scores.errors, scores.fallbacks, scores.versions, 0.0, exposure=scores.exposure,
+        category_diversity=scores.mean_diversity(),
     )  # fmt: skip
 
 
@@ -602,7 +638,7 @@ def score_baseline(
     for event in replay.warmup:
         baseline.warm(event)
     n = len(replay.scored)
-    scores = _Scores(n)
+    scores = _Scores(n, replay_categories(replay))
     with _progress(f"{replay.name}: {name}", n) as advance:
         for start in range(0, n, plan.window):
             for step in _rounds(replay.scored, start, min(start + plan.window, n)):
@@ -614,7 +650,8 @@ def score_baseline(
     ts = np.array([e.ts_ms for e in replay.scored], dtype=np.int64)
     return VariantResult(
         name, spec.label, ts, scores.hits, scores.reciprocal_ranks, 0, Counter(), Counter(),
-        time.perf_counter() - started,
+        time.perf_counter() - started, exposure=scores.exposure,
+        category_diversity=scores.mean_diversity(),
     )  # fmt: skip
 
 
@@ -635,12 +672,18 @@ def _rounds(events: list[Event], start: int, stop: int) -> list[list[tuple[int, 
 
 
 class _Scores:
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, categories: Mapping[str, Sequence[str]]) -> None:
+        self.categories = categories
+        self.diversity: list[float] = []
         self.hits = np.zeros(n, dtype=np.float32)
         self.reciprocal_ranks = np.zeros(n, dtype=np.float32)
         self.errors = 0
         self.fallbacks: Counter[str] = Counter()
         self.versions: Counter[str] = Counter()
+        self.exposure: Counter[str] = Counter()
+
+    def mean_diversity(self) -> float | None:
+        return float(np.mean(self.diversity)) if self.diversity else None
 
     def record(self, index: int, item_id: str, answer: Recommendations) -> None:
         self.fallbacks[answer.fallback or "none"] += 1
@@ -648,6 +691,11 @@ class _Scores:
         self.hit(index, item_id, answer.item_ids)
 
     def hit(self, index: int, item_id: str, item_ids: list[str]) -> None:
+        self.exposure.update(item_ids[:K])
+        with_category = [self.categories[i] for i in item_ids[:K] if self.categories.get(i)]
+        if with_category:
+            distinct = {c for categories in with_category for c in categories}
+            self.diversity.append(len(distinct) / len(with_category))
         if item_id in item_ids[:K]:
             self.hits[index] = 1
             self.reciprocal_ranks[index] = 1 / (item_ids.index(item_id) + 1)

@@ -69,6 +69,7 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
                 "best_baseline": {m: _best(baselines, m) for m in ("hr20", "mrr20")},
                 "best_blend": _best({n: baselines[n] for n in BLENDS if n in baselines}, "hr20"),
                 "breakdown": outcome.breakdown(),
+                "exposure": outcome.exposure,
                 "curves": {r.variant: curves(r) for r in [*outcome.variants, *outcome.baselines]},
             }
     finally:
@@ -79,6 +80,7 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
         "mrr20": _per(results, "mrr20"),
         "baselines": {n: d["baselines"] for n, d in results.items()},
         "breakdown": {n: d["breakdown"] for n, d in results.items()},
+        "exposure": {n: d["exposure"] for n, d in results.items()},
         "retrains": {n: d["variants"]["retrain"]["retrains"] for n, d in results.items()},
         "retrain_seconds": {
             n: d["variants"]["retrain"]["retrain_seconds"] for n, d in results.items()
@@ -310,7 +312,28 @@ def _dataset_section(name: str, data: dict[str, Any], report: dict[str, Any]) ->
             row = " | ".join(_cell(cells[g]) for g in names)
             lines.append(f"| {result} | {row} |")
         lines.append("")
-    return lines
+    return lines + exposure_lines(data.get("exposure", {}))
+
+
+def exposure_lines(exposure: dict[str, dict[str, float | None]]) -> list[str]:
+    """The exposure table (bench.live_replay.exposure_summary), empty without one."""
+    if not exposure:
+        return []
+    lines = [
+        "What the answers showed: coverage@20 (share of the replay's items ever in a top 20), "
+        "the share of shown slots from outside the 20% most touched items, the Gini of "
+        "exposure over the replay's items, and distinct categories per item of a top 20:",
+        "",
+        "| | coverage@20 % | long tail % | Gini | category diversity % |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in exposure.items():
+        cells = [
+            "-" if row[key] is None else f"{row[key]}"
+            for key in ("coverage20", "tail_share", "gini", "category_diversity")
+        ]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return [*lines, ""]
 
 
 def _cell(cell: dict[str, Any]) -> str:

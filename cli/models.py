@@ -252,6 +252,7 @@ def eval_prequential(
     import tempfile
 
     from bench.live_replay import CASES, Plan, load_replay, run
+    from bench.prequential import exposure_lines
     from retrain.online_baselines import BASELINES
 
     replay = load_replay(data, history, limit=limit, fmt=fmt)
@@ -286,11 +287,14 @@ def eval_prequential(
         for result_name, cells in breakdown.items():
             row_cells = [_cell(cells[name]["hr20"], cells[name]["mrr20"]) for name in names]
             typer.echo(f"{result_name:<{width}}" + "".join(f"{cell:>20}" for cell in row_cells))
+    typer.echo("")
+    typer.echo("\n".join(exposure_lines(outcome.exposure)))
     if out is not None:
         report = {
             "variants": {r.variant: r.summary() for r in outcome.variants},
             "baselines": {r.variant: r.summary() for r in outcome.baselines},
             "breakdown": breakdown,
+            "exposure": outcome.exposure,
         }
         out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
 
