@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli import bench, demo, dev, ingest, items, models, publish, retrain, serve
+from cli import bench, demo, dev, feed, ingest, items, models, retrain, serve
 from streamrec.errors import StreamrecError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -24,7 +24,7 @@ demo.register(app)
 bench.register(app)
 models.register(app)
 serve.register(app)
-publish.register(app)
+feed.register(app)
 retrain.register(app)
 
 

@@ -67,7 +67,7 @@ class Recommendation:
 
     def body(self, user_id: str, k: int) -> dict[str, object]:
         """The answer on the wire, the one shape `/recommend` returns and the
-        recommendations feed publishes (docs/serving.md)."""
+        recommendations feed sends (docs/serving.md)."""
         items = []
         for item in self.items:
             row: dict[str, object] = {"item_id": item.item_id, "score": item.score}
@@ -122,7 +122,7 @@ class Recommender:
 
     With `redis_timeout_s` (the model server's requests) every Redis wait is bounded
     and an answer degrades when one runs out: trending as last read, retrieval order.
-    Without (the recommendations publisher, which has no one waiting) Redis waits as
+    Without (the recommendations feed, which has no one waiting) Redis waits as
     long as it takes and its errors propagate."""
 
     def __init__(

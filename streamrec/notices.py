@@ -1,10 +1,10 @@
-"""Messages streamrec publishes for its own parts: the worker's state-change notices.
+"""Messages streamrec sends for its own parts: the worker's state-change notices.
 
 After a batch is in Redis, the worker sends, per input partition the batch
 touched, one notice listing the users whose state changed and the newest event
 time of each, to the same partition number of `state.changes`. Producers key
 events by user, so a user's notices always land in one partition, in order;
-whatever refreshes recommendations (the model server's publisher) reads them
+whatever refreshes recommendations (the model server's feed) reads them
 there. One notice per batch and partition, not per user: the worker's Kafka
 cost stays small.
 """

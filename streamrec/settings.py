@@ -11,14 +11,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_STACK_FILE = "dev.json"
+ENV_PREFIX = "STREAMREC_"
+
+
+def _env(name: str, former: str) -> AliasChoices:
+    """A setting's variable and the one it had before a rename (the new one wins
+    when both are set). A field with an alias is read without the prefix, so both
+    names are spelt out in full."""
+    return AliasChoices(ENV_PREFIX + name, ENV_PREFIX + former)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+    # By name too: the fields with a former name below take their aliases instead of
+    # the prefix, and callers still pass them by field name.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", validate_by_name=True
+    )
 
     # Where the dev stack keeps its pid files, logs and addresses.
     home: Path = Field(default_factory=lambda: Path.home() / ".streamrec")
@@ -47,12 +59,22 @@ class Settings(BaseSettings):
     topic_state_changes: str = "state.changes"
     # Catalogue records, key = item_id, created compacted (docs/catalogue.md).
     topic_items: str = "items"
-    # Notices of changed users after each batch, which the publisher turns into
-    # fresh top-K on `topic_recommendations` (`streamrec publish`).
+    # Notices of changed users after each batch, which the feed turns into fresh
+    # top-K on `topic_recommendations` (`streamrec feed`). Its settings were named
+    # for `streamrec publish`; those names are read until the next release.
     emit_state_changes: bool = True
-    publish_k: int = Field(default=20, ge=1, le=1000)
-    publish_min_interval_ms: int = Field(default=1000, ge=0)  # per user
-    publisher_web_port: int = Field(default=6067, ge=0, le=65535)
+    feed_k: int = Field(default=20, ge=1, le=1000, validation_alias=_env("FEED_K", "PUBLISH_K"))
+    feed_min_interval_ms: int = Field(  # per user
+        default=1000,
+        ge=0,
+        validation_alias=_env("FEED_MIN_INTERVAL_MS", "PUBLISH_MIN_INTERVAL_MS"),
+    )
+    feed_web_port: int = Field(
+        default=6067,
+        ge=0,
+        le=65535,
+        validation_alias=_env("FEED_WEB_PORT", "PUBLISHER_WEB_PORT"),
+    )
     input_partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 

@@ -412,20 +412,20 @@ class StateStore:
         """Remember what the user was shown, for the online hit rate."""
         await self.remember_answers([Answer(user_id, item_ids, now_ms)])
 
-    async def acquire_publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
-        """Per-user rate limit shared by every publisher replica: True where this
-        caller may publish now (no one did in the last `interval_ms`)."""
-        return [wait_ms == 0 for wait_ms in await self.publish_slots(user_ids, interval_ms)]
+    async def acquire_feed_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
+        """Per-user rate limit shared by every feed replica: True where this caller
+        may send the user's top-K now (no one did in the last `interval_ms`)."""
+        return [wait_ms == 0 for wait_ms in await self.feed_slots(user_ids, interval_ms)]
 
-    async def publish_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[int]:
-        """`acquire_publish_slots` that says, where the caller may not publish yet, in
-        how many milliseconds it may (0: now, and the slot is taken)."""
+    async def feed_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[int]:
+        """`acquire_feed_slots` that says, where the caller may not send yet, in how
+        many milliseconds it may (0: now, and the slot is taken)."""
         if interval_ms <= 0:
             return [0] * len(user_ids)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
-                pipe.set(user_key(user_id, UserPart.PUBLISHED), b"1", nx=True, px=interval_ms)
-                pipe.pttl(user_key(user_id, UserPart.PUBLISHED))
+                pipe.set(user_key(user_id, UserPart.FEED), b"1", nx=True, px=interval_ms)
+                pipe.pttl(user_key(user_id, UserPart.FEED))
             replies = await pipe.execute()
         return [
             0 if granted else max(1, int(ttl_ms))

@@ -23,7 +23,7 @@ DEFAULTS = Settings(kafka_bootstrap="k:9092", redis_url="redis://r:6379/0")
 PORTS = {
     "worker": DEFAULTS.worker_web_port,
     "serve": DEFAULTS.serve_port,
-    "publish": DEFAULTS.publisher_web_port,
+    "feed": DEFAULTS.feed_web_port,
 }
 
 
@@ -87,7 +87,7 @@ def test_every_command_exists() -> None:
         for command in compose_commands(s)
     }
     used |= {c["args"][0] for _, c in containers() if c["image"].startswith("streamrec")}
-    assert used >= {"worker", "serve", "publish", "topics", "retrain"}
+    assert used >= {"worker", "serve", "feed", "topics", "retrain"}
     assert used <= cli_commands(), sorted(used - cli_commands())
 
 
@@ -104,7 +104,7 @@ def test_ports_are_the_settings_defaults() -> None:
     found = {job["job_name"]: job["dns_sd_configs"][0]["port"] for job in scrape["scrape_configs"]}
     assert found == {
         "streamrec-worker": PORTS["worker"],
-        "streamrec-publisher": PORTS["publish"],
+        "streamrec-feed": PORTS["feed"],
         "streamrec-server": PORTS["serve"],
     }
 

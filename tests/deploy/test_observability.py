@@ -24,7 +24,7 @@ from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from streamrec.client import RecommenderClient
 from streamrec.events import Event, EventType
-from streamrec.metrics import IngestMetrics, PublishMetrics, ServeMetrics
+from streamrec.metrics import FeedMetrics, IngestMetrics, ServeMetrics
 from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
@@ -41,7 +41,7 @@ def exported_families() -> set[str]:
     registry = CollectorRegistry()
     IngestMetrics(registry)
     ServeMetrics(registry)
-    PublishMetrics(registry)
+    FeedMetrics(registry)
     return {family.name for family in registry.collect()}
 
 
@@ -49,7 +49,7 @@ def exported_sample_names() -> set[str]:
     registry = CollectorRegistry()
     IngestMetrics(registry)
     ServeMetrics(registry)
-    PublishMetrics(registry)
+    FeedMetrics(registry)
     names = set()
     for family in registry.collect():
         names.add(family.name)

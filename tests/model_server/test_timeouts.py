@@ -172,7 +172,7 @@ async def test_readyz_says_why_in_a_reason_code(served: Served) -> None:
     assert frozen.json() == {"ready": False, "reason": "redis_unavailable"}
 
 
-async def test_without_a_timeout_the_publishers_recommender_waits_for_redis(
+async def test_without_a_timeout_the_feeds_recommender_waits_for_redis(
     served: Served,
 ) -> None:
     """The recommendations feed has no one waiting: a frozen Redis delays its answer,

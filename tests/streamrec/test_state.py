@@ -197,12 +197,14 @@ async def test_the_dedup_window_forgets_old_event_ids(
         await store.close()
 
 
-async def test_publish_slots_rate_limit_each_user(store: StateStore) -> None:
-    assert await store.acquire_publish_slots(["a", "b"], 300) == [True, True]
-    assert await store.acquire_publish_slots(["a", "c"], 300) == [False, True]
+async def test_feed_slots_rate_limit_each_user(store: StateStore) -> None:
+    assert await store.acquire_feed_slots(["a", "b"], 300) == [True, True]
+    # The key the feed had when it was `streamrec publish`: a rename moves no key.
+    assert await store.redis.exists("sr:u:{a}:pub") == 1
+    assert await store.acquire_feed_slots(["a", "c"], 300) == [False, True]
     await asyncio.sleep(0.35)
-    assert await store.acquire_publish_slots(["a"], 300) == [True]
-    assert await store.acquire_publish_slots(["a", "a"], 0) == [True, True]  # 0 turns it off
+    assert await store.acquire_feed_slots(["a"], 300) == [True]
+    assert await store.acquire_feed_slots(["a", "a"], 0) == [True, True]  # 0 turns it off
 
 
 async def test_applied_events_are_counted_for_the_retraining_trigger(store: StateStore) -> None:

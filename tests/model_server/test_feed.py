@@ -1,5 +1,6 @@
 """End to end: events in through Kafka, each changed user's fresh top-K out on the
-recommendations topic (worker → state.changes → publisher), rate-limited per user."""
+recommendations topic (worker → state.changes → feed), rate-limited per user; the
+feed's old command name still runs it."""
 
 from __future__ import annotations
 
@@ -23,39 +24,35 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @contextmanager
-def running_feed(
-    served: Served, tmp_path: Path, publish_min_interval_ms: int
-) -> Iterator[Settings]:
-    """A worker and a publisher on the served registry, ready; their settings."""
+def running_feed(served: Served, tmp_path: Path, feed_min_interval_ms: int) -> Iterator[Settings]:
+    """A worker and a feed on the served registry, ready; their settings."""
     settings = served.settings.model_copy(
         update={
-            "publisher_web_port": free_port(),
-            "publish_min_interval_ms": publish_min_interval_ms,
+            "feed_web_port": free_port(),
+            "feed_min_interval_ms": feed_min_interval_ms,
         }
     )
     ensure_topics(settings)
     worker = ServiceProcess(settings, ["worker"], tmp_path / "worker.log", settings.worker_web_port)
-    publisher = ServiceProcess(
-        settings, ["publish"], tmp_path / "publisher.log", settings.publisher_web_port
-    )
+    feed = ServiceProcess(settings, ["feed"], tmp_path / "feed.log", settings.feed_web_port)
     try:
         worker.start()
-        publisher.start()
+        feed.start()
         worker.wait_ready()
-        publisher.wait_ready()
+        feed.wait_ready()
         yield settings
     finally:
-        publisher.stop()
+        feed.stop()
         worker.stop()
 
 
 @pytest.fixture
 def pipeline(served: Served, tmp_path: Path) -> Iterator[Settings]:
-    with running_feed(served, tmp_path, publish_min_interval_ms=0) as settings:
+    with running_feed(served, tmp_path, feed_min_interval_ms=0) as settings:
         yield settings
 
 
-def published_for(
+def feed_records_for(
     settings: Settings, user_id: str, wanted: int, timeout_s: float = 40.0
 ) -> list[dict]:
     deadline = time.monotonic() + timeout_s
@@ -68,16 +65,26 @@ def published_for(
     raise AssertionError(f"{len(found)} of {wanted} records for {user_id} within {timeout_s} s")
 
 
-def test_a_users_new_events_publish_their_fresh_top_k(pipeline: Settings, served: Served) -> None:
+def test_a_users_new_events_send_their_fresh_top_k(pipeline: Settings, served: Served) -> None:
     send(pipeline, "pia", [(item, "click") for item in served.items[:6]])
-    (first, *_) = published_for(pipeline, "pia", wanted=1)
+    (first, *_) = feed_records_for(pipeline, "pia", wanted=1)
     assert first["model_version"] == served.first.version
     assert first["fallback"] is None
-    assert len(first["items"]) == pipeline.publish_k
+    assert len(first["items"]) == pipeline.feed_k
     bought = first["items"][0]["item_id"]
 
     send(pipeline, "pia", [(bought, "purchase")])
-    records = published_for(pipeline, "pia", wanted=2)
+    records = feed_records_for(pipeline, "pia", wanted=2)
     latest = records[-1]
     assert bought not in [item["item_id"] for item in latest["items"]]
     assert latest["ts"] >= first["ts"]
+
+
+def test_the_old_command_name_runs_the_feed_and_says_its_new_name(
+    served: Served, tmp_path: Path
+) -> None:
+    settings = served.settings.model_copy(update={"feed_web_port": free_port()})
+    log = tmp_path / "publish.log"
+    with ServiceProcess(settings, ["publish"], log, settings.feed_web_port) as feed:
+        assert "streamrec_feed_records_total" in feed.metrics_text()
+    assert "`streamrec publish` is now `streamrec feed`" in log.read_text()

@@ -1,14 +1,13 @@
-"""The recommendations publisher: state-change notices in, each changed user's
-fresh top-K out on `recommendations`, at most once per `publish_min_interval_ms`
-per user.
+"""The recommendations feed: state-change notices in, each changed user's fresh
+top-K out on `recommendations`, at most once per `feed_min_interval_ms` per user.
 
 It ranks with the model server's own `Recommender` and follows the registry
 like a server does, so the topic and `/recommend` give the same answer. A
 change inside a user's interval is never dropped: it is coalesced with any
-later ones and the user is published once when the interval passes, from the
-state as it is then, so the last record per user is always their latest
+later ones and the user's record is sent once when the interval passes, from
+the state as it is then, so the last record per user is always their latest
 answer. Offsets are committed after the records are acknowledged by the broker,
-and never past a notice whose user still waits, so a crash republishes rather
+and never past a notice whose user still waits, so a crash sends again rather
 than loses.
 """
 
@@ -28,7 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from model_server.pipeline import Recommendation, Recommender
 from streamrec.kafka_client import kafka_python_options
 from streamrec.loaded import ModelHolder
-from streamrec.metrics import PublishMetrics, ServeMetrics
+from streamrec.metrics import FeedMetrics, ServeMetrics
 from streamrec.notices import StateChanges
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -36,7 +35,7 @@ from streamrec.state import StateStore
 log = logging.getLogger(__name__)
 
 
-def recommendation_record(user_id: str, answer: Recommendation, k: int, now_ms: int) -> bytes:
+def feed_record(user_id: str, answer: Recommendation, k: int, now_ms: int) -> bytes:
     """What downstream consumers read: the /recommend answer plus when it was made."""
     return orjson.dumps({**answer.body(user_id, k), "ts": now_ms})
 
@@ -72,17 +71,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class Publisher:
+class Feed:
     def __init__(self, settings: Settings, registry: CollectorRegistry = REGISTRY) -> None:
         self.settings = settings
         self.registry = registry
-        self.metrics = PublishMetrics(registry)
+        self.metrics = FeedMetrics(registry)
         serve_metrics = ServeMetrics(registry)
         self.store = StateStore(settings)
         self.models = ModelHolder(settings.registry, serve_metrics)
         self.recommender = Recommender(settings, self.store, serve_metrics)
         self.ready = False
-        # Users with a change not yet published because their interval has not passed.
+        # Users with a change not yet sent because their interval has not passed.
         self.pending: dict[str, Pending] = {}
         # Per partition of state.changes: the offset after the last notice read.
         self._next_offset: dict[TopicPartition, int] = {}
@@ -95,6 +94,8 @@ class Publisher:
         consumer = AIOKafkaConsumer(
             s.topic_state_changes,
             **kafka,
+            # The group keeps the name it had when this was `streamrec publish`: a new
+            # group starts at `latest` and would skip the notices of the upgrade.
             group_id=f"{s.app_id}-publisher",
             enable_auto_commit=False,
             auto_offset_reset="latest",
@@ -119,9 +120,9 @@ class Publisher:
                 for tp, records in batches.items():
                     self._next_offset[tp] = records[-1].offset + 1
                 self._forget_revoked(consumer.assignment())
-                published = await self.publish(producer, changes)
-                published += await self.publish_due(producer)
-                if batches or published:
+                sent = await self.send_changed(producer, changes)
+                sent += await self.send_due(producer)
+                if batches or sent:
                     await self._commit(consumer)
         finally:
             watcher.cancel()
@@ -130,9 +131,9 @@ class Publisher:
             await web_runner.cleanup()
             await self.store.close()
 
-    async def publish(self, producer: AIOKafkaProducer, changes: list[Change]) -> int:
-        """Publish the users of these notices whose interval has passed; coalesce the
-        rest into their pending entry. Returns how many users were published."""
+    async def send_changed(self, producer: AIOKafkaProducer, changes: list[Change]) -> int:
+        """Send the users of these notices whose interval has passed; coalesce the
+        rest into their pending entry. Returns how many users were sent."""
         changed: dict[str, Pending] = {}
         for change in changes:
             for user_id in change.notice.last_ts_ms:
@@ -141,28 +142,28 @@ class Publisher:
         waiting = [u for u in changed if u in self.pending]
         for user_id in waiting:
             self.pending[user_id] = self.pending[user_id].merged(changed.pop(user_id))
-        self.metrics.published.labels("coalesced").inc(len(waiting))
-        return await self._publish_free(producer, changed)
+        self.metrics.records.labels("coalesced").inc(len(waiting))
+        return await self._send_free(producer, changed)
 
-    async def publish_due(self, producer: AIOKafkaProducer) -> int:
-        """Publish the pending users whose interval has passed, from their state now."""
+    async def send_due(self, producer: AIOKafkaProducer) -> int:
+        """Send the pending users whose interval has passed, from their state now."""
         now_ms = _now_ms()
         due = {u: p for u, p in self.pending.items() if p.due_ms <= now_ms}
         for user_id in due:
             del self.pending[user_id]
-        return await self._publish_free(producer, due)
+        return await self._send_free(producer, due)
 
-    async def _publish_free(self, producer: AIOKafkaProducer, users: dict[str, Pending]) -> int:
+    async def _send_free(self, producer: AIOKafkaProducer, users: dict[str, Pending]) -> int:
         if not users:
             return 0
         order = list(users)
-        waits = await self.store.publish_slots(order, self.settings.publish_min_interval_ms)
+        waits = await self.store.feed_slots(order, self.settings.feed_min_interval_ms)
         now_ms = _now_ms()
         free = []
         for user_id, wait_ms in zip(order, waits, strict=True):
             if wait_ms:
                 self.pending[user_id] = replace(users[user_id], due_ms=now_ms + wait_ms)
-                self.metrics.published.labels("rate_limited").inc()
+                self.metrics.records.labels("rate_limited").inc()
             else:
                 free.append(user_id)
         await self._send(producer, {u: users[u].applied_at_ms for u in free})
@@ -176,21 +177,21 @@ class Publisher:
             answer = await self.recommender.recommend(
                 model,
                 user_id,
-                self.settings.publish_k,
+                self.settings.feed_k,
                 max_per_category=self.settings.serve_max_per_category,
                 diversity=self.settings.serve_diversity,
             )
             now_ms = _now_ms()
-            value = recommendation_record(user_id, answer, self.settings.publish_k, now_ms)
+            value = feed_record(user_id, answer, self.settings.feed_k, now_ms)
             sends.append(
                 await producer.send(
                     self.settings.topic_recommendations, value, key=user_id.encode()
                 )
             )
-            self.metrics.change_to_publish.observe(max(0.0, (now_ms - applied_at_ms) / 1000))
+            self.metrics.change_to_feed.observe(max(0.0, (now_ms - applied_at_ms) / 1000))
         # Offsets are committed by the caller only after every record is acknowledged.
         await asyncio.gather(*sends)
-        self.metrics.published.labels("published").inc(len(sends))
+        self.metrics.records.labels("published").inc(len(sends))
 
     def _until_next_due_ms(self, default_ms: int) -> int:
         if not self.pending:
@@ -233,13 +234,13 @@ class Publisher:
         )
         runner = web.AppRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.worker_web_host, self.settings.publisher_web_port)
+        site = web.TCPSite(runner, self.settings.worker_web_host, self.settings.feed_web_port)
         await site.start()
         return runner
 
 
-def run_publisher(settings: Settings) -> None:
+def run_feed(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(Publisher(settings).run())
+    asyncio.run(Feed(settings).run())
