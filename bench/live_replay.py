@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -79,6 +80,9 @@ console = Console(stderr=True)
 K = 20
 RETRAIN_OUTCOMES = ("published", "rejected", "skipped", "failed")
 CASES = ("repeat", "new_item", "no_history")
+# The breakdown's group of events whose item the first model had never seen.
+COLD = "cold_item"
+CASE_GROUPS = (*CASES, COLD)
 
 
 @dataclass(frozen=True)
@@ -156,11 +160,16 @@ class PrequentialRun:
     types: np.ndarray  # each scored event's type (EventType values)
     # Per variant and baseline: what its answers showed (`exposure_summary`).
     exposure: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # Each scored event whose item the first model's vocabulary lacks (a cold item
+    # for the frozen and real-time variants); None when no model was trained.
+    cold: np.ndarray | None = None
 
     def breakdown(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per variant and baseline, per case and then per event type that occurs:
         events, hit@20 and MRR@20 (percent)."""
         groups = {case: self.cases == case for case in CASES}
+        if self.cold is not None:
+            groups[COLD] = self.cold
         groups |= {t.value: self.types == t.value for t in EventType if t.value in self.types}
         return {
             result.variant: {name: _group_summary(result, mask) for name, mask in groups.items()}
@@ -322,7 +331,9 @@ def run(
         )
         console.print(_line(replay.name, outcome.baselines[-1]))
     if variants:
-        outcome.variants = _run_variants(replay, settings, variants, plan)
+        outcome.variants, first_model = _run_variants(replay, settings, variants, plan)
+        known = set(orjson.loads((first_model / "vocab.json").read_bytes())["item_ids"])
+        outcome.cold = np.array([e.item_id not in known for e in replay.scored])
     outcome.exposure = {
         r.variant: exposure_summary(r, replay) for r in [*outcome.variants, *outcome.baselines]
     }
@@ -337,7 +348,8 @@ def _check_names(kind: str, names: Sequence[str], known: Mapping[str, object]) -
 
 def _run_variants(
     replay: Replay, settings: Settings, variants: Sequence[str], plan: Plan
-) -> list[VariantResult]:
+) -> tuple[list[VariantResult], Path]:
+    """The variants' results, and the first model's bundle (every variant's start)."""
     workdir = settings.home
     stack = DevStack(workdir / "stack")
     status = stack.up()
@@ -372,7 +384,8 @@ def _run_variants(
             console.print(_line(replay.name, results[-1]))
     finally:
         stack.down()
-    return results
+    assert first_model is not None  # `variants` is not empty
+    return results, first_model
 
 
 CATALOGUE_LOAD_BATCH = 5000  # records per pipelined round trip

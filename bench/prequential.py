@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPORTS, machine, machine_line, write_json
-from bench.live_replay import CASES, VARIANTS, Plan, curves, load_replay, run
+from bench.live_replay import CASE_GROUPS, VARIANTS, Plan, curves, load_replay, run
 from retrain.online_baselines import BLENDS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -300,7 +300,8 @@ def _dataset_section(name: str, data: dict[str, Any], report: dict[str, Any]) ->
     breakdown = data["breakdown"]
     groups = next(iter(breakdown.values()))
     for title, names in (
-        ("case", list(CASES)), ("event type", [g for g in groups if g not in CASES]),
+        ("case", [g for g in CASE_GROUPS if g in groups]),
+        ("event type", [g for g in groups if g not in CASE_GROUPS]),
     ):  # fmt: skip
         lines += [
             f"hit@20 / MRR@20 by {title} (events in brackets):",

@@ -251,7 +251,7 @@ def eval_prequential(
     import shutil
     import tempfile
 
-    from bench.live_replay import CASES, Plan, load_replay, run
+    from bench.live_replay import CASE_GROUPS, Plan, load_replay, run
     from bench.prequential import exposure_lines
     from retrain.online_baselines import BASELINES
 
@@ -279,7 +279,10 @@ def eval_prequential(
         )
     breakdown = outcome.breakdown()
     groups = next(iter(breakdown.values()), {})
-    tables = (("case", CASES), ("event type", [g for g in groups if g not in CASES]))
+    tables = (
+        ("case", [g for g in CASE_GROUPS if g in groups]),
+        ("event type", [g for g in groups if g not in CASE_GROUPS]),
+    )
     for title, names in tables if groups else ():
         headers = [f"{name} ({groups[name]['events']:,})" for name in names]
         typer.echo(f"\nby {title}: hit@20 / MRR@20 (events)")

@@ -12,6 +12,7 @@ import pytest
 
 from bench.live_replay import (
     CASES,
+    COLD,
     VARIANTS,
     Plan,
     PrequentialRun,
@@ -101,8 +102,10 @@ def test_the_breakdown_covers_every_variant_and_baseline_with_the_same_cases(
         name: [groups[case]["events"] for case in CASES] for name, groups in breakdown.items()
     }
     assert sum(counts["frozen"]) == SCORED and len({tuple(c) for c in counts.values()}) == 1
-    # The yoochoose sessions are clicks only.
-    assert all(set(groups) == {*CASES, "click"} for groups in breakdown.values())
+    # The yoochoose sessions are clicks only; cold items: those the first model lacks.
+    assert all(set(groups) == {*CASES, COLD, "click"} for groups in breakdown.values())
+    assert outcome.cold is not None
+    assert {groups[COLD]["events"] for groups in breakdown.values()} == {int(outcome.cold.sum())}
     overall = outcome.variants[0].summary()["hr20"]
     parts = breakdown[outcome.variants[0].variant]
     assert overall == pytest.approx(
