@@ -18,9 +18,9 @@ from rich.console import Console
 from bench.common import REPORTS, ScratchStack, machine, machine_line, write_json
 from bench.scenarios.ingest import kill_drill, poison_drill, redis_full_drill, redis_restart_drill
 from bench.scenarios.models import serving_models
-from bench.scenarios.pipeline import assert_state_is_exact, pipeline_names
 from bench.scenarios.redis_freeze import redis_freeze_drill
 from bench.scenarios.serving import bad_bundle_drill, server_kill_drill
+from bench.scenarios.workers import assert_state_is_exact, pipeline_names
 from devtools.devstack import free_port
 from streamrec.client import RetryPolicy
 from streamrec.events import Event

@@ -32,9 +32,9 @@ from bench.common import REPORTS, machine, machine_line, write_json
 from devtools.devstack import DevStack, free_port
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total, histogram_buckets, histogram_quantile
+from streamrec.event_files import taobao_event
 from streamrec.events import Event
 from streamrec.producer import topic_for
-from streamrec.replay import taobao_event
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 
@@ -202,9 +202,9 @@ class Bench:
         from dataclasses import replace
 
         from retrain.data import group_by_user
-        from retrain.pipeline import TrainPlan, train_models
         from retrain.publish import publish_models
         from retrain.train_encoder import EncoderTraining
+        from retrain.training import TrainPlan, train_models
 
         root = self.home / "vectors-registry"
         sequences = group_by_user((e.user_id, e.item_id, e.type, e.ts_ms) for e, _ in self.messages)

@@ -65,11 +65,11 @@ from streamrec import registry
 from streamrec.catalogue import Catalogue
 from streamrec.client import AsyncRecommenderClient, Recommendations
 from streamrec.errors import InputFormatError, StreamrecError
+from streamrec.event_files import FileFormat, read_events
 from streamrec.events import Event, EventType, Rejection
 from streamrec.items import item_from_fields
 from streamrec.keys import dedup_key
 from streamrec.producer import EventProducer
-from streamrec.replay import FileFormat, read_events
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from streamrec.topics import ensure_topics, pipeline_names

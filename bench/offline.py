@@ -36,7 +36,7 @@ OURS = {
 
 def run_bench(data: Path, out: Path, quick: bool = False) -> Path:
     from retrain.offline import quick_plan, run_offline
-    from retrain.pipeline import train_plan
+    from retrain.training import train_plan
     from streamrec.settings import Settings
 
     plan = train_plan(Settings())

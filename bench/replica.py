@@ -4,7 +4,7 @@ ranker and candidate changes in minutes instead of the live report's hour.
 The first model is trained on the warm-up as the first `streamrec retrain` cycle
 trains it (`retrain.cycle.cycle_plan`); then every scored event of a user with
 history is a case, its candidates and columns built as training builds them
-(`retrain.pipeline.case_candidates`: the user's events so far, the co-visitation
+(`retrain.training.case_candidates`: the user's events so far, the co-visitation
 table, popularity and trending replayed to that moment). The baselines answer
 the same replay as in the live report and are scored on the same events.
 
@@ -44,7 +44,7 @@ from bench.prequential import DATASETS
 from retrain.cycle import cycle_plan
 from retrain.data import group_by_user
 from retrain.online_baselines import BASELINES
-from retrain.pipeline import (
+from retrain.training import (
     CaseWindow,
     TrainedModels,
     case_candidates,

@@ -86,8 +86,8 @@ def run_bench(events: int = 1_000_000, quick: bool = False) -> Path:
 def _publish_parent(settings: Settings, sessions: list[UserSequence], until: datetime) -> str:
     """The serving version: a short training on the first sessions, whose archive
     window ends where the new events begin."""
-    from retrain.pipeline import TrainPlan, train_models
     from retrain.publish import publish_models
+    from retrain.training import TrainPlan, train_models
 
     plan = replace(TrainPlan(), encoder=replace(TrainPlan().encoder, epochs=1))
     models = train_models(sessions, plan, progress=False)

@@ -164,9 +164,9 @@ def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
     from itertools import islice
 
     from retrain.data import load_sequences
-    from retrain.pipeline import TrainPlan, train_models
     from retrain.publish import publish_models
     from retrain.train_encoder import EncoderTraining
+    from retrain.training import TrainPlan, train_models
 
     sessions = plan.train_sessions or 100_000
     console.print(f"no current model in {mine.registry}: training on {sessions:,} sessions")

@@ -41,8 +41,8 @@ from bench.prequential import DATASETS
 from retrain.cycle import cycle_plan
 from retrain.data import group_by_user
 from retrain.online_baselines import Cooc
-from retrain.pipeline import train_models
 from retrain.popularity import CategoryPopularity, Popularity
+from retrain.training import train_models
 from streamrec.covis import CovisTable, covis_scores
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings

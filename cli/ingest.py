@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from streamrec.errors import InputFormatError
+from streamrec.event_files import FileFormat
 from streamrec.events import Rejection
 from streamrec.redact import redacted
-from streamrec.replay import FileFormat
 from streamrec.settings import Settings
 
 console = Console(stderr=True)
@@ -38,8 +38,8 @@ def produce(
     """Replay an event file into Kafka, keyed by user, clicks and purchases to their topics."""
     from itertools import islice
 
+    from streamrec.event_files import detect_format, read_events
     from streamrec.producer import EventProducer, replay
-    from streamrec.replay import detect_format, read_events
     from streamrec.topics import ensure_topics
 
     settings = Settings()

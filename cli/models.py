@@ -15,7 +15,7 @@ import typer
 
 from streamrec import registry
 from streamrec.errors import BundleError, InputFormatError
-from streamrec.replay import FileFormat
+from streamrec.event_files import FileFormat
 from streamrec.settings import Settings
 
 DEFAULT_BENCH_DATA = Path("../shared/data/yoochoose1_64")
@@ -79,8 +79,8 @@ def train(
 
     from cli.ingest import exit_on_bad_rows
     from retrain.data import SRGNN, read_sequences
-    from retrain.pipeline import train_models, train_plan
     from retrain.publish import load_warm_start, publish_models
+    from retrain.training import train_models, train_plan
 
     settings = Settings()
     try:
@@ -196,7 +196,7 @@ def eval_offline(
 ) -> None:
     """P@20 and MRR@20 (full ranking) for popularity, item-kNN, retriever, retriever + ranker."""
     from retrain.offline import quick_plan, run_offline
-    from retrain.pipeline import train_plan
+    from retrain.training import train_plan
 
     plan = train_plan(Settings())
     plan = quick_plan(plan) if quick else plan

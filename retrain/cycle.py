@@ -23,8 +23,8 @@ import orjson
 from redis.exceptions import RedisError
 
 from retrain.data import group_by_user
-from retrain.pipeline import TrainPlan, evaluate_on_slice, train_models, train_plan
 from retrain.publish import load_ranker, load_warm_start, publish_models
+from retrain.training import TrainPlan, evaluate_on_slice, train_models, train_plan
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, read_archive
 from streamrec.catalogue import Catalogue

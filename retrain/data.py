@@ -1,7 +1,7 @@
 """Reading interaction logs into per-user (or per-session) event sequences.
 
 Event files (JSONL, CSV, Taobao UserBehavior, session-rec) are read by the one
-reader, `streamrec.replay`, under the same rules as `streamrec produce`: bad rows
+reader, `streamrec.event_files`, under the same rules as `streamrec produce`: bad rows
 are skipped and counted, or stop the read with `strict`. The other format is
 `srgnn`: the SR-GNN yoochoose1_64 text files, a folder with train_sessions.txt
 and test.txt, which holds no events (no ids, no times) and is read here.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamrec.errors import InputFormatError
+from streamrec.event_files import FileFormat, detect_format, read_events
 from streamrec.events import EventType, Rejection
-from streamrec.replay import FileFormat, detect_format, read_events
 
 SRGNN = "srgnn"
 FORMATS = (*(f.value for f in FileFormat), SRGNN)

@@ -19,10 +19,10 @@ from retrain.candidates import build_candidates
 from retrain.covis_cases import CaseReplay, time_ordered_cases
 from retrain.data import load_srgnn
 from retrain.metrics import summarise
-from retrain.pipeline import TrainedModels, TrainPlan, evaluate_pair, known_items, train_models
 from retrain.popularity import decayed_popularity, last_event_ms
 from retrain.ranker import RankerConfig
 from retrain.train_encoder import EncoderTraining
+from retrain.training import TrainedModels, TrainPlan, evaluate_pair, known_items, train_models
 
 
 def quick_plan(plan: TrainPlan) -> TrainPlan:

@@ -15,8 +15,8 @@ from retrain.batches import left_pad
 from retrain.encoder import EncoderConfig, SequenceEncoder
 from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, parity_error
 from retrain.index import build_index, write_index
-from retrain.pipeline import TrainedModels, TrainPlan
 from retrain.ranker import Ranker, RankerConfig
+from retrain.training import TrainedModels, TrainPlan
 from retrain.vocab import ItemVocab
 from streamrec import registry
 from streamrec.errors import BundleError

@@ -2,7 +2,7 @@
 Taobao UserBehavior file implies (each item's category, from its events).
 
 Each reader yields `(line_number, ItemRecord | ItemDelete | Rejection)`, as the
-event readers of `streamrec/replay.py` do, so a caller can say which line was bad.
+event readers of `streamrec/event_files.py` do, so a caller can say which line was bad.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from enum import StrEnum
 from pathlib import Path
 
 from streamrec.errors import InputFormatError
+from streamrec.event_files import FileFormat as EventFileFormat
+from streamrec.event_files import read_events
 from streamrec.events import Rejection
 from streamrec.items import ItemChange, item_from_fields, parse_item
-from streamrec.replay import FileFormat as EventFileFormat
-from streamrec.replay import read_events
 
 # A CSV cell holding several categories or tags separates them with this.
 CSV_LIST_SEPARATOR = "|"

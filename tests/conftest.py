@@ -15,7 +15,7 @@ import redis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from bench.scenarios.pipeline import pipeline_names
+from bench.scenarios.workers import pipeline_names
 from devtools.devstack import DevStack, free_port
 from streamrec.settings import Settings
 from streamrec.state import StateStore

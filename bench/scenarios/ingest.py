@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from bench.scenarios.pipeline import (
+from bench.scenarios.workers import (
     applied_count,
     bad_message,
     paced_producer,

@@ -10,10 +10,10 @@ from functools import cache
 from pathlib import Path
 
 from bench.scenarios.data import yoochoose_sessions
-from retrain.pipeline import TrainedModels, TrainPlan, train_models
 from retrain.publish import publish_models
 from retrain.ranker import RankerConfig
 from retrain.train_encoder import EncoderTraining
+from retrain.training import TrainedModels, TrainPlan, train_models
 from streamrec import registry
 
 TINY_PLAN = TrainPlan(

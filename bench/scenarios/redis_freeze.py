@@ -25,7 +25,7 @@ from bench.scenarios.models import publish
 from bench.scenarios.serving import seed_users
 from devtools.devstack import DevStack
 from devtools.processes import ServiceProcess
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 from streamrec.settings import Settings
 
 

@@ -25,7 +25,7 @@ from bench.scenarios.users import apply, events_for
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 from streamrec import registry
 from streamrec.client import AsyncRecommenderClient, RetryPolicy
 from streamrec.errors import ServingError

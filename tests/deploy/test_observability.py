@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from bench.scenarios.models import publish, serving_models
-from bench.scenarios.pipeline import start_worker
+from bench.scenarios.workers import start_worker
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from streamrec.client import RecommenderClient

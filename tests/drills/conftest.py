@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.scenarios.models import serving_models
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from bench.scenarios.ingest import (
     redis_full_drill,
     redis_restart_drill,
 )
-from bench.scenarios.pipeline import assert_archive_is_exact, assert_state_is_exact, taobao_events
+from bench.scenarios.workers import assert_archive_is_exact, assert_state_is_exact, taobao_events
 from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,7 +11,7 @@ import pytest
 
 from bench.scenarios.redis_freeze import redis_freeze_drill
 from devtools.devstack import free_port
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

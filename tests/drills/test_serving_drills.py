@@ -10,7 +10,7 @@ import pytest
 
 from bench.scenarios.serving import bad_bundle_drill, server_kill_drill
 from devtools.devstack import free_port
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
 from bench.scenarios.models import publish, serving_models
-from bench.scenarios.pipeline import pipeline_names
+from bench.scenarios.workers import pipeline_names
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from model_server.app import create_app
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 from streamrec import registry
 from streamrec.settings import Settings
 

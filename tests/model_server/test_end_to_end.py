@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from bench.scenarios.pipeline import produce_raw
+from bench.scenarios.workers import produce_raw
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from streamrec.client import Recommendations, RecommenderClient

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.scenarios.pipeline import read_topic
+from bench.scenarios.workers import read_topic
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from streamrec.settings import Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.scenarios.pipeline import produce_raw
+from bench.scenarios.workers import produce_raw
 from streamrec.settings import Settings
 from tests.model_server.conftest import Served, in_process
 from tests.model_server.test_end_to_end import send

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from bench.scenarios.models import publish
-from bench.scenarios.pipeline import pipeline_names
 from bench.scenarios.users import apply, events_for
+from bench.scenarios.workers import pipeline_names
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 from streamrec.settings import Settings
 from tests.model_server.conftest import ADMIN_TOKEN
 

@@ -16,7 +16,7 @@ import pytest
 
 from bench.scenarios.data import yoochoose_sessions
 from bench.scenarios.models import TINY_PLAN
-from bench.scenarios.pipeline import produce_raw
+from bench.scenarios.workers import produce_raw
 from devtools.processes import ServiceProcess
 from retrain.cycle import run_cycle
 from streamrec import registry

@@ -9,8 +9,8 @@ from bench.scenarios.data import yoochoose_sessions
 from cli import app
 from retrain.data import read_sequences
 from streamrec import registry
+from streamrec.event_files import bad_row_message, read_events
 from streamrec.events import Rejection
-from streamrec.replay import bad_row_message, read_events
 
 
 def test_train_publishes_and_model_commands_read_the_registry(tmp_path, monkeypatch) -> None:

@@ -9,8 +9,8 @@ from bench.scenarios.data import DATA, TAOBAO, YOOCHOOSE
 from retrain.data import load_sequences, load_srgnn, read_sequences
 from retrain.holdout import next_item_cases, split_recent
 from streamrec.errors import InputFormatError
+from streamrec.event_files import TAOBAO_BEHAVIOR
 from streamrec.events import EventType, RejectReason
-from streamrec.replay import TAOBAO_BEHAVIOR
 
 
 def test_srgnn_files_match_the_published_counts() -> None:

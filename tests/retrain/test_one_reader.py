@@ -9,8 +9,8 @@ import pytest
 
 from retrain.data import group_by_user, read_sequences
 from streamrec.errors import InputFormatError
+from streamrec.event_files import bad_row_message, detect_format, read_events
 from streamrec.events import Event, Rejection, RejectReason
-from streamrec.replay import bad_row_message, detect_format, read_events
 
 # Each file: good rows and bad ones (format, file name, text, bad line numbers).
 FILES = [

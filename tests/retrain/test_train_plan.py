@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from retrain.cycle import cycle_plan
-from retrain.pipeline import TrainPlan, train_plan
+from retrain.training import TrainPlan, train_plan
 from streamrec.covis import CovisRule
 from streamrec.settings import Settings
 

@@ -10,8 +10,8 @@ from retrain.baselines import popularity_ranks
 from retrain.candidates import build_candidates
 from retrain.holdout import next_item_cases, split_recent
 from retrain.metrics import summarise
-from retrain.pipeline import evaluate_pair, train_models
 from retrain.train_encoder import EncoderTraining
+from retrain.training import evaluate_pair, train_models
 
 
 @pytest.mark.slow

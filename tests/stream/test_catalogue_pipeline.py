@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from bench.scenarios.data import TAOBAO
-from bench.scenarios.pipeline import paced_producer, read_topic, start_worker
+from bench.scenarios.workers import paced_producer, read_topic, start_worker
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from streamrec.catalogue import Catalogue

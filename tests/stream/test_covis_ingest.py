@@ -14,7 +14,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from bench.scenarios.pipeline import applied_count, start_worker, wait_until
+from bench.scenarios.workers import applied_count, start_worker, wait_until
 from devtools.scrape import events_by_type_and_outcome
 from streamrec.covis import CovisTable
 from streamrec.events import Event, EventType

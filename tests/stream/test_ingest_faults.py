@@ -15,7 +15,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from bench.scenarios.pipeline import applied_count, read_topic, start_worker, wait_until
+from bench.scenarios.workers import applied_count, read_topic, start_worker, wait_until
 from devtools.devstack import DevStack
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings

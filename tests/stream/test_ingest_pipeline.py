@@ -12,7 +12,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.scenarios.pipeline import (
+from bench.scenarios.workers import (
     applied_count,
     assert_archive_is_exact,
     assert_state_is_exact,

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from bench.scenarios.models import publish, serving_models
-from bench.scenarios.pipeline import (
+from bench.scenarios.workers import (
     applied_count,
     produce_raw,
     start_worker,

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from bench.scenarios.data import TAOBAO
-from bench.scenarios.pipeline import read_topic
+from bench.scenarios.workers import read_topic
 from streamrec.events import Rejection, RejectReason
 from streamrec.item_files import ItemFileFormat, detect_item_format, read_items, taobao_items
 from streamrec.items import ItemDelete, ItemRecord

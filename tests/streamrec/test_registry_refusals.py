@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from bench.scenarios.models import publish as _publish
 from bench.scenarios.models import serving_models
-from retrain.pipeline import TrainedModels
+from retrain.training import TrainedModels
 from streamrec import registry
 from streamrec.errors import BundleError, ChecksumMismatch
 from tests.streamrec.bad_bundles import BAD_BUNDLES, spoil

@@ -22,10 +22,10 @@ from devtools.processes import ServiceProcess
 from devtools.scrape import events_by_type_and_outcome
 from streamrec import topics
 from streamrec.archive import read_archive
+from streamrec.event_files import taobao_event
 from streamrec.events import Event, EventType, RejectReason
 from streamrec.keys import item_popularity_key
 from streamrec.producer import topic_for
-from streamrec.replay import taobao_event
 from streamrec.settings import Settings
 
 

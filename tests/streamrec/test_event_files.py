@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from bench.scenarios.data import TAOBAO
-from bench.scenarios.pipeline import read_topic
+from bench.scenarios.workers import read_topic
+from streamrec.event_files import FileFormat, bad_row_message, detect_format, read_events
 from streamrec.events import Event, EventType, Rejection, RejectReason
-from streamrec.replay import FileFormat, bad_row_message, detect_format, read_events
 from streamrec.settings import Settings
 
 

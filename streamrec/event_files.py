@@ -1,5 +1,6 @@
-"""Reading event files for replay: our JSONL and CSV, the Taobao UserBehavior CSV,
-and session-rec's session files (`SessionId ItemId Time`, a session as the user).
+"""Event files: our JSONL and CSV, the Taobao UserBehavior CSV and session-rec's
+session files (`SessionId ItemId Time`, a session as the user); the replaying of
+them into Kafka is `streamrec/producer.py`'s. Item files are `item_files.py`'s.
 
 Each reader yields `(line_number, Event | Rejection)` so a caller can report
 exactly which line was bad and why. This is the one reader of event files: the
