@@ -14,9 +14,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli import bench, demo, dev, feed, ingest, items, models, retrain, serve
+from streamrec import __version__
 from streamrec.errors import StreamrecError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+HELP = (
+    "streamrec: a streaming, real-time recommender. Events in through Kafka, user state "
+    "in Redis, recommendations out over HTTP (serve) and Kafka (feed). Start with "
+    "`streamrec dev up`; every setting is a STREAMREC_* variable (docs/operations.md)."
+)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
 dev.register(app)
 ingest.register(app)
 items.register(app)
@@ -26,6 +32,21 @@ models.register(app)
 serve.register(app)
 feed.register(app)
 retrain.register(app)
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        typer.echo(f"streamrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """The options every command shares."""
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -106,11 +106,18 @@ def state(user_id: str = typer.Argument(..., help="The user whose state to print
     async def read() -> dict[str, object]:
         store = StateStore(settings)
         try:
-            return (await store.read_user(user_id)).to_json_dict()
+            user = await store.read_user(user_id)
         except RedisError as exc:
             raise StateError(f"cannot read Redis at {redacted(settings.redis_url)}: {exc}") from exc
         finally:
             await store.close()
+        if not user.recent_events and not user.counts_by_type:
+            raise StateError(
+                f"no state for user {user_id!r} in Redis at {redacted(settings.redis_url)}: "
+                f"never seen there, or idle longer than STREAMREC_USER_TTL_S "
+                f"({settings.user_ttl_s} s)"
+            )
+        return user.to_json_dict()
 
     typer.echo(orjson.dumps(asyncio.run(read()), option=orjson.OPT_INDENT_2).decode())
 

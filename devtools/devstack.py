@@ -54,7 +54,7 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
         raise DevStackError(
-            "redis-server is not installed: run `make redis` (installs Debian's redis-server) "
+            "redis-server is not installed: run `make binaries` (installs Debian's redis-server) "
             "or set STREAMREC_REDIS_URL to a Redis you run"
         )
     return found

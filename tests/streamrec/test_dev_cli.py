@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamrec import __version__
+
 pytestmark = pytest.mark.integration
 
 
@@ -34,10 +36,10 @@ def test_dev_up_writes_addresses_that_the_other_commands_find(tmp_path: Path) ->
         assert status.returncode == 0
         assert described["kafka_bootstrap"] in status.stdout
         assert described["redis_url"] in status.stdout
-        # `streamrec state` finds Redis without flags: an unknown user has empty state.
+        # `streamrec state` finds Redis without flags, and says when it knows no such user.
         state = run(tmp_path, "state", "nobody")
-        assert state.returncode == 0, state.stderr
-        assert orjson.loads(state.stdout)["recent_events"] == []
+        assert state.returncode == 1, state.stdout + state.stderr
+        assert "no state for user 'nobody'" in state.stderr and "Traceback" not in state.stderr
     finally:
         down = run(tmp_path, "dev", "down")
     assert down.returncode == 0
@@ -65,3 +67,8 @@ def test_unreachable_kafka_and_redis_are_one_clear_line_not_a_traceback(tmp_path
         assert done.returncode == 1
         assert expected in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    done = run(tmp_path, "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"streamrec {__version__}"
