@@ -24,10 +24,9 @@ from streamrec.keys import (
     CATALOGUE_ITEMS_KEY,
     CATALOGUE_MARKER,
     CATALOGUE_UNAVAILABLE_KEY,
-    CategoryPart,
-    ItemPart,
-    category_key,
-    item_key,
+    category_available_key,
+    category_popular_key,
+    item_info_key,
     lua_script,
 )
 from streamrec.settings import Settings
@@ -63,21 +62,6 @@ class ItemApplied(IntEnum):
     APPLIED = 1
     DELETED = 2  # the item's keys removed, its deletion marker written
     STALE = 3  # older than what is stored: not applied
-
-
-def item_info_key(item_id: str) -> str:
-    """The item's catalogue record (a hash), or the marker of its deletion."""
-    return item_key(item_id, ItemPart.INFO)
-
-
-def category_available_key(category: str) -> str:
-    """The category's available items: item -> ts of the record that made it so."""
-    return category_key(category, CategoryPart.AVAILABLE)
-
-
-def category_popular_key(category: str) -> str:
-    """The category's items by decayed event count (the stream worker's apply script)."""
-    return category_key(category, CategoryPart.POPULAR)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,21 @@ def item_covis_key(item_id: str) -> str:
     return item_key(item_id, ItemPart.COVIS)
 
 
+def item_info_key(item_id: str) -> str:
+    """The item's catalogue record (a hash), or the marker of its deletion."""
+    return item_key(item_id, ItemPart.INFO)
+
+
+def category_available_key(category: str) -> str:
+    """The category's available items: item -> ts of the record that made it so."""
+    return category_key(category, CategoryPart.AVAILABLE)
+
+
+def category_popular_key(category: str) -> str:
+    """The category's items by decayed event count (the stream worker's apply script)."""
+    return category_key(category, CategoryPart.POPULAR)
+
+
 def trending_key(event_type: EventType) -> str:
     return f"{PREFIX}:trend:{event_type.value}"
 

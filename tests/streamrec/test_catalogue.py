@@ -14,10 +14,9 @@ from streamrec.catalogue import (
     Catalogue,
     CatalogueItem,
     ItemApplied,
-    category_available_key,
-    item_info_key,
 )
 from streamrec.items import ItemChange, ItemDelete, ItemRecord
+from streamrec.keys import category_available_key, item_info_key
 from streamrec.settings import Settings
 
 

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from retrain.popularity import CategoryPopularity
-from streamrec.catalogue import Catalogue, category_popular_key
+from streamrec.catalogue import Catalogue
 from streamrec.events import Event, EventType
 from streamrec.features import category_candidates
 from streamrec.items import ItemRecord
+from streamrec.keys import category_popular_key
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
