@@ -188,14 +188,14 @@ def _group_summary(result: VariantResult, mask: np.ndarray) -> dict[str, Any]:
     }
 
 
-def exposure_summary(result: VariantResult, replay: Replay) -> dict[str, float | None]:
-    """Beside hit rate: what the answers showed. `coverage20`: the share of the
+def exposure_summary(result: VariantResult, touched: Counter[str]) -> dict[str, float | None]:
+    """Beside hit rate: what the answers showed; `touched`: how often each of the
+    replay's items occurs in it (warm-up and scored). `coverage20`: the share of the
     replay's items ever in a top 20; `tail_share`: the share of shown slots taken by
     items outside the 20% most touched over the whole replay; `gini`: of how often
     each of the replay's items was shown (0: all alike, 1: one item only);
     `category_diversity`: distinct categories per item with a category in a top 20,
     the mean over answers (None without categories). In percent but the Gini."""
-    touched = Counter(e.item_id for e in [*replay.warmup, *replay.scored])
     shown = result.exposure
     slots = sum(shown.values())
     if not slots:
@@ -334,8 +334,9 @@ def run(
         outcome.variants, first_model = _run_variants(replay, settings, variants, plan)
         known = set(orjson.loads((first_model / "vocab.json").read_bytes())["item_ids"])
         outcome.cold = np.array([e.item_id not in known for e in replay.scored])
+    touched = Counter(e.item_id for e in [*replay.warmup, *replay.scored])
     outcome.exposure = {
-        r.variant: exposure_summary(r, replay) for r in [*outcome.variants, *outcome.baselines]
+        r.variant: exposure_summary(r, touched) for r in [*outcome.variants, *outcome.baselines]
     }
     return outcome
 

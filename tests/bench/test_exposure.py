@@ -21,7 +21,7 @@ def test_coverage_tail_and_gini() -> None:
         "m", "m", np.zeros(0), np.zeros(0), np.zeros(0), 0, Counter(), Counter(), 0.0,
         exposure=Counter({"a": 2, "b": 1, "c": 1}),
     )  # fmt: skip
-    summary = exposure_summary(shown, replay)
+    summary = exposure_summary(shown, Counter(e.item_id for e in [*replay.warmup, *replay.scored]))
     assert summary["coverage20"] == 60.0  # 3 of 5 items
     assert summary["tail_share"] == 50.0  # b and c of 4 slots
     # exposure 0, 0, 1, 1, 2: sum over i of (2i - n - 1) x_i / (n sum x) = 10 / 20
