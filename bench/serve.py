@@ -29,7 +29,7 @@ from rich.console import Console
 from bench.common import REPORTS, machine, machine_line, write_json
 from devtools.devstack import DevStack, free_port
 from devtools.processes import ServiceProcess
-from model_server.pipeline import STAGES
+from model_server.recommender import STAGES
 from stream.vectors import VectorRefresher
 from streamrec import registry
 from streamrec.client import RecommenderClient

@@ -22,14 +22,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from model_server import admin, endpoints
-from model_server.answers import AnswerWriter
 from model_server.limits import BodySizeLimit
 from model_server.openapi import openapi_document
-from model_server.pipeline import Recommender
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
+from model_server.recommender import Recommender
 from model_server.schemas import request_models
 from model_server.serving import InFlight, Serving, json_response, measured
+from model_server.write_back import WriteBackQueue
 from streamrec.errors import StateError
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
@@ -72,7 +72,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         watcher: asyncio.Task[None] | None = None
         popularity: PopularityTable | None = None
         refresher: asyncio.Task[None] | None = None
-        answers: AnswerWriter | None = None
+        write_back: WriteBackQueue | None = None
         writer: asyncio.Task[None] | None = None
         try:
             try:
@@ -110,8 +110,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             )
             # Held from the start: while Redis does not answer, /recommend answers it.
             await recommender.hold_trending(holder.current)
-            answers = AnswerWriter(store)
-            writer = asyncio.create_task(answers.run())
+            write_back = WriteBackQueue(store)
+            writer = asyncio.create_task(write_back.run())
             app.state.serving = Serving(
                 settings,
                 store,
@@ -119,7 +119,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 recommender,
                 metrics,
                 requests,
-                answers,
+                write_back,
                 InFlight(settings.serve_max_concurrency),
             )
             watcher = asyncio.create_task(holder.follow(settings))
@@ -131,8 +131,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             gc.freeze()
             yield
         finally:
-            if answers is not None and writer is not None:
-                answers.stop()
+            if write_back is not None and writer is not None:
+                write_back.stop()
                 await writer
             if watcher is not None:
                 watcher.cancel()

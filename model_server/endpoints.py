@@ -18,7 +18,7 @@ from starlette.responses import Response
 from model_server.filters import NO_FILTER, ItemFilter
 from model_server.schemas import ItemFilterBody
 from model_server.serving import json_response, parse_body, serving_of
-from streamrec.state import Answer
+from streamrec.state import WriteBack
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +44,7 @@ async def recommend(request: Request) -> Response:
     if remember or answer.fresh_vector:
         shown = [item.item_id for item in answer.items]
         at_ms = int(time.time() * 1000)
-        serving.answers.add(Answer(body.user_id, shown, at_ms, answer.fresh_vector))
+        serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector))
     return json_response(answer.body(body.user_id, body.k))
 
 

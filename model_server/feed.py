@@ -24,7 +24,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from model_server.pipeline import Recommendation, Recommender
+from model_server.recommender import Recommendation, Recommender
 from streamrec.kafka_client import kafka_python_options
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import FeedMetrics, ServeMetrics

@@ -46,7 +46,7 @@ PREWARM_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
-class Answered:
+class Encoded:
     """What one user's latest request encoded: the serving version's rows and type ids
     of their recent events (oldest first, at most its `max_len`), how many recent
     events they had, and the state they came from."""
@@ -63,7 +63,7 @@ class Prewarm:
         self.holder = holder
         self.metrics = metrics
         self.max_users = max_users
-        self._answered: dict[str, Answered] = {}  # least lately answered first
+        self._answered: dict[str, Encoded] = {}  # least lately answered first
         self._warm: tuple[str, dict[str, CachedVector]] = ("", {})  # version, by user
         # One thread: encoder calls never overlap, and never hold the event loop.
         self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="prewarm")
@@ -76,7 +76,7 @@ class Prewarm:
         recent = self._answered
         recent.pop(user.user_id, None)
         if all(event.item_id in known for event in user.recent_events):
-            recent[user.user_id] = Answered(
+            recent[user.user_id] = Encoded(
                 model.version, user.state_tag, len(user.recent_events), inputs[0][0], inputs[1][0]
             )
             if len(recent) > self.max_users:

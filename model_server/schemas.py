@@ -193,7 +193,7 @@ class SimilarResponse(BaseModel):
     )
 
 
-class ItemScoreOut(BaseModel):
+class ItemScore(BaseModel):
     item_id: str
     score: float | None = Field(description="None when the model does not know the item.")
     error: Literal["unknown_item"] | None = None
@@ -201,7 +201,7 @@ class ItemScoreOut(BaseModel):
 
 class ScoreResponse(BaseModel):
     user_id: str
-    items: list[ItemScoreOut]
+    items: list[ItemScore]
     model_version: str
 
 

@@ -16,10 +16,10 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from model_server.answers import AnswerWriter
 from model_server.limits import BodyTooLarge
-from model_server.pipeline import Recommender
+from model_server.recommender import Recommender
 from model_server.schemas import RequestModels
+from model_server.write_back import WriteBackQueue
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
@@ -67,7 +67,7 @@ class Serving:
     recommender: Recommender
     metrics: ServeMetrics
     requests: RequestModels
-    answers: AnswerWriter
+    write_back: WriteBackQueue
     in_flight: InFlight
 
 

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from streamrec.loaded import ModelHolder, ServedModel
 from streamrec.metrics import IngestMetrics
-from streamrec.state import Answer, StateStore
+from streamrec.state import StateStore, WriteBack
 from streamrec.user_vectors import cache_entry, cached_user_vector, encoder_inputs, known_events
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ class VectorRefresher:
         )
         # The server's own write-back (one script call, the same TTL), with no items shown.
         now_ms = int(time.time() * 1000)
-        await self.store.remember_answers(
+        await self.store.write_back(
             [
-                Answer(user.user_id, (), now_ms, cache_entry(model, user, user_vectors[n]))
+                WriteBack(user.user_id, (), now_ms, cache_entry(model, user, user_vectors[n]))
                 for n, user in enumerate(stale)
             ]
         )

@@ -13,6 +13,10 @@ just failed is tried last for `RetryPolicy.cooldown_s`. When every try fails the
 call raises `RequestRejected` (the last answer was an error status) or
 `ServersUnavailable` (no server answered). The sync and async clients share this
 policy: `_attempts` decides, they only send.
+
+The records (`Recommendations`, `ScoredItem`, `Scores`, `ItemScore`, `Similar`,
+`SimilarItem`) carry the fields of the OpenAPI schemas of the answers, by the same
+names (tests/model_server/test_client_records.py holds them together).
 """
 
 from __future__ import annotations
@@ -43,8 +47,15 @@ RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocol
 @dataclass(frozen=True, slots=True)
 class ScoredItem:
     item_id: str
-    score: float | None  # None in /score answers for items the model does not know
-    features: Mapping[str, float] | None = None
+    score: float
+    features: Mapping[str, float] | None = None  # only with explain=true
+
+
+@dataclass(frozen=True, slots=True)
+class ItemScore:
+    item_id: str
+    score: float | None  # None for an item the model does not know
+    error: str | None = None  # "unknown_item" then
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ class Recommendations:
 @dataclass(frozen=True, slots=True)
 class Scores:
     user_id: str
-    items: tuple[ScoredItem, ...]
+    items: tuple[ItemScore, ...]
     model_version: str
 
     @property
@@ -247,7 +258,8 @@ def _recommendations(body: dict[str, Any]) -> Recommendations:
 
 
 def _scores(body: dict[str, Any]) -> Scores:
-    return Scores(body["user_id"], _items(body["items"]), body["model_version"])
+    items = tuple(ItemScore(r["item_id"], r["score"], r.get("error")) for r in body["items"])
+    return Scores(body["user_id"], items, body["model_version"])
 
 
 class _ClientBase:

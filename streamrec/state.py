@@ -66,9 +66,10 @@ SCRIPT_MAX_EVENTS = 100
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
-    """What the model server keeps of one answer: the items shown, and the user
-    vector it computed when the cache had none for this state."""
+class WriteBack:
+    """What is written back to a user's state after serving: the items the user was
+    shown (for the online hit rate; none from the worker's vector refresh), and the
+    user vector computed when the cache had none for this state."""
 
     user_id: str
     item_ids: Sequence[str]
@@ -322,7 +323,7 @@ class StateStore:
         self.redis: aioredis.Redis = client or redis_client(settings)
         self.reads = reads
         self._apply_script = self.redis.register_script(lua_script("apply_events"))
-        self._remember_script = self.redis.register_script(lua_script("remember_answers"))
+        self._write_back_script = self.redis.register_script(lua_script("write_back"))
         self._read_popularity_script = self.redis.register_script(lua_script("read_popularity"))
         self._read_users_script: Callable[..., Awaitable[Any]] = (
             reads.script(lua_script("read_users"))
@@ -390,27 +391,27 @@ class StateStore:
                 outcomes += [Applied(applied) for applied in chunk]
         return outcomes
 
-    async def remember_answers(self, answers: Sequence[Answer]) -> None:
-        """After answering, in one script call for many answers: what each user was
-        shown (for the online hit rate) and the user vectors computed."""
+    async def write_back(self, records: Sequence[WriteBack]) -> None:
+        """After serving, in one script call for many users: what each was shown
+        (for the online hit rate) and the user vectors computed."""
         window_ms = self.settings.hit_window_s * 1000
         args: list[str | int | bytes] = [
             window_ms,
             self.settings.recommended_max,
             self.settings.user_ttl_s,
         ]
-        for answer in answers:
-            items = answer.item_ids if window_ms > 0 else ()
-            if not items and answer.vector is None:
+        for record in records:
+            items = record.item_ids if window_ms > 0 else ()
+            if not items and record.vector is None:
                 continue
-            vector = answer.vector.to_bytes() if answer.vector is not None else b""
-            args += [answer.user_id, answer.at_ms, vector, len(items), *items]
+            vector = record.vector.to_bytes() if record.vector is not None else b""
+            args += [record.user_id, record.at_ms, vector, len(items), *items]
         if len(args) > 3:
-            await self._remember_script(args=args)
+            await self._write_back_script(args=args)
 
     async def record_recommended(self, user_id: str, item_ids: Sequence[str], now_ms: int) -> None:
         """Remember what the user was shown, for the online hit rate."""
-        await self.remember_answers([Answer(user_id, item_ids, now_ms)])
+        await self.write_back([WriteBack(user_id, item_ids, now_ms)])
 
     async def acquire_feed_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
         """Per-user rate limit shared by every feed replica: True where this caller

@@ -51,7 +51,7 @@ def frozen_redis(settings: Settings, at_most_s: float = 5.0) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class Answer:
+class Reply:
     sent_s: float  # since the load started
     latency_s: float
     status: int
@@ -63,13 +63,13 @@ class RedisFreezeDrill:
     budget_ms: float
     frozen_from_s: float
     frozen_until_s: float
-    answers: list[Answer] = field(default_factory=list)
+    answers: list[Reply] = field(default_factory=list)
 
-    def during_freeze(self) -> list[Answer]:
+    def during_freeze(self) -> list[Reply]:
         return [a for a in self.answers if self.frozen_from_s <= a.sent_s < self.frozen_until_s]
 
     def figures(self) -> dict[str, Any]:
-        def summary(answers: list[Answer]) -> dict[str, Any]:
+        def summary(answers: list[Reply]) -> dict[str, Any]:
             ms = np.array([a.latency_s for a in answers] or [0.0]) * 1000
             return {
                 "answers": len(answers),
@@ -99,7 +99,7 @@ class _Load:
             self.bodies.append(("/recommend", {"user_id": f"drill-newcomer-{n}", "k": 10}))
             self.bodies.append(("/score", {"user_id": user, "item_ids": items[n : n + 3]}))
         self.concurrency = concurrency
-        self.answers: list[Answer] = []
+        self.answers: list[Reply] = []
         self.started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -129,7 +129,7 @@ class _Load:
             latency_s = self.now_s() - sent_s
             answer = response.json()
             kind = answer.get("error") or answer.get("fallback") or "ranked"
-            self.answers.append(Answer(sent_s, latency_s, response.status_code, kind))
+            self.answers.append(Reply(sent_s, latency_s, response.status_code, kind))
 
 
 def redis_freeze_drill(

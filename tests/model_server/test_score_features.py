@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model_server.pipeline import LOG_SOFTMAX_COLUMN, RANK_LOG_COLUMN, against_candidates
+from model_server.recommender import LOG_SOFTMAX_COLUMN, RANK_LOG_COLUMN, against_candidates
 from streamrec import features
 
 USER = features.UserState(recent_events=())

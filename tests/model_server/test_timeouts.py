@@ -19,7 +19,7 @@ from bench.scenarios.redis_freeze import frozen_redis
 from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
-from model_server.pipeline import Recommender
+from model_server.recommender import Recommender
 from streamrec.loaded import open_model
 from streamrec.metrics import ServeMetrics
 from streamrec.state import StateStore

@@ -13,7 +13,7 @@ from streamrec.events import Event, EventType
 from streamrec.features import EVENT_TYPES
 from streamrec.keys import POPULARITY_SEQ_KEY, item_popularity_key, recommended_key, user_vector_key
 from streamrec.settings import Settings
-from streamrec.state import POPULARITY_CHANGED_MAX, Answer, CachedVector, StateStore
+from streamrec.state import POPULARITY_CHANGED_MAX, CachedVector, StateStore, WriteBack
 
 HOUR_MS = 3_600_000
 CLICK = EVENT_TYPES.index(EventType.CLICK)
@@ -260,8 +260,12 @@ async def test_nothing_is_recorded_when_the_hit_window_is_off(
 
 async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> None:
     vector = CachedVector("v1", "3:1000", b"\x00\x01|\x02\x03")  # any bytes, "|" included
-    await store.remember_answers(
-        [Answer("u1", ["a", "b"], 1_000, vector), Answer("u2", ["c"], 1_000), Answer("u3", [], 0)]
+    await store.write_back(
+        [
+            WriteBack("u1", ["a", "b"], 1_000, vector),
+            WriteBack("u2", ["c"], 1_000),
+            WriteBack("u3", [], 0),
+        ]
     )
     assert await store.redis.zrange(recommended_key("u1"), 0, -1) == [b"a", b"b"]
     assert await store.redis.zrange(recommended_key("u2"), 0, -1) == [b"c"]

@@ -1,5 +1,5 @@
--- After answers, many at once. ARGV: hit window ms (0: record no items), max items,
--- vector ttl s, then per answer: user id, now ms, the cached vector ('' for none),
+-- Written back after serving, many users at once. ARGV: hit window ms (0: record no items), max items,
+-- vector ttl s, then per user: user id, now ms, the cached vector ('' for none),
 -- the item count, the item ids. A user's recommended items older than the window
 -- and beyond the cap are dropped. Builds the user keys itself, like the apply script.
 local window, max_items, vector_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]

@@ -11,7 +11,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from streamrec.state import Answer, StateStore
+from streamrec.state import StateStore, WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +27,19 @@ BATCH_MAX = 64
 PENDING_MAX = 10_000
 
 
-class AnswerWriter:
+class WriteBackQueue:
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._pending: list[Answer] = []
+        self._pending: list[WriteBack] = []
         self._wake = asyncio.Event()
         self._stopped = False
 
-    def add(self, answer: Answer) -> None:
-        self._pending.append(answer)
+    def add(self, record: WriteBack) -> None:
+        self._pending.append(record)
         if len(self._pending) > PENDING_MAX:
             dropped = len(self._pending) - PENDING_MAX
             del self._pending[:dropped]
-            log.warning("dropped %d answers not yet written (Redis behind)", dropped)
+            log.warning("dropped %d write-backs not yet written (Redis behind)", dropped)
         self._wake.set()
 
     async def run(self) -> None:
@@ -52,9 +52,9 @@ class AnswerWriter:
             batch, self._pending = self._pending, []
             for start in range(0, len(batch), BATCH_MAX):
                 try:
-                    await self.store.remember_answers(batch[start : start + BATCH_MAX])
+                    await self.store.write_back(batch[start : start + BATCH_MAX])
                 except RedisError as exc:
-                    log.warning("could not write %d answers back: %s", len(batch), exc)
+                    log.warning("could not write back %d answers: %s", len(batch), exc)
 
     def stop(self) -> None:
         self._stopped = True
