@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from model_server import admin, endpoints
 from model_server.limits import BodySizeLimit
+from model_server.live_items import LiveItems
 from model_server.openapi import openapi_document
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
@@ -74,6 +75,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         refresher: asyncio.Task[None] | None = None
         write_back: WriteBackQueue | None = None
         writer: asyncio.Task[None] | None = None
+        live_items: LiveItems | None = None
+        follower: asyncio.Task[None] | None = None
         try:
             try:
                 await store.ping()
@@ -108,6 +111,13 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 prewarm,
                 redis_timeout_s=settings.serve_redis_timeout_ms / 1000,
             )
+            if settings.serve_live_items_poll_s > 0:
+                live_items = LiveItems(
+                    holder, recommender.catalogue, metrics, settings.serve_live_items_poll_s
+                )
+                await live_items.catch_up(holder.current)
+                holder.before_swap.append(live_items.prepare)
+                follower = asyncio.create_task(live_items.follow())
             # Held from the start: while Redis does not answer, /recommend answers it.
             await recommender.hold_trending(holder.current)
             write_back = WriteBackQueue(store)
@@ -141,6 +151,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if popularity is not None and refresher is not None:
                 popularity.stop()
                 await refresher
+            if live_items is not None and follower is not None:
+                live_items.stop()
+                await follower
             await store.close()
             await pool.aclose()
 

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -140,6 +149,7 @@ class Recommender:
         self.prewarm = prewarm
         # Used only for a bundle whose manifest does not say how many the ranker saw.
         self.default_candidates = settings.retrieval_candidates
+        self.live_candidates = settings.serve_live_item_candidates
         self.budget_s = settings.serve_budget_ms / 1000
         self.redis_timeout_s = redis_timeout_s
         self.catalogue = Catalogue(settings, client=store.redis)
@@ -315,8 +325,11 @@ class Recommender:
         categories' most popular items, that the filter admits, available, not
         `removed`, at most `max_per_category` of a category. The catalogue must
         answer: a filter it cannot check is a Redis error (a 503), never ignored."""
-        fill = await self.trending(model, max(FILL_READ, 2 * k), removed, required=False)
-        return await self._pick(model, ranked + fill, k, removed, item_filter, max_per_category)
+
+        async def trending() -> list[RankedItem]:
+            return await self.trending(model, max(FILL_READ, 2 * k), removed, required=False)
+
+        return await self._pick(model, ranked, k, removed, item_filter, max_per_category, trending)
 
     async def _pick(
         self,
@@ -326,34 +339,59 @@ class Recommender:
         removed: Collection[str],
         item_filter: ItemFilter,
         max_per_category: int,
+        fill: Callable[[], Awaitable[list[RankedItem]]] | None = None,
     ) -> list[RankedItem]:
-        """The first `k` of `offered`, then of the included categories' most popular
-        items, that are available, not `removed`, admitted by the filter and within
-        the per-category cap; when that leaves fewer than k and nothing was included
-        by name, once more from the most popular items of the categories the answer
-        (or else the offer) holds. The catalogue must answer: a filter it cannot
-        check is a Redis error (a 503), never ignored."""
+        """The first `k` of `offered`, then of `fill`'s items, then of the included
+        categories' most popular items, that are available, not `removed`, admitted
+        by the filter and within the per-category cap; when that leaves fewer than k
+        and nothing was included by name, once more from the most popular items of
+        the categories the answer (or else the offer) holds. The catalogue must
+        answer: a filter it cannot check is a Redis error (a 503), never ignored.
+
+        Records are read a window at a time (`FILTER_READ_PER_ITEM` * k items), and a
+        further source only when those read cannot fill the answer: a filter that
+        admits most items reads ~4k records, not the ~600 of every source at once."""
         pool = [item for item in offered if item.item_id not in removed]
         records: dict[str, CatalogueItem | None] = {}
-        sources = list(item_filter.include_categories)
+        included = sorted(item_filter.include_categories)
+        sources: list[Callable[[], Awaitable[list[RankedItem]]]] = [fill] if fill else []
+        if included:
+            sources.append(lambda: self._category_items(included, removed))
+        answer_categories_read = bool(included)
+        window = max(FILTER_READ_MIN, FILTER_READ_PER_ITEM * k)
+        read_to = 0
+        admitted: list[RankedItem] = []
         chosen: list[int] = []
-        for _ in range(2):
-            pool += await self._category_items(sorted(sources), removed)
-            unread = list(dict.fromkeys(i.item_id for i in pool if i.item_id not in records))
-            with self._stage("redis"):
-                found = await self._bounded(self.catalogue.items(unread))
-            records.update(zip(unread, found, strict=True))
+        while len(chosen) < k:
+            if read_to < len(pool):
+                read_to = min(len(pool), read_to + window)
+                unread = list(
+                    dict.fromkeys(i.item_id for i in pool[:read_to] if i.item_id not in records)
+                )
+                if unread:
+                    with self._stage("redis"):
+                        found = await self._bounded(self.catalogue.items(unread))
+                    records.update(zip(unread, found, strict=True))
+            elif sources:
+                pool += await sources.pop(0)()
+                continue
+            elif not answer_categories_read:
+                answer_categories_read = True
+                # The answer's categories, or (when the filter admitted nothing) the pool's.
+                chosen_records = [records[admitted[p].item_id] for p in chosen]
+                categories = fill_sources(chosen_records or records.values())
+                if not categories:
+                    break
+                pool += await self._category_items(sorted(categories), removed)
+                continue
+            else:
+                break
             # Out of stock or deleted: never offered (an item the catalogue lacks is).
-            pool = [item for item in pool if _available(records[item.item_id])]
-            ids = [item.item_id for item in pool]
-            chosen = pick(ids, records, k, item_filter, max_per_category)
-            if len(chosen) == k or sources:
-                break
-            # The answer's categories, or (when the filter admitted nothing) the pool's.
-            sources = fill_sources([records[ids[p]] for p in chosen] or records.values())
-            if not sources:
-                break
-        return [pool[p] for p in chosen]
+            admitted = [item for item in pool[:read_to] if _available(records[item.item_id])]
+            chosen = pick(
+                [item.item_id for item in admitted], records, k, item_filter, max_per_category
+            )
+        return [admitted[p] for p in chosen]
 
     async def similar(
         self,
@@ -594,6 +632,11 @@ class Recommender:
             found = found_rows[0] > 0
             vocab_rows, dots = found_rows[0][found], scores[0][found]
         candidate_ids: list[str] = model.item_id_by_row[vocab_rows].tolist()
+        if user_vector is not None and len(model.live) and self.live_candidates > 0:
+            wanted = model.bundle.manifest.retrieval_candidates or self.default_candidates
+            candidate_ids, vocab_rows, dots = _with_live_items(
+                model, user_vector, candidate_ids, vocab_rows, dots, self.live_candidates, wanted
+            )
         manifest = model.bundle.manifest
         trending = await self._trending_candidates(model, manifest.trending_candidates)
         extra = features.extra_candidates(
@@ -615,6 +658,9 @@ class Recommender:
             extra_dots[has_vector] = (
                 model.item_vectors(extra_rows[has_vector].tolist()) @ user_vector[0]
             )
+        live = [n for n, item in enumerate(extra) if item in model.live]
+        if user_vector is not None and live:
+            extra_dots[live] = model.live.vectors([extra[n] for n in live]) @ user_vector[0]
         return (
             candidate_ids + extra,
             np.concatenate([vocab_rows, extra_rows]),
@@ -659,6 +705,10 @@ class Recommender:
 
 # Items of trending (and of each included category) a filtered answer may fill from.
 FILL_READ = 100
+# Catalogue records a filtered answer reads at a time: this many per item asked
+# for (at least the minimum), then more only when those cannot fill the answer.
+FILTER_READ_PER_ITEM = 4
+FILTER_READ_MIN = 40
 # Co-visitation links and vector neighbours /similar reads of the item.
 SIMILAR_READ = 50
 # The best ranked k * this a diversity re-rank chooses from.
@@ -712,6 +762,28 @@ class _Timed:
         tb: TracebackType | None,
     ) -> None:
         self.histogram.observe(time.perf_counter() - self.started)
+
+
+def _with_live_items(
+    model: ServedModel,
+    user_vector: np.ndarray,
+    candidate_ids: list[str],
+    vocab_rows: np.ndarray,
+    dots: np.ndarray,
+    read: int,
+    limit: int,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Retrieval over the bundle's index and the live one as if they were one index
+    (as training retrieves a new item by its content): the best `limit` of both by
+    dot, best first; a live item has vocabulary row 0."""
+    live_ids, live_dots = model.live.search(user_vector, read)
+    if not live_ids:
+        return candidate_ids, vocab_rows, dots
+    merged_dots = np.concatenate([dots.astype(np.float32), live_dots.astype(np.float32)])
+    order = np.argsort(-merged_dots, kind="stable")[:limit]
+    ids = [*candidate_ids, *live_ids]
+    rows = np.concatenate([vocab_rows, np.zeros(len(live_ids), dtype=np.int64)])
+    return [ids[n] for n in order], rows[order], merged_dots[order]
 
 
 def _available(record: CatalogueItem | None) -> bool:

@@ -28,6 +28,7 @@ from retrain.training import TrainPlan, evaluate_on_slice, train_models, train_p
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, read_archive
 from streamrec.catalogue import Catalogue
+from streamrec.content import ItemContent
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,22 +53,21 @@ class CycleResult:
         return orjson.dumps(self.__dict__)
 
 
-def catalogue_categories(settings: Settings, item_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """The catalogue's categories of `item_ids` (those it has any for), read from
-    Redis; none when Redis cannot be read (logged): the version is then trained and
-    served without the category columns (its manifest says so)."""
+def catalogue_content(settings: Settings, item_ids: Sequence[str]) -> dict[str, ItemContent]:
+    """What the catalogue says of `item_ids` (those it has a live record with any
+    content for: categories, title, price, tags), read from Redis; nothing when Redis
+    cannot be read (logged): the version is then trained and served without the
+    category columns and the content tower (its manifest says so)."""
 
-    async def read() -> dict[str, tuple[str, ...]]:
+    async def read() -> dict[str, ItemContent]:
         catalogue = Catalogue(settings)
         try:
-            found: dict[str, tuple[str, ...]] = {}
+            found: dict[str, ItemContent] = {}
             for start in range(0, len(item_ids), CATEGORY_READ_BATCH):
                 chunk = item_ids[start : start + CATEGORY_READ_BATCH]
-                for item_id, categories in zip(
-                    chunk, await catalogue.categories(chunk), strict=True
-                ):
-                    if categories:
-                        found[item_id] = categories
+                for item_id, record in zip(chunk, await catalogue.items(chunk), strict=True):
+                    if record is not None and not record.deleted and not record.content.empty:
+                        found[item_id] = record.content
             return found
         finally:
             await catalogue.close()
@@ -75,7 +75,7 @@ def catalogue_categories(settings: Settings, item_ids: Sequence[str]) -> dict[st
     try:
         return asyncio.run(read())
     except (RedisError, OSError) as exc:
-        log.warning("the catalogue could not be read (%s): training without categories", exc)
+        log.warning("the catalogue could not be read (%s): training without it", exc)
         return {}
 
 
@@ -124,11 +124,12 @@ def run_cycle(
     parent_vocab, parent_encoder = (
         load_warm_start(root, parent) if parent and warm_start else (None, None)
     )
-    categories = catalogue_categories(
+    content = catalogue_content(
         settings, sorted({item for sequence in sequences for item in sequence.item_ids})
     )
+    categories = {item: c.categories for item, c in content.items() if c.categories}
     models = train_models(
-        sequences, plan, parent_vocab, parent_encoder, progress, categories=categories
+        sequences, plan, parent_vocab, parent_encoder, progress, categories, content
     )
     metrics: dict[str, Any] = {"candidate": _gated(models.validation)}
     if parent is not None:

@@ -3,12 +3,20 @@
 Recent items and their event types go in, left-padded; the output at the last
 position is the user vector, whose inner product with an item's embedding
 scores that item as the next one. Read it top to bottom, like nanoGPT.
+
+With a content tower (`content_buckets` > 0) an item's embedding is its id
+embedding plus the mean of its content tokens' embeddings (streamrec/content.py):
+an item the model has never seen gets a vector from its content alone. Training
+drops the id part of items that have content now and then (`content_id_dropout`),
+so that content alone must score them. `folded()` bakes the sum into one table
+for serving: the ONNX encoder and the FAISS index see one vector per item, as
+without a tower, and `ContentTower` is exported beside them for new items.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -31,6 +39,10 @@ class EncoderConfig:
     # NISER-style scoring: cosine between user and item vectors times a fixed
     # scale; 0 keeps the raw inner product.
     cosine_scale: float = 12.0
+    # The content tower: hashed token buckets (0: no tower) and tokens per item.
+    content_buckets: int = 0
+    content_slots: int = 0
+    content_id_dropout: float = 0.25
 
     def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -91,7 +103,48 @@ class SequenceEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.dim)
+        self.content_emb = (
+            nn.Embedding(config.content_buckets, config.dim, padding_idx=PAD)
+            if config.content_buckets > 0
+            else None
+        )
+        # Each item row's content tokens (0: padding); set by `set_content`.
+        self.item_content: torch.Tensor
+        self.register_buffer(
+            "item_content", torch.zeros(config.n_items, config.content_slots, dtype=torch.long)
+        )
         self.apply(_init_weights)
+
+    def set_content(self, tokens: torch.Tensor) -> None:
+        """(n_items, content_slots) token ids per item row (streamrec.content)."""
+        if tokens.shape != self.item_content.shape:
+            raise ValueError(
+                f"content {tuple(tokens.shape)}, table {tuple(self.item_content.shape)}"
+            )
+        self.item_content.copy_(tokens)
+
+    def content_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., dim): the mean embedding of each row's non-padding tokens, 0 for none."""
+        if self.content_emb is None:
+            raise ValueError("this encoder has no content tower")
+        # A bag per row: no (rows, slots, dim) tensor is made, which for a full
+        # softmax over a large table would be hundreds of megabytes a step.
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        bags = F.embedding_bag(flat, self.content_emb.weight, mode="mean", padding_idx=PAD)
+        return bags.reshape(*tokens.shape[:-1], self.config.dim)
+
+    def item_rows(self, rows: torch.Tensor, drop_ids: bool = False) -> torch.Tensor:
+        """Embeddings of these item rows: id + content. With `drop_ids` while training,
+        the id part of an item that has content is left out at `content_id_dropout`."""
+        ids: torch.Tensor = self.item_emb(rows)
+        if self.content_emb is None:
+            return ids
+        tokens = self.item_content[rows]
+        if drop_ids and self.training and self.config.content_id_dropout > 0:
+            has_content = tokens[..., 0] > 0
+            drop = torch.rand(has_content.shape) < self.config.content_id_dropout
+            ids = ids * (~(drop & has_content)).unsqueeze(-1).to(ids.dtype)
+        return ids + self.content_vectors(tokens)
 
     def hidden_states(
         self, item_ids: torch.Tensor, type_ids: torch.Tensor, mask: torch.Tensor
@@ -101,7 +154,7 @@ class SequenceEncoder(nn.Module):
         # Positions count from the first real event, so a prefix looks the same
         # whether it is read alone (serving) or inside a longer session (training).
         positions = (torch.cumsum(valid.long(), dim=1) - 1).clamp(min=0)
-        hidden = self.item_emb(item_ids) + self.type_emb(type_ids) + self.pos_emb(positions)
+        hidden = self.item_rows(item_ids) + self.type_emb(type_ids) + self.pos_emb(positions)
         hidden = self.dropout(hidden * valid.unsqueeze(-1).to(hidden.dtype))
         # Column j is visible from column t when j <= t and j is not padding.
         column = torch.cumsum(torch.ones_like(item_ids), dim=1)
@@ -123,10 +176,66 @@ class SequenceEncoder(nn.Module):
             return self.config.cosine_scale * F.normalize(hidden, dim=-1)
         return hidden
 
-    def item_vectors(self) -> torch.Tensor:
+    def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The vectors user vectors are scored against: every row's, or these rows'."""
+        if rows is None:
+            rows = torch.arange(self.config.n_items)
+        return self.item_space(self.item_rows(rows, drop_ids=True))
+
+    def item_space(self, embeddings: torch.Tensor) -> torch.Tensor:
         if self.config.cosine_scale > 0:
-            return F.normalize(self.item_emb.weight, dim=-1)
-        return self.item_emb.weight
+            return F.normalize(embeddings, dim=-1)
+        return embeddings
+
+    def has_content(self) -> torch.Tensor:
+        """(n_items,) bool: the rows whose item has any content token."""
+        if self.content_emb is None:
+            return torch.zeros(self.config.n_items, dtype=torch.bool)
+        return self.item_content[:, 0] > 0
+
+    def cold_view(self, trained: torch.Tensor) -> SequenceEncoder:
+        """A copy in which an item the encoder did not train on (`trained` False) but
+        has content is its content alone, as serving's live index holds a new item:
+        its id embedding was never fitted (at most pushed away as a negative)."""
+        view = SequenceEncoder(self.config)
+        view.load_state_dict(self.state_dict())
+        with torch.no_grad():
+            view.item_emb.weight[~trained & self.has_content()] = 0.0
+        return view.eval()
+
+    def folded(self) -> SequenceEncoder:
+        """This encoder for serving: the same outputs (in eval mode), with each item's
+        id + content summed into one plain item table and no tower."""
+        config = replace(self.config, content_buckets=0, content_slots=0)
+        plain = SequenceEncoder(config)
+        state = plain.state_dict()
+        state.update({k: v for k, v in self.state_dict().items() if k in state})
+        state["item_content"] = plain.item_content
+        with torch.no_grad():
+            state["item_emb.weight"] = self.item_rows(torch.arange(self.config.n_items))
+            state["item_emb.weight"][PAD] = 0.0
+        plain.load_state_dict(state)
+        return plain.eval()
+
+
+class ContentTower(nn.Module):
+    """A new item's vector from its content tokens alone, in the space the FAISS
+    index holds (normalised like `item_vectors` under cosine scoring)."""
+
+    def __init__(self, encoder: SequenceEncoder) -> None:
+        super().__init__()
+        if encoder.content_emb is None:
+            raise ValueError("this encoder has no content tower")
+        self.encoder = encoder
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, slots) token ids -> (n, dim); written as a gather and a masked mean,
+        which export to ONNX plainly, where an embedding bag does not."""
+        table = self.encoder.content_emb
+        assert table is not None
+        present = (tokens > 0).unsqueeze(-1).to(table.weight.dtype)
+        mean = (table(tokens) * present).sum(-2) / present.sum(-2).clamp(min=1.0)
+        return self.encoder.item_space(mean)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -140,12 +249,27 @@ def _init_weights(module: nn.Module) -> None:
                 module.weight[module.padding_idx].zero_()
 
 
-def grow_items(encoder: SequenceEncoder, n_items: int, seed: int = 0) -> SequenceEncoder:
-    """A copy with room for `n_items` rows; existing rows are kept as they are."""
+def grow_items(
+    encoder: SequenceEncoder,
+    n_items: int,
+    seed: int = 0,
+    content_buckets: int | None = None,
+    content_slots: int | None = None,
+) -> SequenceEncoder:
+    """A copy with room for `n_items` rows; existing rows are kept as they are. A
+    content tower is added (or its shape changed) when asked: a new tower starts
+    from scratch, and every row's content is 0 until `set_content`."""
     old = encoder.config.n_items
     if n_items < old:
         raise ValueError(f"the item table can only grow: has {old} rows, asked for {n_items}")
-    config = EncoderConfig(**{**encoder.config.to_dict(), "n_items": n_items})  # type: ignore[arg-type]
+    config = replace(
+        encoder.config,
+        n_items=n_items,
+        content_buckets=encoder.config.content_buckets
+        if content_buckets is None
+        else content_buckets,
+        content_slots=encoder.config.content_slots if content_slots is None else content_slots,
+    )
     grown = SequenceEncoder(config)
     state = encoder.state_dict()
     table = torch.empty(n_items, config.dim)
@@ -153,5 +277,16 @@ def grow_items(encoder: SequenceEncoder, n_items: int, seed: int = 0) -> Sequenc
     nn.init.normal_(table, std=0.02, generator=generator)
     table[:old] = state["item_emb.weight"]
     state["item_emb.weight"] = table
+    fresh = grown.state_dict()
+    state["item_content"] = fresh["item_content"]
+    same_tower = (config.content_buckets, config.content_slots) == (
+        encoder.config.content_buckets,
+        encoder.config.content_slots,
+    )
+    if same_tower and encoder.content_emb is not None:
+        state["item_content"][:old] = encoder.item_content
+    elif "content_emb.weight" in fresh:
+        state["content_emb.weight"] = fresh["content_emb.weight"]
+    state = {k: v for k, v in state.items() if k in fresh}
     grown.load_state_dict(state)
     return grown

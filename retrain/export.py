@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from retrain.encoder import SequenceEncoder
+from retrain.encoder import ContentTower, SequenceEncoder
 from retrain.ranker import Ranker
 
 OPSET = 17
@@ -18,7 +18,9 @@ PARITY_TOLERANCE = 1e-4
 
 
 def export_encoder(encoder: SequenceEncoder, path: Path) -> None:
-    encoder.eval()
+    """The user encoder as serving runs it: with a content tower folded into the item
+    table (`SequenceEncoder.folded`), so a request pays nothing for the tower."""
+    encoder = encoder.folded() if encoder.content_emb is not None else encoder.eval()
     example = (
         torch.ones(2, 3, dtype=torch.long),
         torch.ones(2, 3, dtype=torch.long),
@@ -36,6 +38,20 @@ def export_encoder(encoder: SequenceEncoder, path: Path) -> None:
             "mask": {0: "batch", 1: "length"},
             "user_vector": {0: "batch"},
         },
+    )
+
+
+def export_content_tower(encoder: SequenceEncoder, path: Path) -> None:
+    """Content tokens (n, slots) -> the vector a new item gets in the index."""
+    tower = ContentTower(encoder).eval()
+    example = (torch.ones(2, encoder.config.content_slots, dtype=torch.long),)
+    _export(
+        tower,
+        example,
+        path,
+        input_names=["tokens"],
+        output_names=["item_vector"],
+        dynamic_axes={"tokens": {0: "items"}, "item_vector": {0: "items"}},
     )
 
 

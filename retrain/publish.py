@@ -12,21 +12,33 @@ import numpy as np
 import torch
 
 from retrain.batches import left_pad
-from retrain.encoder import EncoderConfig, SequenceEncoder
-from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, parity_error
+from retrain.encoder import ContentTower, EncoderConfig, SequenceEncoder
+from retrain.export import (
+    PARITY_TOLERANCE,
+    export_content_tower,
+    export_encoder,
+    export_ranker,
+    parity_error,
+)
 from retrain.index import build_index, write_index
 from retrain.ranker import Ranker, RankerConfig
 from retrain.training import TrainedModels, TrainPlan
 from retrain.vocab import ItemVocab
 from streamrec import registry
+from streamrec.content import CONTENT_VERSION
 from streamrec.errors import BundleError
+from streamrec.registry import CONTENT_TOWER_FILE
 
 
 def stage_bundle(models: TrainedModels, folder: Path, hnsw_threshold: int) -> dict[str, Any]:
     """Write every bundle file into `folder`; returns the manifest sections."""
     export_encoder(models.encoder, folder / "user_encoder.onnx")
     export_ranker(models.ranker, folder / "ranker.onnx")
-    item_vectors = models.encoder.item_vectors().detach().numpy()[1:]
+    tower = models.encoder.content_emb is not None
+    if tower:
+        export_content_tower(models.encoder, folder / CONTENT_TOWER_FILE)
+    with torch.no_grad():
+        item_vectors = models.encoder.eval().item_vectors().numpy()[1:]
     index, index_params = build_index(item_vectors, hnsw_threshold)
     write_index(index, folder / "items.faiss")
     models.vocab.save(folder / "vocab.json")
@@ -40,6 +52,16 @@ def stage_bundle(models: TrainedModels, folder: Path, hnsw_threshold: int) -> di
             "output": "user_vector",
             "padding": "left",
             "onnx_parity_error": parity["encoder"],
+            # A new item's vector from its content (streamrec/content.py), or none.
+            "content_tower": {
+                "file": CONTENT_TOWER_FILE,
+                "content_version": CONTENT_VERSION,
+                "buckets": models.encoder.config.content_buckets,
+                "slots": models.encoder.config.content_slots,
+                "onnx_parity_error": parity["content_tower"],
+            }
+            if tower
+            else None,
         },
         "ranker": {
             "n_features": int(models.ranker.mean.shape[0]),
@@ -67,13 +89,18 @@ def check_parity(models: TrainedModels, folder: Path) -> dict[str, float]:
         .astype(np.float32)
     )
     ranker_diff = parity_error(folder / "ranker.onnx", models.ranker, {"features": features})
-    worst = max(encoder_diff, ranker_diff)
+    tower_diff = 0.0
+    if models.encoder.content_emb is not None:
+        tokens = models.encoder.item_content[: min(64, models.encoder.config.n_items)].numpy()
+        tower = ContentTower(models.encoder)
+        tower_diff = parity_error(folder / CONTENT_TOWER_FILE, tower, {"tokens": tokens})
+    worst = max(encoder_diff, ranker_diff, tower_diff)
     if not worst <= PARITY_TOLERANCE:  # NaN included: a model that outputs NaN is no model
         raise BundleError(
             f"ONNX output differs from torch by {worst:.2e} of its scale; "
             f"tolerance {PARITY_TOLERANCE}"
         )
-    return {"encoder": encoder_diff, "ranker": ranker_diff}
+    return {"encoder": encoder_diff, "ranker": ranker_diff, "content_tower": tower_diff}
 
 
 def publish_models(

@@ -139,9 +139,7 @@ def _sampled_loss(
 ) -> torch.Tensor:
     sampled = torch.multinomial(proposal, negatives, replacement=True)
     rows = torch.cat([targets, sampled])
-    weights = encoder.item_emb.weight[rows]
-    if encoder.config.cosine_scale > 0:
-        weights = F.normalize(weights, dim=-1)
+    weights = encoder.item_vectors(rows)
     queries = encoder.query(hidden)
     positive = (queries * weights[: len(targets)]).sum(-1, keepdim=True)
     negative = queries @ weights[len(targets) :].T

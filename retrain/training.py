@@ -25,6 +25,13 @@ from retrain.ranker import Ranker, RankerConfig, train_ranker
 from retrain.score import encoder_ranks
 from retrain.train_encoder import EncoderTraining, TrainingLog, train_encoder
 from retrain.vocab import ItemVocab
+from streamrec.content import (
+    CONTENT_BUCKETS,
+    CONTENT_SLOTS,
+    ItemContent,
+    content_matrix,
+    from_categories,
+)
 from streamrec.covis import CovisRule
 from streamrec.events import EventType
 from streamrec.settings import Settings
@@ -54,6 +61,8 @@ class TrainPlan:
     # seen before gives the ranker cases with their history); "sequences": the
     # newest whole sequences (files without real timestamps, such as SR-GNN's).
     split: Literal["time", "sequences"] = "time"
+    # Learn item vectors from content too (streamrec/content.py), when items have any.
+    content_tower: bool = True
     validation_cases: int = 5000  # per-epoch encoder check, a sample of held-out cases
     half_life_s: float = 6 * 3600
 
@@ -101,13 +110,19 @@ def train_models(
     parent_encoder: SequenceEncoder | None = None,
     progress: bool = True,
     categories: Mapping[str, Sequence[str]] | None = None,
+    content: Mapping[str, ItemContent] | None = None,
 ) -> TrainedModels:
     """`categories` (item -> its categories in the catalogue) gives the cases the
-    category candidates and columns serving computes from the catalogue."""
+    category candidates and columns serving computes from the catalogue. `content`
+    (item -> what the catalogue says of it; by default its categories alone) feeds
+    the encoder's content tower when `plan.content_tower` is on and any item has some."""
     started = time.perf_counter()
     fit, ranker_fit, ranker_check = holdout_slices(sequences, plan)
     base = parent_vocab or ItemVocab(())
     vocab = base.grow(item for sequence in sequences for item in sequence.item_ids)
+    content = content if content is not None else from_categories(categories or {})
+    tokens = content_matrix(vocab.item_ids, content, first_row=1)
+    tower = plan.content_tower and bool(tokens.any())
     config = EncoderConfig(
         n_items=vocab.n_rows,
         dim=plan.dim,
@@ -116,8 +131,17 @@ def train_models(
         max_len=plan.max_len,
         dropout=plan.dropout,
         cosine_scale=plan.cosine_scale,
+        content_buckets=CONTENT_BUCKETS if tower else 0,
+        content_slots=CONTENT_SLOTS if tower else 0,
     )
-    warm = grow_items(parent_encoder, vocab.n_rows) if parent_encoder is not None else None
+    torch.manual_seed(plan.encoder.seed)
+    start = (
+        grow_items(parent_encoder, vocab.n_rows, 0, config.content_buckets, config.content_slots)
+        if parent_encoder is not None
+        else SequenceEncoder(config)
+    )
+    if tower:
+        start.set_content(torch.from_numpy(tokens))
 
     held_out = replace(ranker_fit, until_ms=ranker_check.until_ms)
     held_out_cases = held_out.cases()[0]
@@ -133,12 +157,21 @@ def train_models(
         return {"valid_p20": metrics.p20, "valid_mrr20": metrics.mrr20}
 
     encoder, encoder_log = train_encoder(
-        encode(fit, vocab), config, plan.encoder, validate=validate, encoder=warm, progress=progress
+        encode(fit, vocab),
+        config,
+        plan.encoder,
+        validate=validate,
+        encoder=start,
+        progress=progress,
     )
 
     now_ms = last_event_ms(fit)
     popularity = decayed_popularity(fit, now_ms, plan.half_life_s)
     known = known_items(vocab, fit, parent_vocab)
+    # As serving holds them: an item trained on by its vector; one not trained on but
+    # with content by its content alone (the live index); any other has no vector.
+    encoder = encoder.cold_view(torch.from_numpy(known))
+    known = known | encoder.has_content().numpy()
     ranker_train = case_candidates(
         encoder, vocab, ranker_fit, popularity, plan, known, progress, categories
     )
@@ -163,6 +196,7 @@ def train_models(
         "fit_sequences": len(fit),
         "held_out_cases": len(held_out_cases.targets),
         "items_with_category": sum(1 for item in vocab.item_ids if item in (categories or {})),
+        "items_with_content": int(tokens[:, 0].astype(bool).sum()),
     }
     return TrainedModels(
         vocab=vocab,

@@ -19,8 +19,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from streamrec.content import ItemContent
 from streamrec.items import AttributeValue, ItemChange, ItemDelete
 from streamrec.keys import (
+    CATALOGUE_CHANGES_KEY,
     CATALOGUE_ITEMS_KEY,
     CATALOGUE_MARKER,
     CATALOGUE_UNAVAILABLE_KEY,
@@ -108,6 +110,10 @@ class CatalogueItem:
     tags: tuple[str, ...] = ()
     attributes: dict[str, AttributeValue] | None = None
     deleted: bool = False
+
+    @property
+    def content(self) -> ItemContent:
+        return ItemContent(self.categories, self.title, self.price, self.tags)
 
 
 def _catalogue_item(item_id: str, fields: dict[bytes, bytes]) -> CatalogueItem:
@@ -215,6 +221,17 @@ class Catalogue:
                 categories[item_id] = tuple(orjson.loads(category))
         lists_ids = [[i.decode() for i in items] for items in lists]
         return ServingContext(lists_ids, categories, frozenset(unavailable))
+
+    async def changes_since(self, seq: int, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` live items whose newest record came after change `seq`, as
+        (item id, its change number), oldest change first; from 0: every live item."""
+        rows = cast(
+            list[tuple[bytes, float]],
+            await self.redis.zrangebyscore(
+                CATALOGUE_CHANGES_KEY, f"({seq}", "+inf", start=0, num=limit, withscores=True
+            ),
+        )
+        return [(member.decode(), int(score)) for member, score in rows]
 
     async def present(self) -> bool:
         """Has any record ever been applied here (`CATALOGUE_MARKER`)?"""

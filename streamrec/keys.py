@@ -117,6 +117,12 @@ CATALOGUE_MARKER = f"{PREFIX}:catalogue"
 # keeps with every record it applies (the worker's catalogue gauges read them).
 CATALOGUE_ITEMS_KEY = f"{PREFIX}:catalogue:items"
 CATALOGUE_UNAVAILABLE_KEY = f"{PREFIX}:catalogue:unavailable"
+# Which items' records changed, and in what order: a counter bumped per applied
+# record, and a sorted set of the live items scored by its value at their newest
+# record (a deleted item leaves it). Model servers follow it to give items their
+# model has no vector for one from their content (model_server/live_items.py).
+CATALOGUE_SEQ_KEY = f"{PREFIX}:catalogue:seq"
+CATALOGUE_CHANGES_KEY = f"{PREFIX}:catalogue:changes"
 
 
 def _lua_string(text: str) -> str:
@@ -142,6 +148,8 @@ LUA_PRELUDE = "\n".join(
         f"local CATALOGUE_MARKER = {_lua_string(CATALOGUE_MARKER)}",
         f"local CATALOGUE_ITEMS = {_lua_string(CATALOGUE_ITEMS_KEY)}",
         f"local CATALOGUE_UNAVAILABLE = {_lua_string(CATALOGUE_UNAVAILABLE_KEY)}",
+        f"local CATALOGUE_SEQ = {_lua_string(CATALOGUE_SEQ_KEY)}",
+        f"local CATALOGUE_CHANGES = {_lua_string(CATALOGUE_CHANGES_KEY)}",
         "local EVENT_TYPES = {" + ", ".join(_lua_string(t.value) for t in EVENT_TYPES) + "}",
         "",
     ]

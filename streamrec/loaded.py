@@ -38,6 +38,50 @@ class SwapMetrics(Protocol):
     model_info: Gauge  # by version: 1 for the one held
 
 
+class LiveIndex:
+    """Items a served model has no vector for, added while it serves, each with the
+    vector its content tower gives (model_server/live_items.py): a flat index of its
+    own beside the bundle's, so the bundle's rows, tables and index never change.
+    Added to and searched on the event loop's thread only (FAISS is not safe to
+    search while another thread adds)."""
+
+    def __init__(self, dim: int) -> None:
+        import faiss
+
+        self.index = faiss.IndexFlatIP(dim)
+        self.item_ids: list[str] = []
+        self.positions: dict[str, int] = {}
+        self.seq = 0  # the catalogue change read up to (Catalogue.changes_since)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.positions
+
+    def add(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        fresh = [n for n, item in enumerate(item_ids) if item not in self.positions]
+        if not fresh:
+            return
+        self.index.add(np.ascontiguousarray(vectors[fresh], dtype=np.float32))
+        for n in fresh:
+            self.positions[item_ids[n]] = len(self.item_ids)
+            self.item_ids.append(item_ids[n])
+
+    def search(self, user_vector: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+        """The `k` best live items for one user vector (1, dim): ids and dots."""
+        k = min(k, len(self.item_ids))
+        if k <= 0:
+            return [], np.zeros(0, dtype=np.float32)
+        scores, positions = self.index.search(np.ascontiguousarray(user_vector, np.float32), k)
+        found = positions[0] >= 0
+        return [self.item_ids[p] for p in positions[0][found]], scores[0][found]
+
+    def vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        positions = np.array([self.positions[i] for i in item_ids], dtype=np.int64)
+        return np.asarray(self.index.reconstruct_batch(positions), dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """One verified, smoke-tested bundle and what requests need from it."""
@@ -47,6 +91,8 @@ class ServedModel:
     loaded_at_s: float
     # Item id of every vocab row (row 0: padding), to map FAISS rows in one C loop.
     item_id_by_row: np.ndarray
+    # New items given vectors from their content while this version serves.
+    live: LiveIndex
 
     @property
     def version(self) -> str:
@@ -93,7 +139,8 @@ def open_model(root: Path, version: str) -> ServedModel:
     single_threaded_faiss()  # the smoke inference runs here, in the loading thread
     bundle = registry.load(root, version)
     item_id_by_row = np.array(["", *bundle.item_ids], dtype=object)
-    model = ServedModel(bundle, int(bundle.manifest.encoder["dim"]), time.time(), item_id_by_row)
+    dim = int(bundle.manifest.encoder["dim"])
+    model = ServedModel(bundle, dim, time.time(), item_id_by_row, LiveIndex(dim))
     try:
         model.item_vectors([1])  # /score reads vectors back; an index that cannot is refused
     except RuntimeError as exc:

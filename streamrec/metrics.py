@@ -230,6 +230,12 @@ class ServeMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.live_items_added = Counter(
+            "streamrec_serve_live_items_added_total",
+            "Catalogue items the served version had no vector for, given one from their "
+            "content and added to the live index (model_server/live_items.py).",
+            registry=registry,
+        )
         self.vector_refresh_seconds = Histogram(
             "streamrec_serve_vector_refresh_seconds",
             "One round of the server's before-swap vector computation: one encoder call "

@@ -5,6 +5,7 @@
     <registry>/<version>/ranker.onnx         feature rows -> scores
     <registry>/<version>/items.faiss         item vectors, inner-product index
     <registry>/<version>/vocab.json          item id of every index row
+    <registry>/<version>/content_tower.onnx  optional: content tokens -> new item's vector
     <registry>/CURRENT                       {"version": ...}, replaced atomically
 
 Loading reads every file once, through the version folder's descriptor and never
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.content import CONTENT_VERSION
 from streamrec.errors import BundleError, ChecksumMismatch
 from streamrec.features import (
     FEATURE_NAMES,
@@ -47,6 +49,8 @@ BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 REQUIRED_FILES = ("user_encoder.onnx", "ranker.onnx", "items.faiss", "vocab.json")
+# Optional: content tokens -> a new item's vector (a bundle trained with a content tower).
+CONTENT_TOWER_FILE = "content_tower.onnx"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _OBJECT_FIELDS = ("files", "encoder", "ranker", "index", "data_window", "metrics", "training")
 # A mounted volume's root may hold this; it is not a bundle and not worth a warning.
@@ -503,9 +507,20 @@ class LoadedBundle:
     def __init__(self, root: Path, version: str) -> None:
         self.root = root
         self.version = version
-        self.manifest, files = read_verified(root, version, keep=REQUIRED_FILES)
+        self.manifest, files = read_verified(
+            root, version, keep=(*REQUIRED_FILES, CONTENT_TOWER_FILE)
+        )
         self.encoder = self._session("user_encoder.onnx", files["user_encoder.onnx"])
         self.ranker = self._session("ranker.onnx", files["ranker.onnx"])
+        tower = self.manifest.encoder.get("content_tower")
+        # Only a tower whose tokens this build makes the same way is used.
+        self.content_tower: Any = None
+        if (
+            isinstance(tower, dict)
+            and tower.get("content_version") == CONTENT_VERSION
+            and CONTENT_TOWER_FILE in files
+        ):
+            self.content_tower = self._session(CONTENT_TOWER_FILE, files[CONTENT_TOWER_FILE])
         self.index = self._index(files["items.faiss"])
         self.item_ids: list[str] = self._vocabulary(files["vocab.json"])
         self.rows = {item_id: row for row, item_id in enumerate(self.item_ids, start=1)}
@@ -553,6 +568,14 @@ class LoadedBundle:
     ) -> np.ndarray:
         """(batch, dim) from left-padded int64 item rows, int64 type ids, float32 mask."""
         outputs = self.encoder.run(None, {"item_ids": item_ids, "type_ids": type_ids, "mask": mask})
+        return np.asarray(outputs[0], dtype=np.float32)
+
+    def content_vectors(self, tokens: np.ndarray) -> np.ndarray:
+        """(n, dim) index-space vectors of items from their content tokens alone
+        (streamrec.content.content_tokens rows); needs `content_tower`."""
+        if self.content_tower is None:
+            raise BundleError(f"bundle {self.version} has no content tower this build can use")
+        outputs = self.content_tower.run(None, {"tokens": np.asarray(tokens, dtype=np.int64)})
         return np.asarray(outputs[0], dtype=np.float32)
 
     def search(self, user_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

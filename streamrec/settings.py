@@ -235,6 +235,12 @@ class Settings(BaseSettings):
     # off the request path, for up to this many users it answered most lately (0:
     # none; after a swap each user's next request runs the encoder).
     serve_prewarm_users: int = Field(default=20_000, ge=0)
+    # Each server process follows the catalogue's change log this often and gives
+    # an item its model has no vector for one from the item's content, when the
+    # version has a content tower (model_server/live_items.py). 0: off.
+    serve_live_items_poll_s: float = Field(default=0.2, ge=0)
+    # The best of those new items retrieval adds to a user's candidates.
+    serve_live_item_candidates: int = Field(default=20, ge=0)
     # Set by `streamrec serve --workers N` for its worker processes: where they
     # share Prometheus metric files, so /metrics sums every process.
     serve_metrics_dir: Path | None = None

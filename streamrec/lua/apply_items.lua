@@ -4,7 +4,8 @@
 -- are other slots and are built here, so this needs one Redis, as the event apply
 -- script does (docs/state.md, Redis Cluster). Keeps the catalogue's counts
 -- (CATALOGUE_ITEMS: items with a live record; CATALOGUE_UNAVAILABLE: those of them
--- unavailable) with every record it applies.
+-- unavailable) with every record it applies, and the change log (CATALOGUE_CHANGES:
+-- each live item scored by the CATALOGUE_SEQ value of its newest record).
 local c = cjson.decode(ARGV[1])
 -- (1 when a record is a live item, 1 when that item is unavailable) from a stored
 -- record's `available` and `deleted` fields.
@@ -53,10 +54,12 @@ local function apply(r)
     redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', '0', 'deleted', '1')
     redis.call('EXPIRE', k, c.tombstone_ttl_s)
     recount(stored, deleted, available)
+    redis.call('ZREM', CATALOGUE_CHANGES, item)
     return 2
   end
   redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))
   recount(stored, deleted, available)
+  redis.call('ZADD', CATALOGUE_CHANGES, redis.call('INCR', CATALOGUE_SEQ), item)
   return 1
 end
 

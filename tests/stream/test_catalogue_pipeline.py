@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -19,7 +20,13 @@ from bench.scenarios.workers import paced_producer, read_topic, start_worker
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from streamrec.catalogue import Catalogue
-from streamrec.keys import CATALOGUE_ITEMS_KEY, CATALOGUE_MARKER, CATALOGUE_UNAVAILABLE_KEY
+from streamrec.keys import (
+    CATALOGUE_CHANGES_KEY,
+    CATALOGUE_ITEMS_KEY,
+    CATALOGUE_MARKER,
+    CATALOGUE_SEQ_KEY,
+    CATALOGUE_UNAVAILABLE_KEY,
+)
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 
@@ -86,22 +93,28 @@ def wait_items_counted(
 
 def catalogue_keys(settings: Settings) -> dict[str, dict[str, str | int]]:
     """Every key in the pipeline's Redis database, with its content (hashes and sorted
-    sets are all the catalogue writes, beside its marker and its two counters, left
-    out here and checked by the caller)."""
+    sets are all the catalogue writes, beside its marker, its two counters and its
+    change counter, left out here and checked by the caller)."""
     client = redis.Redis.from_url(settings.redis_url)
     content: dict[str, dict[str, str | int]] = {}
     for key in client.scan_iter("*"):
         if key == CATALOGUE_MARKER.encode():
             assert client.get(key) == b"1"
             continue
-        if key in (CATALOGUE_ITEMS_KEY.encode(), CATALOGUE_UNAVAILABLE_KEY.encode()):
+        if key in (
+            CATALOGUE_ITEMS_KEY.encode(),
+            CATALOGUE_UNAVAILABLE_KEY.encode(),
+            CATALOGUE_SEQ_KEY.encode(),
+        ):
             continue
         kind = client.type(key)
         assert kind in (b"hash", b"zset"), (key, kind)
         if kind == b"hash":
-            content[key.decode()] = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+            # The stubs type every reply as bytes or str; this client does not decode.
+            fields = cast(dict[bytes, bytes], client.hgetall(key))
+            content[key.decode()] = {k.decode(): v.decode() for k, v in fields.items()}
         else:
-            rows = client.zrange(key, 0, -1, withscores=True)
+            rows = cast(list[tuple[bytes, float]], client.zrange(key, 0, -1, withscores=True))
             content[key.decode()] = {member.decode(): int(score) for member, score in rows}
     return content
 
@@ -132,7 +145,14 @@ def test_records_deletes_late_and_bad_records_through_the_worker(
         worker.stop()
 
     stored = catalogue_keys(settings)
-    fingerprints = {key: fields.pop("fp") for key, fields in stored.items() if "info" in key}
+    # The change log holds the live items, each at its newest record; deletes leave it.
+    assert set(stored.pop(CATALOGUE_CHANGES_KEY)) == {"i1", "i4", "i5"}
+    fingerprints: dict[str, str] = {}
+    for key, fields in stored.items():
+        if "info" in key:
+            fingerprint = fields.pop("fp")
+            assert isinstance(fingerprint, str), (key, fingerprint)
+            fingerprints[key] = fingerprint
     assert stored == {
         "sr:i:{i1}:info": {
             "ts": str(T + 3000), "available": "1", "category": '["boots"]',
@@ -233,7 +253,7 @@ def test_a_worker_killed_mid_load_loses_nothing_and_ends_with_the_newest_records
     versions = [
         (f"i{n}", v, f"c{(n + v) % 7}", (n + v) % 4 != 0) for v in range(5) for n in range(300)
     ]
-    messages = [
+    messages: list[tuple[str, bytes | None, bytes]] = [
         (settings.topic_items, item.encode(), record(item, v, category=c, available=a))
         for item, v, c, a in versions
     ]
@@ -264,6 +284,7 @@ def test_a_worker_killed_mid_load_loses_nothing_and_ends_with_the_newest_records
     finally:
         worker.stop()
     stored = catalogue_keys(settings)
+    assert set(stored.pop(CATALOGUE_CHANGES_KEY)) == set(newest)
     index: dict[str, dict[str, str | int]] = {}
     for item, (v, category, available) in newest.items():
         fields = stored.pop(f"sr:i:{{{item}}}:info")
