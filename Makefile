@@ -28,11 +28,11 @@ demo: venv binaries ## replay a synthetic sample through Kafka -> Faust -> Redis
 test: venv binaries ## unit, integration (real broker, real Redis) and end-to-end tests
 	$(BIN)/python -m pytest
 
-lint: venv ## ruff check, ruff format --check, the import layers, mypy on every shipped package
+lint: venv ## ruff check, ruff format --check, the import layers, mypy (strict) on every package and the tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy streamrec devtools stream model_server retrain bench cli
+	$(BIN)/mypy streamrec devtools stream model_server retrain bench cli tests
 
 bench: venv binaries ## ingestion benchmark on the Taobao stream (writes bench/reports/)
 	$(BIN)/streamrec bench ingest

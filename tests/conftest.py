@@ -52,7 +52,9 @@ def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
     """Settings for one isolated pipeline: its own topics, group and Redis db."""
 
     base = dev_stack.redis_url.rsplit("/", 1)[0]
-    databases = int(redis.Redis.from_url(f"{base}/0").config_get("databases")["databases"])
+    configured = redis.Redis.from_url(f"{base}/0").config_get("databases")["databases"]
+    assert configured is not None
+    databases = int(configured)
 
     def build(name: str, **overrides: object) -> Settings:
         # Database 0 is the demo's; wrap around on a server with few databases.

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from bench.scenarios.users import apply, events_for
@@ -34,7 +36,7 @@ async def test_a_diverse_answer_is_less_alike_and_keeps_the_best_item_first(
         ).json()
         model = app.state.serving.holder.current
 
-    def mean_similarity(answer: dict) -> float:
+    def mean_similarity(answer: dict[str, Any]) -> float:
         rows = [model.bundle.rows[i["item_id"]] for i in answer["items"]]
         unit = model.item_vectors(rows)
         unit /= np.linalg.norm(unit, axis=1, keepdims=True)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -54,9 +55,9 @@ def pipeline(served: Served, tmp_path: Path) -> Iterator[Settings]:
 
 def feed_records_for(
     settings: Settings, user_id: str, wanted: int, timeout_s: float = 40.0
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
-    found: list[dict] = []
+    found: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         records = read_topic(settings, settings.topic_recommendations, expected=10**9, timeout_s=1)
         found = [orjson.loads(r.value) for r in records if r.key == user_id.encode()]

@@ -4,19 +4,23 @@ what the answer says when nothing can, and the filter's rules on hand-made recor
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench.scenarios.users import apply, events_for
 from model_server.filters import ItemFilter, pick
 from streamrec.catalogue import Catalogue, CatalogueItem
-from streamrec.items import ItemRecord
+from streamrec.items import AttributeValue, ItemRecord
 from tests.model_server.conftest import Served, in_process
 
 
-def record(item_id: str, *categories: str, price: float | None = None, **attributes: object):
+def record(
+    item_id: str, *categories: str, price: float | None = None, **attributes: AttributeValue
+) -> CatalogueItem:
     return CatalogueItem(
         item_id, 1, True, categories, price=price, attributes=dict(attributes) or None
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_the_filter_rules_on_records() -> None:
@@ -72,7 +76,7 @@ async def test_filters_and_the_cap_hold_on_ranked_and_trending_answers(
     served: Served, user: str
 ) -> None:
     kinds = await _catalogue(served)
-    asked = {
+    asked: dict[str, dict[str, Any]] = {
         "plain": {},
         "shoes": {"filter": {"include_categories": ["shoes"]}},
         "cheap_hats": {"filter": {"exclude_categories": ["shoes"], "price_max": 60}},
@@ -80,7 +84,7 @@ async def test_filters_and_the_cap_hold_on_ranked_and_trending_answers(
         "none": {"filter": {"include_categories": ["no-such-category"]}},
         "one": {"filter": {"attributes": {"n": 7}}},
     }
-    answers = {}
+    answers: dict[str, dict[str, Any]] = {}
     async with in_process(served.settings) as (client, _):
         for name, body in asked.items():
             response = await client.post("/recommend", json={"user_id": user, "k": 10, **body})

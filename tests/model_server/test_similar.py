@@ -4,6 +4,8 @@ trending; the catalogue's availability and the request's filters hold throughout
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
 from streamrec.catalogue import Catalogue
@@ -37,10 +39,11 @@ async def test_similar_items_come_from_links_vectors_categories_then_trending(
         await catalogue.close()
     async with in_process(served.settings) as (client, _):
 
-        async def similar(**body: object) -> dict:
+        async def similar(**body: object) -> dict[str, Any]:
             response = await client.post("/similar", json={"item_id": anchor, **body})
             assert response.status_code == 200, response.text
-            return response.json()
+            answer: dict[str, Any] = response.json()
+            return answer
 
         plain = await similar(k=30)
         shoes = await similar(k=5, filter={"include_categories": ["shoes"]})

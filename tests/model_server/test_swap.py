@@ -181,6 +181,8 @@ async def test_a_new_version_swaps_in_with_the_vectors_of_users_answered_lately(
                 inputs = user_encoder_inputs(model, state.recent_events)
                 assert inputs is not None
                 computed = model.bundle.user_vectors(*inputs)
-                assert np.allclose(cached_user_vector(model, state), computed, atol=1e-5)
+                cached_vector = cached_user_vector(model, state)
+                assert cached_vector is not None
+                assert np.allclose(cached_vector, computed, atol=1e-5)
         finally:
             await store.close()

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from bench.scenarios.data import yoochoose_sessions
@@ -13,7 +14,9 @@ from streamrec.event_files import bad_row_message, read_events
 from streamrec.events import Rejection
 
 
-def test_train_publishes_and_model_commands_read_the_registry(tmp_path, monkeypatch) -> None:
+def test_train_publishes_and_model_commands_read_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events = tmp_path / "events.jsonl"
     with events.open("w") as handle:
         for sequence in yoochoose_sessions(300):
@@ -79,7 +82,9 @@ def _events_with_a_bad_row(path: Path) -> int:
     return bad_line
 
 
-def test_train_skips_and_counts_bad_rows_and_says_what_it_read(tmp_path, monkeypatch) -> None:
+def test_train_skips_and_counts_bad_rows_and_says_what_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A .json file holding JSONL: once read as CSV by `train`, as JSONL by `produce`.
     events = tmp_path / "events.json"
     bad_line = _events_with_a_bad_row(events)
@@ -100,7 +105,9 @@ def test_train_skips_and_counts_bad_rows_and_says_what_it_read(tmp_path, monkeyp
     assert "1 bad rows skipped" in trained.stderr
 
 
-def test_train_strict_stops_at_the_first_bad_row_in_one_line(tmp_path, monkeypatch) -> None:
+def test_train_strict_stops_at_the_first_bad_row_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events = tmp_path / "events.jsonl"
     bad_line = _events_with_a_bad_row(events)
     (rejection,) = [row for line, row in read_events(events) if isinstance(row, Rejection)]
@@ -113,7 +120,9 @@ def test_train_strict_stops_at_the_first_bad_row_in_one_line(tmp_path, monkeypat
     assert registry.current_version(tmp_path / "registry") is None
 
 
-def test_train_rejects_a_csv_without_event_id_by_the_event_contract(tmp_path, monkeypatch) -> None:
+def test_train_rejects_a_csv_without_event_id_by_the_event_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events = tmp_path / "events.csv"
     events.write_text("user_id,item_id,type,ts\nu,a,click,1000\nu,b,purchase,2000\n")
     monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))

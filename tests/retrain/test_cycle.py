@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ OLD, NEW = slice(0, 1500), slice(1500, 2400)
 def archive_sessions(root: Path, which: slice, arrived: datetime) -> int:
     """Real yoochoose sessions as archived click events, in session order."""
     writer = ArchiveWriter(root, writer_id="test")
-    records = []
+    records: list[ArchivedEvent] = []
     for number, session in enumerate(yoochoose_sessions(which.stop)[which], start=which.start):
         for step, item_id in enumerate(session.item_ids):
             ts_ms = int(arrived.timestamp() * 1000) + number * 100 + step
@@ -115,7 +116,7 @@ def test_a_crash_mid_publish_leaves_the_registry_as_it_was(
     assert cycle.GATE_METRICS == ("p20", "mrr20")
 
 
-def _measured(p20: float, mrr20: float, repeat: tuple[float, float, int]) -> dict:
+def _measured(p20: float, mrr20: float, repeat: tuple[float, float, int]) -> dict[str, Any]:
     return {
         "p20": p20, "mrr20": mrr20, "cases": 1000,
         "by_case": {

@@ -20,7 +20,7 @@ def test_srgnn_files_match_the_published_counts() -> None:
     assert len(split.test.targets) == 55_898
 
 
-def test_taobao_behaviours_map_to_event_types(tmp_path) -> None:
+def test_taobao_behaviours_map_to_event_types(tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     path.write_text(
         TAOBAO.read_text(encoding="utf-8").splitlines()[0] + "\n" + "1,9,5,buy,20\n1,8,5,cart,10\n"
@@ -31,7 +31,7 @@ def test_taobao_behaviours_map_to_event_types(tmp_path) -> None:
     assert list(first.ts_ms) == sorted(first.ts_ms)
 
 
-def test_sessions_jsonl_and_csv_formats(tmp_path) -> None:
+def test_sessions_jsonl_and_csv_formats(tmp_path: Path) -> None:
     sessions = load_sequences(
         DATA / "yoochoose_sessions" / "yoochoose-clicks-100k_test.txt", "sessions"
     )
@@ -51,13 +51,13 @@ def test_sessions_jsonl_and_csv_formats(tmp_path) -> None:
     assert load_sequences(csv_path, "csv")[0].item_ids == ("a",)
 
 
-def test_a_folder_is_srgnn_and_an_unknown_format_is_named(tmp_path) -> None:
+def test_a_folder_is_srgnn_and_an_unknown_format_is_named(tmp_path: Path) -> None:
     assert read_sequences(YOOCHOOSE).fmt == "srgnn"
     with pytest.raises(InputFormatError, match=r"format must be one of jsonl, csv, .*srgnn"):
         read_sequences(TAOBAO, "parquet")
 
 
-def test_a_bad_row_is_skipped_and_counted_or_stops_a_strict_read(tmp_path) -> None:
+def test_a_bad_row_is_skipped_and_counted_or_stops_a_strict_read(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("1,2,3,pv,5\n1,2,3,teleport,5\n")
     read = read_sequences(path, "taobao")
@@ -89,7 +89,9 @@ def test_holdout_takes_the_most_recent_sequences_and_every_prefix() -> None:
         max_size=30,
     )
 )
-def test_taobao_loader_keeps_every_good_event_and_names_each_bad_line(rows) -> None:
+def test_taobao_loader_keeps_every_good_event_and_names_each_bad_line(
+    rows: list[tuple[int, int, str, int]],
+) -> None:
     bad_lines = [n for n, (_, _, b, _) in enumerate(rows, start=1) if b not in TAOBAO_BEHAVIOR]
     good = [row for row in rows if row[2] in TAOBAO_BEHAVIOR]
     with tempfile.TemporaryDirectory() as folder:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -6,14 +8,15 @@ from bench.scenarios.models import tiny_models
 from retrain.batches import encode, left_pad
 from retrain.export import PARITY_TOLERANCE, export_encoder, export_ranker, parity_error
 from retrain.holdout import next_item_cases
+from retrain.training import TrainedModels
 
 
 @pytest.fixture(scope="module")
-def models():
+def models() -> TrainedModels:
     return tiny_models()
 
 
-def test_encoder_onnx_matches_torch_on_real_sessions(models, tmp_path) -> None:
+def test_encoder_onnx_matches_torch_on_real_sessions(models: TrainedModels, tmp_path: Path) -> None:
     cases = next_item_cases(yoochoose_sessions(200, skip=1500))
     encoded = encode(cases.prefixes, models.vocab)
     item_ids, type_ids, mask = left_pad([e[0] for e in encoded], [e[1] for e in encoded], 20)
@@ -24,7 +27,7 @@ def test_encoder_onnx_matches_torch_on_real_sessions(models, tmp_path) -> None:
     assert parity_error(path, models.encoder, inputs) <= PARITY_TOLERANCE
 
 
-def test_ranker_onnx_matches_torch_on_real_features(models, tmp_path) -> None:
+def test_ranker_onnx_matches_torch_on_real_features(models: TrainedModels, tmp_path: Path) -> None:
     from retrain.candidates import build_candidates
 
     cases = next_item_cases(yoochoose_sessions(100, skip=1500))

@@ -28,8 +28,8 @@ from retrain.online_baselines import (
     Latest,
     LatestCategoryCooc,
     LatestCooc,
-    Popularity,
 )
+from retrain.popularity import Popularity
 from streamrec.errors import StreamrecError
 from streamrec.events import Event, EventType
 
@@ -143,7 +143,14 @@ def test_latest_then_the_latest_items_category_then_co_occurrence() -> None:
 
     def touch(user_id: str, item_id: str, category: str) -> None:
         model.observe(
-            Event(f"e{next(_ids)}", user_id, item_id, EventType.CLICK, 0, {"category_id": category})
+            Event(
+                f"e{next(_ids)}",
+                user_id,
+                item_id,
+                EventType.CLICK,
+                0,
+                context={"category_id": category},
+            )
         )
 
     # Shoes: s2 three times, s1 twice (one with w); hats: h1; w also saw h1 then s1.

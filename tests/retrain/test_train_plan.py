@@ -3,7 +3,10 @@ request looks like reaches every trainer, so a changed setting never leaves trai
 on the old value (the skew issue 14 found in `streamrec retrain`)."""
 
 import json
+from pathlib import Path
+from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from cli import app
@@ -12,7 +15,7 @@ from retrain.training import TrainPlan, train_plan
 from streamrec.covis import CovisRule
 from streamrec.settings import Settings
 
-CHANGED = {
+CHANGED: dict[str, Any] = {
     "popularity_half_life_s": 1800.0,
     "recent_events_max": 30,
     "retrieval_candidates": 150,
@@ -61,7 +64,9 @@ def test_cycle_plan_takes_the_retrain_settings() -> None:
     assert first.holdout_fraction == 0.2
 
 
-def test_streamrec_train_follows_the_serving_settings(tmp_path, monkeypatch) -> None:
+def test_streamrec_train_follows_the_serving_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`streamrec train` builds its plan from the same settings; the published
     manifest records the plan it trained with."""
     events = tmp_path / "events.jsonl"

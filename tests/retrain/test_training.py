@@ -54,6 +54,7 @@ def test_a_ranker_with_too_few_cases_is_the_hand_blend() -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(3, 50, RankerConfig().n_features)).astype(np.float32)
     blend = sum(w * features[..., FEATURE_NAMES.index(n)] for n, w in BLEND_WEIGHTS.items())
+    assert isinstance(blend, np.ndarray)  # not sum()'s start, 0: there are weights
     labels = np.zeros((3, 50))
     for few in (labels, np.eye(3, 50)):  # none, then 3 < min_cases
         ranker, losses, _ = train_ranker(features, few, RankerConfig(), progress=False)

@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import torch
 
 from retrain.encoder import EncoderConfig, SequenceEncoder, grow_items
 from retrain.vocab import ItemVocab
 
 
-def test_growth_appends_new_ids_and_keeps_old_rows(tmp_path) -> None:
+def test_growth_appends_new_ids_and_keeps_old_rows(tmp_path: Path) -> None:
     vocab = ItemVocab.build(["a", "b", "c"])
     grown = vocab.grow(["c", "d", "a", "e"])
     assert [grown.row(i) for i in "abc"] == [vocab.row(i) for i in "abc"] == [1, 2, 3]

@@ -140,7 +140,9 @@ def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(
     settings = make_settings("crash", batch_max_events=50, commit_interval_s=2.0)
     ensure_topics(settings)
     events = taobao_events(2000, 4000)
-    messages = [(topic_for(e.type, settings), e.user_id.encode(), e.to_json()) for e in events]
+    messages: list[tuple[str, bytes | None, bytes]] = [
+        (topic_for(e.type, settings), e.user_id.encode(), e.to_json()) for e in events
+    ]
 
     worker = start_worker(settings, tmp_path)
     client = redis.Redis.from_url(settings.redis_url)

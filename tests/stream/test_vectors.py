@@ -97,7 +97,8 @@ def computed_alone(model: ServedModel, user: StoredUser) -> np.ndarray:
     """What the server computes for this user on a cache miss: one user, no padding."""
     inputs = user_encoder_inputs(model, user.recent_events)
     assert inputs is not None
-    return model.bundle.user_vectors(*inputs)[0]
+    vector: np.ndarray = model.bundle.user_vectors(*inputs)[0]
+    return vector
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -42,7 +43,11 @@ async def apply(catalogue: Catalogue, *changes: ItemChange) -> list[ItemApplied]
 
 
 async def members(catalogue: Catalogue, category: str) -> dict[str, float]:
-    rows = await catalogue.redis.zrange(category_available_key(category), 0, -1, withscores=True)
+    # The stubs type every reply as bytes or str; this client does not decode.
+    rows = cast(
+        list[tuple[bytes, float]],
+        await catalogue.redis.zrange(category_available_key(category), 0, -1, withscores=True),
+    )
     return {member.decode(): score for member, score in rows}
 
 
@@ -50,7 +55,7 @@ async def test_a_record_is_one_hash_and_a_member_of_each_of_its_categories(
     catalogue: Catalogue,
 ) -> None:
     assert await apply(catalogue, SHOE) == [ItemApplied.APPLIED]
-    stored = await catalogue.redis.hgetall(item_info_key("i1"))
+    stored = cast(dict[bytes, bytes], await catalogue.redis.hgetall(item_info_key("i1")))
     assert {k.decode(): v.decode() for k, v in stored.items()} == {
         "ts": "1000",
         "fp": stored[b"fp"].decode(),

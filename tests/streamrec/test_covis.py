@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import redis
@@ -23,11 +24,17 @@ def ev(n: int, user: str, item: str, ts: int) -> Event:
     return Event(f"e{n}", user, item, EventType.CLICK, ts)
 
 
-async def stored_links(store: StateStore, items: list[str]) -> dict[str, tuple[dict, int]]:
+async def stored_links(
+    store: StateStore, items: list[str]
+) -> dict[str, tuple[dict[str, float], int]]:
     client = redis.Redis.from_url(store.settings.redis_url)
-    out = {}
+    out: dict[str, tuple[dict[str, float], int]] = {}
     for item in items:
-        links = client.zrange(item_covis_key(item), 0, -1, withscores=True)
+        # The stubs type every reply as bytes or str; this client does not decode.
+        links = cast(
+            list[tuple[bytes, float]],
+            client.zrange(item_covis_key(item), 0, -1, withscores=True),
+        )
         if links:
             epoch = client.hget(f"sr:i:{{{item}}}:pop", "cv:epoch")
             out[item] = ({m.decode(): s for m, s in links}, int(epoch or 0))

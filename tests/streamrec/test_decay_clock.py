@@ -32,7 +32,9 @@ async def test_one_event_from_2099_neither_zeroes_trending_nor_freezes_its_item(
     later += [click(20 + n, "poison", now_ms + 1000 + n) for n in range(3)]
     await store.apply_events(later)
 
-    epoch = float(await store.redis.get(TRENDING_EPOCH_KEY))
+    raw_epoch = await store.redis.get(TRENDING_EPOCH_KEY)
+    assert raw_epoch is not None
+    epoch = float(raw_epoch)
     assert epoch <= now_ms + skew_ms + 60_000, "the 2099 click moved the trending epoch"
     scores = dict(await store.trending(EventType.CLICK, 10))
     assert scores["steady"] > 0, "every other item was zeroed"

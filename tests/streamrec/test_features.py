@@ -112,7 +112,9 @@ def test_no_candidates_and_no_history() -> None:
     ),
     now_ms=st.integers(0, 10**12),
 )
-def test_features_are_always_finite(dots, history, now_ms) -> None:
+def test_features_are_always_finite(
+    dots: list[float], history: list[tuple[int, EventType, int]], now_ms: int
+) -> None:
     events = [RecentEvent(str(item), kind, ts) for item, kind, ts in history]
     candidates = [str(i) for i in range(len(dots))]
     popularity = {str(i): {EventType.CLICK: float(i)} for i in range(10)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from faust.auth import SASLCredentials
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from stream.app import faust_credentials
@@ -38,7 +39,7 @@ def test_sasl_ssl_gives_both_clients_the_same_credentials() -> None:
     )
     assert options["ssl_context"] is not None
     credentials = faust_credentials(s)
-    assert credentials is not None
+    assert isinstance(credentials, SASLCredentials)
     assert credentials.protocol is AuthProtocol.SASL_SSL
     assert credentials.mechanism is SASLMechanism.SCRAM_SHA_512
     assert "s3cret" not in repr(s)

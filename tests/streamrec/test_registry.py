@@ -1,27 +1,30 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.scenarios.models import TINY_PLAN, tiny_models
 from retrain.publish import load_warm_start, publish_models
+from retrain.training import TrainedModels
 from streamrec import registry
 from streamrec.errors import BundleError, ChecksumMismatch
+from streamrec.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, READABLE_FEATURE_SCHEMAS
 
 
 @pytest.fixture(scope="module")
-def models():
+def models() -> TrainedModels:
     return tiny_models(sessions=600)
 
 
-def _publish(models, root, parent=None):
+def _publish(models: TrainedModels, root: Path, parent: str | None = None) -> registry.Manifest:
     return publish_models(
         models, root, TINY_PLAN, {"source": "test"}, parent, hnsw_threshold=100_000
     )
 
 
-def test_round_trip(models, tmp_path) -> None:
+def test_round_trip(models: TrainedModels, tmp_path: Path) -> None:
     manifest = _publish(models, tmp_path)
     assert registry.current_version(tmp_path) == manifest.version
     assert [m.version for m in registry.list_versions(tmp_path)] == [manifest.version]
@@ -51,7 +54,7 @@ def test_round_trip(models, tmp_path) -> None:
     assert np.array_equal(encoder.item_vectors().detach().numpy(), torch_items)
 
 
-def test_tampered_file_is_refused(models, tmp_path) -> None:
+def test_tampered_file_is_refused(models: TrainedModels, tmp_path: Path) -> None:
     manifest = _publish(models, tmp_path)
     index_file = tmp_path / manifest.version / "items.faiss"
     data = bytearray(index_file.read_bytes())
@@ -63,7 +66,9 @@ def test_tampered_file_is_refused(models, tmp_path) -> None:
         registry.load(tmp_path)
 
 
-def test_missing_file_and_incompatible_schema_are_refused(models, tmp_path) -> None:
+def test_missing_file_and_incompatible_schema_are_refused(
+    models: TrainedModels, tmp_path: Path
+) -> None:
     manifest = _publish(models, tmp_path)
     folder = tmp_path / manifest.version
     body = json.loads((folder / registry.MANIFEST).read_text())
@@ -71,14 +76,14 @@ def test_missing_file_and_incompatible_schema_are_refused(models, tmp_path) -> N
     (folder / registry.MANIFEST).write_text(json.dumps(body))
     with pytest.raises(BundleError, match="feature schema 999"):
         registry.load(tmp_path, manifest.version)
-    body["feature_schema_version"] = registry.FEATURE_SCHEMA_VERSION
+    body["feature_schema_version"] = FEATURE_SCHEMA_VERSION
     (folder / registry.MANIFEST).write_text(json.dumps(body))
     os.remove(folder / "ranker.onnx")
     with pytest.raises(BundleError, match=r"ranker\.onnx is listed in the manifest but missing"):
         registry.verify(tmp_path, manifest.version)
 
 
-def test_rollback_and_atomic_pointer(models, tmp_path) -> None:
+def test_rollback_and_atomic_pointer(models: TrainedModels, tmp_path: Path) -> None:
     first = _publish(models, tmp_path)
     second = _publish(models, tmp_path, parent=first.version)
     assert registry.current_version(tmp_path) == second.version
@@ -97,26 +102,28 @@ def test_rollback_and_atomic_pointer(models, tmp_path) -> None:
     assert registry.current_version(tmp_path) == second.version
 
 
-def test_a_bundle_of_the_previous_feature_schema_still_loads_and_ranks(models, tmp_path) -> None:
+def test_a_bundle_of_the_previous_feature_schema_still_loads_and_ranks(
+    models: TrainedModels, tmp_path: Path
+) -> None:
     """Schema 2 had the first 22 columns: its ranker is fed those, so a version trained
     before the catalogue's columns keeps serving after an upgrade."""
     from dataclasses import replace
 
     from retrain.ranker import Ranker, RankerConfig
 
-    old_width = registry.READABLE_FEATURE_SCHEMAS[2]
+    old_width = READABLE_FEATURE_SCHEMAS[2]
     old_ranker = Ranker(RankerConfig(n_features=old_width, hidden=8))
     manifest = _publish(replace(models, ranker=old_ranker), tmp_path)
     assert manifest.feature_schema_version == 2
-    assert manifest.feature_names == registry.FEATURE_NAMES[:old_width]
+    assert manifest.feature_names == FEATURE_NAMES[:old_width]
     folder = tmp_path / manifest.version
     body = json.loads((folder / registry.MANIFEST).read_text())
     bundle = registry.load(tmp_path, manifest.version)
-    rows = np.random.default_rng(0).random((3, len(registry.FEATURE_NAMES)), np.float32)
+    rows = np.random.default_rng(0).random((3, len(FEATURE_NAMES)), np.float32)
     changed = rows.copy()
     changed[:, old_width:] = 7.0  # columns the old ranker never saw change nothing
     assert np.array_equal(bundle.score(rows), bundle.score(changed))
-    body["feature_names"] = list(registry.FEATURE_NAMES[1 : old_width + 1])
+    body["feature_names"] = list(FEATURE_NAMES[1 : old_width + 1])
     (folder / registry.MANIFEST).write_text(json.dumps(body))
     with pytest.raises(BundleError, match="expects features"):
         registry.load(tmp_path, manifest.version)

@@ -19,6 +19,7 @@ from bench.scenarios.models import serving_models
 from retrain.training import TrainedModels
 from streamrec import registry
 from streamrec.errors import BundleError, ChecksumMismatch
+from streamrec.features import FEATURE_NAMES
 from tests.streamrec.bad_bundles import BAD_BUNDLES, spoil
 
 
@@ -62,7 +63,8 @@ def _other_ranker(path: Path) -> bytes:
     values = numpy_helper.to_array(weights).copy()
     values.flat[0] += 10.0
     weights.CopyFrom(numpy_helper.from_array(values, weights.name))
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def test_the_ranker_opened_is_the_one_whose_checksum_was_verified(
@@ -74,7 +76,7 @@ def test_the_ranker_opened_is_the_one_whose_checksum_was_verified(
     version = _publish(models, tmp_path).version
     path = tmp_path / version / "ranker.onnx"
     published, other = path.read_bytes(), _other_ranker(path)
-    features = np.random.default_rng(0).random((4, len(registry.FEATURE_NAMES)), np.float32)
+    features = np.random.default_rng(0).random((4, len(FEATURE_NAMES)), np.float32)
     expected = registry.load(tmp_path, version).score(features)
     stop = threading.Event()
 

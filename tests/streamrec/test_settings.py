@@ -4,6 +4,7 @@ variables are read, and the old ones still are until the next release."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_callers_pass_renamed_settings_by_field_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STREAMREC_PUBLISH_K", "3")
-    given = {field: value for field, (_, _, value) in RENAMED.items()}
+    given: dict[str, Any] = {field: value for field, (_, _, value) in RENAMED.items()}
     settings = Settings(home=tmp_path, **given)  # an argument wins over the environment
     assert {field: getattr(settings, field) for field in RENAMED} == given
 
@@ -77,12 +78,12 @@ def test_callers_pass_renamed_settings_by_field_name(
 def test_a_child_process_gets_the_new_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    given = {field: value for field, (_, _, value) in RENAMED.items()}
+    given: dict[str, Any] = {field: value for field, (_, _, value) in RENAMED.items()}
     env = Settings(home=tmp_path, **given).to_env()
     for variable, former, value in RENAMED.values():
         assert env[variable] == str(value) and former not in env
     # A stale former variable in the parent's environment loses to the new one.
     monkeypatch.setenv("STREAMREC_PUBLISH_K", "99")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    for name, env_value in env.items():
+        monkeypatch.setenv(name, env_value)
     assert Settings().feed_k == given["feed_k"]

@@ -16,7 +16,7 @@ def test_the_catalogue_matches_the_simulated_shop() -> None:
     assert all(START_MS <= r.ts_ms <= until_ms for r in records)
     assert all(parse_item(r.to_json()) == r for r in records)  # each one valid on the wire
 
-    first = {}
+    first: dict[str, ItemRecord] = {}
     for record in records:
         first.setdefault(record.item_id, record)
     for event in events:  # every item browsed is in the catalogue, in the category browsed

@@ -13,7 +13,7 @@ from streamrec.events import Event, EventType
 from streamrec.features import EVENT_TYPES
 from streamrec.keys import POPULARITY_SEQ_KEY, item_popularity_key, recommended_key, user_vector_key
 from streamrec.settings import Settings
-from streamrec.state import POPULARITY_CHANGED_MAX, CachedVector, StateStore, WriteBack
+from streamrec.state import POPULARITY_CHANGED_MAX, Applied, CachedVector, StateStore, WriteBack
 
 HOUR_MS = 3_600_000
 CLICK = EVENT_TYPES.index(EventType.CLICK)
@@ -30,8 +30,12 @@ def ev(
 
 
 async def test_a_redelivered_event_is_applied_once(store: StateStore) -> None:
-    assert await store.apply_events([ev(1), ev(2)]) == [True, True]
-    assert await store.apply_events([ev(2), ev(3), ev(3)]) == [False, True, False]
+    assert await store.apply_events([ev(1), ev(2)]) == [Applied.APPLIED, Applied.APPLIED]
+    assert await store.apply_events([ev(2), ev(3), ev(3)]) == [
+        Applied.DUPLICATE,
+        Applied.APPLIED,
+        Applied.DUPLICATE,
+    ]
     state = await store.read_user("u")
     assert [e.event_id for e in state.recent_events] == ["e1", "e2", "e3"]
     assert state.counts_by_type == {"click": 3}
@@ -187,11 +191,11 @@ async def test_the_dedup_window_forgets_old_event_ids(
 ) -> None:
     store = StateStore(make_settings("dedup-window", dedup_ttl_s=1))
     try:
-        assert await store.apply_events([ev(1)]) == [True]
-        assert await store.apply_events([ev(1)]) == [False]
+        assert await store.apply_events([ev(1)]) == [Applied.APPLIED]
+        assert await store.apply_events([ev(1)]) == [Applied.DUPLICATE]
         await asyncio.sleep(1.2)
         # Past the window the id is new again (the window bounds memory, not history).
-        assert await store.apply_events([ev(1)]) == [True]
+        assert await store.apply_events([ev(1)]) == [Applied.APPLIED]
     finally:
         await store.redis.flushdb()
         await store.close()
@@ -271,4 +275,5 @@ async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> Non
     assert await store.redis.zrange(recommended_key("u2"), 0, -1) == [b"c"]
     assert not await store.redis.exists(recommended_key("u3"), user_vector_key("u2"))
     raw = await store.redis.get(user_vector_key("u1"))
+    assert isinstance(raw, bytes)
     assert CachedVector.from_bytes(raw) == vector
