@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +31,7 @@ from rich.console import Console
 from bench.common import REPORTS, machine, machine_line, write_json
 from devtools.devstack import DevStack, free_port
 from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
 from model_server.recommender import STAGES
 from stream.vectors import VectorRefresher
 from streamrec import registry
@@ -72,13 +73,13 @@ class Plan:
     server_counts: tuple[int, ...]
     users: int
     effect_samples: int
-    train_sessions: int  # only when no current model exists to copy
+    train_sessions: int  # of yoochoose1_64, the bench's own model's
 
 
 QUICK = Plan(rates=(250,), seconds=10, server_counts=(1,), users=2000, effect_samples=20,
              train_sessions=10_000)  # fmt: skip
 FULL = Plan(rates=(250, 500, 1000, 2000), seconds=30, server_counts=(1, 2), users=10_000,
-            effect_samples=100, train_sessions=0)  # fmt: skip
+            effect_samples=100, train_sessions=100_000)  # fmt: skip
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -153,6 +154,7 @@ def run(quick: bool) -> dict[str, Any]:
                             url, settings, users[plan.effect_samples :], plan.effect_samples,
                             catalogue,
                         )  # fmt: skip
+                        searchable = new_item_searchable(url, settings, plan.effect_samples)
     finally:
         stack.down()
         if any(r["errors"] or r.get("filtered_errors") for r in [*runs, swap]):
@@ -199,6 +201,12 @@ def run(quick: bool) -> dict[str, Any]:
         "item_event_to_effect_not_seen": item_effect["not_seen"],
         "item_event_to_effect_load_avg": item_effect["load_avg"],
         "item_event_to_effect_path": ITEM_EFFECT_PATH,
+        "new_item_searchable_p50_ms": searchable["p50_ms"],
+        "new_item_searchable_p99_ms": searchable["p99_ms"],
+        "new_item_searchable_samples": searchable["samples"],
+        "new_item_searchable_not_seen": searchable["not_seen"],
+        "new_item_searchable_load_avg": searchable["load_avg"],
+        "new_item_searchable_path": NEW_ITEM_PATH,
         "model": model_source,
         "users": len(users),
         "quick": quick,
@@ -259,23 +267,19 @@ def _filter_goal_run(runs: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
     return next(r for r in runs if r["servers"] == 1 and r["rate"] == rate)
 
 
+def bench_categories(item_ids: Iterable[str]) -> dict[str, str]:
+    """Each item's category in the bench's catalogue: one of `CATEGORIES` at random,
+    the same for the same items every run (the model trains with them, so its
+    content tower can place new items)."""
+    ordered = sorted(set(item_ids))
+    picks = np.random.default_rng(1).integers(0, CATEGORIES, len(ordered))
+    return {item: f"cat-{int(category)}" for item, category in zip(ordered, picks, strict=True)}
+
+
 def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
-    """Copy the user's current model when there is one (the yoochoose1_64 bundle),
-    else train a small one on a slice of yoochoose1_64."""
-    mine = Settings()
-    current = registry.current_version(mine.registry) if mine.registry.is_dir() else None
-    if current is not None:
-        shutil.copytree(mine.registry / current, settings.registry / current)
-        registry.set_current(settings.registry, current)
-        manifest = registry.read_manifest(settings.registry, current)
-        return {
-            "version": current,
-            "items": manifest.index.get("n_items"),
-            "source": "copied",
-            "candidates": manifest.retrieval_candidates,
-            "trained_on": manifest.data_window.get("source"),
-            "encoder_epochs": len(manifest.training.get("encoder_epochs", [])),
-        }
+    """The bench's own model, pinned: trained on the first `plan.train_sessions`
+    sessions of yoochoose1_64 with the bench catalogue's categories (so it has a
+    content tower), never whatever model the user has."""
     from itertools import islice
 
     from retrain.data import load_sequences
@@ -283,14 +287,17 @@ def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
     from retrain.train_encoder import EncoderTraining
     from retrain.training import TrainPlan, train_models
 
-    sessions = plan.train_sessions or 100_000
-    console.print(f"no current model in {mine.registry}: training on {sessions:,} sessions")
+    sessions = plan.train_sessions
+    console.print(f"training the bench's model on {sessions:,} sessions of {DATA.name}")
     sequences = list(islice(load_sequences(DATA, "srgnn"), sessions))
+    categories = bench_categories(item for s in sequences for item in s.item_ids)
     # The issue's benchmark model: C = 200 (streamrec's default is 100).
     train_plan = replace(
         TrainPlan(), dim=64, candidates=200, encoder=EncoderTraining(epochs=2, negatives=2048)
     )
-    models = train_models(sequences, train_plan, progress=False)
+    models = train_models(
+        sequences, train_plan, progress=False, categories={i: (c,) for i, c in categories.items()}
+    )
     manifest = publish_models(
         models, settings.registry, train_plan, {"source": str(DATA)}, None, settings.hnsw_threshold
     )
@@ -298,7 +305,9 @@ def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
         "version": manifest.version,
         "items": len(models.vocab),
         "source": "trained",
+        "sessions": sessions,
         "candidates": manifest.retrieval_candidates,
+        "content_tower": manifest.encoder.get("content_tower") is not None,
         "trained_on": str(DATA),
         "encoder_epochs": train_plan.encoder.epochs,
     }
@@ -348,23 +357,19 @@ async def load_catalogue(settings: Settings) -> dict[str, ItemRecord]:
     `CATEGORIES` categories at random, with a title, a price and a tag (as the demo's
     shop has), written with the stream worker's own script."""
     vocab = _vocabulary(settings)
+    categories = bench_categories(vocab)
     rng = np.random.default_rng(1)
     ts_ms = int(time.time() * 1000)
     records = {
         item: ItemRecord(
             item,
             ts_ms,
-            categories=(f"cat-{category}",),
+            categories=(categories[item],),
             title=f"bench item {item}",
             price=round(float(price), 2),
-            tags=(f"style-{category % 8}",),
+            tags=(f"style-{int(categories[item].removeprefix('cat-')) % 8}",),
         )
-        for item, category, price in zip(
-            vocab,
-            rng.integers(0, CATEGORIES, len(vocab)),
-            rng.uniform(1, 200, len(vocab)),
-            strict=True,
-        )
+        for item, price in zip(vocab, rng.uniform(1, 200, len(vocab)), strict=True)
     }
     catalogue = Catalogue(settings)
     try:
@@ -761,6 +766,52 @@ def item_event_to_effect(
     }
 
 
+NEW_ITEM_PATH = (
+    "a record of an item no one has seen (a catalogue category, a title, a price) "
+    "produced to the items topic, through the stream worker's apply script and the "
+    "catalogue's change log, until the server's live index holds it "
+    "(streamrec_serve_live_items_added_total one higher on its /metrics; one process)"
+)
+LIVE_ITEMS_ADDED = "streamrec_serve_live_items_added"
+
+
+def new_item_searchable(url: str, settings: Settings, samples: int) -> dict[str, Any]:
+    """Produce a brand-new item's record; poll the server's /metrics until its live
+    index holds it (a stream worker must be running, the model a content tower).
+    One item at a time, each waiting for the one before."""
+    load_before = os.getloadavg()[0]
+    delays: list[float] = []
+    not_seen = 0
+    added = counter_total(scrape(url), LIVE_ITEMS_ADDED)
+    with EventProducer(settings) as producer:
+        for n in range(samples):
+            item = f"bench-new-{n}"
+            record = ItemRecord(
+                item,
+                int(time.time() * 1000),
+                categories=(f"cat-{n % CATEGORIES}",),
+                title=f"new arrival {n}",
+                price=10.0 + n,
+            )
+            sent = time.perf_counter()
+            producer.send_raw(settings.topic_items, item.encode(), record.to_json())
+            producer.flush()
+            while counter_total(scrape(url), LIVE_ITEMS_ADDED) < added + 1:
+                if time.perf_counter() - sent > EFFECT_TIMEOUT_S:
+                    not_seen += 1
+                    break
+                time.sleep(0.005)
+            delays.append((time.perf_counter() - sent) * 1000)
+            added = counter_total(scrape(url), LIVE_ITEMS_ADDED)
+    return {
+        "p50_ms": round(float(np.percentile(delays, 50)), 1) if delays else None,
+        "p99_ms": round(float(np.percentile(delays, 99)), 1) if delays else None,
+        "samples": len(delays),
+        "not_seen": not_seen,
+        "load_avg": (round(load_before, 2), round(os.getloadavg()[0], 2)),
+    }
+
+
 def _get(url: str, timeout_s: float = 5) -> bytes:
     import urllib.request
 
@@ -849,6 +900,14 @@ def _print_summary(r: dict[str, Any]) -> None:
         f"{r['item_event_to_effect_p99_ms']} ms over {r['item_event_to_effect_samples']} items "
         f"({r['item_event_to_effect_not_seen']} not seen within {EFFECT_TIMEOUT_S:g} s; goal "
         f"p99 <= 250 ms); load avg {before} -> {after}; reference loop "
+        f"{m['reference_loop_ms']} ms"
+    )
+    before, after = r["new_item_searchable_load_avg"]
+    console.print(
+        f"new_item_searchable: p50 {r['new_item_searchable_p50_ms']} ms, p99 "
+        f"{r['new_item_searchable_p99_ms']} ms over {r['new_item_searchable_samples']} items "
+        f"({r['new_item_searchable_not_seen']} not seen within {EFFECT_TIMEOUT_S:g} s; goal "
+        f"p99 <= 1000 ms); load avg {before} -> {after}; reference loop "
         f"{m['reference_loop_ms']} ms"
     )
 
@@ -1005,6 +1064,11 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
         f"p99 {r['item_event_to_effect_p99_ms']} ms, {r['item_event_to_effect_not_seen']} not "
         f"seen within {EFFECT_TIMEOUT_S:g} s (goal: p99 ≤ 250 ms); load avg "
         f"{r['item_event_to_effect_load_avg'][0]} → {r['item_event_to_effect_load_avg'][1]}.",
+        f"New item searchable ({r['new_item_searchable_path']}), "
+        f"{r['new_item_searchable_samples']} items: p50 {r['new_item_searchable_p50_ms']} ms, "
+        f"p99 {r['new_item_searchable_p99_ms']} ms, {r['new_item_searchable_not_seen']} not "
+        f"seen within {EFFECT_TIMEOUT_S:g} s (goal: p99 ≤ 1 s); load avg "
+        f"{r['new_item_searchable_load_avg'][0]} → {r['new_item_searchable_load_avg'][1]}.",
         "",
         "Mean time per stage inside the server (ms, wall clock: queueing for the CPU "
         "included; encode counts only requests whose cached user vector was stale):",

@@ -15,6 +15,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
@@ -28,6 +30,7 @@ from streamrec.client import Recommendations, RecommenderClient
 from streamrec.errors import StreamrecError
 from streamrec.events import Event, EventType
 from streamrec.items import ItemRecord
+from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -39,6 +42,79 @@ SHOWN = 5  # recommendations shown per user
 
 def register(app: typer.Typer) -> None:
     app.command()(demo)
+    app.command()(sample)
+
+
+DEMO_NAME = "streamrec-demo"
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's own pipeline beside the user's: its registry and archive under
+    <home>/demo, its topics and consumer group, and the last database of the Redis
+    server (flushed at the start of each demo), so that a demo never makes its model
+    current for the user's servers nor writes into the user's state or archive."""
+    import redis
+
+    from streamrec.topics import pipeline_names
+
+    url = urlsplit(settings.redis_url)
+    mine = int(url.path.strip("/") or 0)
+    client = redis.Redis.from_url(settings.redis_url)
+    configured: object = 16  # a managed Redis may refuse CONFIG
+    try:
+        configured = client.config_get("databases").get("databases", 16)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+    database = int(str(configured)) - 1
+    if database == mine:
+        raise StreamrecError(
+            f"the demo uses the last Redis database ({database}), which is yours "
+            f"({redacted(settings.redis_url)}): point STREAMREC_REDIS_URL at another one"
+        )
+    demo_url = urlunsplit(url._replace(path=f"/{database}"))
+    redis.Redis.from_url(demo_url).flushdb()
+    folder = settings.home / "demo"
+    return settings.model_copy(
+        update={
+            "redis_url": demo_url,
+            "registry": folder / "registry",
+            "archive_dir": folder / "archive",
+            **pipeline_names(DEMO_NAME),
+        }
+    )
+
+
+def sample(
+    out: Path = typer.Option(..., "--out", help="Write the events here (JSONL)."),
+    items: Path | None = typer.Option(
+        None, "--items", help="Also write the shop's catalogue records here (JSONL)."
+    ),
+    events: int = typer.Option(4000, min=100, help="How many events to simulate."),
+    users: int = typer.Option(150, min=1, help="How many simulated shoppers."),
+) -> None:
+    """Write a synthetic sample to try streamrec with: simulated shoppers' events (the
+    demo's simulator, every event marked `"source": "synthetic"`) and, with --items,
+    their shop's catalogue. Feeds `train`, `produce` and `items load` as they are."""
+    from devtools.simulator import simulate, simulate_catalogue
+
+    written = list(simulate(n_users=users, n_events=events))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"".join(e.to_json() + b"\n" for e in written))
+        catalogue = simulate_catalogue(until_ms=written[-1].ts_ms) if items else []
+        if items is not None:
+            items.parent.mkdir(parents=True, exist_ok=True)
+            items.write_bytes(b"".join(r.to_json() + b"\n" for r in catalogue))
+    except OSError as exc:
+        raise StreamrecError(f"cannot write the sample: {exc}") from None
+    shoppers = len({e.user_id for e in written})
+    console.print(
+        f"{out}: {len(written)} synthetic events of {shoppers} shoppers on "
+        f"{len({e.item_id for e in written})} items"
+        + (f"; {items}: {len(catalogue)} catalogue records" if items is not None else "")
+    )
 
 
 def demo(
@@ -57,10 +133,15 @@ def demo(
         console.print("starting the dev stack (`streamrec dev up`)...")
         stack.up(external_redis_url=settings.redis_url if settings.redis_url_explicit else "")
         settings = Settings()
-    settings = settings.model_copy(
+    settings = demo_settings(settings).model_copy(
         update={"worker_web_port": free_port(), "serve_port": free_port()}
     )
     ensure_topics(settings)
+    console.print(
+        f"[bold]the demo's own pipeline[/bold]: registry {settings.registry}, Redis "
+        f"{redacted(settings.redis_url)}, topics {settings.app_id}.*, archive "
+        f"{settings.archive_root} (yours are untouched)"
+    )
 
     run_id = time.strftime("%H%M%S-")
     sample = list(simulate(n_users=150, n_events=events, run_id=run_id))
@@ -132,7 +213,8 @@ def demo(
         server.stop()
         worker.stop()
     console.print(
-        f"\n`streamrec state {watched[0]}` prints that user's whole state as JSON.\n"
+        f"\n`STREAMREC_REDIS_URL={redacted(settings.redis_url)} streamrec state {watched[0]}` "
+        "prints that user's whole state as JSON.\n"
         f"While they ran, the worker's Prometheus metrics were on :{settings.worker_web_port}"
         f"/metrics and the server's on :{settings.serve_port}/metrics; `streamrec worker` and "
         "`streamrec serve` use :6066 and :8000.\n"

@@ -14,8 +14,10 @@ import orjson
 import typer
 
 from streamrec import registry
+from streamrec.content import ItemContent
 from streamrec.errors import BundleError, InputFormatError
 from streamrec.event_files import FileFormat
+from streamrec.events import Rejection
 from streamrec.settings import Settings
 
 DEFAULT_BENCH_DATA = Path("../shared/data/yoochoose1_64")
@@ -69,12 +71,25 @@ def train(
         0, min=0, help="Sampled softmax with this many negatives per batch; 0: full softmax."
     ),
     seed: int = typer.Option(0),
+    items: Path | None = typer.Option(
+        None,
+        "--items",
+        help="The shop's catalogue (item records, JSONL or CSV): categories for the "
+        "ranker, and content (categories, title, price, tags) for new items' vectors.",
+    ),
     warm_start: bool = typer.Option(
-        True, help="Continue from the current version if there is one."
+        False,
+        "--warm-start",
+        help="Continue from the current version (its items and weights; same --dim); "
+        "by default a new model is trained from scratch.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Publish even when no held-out case could measure the model."
     ),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
-    """Train the retriever and the ranker, export them and publish a bundle."""
+    """Train the retriever and the ranker on an event file, export them and publish a
+    bundle that becomes the current version (servers and workers swap to it)."""
     from dataclasses import replace
 
     from cli.ingest import exit_on_bad_rows
@@ -85,6 +100,7 @@ def train(
     settings = Settings()
     try:
         event_log = read_sequences(data, fmt or None, strict=strict)
+        content = _catalogue_content(items) if items is not None else None
     except InputFormatError as exc:
         _fail(str(exc))
     typer.echo(
@@ -92,6 +108,14 @@ def train(
         f"{len(event_log.sequences)} users, {event_log.n_items} items; "
         f"{len(event_log.skipped)} bad rows skipped"
     )
+    categories = (
+        {item: c.categories for item, c in content.items() if c.categories}
+        if content is not None
+        else event_log.categories
+    )
+    if categories:
+        source = items if content is not None else f"{data}'s category_id column"
+        typer.echo(f"catalogue: {len(categories)} items with a category, from {source}")
     sequences = event_log.sequences
     if not sequences:
         exit_on_bad_rows(event_log.skipped)
@@ -105,25 +129,61 @@ def train(
     plan = replace(
         plan, encoder=replace(plan.encoder, epochs=epochs, seed=seed, negatives=negatives)
     )
-    parent = registry.current_version(settings.registry)
+    parent = registry.current_version(settings.registry) if warm_start else None
     parent_vocab = parent_encoder = None
-    if warm_start and parent is not None:
+    if warm_start and parent is None:
+        _fail(f"--warm-start: {settings.registry} has no current version to continue from")
+    if parent is not None:
         parent_vocab, parent_encoder = load_warm_start(settings.registry, parent)
         if parent_encoder.config.dim != dim:
             _fail(f"current version {parent} has dim {parent_encoder.config.dim}; asked for {dim}")
         typer.echo(f"warm start from {parent} ({len(parent_vocab)} items)")
-    models = train_models(sequences, plan, parent_vocab, parent_encoder, progress=not quiet)
+    models = train_models(
+        sequences, plan, parent_vocab, parent_encoder, not quiet, categories or None, content
+    )
+    typer.echo(json.dumps(models.validation))
+    cases = models.validation.get("retriever", {}).get("cases", 0)
+    if not cases and not force:
+        _fail(
+            f"not published: none of {data}'s held-out events could measure the model (0 "
+            "validation cases; too few events or users with a history?). Train on more "
+            "data, or publish anyway with --force."
+        )
     manifest = publish_models(
         models,
         settings.registry,
         plan,
         {"source": str(data), "format": event_log.fmt},
-        parent if warm_start else None,
+        parent,
         settings.hnsw_threshold,
     )
-    typer.echo(json.dumps(models.validation))
     typer.echo(f"published {manifest.version} to {settings.registry} in {models.seconds:.0f}s")
     exit_on_bad_rows(event_log.skipped)
+
+
+def _catalogue_content(path: Path) -> dict[str, ItemContent]:
+    """Each item's newest live record in a catalogue file, as the content tower reads
+    it; a file without one readable record is an error, bad rows are skipped."""
+    from streamrec.item_files import read_items
+    from streamrec.items import ItemDelete
+
+    newest: dict[str, tuple[int, ItemContent | None]] = {}
+    if not path.is_file():
+        raise InputFormatError(f"--items: expected a catalogue file at {path}, found none")
+    for _, record in read_items(path):
+        if isinstance(record, Rejection):
+            continue
+        if record.item_id in newest and newest[record.item_id][0] > record.ts_ms:
+            continue
+        content = (
+            None
+            if isinstance(record, ItemDelete)
+            else ItemContent(record.categories, record.title, record.price, record.tags)
+        )
+        newest[record.item_id] = (record.ts_ms, content)
+    if not newest:
+        raise InputFormatError(f"--items: {path} holds no readable item record")
+    return {item: content for item, (_, content) in newest.items() if content is not None}
 
 
 def model_list() -> None:

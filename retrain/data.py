@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamrec.errors import InputFormatError
@@ -49,11 +49,14 @@ class SrgnnSplit:
 
 @dataclass(frozen=True, slots=True)
 class EventLog:
-    """A file read for training: its format, its sequences and the rows skipped."""
+    """A file read for training: its format, its sequences and the rows skipped; and
+    each item's category where the events carry one (a Taobao file's
+    `category_id`: the catalogue `streamrec items load --from-taobao` sends)."""
 
     fmt: str
     sequences: list[UserSequence]
     skipped: list[tuple[int, Rejection]]
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def n_events(self) -> int:
@@ -75,16 +78,19 @@ def read_sequences(path: Path, fmt: str | None = None, *, strict: bool = False) 
         raise InputFormatError(f"expected an event file at {path}, found none")
     file_format = FileFormat(fmt) if fmt else detect_format(path)
     skipped: list[tuple[int, Rejection]] = []
+    categories: dict[str, tuple[str, ...]] = {}
 
     def accepted() -> Iterator[tuple[str, str, EventType, int]]:
         for line_number, parsed in read_events(path, file_format, strict=strict):
             if isinstance(parsed, Rejection):
                 skipped.append((line_number, parsed))
-            else:
-                yield parsed.user_id, parsed.item_id, parsed.type, parsed.ts_ms
+                continue
+            if file_format is FileFormat.TAOBAO and parsed.context:
+                categories[parsed.item_id] = (str(parsed.context["category_id"]),)
+            yield parsed.user_id, parsed.item_id, parsed.type, parsed.ts_ms
 
     sequences = group_by_user(accepted())
-    return EventLog(file_format.value, sequences, skipped)
+    return EventLog(file_format.value, sequences, skipped, categories)
 
 
 def load_sequences(path: Path, fmt: str) -> list[UserSequence]:

@@ -40,9 +40,10 @@ def test_train_publishes_and_model_commands_read_the_registry(
     first = runner.invoke(app, ["model", "current"]).output.strip()
     assert "published " + first in trained.output
 
-    # A second run warm-starts from the first and names it as parent.
+    # Asked to, a second run warm-starts from the first and names it as parent.
     again = runner.invoke(
-        app, ["train", "--data", str(events), "--epochs", "1", "--dim", "16", "--quiet"]
+        app,
+        ["train", "--data", str(events), "--epochs", "1", "--dim", "16", "--quiet", "--warm-start"],
     )
     assert again.exit_code == 0, again.output
     assert f"warm start from {first}" in again.output
@@ -142,3 +143,58 @@ def test_train_rejects_a_csv_without_event_id_by_the_event_contract(
     empty.write_text("")
     nothing = runner.invoke(app, ["train", "--data", str(empty), "--quiet"])
     assert nothing.exit_code == 1 and f"{empty}: no events to train on" in nothing.stderr
+
+
+def test_train_starts_from_scratch_unless_asked_and_takes_a_catalogue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another model in the registry (another --dim) is neither continued nor in the
+    way; --items gives the new model its categories and a content tower."""
+    monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    events, items = tmp_path / "events.jsonl", tmp_path / "items.jsonl"
+    sampled = runner.invoke(app, ["sample", "--out", str(events), "--items", str(items)])
+    assert sampled.exit_code == 0, sampled.output
+    first = runner.invoke(
+        app, ["train", "--data", str(events), "--epochs", "1", "--dim", "16", "--quiet"]
+    )
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(
+        app,
+        ["train", "--data", str(events), "--items", str(items), "--epochs", "1", "--dim", "24",
+         "--quiet"],
+    )  # fmt: skip
+    assert second.exit_code == 0, second.output
+    assert "warm start" not in second.output
+    assert "catalogue: " in second.output and f"from {items}" in second.output
+    version = runner.invoke(app, ["model", "current"]).output.strip()
+    shown = json.loads(runner.invoke(app, ["model", "show", version]).output)
+    assert shown["parent"] is None and shown["encoder"]["dim"] == 24
+    assert shown["encoder"]["content_tower"]["buckets"] > 0
+    assert shown["data_window"]["items_with_category"] > 0
+    missing = runner.invoke(app, ["train", "--data", str(events), "--warm-start", "--dim", "16"])
+    assert missing.exit_code == 1 and "has dim 24" in missing.stderr
+
+
+def test_train_does_not_publish_a_model_nothing_could_measure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    events = tmp_path / "events.jsonl"
+    rows = [
+        {"event_id": f"e{n}", "user_id": f"u{n}", "item_id": f"i{n % 3}", "type": "click",
+         "ts": 1_700_000_000_000 + n}
+        for n in range(6)
+    ]  # fmt: skip
+    events.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "--data", str(events), "--epochs", "1", "--quiet"])
+    assert refused.exit_code == 1 and "0 validation cases" in refused.stderr
+    assert registry.current_version(tmp_path / "registry") is None
+    forced = runner.invoke(
+        app, ["train", "--data", str(events), "--epochs", "1", "--quiet", "--force"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert registry.current_version(tmp_path / "registry") is not None
