@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bench.common import REPORTS, machine, machine_line, write_json
+from bench.scenarios.data import TAOBAO, shared
 from devtools.devstack import DevStack, free_port
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total, histogram_buckets, histogram_quantile
@@ -38,7 +39,6 @@ from streamrec.producer import topic_for
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 
-TAOBAO = Path(__file__).resolve().parents[2] / "shared" / "data" / "taobao_stream" / "events.csv"
 console = Console()
 
 
@@ -55,7 +55,7 @@ FULL = Plan(events=96_168, latency_seconds=30)
 
 def load_messages(limit: int) -> list[tuple[Event, bytes]]:
     messages = []
-    with open(TAOBAO, encoding="utf-8") as fh:
+    with open(shared(TAOBAO), encoding="utf-8") as fh:
         for line_number, line in enumerate(fh, start=1):
             if line_number > limit:
                 break

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.common import machine, machine_line
+from bench.scenarios.data import YOOCHOOSE, shared
 
 # SR-GNN paper (AAAI 2019), Table 2, on exactly this split.
 PUBLISHED = {
@@ -144,8 +145,4 @@ def _markdown(results: dict[str, Any], curves_png: str) -> str:
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
-    print(
-        run_bench(
-            Path("../shared/data/yoochoose1_64"), Path(__file__).parent / "reports", quick=quick
-        )
-    )
+    print(run_bench(shared(YOOCHOOSE), Path(__file__).parent / "reports", quick=quick))

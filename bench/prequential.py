@@ -16,10 +16,9 @@ from typing import Any
 
 from bench.common import REPORTS, machine, machine_line, write_json
 from bench.live_replay import CASE_GROUPS, VARIANTS, Plan, curves, load_replay, run
+from bench.scenarios.data import TAOBAO, shared
+from bench.scenarios.data import YOOCHOOSE_SESSIONS as YOOCHOOSE
 from retrain.online_baselines import BLENDS
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-YOOCHOOSE = DATA / "yoochoose_sessions"
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ DATASETS = (
     ),
     Dataset(
         "taobao",
-        DATA / "taobao_stream" / "events.csv",
+        TAOBAO,
         None,
         "taobao_stream: warm-up = the first 20% of the 2-hour slice, scored = the rest",
     ),
@@ -55,8 +54,9 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
     results: dict[str, dict[str, Any]] = {}
     try:
         for dataset in DATASETS:
+            history = shared(dataset.history) if dataset.history else None
             replay = load_replay(
-                dataset.data, dataset.history, limit=QUICK_LIMIT if quick else limit
+                shared(dataset.data), history, limit=QUICK_LIMIT if quick else limit
             )
             outcome = run(replay, workdir / dataset.name, plan=Plan())
             baselines = {r.variant: r.summary() for r in outcome.baselines}

@@ -24,6 +24,8 @@ from typing import Any
 from rich.console import Console
 
 from bench.common import REPORTS, machine, machine_line, write_json
+from bench.scenarios.data import YOOCHOOSE as DATA
+from bench.scenarios.data import shared
 from retrain.data import UserSequence, load_srgnn
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, ArchiveWriter
@@ -31,7 +33,6 @@ from streamrec.events import Event
 from streamrec.settings import Settings
 
 console = Console(stderr=True)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose1_64"
 PARENT_SESSIONS = 20_000
 
 
@@ -43,7 +44,7 @@ def run_bench(events: int = 1_000_000, quick: bool = False) -> Path:
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-retrain-"))
     settings = Settings(home=home, registry=home / "registry", archive_dir=home / "archive")
     try:
-        sessions = load_srgnn(DATA).train
+        sessions = load_srgnn(shared(DATA)).train
         since = datetime.now(UTC) - timedelta(hours=2)
         parent = _publish_parent(settings, sessions[:PARENT_SESSIONS], since)
         written = _archive(settings, sessions, events, since)

@@ -29,6 +29,8 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from bench.common import REPORTS, machine, machine_line, write_json
+from bench.scenarios.data import YOOCHOOSE as DATA
+from bench.scenarios.data import shared
 from devtools.devstack import DevStack, free_port
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
@@ -47,7 +49,6 @@ from streamrec.state import StateStore
 from streamrec.topics import ensure_topics
 
 console = Console(stderr=True)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose1_64"
 STAGE_COLUMNS = (*STAGES, "server total recommend")
 REQUEST_TIMEOUT_S = 5.0
 # The bench's catalogue: every model item in one of this many categories, at random.
@@ -289,7 +290,7 @@ def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
 
     sessions = plan.train_sessions
     console.print(f"training the bench's model on {sessions:,} sessions of {DATA.name}")
-    sequences = list(islice(load_sequences(DATA, "srgnn"), sessions))
+    sequences = list(islice(load_sequences(shared(DATA), "srgnn"), sessions))
     categories = bench_categories(item for s in sequences for item in s.item_ids)
     # The benchmark model: C = 200 (streamrec's default is 100).
     train_plan = replace(

@@ -20,8 +20,6 @@ from streamrec.event_files import FileFormat
 from streamrec.events import Rejection
 from streamrec.settings import Settings
 
-DEFAULT_BENCH_DATA = Path("../shared/data/yoochoose1_64")
-
 
 def register(app: typer.Typer) -> None:
     model_app = typer.Typer(no_args_is_help=True, help="Inspect and switch model versions.")
@@ -250,7 +248,11 @@ def model_rollback(
 
 
 def eval_offline(
-    data: Path = typer.Option(DEFAULT_BENCH_DATA, help="The SR-GNN yoochoose1_64 folder."),
+    data: Path = typer.Option(
+        ...,
+        help="An SR-GNN folder (train_sessions.txt, test.txt), such as the shared data's "
+        "yoochoose1_64.",
+    ),
     quick: bool = typer.Option(False, help="One encoder epoch: minutes, not the full result."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
@@ -268,12 +270,17 @@ def eval_offline(
 
 
 def bench_offline(
-    data: Path = typer.Option(DEFAULT_BENCH_DATA, help="The SR-GNN yoochoose1_64 folder."),
+    data: Path | None = typer.Option(
+        None, help="An SR-GNN folder; default: the shared data's yoochoose1_64 beside the checkout."
+    ),
     quick: bool = typer.Option(False, help="One encoder epoch: checks the bench, not the result."),
     out: Path = typer.Option(Path("bench/reports"), help="Where offline.md/.json and PNGs go."),
 ) -> None:
     """Run the offline evaluation and write bench/reports/offline.{md,json} and curves."""
     from bench.offline import run_bench
+    from bench.scenarios.data import YOOCHOOSE, shared
+
+    data = data or shared(YOOCHOOSE)
 
     report = run_bench(data, out, quick=quick)
     typer.echo(f"wrote {report}")
