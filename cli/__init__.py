@@ -62,5 +62,5 @@ def main() -> None:
     try:
         app()
     except StreamrecError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
         raise SystemExit(1) from None

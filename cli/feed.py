@@ -17,11 +17,8 @@ def feed(web_port: int | None = WEB_PORT) -> None:
     """Read state-change notices, rank each changed user, send their top-K to `recommendations`."""
     from model_server.feed import run_feed
     from streamrec.settings import Settings
-    from streamrec.topics import ensure_topics
 
-    settings = Settings() if web_port is None else Settings(feed_web_port=web_port)
-    ensure_topics(settings)
-    run_feed(settings)
+    run_feed(Settings() if web_port is None else Settings(feed_web_port=web_port))
 
 
 def publish(web_port: int | None = WEB_PORT) -> None:

@@ -29,8 +29,10 @@ from streamrec.kafka_client import kafka_python_options
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import FeedMetrics, ServeMetrics
 from streamrec.notices import StateChanges
+from streamrec.preflight import check_model, check_port, check_redis
 from streamrec.settings import Settings
 from streamrec.state import StateStore
+from streamrec.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,10 @@ class Feed:
 
 
 def run_feed(settings: Settings) -> None:
+    check_redis(settings)
+    check_port(settings.worker_web_host, settings.feed_web_port, "STREAMREC_FEED_WEB_PORT")
+    check_model(settings.registry)
+    ensure_topics(settings)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

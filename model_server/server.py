@@ -13,6 +13,7 @@ import uvicorn
 
 from model_server.app import create_app
 from model_server.connections import TimedHttpToolsProtocol
+from streamrec.preflight import check_model, check_port, check_redis
 from streamrec.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 10
@@ -29,6 +30,11 @@ def _http_protocol(settings: Settings) -> Any:
 
 
 def run_server(settings: Settings) -> None:
+    """Serve until stopped; what it needs missing (Redis, the port, a model) is one
+    StreamrecError before anything starts."""
+    check_redis(settings)
+    check_port(settings.serve_host, settings.serve_port, "--port or STREAMREC_SERVE_PORT")
+    check_model(settings.registry)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 
 from stream.app import create_app
+from streamrec.preflight import check_port, check_redis
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 
@@ -50,6 +51,10 @@ class BoundedWorker(faust.Worker):
 
 
 def run_worker(settings: Settings, *, noop: bool = False) -> None:
+    """Run until stopped; Redis, Kafka or the web port missing is one StreamrecError
+    before anything starts (Kafka within a few seconds: `streamrec.topics`)."""
+    check_redis(settings)
+    check_port(settings.worker_web_host, settings.worker_web_port, "STREAMREC_WORKER_WEB_PORT")
     ensure_topics(settings)
     app = create_app(settings, noop=noop)
     worker = BoundedWorker(

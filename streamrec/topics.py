@@ -84,9 +84,18 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> li
         admin.close()
 
 
+# A broker that does not answer the first metadata request within this is reported
+# unreachable (the client's default waits 30 s): a start-up error in seconds.
+ADMIN_BOOTSTRAP_TIMEOUT_MS = 3000
+
+
 def _admin(settings: Settings) -> KafkaAdminClient:
     try:
-        return KafkaAdminClient(**kafka_python_options(settings), client_id="streamrec-admin")
+        return KafkaAdminClient(
+            **kafka_python_options(settings),
+            client_id="streamrec-admin",
+            bootstrap_timeout_ms=ADMIN_BOOTSTRAP_TIMEOUT_MS,
+        )
     except KafkaError as exc:
         raise StreamrecError(
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); "
