@@ -547,7 +547,7 @@ def _generate_in_c(
         bodies_file, out = Path(folder) / "bodies", Path(folder) / "out"
         bodies_file.write_bytes(b"\n".join(bodies if bodies is not None else plain_bodies(users)))
         command = [
-            str(binary), address.hostname or "127.0.0.1", str(address.port), "/recommend",
+            str(binary), address.hostname or "127.0.0.1", str(address.port), "/v1/recommend",
             str(rate), str(seconds), str(bodies_file), str(out), "512", str(REQUEST_TIMEOUT_S),
         ]  # fmt: skip
         subprocess.run(command, check=True)
@@ -588,7 +588,8 @@ def _generate(
             async def one(body: bytes, due: float) -> None:
                 headers = {"content-type": "application/json"}
                 try:
-                    async with session.post("/recommend", data=body, headers=headers) as response:
+                    sent = session.post("/v1/recommend", data=body, headers=headers)
+                    async with sent as response:
                         await response.read()
                         if response.status != 200:
                             errors[f"http {response.status}"] += 1

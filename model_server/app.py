@@ -22,15 +22,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from model_server import admin, endpoints
+from model_server.event_intake import EventIntake
 from model_server.limits import BodySizeLimit
 from model_server.live_items import LiveItems
 from model_server.openapi import openapi_document
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
 from model_server.recommender import Recommender
+from model_server.request_ids import RequestIds
 from model_server.schemas import request_models
 from model_server.serving import InFlight, Serving, json_response, measured
 from model_server.write_back import WriteBackQueue
+from streamrec import __version__
 from streamrec.errors import StateError
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
@@ -39,7 +42,6 @@ from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
-API_VERSION = "1"
 # The longest any Redis call waits (to connect, for a reply, for a free pooled
 # connection). Requests bound theirs to STREAMREC_SERVE_REDIS_TIMEOUT_MS on top; this
 # is for the work behind them: the popularity table, the answers written back.
@@ -50,7 +52,7 @@ WARM_UP_USER = "streamrec-warm-up"  # read at start-up; no one has state under i
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Starlette:
     metrics = ServeMetrics(registry)
     requests = request_models(settings)
-    schema = openapi_document(requests, API_VERSION)
+    schema = openapi_document(requests, __version__, settings.serve_max_events)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,6 +78,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         write_back: WriteBackQueue | None = None
         writer: asyncio.Task[None] | None = None
         live_items: LiveItems | None = None
+        intake: EventIntake | None = None
         follower: asyncio.Task[None] | None = None
         try:
             try:
@@ -122,6 +125,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             await recommender.hold_trending(holder.current)
             write_back = WriteBackQueue(store)
             writer = asyncio.create_task(write_back.run())
+            intake = EventIntake(settings)
             app.state.serving = Serving(
                 settings,
                 store,
@@ -131,6 +135,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 requests,
                 write_back,
                 InFlight(settings.serve_max_concurrency),
+                intake,
             )
             watcher = asyncio.create_task(holder.follow(settings))
             # What start-up built (~100k objects the collector tracks: modules, the
@@ -154,19 +159,29 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if live_items is not None and follower is not None:
                 live_items.stop()
                 await follower
+            if intake is not None:
+                await intake.close()
             await store.close()
             await pool.aclose()
 
     async def openapi(request: Request) -> Response:
         return json_response(schema)
 
+    # The API's operations under /v1; the unversioned paths they had stay as aliases
+    # for one release (docs/serving.md). Probes, metrics and the schema are not
+    # versioned: what they answer is not the API.
+    operations = [
+        ("/recommend", measured("recommend", endpoints.recommend, capped=True), "POST"),
+        ("/score", measured("score", endpoints.score, capped=True), "POST"),
+        ("/similar", measured("similar", endpoints.similar, capped=True), "POST"),
+        ("/model", measured("model", endpoints.model_info), "GET"),
+        ("/admin/reload", measured("admin", admin.reload), "POST"),
+        ("/admin/rollback", measured("admin", admin.rollback), "POST"),
+    ]
     routes = [
-        Route(
-            "/recommend", measured("recommend", endpoints.recommend, capped=True), methods=["POST"]
-        ),
-        Route("/score", measured("score", endpoints.score, capped=True), methods=["POST"]),
-        Route("/similar", measured("similar", endpoints.similar, capped=True), methods=["POST"]),
-        Route("/model", measured("model", endpoints.model_info), methods=["GET"]),
+        *(Route(f"/v1{path}", handler, methods=[method]) for path, handler, method in operations),
+        Route("/v1/events", measured("events", endpoints.events, capped=True), methods=["POST"]),
+        *(Route(path, handler, methods=[method]) for path, handler, method in operations),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route(
@@ -175,12 +190,18 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             methods=["GET"],
         ),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/admin/reload", measured("admin", admin.reload), methods=["POST"]),
-        Route("/admin/rollback", measured("admin", admin.rollback), methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(BodySizeLimit, max_bytes=settings.serve_max_body_bytes)],
+        middleware=[
+            Middleware(RequestIds),
+            Middleware(
+                BodySizeLimit,
+                max_bytes=settings.serve_max_body_bytes,
+                by_path={"/v1/events": settings.serve_max_events_body_bytes},
+            ),
+        ],
+        exception_handlers={404: endpoints.not_found, 405: endpoints.method_not_allowed},
         lifespan=lifespan,
     )
 

@@ -1,4 +1,5 @@
-"""The public endpoints: /recommend, /score, /model, /healthz, /readyz, /metrics."""
+"""The public endpoints: /v1/recommend, /v1/score, /v1/similar, /v1/events, /v1/model,
+/healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -15,14 +17,56 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from model_server.event_intake import BatchError, batch_items
 from model_server.filters import NO_FILTER, ItemFilter
 from model_server.schemas import ItemFilterBody
-from model_server.serving import json_response, parse_body, serving_of
+from model_server.serving import (
+    RETRY_AFTER,
+    Problem,
+    json_response,
+    parse_body,
+    read_body,
+    serving_of,
+)
 from streamrec.state import WriteBack
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 READY_PING_TIMEOUT_S = 1.0
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """404 in every other error's shape."""
+    detail = f"no route {request.method} {request.url.path}; the API is in /openapi.json"
+    return Problem(404, "not_found", detail).response()
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    headers = getattr(exc, "headers", None)
+    detail = f"{request.url.path} does not take {request.method}"
+    return Problem(405, "method_not_allowed", detail, headers).response()
+
+
+async def events(request: Request) -> Response:
+    """POST /v1/events (model_server/event_intake.py)."""
+    serving = serving_of(request)
+    raw = await read_body(request)
+    try:
+        items = batch_items(raw, serving.settings.serve_max_events)
+    except BatchError as exc:
+        error, detail = exc.args
+        raise Problem(400 if error == "malformed_json" else 422, error, detail) from None
+    all_written, outcomes = await serving.intake.take(items)
+    counts = Counter(outcome["outcome"] for outcome in outcomes)
+    body = {
+        "accepted": counts["accepted"],
+        "rejected": counts["rejected"],
+        "not_written": counts["not_written"],
+        "events": outcomes,
+    }
+    if not all_written:
+        return json_response(body, 503, RETRY_AFTER)
+    return json_response(body, 202)
 
 
 async def recommend(request: Request) -> Response:

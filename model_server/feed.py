@@ -30,6 +30,7 @@ from streamrec.loaded import ModelHolder
 from streamrec.metrics import FeedMetrics, ServeMetrics
 from streamrec.notices import StateChanges
 from streamrec.preflight import check_model, check_port, check_redis
+from streamrec.producer import SCHEMA_HEADERS
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from streamrec.topics import ensure_topics
@@ -187,7 +188,10 @@ class Feed:
             value = feed_record(user_id, answer, self.settings.feed_k, now_ms)
             sends.append(
                 await producer.send(
-                    self.settings.topic_recommendations, value, key=user_id.encode()
+                    self.settings.topic_recommendations,
+                    value,
+                    key=user_id.encode(),
+                    headers=SCHEMA_HEADERS,
                 )
             )
             self.metrics.change_to_feed.observe(max(0.0, (now_ms - applied_at_ms) / 1000))

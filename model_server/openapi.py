@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from model_server.schemas import (
+    EventsResponse,
     HealthResponse,
     ModelResponse,
     ProblemBody,
@@ -23,7 +26,35 @@ from model_server.schemas import (
 REF = "#/components/schemas/{model}"
 
 
-def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
+def event_schema() -> dict[str, Any]:
+    """streamrec/schemas/event.schema.json with its `$defs` inlined (a `$ref` inside
+    an OpenAPI component resolves against the whole document, not the file)."""
+    text = resources.files("streamrec").joinpath("schemas/event.schema.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    definitions = loaded.pop("$defs", {})
+    for key in ("$schema", "$id"):
+        loaded.pop(key, None)
+
+    def inlined(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return {
+                    **definitions[ref.removeprefix("#/$defs/")],
+                    **{k: v for k, v in node.items() if k != "$ref"},
+                }
+            return {k: inlined(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inlined(v) for v in node]
+        return node
+
+    result: dict[str, Any] = inlined(loaded)
+    return result
+
+
+def openapi_document(
+    requests: RequestModels, version: str, max_events: int = 1000
+) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         requests.recommend,
         requests.score,
@@ -37,6 +68,7 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
         HealthResponse,
         ReadyResponse,
         ProblemBody,
+        EventsResponse,
     ]
     inputs = (requests.recommend, requests.score, requests.similar, RollbackRequest)
     refs, top = models_json_schema(
@@ -75,63 +107,128 @@ def openapi_document(requests: RequestModels, version: str) -> dict[str, Any]:
     unauthorized = {"401": answer("Missing or wrong bearer token")}
     refused = {"409": answer("The bundle was refused; the old version keeps serving")}
     admin_security: list[dict[str, list[str]]] = [{"bearer": []}]
+    accepted_events = {
+        "202": answer("Each event's outcome; every valid one is on Kafka", EventsResponse),
+        "503": answer(
+            "Some valid events are not on Kafka (not_written) or the process is "
+            "overloaded; see Retry-After and each event's outcome",
+            EventsResponse,
+        ),
+    }
+    examples = {
+        "recommend": {"user_id": "u021", "k": 10},
+        "score": {"user_id": "u021", "item_ids": ["i0002", "i0040"]},
+        "similar": {"item_id": "i0002", "k": 10},
+        "events": [
+            {
+                "event_id": "e-1",
+                "user_id": "u021",
+                "item_id": "i0002",
+                "type": "click",
+                "ts": "2026-12-06T10:00:00Z",
+            }
+        ],
+        "rollback": {"version": "v20261206T044327Z-e79b72"},
+    }
+
+    batch_event = {"description": "An event, judged by #/components/schemas/Event"}
+
+    def with_example(request_body: dict[str, Any], name: str) -> dict[str, Any]:
+        (media,) = request_body["content"].values()
+        media["example"] = examples[name]
+        return request_body
+
     return {
         "openapi": "3.1.0",
-        "info": {"title": "streamrec model server", "version": version},
+        "info": {
+            "title": "streamrec model server",
+            "version": version,
+            "description": "The API is under /v1. The unversioned paths of earlier "
+            "releases (/recommend, /score, /similar, /model, /admin/*) still answer, "
+            "as aliases, for one more release.",
+        },
         "paths": {
-            "/recommend": {"post": {
+            "/v1/recommend": {"post": {
+                "operationId": "recommend",
                 "summary": "Top-k items for a user",
-                "requestBody": body(requests.recommend),
+                "requestBody": with_example(body(requests.recommend), "recommend"),
                 "responses": {"200": answer("Ranked items", RecommendResponse),
                               **with_body, **failed, **no_state},
             }},
-            "/score": {"post": {
+            "/v1/score": {"post": {
+                "operationId": "score",
                 "summary": "Ranker scores for the given items; unknown items per item",
-                "requestBody": body(requests.score),
+                "requestBody": with_example(body(requests.score), "score"),
                 "responses": {"200": answer("Scores in request order", ScoreResponse),
                               **with_body, **failed, **no_state},
             }},
-            "/similar": {"post": {
+            "/v1/similar": {"post": {
+                "operationId": "similar",
                 "summary": "Items like this one (customers who viewed this)",
-                "requestBody": body(requests.similar),
+                "requestBody": with_example(body(requests.similar), "similar"),
                 "responses": {"200": answer("Similar items", SimilarResponse),
                               **with_body, **failed, **no_state},
             }},
-            "/model": {"get": {"summary": "The version being served",
-                               "responses": {"200": answer("Manifest summary", ModelResponse),
-                                             **failed}}},
-            "/healthz": {"get": {"summary": "The process is alive",
+            "/v1/events": {"post": {
+                "operationId": "events",
+                "summary": "Send events without a Kafka client: each judged, the valid "
+                           "ones written to Kafka before the answer",
+                "description": "A batch is valid whatever its events hold: each event "
+                               "is judged against the Event schema on its own, and a "
+                               "bad one is reported in the answer, not refused with "
+                               "the batch.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"oneOf": [
+                        {"type": "array", "items": batch_event, "minItems": 1,
+                         "maxItems": max_events},
+                        {"type": "object", "required": ["events"], "properties": {
+                            "events": {"type": "array", "items": batch_event,
+                                       "minItems": 1, "maxItems": max_events}}},
+                    ]},
+                    "example": examples["events"],
+                }}},
+                "responses": {**accepted_events, **with_body, **failed},
+            }},
+            "/v1/model": {"get": {"operationId": "model",
+                                  "summary": "The version being served",
+                                  "responses": {"200": answer("Manifest summary", ModelResponse),
+                                                **failed}}},
+            "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive",
                                  "responses": {"200": answer("ok", HealthResponse)}}},
-            "/readyz": {"get": {"summary": "Redis reachable and a model loaded",
+            "/readyz": {"get": {"operationId": "readyz",
+                                "summary": "Redis reachable and a model loaded",
                                 "responses": {"200": answer("ready", ReadyResponse),
                                               "503": answer("not ready", ReadyResponse)}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics",
+            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
                                  "responses": {"200": {
                                      "description": "text exposition format",
                                      "content": {"text/plain": {"schema": {"type": "string"}}},
                                  }}}},
-            "/openapi.json": {"get": {"summary": "This document",
+            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
                                       "responses": {"200": {
                                           "description": "OpenAPI 3.1",
                                           "content": {"application/json": {
                                               "schema": {"type": "object"}}},
                                       }}}},
-            "/admin/reload": {"post": {
+            "/v1/admin/reload": {"post": {
+                "operationId": "adminReload",
                 "summary": "Load the registry's current version now",
                 "security": admin_security,
                 "responses": {"200": answer("Swapped or unchanged", SwapResponse),
                               **unauthorized, **refused, **failed, **no_state},
             }},
-            "/admin/rollback": {"post": {
+            "/v1/admin/rollback": {"post": {
+                "operationId": "adminRollback",
                 "summary": "Point the registry at an earlier version and load it",
                 "security": admin_security,
-                "requestBody": {**body(RollbackRequest), "required": False},
+                "requestBody": {**with_example(body(RollbackRequest), "rollback"),
+                                "required": False},
                 "responses": {"200": answer("Swapped or unchanged", SwapResponse),
                               **with_body, **unauthorized, **refused, **failed, **no_state},
             }},
         },
         "components": {
-            "schemas": top.get("$defs", {}),
+            "schemas": {**top.get("$defs", {}), "Event": event_schema()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }  # fmt: skip

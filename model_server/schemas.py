@@ -235,6 +235,21 @@ class ReadyResponse(BaseModel):
     reason: Literal["redis_unavailable"] | None = Field(None, description="Why not ready.")
 
 
+class EventOutcome(BaseModel):
+    index: int = Field(description="The event's place in the batch, from 0.")
+    outcome: Literal["accepted", "rejected", "not_written"]
+    event_id: str | None = Field(None, description="For an event that parsed.")
+    reason: str | None = Field(None, description="A rejection's reason (docs/events.md).")
+    detail: str | None = None
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Written to Kafka, acknowledged.")
+    rejected: int = Field(description="Refused by the event contract; not written.")
+    not_written: int = Field(description="Valid, but Kafka did not take them: send again.")
+    events: list[EventOutcome]
+
+
 class RollbackRequest(Request):
     version: Id | None = Field(None, description="Default: the current version's parent.")
 

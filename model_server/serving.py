@@ -16,8 +16,10 @@ from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from model_server.event_intake import EventIntake
 from model_server.limits import BodyTooLarge
 from model_server.recommender import Recommender
+from model_server.request_ids import request_id
 from model_server.schemas import RequestModels
 from model_server.write_back import WriteBackQueue
 from streamrec.loaded import ModelHolder
@@ -69,6 +71,7 @@ class Serving:
     requests: RequestModels
     write_back: WriteBackQueue
     in_flight: InFlight
+    intake: EventIntake
 
 
 def serving_of(request: Request) -> Serving:
@@ -100,10 +103,26 @@ def json_response(
 
 
 async def parse_body(request: Request, model: type[Body], empty_ok: bool = False) -> Body:
+    raw = await read_body(request)
+    if not raw.strip() and empty_ok:
+        raw = b"{}"
     try:
-        raw = await request.body()
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise Problem(400, "malformed_json", "the body must be one JSON object") from None
+        raise Problem(422, "invalid_request", _readable(errors)) from None
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body; too large or cut off by the client is the caller's Problem."""
+    try:
+        return await request.body()
     except BodyTooLarge:
-        limit = serving_of(request).settings.serve_max_body_bytes
+        limit = request.scope.get("state", {}).get(
+            "max_body_bytes", serving_of(request).settings.serve_max_body_bytes
+        )
         raise Problem(
             413, "body_too_large", f"request bodies are limited to {limit} bytes"
         ) from None
@@ -114,15 +133,6 @@ async def parse_body(request: Request, model: type[Body], empty_ok: bool = False
         raise Problem(
             CLIENT_CLOSED_REQUEST, "client_closed_request", "the body did not arrive whole"
         ) from None
-    if not raw.strip() and empty_ok:
-        raw = b"{}"
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise Problem(400, "malformed_json", "the body must be one JSON object") from None
-        raise Problem(422, "invalid_request", _readable(errors)) from None
 
 
 def _readable(errors: list[Any]) -> list[dict[str, object]]:
@@ -152,8 +162,9 @@ def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
         except RedisError as exc:
             if (suppressed := redis_warnings.due()) is not None:
                 log.warning(
-                    "%s: Redis unavailable: %s (%d more like it not logged)",
+                    "%s (request %s): Redis unavailable: %s (%d more like it not logged)",
                     endpoint,
+                    request_id(request),
                     exc,
                     suppressed,
                 )
@@ -161,7 +172,7 @@ def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
                 503, "state_unavailable", "Redis did not answer in time", RETRY_AFTER
             ).response()
         except Exception:
-            log.exception("%s failed", endpoint)
+            log.exception("%s failed (request %s)", endpoint, request_id(request))
             response = Problem(500, "internal_error", "see the server log").response()
         metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
         metrics.requests.labels(endpoint, f"{response.status_code // 100}xx").inc()

@@ -309,10 +309,10 @@ class RecommenderClient(_ClientBase):
         body = _recommend_body(
             user_id, k, exclude, context, explain, item_filter, max_per_category, diversity
         )
-        return _recommendations(self._post("/recommend", body))
+        return _recommendations(self._post("/v1/recommend", body))
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
-        return _scores(self._post("/score", {"user_id": user_id, "item_ids": list(item_ids)}))
+        return _scores(self._post("/v1/score", {"user_id": user_id, "item_ids": list(item_ids)}))
 
     def similar(
         self,
@@ -323,7 +323,7 @@ class RecommenderClient(_ClientBase):
     ) -> Similar:
         """Items like `item_id`; `item_filter` as in `recommend`."""
         return _similar(
-            self._post("/similar", _similar_body(item_id, k, item_filter, max_per_category))
+            self._post("/v1/similar", _similar_body(item_id, k, item_filter, max_per_category))
         )
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -380,11 +380,11 @@ class AsyncRecommenderClient(_ClientBase):
         body = _recommend_body(
             user_id, k, exclude, context, explain, item_filter, max_per_category, diversity
         )
-        return _recommendations(await self._post("/recommend", body))
+        return _recommendations(await self._post("/v1/recommend", body))
 
     async def score(self, user_id: str, item_ids: Sequence[str]) -> Scores:
         body = {"user_id": user_id, "item_ids": list(item_ids)}
-        return _scores(await self._post("/score", body))
+        return _scores(await self._post("/v1/score", body))
 
     async def similar(
         self,
@@ -395,7 +395,7 @@ class AsyncRecommenderClient(_ClientBase):
     ) -> Similar:
         """Items like `item_id`; `item_filter` as in `recommend`."""
         body = _similar_body(item_id, k, item_filter, max_per_category)
-        return _similar(await self._post("/similar", body))
+        return _similar(await self._post("/v1/similar", body))
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         tries = _attempts(self.servers, self.retry, path)

@@ -31,6 +31,10 @@ SECONDS_UNTIL = MAX_TS_MS // 1000
 # Kafka 4's default for message timestamps in the future
 # (`log.message.timestamp.after.max.ms`), one hour.
 MAX_FUTURE_SKEW_MS = 3_600_000
+# The version of the wire formats (streamrec/schemas/*.schema.json): every record
+# streamrec writes carries it in a `schema-version` header. Bump on a change a
+# reader must know about; adding an optional field is not one.
+SCHEMA_VERSION = "1"
 
 
 class EventType(StrEnum):

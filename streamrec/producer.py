@@ -10,9 +10,13 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from streamrec.errors import StreamrecError
-from streamrec.events import Event, EventType, Rejection
+from streamrec.events import SCHEMA_VERSION, Event, EventType, Rejection
 from streamrec.kafka_client import kafka_python_options
 from streamrec.settings import Settings
+
+# Every record streamrec writes names the version of its wire format (the JSON
+# Schemas in streamrec/schemas/, docs/events.md).
+SCHEMA_HEADERS = [("schema-version", SCHEMA_VERSION.encode())]
 
 
 def topic_for(event_type: EventType, settings: Settings) -> str:
@@ -50,7 +54,7 @@ class EventProducer:
         self.send_raw(topic_for(event.type, self.settings), event.user_id.encode(), event.to_json())
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._producer.send(topic, key=key, value=value)
+        self._producer.send(topic, key=key, value=value, headers=SCHEMA_HEADERS)
 
     def flush(self) -> None:
         self._producer.flush()

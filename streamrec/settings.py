@@ -208,6 +208,9 @@ class Settings(BaseSettings):
     serve_max_k: int = Field(default=200, ge=1)
     serve_max_items: int = Field(default=1000, ge=1)  # /score item_ids, /recommend exclude
     serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # POST /v1/events: events per batch, and its own body limit (a batch is larger).
+    serve_max_events: int = Field(default=1000, ge=1)
+    serve_max_events_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Items the user bought are left out of /recommend answers (design: the
     # default). False: the ranker decides (`user_item_purchased` is one of its
     # columns); on the Taobao replay 33 of 1,490 repeats go back to a bought item.

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.scenarios.users import apply, events_for
 from devtools.scrape import counter_total
+from streamrec import __version__
 from streamrec.events import EventType
 from streamrec.features import FEATURE_NAMES
 from streamrec.keys import recommended_key, user_vector_key
@@ -324,7 +325,7 @@ async def test_health_model_metrics_and_schema(served: Served) -> None:
     assert model["model_version"] == served.first.version
     assert model["items"] == len(served.models.vocab)
     assert f'streamrec_model_info{{version="{served.first.version}"}} 1.0' in metrics
-    assert set(schema["paths"]) >= {"/recommend", "/score", "/admin/reload", "/admin/rollback"}
+    assert set(schema["paths"]) >= {"/v1/recommend", "/v1/score", "/v1/admin/reload"}
     recommend = schema["components"]["schemas"]["RecommendRequest"]["properties"]
     assert recommend["k"]["maximum"] == served.settings.serve_max_k
 
@@ -393,19 +394,22 @@ async def test_a_context_within_the_event_contract_is_accepted(served: Served) -
 
 
 EXPECTED_STATUSES = {
-    ("/recommend", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
-    ("/score", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
-    ("/similar", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
-    ("/model", "get"): {"200", "500"},
+    ("/v1/recommend", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
+    ("/v1/score", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
+    ("/v1/similar", "post"): {"200", "400", "408", "413", "422", "499", "500", "503"},
+    ("/v1/events", "post"): {"202", "400", "408", "413", "422", "499", "500", "503"},
+    ("/v1/model", "get"): {"200", "500"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/metrics", "get"): {"200"},
     ("/openapi.json", "get"): {"200"},
-    ("/admin/reload", "post"): {"200", "401", "409", "500", "503"},
-    ("/admin/rollback", "post"): {
+    ("/v1/admin/reload", "post"): {"200", "401", "409", "500", "503"},
+    ("/v1/admin/rollback", "post"): {
         *("200", "400", "401", "408", "409", "413", "422", "499", "500", "503")
     },
 }
+# What answers in the shape of a successful call, not a problem.
+SUCCESS_SHAPES = {("/readyz", "503"), ("/v1/events", "202"), ("/v1/events", "503")}
 
 
 async def test_the_schema_lists_every_status_each_endpoint_can_answer(served: Served) -> None:
@@ -417,12 +421,22 @@ async def test_the_schema_lists_every_status_each_endpoint_can_answer(served: Se
         for method, operation in methods.items()
     }
     assert listed == EXPECTED_STATUSES
+    assert schema["info"]["version"] == __version__
+    operation_ids = [
+        op["operationId"] for methods in schema["paths"].values() for op in methods.values()
+    ]
+    assert len(set(operation_ids)) == len(operation_ids) == len(EXPECTED_STATUSES)
+    for (path, method), _ in EXPECTED_STATUSES.items():
+        request = schema["paths"][path][method].get("requestBody")
+        if request is not None:
+            (media,) = request["content"].values()
+            assert "example" in media, path
     for (path, method), statuses in listed.items():
         responses = schema["paths"][path][method]["responses"]
         for status in statuses:
             (content,) = responses[status]["content"].values()
             assert "schema" in content, (path, status)
-            if status != "200" and path != "/readyz":
+            if status != "200" and (path, status) not in SUCCESS_SHAPES:
                 assert content["schema"]["$ref"].endswith("/ProblemBody"), (path, status)
 
 

@@ -23,11 +23,12 @@ from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
 from retrain.training import TrainedModels
 from streamrec.settings import Settings
+from streamrec.topics import ensure_topics
 from tests.model_server.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.integration
 
-# Per operation and mode (valid, invalid); nine operations: a few hundred requests,
+# Per operation and mode (valid, invalid); ten operations: a few hundred requests,
 # well under a minute.
 EXAMPLES = 30
 REFUSALS = [400, 401, 404, 405, 409, 413, 422]
@@ -47,6 +48,7 @@ def fuzzed_server(
         }
     )
     publish(trained, settings.registry)
+    ensure_topics(settings)  # POST /v1/events writes to them
     asyncio.run(apply(settings, events_for("fuzz-user", list(trained.vocab.item_ids)[:5])))
     log_path = workdir / "serve.log"
     with ServiceProcess(settings, ["serve"], log_path, settings.serve_port):
