@@ -127,7 +127,13 @@ def request_models(settings: Settings) -> RequestModels:
 
         k: Integer = Field(DEFAULT_K, ge=1, le=settings.serve_max_k)
         exclude: list[Id] = Field(default_factory=list, max_length=max_items)
-        context: dict[ContextKey, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
+        context: dict[ContextKey, ContextValue] | None = Field(
+            None,
+            max_length=MAX_CONTEXT_KEYS,
+            json_schema_extra={"deprecated": True},
+            description="Accepted and checked as an event's context; no feature reads it "
+            "(kept so that callers who send it are not refused).",
+        )
         explain: bool = Field(False, description="Return each item's feature values.")
         filter: ItemFilterBody | None = Field(None, description="Catalogue filters.")
         max_per_category: PerCategory | None = Field(
