@@ -14,6 +14,9 @@ def register(app: typer.Typer) -> None:
 @bench_app.command()
 def ingest(quick: bool = typer.Option(False, help="A smaller run, under a minute.")) -> None:
     """Taobao stream through broker -> Faust -> Redis: events/s, scaling, delay."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.ingest import run
 
     run(quick=quick)
@@ -22,6 +25,9 @@ def ingest(quick: bool = typer.Option(False, help="A smaller run, under a minute
 @bench_app.command()
 def memory() -> None:
     """Redis memory per user, per item and per dedup key of the state layout."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.state_memory import run
 
     run()
@@ -37,6 +43,9 @@ def drills(
 ) -> None:
     """Fault drills 1-5, 7, 8 (worker and server kills, Redis restart, poison, bad bundles,
     Redis full, Redis frozen)."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.drills import run
 
     run(only)
@@ -50,6 +59,9 @@ def soak(
     servers: int = typer.Option(2, min=1, help="Model server processes (serve --workers)."),
 ) -> None:
     """Drill 6: fixed-rate load with a model swap every minute; errors, p50/p99 per minute."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.soak import run
 
     run(minutes, rate, swap_every, servers)

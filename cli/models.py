@@ -277,6 +277,9 @@ def bench_offline(
     out: Path = typer.Option(Path("bench/reports"), help="Where offline.md/.json and PNGs go."),
 ) -> None:
     """Run the offline evaluation and write bench/reports/offline.{md,json} and curves."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.offline import run_bench
     from bench.scenarios.data import YOOCHOOSE, shared
 
@@ -318,6 +321,9 @@ def eval_prequential(
     import shutil
     import tempfile
 
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.live_replay import CASE_GROUPS, Plan, load_replay, run
     from bench.prequential import exposure_lines
     from retrain.online_baselines import BASELINES
@@ -387,6 +393,9 @@ def bench_prequential(
 ) -> None:
     """The prequential replay on yoochoose_sessions (test day) and taobao_stream;
     writes bench/reports/prequential.{md,json,png}."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.prequential import run_bench
 
     typer.echo(f"wrote {run_bench(quick=quick, limit=limit)}")
@@ -398,6 +407,9 @@ def bench_retrain(
 ) -> None:
     """Time one warm `streamrec retrain` cycle on a million archived events;
     writes bench/reports/retrain.{md,json}."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.retrain import run_bench
 
     typer.echo(f"wrote {run_bench(events, quick)}")

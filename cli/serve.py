@@ -50,6 +50,9 @@ def bench_serve(
     quick: bool = typer.Option(False, help="One rate for 10 s, one server process."),
 ) -> None:
     """Open-loop load on /recommend: latency, errors, stages, swap, event-to-effect."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
     from bench.serve import run
 
     run(quick=quick)
