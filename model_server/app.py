@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -18,8 +19,9 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from model_server import admin, endpoints
 from model_server.event_intake import EventIntake
@@ -175,6 +177,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         ("/score", measured("score", endpoints.score, capped=True), "POST"),
         ("/similar", measured("similar", endpoints.similar, capped=True), "POST"),
         ("/model", measured("model", endpoints.model_info), "GET"),
+        ("/versions", measured("model", endpoints.versions), "GET"),
         ("/admin/reload", measured("admin", admin.reload), "POST"),
         ("/admin/rollback", measured("admin", admin.rollback), "POST"),
     ]
@@ -190,6 +193,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             methods=["GET"],
         ),
         Route("/openapi.json", openapi, methods=["GET"]),
+        # The operator's console and the API page: static files in the package.
+        Route("/ui", static_page(STATIC / "ui" / "index.html"), methods=["GET"]),
+        Route("/docs", static_page(STATIC / "docs.html"), methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(
         routes=routes,
@@ -204,6 +211,16 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         exception_handlers={404: endpoints.not_found, 405: endpoints.method_not_allowed},
         lifespan=lifespan,
     )
+
+
+STATIC = Path(__file__).parent / "static"
+
+
+def static_page(path: Path) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        return FileResponse(path, media_type="text/html")
+
+    return page
 
 
 def app_from_env() -> Starlette:

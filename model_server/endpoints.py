@@ -23,11 +23,13 @@ from model_server.schemas import ItemFilterBody
 from model_server.serving import (
     RETRY_AFTER,
     Problem,
+    Serving,
     json_response,
     parse_body,
     read_body,
     serving_of,
 )
+from streamrec.registry import current_version, list_registry
 from streamrec.state import WriteBack
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,19 @@ async def recommend(request: Request) -> Response:
         shown = [item.item_id for item in answer.items]
         at_ms = int(time.time() * 1000)
         serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector))
-    return json_response(answer.body(body.user_id, body.k))
+    answered = answer.body(body.user_id, body.k)
+    if body.explain:
+        answered["history"] = await user_history(serving, body.user_id)
+    return json_response(answered)
+
+
+async def user_history(serving: Serving, user_id: str) -> list[dict[str, object]]:
+    """The user's recent events, oldest first: what explain=true shows beside the
+    features (one more state read, on this debugging path only)."""
+    stored = await serving.store.read_user(user_id)
+    return [
+        {"item_id": e.item_id, "type": e.type.value, "ts": e.ts_ms} for e in stored.recent_events
+    ]
 
 
 def _or_default(asked: T | None, setting: T) -> T:
@@ -166,6 +180,41 @@ async def model_info(request: Request) -> Response:
             "refused": {
                 version: without_paths(reason, root)
                 for version, reason in serving.holder.refused.items()
+            },
+            "swaps": [
+                {
+                    k: without_paths(v, root) if k == "reason" and isinstance(v, str) else v
+                    for k, v in entry.items()
+                }
+                for entry in serving.holder.history
+            ],
+        }
+    )
+
+
+async def versions(request: Request) -> Response:
+    """GET /v1/versions: the registry's versions, oldest first, with their lineage
+    and gate figures; which one CURRENT names and which one this process serves."""
+    serving = serving_of(request)
+    root = serving.settings.registry
+    listing = await asyncio.to_thread(list_registry, root)
+    current = await asyncio.to_thread(current_version, root)
+    return json_response(
+        {
+            "current": current,
+            "served": serving.holder.current.version,
+            "versions": [
+                {
+                    "version": m.version,
+                    "parent": m.parent,
+                    "created_at": m.created_at,
+                    "events": m.data_window.get("events"),
+                    "validation": m.metrics.get("validation", {}),
+                }
+                for m in listing.versions
+            ],
+            "unreadable": {
+                name: without_paths(reason, root) for name, reason in listing.unreadable.items()
             },
         }
     )

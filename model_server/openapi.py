@@ -21,6 +21,7 @@ from model_server.schemas import (
     ScoreResponse,
     SimilarResponse,
     SwapResponse,
+    VersionsResponse,
 )
 
 REF = "#/components/schemas/{model}"
@@ -69,6 +70,7 @@ def openapi_document(
         ReadyResponse,
         ProblemBody,
         EventsResponse,
+        VersionsResponse,
     ]
     inputs = (requests.recommend, requests.score, requests.similar, RollbackRequest)
     refs, top = models_json_schema(
@@ -193,6 +195,10 @@ def openapi_document(
                                   "summary": "The version being served",
                                   "responses": {"200": answer("Manifest summary", ModelResponse),
                                                 **failed}}},
+            "/v1/versions": {"get": {"operationId": "versions",
+                                     "summary": "The registry's versions and their lineage",
+                                     "responses": {"200": answer("Versions", VersionsResponse),
+                                                   **failed}}},
             "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive",
                                  "responses": {"200": answer("ok", HealthResponse)}}},
             "/readyz": {"get": {"operationId": "readyz",

@@ -172,6 +172,12 @@ class ScoredItem(BaseModel):
     features: dict[str, float] | None = Field(None, description="Only with explain=true.")
 
 
+class HistoryEvent(BaseModel):
+    item_id: str
+    type: str
+    ts: int
+
+
 class RecommendResponse(BaseModel):
     user_id: str
     items: list[ScoredItem]
@@ -181,6 +187,9 @@ class RecommendResponse(BaseModel):
     )
     short: bool = Field(
         False, description="Fewer than k items: the filters and the catalogue left no more."
+    )
+    history: list[HistoryEvent] | None = Field(
+        None, description="Only with explain=true: the user's recent events, oldest first."
     )
 
 
@@ -229,6 +238,25 @@ class ModelResponse(BaseModel):
     metrics: dict[str, Any]
     data_window: dict[str, Any]
     refused: dict[str, str] = Field(description="Versions refused since start: why.")
+    swaps: list[dict[str, Any]] = Field(
+        description="The latest swaps and refusals of this process, oldest first: "
+        "{at_s, outcome, version, previous | reason}."
+    )
+
+
+class VersionSummary(BaseModel):
+    version: str
+    parent: str | None
+    created_at: str
+    events: int | None
+    validation: dict[str, Any]
+
+
+class VersionsResponse(BaseModel):
+    current: str | None = Field(description="The version the registry's CURRENT names.")
+    served: str = Field(description="The version this process serves.")
+    versions: list[VersionSummary] = Field(description="Oldest first.")
+    unreadable: dict[str, str] = Field(description="Registry entries that are no bundle: why.")
 
 
 class HealthResponse(BaseModel):

@@ -84,6 +84,8 @@ class Recommendations:
     model_version: str
     fallback: str | None  # "trending" or "retrieval" when the ranker did not order them
     short: bool = False  # fewer than k: the filters and the catalogue left no more
+    # Only with explain=True: the user's recent events, oldest first.
+    history: tuple[Mapping[str, object], ...] | None = None
 
     @property
     def item_ids(self) -> list[str]:
@@ -254,6 +256,7 @@ def _recommendations(body: dict[str, Any]) -> Recommendations:
         body["model_version"],
         body.get("fallback"),
         bool(body.get("short", False)),
+        tuple(body["history"]) if body.get("history") is not None else None,
     )
 
 

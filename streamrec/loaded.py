@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from streamrec.settings import Settings
 log = logging.getLogger(__name__)
 
 SwapOutcome = Literal["swapped", "unchanged"]
+HISTORY_KEPT = 20
 
 
 class SwapMetrics(Protocol):
@@ -164,6 +166,8 @@ class ModelHolder:
         self.before_swap: list[Callable[[ServedModel], Awaitable[None]]] = []
         # Set by an announcement on `model.versions`: the watcher looks at once.
         self.wake = asyncio.Event()
+        # The latest swaps and refusals, newest last (GET /v1/model, the console).
+        self.history: deque[dict[str, object]] = deque(maxlen=HISTORY_KEPT)
 
     @property
     def current(self) -> ServedModel:
@@ -271,6 +275,10 @@ class ModelHolder:
                     log.exception("preparing to swap in %s failed; swapping anyway", model.version)
         self._current = model
         self.metrics.swaps.labels("swapped").inc()
+        self.history.append(
+            {"at_s": time.time(), "outcome": "swapped", "version": model.version,
+             "previous": previous}
+        )  # fmt: skip
         if previous is not None:
             # Zero first: multiprocess mode's files keep a removed series' last value.
             self.metrics.model_info.labels(previous).set(0)
@@ -288,6 +296,10 @@ class ModelHolder:
     ) -> BundleError:
         self.refused[version] = registry.refusal_reason(reason)
         self.metrics.swaps.labels("refused").inc()
+        self.history.append(
+            {"at_s": time.time(), "outcome": "refused", "version": version,
+             "reason": self.refused[version]}
+        )  # fmt: skip
         serving = f"still serving {previous}" if previous else "no version served yet"
         log.error(
             "model %s refused, %s: %s", version, serving, self.refused[version], exc_info=unexpected
