@@ -193,16 +193,27 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
                 curve = data["curves"][best]
                 ax.plot(
                     curve["hours"], curve[metric], "k--", marker=".",
-                    label=f"best baseline: {best}",
+                    label="best baseline (named in the title)",
                 )  # fmt: skip
-            ax.set_title(f"{name}: {'hit@20' if metric == 'hr20' else 'MRR@20'} (%)")
+            shown = "hit@20" if metric == "hr20" else "MRR@20"
+            ax.set_title(
+                f"{name}: {shown} (%)" + (f"\ndashed: best baseline, {best}" if best else ""),
+                fontsize=10,
+            )
             ax.set_xlabel("hours into the scored replay (event time)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+        # One legend per dataset, to the right of its row: never over a curve.
+        axes[row][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     REPORTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def replot(stem: str = "prequential") -> None:
+    """Draw <stem>.png again from <stem>.json (no new run)."""
+    results = json.loads((REPORTS / f"{stem}.json").read_text())["datasets"]
+    _plot(results, REPORTS / f"{stem}.png")
 
 
 def _markdown(report: dict[str, Any], plot: str) -> str:

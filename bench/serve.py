@@ -941,9 +941,9 @@ def _plot(runs: list[dict[str, Any]], stem: str) -> None:
     ax.set_ylabel("share of requests ≤ x")
     ax.axhline(0.99, color="grey", lw=0.5, ls="--")
     ax.set_title("POST /recommend, open loop, k = 20 (dashed: filter + category cap)")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves
     fig.tight_layout()
-    fig.savefig(REPORTS / f"{stem}.png", dpi=110)
+    fig.savefig(REPORTS / f"{stem}.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -6,6 +6,7 @@ are bench/serve.py's, so the figures compare with bench/reports/serve.md."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from pathlib import Path
@@ -132,23 +133,43 @@ def _plot(r: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
-    minutes = [w["minute"] for w in r["windows"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(minutes, [w["p50_ms"] for w in r["windows"]], marker="o", label="p50")
-    ax.plot(minutes, [w["p99_ms"] for w in r["windows"]], marker="o", label="p99")
-    errors = [w["minute"] for w in r["windows"] if w["errors"]]
+    windows = r["windows"]
+    minutes = [w["minute"] for w in windows]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    # A version is published every swap_every_s from the start: between windows.
+    publications = [k * r["swap_every_s"] / 60 for k in range(1, r["swaps_published"] + 1)]
+    for n, at in enumerate(publications):
+        ax.axvline(at + 0.5, color="0.75", linestyle=":", linewidth=1,
+                   label="new version published" if n == 0 else None)  # fmt: skip
+    ax.plot(minutes, [w["p50_ms"] for w in windows], marker="o", label="p50")
+    ax.plot(minutes, [w["p99_ms"] for w in windows], marker="o", label="p99")
+    errors = [w["minute"] for w in windows if w["errors"]]
     if errors:
-        ax.scatter(errors, [0] * len(errors), color="red", marker="x", label="errors")
-    ax.set_xlabel(f"minute (a new model version published every {r['swap_every_s']:g} s)")
-    ax.set_ylabel("latency from scheduled send (ms)")
+        lowest = min(w["p50_ms"] for w in windows)
+        ax.scatter(errors, [lowest] * len(errors), color="red", marker="x", label="errors")
+    ax.set_xlabel(
+        f"minute of the run (window n = minute n-1 to n; {r['servers']} server processes)"
+    )
+    ax.set_ylabel("latency from scheduled send (ms, log scale)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(subs=()))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_title(f"soak: POST /recommend at {r['rate']} req/s, open loop")
     ax.set_xticks(np.array(minutes))
-    ax.legend()
+    ax.grid(axis="y", color="0.92")
+    # Outside the axes: a legend never covers data.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(REPORTS / "soak.png", dpi=110)
     plt.close(fig)
+
+
+def replot() -> None:
+    """Draw soak.png again from soak.json (no new run)."""
+    _plot(json.loads((REPORTS / "soak.json").read_text()))
 
 
 def _write_markdown(r: dict[str, Any]) -> None:

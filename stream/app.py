@@ -36,6 +36,7 @@ from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
 from streamrec.notices import StateChanges
+from streamrec.producer import SCHEMA_HEADERS
 from streamrec.redact import redacted
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -108,7 +109,10 @@ def create_app(
     changes = app.topic(settings.topic_state_changes, key_serializer="raw", value_serializer="raw")
 
     async def notify_changes(notices: list[StateChanges]) -> None:
-        sent = [await changes.send(value=n.to_json(), partition=n.partition) for n in notices]
+        sent = [
+            await changes.send(value=n.to_json(), partition=n.partition, headers=SCHEMA_HEADERS)
+            for n in notices
+        ]
         await asyncio.gather(*sent)
 
     archive = ArchiveWriter(settings.archive_root) if settings.archive_enabled else None
