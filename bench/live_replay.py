@@ -239,6 +239,9 @@ class Plan:
     retrain_every_events: int = 0  # 0: a sixth of the scored events
     train_epochs: int = 2
     timeout_s: float = 120.0  # longest wait for events to be applied
+    # Asked of every /recommend: at most this many items of a category (None: the
+    # server's setting, 0 by default), to see what the cap costs and what it spreads.
+    max_per_category: int | None = None
 
 
 def load_replay(
@@ -558,7 +561,9 @@ async def _replay(
     async def ask(client: AsyncRecommenderClient, index: int, event: Event) -> None:
         async with asking:
             try:
-                answer = await client.recommend(event.user_id, k=K)
+                answer = await client.recommend(
+                    event.user_id, k=K, max_per_category=plan.max_per_category
+                )
             except StreamrecError as exc:
                 scores.errors += 1
                 log.warning("recommend for %s failed: %s", event.user_id, exc)

@@ -305,6 +305,12 @@ def eval_prequential(
         "(latest, cooc, vsknn, latest+cooc, cooc+latest, latest+cooc:sum); '' or 'none': none.",
     ),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N events."),
+    max_per_category: int | None = typer.Option(
+        None,
+        min=0,
+        help="Ask every /recommend for at most this many items of a category "
+        "(default: the server's setting).",
+    ),
     retrain_every: int = typer.Option(
         0, min=0, help="Retrain after this many applied events; 0: a sixth of the scored."
     ),
@@ -335,7 +341,7 @@ def eval_prequential(
             replay,
             root,
             _names(variants),
-            Plan(retrain_every_events=retrain_every),
+            Plan(retrain_every_events=retrain_every, max_per_category=max_per_category),
             baselines=list(BASELINES) if baselines == "all" else _names(baselines),
         )
     finally:
