@@ -759,13 +759,7 @@ def item_event_to_effect(
                     not_seen += 1
                     break
             delays.append((time.perf_counter() - sent) * 1000)
-    return {
-        "p50_ms": round(float(np.percentile(delays, 50)), 1) if delays else None,
-        "p99_ms": round(float(np.percentile(delays, 99)), 1) if delays else None,
-        "samples": len(delays),
-        "not_seen": not_seen,
-        "load_avg": (round(load_before, 2), round(os.getloadavg()[0], 2)),
-    }
+    return _delays(delays, not_seen, load_before)
 
 
 NEW_ITEM_PATH = (
@@ -805,6 +799,11 @@ def new_item_searchable(url: str, settings: Settings, samples: int) -> dict[str,
                 time.sleep(0.005)
             delays.append((time.perf_counter() - sent) * 1000)
             added = counter_total(scrape(url), LIVE_ITEMS_ADDED)
+    return _delays(delays, not_seen, load_before)
+
+
+def _delays(delays: list[float], not_seen: int, load_before: float) -> dict[str, Any]:
+    """An effect figure: its p50/p99 in ms, its samples and the load around it."""
     return {
         "p50_ms": round(float(np.percentile(delays, 50)), 1) if delays else None,
         "p99_ms": round(float(np.percentile(delays, 99)), 1) if delays else None,
