@@ -27,7 +27,7 @@ from streamrec.content import ItemContent, content_tokens
 from streamrec.events import EventType
 from streamrec.items import ItemRecord
 from streamrec.settings import Settings
-from tests.model_server.conftest import in_process
+from tests.model_server.conftest import ADMIN_TOKEN, in_process
 
 CATEGORIES = 8
 PER_CATEGORY = 40
@@ -46,9 +46,9 @@ def publish(models: TrainedModels, root: Path) -> registry.Manifest:
     return publish_models(models, root, PLAN, {"source": "test"}, None, 100_000)
 
 
-@pytest.fixture(scope="module")
-def tower_models() -> TrainedModels:
-    """Shoppers who stay in one category a session: what a content tower can learn."""
+def shop_sessions(with_new_item: bool = False) -> list[tuple[str, str, EventType, int]]:
+    """Shoppers who stay in one category a session: what a content tower can learn.
+    `with_new_item`: a later day on which "new-boot" (category c3) is clicked too."""
     rng = np.random.default_rng(0)
     rows = []
     for session in range(1500):
@@ -56,12 +56,22 @@ def tower_models() -> TrainedModels:
         for n, offset in enumerate(rng.integers(PER_CATEGORY, size=int(rng.integers(4, 10)))):
             item = f"i{category * PER_CATEGORY + int(offset)}"
             rows.append((f"s{session}", item, EventType.CLICK, 1_000 * (session * 20 + n)))
-    sequences = group_by_user(rows)
+            if with_new_item and category == 3 and n == 2:
+                rows.append(
+                    (f"s{session}", "new-boot", EventType.CLICK, 1_000 * (session * 20) + 2500)
+                )
+    return rows
+
+
+def trained_on(rows: list[tuple[str, str, EventType, int]]) -> TrainedModels:
     items = {item for _, item, _, _ in rows}
-    plan = PLAN
-    return train_models(
-        sequences, plan, progress=False, categories={i: (category_of(i),) for i in items}
-    )
+    categories = {i: (category_of(i) if i != "new-boot" else "c3",) for i in items}
+    return train_models(group_by_user(rows), PLAN, progress=False, categories=categories)
+
+
+@pytest.fixture(scope="module")
+def tower_models() -> TrainedModels:
+    return trained_on(shop_sessions())
 
 
 def test_the_bundle_carries_a_content_tower_that_agrees_with_torch(
@@ -139,5 +149,15 @@ async def test_a_new_catalogue_item_is_recommended_before_any_retrain(
             )
             metrics = (await client.get("/metrics")).text
             assert "streamrec_serve_live_items_added_total 3.0" in metrics
+
+            # A retrain that saw shoppers click it learns its id; it keeps its place.
+            retrained = publish(trained_on(shop_sessions(with_new_item=True)), root)
+            headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            swapped = await client.post("/v1/admin/reload", headers=headers)
+            assert swapped.json()["model_version"] == retrained.version, swapped.text
+            after = await shown()
+            assert "new-boot" in after and "new-hat" not in after
+            model = (await client.get("/v1/model")).json()
+            assert model["model_version"] == retrained.version
     finally:
         await catalogue.close()
