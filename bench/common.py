@@ -71,7 +71,7 @@ def machine() -> dict[str, object]:
         "python": sys.version.split()[0],
         "os": platform.platform(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git_commit(),
+        "commit": _commit_run(),
         "reference_loop_ms": reference_loop_ms(),
     }
 
@@ -97,6 +97,13 @@ def machine_line(m: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
         f"{m['date']}, commit {m['commit']}{speed}."
     )
+
+
+def _commit_run() -> str:
+    """The commit the benchmark's code came from: HEAD when this module was imported
+    (the run's start), and HEAD now as well when a commit landed during the run."""
+    now = _git_commit()
+    return _STARTED_AT if now == _STARTED_AT else f"{_STARTED_AT} (HEAD {now} when written)"
 
 
 def _git_commit() -> str:
@@ -163,3 +170,6 @@ def dataset_table_head(result: dict[str, Any], columns: Sequence[str]) -> list[s
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
     ]
+
+
+_STARTED_AT = _git_commit()
