@@ -5,10 +5,12 @@ recommendations for the sampled user."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -79,9 +81,11 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
             if words[0] == "streamrec" and words[1] in LONG_RUNNING:
                 log = tmp_path / f"{words[1]}.log"
                 with log.open("wb") as out:
+                    # A session of its own: stopping it stops the shell's child too.
                     services[words[1]] = subprocess.Popen(
-                        command, shell=True, cwd=tmp_path, env=env, stdout=out, stderr=out
-                    )
+                        command, shell=True, cwd=tmp_path, env=env, stdout=out, stderr=out,
+                        start_new_session=True,
+                    )  # fmt: skip
                 path = "/readyz" if words[1] == "serve" else "/metrics"
                 _ready(f"http://127.0.0.1:{ports[words[1]]}{path}", services[words[1]], log)
                 ran.append(command)
@@ -104,9 +108,13 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
                 assert outcome["outcome"] in ("published", "kept"), outcome
     finally:
         for process in services.values():
-            process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
         for process in services.values():
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
         if "streamrec dev down" not in ran:
             subprocess.run(["streamrec", "dev", "down"], env=env, cwd=tmp_path, timeout=60)
     assert ran == [c.replace("localhost:8000", f"127.0.0.1:{ports['serve']}") for c in commands]
