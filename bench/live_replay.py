@@ -82,7 +82,12 @@ RETRAIN_OUTCOMES = ("published", "rejected", "skipped", "failed")
 CASES = ("repeat", "new_item", "no_history")
 # The breakdown's group of events whose item the first model had never seen.
 COLD = "cold_item"
-CASE_GROUPS = (*CASES, COLD)
+# ... and of those whose item nobody had touched before, in the warm-up or the
+# replay. A catalogue built from the stream names exactly the items that will be
+# touched, so what a variant hits here it found in a catalogue that knows the
+# future (docs/models.md, "The ceiling"); a baseline never hits these.
+UNSEEN = "unseen_item"
+CASE_GROUPS = (*CASES, COLD, UNSEEN)
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ class PrequentialRun:
     # Each scored event whose item the first model's vocabulary lacks (a cold item
     # for the frozen and real-time variants); None when no model was trained.
     cold: np.ndarray | None = None
+    # Each scored event whose item no event touched before it.
+    unseen: np.ndarray | None = None
 
     def breakdown(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per variant and baseline, per case and then per event type that occurs:
@@ -170,6 +177,8 @@ class PrequentialRun:
         groups = {case: self.cases == case for case in CASES}
         if self.cold is not None:
             groups[COLD] = self.cold
+        if self.unseen is not None:
+            groups[UNSEEN] = self.unseen
         groups |= {t.value: self.types == t.value for t in EventType if t.value in self.types}
         return {
             result.variant: {name: _group_summary(result, mask) for name, mask in groups.items()}
@@ -212,6 +221,16 @@ def exposure_summary(result: VariantResult, touched: Counter[str]) -> dict[str, 
         if result.category_diversity is None
         else round(100 * result.category_diversity, 2),
     }
+
+
+def first_touches(replay: Replay) -> np.ndarray:
+    """Per scored event: is it the first event of its item, warm-up included?"""
+    seen = {e.item_id for e in replay.warmup}
+    first = []
+    for event in replay.scored:
+        first.append(event.item_id not in seen)
+        seen.add(event.item_id)
+    return np.array(first, dtype=bool)
 
 
 def event_cases(replay: Replay) -> tuple[np.ndarray, np.ndarray]:
@@ -337,6 +356,7 @@ def run(
         outcome.variants, first_model = _run_variants(replay, settings, variants, plan)
         known = set(orjson.loads((first_model / "vocab.json").read_bytes())["item_ids"])
         outcome.cold = np.array([e.item_id not in known for e in replay.scored])
+    outcome.unseen = first_touches(replay)
     touched = Counter(e.item_id for e in [*replay.warmup, *replay.scored])
     outcome.exposure = {
         r.variant: exposure_summary(r, touched) for r in [*outcome.variants, *outcome.baselines]

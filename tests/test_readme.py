@@ -108,16 +108,30 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
                 assert outcome["outcome"] in ("published", "kept"), outcome
     finally:
         for process in services.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in services.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            _stop_group(process)
         if "streamrec dev down" not in ran:
             subprocess.run(["streamrec", "dev", "down"], env=env, cwd=tmp_path, timeout=60)
     assert ran == [c.replace("localhost:8000", f"127.0.0.1:{ports['serve']}") for c in commands]
+
+
+def _stop_group(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    """SIGTERM to the command's whole process group (the shell and the service it
+    started), then SIGKILL to whatever is left after `timeout_s`: a worker whose
+    broker is already down (`dev down` ran) may never finish its shutdown."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        process.poll()  # reaps the shell, whose zombie would keep the group alive
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
 
 
 def _wait_for_the_sample(worker_port: int, timeout_s: float = 120) -> None:

@@ -13,6 +13,7 @@ import pytest
 from bench.live_replay import (
     CASES,
     COLD,
+    UNSEEN,
     VARIANTS,
     Plan,
     PrequentialRun,
@@ -102,10 +103,15 @@ def test_the_breakdown_covers_every_variant_and_baseline_with_the_same_cases(
         name: [groups[case]["events"] for case in CASES] for name, groups in breakdown.items()
     }
     assert sum(counts["frozen"]) == SCORED and len({tuple(c) for c in counts.values()}) == 1
-    # The yoochoose sessions are clicks only; cold items: those the first model lacks.
-    assert all(set(groups) == {*CASES, COLD, "click"} for groups in breakdown.values())
-    assert outcome.cold is not None
+    # The yoochoose sessions are clicks only; cold items: those the first model lacks;
+    # unseen items: touched for the first time by the event scored.
+    assert all(set(groups) == {*CASES, COLD, UNSEEN, "click"} for groups in breakdown.values())
+    assert outcome.cold is not None and outcome.unseen is not None
     assert {groups[COLD]["events"] for groups in breakdown.values()} == {int(outcome.cold.sum())}
+    # An item nobody touched is one no model has seen, and no baseline can show.
+    assert not (outcome.unseen & ~outcome.cold).any()
+    for baseline in BASELINES:
+        assert breakdown[baseline][UNSEEN]["hr20"] == 0.0
     overall = outcome.variants[0].summary()["hr20"]
     parts = breakdown[outcome.variants[0].variant]
     assert overall == pytest.approx(
