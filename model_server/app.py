@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from model_server import admin, endpoints
+from model_server.catalogue_mirror import CatalogueMirror
 from model_server.event_intake import EventIntake
 from model_server.limits import BodySizeLimit
 from model_server.live_items import LiveItems
@@ -80,6 +81,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         write_back: WriteBackQueue | None = None
         writer: asyncio.Task[None] | None = None
         live_items: LiveItems | None = None
+        mirror: CatalogueMirror | None = None
+        mirroring: asyncio.Task[None] | None = None
         intake: EventIntake | None = None
         follower: asyncio.Task[None] | None = None
         try:
@@ -116,6 +119,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 prewarm,
                 redis_timeout_s=settings.serve_redis_timeout_ms / 1000,
             )
+            mirror = recommender.mirror
+            await mirror.catch_up()
+            mirroring = asyncio.create_task(mirror.follow())
             if settings.serve_live_items_poll_s > 0:
                 live_items = LiveItems(
                     holder, recommender.catalogue, metrics, settings.serve_live_items_poll_s
@@ -161,6 +167,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if live_items is not None and follower is not None:
                 live_items.stop()
                 await follower
+            if mirror is not None and mirroring is not None:
+                mirror.stop()
+                await mirroring
             if intake is not None:
                 await intake.close()
             await store.close()

@@ -174,6 +174,9 @@ class Feed:
 
     async def _send(self, producer: AIOKafkaProducer, applied_at: dict[str, int]) -> None:
         model = self.models.current
+        # The catalogue as it is now: the feed has no one waiting, so it reads the
+        # change log before each batch rather than following it.
+        await self.recommender.mirror.catch_up()
         sends = []
         for user_id, applied_at_ms in applied_at.items():
             # The settings' cap and diversity, as /recommend applies them by default.

@@ -8,7 +8,7 @@ passes `exclude_categories` and fails every filter that asks for a value.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamrec.catalogue import CatalogueItem
@@ -70,7 +70,7 @@ NO_FILTER = ItemFilter()
 
 def pick(
     item_ids: Sequence[str],
-    records: Mapping[str, CatalogueItem | None],
+    record_of: Callable[[str], CatalogueItem | None],
     k: int,
     item_filter: ItemFilter,
     max_per_category: int = 0,
@@ -86,7 +86,7 @@ def pick(
         if item_id in seen:
             continue
         seen.add(item_id)
-        record = records.get(item_id)
+        record = record_of(item_id)
         if not item_filter.admits(record):
             continue
         categories = record.categories if record is not None else ()

@@ -12,20 +12,15 @@ availability and deletes are the answer's filters' business, as for any item.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 import numpy as np
 from redis.exceptions import RedisError
 
+from model_server.polling import Polling
 from streamrec.catalogue import Catalogue
 from streamrec.content import content_tokens
 from streamrec.errors import BundleError
 from streamrec.loaded import ModelHolder, ServedModel
 from streamrec.metrics import ServeMetrics
-
-log = logging.getLogger(__name__)
 
 # Changes read per Redis call; a catch-up reads on until none are left.
 READ_BATCH = 1000
@@ -38,9 +33,7 @@ class LiveItems:
         self.holder = holder
         self.catalogue = catalogue
         self.metrics = metrics
-        self.poll_s = poll_s
-        self._stopped = False
-        self._wake = asyncio.Event()
+        self._polling = Polling(poll_s, "live items: following the catalogue")
 
     async def catch_up(self, model: ServedModel) -> int:
         """Add what the log holds past what `model` read; returns how many were added."""
@@ -76,17 +69,12 @@ class LiveItems:
     async def follow(self) -> None:
         """Catch the served version up every `poll_s` until `stop()`; a Redis outage is
         logged and the next poll reads on from where this one stopped."""
-        while not self._stopped:
-            model = self.holder.held
-            if model is not None:
-                try:
-                    await self.catch_up(model)
-                except (RedisError, BundleError) as exc:
-                    log.warning("live items: could not follow the catalogue: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            self._wake.clear()
+
+        async def step() -> None:
+            if self.holder.held is not None:
+                await self.catch_up(self.holder.held)
+
+        await self._polling.run(step, (RedisError, BundleError))
 
     def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
+        self._polling.stop()

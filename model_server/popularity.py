@@ -8,19 +8,15 @@ FULL_REFRESH_S (items whose keys expired)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from redis.exceptions import RedisError
 
+from model_server.polling import Polling
 from streamrec.loaded import ModelHolder, ServedModel, vocabulary_map
 from streamrec.state import StateStore, decay_popularity
-
-log = logging.getLogger(__name__)
 
 # Keys per script call: Redis serves no one else while a script runs (~4 ms for
 # 250 here on a contended core; 1,000 held every request behind it for ~17 ms).
@@ -48,15 +44,14 @@ class PopularityTable:
         self._snapshot: Snapshot | None = None
         # Carried over to a version about to swap in (`prepare`), until it serves.
         self._incoming: Snapshot | None = None
-        self._stopped = False
-        self._wake = asyncio.Event()
+        self._polling = Polling(refresh_s, "popularity refresh")
 
     def rows(self, model: ServedModel, vocab_rows: np.ndarray, now_ms: int) -> np.ndarray | None:
         """Decayed popularity of these vocabulary rows, or None when the table holds
         another version's vocabulary (a swap that did not `prepare`) or nothing yet."""
         snapshot = self._held(model.version)
         if snapshot is None:
-            self._wake.set()  # a swap: carry the table over now, not in a second
+            self._polling.wake()  # a swap: carry the table over now, not in a second
             return None
         return decay_popularity(snapshot.stored[vocab_rows], now_ms, self.half_life_s)
 
@@ -125,17 +120,8 @@ class PopularityTable:
 
     async def follow(self, holder: ModelHolder) -> None:
         """Refresh for the served version until `stop()`; a Redis outage leaves the
-        last table in place and the next refresh catches up. Stopped by a flag, not
-        by cancelling: a cancellation that lands inside redis-py can be lost."""
-        while not self._stopped:
-            try:
-                await self.refresh(holder.current)
-            except RedisError as exc:
-                log.warning("popularity refresh failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.refresh_s)
-            self._wake.clear()
+        last table in place and the next refresh catches up."""
+        await self._polling.run(lambda: self.refresh(holder.current), (RedisError,))
 
     def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
+        self._polling.stop()

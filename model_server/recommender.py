@@ -25,6 +25,7 @@ from prometheus_client import Histogram
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from model_server.catalogue_mirror import CatalogueMirror
 from model_server.diversity import mmr_order
 from model_server.filters import NO_FILTER, ItemFilter, fill_sources, pick
 from model_server.popularity import PopularityTable
@@ -32,7 +33,7 @@ from model_server.prewarm import Prewarm
 from model_server.trending import TrendingReader
 from streamrec import features
 from streamrec import state as redis_state
-from streamrec.catalogue import Catalogue, CatalogueItem
+from streamrec.catalogue import Catalogue
 from streamrec.covis import covis_scores
 from streamrec.events import EVENT_TYPE_OF
 from streamrec.loaded import ServedModel
@@ -153,7 +154,16 @@ class Recommender:
         self.budget_s = settings.serve_budget_ms / 1000
         self.redis_timeout_s = redis_timeout_s
         self.catalogue = Catalogue(settings, client=store.redis)
-        self.trending_reader = TrendingReader(store, settings.trending_max_items, self.catalogue)
+        # Its owner (the app, the feed) reads it in full at start and has it follow.
+        self.mirror = CatalogueMirror(
+            self.catalogue,
+            settings.serve_catalogue_poll_s,
+            settings.serve_catalogue_max_lag_s,
+            settings.serve_popularity_refresh_s,
+        )
+        self.trending_reader = TrendingReader(
+            store, settings.trending_max_items, self.mirror.available
+        )
         self.half_life_s = settings.popularity_half_life_s
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
@@ -161,7 +171,6 @@ class Recommender:
         # The trending candidates, read at most once per refresh (they move slowly).
         self._trending_refresh_s = settings.serve_popularity_refresh_s
         self._trending_ids: tuple[float, int, list[str]] = (-float("inf"), 0, [])
-        self._catalogue_seen: tuple[float, bool] = (-float("inf"), False)
         self._rank_estimate_s = 0.0
         # Looked up once: five label lookups per request were a visible share of it.
         self._stage_seconds = {name: metrics.stage_seconds.labels(name) for name in STAGES}
@@ -208,7 +217,8 @@ class Recommender:
     ) -> Recommendation:
         """With `item_filter` or `max_per_category` the answer is picked from the
         ranked candidates, then trending and the included categories' most popular
-        items, against the catalogue's records (model_server/filters.py). With
+        items, against the catalogue's records (model_server/filters.py, held in
+        the process: model_server/catalogue_mirror.py). With
         `diversity` > 0 the ranked order is re-ranked first (model_server/diversity.py)."""
         deadline = time.perf_counter() + self.budget_s
         filtered = item_filter.active or max_per_category > 0
@@ -303,14 +313,17 @@ class Recommender:
         return await self.trending(model, k, removed)
 
     async def _category_items(
-        self, categories: Iterable[str], removed: Collection[str] = ()
+        self, categories: Sequence[str], removed: Collection[str] = ()
     ) -> list[RankedItem]:
-        """The most popular items of each category in turn (`FILL_READ` of each)."""
-        items: list[RankedItem] = []
-        for category in categories:
-            popular = await self._bounded(self.catalogue.popular(category, FILL_READ))
-            items += [RankedItem(i, 0.0, source="category") for i in popular if i not in removed]
-        return items
+        """The most popular available items of each category in turn (of the top
+        `FILL_READ` of each)."""
+        lists = await self._bounded(self.mirror.popular(categories, FILL_READ, FILL_READ))
+        return [
+            RankedItem(i, 0.0, source="category")
+            for popular in lists
+            for i in popular
+            if i not in removed
+        ]
 
     async def _filtered(
         self,
@@ -345,52 +358,39 @@ class Recommender:
         categories' most popular items, that are available, not `removed`, admitted
         by the filter and within the per-category cap; when that leaves fewer than k
         and nothing was included by name, once more from the most popular items of
-        the categories the answer (or else the offer) holds. The catalogue must
-        answer: a filter it cannot check is a Redis error (a 503), never ignored.
-
-        Records are read a window at a time (`FILTER_READ_PER_ITEM` * k items), and a
-        further source only when those read cannot fill the answer: a filter that
-        admits most items reads ~4k records, not the ~600 of every source at once."""
+        the categories the answer (or else the offer) holds. A further source is
+        read only when those before it cannot fill the answer. With a filter or a
+        cap the catalogue must be current: one it cannot check is a 503
+        (`CatalogueBehind`), never ignored."""
+        if item_filter.active or max_per_category > 0:
+            self.mirror.check_current()
+        record = self.mirror.record
         pool = [item for item in offered if item.item_id not in removed]
-        records: dict[str, CatalogueItem | None] = {}
         included = sorted(item_filter.include_categories)
         sources: list[Callable[[], Awaitable[list[RankedItem]]]] = [fill] if fill else []
         if included:
             sources.append(lambda: self._category_items(included, removed))
         answer_categories_read = bool(included)
-        window = max(FILTER_READ_MIN, FILTER_READ_PER_ITEM * k)
-        read_to = 0
-        admitted: list[RankedItem] = []
-        chosen: list[int] = []
-        while len(chosen) < k:
-            if read_to < len(pool):
-                read_to = min(len(pool), read_to + window)
-                unread = list(
-                    dict.fromkeys(i.item_id for i in pool[:read_to] if i.item_id not in records)
-                )
-                if unread:
-                    with self._stage("redis"):
-                        found = await self._bounded(self.catalogue.items(unread))
-                    records.update(zip(unread, found, strict=True))
-            elif sources:
+        while True:
+            # Out of stock or deleted: never offered (an item the catalogue lacks is).
+            admitted = [item for item in pool if self.mirror.available(item.item_id)]
+            chosen = pick(
+                [item.item_id for item in admitted], record, k, item_filter, max_per_category
+            )
+            if len(chosen) >= k:
+                break
+            if sources:
                 pool += await sources.pop(0)()
-                continue
             elif not answer_categories_read:
                 answer_categories_read = True
                 # The answer's categories, or (when the filter admitted nothing) the pool's.
-                chosen_records = [records[admitted[p].item_id] for p in chosen]
-                categories = fill_sources(chosen_records or records.values())
+                held = [record(admitted[p].item_id) for p in chosen]
+                categories = fill_sources(held or (record(item.item_id) for item in pool))
                 if not categories:
                     break
                 pool += await self._category_items(sorted(categories), removed)
-                continue
             else:
                 break
-            # Out of stock or deleted: never offered (an item the catalogue lacks is).
-            admitted = [item for item in pool[:read_to] if _available(records[item.item_id])]
-            chosen = pick(
-                [item.item_id for item in admitted], records, k, item_filter, max_per_category
-            )
         return [admitted[p] for p in chosen]
 
     async def similar(
@@ -415,8 +415,7 @@ class Recommender:
             by_weight = sorted(weights.items(), key=lambda pair: (-pair[1], pair[0]))
             offered += [RankedItem(i, w, source="covis") for i, w in by_weight]
         with self._stage("redis"):
-            (categories,) = await self._bounded(self.catalogue.categories([item_id]))
-            offered += await self._category_items(categories)
+            offered += await self._category_items(self.mirror.categories(item_id))
         row = model.bundle.rows.get(item_id, 0)
         if row > 0:
             with self._stage("retrieve"):
@@ -512,22 +511,6 @@ class Recommender:
             ids = [item.item_id for item in await self.trending(model, n, required=False)]
             self._trending_ids = (time.monotonic(), n, ids)
         return ids
-
-    async def _catalogue_present(self) -> bool:
-        """Whether a catalogue was ever loaded, read at most once per
-        `serve_popularity_refresh_s`: without one, a ranked request makes no
-        catalogue read (it cost 0.6 ms of CPU per request, docs/decisions.md). When
-        Redis does not answer: taken as present (the read then degrades)."""
-        read_at, present = self._catalogue_seen
-        if time.monotonic() - read_at >= self._trending_refresh_s:
-            try:
-                present = await self._bounded(self.catalogue.present())
-            except RedisError:
-                if self.redis_timeout_s is None:
-                    raise
-                present = True
-            self._catalogue_seen = (time.monotonic(), present)
-        return present
 
     async def trending(
         self, model: ServedModel, k: int, removed: Collection[str] = (), required: bool = True
@@ -672,43 +655,44 @@ class Recommender:
     async def _with_catalogue(
         self, user: features.UserState, ranked: Sequence[str], max_category: int
     ) -> tuple[features.UserState, frozenset[str]]:
-        """One catalogue read for the items of an answer: which of `ranked` are
-        unavailable or deleted, and, for a version trained with categories
-        (`max_category` > 0), the user with the most popular items of their latest
-        item's categories and the categories of their recent items and of `ranked`.
-        When Redis does not answer in time: the user as given and nothing known
-        unavailable (the category columns 0, as for an item the catalogue lacks)."""
+        """What the catalogue says of an answer's items, from the process's mirror:
+        which of `ranked` are unavailable, and, for a version trained with
+        categories (`max_category` > 0), the user with the most popular items of
+        their latest item's categories and the categories of their recent items and
+        of `ranked`. When Redis does not answer in time for the popular lists: the
+        user without them (those candidate columns 0)."""
+        mirror = self.mirror
         recent = [e.item_id for e in user.recent_events]
-        if not recent or not await self._catalogue_present():
+        if not recent or not mirror.records:
             return user, frozenset()
-        read = features.category_read(max_category)
-        try:
-            with self._stage("redis"):
-                context = await self._bounded(
-                    self.catalogue.serving_context(
-                        recent[-1], read, list(dict.fromkeys([*recent, *ranked]))
-                    )
-                )
-        except RedisError:
-            if self.redis_timeout_s is None:
-                raise
-            return user, frozenset()
+        unavailable = frozenset(i for i in ranked if not mirror.available(i))
         if max_category <= 0:
-            return user, context.unavailable
+            return user, unavailable
+        read = features.category_read(max_category)
+        latest_categories = mirror.categories(recent[-1])
+        popular: list[list[str]] = []
+        if latest_categories:
+            try:
+                with self._stage("redis"):
+                    popular = await self._bounded(mirror.popular(latest_categories, read, read))
+            except RedisError:
+                if self.redis_timeout_s is None:
+                    raise
+        categories = {
+            item_id: held
+            for item_id in dict.fromkeys([*recent, *ranked, *(i for p in popular for i in p)])
+            if (held := mirror.categories(item_id))
+        }
         with_categories = replace(
             user,
-            category_items=features.category_candidates(context.popular, read),
-            categories=context.categories,
+            category_items=features.category_candidates(popular, read),
+            categories=categories,
         )
-        return with_categories, context.unavailable
+        return with_categories, unavailable
 
 
 # Items of trending (and of each included category) a filtered answer may fill from.
 FILL_READ = 100
-# Catalogue records a filtered answer reads at a time: this many per item asked
-# for (at least the minimum), then more only when those cannot fill the answer.
-FILTER_READ_PER_ITEM = 4
-FILTER_READ_MIN = 40
 # Co-visitation links and vector neighbours /similar reads of the item.
 SIMILAR_READ = 50
 # The best ranked k * this a diversity re-rank chooses from.
@@ -784,10 +768,6 @@ def _with_live_items(
     ids = [*candidate_ids, *live_ids]
     rows = np.concatenate([vocab_rows, np.zeros(len(live_ids), dtype=np.int64)])
     return [ids[n] for n in order], rows[order], merged_dots[order]
-
-
-def _available(record: CatalogueItem | None) -> bool:
-    return record is None or (record.available and not record.deleted)
 
 
 def _top(items: Iterable[RankedItem], k: int, removed: Collection[str]) -> list[RankedItem]:

@@ -6,9 +6,8 @@ read, which /recommend answers from while Redis does not answer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from streamrec.catalogue import Catalogue
 from streamrec.events import EventType
 from streamrec.loaded import ServedModel
 from streamrec.state import StateStore
@@ -25,11 +24,15 @@ READ_GROWTH = 4
 
 class TrendingReader:
     def __init__(
-        self, store: StateStore, max_items: int, catalogue: Catalogue | None = None
+        self,
+        store: StateStore,
+        max_items: int,
+        available: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.max_items = max_items  # what the trending sets are trimmed to
-        self.catalogue = catalogue
+        # What the catalogue says of an item (model_server/catalogue_mirror.py).
+        self.available = available
         self._last: list[tuple[str, float]] | None = None
 
     async def read(self, model: ServedModel, wanted: int) -> list[tuple[str, float]]:
@@ -42,11 +45,10 @@ class TrendingReader:
             for item_id, score in rows:
                 combined[item_id] = combined.get(item_id, 0.0) + score
         ordered = sorted(combined.items(), key=lambda pair: -pair[1])
-        if self.catalogue is not None and ordered:
+        if self.available is not None:
             # An item out of stock or withdrawn leaves trending at the next read;
             # one the catalogue never heard of stays (the catalogue is optional).
-            flags = await self.catalogue.available([item_id for item_id, _ in ordered])
-            ordered = [pair for pair, available in zip(ordered, flags, strict=True) if available]
+            ordered = [pair for pair in ordered if self.available(pair[0])]
         self._last = ordered
         return self._last
 

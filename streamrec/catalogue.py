@@ -66,18 +66,6 @@ class ItemApplied(IntEnum):
     STALE = 3  # older than what is stored: not applied
 
 
-@dataclass(frozen=True)
-class ServingContext:
-    """What serving reads of the catalogue for one user's answer: the most popular
-    available items of each category of the user's latest item (most popular first),
-    the categories of every item asked about and of those, and which of the items
-    asked about are unavailable or deleted."""
-
-    popular: list[list[str]]
-    categories: dict[str, tuple[str, ...]]
-    unavailable: frozenset[str]
-
-
 def _script_args(change: ItemChange) -> list[Any]:
     fingerprint = record_fingerprint(change)
     if isinstance(change, ItemDelete):
@@ -149,7 +137,6 @@ class Catalogue:
         self.redis: aioredis.Redis = client or redis_client(settings)
         self._apply_script = self.redis.register_script(lua_script("apply_items"))
         self._read_field_script = self.redis.register_script(lua_script("read_field"))
-        self._serving_context_script = self.redis.register_script(lua_script("serving_context"))
         self._config = orjson.dumps({"tombstone_ttl_s": settings.item_tombstone_ttl_s})
 
     async def close(self) -> None:
@@ -199,32 +186,10 @@ class Catalogue:
         )
         return [member.decode() for member in members]
 
-    async def serving_context(
-        self, latest_item: str, n: int, item_ids: Sequence[str]
-    ) -> ServingContext:
-        """In one script call: up to `n` of the most popular available items of each
-        category of `latest_item`; the categories and availability of `item_ids`,
-        and the categories of those popular items."""
-        asked, lists, popular, popular_categories = await self._serving_context_script(
-            args=[n, latest_item, *item_ids]
-        )
-        popular_ids = [i.decode() for i in popular]
-        categories: dict[str, tuple[str, ...]] = {}
-        unavailable: set[str] = set()
-        for item_id, (category, available) in zip(item_ids, asked, strict=True):
-            if category:
-                categories[item_id] = tuple(orjson.loads(category))
-            if available == b"0":
-                unavailable.add(item_id)
-        for item_id, category in zip(popular_ids, popular_categories, strict=True):
-            if category:
-                categories[item_id] = tuple(orjson.loads(category))
-        lists_ids = [[i.decode() for i in items] for items in lists]
-        return ServingContext(lists_ids, categories, frozenset(unavailable))
-
     async def changes_since(self, seq: int, limit: int) -> list[tuple[str, int]]:
-        """Up to `limit` live items whose newest record came after change `seq`, as
-        (item id, its change number), oldest change first; from 0: every live item."""
+        """Up to `limit` items whose newest record (a delete too, while its marker
+        lives) came after change `seq`, as (item id, its change number), oldest
+        change first; from 0: every item with a record."""
         rows = cast(
             list[tuple[bytes, float]],
             await self.redis.zrangebyscore(
@@ -243,15 +208,17 @@ class Catalogue:
         items, unavailable = await self.redis.mget(CATALOGUE_ITEMS_KEY, CATALOGUE_UNAVAILABLE_KEY)
         return int(items or 0), int(unavailable or 0)
 
-    async def popular(self, category: str, limit: int) -> list[str]:
-        """Up to `limit` of the category's most popular items now (the stream worker's
-        decayed counts, docs/state.md), most popular first; availability unchecked."""
-        if limit <= 0:
-            return []
-        members = cast(
-            list[bytes], await self.redis.zrevrange(category_popular_key(category), 0, limit - 1)
-        )
-        return [member.decode() for member in members]
+    async def popular(self, categories: Sequence[str], limit: int) -> list[list[str]]:
+        """Per category up to `limit` of its most popular items now (the stream
+        worker's decayed counts, docs/state.md), most popular first; availability
+        unchecked. One round trip."""
+        if limit <= 0 or not categories:
+            return [[] for _ in categories]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for category in categories:
+                pipe.zrevrange(category_popular_key(category), 0, limit - 1)
+            replies = cast(list[list[bytes]], await pipe.execute())
+        return [[member.decode() for member in members] for members in replies]
 
     async def items(self, item_ids: Sequence[str]) -> list[CatalogueItem | None]:
         """Per item the whole record (or its deletion marker); None when unknown."""

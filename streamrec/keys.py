@@ -118,11 +118,14 @@ CATALOGUE_MARKER = f"{PREFIX}:catalogue"
 CATALOGUE_ITEMS_KEY = f"{PREFIX}:catalogue:items"
 CATALOGUE_UNAVAILABLE_KEY = f"{PREFIX}:catalogue:unavailable"
 # Which items' records changed, and in what order: a counter bumped per applied
-# record, and a sorted set of the live items scored by its value at their newest
-# record (a deleted item leaves it). Model servers follow it to give items their
-# model has no vector for one from their content (model_server/live_items.py).
+# record, and a sorted set of the items scored by its value at their newest record
+# (a deleted item's for as long as its deletion marker lives: the deletions, scored
+# by the delete's event time, say which entries go when). Model servers follow it
+# to mirror the catalogue (model_server/catalogue_mirror.py) and to give items
+# their model has no vector for one from their content (model_server/live_items.py).
 CATALOGUE_SEQ_KEY = f"{PREFIX}:catalogue:seq"
 CATALOGUE_CHANGES_KEY = f"{PREFIX}:catalogue:changes"
+CATALOGUE_DELETIONS_KEY = f"{PREFIX}:catalogue:deletions"
 
 
 def _lua_string(text: str) -> str:
@@ -150,6 +153,7 @@ LUA_PRELUDE = "\n".join(
         f"local CATALOGUE_UNAVAILABLE = {_lua_string(CATALOGUE_UNAVAILABLE_KEY)}",
         f"local CATALOGUE_SEQ = {_lua_string(CATALOGUE_SEQ_KEY)}",
         f"local CATALOGUE_CHANGES = {_lua_string(CATALOGUE_CHANGES_KEY)}",
+        f"local CATALOGUE_DELETIONS = {_lua_string(CATALOGUE_DELETIONS_KEY)}",
         "local EVENT_TYPES = {" + ", ".join(_lua_string(t.value) for t in EVENT_TYPES) + "}",
         "",
     ]

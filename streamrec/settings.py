@@ -244,6 +244,12 @@ class Settings(BaseSettings):
     serve_live_items_poll_s: float = Field(default=0.2, ge=0)
     # The best of those new items retrieval adds to a user's candidates.
     serve_live_item_candidates: int = Field(default=20, ge=0)
+    # Each server process (and the feed) holds the catalogue's records, following
+    # its change log this often (model_server/catalogue_mirror.py); a request with
+    # a filter is refused (503) while the copy has not caught up for longer than
+    # the lag.
+    serve_catalogue_poll_s: float = Field(default=0.05, gt=0)
+    serve_catalogue_max_lag_s: float = Field(default=1.0, gt=0)
     # Set by `streamrec serve --workers N` for its worker processes: where they
     # share Prometheus metric files, so /metrics sums every process.
     serve_metrics_dir: Path | None = None

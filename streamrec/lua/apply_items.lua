@@ -5,7 +5,9 @@
 -- script does (docs/state.md, Redis Cluster). Keeps the catalogue's counts
 -- (CATALOGUE_ITEMS: items with a live record; CATALOGUE_UNAVAILABLE: those of them
 -- unavailable) with every record it applies, and the change log (CATALOGUE_CHANGES:
--- each live item scored by the CATALOGUE_SEQ value of its newest record).
+-- each item scored by the CATALOGUE_SEQ value of its newest record; a deleted item
+-- stays while its deletion marker lives, CATALOGUE_DELETIONS scoring it by the
+-- delete's ts, so that a follower of the log learns of the delete too).
 local c = cjson.decode(ARGV[1])
 -- (1 when a record is a live item, 1 when that item is unavailable) from a stored
 -- record's `available` and `deleted` fields.
@@ -25,6 +27,16 @@ local function recount(stored, deleted, available)
   end
   if unavailable_after ~= unavailable_before then
     redis.call('INCRBY', CATALOGUE_UNAVAILABLE, unavailable_after - unavailable_before)
+  end
+end
+-- The log entries of items deleted before `before_ms` (event time) leave it, as their
+-- markers expire: a bounded number per call, each delete trims what it can.
+local function forget_deletions_before(before_ms)
+  local old = redis.call(
+    'ZRANGEBYSCORE', CATALOGUE_DELETIONS, '-inf', string.format('(%d', before_ms), 'LIMIT', 0, 100)
+  if #old > 0 then
+    redis.call('ZREM', CATALOGUE_CHANGES, unpack(old))
+    redis.call('ZREM', CATALOGUE_DELETIONS, unpack(old))
   end
 end
 local function apply(r)
@@ -54,12 +66,15 @@ local function apply(r)
     redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', '0', 'deleted', '1')
     redis.call('EXPIRE', k, c.tombstone_ttl_s)
     recount(stored, deleted, available)
-    redis.call('ZREM', CATALOGUE_CHANGES, item)
+    redis.call('ZADD', CATALOGUE_CHANGES, redis.call('INCR', CATALOGUE_SEQ), item)
+    redis.call('ZADD', CATALOGUE_DELETIONS, ts_text, item)
+    forget_deletions_before(ts - c.tombstone_ttl_s * 1000)
     return 2
   end
   redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))
   recount(stored, deleted, available)
   redis.call('ZADD', CATALOGUE_CHANGES, redis.call('INCR', CATALOGUE_SEQ), item)
+  redis.call('ZREM', CATALOGUE_DELETIONS, item)
   return 1
 end
 

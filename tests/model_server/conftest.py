@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +93,14 @@ async def wait_until(check: Callable[[], object], timeout_s: float = 20.0) -> No
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"not true within {timeout_s} s: {check}")
+
+
+async def wait_until_async(check: Callable[[], Awaitable[object]], timeout_s: float = 10) -> None:
+    """For what the server does a moment after it answers, or after Redis changes."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"not true within {timeout_s} s: {check}"
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from bench.scenarios.models import publish
 from bench.scenarios.users import apply, events_for
 from streamrec.catalogue import Catalogue
 from streamrec.items import ItemRecord
-from tests.model_server.conftest import Served, in_process
+from tests.model_server.conftest import Served, in_process, wait_until_async
 
 
 async def _shop(served: Served) -> str:
@@ -72,8 +72,9 @@ async def test_popular_items_of_the_latest_items_category_join_the_candidates(
 async def test_an_unavailable_item_leaves_the_ranked_answer_and_comes_back(
     served: Served,
 ) -> None:
-    """Own items, retrieved ones and co-visited ones alike: the catalogue's word is
-    read on every ranked answer, with no retrain and no cache to wait for."""
+    """Own items, retrieved ones and co-visited ones alike: the catalogue's word
+    reaches every ranked answer as soon as the server's mirror of the catalogue
+    reads it (model_server/catalogue_mirror.py), with no retrain."""
     await apply(served.settings, events_for("returning", served.items[:4]))
     # Others' events: trending then has enough to fill what the filter removes.
     await apply(served.settings, events_for("crowd", served.items[100:160]))
@@ -91,12 +92,25 @@ async def test_an_unavailable_item_leaves_the_ranked_answer_and_comes_back(
             before = await ids()
             own, top = served.items[2], next(i for i in before if i not in served.items[:4])
             assert own in before
+            hidden: list[str] = []
+            back: list[str] = []
+
+            async def hidden_now() -> bool:
+                nonlocal hidden
+                hidden = await ids()
+                return own not in hidden and top not in hidden
+
+            async def back_now() -> bool:
+                nonlocal back
+                back = await ids()
+                return back == before
+
             await catalogue.apply_records_each(
                 [ItemRecord(own, 1, available=False), ItemRecord(top, 1, available=False)]
             )
-            hidden = await ids()
+            await wait_until_async(hidden_now, 2.0)
             await catalogue.apply_records_each([ItemRecord(own, 2), ItemRecord(top, 2)])
-            back = await ids()
+            await wait_until_async(back_now, 2.0)
             scored = await client.post("/score", json={"user_id": "returning", "item_ids": [own]})
     finally:
         await catalogue.close()

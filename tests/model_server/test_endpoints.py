@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +14,7 @@ from streamrec import __version__
 from streamrec.events import EventType
 from streamrec.features import FEATURE_NAMES
 from streamrec.keys import recommended_key, user_vector_key
-from tests.model_server.conftest import ADMIN_TOKEN, Served, in_process
+from tests.model_server.conftest import ADMIN_TOKEN, Served, in_process, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -127,14 +126,6 @@ async def test_recommended_items_are_remembered_for_the_hit_rate(served: Served)
         await wait_until_async(lambda: store.redis.exists(recommended_key("fred")))
         shown = await store.redis.zrange(recommended_key("fred"), 0, -1)
     assert {item_id.decode() for item_id in shown} == {item["item_id"] for item in body["items"]}
-
-
-async def wait_until_async(check: Callable[[], Awaitable[object]], timeout_s: float = 10) -> None:
-    """The server writes answers back a few milliseconds after answering."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "not written back in time"
-        await asyncio.sleep(0.01)
 
 
 def encodes(metrics: str) -> float:

@@ -32,7 +32,7 @@ def test_the_filter_rules_on_records() -> None:
     ids = ["boot", "sandal", "hat", "unknown"]
 
     def chosen(item_filter: ItemFilter, k: int = 10, cap: int = 0) -> list[str]:
-        return [ids[p] for p in pick(ids, records, k, item_filter, cap)]
+        return [ids[p] for p in pick(ids, records.get, k, item_filter, cap)]
 
     assert chosen(ItemFilter()) == ids
     assert chosen(ItemFilter(include_categories=frozenset({"shoes"}))) == ["boot", "sandal"]

@@ -22,6 +22,7 @@ from devtools.scrape import counter_total
 from streamrec.catalogue import Catalogue
 from streamrec.keys import (
     CATALOGUE_CHANGES_KEY,
+    CATALOGUE_DELETIONS_KEY,
     CATALOGUE_ITEMS_KEY,
     CATALOGUE_MARKER,
     CATALOGUE_SEQ_KEY,
@@ -145,8 +146,10 @@ def test_records_deletes_late_and_bad_records_through_the_worker(
         worker.stop()
 
     stored = catalogue_keys(settings)
-    # The change log holds the live items, each at its newest record; deletes leave it.
-    assert set(stored.pop(CATALOGUE_CHANGES_KEY)) == {"i1", "i4", "i5"}
+    # The change log holds every item at its newest record, the deleted ones too
+    # (a follower learns of the delete) while their markers live.
+    assert set(stored.pop(CATALOGUE_CHANGES_KEY)) == {"i1", "i2", "i3", "i4", "i5"}
+    assert stored.pop(CATALOGUE_DELETIONS_KEY) == {"i2": T + 2000, "i3": T + 5000}
     fingerprints: dict[str, str] = {}
     for key, fields in stored.items():
         if "info" in key:

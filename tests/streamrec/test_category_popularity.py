@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 
+from model_server.catalogue_mirror import CatalogueMirror
 from retrain.popularity import CategoryPopularity
 from streamrec.catalogue import Catalogue
 from streamrec.events import Event, EventType
@@ -33,6 +34,13 @@ async def opened(
     yield store, catalogue
     await store.redis.flushdb()
     await store.close()
+
+
+async def mirrored(catalogue: Catalogue) -> CatalogueMirror:
+    """What a server process holds of the catalogue, read now (lists re-read each call)."""
+    mirror = CatalogueMirror(catalogue, poll_s=1.0, max_lag_s=1.0, popular_refresh_s=0.0)
+    await mirror.catch_up()
+    return mirror
 
 
 def click(n: int, user: str, item: str, ts_ms: int) -> Event:
@@ -104,9 +112,10 @@ async def test_the_set_is_bounded_and_ranks_as_its_training_twin(
     stored = await popular(catalogue, "a")
     assert len(stored) == 5
     assert stored[:3] == twin.of_item("i1", 3)[0]
-    context = await catalogue.serving_context("i0", 3, ["i0", "nope"])
-    assert context.popular == [twin.of_item("i0", 3)[0], twin.of_item("i0", 3)[1]]
-    assert context.categories["i0"] == ("a", "b") and "nope" not in context.categories
+    mirror = await mirrored(catalogue)
+    lists = await mirror.popular(mirror.categories("i0"), 3, 6)
+    assert lists == [twin.of_item("i0", 3)[0], twin.of_item("i0", 3)[1]]
+    assert mirror.categories("i0") == ("a", "b") and mirror.categories("nope") == ()
     # The lists taken in turn, each item once.
     assert category_candidates([["x", "y", "w"], ["x", "z"]], 3) == ["x", "y", "z"]
 
@@ -128,11 +137,12 @@ async def test_serving_reads_only_available_items_of_the_latest_items_categories
         + [click(10 + n, f"v{n}", "hot", now + 10 + n) for n in range(2)]
         + [click(20, "w", "seen", now + 20)]
     )
-    assert (await catalogue.serving_context("seen", 5, [])).popular == [["gone", "hot", "seen"]]
+    mirror = await mirrored(catalogue)
+    assert await mirror.popular(mirror.categories("seen"), 5, 10) == [["gone", "hot", "seen"]]
     await catalogue.apply_records_each(
         [ItemRecord("gone", 2, available=False, categories=("shoes",))]
     )
-    context = await catalogue.serving_context("seen", 5, ["hot"])
-    assert context.popular == [["hot", "seen"]]
-    assert context.categories == {"hot": ("shoes",), "seen": ("shoes",)}
-    assert (await catalogue.serving_context("no-such-item", 5, [])).popular == []
+    await mirror.catch_up()
+    assert await mirror.popular(["shoes"], 5, 10) == [["hot", "seen"]]
+    assert mirror.categories("hot") == ("shoes",) and not mirror.available("gone")
+    assert await mirror.popular(mirror.categories("no-such-item"), 5, 10) == []

@@ -1,0 +1,142 @@
+"""Each serving process's copy of the catalogue: every item's record, followed from
+the catalogue's change log (`Catalogue.changes_since`) every `serve_catalogue_poll_s`,
+so that a request checks availability, categories, prices and attributes in
+memory instead of a catalogue script call per request (the largest cost of a
+ranked request with a catalogue: docs/decisions.md).
+
+The categories' most popular lists (the stream worker's decayed counts) are read
+from Redis at most once per `serve_popularity_refresh_s` for each category asked
+about; availability is applied to them from the mirror at every request, so an
+item out of stock leaves them as soon as the mirror reads its record.
+
+A request with a filter needs the catalogue: when the mirror has not reached the
+end of the log for longer than `serve_catalogue_max_lag_s` (Redis does not
+answer), it is refused (`CatalogueBehind`, a 503), never answered unchecked. An
+answer without a filter is checked against the mirror as last read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from model_server.polling import Polling
+from streamrec.catalogue import Catalogue, CatalogueItem
+
+# Changes read per Redis call; a catch-up reads on until none are left.
+READ_BATCH = 1000
+# Categories whose most popular list is held; the oldest read leaves first.
+POPULAR_HELD = 4096
+
+
+class CatalogueBehind(RedisTimeoutError):
+    """The mirror has not read the catalogue's change log for too long to check a
+    filter against it."""
+
+
+class CatalogueMirror:
+    def __init__(
+        self, catalogue: Catalogue, poll_s: float, max_lag_s: float, popular_refresh_s: float
+    ) -> None:
+        self.catalogue = catalogue
+        self.max_lag_s = max_lag_s
+        self.popular_refresh_s = popular_refresh_s
+        # Every item with a live record; a deleted one leaves.
+        self.records: dict[str, CatalogueItem] = {}
+        self.seq = 0  # the change read up to
+        # Monotonic time at which the last catch-up that reached the log's end began.
+        self._synced_at = -float("inf")
+        # Per category: (monotonic read time, depth read, its most popular items).
+        self._popular: dict[str, tuple[float, int, list[str]]] = {}
+        self._polling = Polling(poll_s, "catalogue mirror: following the catalogue")
+
+    async def catch_up(self) -> int:
+        """Read every change past `seq`; returns how many items changed."""
+        started = time.monotonic()
+        changed = 0
+        while True:
+            changes = await self.catalogue.changes_since(self.seq, READ_BATCH)
+            if changes:
+                item_ids = [item_id for item_id, _ in changes]
+                found = await self.catalogue.items(item_ids)
+                for item_id, record in zip(item_ids, found, strict=True):
+                    # A record newer than its change (applied since) is read now and
+                    # again at its own change: never an older one over a newer.
+                    if record is None or record.deleted:
+                        self.records.pop(item_id, None)
+                    else:
+                        self.records[item_id] = record
+                self.seq = changes[-1][1]
+                changed += len(changes)
+            if len(changes) < READ_BATCH:
+                self._synced_at = started
+                return changed
+
+    async def follow(self) -> None:
+        """Catch up every `poll_s` until `stop()`; a Redis outage is logged and the
+        next poll reads on from where this one stopped."""
+        await self._polling.run(self.catch_up, (RedisError,))
+
+    def stop(self) -> None:
+        self._polling.stop()
+
+    @property
+    def lag_s(self) -> float:
+        """How long ago the mirror last held everything the log held (inf: never)."""
+        return time.monotonic() - self._synced_at
+
+    def check_current(self) -> None:
+        """Raise `CatalogueBehind` when the mirror is too far behind to check a filter."""
+        lag_s = self.lag_s
+        if lag_s > self.max_lag_s:
+            said = "never read" if lag_s == float("inf") else f"last read {lag_s:.1f} s ago"
+            raise CatalogueBehind(f"the catalogue was {said}: a filter cannot be checked")
+
+    def record(self, item_id: str) -> CatalogueItem | None:
+        """The item's record; None when the catalogue has none (or it was deleted)."""
+        return self.records.get(item_id)
+
+    def available(self, item_id: str) -> bool:
+        """False for an item the catalogue marks unavailable; an item it does not
+        know counts as available (the catalogue is optional). A deleted item is
+        unknown here: its id left every list it was in when the delete was applied
+        (docs/catalogue.md)."""
+        record = self.records.get(item_id)
+        return record is None or record.available
+
+    def categories(self, item_id: str) -> tuple[str, ...]:
+        record = self.records.get(item_id)
+        return () if record is None else record.categories
+
+    async def popular(self, categories: Sequence[str], n: int, depth: int) -> list[list[str]]:
+        """Per category up to `n` of its most popular items that are available now,
+        most popular first, from the top `depth` of its list (read from Redis at most
+        once per refresh, the lists of all the stale categories in one round trip)."""
+        now = time.monotonic()
+        stale = [
+            category
+            for category in dict.fromkeys(categories)
+            if (held := self._popular.get(category)) is None
+            or held[1] < depth
+            or now - held[0] >= self.popular_refresh_s
+        ]
+        if stale:
+            lists = await self.catalogue.popular(stale, depth)
+            for category, items in zip(stale, lists, strict=True):
+                self._popular.pop(category, None)
+                self._popular[category] = (now, depth, items)
+            while len(self._popular) > POPULAR_HELD:
+                del self._popular[next(iter(self._popular))]
+        answer: list[list[str]] = []
+        for category in categories:
+            held = self._popular.get(category)
+            items = held[2][:depth] if held is not None else []
+            answer.append([i for i in items if self._offered_in(i, category)][:n])
+        return answer
+
+    def _offered_in(self, item_id: str, category: str) -> bool:
+        record = self.records.get(item_id)
+        return record is not None and record.available and category in record.categories
