@@ -34,10 +34,10 @@ class ItemFilter:
         )
 
     def admits(self, item: CatalogueItem | None) -> bool:
-        categories = set(item.categories) if item is not None else set()
-        if self.include_categories and not categories & self.include_categories:
+        categories = item.categories if item is not None else ()
+        if self.include_categories and self.include_categories.isdisjoint(categories):
             return False
-        if categories & self.exclude_categories:
+        if self.exclude_categories and not self.exclude_categories.isdisjoint(categories):
             return False
         if self.price_min is not None or self.price_max is not None:
             price = item.price if item is not None else None
@@ -68,6 +68,53 @@ def _equal(value: AttributeValue | None, wanted: AttributeValue) -> bool:
 NO_FILTER = ItemFilter()
 
 
+class Picker:
+    """The first `k` available items the filter admits, each once, at most
+    `max_per_category` (0: no cap) of any one category, chosen from the items
+    offered in order: a caller offers more only while the answer is short. Out of
+    stock or deleted: never chosen (an item the catalogue lacks can be)."""
+
+    def __init__(
+        self,
+        record_of: Callable[[str], CatalogueItem | None],
+        k: int,
+        item_filter: ItemFilter,
+        max_per_category: int = 0,
+    ) -> None:
+        self.record_of = record_of
+        self.k = k
+        self.item_filter = item_filter
+        self.max_per_category = max_per_category
+        self.chosen: list[int] = []  # positions among every item offered so far
+        self._offered = 0
+        self._seen: set[str] = set()
+        self._per_category: Counter[str] = Counter()
+
+    @property
+    def full(self) -> bool:
+        return len(self.chosen) >= self.k
+
+    def offer(self, item_ids: Sequence[str]) -> None:
+        cap = self.max_per_category
+        for position, item_id in enumerate(item_ids, start=self._offered):
+            if self.full:
+                break
+            if item_id in self._seen:
+                continue
+            self._seen.add(item_id)
+            record = self.record_of(item_id)
+            if record is not None and not record.available:
+                continue
+            if not self.item_filter.admits(record):
+                continue
+            categories = record.categories if record is not None else ()
+            if cap and any(self._per_category[c] >= cap for c in categories):
+                continue
+            self._per_category.update(categories)
+            self.chosen.append(position)
+        self._offered += len(item_ids)
+
+
 def pick(
     item_ids: Sequence[str],
     record_of: Callable[[str], CatalogueItem | None],
@@ -75,26 +122,11 @@ def pick(
     item_filter: ItemFilter,
     max_per_category: int = 0,
 ) -> list[int]:
-    """Positions in `item_ids` (in order, each id once) of the first `k` items the
-    filter admits, at most `max_per_category` (0: no cap) of any one category."""
-    chosen: list[int] = []
-    seen: set[str] = set()
-    per_category: Counter[str] = Counter()
-    for position, item_id in enumerate(item_ids):
-        if len(chosen) == k:
-            break
-        if item_id in seen:
-            continue
-        seen.add(item_id)
-        record = record_of(item_id)
-        if not item_filter.admits(record):
-            continue
-        categories = record.categories if record is not None else ()
-        if max_per_category and any(per_category[c] >= max_per_category for c in categories):
-            continue
-        per_category.update(categories)
-        chosen.append(position)
-    return chosen
+    """Positions in `item_ids` (in order, each id once) of the first `k` available
+    items the filter admits, at most `max_per_category` (0: no cap) of a category."""
+    picker = Picker(record_of, k, item_filter, max_per_category)
+    picker.offer(item_ids)
+    return picker.chosen
 
 
 def fill_sources(answer: Iterable[CatalogueItem | None], most: int = 4) -> list[str]:

@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_server.catalogue_mirror import CatalogueMirror
 from model_server.diversity import mmr_order
-from model_server.filters import NO_FILTER, ItemFilter, fill_sources, pick
+from model_server.filters import NO_FILTER, ItemFilter, Picker, fill_sources
 from model_server.popularity import PopularityTable
 from model_server.prewarm import Prewarm
 from model_server.trending import TrendingReader
@@ -216,8 +216,8 @@ class Recommender:
         diversity: float = 0.0,
     ) -> Recommendation:
         """With `item_filter` or `max_per_category` the answer is picked from the
-        ranked candidates, then trending and the included categories' most popular
-        items, against the catalogue's records (model_server/filters.py, held in
+        ranked candidates, then the included categories' most popular items and
+        trending, against the catalogue's records (model_server/filters.py, held in
         the process: model_server/catalogue_mirror.py). With
         `diversity` > 0 the ranked order is re-ranked first (model_server/diversity.py)."""
         deadline = time.perf_counter() + self.budget_s
@@ -227,11 +227,19 @@ class Recommender:
             with self._stage("redis"):
                 stored = await self._bounded(self.store.read_user(user_id))
         except RedisError:
-            if self.redis_timeout_s is None or filtered:
-                raise  # a filter the catalogue cannot check is never ignored: a 503
-            # No state in time: trending as last read (none held: the error, a 503).
-            items = self._trending_as_last_read(model, k, set(exclude))
+            if self.redis_timeout_s is None:
+                raise
+            # No state in time: trending as last read (none held: the error, a 503),
+            # through the filter and the cap, checked against the process's catalogue
+            # (one too far behind to check them: a 503, never an unchecked answer).
             self.metrics.fallbacks.labels("trending").inc()
+            if filtered:
+                held = self._trending_as_last_read(model, FILL_READ, set(exclude))
+                items = await self._pick(
+                    model, held, k, set(exclude), item_filter, max_per_category
+                )
+            else:
+                items = self._trending_as_last_read(model, k, set(exclude))
             return Recommendation(items, model.version, "trending", 0, has_state=False)
         removed = (stored.purchased if self.exclude_purchased else frozenset()) | set(exclude)
         if self.trending_only or not stored.recent_events:
@@ -287,7 +295,7 @@ class Recommender:
                 yield RankedItem(candidate_ids[i], float(item_scores[i]), explained)
 
         if filtered:
-            ranked_items = [item for item in in_order() if item.item_id not in removed]
+            ranked_items = list(in_order())
             items = await self._filtered(
                 model, ranked_items, k, removed, item_filter, max_per_category
             )
@@ -316,8 +324,14 @@ class Recommender:
         self, categories: Sequence[str], removed: Collection[str] = ()
     ) -> list[RankedItem]:
         """The most popular available items of each category in turn (of the top
-        `FILL_READ` of each)."""
-        lists = await self._bounded(self.mirror.popular(categories, FILL_READ, FILL_READ))
+        `FILL_READ` of each); none when Redis does not answer in time (the answer
+        fills from its other sources, or says it is short)."""
+        try:
+            lists = await self._bounded(self.mirror.popular(categories, FILL_READ, FILL_READ))
+        except RedisError:
+            if self.redis_timeout_s is None:
+                raise
+            return []
         return [
             RankedItem(i, 0.0, source="category")
             for popular in lists
@@ -354,8 +368,8 @@ class Recommender:
         max_per_category: int,
         fill: Callable[[], Awaitable[list[RankedItem]]] | None = None,
     ) -> list[RankedItem]:
-        """The first `k` of `offered`, then of `fill`'s items, then of the included
-        categories' most popular items, that are available, not `removed`, admitted
+        """The first `k` of `offered`, then of the included categories' most popular
+        items, then of `fill`'s items, that are available, not `removed`, admitted
         by the filter and within the per-category cap; when that leaves fewer than k
         and nothing was included by name, once more from the most popular items of
         the categories the answer (or else the offer) holds. A further source is
@@ -365,33 +379,41 @@ class Recommender:
         if item_filter.active or max_per_category > 0:
             self.mirror.check_current()
         record = self.mirror.record
-        pool = [item for item in offered if item.item_id not in removed]
+        picker = Picker(record, k, item_filter, max_per_category)
+        offered_so_far: list[RankedItem] = []  # what the picker was offered, in order
+
+        def offer(items: Iterable[RankedItem]) -> None:
+            fresh = [item for item in items if item.item_id not in removed]
+            offered_so_far.extend(fresh)
+            picker.offer([item.item_id for item in fresh])
+
+        offer(offered)
         included = sorted(item_filter.include_categories)
-        sources: list[Callable[[], Awaitable[list[RankedItem]]]] = [fill] if fill else []
+        # Named categories' own most popular items before trending: few trending
+        # items pass such a filter, and offering them first cost more CPU than
+        # anything else in a filtered answer (docs/decisions.md).
+        sources: list[Callable[[], Awaitable[list[RankedItem]]]] = []
         if included:
             sources.append(lambda: self._category_items(included, removed))
+        if fill:
+            sources.append(fill)
         answer_categories_read = bool(included)
-        while True:
-            # Out of stock or deleted: never offered (an item the catalogue lacks is).
-            admitted = [item for item in pool if self.mirror.available(item.item_id)]
-            chosen = pick(
-                [item.item_id for item in admitted], record, k, item_filter, max_per_category
-            )
-            if len(chosen) >= k:
-                break
+        while not picker.full:
             if sources:
-                pool += await sources.pop(0)()
+                offer(await sources.pop(0)())
             elif not answer_categories_read:
                 answer_categories_read = True
-                # The answer's categories, or (when the filter admitted nothing) the pool's.
-                held = [record(admitted[p].item_id) for p in chosen]
-                categories = fill_sources(held or (record(item.item_id) for item in pool))
+                # The answer's categories, or (when the filter admitted nothing) the offer's.
+                chosen = [record(offered_so_far[p].item_id) for p in picker.chosen]
+                categories = fill_sources(
+                    chosen or (record(item.item_id) for item in offered_so_far)
+                )
                 if not categories:
                     break
-                pool += await self._category_items(sorted(categories), removed)
+                offer(await self._category_items(categories, removed))
             else:
                 break
-        return [admitted[p] for p in chosen]
+        return [offered_so_far[p] for p in picker.chosen]
 
     async def similar(
         self,
@@ -517,10 +539,16 @@ class Recommender:
     ) -> list[RankedItem]:
         """Items the model knows by decayed popularity (model_server/trending.py); as
         last read when Redis does not answer in time. Never read: the error, or with
-        `required=False` (filling up a ranked answer) none."""
+        `required=False` (filling up a ranked answer) none. Filling up, a read younger
+        than `serve_popularity_refresh_s` serves (trending moves slowly; a filtered
+        answer fills from it every time, and reading it each time was a tenth of
+        that answer's CPU: docs/decisions.md)."""
+        max_age_s = 0.0 if required else self._trending_refresh_s
         try:
             with self._stage("redis"):
-                ordered = await self._bounded(self.trending_reader.read(model, k + len(removed)))
+                ordered = await self._bounded(
+                    self.trending_reader.read(model, k + len(removed), max_age_s)
+                )
         except RedisError:
             if self.redis_timeout_s is None:
                 raise

@@ -6,6 +6,7 @@ read, which /recommend answers from while Redis does not answer."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 
 from streamrec.events import EventType
@@ -34,9 +35,24 @@ class TrendingReader:
         # What the catalogue says of an item (model_server/catalogue_mirror.py).
         self.available = available
         self._last: list[tuple[str, float]] | None = None
+        # (monotonic time, version, wanted) of the last read.
+        self._last_read: tuple[float, str, int] = (-float("inf"), "", 0)
 
-    async def read(self, model: ServedModel, wanted: int) -> list[tuple[str, float]]:
-        """At least `wanted` (when there are) items the model knows, by score; held."""
+    async def read(
+        self, model: ServedModel, wanted: int, max_age_s: float = 0.0
+    ) -> list[tuple[str, float]]:
+        """At least `wanted` (when there are) items the model knows, by score; held.
+        With `max_age_s`: the held read when it is younger, for this version and at
+        least as deep (availability applied now)."""
+        read_at, version, depth = self._last_read
+        if (
+            self._last is not None
+            and time.monotonic() - read_at < max_age_s
+            and version == model.version
+            and depth >= wanted
+        ):
+            return self._offered(self._last)
+        started = time.monotonic()
         per_type = await asyncio.gather(
             *(self._top_of(model, t, max(wanted, READ_MIN)) for t in TRENDING_TYPES)
         )
@@ -44,13 +60,17 @@ class TrendingReader:
         for rows in per_type:
             for item_id, score in rows:
                 combined[item_id] = combined.get(item_id, 0.0) + score
-        ordered = sorted(combined.items(), key=lambda pair: -pair[1])
-        if self.available is not None:
-            # An item out of stock or withdrawn leaves trending at the next read;
-            # one the catalogue never heard of stays (the catalogue is optional).
-            ordered = [pair for pair in ordered if self.available(pair[0])]
-        self._last = ordered
-        return self._last
+        self._last = sorted(combined.items(), key=lambda pair: -pair[1])
+        self._last_read = (started, model.version, wanted)
+        return self._offered(self._last)
+
+    def _offered(self, ordered: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """Without what the catalogue marks unavailable now: an item out of stock or
+        withdrawn leaves trending at once, one the catalogue never heard of stays
+        (the catalogue is optional)."""
+        if self.available is None:
+            return ordered
+        return [pair for pair in ordered if self.available(pair[0])]
 
     def held(self, model: ServedModel) -> Iterator[tuple[str, float]] | None:
         """The last read, held to the items `model` knows (it may have swapped since);
@@ -58,7 +78,9 @@ class TrendingReader:
         if self._last is None:
             return None
         known = model.bundle.rows
-        return ((item_id, score) for item_id, score in self._last if item_id in known)
+        return (
+            (item_id, score) for item_id, score in self._offered(self._last) if item_id in known
+        )
 
     async def _top_of(
         self, model: ServedModel, event_type: EventType, wanted: int

@@ -20,6 +20,8 @@ from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from model_server.recommender import Recommender
+from streamrec.catalogue import Catalogue
+from streamrec.items import ItemRecord
 from streamrec.loaded import open_model
 from streamrec.metrics import ServeMetrics
 from streamrec.state import StateStore
@@ -58,6 +60,41 @@ async def test_with_redis_frozen_score_is_a_503_and_recommend_answers_from_trend
     assert items[:2] == [popular[0], popular[2]] and len(items) == 3
     # Two Redis timeouts, not a wait for Redis to come back.
     assert elapsed_s < 2.0
+
+
+async def test_with_redis_frozen_a_filtered_request_gets_trending_through_its_filter(
+    served: Served,
+) -> None:
+    """The filter and the cap are checked against the process's copy of the
+    catalogue: a Redis that does not answer costs the user their ranking, never
+    the filter; a copy too old to check against is a 503."""
+    settings = served.settings.model_copy(
+        update={"serve_redis_timeout_ms": 200, "serve_catalogue_max_lag_s": 1.5}
+    )
+    shoes, hats = served.items[:6], served.items[6:12]
+    catalogue = Catalogue(settings)
+    try:
+        await catalogue.apply_records_each(
+            [ItemRecord(i, 1, categories=("shoes",)) for i in shoes]
+            + [ItemRecord(i, 1, categories=("hats",)) for i in hats]
+        )
+    finally:
+        await catalogue.close()
+    # Hats trend above shoes; the user's own history is shoes.
+    await apply(settings, events_for("others", [*hats, *hats, *shoes]))
+    await apply(settings, events_for("alice", shoes[:2]))
+    body = {"user_id": "alice", "k": 4, "filter": {"include_categories": ["shoes"]}}
+    async with in_process(settings) as (client, _):
+        with frozen_redis(settings, at_most_s=3.0):
+            answered = await client.post("/recommend", json=body)
+            await asyncio.sleep(1.6)  # the catalogue copy is now too old to check against
+            refused = await client.post("/recommend", json=body)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["fallback"] == "trending"
+    items = [item["item_id"] for item in answered.json()["items"]]
+    assert len(items) == 4 and set(items) <= set(shoes)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "state_unavailable"
 
 
 async def test_trending_is_held_from_start_up(served: Served) -> None:
