@@ -722,7 +722,7 @@ ITEM_EFFECT_PATH = (
     "an item record {available: false} (the item's record otherwise unchanged, ts now) "
     "produced to the items topic (acks=all, flushed) -> broker -> the stream worker's "
     "catalogue agent -> its apply script in Redis -> the model server's next "
-    "POST /recommend (k = 5, ranked: it reads its candidates' availability per request) "
+    "POST /recommend (k = 5, ranked: it checks its candidates' availability in its copy of the catalogue, which follows the change log every 0.05 s) "
     "for a user whose top item it was, polled one request after another until the item "
     "is gone"
 )
@@ -967,8 +967,9 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
         f"A catalogue is loaded (a record for each of the model's "
         f"{r['catalogue']['items']:,} items, available, in one of "
         f"{r['catalogue']['categories']} categories at random, with a title, a price and a "
-        "tag), so every ranked request also reads its candidates' availability and "
-        "categories (reports before issue 15 ran without one).",
+        "tag), so every ranked request also checks its candidates' availability and "
+        "categories (in each server's copy of the catalogue since 2329205; reports "
+        "before issue 15 ran without one).",
         f"{machine_line(m)} Load generator, server(s) and Redis share the cores.",
         "",
         "| servers | rate req/s | achieved | p50 ms | p95 ms | p99 ms | errors | CPU ms/req "
