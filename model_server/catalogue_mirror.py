@@ -18,7 +18,7 @@ answer without a filter is checked against the mirror as last read.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,6 +46,10 @@ class CatalogueMirror:
         self.popular_refresh_s = popular_refresh_s
         # Every item with a live record; a deleted one leaves.
         self.records: dict[str, CatalogueItem] = {}
+        # Of them, those out of stock: what a request removes from its candidates.
+        self.unavailable: set[str] = set()
+        # Each item's categories, as `features.UserState.categories` takes them.
+        self.categories_of = CategoriesOf(self.records)
         self.seq = 0  # the change read up to
         # Monotonic time at which the last catch-up that reached the log's end began.
         self._synced_at = -float("inf")
@@ -67,8 +71,13 @@ class CatalogueMirror:
                     # again at its own change: never an older one over a newer.
                     if record is None or record.deleted:
                         self.records.pop(item_id, None)
+                        self.unavailable.discard(item_id)
+                        continue
+                    self.records[item_id] = record
+                    if record.available:
+                        self.unavailable.discard(item_id)
                     else:
-                        self.records[item_id] = record
+                        self.unavailable.add(item_id)
                 self.seq = changes[-1][1]
                 changed += len(changes)
             if len(changes) < READ_BATCH:
@@ -140,3 +149,21 @@ class CatalogueMirror:
     def _offered_in(self, item_id: str, category: str) -> bool:
         record = self.records.get(item_id)
         return record is not None and record.available and category in record.categories
+
+
+class CategoriesOf(Mapping[str, tuple[str, ...]]):
+    """Item → its categories, read from the mirror's records as they are now (the
+    ranking features look up a few hundred items a request: building a dict of
+    them per request cost more than the lookups)."""
+
+    def __init__(self, records: Mapping[str, CatalogueItem]) -> None:
+        self._records = records
+
+    def __getitem__(self, item_id: str) -> tuple[str, ...]:
+        return self._records[item_id].categories
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)

@@ -693,7 +693,7 @@ class Recommender:
         recent = [e.item_id for e in user.recent_events]
         if not recent or not mirror.records:
             return user, frozenset()
-        unavailable = frozenset(i for i in ranked if not mirror.available(i))
+        unavailable = frozenset(mirror.unavailable.intersection(ranked))
         if max_category <= 0:
             return user, unavailable
         read = features.category_read(max_category)
@@ -706,15 +706,10 @@ class Recommender:
             except RedisError:
                 if self.redis_timeout_s is None:
                     raise
-        categories = {
-            item_id: held
-            for item_id in dict.fromkeys([*recent, *ranked, *(i for p in popular for i in p)])
-            if (held := mirror.categories(item_id))
-        }
         with_categories = replace(
             user,
             category_items=features.category_candidates(popular, read),
-            categories=categories,
+            categories=mirror.categories_of,
         )
         return with_categories, unavailable
 

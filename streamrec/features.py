@@ -275,13 +275,20 @@ def ranking_features(
         # Per category, the share of the user's recent events on items in it; a
         # candidate takes the largest over its own categories.
         share: dict[str, float] = {}
+        categories_of = user.categories
         for event in recent:
-            for category in user.categories.get(event.item_id, ()):
+            for category in categories_of.get(event.item_id, ()):
                 share[category] = share.get(category, 0.0) + 1.0 / len(recent)
-        out[:, 22] = [
-            max((share.get(c, 0.0) for c in user.categories.get(i, ())), default=0.0)
-            for i in candidate_ids
-        ]
+        column = [0.0] * n
+        for row, item_id in enumerate(candidate_ids):
+            # A plain loop: a generator and max() per candidate cost ~3x as much.
+            best = 0.0
+            for category in categories_of.get(item_id, ()):
+                value = share.get(category, 0.0)
+                if value > best:
+                    best = value
+            column[row] = best
+        out[:, 22] = column
     if user.category_items:
         place = {item_id: 1.0 / p for p, item_id in enumerate(user.category_items, start=1)}
         out[:, 23] = [place.get(i, 0.0) for i in candidate_ids]
