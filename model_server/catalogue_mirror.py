@@ -18,13 +18,16 @@ answer without a filter is checked against the mirror as last read.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_server.polling import Polling
 from streamrec.catalogue import Catalogue, CatalogueItem
+
+V = TypeVar("V")
 
 # Changes read per Redis call; a catch-up reads on until none are left.
 READ_BATCH = 1000
@@ -48,8 +51,11 @@ class CatalogueMirror:
         self.records: dict[str, CatalogueItem] = {}
         # Of them, those out of stock: what a request removes from its candidates.
         self.unavailable: set[str] = set()
-        # Each item's categories, as `features.UserState.categories` takes them.
-        self.categories_of = CategoriesOf(self.records)
+        # Each item's categories and price, as `features.UserState` takes them.
+        self.categories_of: Mapping[str, tuple[str, ...]] = FieldOf(
+            self.records, lambda record: record.categories
+        )
+        self.prices_of: Mapping[str, float] = FieldOf(self.records, lambda record: record.price)
         self.seq = 0  # the change read up to
         # Monotonic time at which the last catch-up that reached the log's end began.
         self._synced_at = -float("inf")
@@ -151,19 +157,26 @@ class CatalogueMirror:
         return record is not None and record.available and category in record.categories
 
 
-class CategoriesOf(Mapping[str, tuple[str, ...]]):
-    """Item → its categories, read from the mirror's records as they are now (the
-    ranking features look up a few hundred items a request: building a dict of
-    them per request cost more than the lookups)."""
+class FieldOf(Mapping[str, V]):
+    """Item → one field of its record, read from the mirror's records as they are now
+    (the ranking features look up a few hundred items a request: building a dict of
+    them per request cost more than the lookups). An item whose record lacks the
+    field (`read` gives None) is absent."""
 
-    def __init__(self, records: Mapping[str, CatalogueItem]) -> None:
+    def __init__(
+        self, records: Mapping[str, CatalogueItem], read: Callable[[CatalogueItem], V | None]
+    ) -> None:
         self._records = records
+        self._read = read
 
-    def __getitem__(self, item_id: str) -> tuple[str, ...]:
-        return self._records[item_id].categories
+    def __getitem__(self, item_id: str) -> V:
+        value = self._read(self._records[item_id])
+        if value is None:
+            raise KeyError(item_id)
+        return value
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
+        return (i for i, record in self._records.items() if self._read(record) is not None)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return sum(1 for _ in self)

@@ -49,11 +49,18 @@ class PopularityTable:
     def rows(self, model: ServedModel, vocab_rows: np.ndarray, now_ms: int) -> np.ndarray | None:
         """Decayed popularity of these vocabulary rows, or None when the table holds
         another version's vocabulary (a swap that did not `prepare`) or nothing yet."""
+        stored = self.stored(model, vocab_rows)
+        return None if stored is None else decay_popularity(stored, now_ms, self.half_life_s)
+
+    def stored(self, model: ServedModel, vocab_rows: np.ndarray) -> np.ndarray | None:
+        """These vocabulary rows as stored (`StateStore.read_stored_popularity`: the
+        first event times too), or None as for `rows`."""
         snapshot = self._held(model.version)
         if snapshot is None:
             self._polling.wake()  # a swap: carry the table over now, not in a second
             return None
-        return decay_popularity(snapshot.stored[vocab_rows], now_ms, self.half_life_s)
+        rows: np.ndarray = snapshot.stored[vocab_rows]
+        return rows
 
     def _held(self, version: str) -> Snapshot | None:
         """The table for `version`: the serving one's, or the one `prepare` made."""

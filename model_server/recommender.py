@@ -487,15 +487,21 @@ class Recommender:
             return None
         with self._stage("features"):
             try:
-                popularity = await self._bounded(
-                    self._popularity(model, vocab_rows, candidate_ids, now_ms), deadline
+                stored = await self._bounded(
+                    self._stored_popularity(model, vocab_rows, candidate_ids), deadline
                 )
             except RedisError:
                 if self.redis_timeout_s is None:
                     raise
                 return None  # retrieval order, within the budget
             feature_rows = features.ranking_features(
-                candidate_ids, dots, user, popularity, now_ms, self.half_life_s
+                candidate_ids,
+                dots,
+                user,
+                redis_state.decay_popularity(stored, now_ms, self.half_life_s),
+                now_ms,
+                self.half_life_s,
+                redis_state.first_seen(stored),
             )
         if time.perf_counter() >= deadline:
             return None
@@ -505,22 +511,22 @@ class Recommender:
         self._rank_estimate_s += RANK_ESTIMATE_WEIGHT * (spent_s - self._rank_estimate_s)
         return rank_scores, feature_rows
 
-    async def _popularity(
-        self, model: ServedModel, vocab_rows: np.ndarray, item_ids: list[str], now_ms: int
+    async def _stored_popularity(
+        self, model: ServedModel, vocab_rows: np.ndarray, item_ids: list[str]
     ) -> np.ndarray:
-        """From the in-process table when it holds this version (the items the model
-        does not know, row 0, from Redis), else all from Redis."""
+        """The candidates' popularity as stored (with their first event times): from
+        the in-process table when it holds this version (the items the model does
+        not know, row 0, from Redis), else all from Redis."""
         if self.popularity is not None:
-            held = self.popularity.rows(model, vocab_rows, now_ms)
+            held = self.popularity.stored(model, vocab_rows)
             if held is not None:
                 unknown = np.flatnonzero(vocab_rows == 0)
                 if len(unknown):
-                    held = held.copy()
-                    held[unknown] = await self.store.read_item_popularity(
-                        [item_ids[i] for i in unknown], now_ms
+                    held[unknown] = await self.store.read_stored_popularity(
+                        [item_ids[i] for i in unknown]
                     )
                 return held
-        return await self.store.read_item_popularity(item_ids, now_ms)
+        return await self.store.read_stored_popularity(item_ids)
 
     async def _trending_candidates(self, model: ServedModel, n: int) -> list[str]:
         """The top `n` trending items the model knows, as training adds them to the
@@ -598,21 +604,25 @@ class Recommender:
                 outsider_dots = model.item_vectors(outsider_rows.tolist()) @ vector
             with self._stage("features"):
                 every_id = candidate_ids + outsiders
-                popularity = await self._bounded(
-                    self._popularity(
-                        model, np.concatenate([candidate_rows, outsider_rows]), every_id, now_ms
+                stored_popularity = await self._bounded(
+                    self._stored_popularity(
+                        model, np.concatenate([candidate_rows, outsider_rows]), every_id
                     )
                 )
+                popularity = redis_state.decay_popularity(
+                    stored_popularity, now_ms, self.half_life_s
+                )
+                first_seen = redis_state.first_seen(stored_popularity)
                 n = len(candidate_ids)
                 feature_rows = np.concatenate(
                     [
                         features.ranking_features(
                             candidate_ids, candidate_dots, user, popularity[:n], now_ms,
-                            self.half_life_s,
+                            self.half_life_s, first_seen[:n],
                         ),
                         features.ranking_features(
                             outsiders, outsider_dots, user, popularity[n:], now_ms,
-                            self.half_life_s,
+                            self.half_life_s, first_seen[n:],
                         ),
                     ]
                 )  # fmt: skip
@@ -684,16 +694,18 @@ class Recommender:
         self, user: features.UserState, ranked: Sequence[str], max_category: int
     ) -> tuple[features.UserState, frozenset[str]]:
         """What the catalogue says of an answer's items, from the process's mirror:
-        which of `ranked` are unavailable, and, for a version trained with
-        categories (`max_category` > 0), the user with the most popular items of
-        their latest item's categories and the categories of their recent items and
-        of `ranked`. When Redis does not answer in time for the popular lists: the
-        user without them (those candidate columns 0)."""
+        which of `ranked` are unavailable; the user with the items' prices; and, for
+        a version trained with categories (`max_category` > 0), with the most
+        popular items of their latest item's categories and the items' categories.
+        When Redis does not answer in time for the popular lists: the user without
+        them (those candidate columns 0)."""
         mirror = self.mirror
         recent = [e.item_id for e in user.recent_events]
         if not recent or not mirror.records:
             return user, frozenset()
         unavailable = frozenset(mirror.unavailable.intersection(ranked))
+        # A ranker never trained on prices ignores them (retrain/ranker.py).
+        user = replace(user, prices=mirror.prices_of)
         if max_category <= 0:
             return user, unavailable
         read = features.category_read(max_category)

@@ -117,6 +117,7 @@ def build_candidates(
                 total, latest = replay.covis(prefix.item_ids, now_ms)
                 state = replace(state, covis_total=total, covis_latest=latest)
                 trending = known_only(replay.popularity.trending.ranked(TRENDING_READ))
+                state = replace(state, prices=replay.prices)
                 if replay.categories:
                     read = category_read(max_category)
                     state = replace(
@@ -145,12 +146,14 @@ def build_candidates(
             used = len(case_rows)
             rows[case, :used] = case_rows
             ids = candidate_ids + extra
+            first_seen = None
             if replay is not None and moments is not None:
                 case_popularity = replay.popularity.rows(ids, now_ms)
+                first_seen = replay.popularity.first_seen(ids)
             else:
                 case_popularity = popularity_by_row[case_rows]
             features[case, :used] = ranking_features(
-                ids, dots, state, case_popularity, now_ms, half_life_s
+                ids, dots, state, case_popularity, now_ms, half_life_s, first_seen
             )
             hit = np.flatnonzero(case_rows == target_rows[case])
             if target_rows[case] > 0 and len(hit):

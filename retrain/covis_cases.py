@@ -29,6 +29,7 @@ class CaseReplay:
         events: Sequence[CaseEvent],
         popularity_half_life_s: float,
         categories: Mapping[str, Sequence[str]] | None = None,
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         self.rule = rule
         self.read_items = read_items
@@ -36,6 +37,7 @@ class CaseReplay:
         self.table = CovisTable(rule)
         self.popularity = ItemPopularity(popularity_half_life_s)
         self.categories: Mapping[str, Sequence[str]] = categories or {}
+        self.prices: Mapping[str, float] = prices or {}
         self.category_popularity = CategoryPopularity(self.categories, popularity_half_life_s)
         self.applied = 0
 

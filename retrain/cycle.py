@@ -28,7 +28,7 @@ from retrain.training import TrainPlan, evaluate_on_slice, train_models, train_p
 from streamrec import registry
 from streamrec.archive import ArchivedEvent, read_archive
 from streamrec.catalogue import Catalogue
-from streamrec.content import ItemContent
+from streamrec.content import ItemContent, prices_of
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,9 @@ def run_cycle(
             categories if registry.read_manifest(root, parent).category_candidates else None
         )
         serving = evaluate_on_slice(
-            encoder, load_ranker(root, parent), vocab, sequences, plan, served_with
-        )
+            encoder, load_ranker(root, parent), vocab, sequences, plan, served_with,
+            prices_of(content),
+        )  # fmt: skip
         metrics["serving"] = _gated(serving)
         failures = gate_failures(
             metrics["candidate"], metrics["serving"], settings.retrain_tolerance

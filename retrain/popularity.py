@@ -136,8 +136,12 @@ class ItemPopularity:
         self._rate_per_ms = math.log(2) / (half_life_s * 1000)
         self._origin_ms: int | None = None
         self._counts: dict[str, np.ndarray] = {}
+        self._first_ms: dict[str, int] = {}
 
     def observe(self, item_id: str, event_type: EventType, ts_ms: int) -> None:
+        first = self._first_ms.get(item_id)
+        if first is None or ts_ms < first:
+            self._first_ms[item_id] = ts_ms
         if self._origin_ms is None:
             self._origin_ms = ts_ms
         exponent = self._rate_per_ms * (ts_ms - self._origin_ms)
@@ -163,6 +167,11 @@ class ItemPopularity:
             if row is not None:
                 out[n] = row
         return out * math.exp(-self._rate_per_ms * (now_ms - self._origin_ms))
+
+    def first_seen(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Each item's first event time (ms) so far, 0 for one never seen: what the
+        stream keeps beside its popularity (`state.first_seen`)."""
+        return np.array([self._first_ms.get(i, 0) for i in item_ids], dtype=np.float64)
 
 
 class CategoryPopularity:

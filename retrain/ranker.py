@@ -40,6 +40,11 @@ BLEND_WEIGHTS = {
 }
 
 
+# The standardisation scale of a column constant in training: any value it takes at
+# serving standardises to ~0 (float32 holds it; 1/it is not a denormal problem).
+IGNORED_SCALE = 1e30
+
+
 @dataclass(frozen=True)
 class RankerConfig:
     n_features: int = len(FEATURE_NAMES)
@@ -109,7 +114,10 @@ def train_ranker(
     flat = x[present]
     if len(flat):
         ranker.mean.copy_(flat.mean(dim=0))
-        ranker.scale.copy_(flat.std(dim=0, correction=0).clamp(min=1e-3))
+        std = flat.std(dim=0, correction=0)
+        # A column that never varied in training (no prices, no categories in this
+        # data) is scaled to nothing: untrained weights must not read it at serving.
+        ranker.scale.copy_(torch.where(std < 1e-6, IGNORED_SCALE, std.clamp(min=1e-3)))
     trains = int(keep.sum()) >= config.min_cases
     with torch.no_grad():
         # The skip starts from `PRIOR_WEIGHTS`, or is `BLEND_WEIGHTS` for good.

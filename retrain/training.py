@@ -31,6 +31,7 @@ from streamrec.content import (
     ItemContent,
     content_matrix,
     from_categories,
+    prices_of,
 )
 from streamrec.covis import CovisRule
 from streamrec.events import EventType
@@ -172,8 +173,9 @@ def train_models(
     # with content by its content alone (the live index); any other has no vector.
     encoder = encoder.cold_view(torch.from_numpy(known))
     known = known | encoder.has_content().numpy()
+    prices = prices_of(content)
     ranker_train = case_candidates(
-        encoder, vocab, ranker_fit, popularity, plan, known, progress, categories
+        encoder, vocab, ranker_fit, popularity, plan, known, progress, categories, prices
     )
     ranker, ranker_losses, ranker_seconds = train_ranker(
         ranker_train.features,
@@ -183,7 +185,7 @@ def train_models(
         real=ranker_train.rows > 0,
     )
     check = case_candidates(
-        encoder, vocab, ranker_check, popularity, plan, known, progress, categories
+        encoder, vocab, ranker_check, popularity, plan, known, progress, categories, prices
     )
     validation = evaluate_pair(encoder, ranker, check, len(vocab))
     all_ts = [ts for sequence in sequences for ts in sequence.ts_ms]
@@ -266,6 +268,7 @@ def evaluate_on_slice(
     sequences: Sequence[UserSequence],
     plan: TrainPlan,
     categories: Mapping[str, Sequence[str]] | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Any version's retriever and retriever + ranker on the cases `train_models`
     measures a new version on, with popularity from the same older part."""
@@ -277,7 +280,7 @@ def evaluate_on_slice(
     vocab = vocab.grow(item for sequence in sequences for item in sequence.item_ids)
     known = np.concatenate([known, np.zeros(vocab.n_rows - len(known), dtype=bool)])
     check = case_candidates(
-        encoder, vocab, ranker_check, popularity, plan, known, False, categories
+        encoder, vocab, ranker_check, popularity, plan, known, False, categories, prices
     )
     return evaluate_pair(encoder, ranker, check, len(vocab))
 
@@ -307,16 +310,17 @@ def case_candidates(
     known: np.ndarray,
     progress: bool,
     categories: Mapping[str, Sequence[str]] | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> CandidateSet:
     """The candidates of every case of `window`, each with the co-visitation table,
     popularity, trending items and popularity within each category as they were
-    just before its next event."""
+    just before its next event, and the catalogue's prices."""
     cases, moments, events = window.cases()
     return build_candidates(
         encoder, vocab, cases, popularity, plan.candidates, plan.half_life_s, progress,
         max_recent=plan.recent_candidates, max_covis=plan.covis_candidates,
         replay=CaseReplay(
-            plan.covis, plan.covis_read_items, events, plan.half_life_s, categories
+            plan.covis, plan.covis_read_items, events, plan.half_life_s, categories, prices
         ),
         moments=moments, known=known, max_trending=plan.trending_candidates,
         max_category=plan.category_candidates,

@@ -82,6 +82,11 @@ def content_matrix(
     return matrix
 
 
+def prices_of(content: Mapping[str, ItemContent]) -> dict[str, float]:
+    """Each item's price, where its content has one (the ranker's price column)."""
+    return {item: c.price for item, c in content.items() if c.price is not None and c.price > 0}
+
+
 def from_categories(categories: Mapping[str, Iterable[str]]) -> dict[str, ItemContent]:
     """Content made of categories alone (a catalogue that holds nothing else)."""
     return {item: ItemContent(tuple(cats)) for item, cats in categories.items() if cats}

@@ -19,8 +19,9 @@ from streamrec.events import EventType
 
 # Bump when a column is added, removed, reordered or computed differently. A
 # bundle trained on an older version whose columns are a prefix of these (schema 2:
-# the first 22) still loads, its ranker fed those columns; any other is refused.
-FEATURE_SCHEMA_VERSION = 3
+# the first 22, schema 3: the first 24) still loads, its ranker fed those columns;
+# any other is refused.
+FEATURE_SCHEMA_VERSION = 4
 
 # Fixed order: the encoder's type ids are 1 + the index here (0 is padding).
 EVENT_TYPES: tuple[EventType, ...] = (
@@ -69,11 +70,25 @@ FEATURE_NAMES: tuple[str, ...] = (
     # Schema 3: the catalogue's categories (0 where the catalogue has none).
     "category_share",
     "category_rank_inv",
+    # Schema 4: the candidate's price against the user's usual price (the catalogue's
+    # prices; 0 where either is unknown), and how new the item is (since its first
+    # event; 0 where unknown).
+    "price_vs_usual_log",
+    "item_newness",
 )
 
 # The schemas a bundle may have been trained on: per schema, how many of the first
 # FEATURE_NAMES its ranker reads.
-READABLE_FEATURE_SCHEMAS: Mapping[int, int] = {2: 22, FEATURE_SCHEMA_VERSION: len(FEATURE_NAMES)}
+READABLE_FEATURE_SCHEMAS: Mapping[int, int] = {
+    2: 22,
+    3: 24,
+    FEATURE_SCHEMA_VERSION: len(FEATURE_NAMES),
+}
+
+# `price_vs_usual_log` is clipped to this many natural-log units either way.
+PRICE_LOG_CLIP = 5.0
+# `item_newness` is 1 / (1 + the item's age in these).
+NEWNESS_UNIT_MS = 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,9 @@ class UserState:
     # of whatever else is ranked for them (an item the catalogue lacks is absent).
     category_items: Sequence[str] = ()
     categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The catalogue's prices of the user's recent items and of what is ranked for
+    # them (an item without one is absent).
+    prices: Mapping[str, float] = field(default_factory=dict)
 
 
 # Popularity reaches `ranking_features` as one row per candidate, one column per
@@ -195,13 +213,16 @@ def ranking_features(
     candidate_popularity: np.ndarray,
     now_ms: int,
     half_life_s: float = 6 * 3600,
+    candidate_first_seen_ms: np.ndarray | None = None,
 ) -> np.ndarray:
     """One row per candidate. `user_item_dots` is user vector · item vector, in
     candidate order, NaN where the model has no vector for the item (it entered
     through the user's history or co-visitation); the retrieval columns are
     derived from it so that serving and training cannot disagree on them, with the
     lowest known dot standing in for a missing one. `candidate_popularity` is
-    `popularity_rows` of the candidates (or the same table read from Redis).
+    `popularity_rows` of the candidates (or the same table read from Redis);
+    `candidate_first_seen_ms` the time of each candidate's first event (0: none
+    known), as the stream keeps it (`state.first_seen`).
 
     Vectorised: the only Python loops run over the user's own items (a few
     dozen) and co-visitation neighbours (a few hundred), never over the candidates."""
@@ -292,4 +313,24 @@ def ranking_features(
     if user.category_items:
         place = {item_id: 1.0 / p for p, item_id in enumerate(user.category_items, start=1)}
         out[:, 23] = [place.get(i, 0.0) for i in candidate_ids]
+    if user.prices and recent:
+        usual = usual_price(recent, user.prices)
+        if usual is not None:
+            prices = np.array([user.prices.get(i, 0.0) for i in candidate_ids], dtype=np.float64)
+            priced = prices > 0
+            ratio = np.log(np.where(priced, prices, usual) / usual)
+            out[:, 24] = np.clip(ratio, -PRICE_LOG_CLIP, PRICE_LOG_CLIP)
+    if candidate_first_seen_ms is not None:
+        first = np.asarray(candidate_first_seen_ms, dtype=np.float64).reshape(n)
+        age = np.maximum(latest_ms - first, 0.0) / NEWNESS_UNIT_MS
+        out[:, 25] = np.where(first > 0, 1.0 / (1.0 + age), 0.0)
     return out
+
+
+def usual_price(recent: Sequence[RecentEvent], prices: Mapping[str, float]) -> float | None:
+    """The median price of the user's recent events' items that have one (each event
+    counts); None when none has."""
+    seen = [price for event in recent if (price := prices.get(event.item_id, 0.0)) > 0]
+    if not seen:
+        return None
+    return float(np.median(seen))

@@ -183,12 +183,26 @@ def parse_recent_member(member: bytes) -> tuple[str, str, str]:
     return fields[0], fields[1], rest.decode()
 
 
+# `StateStore.read_stored_popularity` rows hold one pair per event type, then the
+# item's first event time at this slot.
+FIRST_SEEN_SLOT = len(POPULARITY_TYPES)
+
+
 def decay_popularity(stored: np.ndarray, now_ms: int, half_life_s: float) -> np.ndarray:
-    """`StateStore.read_stored_popularity` rows brought forward to `now_ms`."""
+    """`StateStore.read_stored_popularity` rows brought forward to `now_ms`: one
+    column per event type."""
+    by_type = stored[..., :FIRST_SEEN_SLOT, :]
     # A reader whose clock is behind the newest event sees it undecayed.
-    age_ms = np.maximum(0.0, now_ms - stored[..., 1])
-    decayed: np.ndarray = stored[..., 0] * np.exp2(-age_ms / (half_life_s * 1000))
+    age_ms = np.maximum(0.0, now_ms - by_type[..., 1])
+    decayed: np.ndarray = by_type[..., 0] * np.exp2(-age_ms / (half_life_s * 1000))
     return decayed
+
+
+def first_seen(stored: np.ndarray) -> np.ndarray:
+    """Each item's first event time (ms) from `StateStore.read_stored_popularity`
+    rows; 0 where none is known."""
+    first: np.ndarray = stored[..., FIRST_SEEN_SLOT, 0]
+    return first
 
 
 def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -505,11 +519,12 @@ class StateStore:
         return decay_popularity(stored, now_ms, self.settings.popularity_half_life_s)
 
     async def read_stored_popularity(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Popularity as stored, (items, `features.EVENT_TYPES`, 2): per type the value
-        at its reference time and that time (ms); zeros where none. One script call
+        """Popularity as stored, (items, `features.EVENT_TYPES` + 1, 2): per type the
+        value at its reference time and that time (ms), then the item's first event
+        time and 0 (`FIRST_SEEN_SLOT`); zeros where none. One script call
         returns every value packed as doubles: one HGETALL per candidate spent ~45% of
         the model server's CPU in redis-py's reply parser."""
-        shape = (len(item_ids), len(POPULARITY_TYPES), 2)
+        shape = (len(item_ids), FIRST_SEEN_SLOT + 1, 2)
         if not item_ids:
             return np.zeros(shape)
         encoded = await self._read_popularity_script(

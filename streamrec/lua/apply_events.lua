@@ -158,7 +158,7 @@ local function apply(event)
   -- at `latest_ts`.
   local decay_ts = math.min(ts, latest_ts)
   local ref_field = etype .. ':ref'
-  local pop = redis.call('HMGET', k_pop, etype, ref_field)
+  local pop = redis.call('HMGET', k_pop, etype, ref_field, 'first')
   local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(decay_ts))
   if decay_ts >= ref then
     value = value * math.pow(2, -(decay_ts - ref) / half_life) + 1
@@ -166,7 +166,12 @@ local function apply(event)
   else
     value = value + math.pow(2, -(ref - decay_ts) / half_life)
   end
-  redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref)
+  -- `first`: the item's earliest event time, whatever order events arrive in (the
+  -- ranker's item_newness, streamrec/features.py).
+  local first = tonumber(pop[3] or '')
+  if not first or decay_ts < first then first = decay_ts end
+  redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref,
+    'first', string.format('%d', first))
   redis.call('EXPIRE', k_pop, item_ttl)
   changed_items[item] = true
 

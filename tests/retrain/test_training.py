@@ -63,3 +63,29 @@ def test_a_ranker_with_too_few_cases_is_the_hand_blend() -> None:
         assert losses == [] and np.isfinite(scores).all()
         for case in range(3):
             assert (np.argsort(-scores[case]) == np.argsort(-blend[case])).all()
+
+
+def test_a_column_constant_in_training_changes_no_score_at_serving() -> None:
+    """A shop's data without prices trains a ranker whose price column never varied:
+    a catalogue with prices at serving must not move its scores (an untrained weight
+    reading a standardised value scaled by 1/1e-3 did)."""
+    import numpy as np
+    import torch
+
+    from retrain.ranker import RankerConfig, train_ranker
+    from streamrec.features import FEATURE_NAMES
+
+    rng = np.random.default_rng(1)
+    config = RankerConfig(epochs=1, min_cases=10, hidden=8)
+    features = rng.normal(size=(40, 20, config.n_features)).astype(np.float32)
+    price = FEATURE_NAMES.index("price_vs_usual_log")
+    features[..., price] = 0.0
+    labels = np.zeros((40, 20))
+    labels[np.arange(40), rng.integers(0, 20, 40)] = 1.0
+    ranker, _, _ = train_ranker(features, labels, config, progress=False)
+    priced = features.copy()
+    priced[..., price] = rng.normal(size=priced.shape[:2]) * 3
+    with torch.no_grad():
+        before = ranker(torch.from_numpy(features)).numpy()
+        after = ranker(torch.from_numpy(priced)).numpy()
+    assert np.allclose(before, after, atol=1e-5)

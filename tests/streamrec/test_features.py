@@ -206,3 +206,26 @@ def test_category_candidates_come_last_and_count_only_new_items() -> None:
     extra = extra_candidates(["r"], user, 5, 0, ["t"], max_category=2)
     assert extra == ["a", "b", "t", "s1", "s2"]
     assert extra_candidates(["r"], user, 5, 0, ["t"]) == ["a", "b", "t"]
+
+
+def test_price_against_the_users_usual_price() -> None:
+    recent = [RecentEvent(i, EventType.CLICK, n) for n, i in enumerate(["a", "b", "c", "free"])]
+    prices = {"a": 10.0, "b": 10.0, "c": 40.0, "dear": 20.0, "cheap": 5.0, "huge": 1e9}
+    user = UserState(recent, prices=prices)
+    rows = ranking_features(["dear", "cheap", "unpriced", "huge"], np.zeros(4), user, _none(4), 9)
+    column = rows[:, COLUMN["price_vs_usual_log"]]
+    # The usual price is the median of the priced events' items: 10.
+    assert column[:3] == pytest.approx([math.log(2), math.log(0.5), 0.0])
+    assert column[3] == 5.0  # clipped
+    unpriced_history = UserState(recent[3:], prices=prices)
+    assert not ranking_features(["dear"], np.zeros(1), unpriced_history, _none(1), 9)[0, 24]
+
+
+def test_item_newness_on_the_users_clock() -> None:
+    user = UserState([RecentEvent("a", EventType.CLICK, 10 * HOUR_MS)])
+    first = np.array([10 * HOUR_MS, 9 * HOUR_MS, 0.0, 12 * HOUR_MS])
+    rows = ranking_features(["new", "hour", "unknown", "later"], np.zeros(4), user, _none(4),
+                            99 * HOUR_MS, candidate_first_seen_ms=first)  # fmt: skip
+    # 1 / (1 + hours since the first event), at the user's latest event; 0: unknown.
+    assert rows[:, COLUMN["item_newness"]].tolist() == [1.0, 0.5, 0.0, 1.0]
+    assert not ranking_features(["x"], np.zeros(1), user, _none(1), 0)[0, COLUMN["item_newness"]]

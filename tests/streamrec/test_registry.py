@@ -102,19 +102,21 @@ def test_rollback_and_atomic_pointer(models: TrainedModels, tmp_path: Path) -> N
     assert registry.current_version(tmp_path) == second.version
 
 
-def test_a_bundle_of_the_previous_feature_schema_still_loads_and_ranks(
-    models: TrainedModels, tmp_path: Path
+@pytest.mark.parametrize("schema", [2, 3])
+def test_a_bundle_of_a_previous_feature_schema_still_loads_and_ranks(
+    models: TrainedModels, tmp_path: Path, schema: int
 ) -> None:
-    """Schema 2 had the first 22 columns: its ranker is fed those, so a version trained
-    before the catalogue's columns keeps serving after an upgrade."""
+    """Schema 2 had the first 22 columns, schema 3 the first 24: its ranker is fed
+    those, so a version trained before the catalogue's (or the price and newness)
+    columns keeps serving after an upgrade."""
     from dataclasses import replace
 
     from retrain.ranker import Ranker, RankerConfig
 
-    old_width = READABLE_FEATURE_SCHEMAS[2]
+    old_width = READABLE_FEATURE_SCHEMAS[schema]
     old_ranker = Ranker(RankerConfig(n_features=old_width, hidden=8))
     manifest = _publish(replace(models, ranker=old_ranker), tmp_path)
-    assert manifest.feature_schema_version == 2
+    assert manifest.feature_schema_version == schema
     assert manifest.feature_names == FEATURE_NAMES[:old_width]
     folder = tmp_path / manifest.version
     body = json.loads((folder / registry.MANIFEST).read_text())

@@ -277,3 +277,19 @@ async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> Non
     raw = await store.redis.get(user_vector_key("u1"))
     assert isinstance(raw, bytes)
     assert CachedVector.from_bytes(raw) == vector
+
+
+async def test_an_items_first_event_time_is_kept_in_any_arrival_order_as_training_replays_it(
+    store: StateStore,
+) -> None:
+    from retrain.popularity import ItemPopularity
+    from streamrec.state import first_seen
+
+    times = [5_000, 3_000, 9_000, 3_500]
+    await store.apply_events([ev(n, user=f"u{n}", item="a", ts=t) for n, t in enumerate(times)])
+    stored = await store.read_stored_popularity(["a", "never"])
+    twin = ItemPopularity(store.settings.popularity_half_life_s)
+    for t in times:
+        twin.observe("a", EventType.CLICK, t)
+    assert first_seen(stored).tolist() == [3_000, 0]
+    assert twin.first_seen(["a", "never"]).tolist() == [3_000, 0]
