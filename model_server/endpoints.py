@@ -23,7 +23,6 @@ from model_server.schemas import ItemFilterBody
 from model_server.serving import (
     RETRY_AFTER,
     Problem,
-    Serving,
     json_response,
     parse_body,
     read_body,
@@ -93,17 +92,11 @@ async def recommend(request: Request) -> Response:
         serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector))
     answered = answer.body(body.user_id, body.k)
     if body.explain:
-        answered["history"] = await user_history(serving, body.user_id)
+        # The user's recent events, oldest first, as the answer read them.
+        answered["history"] = [
+            {"item_id": e.item_id, "type": e.type.value, "ts": e.ts_ms} for e in answer.history
+        ]
     return json_response(answered)
-
-
-async def user_history(serving: Serving, user_id: str) -> list[dict[str, object]]:
-    """The user's recent events, oldest first: what explain=true shows beside the
-    features (one more state read, on this debugging path only)."""
-    stored = await serving.store.read_user(user_id)
-    return [
-        {"item_id": e.item_id, "type": e.type.value, "ts": e.ts_ms} for e in stored.recent_events
-    ]
 
 
 def _or_default(asked: T | None, setting: T) -> T:

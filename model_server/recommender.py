@@ -74,6 +74,8 @@ class Recommendation:
     # False for a user without state (or whose state did not come in time): nothing
     # of the answer is written back, so made-up user ids cannot fill Redis.
     has_state: bool = True
+    # With explain: the user's recent events the answer was computed from.
+    history: Sequence[redis_state.StoredEvent] = ()
 
     def body(self, user_id: str, k: int) -> dict[str, object]:
         """The answer on the wire, the one shape `/recommend` returns and the
@@ -242,11 +244,14 @@ class Recommender:
                 items = self._trending_as_last_read(model, k, set(exclude))
             return Recommendation(items, model.version, "trending", 0, has_state=False)
         removed = (stored.purchased if self.exclude_purchased else frozenset()) | set(exclude)
+        history = tuple(stored.recent_events) if explain else ()
         if self.trending_only or not stored.recent_events:
             self.metrics.fallbacks.labels("trending").inc()
             items = await self._unranked(model, k, removed, item_filter, max_per_category)
             has_state = bool(stored.recent_events)
-            return Recommendation(items, model.version, "trending", 0, has_state=has_state)
+            return Recommendation(
+                items, model.version, "trending", 0, has_state=has_state, history=history
+            )
         user = feature_user(stored, now_ms, self.covis_half_life_s)
         inputs = user_encoder_inputs(model, stored.recent_events)
         user_vector: np.ndarray | None = None
@@ -263,7 +268,7 @@ class Recommender:
         if not candidate_ids:
             self.metrics.fallbacks.labels("trending").inc()
             items = await self._unranked(model, k, removed, item_filter, max_per_category)
-            return Recommendation(items, model.version, "trending", 0)
+            return Recommendation(items, model.version, "trending", 0, history=history)
         self.metrics.candidates.observe(len(candidate_ids))
 
         ranked = await self._rank(model, vocab_rows, candidate_ids, dots, user, now_ms, deadline)
@@ -299,13 +304,17 @@ class Recommender:
             items = await self._filtered(
                 model, ranked_items, k, removed, item_filter, max_per_category
             )
-            return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
+            return Recommendation(
+                items, model.version, fallback, len(candidate_ids), fresh_vector, history=history
+            )
         items = _top(in_order(), k, removed)
         if len(items) < k:
             # The filters removed too many candidates: trending items fill the rest.
             taken = removed | {item.item_id for item in items}
             items += await self.trending(model, k - len(items), taken, required=False)
-        return Recommendation(items, model.version, fallback, len(candidate_ids), fresh_vector)
+        return Recommendation(
+            items, model.version, fallback, len(candidate_ids), fresh_vector, history=history
+        )
 
     async def _unranked(
         self,
