@@ -124,7 +124,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             mirroring = asyncio.create_task(mirror.follow())
             if settings.serve_live_items_poll_s > 0:
                 live_items = LiveItems(
-                    holder, recommender.catalogue, metrics, settings.serve_live_items_poll_s
+                    holder, recommender.mirror, metrics, settings.serve_live_items_poll_s
                 )
                 await live_items.catch_up(holder.current)
                 holder.before_swap.append(live_items.prepare)

@@ -18,6 +18,7 @@ answer without a filter is checked against the mirror as last read.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
@@ -31,6 +32,8 @@ V = TypeVar("V")
 
 # Changes read per Redis call; a catch-up reads on until none are left.
 READ_BATCH = 1000
+# Changes held for the live items to read on from (model_server/live_items.py).
+CHANGES_HELD = 100_000
 # Categories whose most popular list is held; the oldest read leaves first.
 POPULAR_HELD = 4096
 
@@ -57,6 +60,10 @@ class CatalogueMirror:
         )
         self.prices_of: Mapping[str, float] = FieldOf(self.records, lambda record: record.price)
         self.seq = 0  # the change read up to
+        # The latest changes read, oldest first: (change number, item id); complete
+        # after change `_held_from` (older ones were let go).
+        self._changes: deque[tuple[int, str]] = deque()
+        self._held_from = 0
         # Monotonic time at which the last catch-up that reached the log's end began.
         self._synced_at = -float("inf")
         # Per category: (monotonic read time, depth read, its most popular items).
@@ -85,6 +92,9 @@ class CatalogueMirror:
                     else:
                         self.unavailable.add(item_id)
                 self.seq = changes[-1][1]
+                self._changes.extend((seq, item_id) for item_id, seq in changes)
+                while len(self._changes) > CHANGES_HELD:
+                    self._held_from = self._changes.popleft()[0]
                 changed += len(changes)
             if len(changes) < READ_BATCH:
                 self._synced_at = started
@@ -109,6 +119,14 @@ class CatalogueMirror:
         if lag_s > self.max_lag_s:
             said = "never read" if lag_s == float("inf") else f"last read {lag_s:.1f} s ago"
             raise CatalogueBehind(f"the catalogue was {said}: a filter cannot be checked")
+
+    def changed_since(self, seq: int) -> list[str] | None:
+        """The items whose records changed after change `seq`, as far as read, oldest
+        first; None when the changes held no longer reach back that far (then every
+        record may have)."""
+        if seq < self._held_from:
+            return None
+        return [item_id for number, item_id in self._changes if number > seq]
 
     def record(self, item_id: str) -> CatalogueItem | None:
         """The item's record; None when the catalogue has none (or it was deleted)."""

@@ -53,7 +53,7 @@ class LiveIndex:
         self.index = faiss.IndexFlatIP(dim)
         self.item_ids: list[str] = []
         self.positions: dict[str, int] = {}
-        self.seq = 0  # the catalogue change read up to (Catalogue.changes_since)
+        self.seq = 0  # the catalogue change taken up to (CatalogueMirror.changed_since)
 
     def __len__(self) -> int:
         return len(self.item_ids)

@@ -126,3 +126,23 @@ async def test_the_change_log_forgets_deletes_once_their_markers_expire(
     # Back in the catalogue: no longer a deletion to trim.
     await catalogue.apply_records_each([ItemRecord("gone", 4 + TTL_S * 1000 + day_ms)])
     assert await catalogue.redis.zrange(CATALOGUE_DELETIONS_KEY, 0, -1) == []
+
+
+async def test_changed_since_reads_on_or_says_it_cannot(
+    catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the live items read on from: the changes held, or None once they no
+    longer reach back (the live items then look at every record)."""
+    import model_server.catalogue_mirror as mirror_module
+
+    monkeypatch.setattr(mirror_module, "CHANGES_HELD", 3)
+    mirror = mirror_of(catalogue)
+    await catalogue.apply_records_each([ItemRecord("a", 1), ItemRecord("b", 1)])
+    await mirror.catch_up()
+    assert mirror.changed_since(0) == ["a", "b"]
+    at = mirror.seq
+    assert mirror.changed_since(at) == []
+    await catalogue.apply_records_each([ItemRecord(i, 1) for i in ("c", "d", "e")])
+    await mirror.catch_up()
+    assert mirror.changed_since(at) == ["c", "d", "e"]
+    assert mirror.changed_since(0) is None
