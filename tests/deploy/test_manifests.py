@@ -64,15 +64,34 @@ def setting_names() -> set[str]:
 def test_every_file_parses() -> None:
     assert yaml.safe_load(COMPOSE.read_text())["services"]
     assert {doc["kind"] for doc in k8s_documents()} >= {
-        "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler",
+        "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
         "PersistentVolumeClaim", "Job", "CronJob", "ServiceMonitor", "Kustomization",
     }  # fmt: skip
     listed = set(yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"])
     assert listed == {p.name for p in K8S} - {"kustomization.yaml"}
 
 
+def test_no_deployment_ships_a_secret() -> None:
+    """The admin token is required (compose) or made from a file the operator
+    writes (Kubernetes' secretGenerator): never a default everyone knows."""
+    assert not [doc for doc in k8s_documents() if doc["kind"] == "Secret"]
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    (generator,) = kustomization["secretGenerator"]
+    assert generator["name"] == "streamrec" and generator["envs"] == ["secrets.env"]
+    example = (DEPLOY / "k8s" / "secrets.env.example").read_text()
+    assert re.search(r"^STREAMREC_ADMIN_TOKEN=$", example, re.M)
+    assert "deploy/k8s/secrets.env" in (DEPLOY.parent / ".gitignore").read_text()
+    token = yaml.safe_load(COMPOSE.read_text())["services"]["server"]["environment"]
+    assert token["STREAMREC_ADMIN_TOKEN"].endswith(":?set an admin token}")
+
+
 def test_every_streamrec_variable_is_a_setting() -> None:
-    texts = [COMPOSE.read_text(), DOCKERFILE.read_text(), *(p.read_text() for p in K8S)]
+    texts = [
+        COMPOSE.read_text(),
+        DOCKERFILE.read_text(),
+        *(p.read_text() for p in K8S),
+        (DEPLOY / "k8s" / "secrets.env.example").read_text(),
+    ]
     named = {m for text in texts for m in re.findall(r"\bSTREAMREC_[A-Z0-9_]+\b", text)}
     assert named, "no settings found: the test reads the wrong files"
     assert named <= setting_names(), sorted(named - setting_names())
