@@ -32,6 +32,9 @@ class UserPart(StrEnum):
     DEDUP = "dd:"  # + event_id: an event's dedup marker
 
 
+USER_PARTS = frozenset(p.value for p in UserPart if p is not UserPart.DEDUP)
+
+
 class ItemPart(StrEnum):
     """`sr:i:{item_id}:<part>`."""
 
@@ -58,6 +61,21 @@ def item_key(item_id: str, part: ItemPart) -> str:
 
 def category_key(category: str, part: CategoryPart) -> str:
     return f"{PREFIX}:c:{{{category}}}:{part}"
+
+
+def user_keys_pattern(user_id: str) -> str:
+    """A SCAN pattern matching every key of the user and no other user's: the id's
+    glob characters are escaped."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in user_id)
+    return f"{PREFIX}:u:{{{escaped}}}:*"
+
+
+def is_user_key(key: str, user_id: str) -> bool:
+    """Whether a key `user_keys_pattern` matched is this user's: one of its parts, or
+    a dedup marker (whose event id may hold anything)."""
+    prefix = user_key(user_id, UserPart.RECENT)[: -len(UserPart.RECENT)]
+    part = key[len(prefix) :]
+    return key.startswith(prefix) and (part in USER_PARTS or part.startswith(UserPart.DEDUP.value))
 
 
 def dedup_key(user_id: str, event_id: str) -> str:

@@ -43,11 +43,13 @@ from streamrec.keys import (
     POPULARITY_SEQ_KEY,
     TRENDING_EPOCH_KEY,
     UserPart,
+    is_user_key,
     item_covis_key,
     item_popularity_key,
     lua_script,
     trending_key,
     user_key,
+    user_keys_pattern,
     user_vector_key,
 )
 from streamrec.pipelined import PipelinedConnection
@@ -432,6 +434,25 @@ class StateStore:
             0 if granted else max(1, int(ttl_ms))
             for granted, ttl_ms in zip(replies[::2], replies[1::2], strict=True)
         ]
+
+    async def forget_user(self, user_id: str) -> int:
+        """Delete every key of the user (`keys.user_keys_pattern`: state, cached vector,
+        recommended items, feed marker, dedup markers); returns how many there were.
+        A SCAN, not a list of names: dedup keys are named by event ids nobody keeps.
+        The user's share of item popularity, co-visitation and trending stays: sums
+        over many users that name no one (docs/operations.md, "Forgetting a user")."""
+        removed = 0
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=user_keys_pattern(user_id), count=1000):
+            if not is_user_key(key.decode(), user_id):
+                continue  # another user's, whose id starts with this one and "}:"
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += await self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            removed += await self.redis.unlink(*batch)
+        return removed
 
     async def take_new_event_count(self) -> int:
         """Events applied since the last call (by every worker), and start again at 0."""

@@ -6,12 +6,19 @@ import asyncio
 import math
 import random
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 
 from streamrec.events import Event, EventType
 from streamrec.features import EVENT_TYPES
-from streamrec.keys import POPULARITY_SEQ_KEY, item_popularity_key, recommended_key, user_vector_key
+from streamrec.keys import (
+    POPULARITY_SEQ_KEY,
+    is_user_key,
+    item_popularity_key,
+    recommended_key,
+    user_vector_key,
+)
 from streamrec.settings import Settings
 from streamrec.state import POPULARITY_CHANGED_MAX, Applied, CachedVector, StateStore, WriteBack
 
@@ -263,7 +270,8 @@ async def test_nothing_is_recorded_when_the_hit_window_is_off(
 
 
 async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> None:
-    vector = CachedVector("v1", "3:1000", b"\x00\x01|\x02\x03")  # any bytes, "|" included
+    await store.apply_events([ev(n, user="u1", ts=n * 500) for n in (1, 2)])
+    vector = CachedVector("v1", "2:1000", b"\x00\x01|\x02\x03")  # any bytes, "|" included
     await store.write_back(
         [
             WriteBack("u1", ["a", "b"], 1_000, vector),
@@ -277,3 +285,42 @@ async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> Non
     raw = await store.redis.get(user_vector_key("u1"))
     assert isinstance(raw, bytes)
     assert CachedVector.from_bytes(raw) == vector
+
+
+async def test_a_vector_is_cached_only_for_the_state_it_was_computed_from(
+    store: StateStore,
+) -> None:
+    await store.apply_events([ev(1, user="u1", ts=1000)])
+    stale = CachedVector("v1", "0:None", b"\x00" * 8)  # read before the event
+    await store.write_back([WriteBack("u1", [], 0, stale)])
+    assert not await store.redis.exists(user_vector_key("u1"))
+    fresh = CachedVector("v1", (await store.read_user("u1")).state_tag, b"\x00" * 8)
+    await store.write_back([WriteBack("u1", [], 0, fresh)])
+    assert await store.redis.exists(user_vector_key("u1"))
+    # Read before the user was forgotten, written after: not cached.
+    await store.forget_user("u1")
+    await store.write_back([WriteBack("u1", [], 0, fresh)])
+    assert not await store.redis.exists(user_vector_key("u1"))
+
+
+async def test_forgetting_a_user_removes_every_key_of_theirs_and_only_theirs(
+    store: StateStore,
+) -> None:
+    odd = "a*b}:x"  # glob characters and a brace: matched as written, nothing else
+    for user in ("u1", odd, "u1}:ev", "u10", "a*b}:xy"):
+        await store.apply_events([ev(1, user=user, kind=EventType.PURCHASE), ev(2, user=user)])
+        await store.record_recommended(user, ["i"], now_ms=1)
+        await store.acquire_feed_slots([user], 60_000)
+    before = {cast(bytes, k).decode() for k in await store.redis.keys("*")}
+    assert await store.forget_user("u1") == 9  # ev buy items cnt meta rec pub + 2 dedup
+    assert await store.forget_user(odd) == 9
+    after = {cast(bytes, k).decode() for k in await store.redis.keys("*")}
+    gone = before - after
+    assert len(gone) == 18 and all(k.startswith(("sr:u:{u1}:", "sr:u:{a*b}:x}:")) for k in gone)
+    assert not {k for k in after if is_user_key(k, "u1") or is_user_key(k, odd)}
+    assert (await store.read_user("u1")).recent_events == ()
+    assert len((await store.read_user("u10")).recent_events) == 2
+    assert len((await store.read_user("u1}:ev")).recent_events) == 2
+    # Idempotent, and a user who never existed is no error.
+    assert await store.forget_user("u1") == 0
+    assert await store.forget_user("nobody") == 0
