@@ -2,7 +2,8 @@
 
 One agent consumes both input topics (`clicks`, `purchases`) in batches and
 hands them to `stream.ingest.Ingestor`; another applies the `items` topic to the
-catalogue (`stream.catalogue`); the worker's web server exports
+catalogue (`stream.catalogue`); a third forgets users (`stream.forget`), each
+after the user's earlier events; the worker's web server exports
 /metrics; a timer publishes consumer lag. With a model in the registry, the
 batches' users get fresh cached vectors (`stream.vectors`).
 """
@@ -12,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.types import EventT
+from faust.types import TP, EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
 from stream.catalogue import CatalogueIngestor, item_message
+from stream.forget import Forgetter
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter, raw_message
@@ -32,6 +35,7 @@ from stream.vectors import VectorRefresher
 from streamrec.archive import ArchiveWriter, prune
 from streamrec.catalogue import Catalogue
 from streamrec.errors import BundleError
+from streamrec.forget import Horizon, current_horizon
 from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
@@ -179,6 +183,61 @@ def create_app(
             writer = OverlappedWriter(app, catalogue.handle_batch, item_message)
             await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
 
+        recommendations = app.topic(
+            settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
+        )
+
+        async def announce_forgotten(user_id: str, partition: int) -> None:
+            # The tombstone lets a compacted `recommendations` drop the user; the notice
+            # tells the feed, after the notices of the user's earlier events.
+            sent = [
+                await recommendations.send(key=user_id.encode(), value=None, headers=SCHEMA_HEADERS)
+            ]
+            if settings.emit_state_changes:
+                notice = StateChanges(partition, {}, int(time.time() * 1000), (user_id,))
+                sent.append(
+                    await changes.send(
+                        value=notice.to_json(), partition=partition, headers=SCHEMA_HEADERS
+                    )
+                )
+            await asyncio.gather(*sent)
+
+        def committed(topic: str, partition: int) -> int | None:
+            # Faust keeps the group's committed offset per assigned partition (read at
+            # assignment, moved by each commit); it has no public getter.
+            offsets: dict[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+            return offsets.get(TP(topic, partition))
+
+        async def horizon_now(user_id: str) -> tuple[Horizon, ...]:
+            return await asyncio.to_thread(current_horizon, settings, user_id)
+
+        forgetter = Forgetter(
+            state.forget_user,
+            archive,
+            metrics,
+            send_dlq,
+            IngestPolicy.from_settings(settings),
+            ingestor.waits,
+            ingestor.done,
+            committed,
+            horizon_now,
+            announce_forgotten,
+        )
+        forget_source = app.topic(
+            settings.topic_users_forget,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+        @app.agent(forget_source, name="forget")
+        async def apply_forgets(stream: faust.StreamT[bytes]) -> None:
+            # A forget request's message may be a bare tombstone (null value): kept apart
+            # from an empty one, as the catalogue's are.
+            writer = OverlappedWriter(app, forgetter.handle_batch, item_message)
+            await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
+
         @app.task
         async def check_redis() -> None:
             # Fail fast: a worker that cannot reach Redis must not look healthy.
@@ -213,12 +272,17 @@ def create_app(
             await refresher.holder.follow(settings)
 
     if archive is not None:
+        archive_writer = archive
 
         @app.timer(interval=600.0)
         async def prune_archive() -> None:
-            removed = prune(settings.archive_root, settings.archive_retention_s)
+            removed = prune(
+                settings.archive_root, settings.archive_retention_s, writer=archive_writer
+            )
             if removed:
                 log.info("archive retention: removed segments %s", removed)
+            if not noop:
+                await forgetter.full_pass()
 
     if not noop and (settings.retrain_every_s > 0 or settings.retrain_every_events > 0):
         trigger = RetrainTrigger(settings, state, metrics)

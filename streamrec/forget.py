@@ -1,0 +1,221 @@
+"""Forgetting a user: the request on `users.forget` (key = user_id), how it is judged,
+and how one is sent (by `streamrec forget` and `DELETE /v1/admin/users/{user_id}`).
+
+A request carries its horizon: for each input topic, the end offset of the user's
+partition when it was sent. The worker applies it only once every event below the
+horizon is in Redis and the archive (docs/decisions.md, "Forgetting a user"). A
+bare tombstone (a null value) is a request too; the worker takes the horizon then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
+
+from streamrec.errors import StreamrecError
+from streamrec.events import Rejection, RejectReason, _check_id, decode_object
+from streamrec.kafka_client import kafka_python_options
+from streamrec.producer import SCHEMA_HEADERS
+from streamrec.settings import Settings
+
+# A request is a few hundred bytes; anything far larger is not one.
+MAX_REQUEST_BYTES = 64 * 1024
+# How long sending a request waits for Kafka: metadata, end offsets, the ack.
+KAFKA_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """Every event of the partition below `offset` was sent before the request."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetRequest:
+    user_id: str
+    requested_ms: int
+    # Empty: a bare tombstone; the worker reads the end offsets when it takes it.
+    horizon: tuple[Horizon, ...] = ()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "user_id": self.user_id,
+                "requested_ms": self.requested_ms,
+                "horizon": [
+                    {"topic": h.topic, "partition": h.partition, "offset": h.offset}
+                    for h in self.horizon
+                ],
+            }
+        )
+
+
+def check_user_id(user_id: str) -> str | None:
+    """Why this is no user id (the events' rule: 1-128 characters), or None."""
+    rejection = _check_id("user_id", user_id)
+    return None if rejection is None else rejection.detail
+
+
+def parse_forget(
+    key: bytes | None, value: bytes | None, message_ts_ms: int | None = None
+) -> ForgetRequest | Rejection:
+    """Judge one message of `users.forget`. The key must be the user id, so that the
+    request shares its partition with the user's events; a null value is a bare
+    tombstone, dated by its message timestamp."""
+    if key is None:
+        return Rejection(
+            RejectReason.MISSING_FIELD, "the message key is missing; it must be the user_id"
+        )
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejection(RejectReason.NOT_UTF8, "the message key is not valid UTF-8")
+    if value is None:
+        rejection = _check_id("user_id", key_text)
+        if rejection is not None:
+            return Rejection(rejection.reason, f"tombstone key: {rejection.detail}")
+        return ForgetRequest(key_text, message_ts_ms or int(time.time() * 1000))
+    body = decode_object(value, MAX_REQUEST_BYTES)
+    if isinstance(body, Rejection):
+        return body
+    request = _request_from_fields(body)
+    if not isinstance(request, Rejection) and request.user_id != key_text:
+        return Rejection(
+            RejectReason.BAD_VALUE,
+            f"the message key {key_text[:40]!r} is not the user_id {request.user_id[:40]!r}",
+        )
+    return request
+
+
+def _request_from_fields(body: Mapping[str, Any]) -> ForgetRequest | Rejection:
+    if "user_id" not in body:
+        return Rejection(RejectReason.MISSING_FIELD, "required field 'user_id' is missing")
+    rejection = _check_id("user_id", body["user_id"])
+    if rejection is not None:
+        return rejection
+    requested_ms = body.get("requested_ms", 0)
+    if isinstance(requested_ms, bool) or not isinstance(requested_ms, int) or requested_ms < 0:
+        return Rejection(RejectReason.WRONG_TYPE, "'requested_ms' must be integer ms >= 0")
+    entries = body.get("horizon", [])
+    if not isinstance(entries, list):
+        return Rejection(RejectReason.WRONG_TYPE, "'horizon' must be an array")
+    horizon = []
+    for entry in entries:
+        parsed = _horizon_entry(entry)
+        if isinstance(parsed, Rejection):
+            return parsed
+        horizon.append(parsed)
+    return ForgetRequest(body["user_id"], requested_ms, tuple(horizon))
+
+
+def _horizon_entry(entry: object) -> Horizon | Rejection:
+    wrong = Rejection(
+        RejectReason.WRONG_TYPE,
+        "each 'horizon' entry must be {topic: string, partition: int >= 0, offset: int >= 0}",
+    )
+    if not isinstance(entry, dict):
+        return wrong
+    topic, partition, offset = entry.get("topic"), entry.get("partition"), entry.get("offset")
+    if not isinstance(topic, str) or not topic:
+        return wrong
+    for number in (partition, offset):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            return wrong
+    assert isinstance(partition, int) and isinstance(offset, int)
+    return Horizon(topic, partition, offset)
+
+
+def user_partition(user_id: str, partitions: int) -> int:
+    """The partition a producer's default partitioner (kafka-python's, aiokafka's and
+    the Java client's murmur2) gives a message keyed by the user."""
+    hashed: int = murmur2(user_id.encode())
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+def read_horizon(
+    consumer: KafkaConsumer, topics: tuple[str, ...], user_id: str
+) -> tuple[Horizon, ...]:
+    """The end offset of the user's partition in each topic, now."""
+    wanted = []
+    for topic in topics:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise StreamrecError(
+                f"topic {topic!r} does not exist; create it with `streamrec topics`"
+            )
+        wanted.append(TopicPartition(topic, user_partition(user_id, len(partitions))))
+    ends = consumer.end_offsets(wanted)
+    return tuple(Horizon(tp.topic, tp.partition, int(ends[tp])) for tp in wanted)
+
+
+def _unreachable(settings: Settings, exc: BaseException) -> StreamrecError:
+    return StreamrecError(
+        f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}); "
+        "the forget was not recorded, try again"
+    )
+
+
+def horizon_reader(settings: Settings) -> KafkaConsumer:
+    """A consumer without a group, for end offsets only."""
+    try:
+        return KafkaConsumer(
+            **kafka_python_options(settings),
+            client_id="streamrec-forget",
+            request_timeout_ms=int(KAFKA_TIMEOUT_S * 1000) + 1000,
+            bootstrap_timeout_ms=int(KAFKA_TIMEOUT_S * 1000),
+        )
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from exc
+
+
+def current_horizon(settings: Settings, user_id: str) -> tuple[Horizon, ...]:
+    """The horizon of a request sent now (blocking)."""
+    consumer = horizon_reader(settings)
+    try:
+        return read_horizon(consumer, settings.input_topics, user_id)
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from exc
+    finally:
+        consumer.close()
+
+
+def send_forget(settings: Settings, user_id: str) -> ForgetRequest:
+    """Send a request to forget the user and wait for the broker's acknowledgement.
+    Blocking (kafka-python); raises `StreamrecError` with one line when the id is
+    no user id or Kafka does not take the request."""
+    problem = check_user_id(user_id)
+    if problem is not None:
+        raise StreamrecError(problem)
+    request = ForgetRequest(user_id, int(time.time() * 1000), current_horizon(settings, user_id))
+    try:
+        producer = KafkaProducer(
+            **kafka_python_options(settings),
+            client_id="streamrec-forget",
+            acks="all",
+            bootstrap_timeout_ms=int(KAFKA_TIMEOUT_S * 1000),
+        )
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from exc
+    try:
+        sent = producer.send(
+            settings.topic_users_forget,
+            key=user_id.encode(),
+            value=request.to_json(),
+            headers=SCHEMA_HEADERS,
+        )
+        sent.get(timeout=KAFKA_TIMEOUT_S)
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from exc
+    finally:
+        producer.close(timeout=KAFKA_TIMEOUT_S)
+    return request
