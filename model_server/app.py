@@ -184,6 +184,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
     routes = [
         *(Route(f"/v1{path}", handler, methods=[method]) for path, handler, method in operations),
         Route("/v1/events", measured("events", endpoints.events, capped=True), methods=["POST"]),
+        # `path`: an empty or slash-holding id reaches the handler, which says what is wrong.
+        Route(
+            "/v1/admin/users/{user_id:path}",
+            measured("admin", admin.forget_user),
+            methods=["DELETE"],
+        ),
         *(Route(path, handler, methods=[method]) for path, handler, method in operations),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),

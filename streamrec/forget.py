@@ -9,6 +9,7 @@ bare tombstone (a null value) is a request too; the worker takes the horizon the
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -165,8 +166,24 @@ def _unreachable(settings: Settings, exc: BaseException) -> StreamrecError:
     )
 
 
+def _probe(settings: Settings) -> None:
+    """Fail in a moment, and cleanly, when no bootstrap server takes a connection:
+    kafka-python's clients wait out their bootstrap timeout first and leave sockets
+    open when it passes."""
+    error: OSError | None = None
+    for address in settings.kafka_bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), KAFKA_TIMEOUT_S / 2):
+                return
+        except (OSError, ValueError) as exc:
+            error = exc if isinstance(exc, OSError) else OSError(str(exc))
+    raise _unreachable(settings, error or OSError("no bootstrap server"))
+
+
 def horizon_reader(settings: Settings) -> KafkaConsumer:
     """A consumer without a group, for end offsets only."""
+    _probe(settings)
     try:
         return KafkaConsumer(
             **kafka_python_options(settings),
