@@ -269,7 +269,9 @@ class FeedMetrics:
             "streamrec_feed_records_total",
             "Users' top-K records on the feed, by outcome (published: sent; rate_limited: "
             "a change inside the user's interval, deferred until it passes; coalesced: a "
-            "change folded into a deferred one, sent with it).",
+            "change folded into a deferred one, sent with it; tombstone: a forgotten "
+            "user's null record; forgotten: a change of a user forgotten before it was "
+            "sent, not sent).",
             ["outcome"],
             registry=registry,
         )

@@ -454,6 +454,15 @@ class StateStore:
             removed += await self.redis.unlink(*batch)
         return removed
 
+    async def users_with_state(self, user_ids: Sequence[str]) -> list[bool]:
+        """Per user, whether any event of theirs is in the state (one round trip)."""
+        if not user_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.exists(user_key(user_id, UserPart.META))
+            return [bool(found) for found in await pipe.execute()]
+
     async def take_new_event_count(self) -> int:
         """Events applied since the last call (by every worker), and start again at 0."""
         taken = await self.redis.getdel(NEW_EVENTS_KEY)
