@@ -3,7 +3,8 @@
 -- the item count, the item ids. A user's recommended items older than the window
 -- and beyond the cap are dropped. Builds the user keys itself, like the apply script.
 -- A vector is written only while the user's state still has the tag it was computed
--- from: one read before an event, or before the user was forgotten, is not cached.
+-- from: one read before an event, or before the user was forgotten, is not cached;
+-- the items shown only while the user has state.
 local window, max_items, vector_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 
 -- StoredUser.state_tag, from the meta hash: "<events applied>:<last_ts or None>".
@@ -29,7 +30,9 @@ while i <= #ARGV do
   if vector ~= '' and vector_tag(vector) == state_tag(ARGV[i]) then
     redis.call('SET', user_key(ARGV[i], USER_VECTOR), vector, 'EX', vector_ttl)
   end
-  if window > 0 and n > 0 then
+  -- Only for a user with state (the server asks nothing else): an answer read before
+  -- the user was forgotten and written back after it leaves nothing.
+  if window > 0 and n > 0 and redis.call('EXISTS', user_key(ARGV[i], USER_META)) == 1 then
     local k_rec = user_key(ARGV[i], USER_RECOMMENDED)
     for j = i + 4, i + 3 + n do redis.call('ZADD', k_rec, now, ARGV[j]) end
     redis.call('ZREMRANGEBYSCORE', k_rec, '-inf', '(' .. (now - window))

@@ -247,6 +247,7 @@ async def test_recommended_items_are_capped_and_expire_with_the_hit_window(
 ) -> None:
     store = StateStore(make_settings("state", hit_window_s=60, recommended_max=3))
     try:
+        await store.apply_events([ev(1)])
         await store.record_recommended("u", ["old"], now_ms=0)
         await store.record_recommended("u", ["a", "b", "c", "d"], now_ms=61_000)
         key = recommended_key("u")
@@ -271,6 +272,7 @@ async def test_nothing_is_recorded_when_the_hit_window_is_off(
 
 async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> None:
     await store.apply_events([ev(n, user="u1", ts=n * 500) for n in (1, 2)])
+    await store.apply_events([ev(3, user="u2")])
     vector = CachedVector("v1", "2:1000", b"\x00\x01|\x02\x03")  # any bytes, "|" included
     await store.write_back(
         [
@@ -282,6 +284,9 @@ async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> Non
     assert await store.redis.zrange(recommended_key("u1"), 0, -1) == [b"a", b"b"]
     assert await store.redis.zrange(recommended_key("u2"), 0, -1) == [b"c"]
     assert not await store.redis.exists(recommended_key("u3"), user_vector_key("u2"))
+    # Nothing for a user without state: one never seen, or forgotten since the read.
+    await store.write_back([WriteBack("nobody", ["a"], 1_000)])
+    assert not await store.redis.exists(recommended_key("nobody"))
     raw = await store.redis.get(user_vector_key("u1"))
     assert isinstance(raw, bytes)
     assert CachedVector.from_bytes(raw) == vector
@@ -297,10 +302,10 @@ async def test_a_vector_is_cached_only_for_the_state_it_was_computed_from(
     fresh = CachedVector("v1", (await store.read_user("u1")).state_tag, b"\x00" * 8)
     await store.write_back([WriteBack("u1", [], 0, fresh)])
     assert await store.redis.exists(user_vector_key("u1"))
-    # Read before the user was forgotten, written after: not cached.
+    # Read before the user was forgotten, written after: not cached, nor what was shown.
     await store.forget_user("u1")
-    await store.write_back([WriteBack("u1", [], 0, fresh)])
-    assert not await store.redis.exists(user_vector_key("u1"))
+    await store.write_back([WriteBack("u1", ["a"], 0, fresh)])
+    assert not await store.redis.exists(user_vector_key("u1"), recommended_key("u1"))
 
 
 async def test_forgetting_a_user_removes_every_key_of_theirs_and_only_theirs(
