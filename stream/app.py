@@ -19,12 +19,12 @@ from typing import Any, cast
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.types import TP, EventT
+from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
 from stream.catalogue import CatalogueIngestor, item_message
-from stream.forget import Forgetter
+from stream.forget import CommittedOffsets, Forgetter
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter, raw_message
@@ -202,12 +202,6 @@ def create_app(
                 )
             await asyncio.gather(*sent)
 
-        def committed(topic: str, partition: int) -> int | None:
-            # Faust keeps the group's committed offset per assigned partition (read at
-            # assignment, moved by each commit); it has no public getter.
-            offsets: dict[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
-            return offsets.get(TP(topic, partition))
-
         async def horizon_now(user_id: str) -> tuple[Horizon, ...]:
             return await asyncio.to_thread(current_horizon, settings, user_id)
 
@@ -218,8 +212,7 @@ def create_app(
             send_dlq,
             IngestPolicy.from_settings(settings),
             ingestor.waits,
-            ingestor.done,
-            committed,
+            CommittedOffsets(app, settings),
             horizon_now,
             announce_forgotten,
         )

@@ -1,9 +1,10 @@
 """Applying requests to forget a user (`users.forget`), after the user's earlier events.
 
 A request names its horizon: per input topic, the end offset of the user's
-partition when it was sent. The request waits until this worker has written
-every message below it (or the group has committed past it), so no event sent
-before the request can be applied after it. Then, in this order, each step
+partition when it was sent. The request waits until the group has committed
+every partition of it that far (Faust commits an offset only once every message
+before it is written), so no event sent before the request can be applied
+after it. Then, in this order, each step
 idempotent so a crash anywhere redelivers the request and it runs again:
 
 1. the archive's forget list (from here on no read returns the user's rows);
@@ -18,32 +19,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import faust
+from faust.types import TP
 from redis.exceptions import RedisError
 
 from stream.catalogue import ItemMessage
 from stream.dead_letter import DlqSender
 from stream.ingest import IngestPolicy, RawMessage, send_rejections
 from stream.redis_waits import RedisWaits
-from streamrec.archive import ArchiveWriter, compact, record_forget
-from streamrec.errors import ArchiveError
-from streamrec.forget import ForgetRequest, Horizon, parse_forget
+from streamrec.archive import ArchiveWriter, compact, record_forget, user_digest
+from streamrec.errors import ArchiveError, StreamrecError
+from streamrec.forget import ForgetRequest, Horizon, group_committed, parse_forget
 from streamrec.metrics import IngestMetrics
+from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FORGET_FAILED = "forget_failed"
 # How often a request waiting for its horizon looks again, and says it still waits.
-POLL_S = 0.02
+POLL_S = 0.1
 WAITING_LOG_S = 30.0
 
-# The offset after the last message of (topic, partition) this worker has written.
-DoneOffsets = dict[tuple[str, int], int]
-# The offset the group last committed for (topic, partition), if this worker knows it.
-Committed = Callable[[str, int], int | None]
+# The offset the group committed for (topic, partition): below it, every message is
+# written (Faust commits only offsets acknowledged after their write, contiguously).
+Committed = Callable[[str, int], Awaitable[int | None]]
 # The end offsets of the user's partitions now: the horizon of a bare tombstone.
 ReadHorizon = Callable[[str], Awaitable[tuple[Horizon, ...]]]
 # Tell downstream the user is gone: a tombstone on `recommendations` and a notice to
@@ -65,6 +69,17 @@ class ForgetDone:
         return "forgotten" if self.redis_keys or self.archive_rows else "absent"
 
 
+@dataclass(frozen=True, slots=True)
+class _Cleared:
+    """A request whose user is on the forget list and out of Redis (or whose
+    deletion Redis refused), waiting for the batch's archive rewrite."""
+
+    request: ForgetRequest
+    partition: int  # of the user's events, for the feed's notice
+    applied_ms: int
+    redis_keys: int | RedisError
+
+
 class Forgetter:
     def __init__(
         self,
@@ -74,7 +89,6 @@ class Forgetter:
         send_dlq: DlqSender,
         policy: IngestPolicy,
         waits: RedisWaits,
-        done: DoneOffsets,
         committed: Committed,
         read_horizon: ReadHorizon,
         announce: Announce,
@@ -85,33 +99,35 @@ class Forgetter:
         self.send_dlq = send_dlq
         self.policy = policy
         self.waits = waits
-        self.done = done
         self.committed = committed
         self.read_horizon = read_horizon
         self.announce = announce
-        # Set by every forget: the archive's next full pass looks beyond the user's
-        # partitions (a producer that keyed an event by something else) and at files
-        # deferred while another writer still wrote them.
-        self.full_pass_due = True
+        # Users forgotten since the archive's last pass over every file: it looks
+        # beyond their partitions (an event a producer keyed by something else) and
+        # at files deferred while another writer still wrote them. In memory only:
+        # after a restart such rows stay on disk, hidden, until retention.
+        self.pending_users: set[str] = set()
 
     async def handle_batch(self, messages: Sequence[ItemMessage]) -> None:
         dead: list[tuple[RawMessage, str, str]] = []
+        judged: list[tuple[RawMessage, ForgetRequest]] = []
         for item in messages:
             message = item.message
             request = parse_forget(message.key, item.value, item.timestamp_ms)
-            if not isinstance(request, ForgetRequest):
+            if isinstance(request, ForgetRequest):
+                judged.append((message, request))
+            else:
                 dead.append((message, request.reason.value, request.detail))
-                continue
-            try:
-                done = await self.forget(request, message.partition)
-            except RedisError as exc:
+        results = await self.forget_all([(request, m.partition) for m, request in judged])
+        for (message, _), done in zip(judged, results, strict=True):
+            # The log never names a forgotten user: the coordinates say which request.
+            if isinstance(done, RedisError):
                 # Not an outage (those are waited out): Redis refused the deletion.
-                # The log never names a forgotten user: the coordinates say which request.
                 log.error(
                     "forget request %s[%d]@%d failed: %s",
-                    message.topic, message.partition, message.offset, exc,
+                    message.topic, message.partition, message.offset, done,
                 )  # fmt: skip
-                dead.append((message, FORGET_FAILED, f"Redis refused the deletion: {exc}"))
+                dead.append((message, FORGET_FAILED, f"Redis refused the deletion: {done}"))
                 continue
             self.metrics.forgets.labels(done.outcome).inc()
             log.info(
@@ -124,46 +140,73 @@ class Forgetter:
             self.metrics.forgets.labels("rejected" if reason != FORGET_FAILED else "failed").inc()
 
     async def forget(self, request: ForgetRequest, partition: int) -> ForgetDone:
-        horizon = request.horizon or await self.read_horizon(request.user_id)
-        await self.wait_for(horizon)
+        """One request, whole: `forget_all` of one."""
+        (done,) = await self.forget_all([(request, partition)])
+        if isinstance(done, RedisError):
+            raise done
+        return done
+
+    async def forget_all(
+        self, requests: Sequence[tuple[ForgetRequest, int]]
+    ) -> list[ForgetDone | RedisError]:
+        """Each request in order: wait for its horizon, the forget list, Redis; then one
+        archive rewrite for them all (a burst of requests reads the files once); then
+        their tombstones. Per request what it removed, or the error Redis answered."""
+        cleared = [await self._clear(request, partition) for request, partition in requests]
+        users = {c.request.user_id for c in cleared if not isinstance(c.redis_keys, RedisError)}
+        partitions = {(h.topic, h.partition) for c in cleared for h in c.request.horizon}
+        rows = await self._compact(users, partitions) if users else {}
+        self.pending_users |= users
+        results: list[ForgetDone | RedisError] = []
+        for c in cleared:
+            if isinstance(c.redis_keys, RedisError):
+                results.append(c.redis_keys)
+                continue
+            await self.announce(c.request.user_id, c.partition)
+            if c.request.requested_ms:
+                delay_s = (c.applied_ms - c.request.requested_ms) / 1000
+                self.metrics.forget_delay.observe(max(0.0, delay_s))
+            results.append(ForgetDone(c.redis_keys, rows.get(user_digest(c.request.user_id), 0)))
+        return results
+
+    async def _clear(self, request: ForgetRequest, partition: int) -> _Cleared:
+        if not request.horizon:
+            request = replace(request, horizon=await self.read_horizon(request.user_id))
+        await self.wait_for(request.horizon)
         applied_ms = int(time.time() * 1000)
         if self.archive is not None:
             await self._record(request.user_id, applied_ms)
-        (removed,) = await self.waits.apply_until_available(self._forget_each, [request.user_id])
-        if isinstance(removed, Exception):
-            raise removed
-        rows = await self._compact({(h.topic, h.partition) for h in horizon})
-        self.full_pass_due = True
-        await self.announce(request.user_id, horizon[0].partition if horizon else partition)
-        if request.requested_ms:
-            self.metrics.forget_delay.observe(max(0.0, (applied_ms - request.requested_ms) / 1000))
-        return ForgetDone(removed, rows)
+        (outcome,) = await self.waits.apply_until_available(self._forget_each, [request.user_id])
+        removed: int | RedisError
+        if isinstance(outcome, RedisError) or not isinstance(outcome, Exception):
+            removed = outcome
+        else:
+            raise outcome
+        events_partition = request.horizon[0].partition if request.horizon else partition
+        return _Cleared(request, events_partition, applied_ms, removed)
 
     async def wait_for(self, horizon: Sequence[Horizon]) -> None:
-        """Until every message below the horizon is written by this worker, or
-        committed by the group (written by an earlier owner of the partition)."""
+        """Until the group has committed every partition of the horizon up to it: each
+        message below is written (in Redis and the archive, or in the DLQ)."""
         started = last_said = time.monotonic()
         while True:
-            behind = [h for h in horizon if not self._reached(h)]
+            behind = [h for h in horizon if not await self._reached(h)]
             if not behind:
                 return
             if time.monotonic() - last_said > WAITING_LOG_S:
                 last_said = time.monotonic()
                 waits_for = ", ".join(f"{h.topic}[{h.partition}] to {h.offset}" for h in behind)
                 log.warning(
-                    "a forget request has waited %.0f s for %s; is this worker assigned the "
-                    "same partitions of the input topics as of users.forget (as many "
-                    "partitions in each)?",
+                    "a forget request has waited %.0f s for %s to be committed",
                     last_said - started, waits_for,
                 )  # fmt: skip
             await asyncio.sleep(POLL_S)
 
-    def _reached(self, horizon: Horizon) -> bool:
+    async def _reached(self, horizon: Horizon) -> bool:
         if horizon.offset <= 0:
             return True
-        key = (horizon.topic, horizon.partition)
-        committed = self.committed(*key) or 0
-        return max(self.done.get(key, 0), committed) >= horizon.offset
+        committed = await self.committed(horizon.topic, horizon.partition)
+        return committed is not None and committed >= horizon.offset
 
     async def _forget_each(self, user_ids: list[str]) -> list[int]:
         return [await self.forget_keys(user_id) for user_id in user_ids]
@@ -182,31 +225,52 @@ class Forgetter:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self.policy.retry_max_s)
 
-    async def _compact(self, partitions: set[tuple[str, int]] | None) -> int:
-        """Rewrite the archive's files of these partitions (all, for None); a failure
-        is logged and counted, and the next pass does it (reads filter meanwhile)."""
+    async def _compact(
+        self, users: set[str], partitions: set[tuple[str, int]] | None
+    ) -> dict[str, int]:
+        """Rewrite the archive's files of these partitions (all, for None) that hold
+        these users' rows; rows removed per user digest. A failure is logged and
+        counted, and the next pass does it (reads filter meanwhile)."""
         if self.archive is None:
-            return 0
+            return {}
         try:
-            report = await asyncio.to_thread(compact, self.archive, None, partitions)
+            report = await asyncio.to_thread(compact, self.archive, None, partitions, None, users)
         except (ArchiveError, OSError) as exc:
             self.metrics.archive_errors.inc()
             log.error("the archive was not rewritten after a forget: %s", exc)
-            return 0
-        return report.rows_removed
+            return {}
+        if partitions is None and report.files_deferred == 0:
+            self.pending_users -= users
+        return report.rows_by_user
 
     async def full_pass(self) -> None:
-        """Every file of the archive, when a forget since the last such pass asks for it."""
-        if self.archive is None or not self.full_pass_due:
-            return
-        self.full_pass_due = False
-        try:
-            report = await asyncio.to_thread(compact, self.archive)
-        except (ArchiveError, OSError) as exc:
-            self.full_pass_due = True
-            self.metrics.archive_errors.inc()
-            log.error("the archive's forget pass failed: %s", exc)
-            return
-        self.full_pass_due = report.files_deferred > 0
-        if report.rows_removed or report.files_deferred:
-            log.info("archive forget pass: %s", report)
+        """Every file of the archive, for the users forgotten since the last such pass."""
+        if self.pending_users:
+            await self._compact(set(self.pending_users), None)
+
+
+class CommittedOffsets:
+    """Where the group's commits stand: Faust's own figure for the partitions this
+    worker holds (read at assignment, moved by each commit), the broker's, asked at
+    most once a second, for the others (`users.forget` partitioned unlike the input
+    topics, so another worker holds the user's events)."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self._asked_at = -math.inf
+        self._from_broker: dict[tuple[str, int], int] = {}
+
+    async def __call__(self, topic: str, partition: int) -> int | None:
+        tp = TP(topic, partition)
+        if tp in self.app.consumer.assignment():
+            # Faust keeps it per assigned partition; it has no public getter.
+            offsets: dict[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+            return offsets.get(tp)
+        if time.monotonic() - self._asked_at > 1.0:
+            self._asked_at = time.monotonic()
+            try:
+                self._from_broker = await asyncio.to_thread(group_committed, self.settings)
+            except StreamrecError as exc:
+                log.warning("the group's committed offsets were not read: %s", exc)
+        return self._from_broker.get((topic, partition))

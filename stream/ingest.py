@@ -127,9 +127,6 @@ class Ingestor:
         self.waits = waits or RedisWaits(metrics, policy.retry_max_s)
         self.keys = KeyCheck(metrics)
         self.conflicts = ConflictLog()
-        # Per input partition, the offset after the last message done (in Redis and the
-        # archive, or in the DLQ): how far a forget request of that partition may go.
-        self.done: dict[tuple[str, int], int] = {}
 
     async def handle_batch(self, messages: Sequence[RawMessage]) -> None:
         self.metrics.batch_events.observe(len(messages))
@@ -157,9 +154,6 @@ class Ingestor:
         dead.extend((message, STATE_WRITE_FAILED, detail) for message, detail in failed)
         await self._dead_letter(dead)
         await self._notify(written)
-        for message in messages:
-            key = (message.topic, message.partition)
-            self.done[key] = max(self.done.get(key, 0), message.offset + 1)
 
     async def _write_state(
         self, accepted: list[tuple[RawMessage, Event]]

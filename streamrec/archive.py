@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import threading
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -295,6 +296,8 @@ class Compaction:
     rows_removed: int = 0
     # Other writers' files of the hour still being written: left to a later pass.
     files_deferred: int = 0
+    # Rows removed per user digest (`user_digest`).
+    rows_by_user: dict[str, int] = field(default_factory=dict)
 
 
 def compact(
@@ -302,21 +305,28 @@ def compact(
     forgotten: Forgotten | None = None,
     partitions: Collection[tuple[str, int]] | None = None,
     now: datetime | None = None,
+    user_ids: Collection[str] | None = None,
 ) -> Compaction:
-    """Rewrite every segment file holding rows the forget list hides, without them
-    (only the files of `partitions`, topic and partition, when given). Blocking:
-    run it in a thread. This writer's own files are rewritten under its lock;
-    another writer's only once their hour is over (`SETTLE_S`), since renaming a
-    file under a writer that still appends to it would lose its next appends."""
+    """Rewrite every segment file holding rows the forget list hides, without them:
+    only the files of `partitions` (topic and partition) when given, and, when
+    `user_ids` are given, only files whose bytes name one of them (a search, not a
+    parse: these users' rows only). Blocking: run it in a thread. This writer's own
+    files are rewritten under its lock; another writer's only once their hour is
+    over (`SETTLE_S`), since renaming a file under a writer that still appends to
+    it would lose its next appends."""
     forgotten = forgotten if forgotten is not None else read_forgotten(writer.root)
     report = Compaction()
     if not forgotten.applied_ms:
         return report
     prefixes = tuple(f"{t}.{p}." for t, p in partitions) if partitions is not None else None
+    # How an archived row names its user: the event's JSON as orjson wrote it.
+    needles = [b'"user_id":' + orjson.dumps(u) for u in user_ids] if user_ids is not None else []
     settled = (now or datetime.now(UTC)) - timedelta(hours=1, seconds=SETTLE_S)
     for start, folder in segments(writer.root):
         for path in sorted(folder.glob("*.jsonl")):
             if prefixes is not None and not path.name.startswith(prefixes):
+                continue
+            if user_ids is not None and not _names_any(path, needles):
                 continue
             if writer.owns(path):
                 with writer.lock:
@@ -329,29 +339,36 @@ def compact(
                     forgotten.hides(r.event.user_id, r.arrived_ms) for r in _read_segment_file(path)
                 )
                 continue
-            report.rows_removed += removed
-            report.files_rewritten += removed > 0
+            for digest, rows in removed.items():
+                report.rows_by_user[digest] = report.rows_by_user.get(digest, 0) + rows
+                report.rows_removed += rows
+            report.files_rewritten += bool(removed)
     return report
 
 
-def _rewrite_without(path: Path, forgotten: Forgotten) -> int:
-    """Rewrite the file without the rows `forgotten` hides; how many there were."""
-    kept, removed = [], 0
+def _names_any(path: Path, needles: list[bytes]) -> bool:
+    content = path.read_bytes()
+    return any(needle in content for needle in needles)
+
+
+def _rewrite_without(path: Path, forgotten: Forgotten) -> dict[str, int]:
+    """Rewrite the file without the rows `forgotten` hides; how many, per user digest."""
+    kept, removed = [], Counter[str]()
     with open(path, "rb") as handle:
         for line in handle:
             try:
                 row = orjson.loads(line)
-                hidden = forgotten.hides(str(row["event"]["user_id"]), int(row["arrived_ms"]))
+                user_id, arrived_ms = str(row["event"]["user_id"]), int(row["arrived_ms"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 kept.append(line)  # a torn line: the reader skips it as before
                 continue
-            if hidden:
-                removed += 1
+            if forgotten.hides(user_id, arrived_ms):
+                removed[user_digest(user_id)] += 1
             else:
                 kept.append(line)
     if removed:
         _replace(path, b"".join(kept))
-    return removed
+    return dict(removed)
 
 
 def _replace(path: Path, content: bytes) -> None:

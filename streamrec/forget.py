@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
@@ -204,6 +204,27 @@ def current_horizon(settings: Settings, user_id: str) -> tuple[Horizon, ...]:
         raise _unreachable(settings, exc) from exc
     finally:
         consumer.close()
+
+
+def group_committed(settings: Settings) -> dict[tuple[str, int], int]:
+    """Every offset the workers' consumer group (`app_id`) committed, from the broker
+    (blocking): (topic, partition) -> the offset after the last message written."""
+    _probe(settings)
+    try:
+        admin = KafkaAdminClient(
+            **kafka_python_options(settings),
+            client_id="streamrec-forget",
+            bootstrap_timeout_ms=int(KAFKA_TIMEOUT_S * 1000),
+        )
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from exc
+    try:
+        offsets = admin.list_group_offsets({settings.app_id: None}).get(settings.app_id, {})
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from exc
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): int(m.offset) for tp, m in offsets.items() if m.offset >= 0}
 
 
 def send_forget(settings: Settings, user_id: str) -> ForgetRequest:

@@ -16,7 +16,7 @@ import redis
 from bench.scenarios.workers import produce_raw, read_topic, start_worker, taobao_events, wait_until
 from devtools.scrape import counter_total
 from streamrec.archive import read_archive, read_forgotten, segments
-from streamrec.forget import send_forget
+from streamrec.forget import group_committed, send_forget
 from streamrec.keys import is_user_key
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
@@ -96,6 +96,15 @@ def test_a_forget_sent_behind_the_users_events_leaves_nothing_of_them(
         dlq = read_topic(settings, settings.topic_dlq, expected=2)
         assert sorted(r.headers["streamrec.reason"] for r in dlq) == ["bad_value", "malformed_json"]
         assert {r.headers["streamrec.source.topic"] for r in dlq} == {settings.topic_users_forget}
+
+        # What a worker holding no input partition of the user waits on: the group's
+        # commits as the broker has them, which reach the request's horizon.
+        wait_until(
+            lambda: all(
+                group_committed(settings).get((h.topic, h.partition), -1) >= h.offset
+                for h in request.horizon
+            ), 30, "the group's commits past the horizon",
+        )  # fmt: skip
 
         # Idempotent: forgetting again finds nothing, and changes nothing else.
         send_forget(settings, gone)
