@@ -188,6 +188,8 @@ def horizon_reader(settings: Settings) -> KafkaConsumer:
         return KafkaConsumer(
             **kafka_python_options(settings),
             client_id="streamrec-forget",
+            # Asking for a topic's partitions must not create it.
+            allow_auto_create_topics=False,
             request_timeout_ms=int(KAFKA_TIMEOUT_S * 1000) + 1000,
             bootstrap_timeout_ms=int(KAFKA_TIMEOUT_S * 1000),
         )
@@ -195,10 +197,19 @@ def horizon_reader(settings: Settings) -> KafkaConsumer:
         raise _unreachable(settings, exc) from exc
 
 
-def current_horizon(settings: Settings, user_id: str) -> tuple[Horizon, ...]:
-    """The horizon of a request sent now (blocking)."""
+def current_horizon(
+    settings: Settings, user_id: str, must_exist: tuple[str, ...] = ()
+) -> tuple[Horizon, ...]:
+    """The horizon of a request sent now (blocking); `must_exist`: topics whose
+    absence is an error too (where the request goes)."""
     consumer = horizon_reader(settings)
     try:
+        for topic in must_exist:
+            if not consumer.partitions_for_topic(topic):
+                raise StreamrecError(
+                    f"topic {topic!r} does not exist; create it with `streamrec topics` "
+                    "(a worker creates it when it starts)"
+                )
         return read_horizon(consumer, settings.input_topics, user_id)
     except KafkaError as exc:
         raise _unreachable(settings, exc) from exc
@@ -234,10 +245,12 @@ def send_forget(settings: Settings, user_id: str) -> ForgetRequest:
     problem = check_user_id(user_id)
     if problem is not None:
         raise StreamrecError(problem)
-    request = ForgetRequest(user_id, int(time.time() * 1000), current_horizon(settings, user_id))
+    horizon = current_horizon(settings, user_id, must_exist=(settings.topic_users_forget,))
+    request = ForgetRequest(user_id, int(time.time() * 1000), horizon)
     try:
         producer = KafkaProducer(
             **kafka_python_options(settings),
+            max_block_ms=int(KAFKA_TIMEOUT_S * 1000),
             client_id="streamrec-forget",
             acks="all",
             bootstrap_timeout_ms=int(KAFKA_TIMEOUT_S * 1000),

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from kafka import KafkaAdminClient
+
 from bench.scenarios.workers import read_topic
 from streamrec.forget import ForgetRequest, parse_forget, user_partition
 from streamrec.settings import Settings
@@ -62,6 +64,23 @@ async def test_a_forget_request_is_on_kafka_keyed_by_the_user_with_its_horizon(
     assert sorted(by_user) == ["u 021/x", "u-cli"]
     assert by_user["u 021/x"].requested_ms == body["requested_ms"]
     assert [h.topic for h in by_user["u-cli"].horizon] == list(settings.input_topics)
+
+
+async def test_without_the_topic_the_request_is_refused_not_sent_elsewhere(
+    served: Served,
+) -> None:
+    ensure_topics(served.settings)
+    settings = served.settings.model_copy(update={"topic_users_forget": "no-such-forget"})
+    async with in_process(settings) as (client, _):
+        answer = await client.delete("/v1/admin/users/u1", headers=AUTH)
+    assert answer.status_code == 503 and "streamrec topics" in answer.json()["detail"]
+    done = forget_command(settings, "u1")
+    assert done.returncode == 1 and "'no-such-forget' does not exist" in done.stderr
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        assert "no-such-forget" not in admin.list_topics()  # not auto-created by asking
+    finally:
+        admin.close()
 
 
 async def test_without_kafka_the_endpoint_answers_503_and_the_command_exits_1(
