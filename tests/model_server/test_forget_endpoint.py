@@ -40,6 +40,9 @@ async def test_a_forget_request_is_on_kafka_keyed_by_the_user_with_its_horizon(
         answer = await client.delete("/v1/admin/users/u 021/x", headers=AUTH)
         assert answer.status_code == 202, answer.text
         body = answer.json()
+        # Any characters, as in events: a line break too (no 404 for it).
+        odd = await client.delete("/v1/admin/users/a%0Ab%1D", headers=AUTH)
+        assert odd.status_code == 202 and odd.json()["user_id"] == "a\nb\x1d"
         unauthorized = await client.delete("/v1/admin/users/u1")
         empty = await client.delete("/v1/admin/users/", headers=AUTH)
         oversized = await client.delete(f"/v1/admin/users/{'u' * 129}", headers=AUTH)
@@ -54,14 +57,14 @@ async def test_a_forget_request_is_on_kafka_keyed_by_the_user_with_its_horizon(
     ]
 
     assert forget_command(settings, "u-cli").returncode == 0
-    records = read_topic(settings, settings.topic_users_forget, expected=2)
+    records = read_topic(settings, settings.topic_users_forget, expected=3)
     by_user = {}
     for record in records:
         assert record.headers == {"schema-version": "1"}
         request = parse_forget(record.key, record.value)
         assert isinstance(request, ForgetRequest)
         by_user[request.user_id] = request
-    assert sorted(by_user) == ["u 021/x", "u-cli"]
+    assert sorted(by_user) == ["a\nb\x1d", "u 021/x", "u-cli"]
     assert by_user["u 021/x"].requested_ms == body["requested_ms"]
     assert [h.topic for h in by_user["u-cli"].horizon] == list(settings.input_topics)
 
