@@ -35,7 +35,7 @@ from stream.vectors import VectorRefresher
 from streamrec.archive import ArchiveWriter, prune
 from streamrec.catalogue import Catalogue
 from streamrec.errors import BundleError
-from streamrec.forget import Horizon, current_horizon
+from streamrec.forget import Horizon, current_horizon, horizon_problem
 from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
@@ -205,6 +205,11 @@ def create_app(
         async def horizon_now(user_id: str) -> tuple[Horizon, ...]:
             return await asyncio.to_thread(current_horizon, settings, user_id)
 
+        async def check_horizon(horizon: tuple[Horizon, ...]) -> str | None:
+            if not horizon:
+                return None
+            return await asyncio.to_thread(horizon_problem, settings, horizon)
+
         forgetter = Forgetter(
             state.forget_user,
             archive,
@@ -214,6 +219,7 @@ def create_app(
             ingestor.waits,
             CommittedOffsets(app, settings),
             horizon_now,
+            check_horizon,
             announce_forgotten,
         )
         forget_source = app.topic(

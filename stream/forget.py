@@ -4,15 +4,19 @@ A request names its horizon: per input topic, the end offset of the user's
 partition when it was sent. The request waits until the group has committed
 every partition of it that far (Faust commits an offset only once every message
 before it is written), so no event sent before the request can be applied
-after it. Then, in this order, each step
-idempotent so a crash anywhere redelivers the request and it runs again:
+after it. Then, in this order, each step idempotent, so that a crash anywhere
+redelivers the request and it runs again:
 
 1. the archive's forget list (from here on no read returns the user's rows);
 2. every Redis key of the user;
-3. the archive's segment files of the user's partitions, rewritten without them;
+3. the archive's segment files that name the user, rewritten without them (once
+   for a batch of requests);
 4. a tombstone for the user on `recommendations`, and a notice telling the feed.
 
-docs/decisions.md ("Forgetting a user") says why it waits instead of filtering.
+docs/decisions.md ("a forget waits for the user's earlier events") says why it
+waits instead of filtering events. A horizon that could never be reached (another
+topic, a partition or offset that does not exist) is refused to the DLQ: it
+would stop this agent for good.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import faust
 from faust.types import TP
@@ -34,11 +39,15 @@ from stream.ingest import IngestPolicy, RawMessage, send_rejections
 from stream.redis_waits import RedisWaits
 from streamrec.archive import ArchiveWriter, compact, record_forget, user_digest
 from streamrec.errors import ArchiveError, StreamrecError
+from streamrec.events import RejectReason
 from streamrec.forget import ForgetRequest, Horizon, group_committed, parse_forget
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Arg = TypeVar("Arg")
+Answer = TypeVar("Answer")
 
 FORGET_FAILED = "forget_failed"
 # How often a request waiting for its horizon looks again, and says it still waits.
@@ -50,6 +59,8 @@ WAITING_LOG_S = 30.0
 Committed = Callable[[str, int], Awaitable[int | None]]
 # The end offsets of the user's partitions now: the horizon of a bare tombstone.
 ReadHorizon = Callable[[str], Awaitable[tuple[Horizon, ...]]]
+# Why a horizon can never be reached (see `streamrec.forget.horizon_problem`), or None.
+CheckHorizon = Callable[[tuple[Horizon, ...]], Awaitable[str | None]]
 # Tell downstream the user is gone: a tombstone on `recommendations` and a notice to
 # the feed on the partition of the user's events.
 Announce = Callable[[str, int], Awaitable[None]]
@@ -91,6 +102,7 @@ class Forgetter:
         waits: RedisWaits,
         committed: Committed,
         read_horizon: ReadHorizon,
+        check_horizon: CheckHorizon,
         announce: Announce,
     ) -> None:
         self.forget_keys = forget_keys
@@ -101,6 +113,7 @@ class Forgetter:
         self.waits = waits
         self.committed = committed
         self.read_horizon = read_horizon
+        self.check_horizon = check_horizon
         self.announce = announce
         # Users forgotten since the archive's last pass over every file: it looks
         # beyond their partitions (an event a producer keyed by something else) and
@@ -114,10 +127,14 @@ class Forgetter:
         for item in messages:
             message = item.message
             request = parse_forget(message.key, item.value, item.timestamp_ms)
-            if isinstance(request, ForgetRequest):
-                judged.append((message, request))
-            else:
+            if not isinstance(request, ForgetRequest):
                 dead.append((message, request.reason.value, request.detail))
+                continue
+            problem = await self._kafka(self.check_horizon, request.horizon)
+            if problem is not None:
+                dead.append((message, RejectReason.BAD_VALUE.value, problem))
+                continue
+            judged.append((message, request))
         results = await self.forget_all([(request, m.partition) for m, request in judged])
         for (message, _), done in zip(judged, results, strict=True):
             # The log never names a forgotten user: the coordinates say which request.
@@ -171,7 +188,8 @@ class Forgetter:
 
     async def _clear(self, request: ForgetRequest, partition: int) -> _Cleared:
         if not request.horizon:
-            request = replace(request, horizon=await self.read_horizon(request.user_id))
+            horizon = await self._kafka(self.read_horizon, request.user_id)
+            request = replace(request, horizon=horizon)
         await self.wait_for(request.horizon)
         applied_ms = int(time.time() * 1000)
         if self.archive is not None:
@@ -184,6 +202,19 @@ class Forgetter:
             raise outcome
         events_partition = request.horizon[0].partition if request.horizon else partition
         return _Cleared(request, events_partition, applied_ms, removed)
+
+    async def _kafka(self, ask: Callable[[Arg], Awaitable[Answer]], arg: Arg) -> Answer:
+        """Ask Kafka until it answers: the request waits, as ingestion does in an outage."""
+        backoff_s = 0.1
+        while True:
+            try:
+                return await ask(arg)
+            except StreamrecError as exc:
+                log.warning(
+                    "a forget request waits for Kafka (%s); again in %.1f s", exc, backoff_s
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self.policy.retry_max_s)
 
     async def wait_for(self, horizon: Sequence[Horizon]) -> None:
         """Until the group has committed every partition of the horizon up to it: each

@@ -217,6 +217,33 @@ def current_horizon(
         consumer.close()
 
 
+def horizon_problem(settings: Settings, horizon: tuple[Horizon, ...]) -> str | None:
+    """Why a request's horizon cannot be waited for (blocking), or None: a topic
+    that is no input topic, a partition it does not have, an offset past the
+    partition's end. Such a request would wait forever."""
+    for h in horizon:
+        if h.topic not in settings.input_topics:
+            return f"the horizon names topic {h.topic!r}, not one of {list(settings.input_topics)}"
+    consumer = horizon_reader(settings)
+    try:
+        wanted = []
+        for h in horizon:
+            partitions = consumer.partitions_for_topic(h.topic) or set()
+            if h.partition not in partitions:
+                return f"the horizon names {h.topic}[{h.partition}], which does not exist"
+            wanted.append(TopicPartition(h.topic, h.partition))
+        ends = consumer.end_offsets(wanted) if wanted else {}
+    except KafkaError as exc:
+        raise _unreachable(settings, exc) from exc
+    finally:
+        consumer.close()
+    for h in horizon:
+        end = int(ends[TopicPartition(h.topic, h.partition)])
+        if h.offset > end:
+            return f"the horizon's {h.topic}[{h.partition}] offset {h.offset} is past its end {end}"
+    return None
+
+
 def group_committed(settings: Settings) -> dict[tuple[str, int], int]:
     """Every offset the workers' consumer group (`app_id`) committed, from the broker
     (blocking): (topic, partition) -> the offset after the last message written."""

@@ -56,7 +56,12 @@ def test_a_forget_sent_behind_the_users_events_leaves_nothing_of_them(
     bad = [
         (settings.topic_users_forget, b"u-bad", b'{"user_id": "u-bad", '),
         (settings.topic_users_forget, b"u-key", orjson.dumps({"user_id": "u-other"})),
-    ]
+        # Horizons no wait could reach: refused, not waited for (the agent goes on).
+        (settings.topic_users_forget, b"u-far", orjson.dumps({"user_id": "u-far", "horizon": [
+            {"topic": settings.topic_clicks, "partition": 0, "offset": 10**12}]})),
+        (settings.topic_users_forget, b"u-elsewhere", orjson.dumps({"user_id": "u-elsewhere",
+            "horizon": [{"topic": settings.topic_dlq, "partition": 0, "offset": 1}]})),
+    ]  # fmt: skip
     produce_raw(settings, bad)
 
     worker = start_worker(settings, tmp_path)
@@ -66,8 +71,8 @@ def test_a_forget_sent_behind_the_users_events_leaves_nothing_of_them(
             return counter_total(worker.metrics_text(), "streamrec_forgets", outcome=outcome)
 
         wait_until(
-            lambda: forgets("forgotten") + forgets("absent") + forgets("rejected") >= 4, 120,
-            "four forget requests handled",
+            lambda: forgets("forgotten") + forgets("absent") + forgets("rejected") >= 6, 120,
+            "six forget requests handled",
         )  # fmt: skip
         wait_until(lambda: counter_total(worker.metrics_text(), "streamrec_events") >= 3000, 60,
                    "every event handled")  # fmt: skip
@@ -86,15 +91,17 @@ def test_a_forget_sent_behind_the_users_events_leaves_nothing_of_them(
             e.event_id for e in events if e.user_id != gone
         )
         assert read_forgotten(settings.archive_root).count == 2  # the retrain's horizon
-        assert (forgets("forgotten"), forgets("absent"), forgets("rejected")) == (1, 1, 2)
+        assert (forgets("forgotten"), forgets("absent"), forgets("rejected")) == (1, 1, 4)
 
         # Downstream: a tombstone for the user on the feed's topic (compaction drops
         # the user's records), and the malformed requests in the DLQ with a reason.
         records = read_topic(settings, settings.topic_recommendations, expected=2)
         tombstones = {r.key for r in records if r.value is None}
         assert {gone.encode(), b"never-seen"} <= tombstones
-        dlq = read_topic(settings, settings.topic_dlq, expected=2)
-        assert sorted(r.headers["streamrec.reason"] for r in dlq) == ["bad_value", "malformed_json"]
+        dlq = read_topic(settings, settings.topic_dlq, expected=4)
+        assert sorted(r.headers["streamrec.reason"] for r in dlq) == [
+            "bad_value", "bad_value", "bad_value", "malformed_json"
+        ]  # fmt: skip
         assert {r.headers["streamrec.source.topic"] for r in dlq} == {settings.topic_users_forget}
 
         # What a worker holding no input partition of the user waits on: the group's

@@ -45,6 +45,10 @@ class Harness:
         async def no_horizon(user_id: str) -> tuple[Horizon, ...]:
             return ()
 
+        async def check(horizon: tuple[Horizon, ...]) -> str | None:
+            # The worker asks the broker (tests/stream/test_forget_pipeline.py).
+            return next((f"no {h.topic}" for h in horizon if h.topic == "nope"), None)
+
         async def committed(topic: str, partition: int) -> int | None:
             return self.committed.get((topic, partition))
 
@@ -54,7 +58,7 @@ class Harness:
         )
         self.forgetter = Forgetter(
             self.store.forget_user, self.archive, self.metrics, send_dlq, self.policy, waits,
-            committed, no_horizon, announce,
+            committed, no_horizon, check, announce,
         )  # fmt: skip
 
     async def ingest(self, events: list[Event], first_offset: int = 0) -> None:
@@ -150,13 +154,13 @@ async def test_malformed_requests_go_to_the_dlq_with_a_reason(harness: Harness) 
             message(2, b"u", b'{"user_id": "u", "horizon": [{"topic": "clicks"}]}'),
             message(3, b"x" * 129, None),
             message(4, b"u", None),  # a bare tombstone: a valid request
+            # A horizon that could never be reached would stop the agent for good.
+            message(5, b"u", b'{"user_id": "u", "horizon": '
+                             b'[{"topic": "nope", "partition": 0, "offset": 1}]}'),
         ]
-    )
+    )  # fmt: skip
     assert [d["streamrec.reason"] for d in h.dead] == [
-        b"missing_field",
-        b"not_object",
-        b"wrong_type",
-        b"too_long",
-    ]
-    assert h.metrics.forgets.labels("rejected")._value.get() == 4
+        b"missing_field", b"not_object", b"wrong_type", b"too_long", b"bad_value"
+    ]  # fmt: skip
+    assert h.metrics.forgets.labels("rejected")._value.get() == 5
     assert h.metrics.forgets.labels("absent")._value.get() == 1
