@@ -35,7 +35,7 @@ from stream.vectors import VectorRefresher
 from streamrec.archive import ArchiveWriter, prune
 from streamrec.catalogue import Catalogue
 from streamrec.errors import BundleError
-from streamrec.forget import Horizon, current_horizon, horizon_problem
+from streamrec.forget import Horizon, PartitionOffsets
 from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
@@ -202,13 +202,15 @@ def create_app(
                 )
             await asyncio.gather(*sent)
 
+        # One consumer for the forget agent's questions about offsets, held open: a
+        # burst of requests asks it once each.
+        offsets = PartitionOffsets(settings)
+
         async def horizon_now(user_id: str) -> tuple[Horizon, ...]:
-            return await asyncio.to_thread(current_horizon, settings, user_id)
+            return await asyncio.to_thread(offsets.horizon, user_id)
 
         async def check_horizon(horizon: tuple[Horizon, ...]) -> str | None:
-            if not horizon:
-                return None
-            return await asyncio.to_thread(horizon_problem, settings, horizon)
+            return await asyncio.to_thread(offsets.problem, horizon)
 
         forgetter = Forgetter(
             state.forget_user,

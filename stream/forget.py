@@ -59,7 +59,7 @@ WAITING_LOG_S = 30.0
 Committed = Callable[[str, int], Awaitable[int | None]]
 # The end offsets of the user's partitions now: the horizon of a bare tombstone.
 ReadHorizon = Callable[[str], Awaitable[tuple[Horizon, ...]]]
-# Why a horizon can never be reached (see `streamrec.forget.horizon_problem`), or None.
+# Why a horizon can never be reached (`streamrec.forget.PartitionOffsets.problem`), or None.
 CheckHorizon = Callable[[tuple[Horizon, ...]], Awaitable[str | None]]
 # Tell downstream the user is gone: a tombstone on `recommendations` and a notice to
 # the feed on the partition of the user's events.

@@ -143,22 +143,6 @@ def user_partition(user_id: str, partitions: int) -> int:
     return (hashed & 0x7FFFFFFF) % partitions
 
 
-def read_horizon(
-    consumer: KafkaConsumer, topics: tuple[str, ...], user_id: str
-) -> tuple[Horizon, ...]:
-    """The end offset of the user's partition in each topic, now."""
-    wanted = []
-    for topic in topics:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise StreamrecError(
-                f"topic {topic!r} does not exist; create it with `streamrec topics`"
-            )
-        wanted.append(TopicPartition(topic, user_partition(user_id, len(partitions))))
-    ends = consumer.end_offsets(wanted)
-    return tuple(Horizon(tp.topic, tp.partition, int(ends[tp])) for tp in wanted)
-
-
 def _unreachable(settings: Settings, exc: BaseException) -> StreamrecError:
     return StreamrecError(
         f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}); "
@@ -181,67 +165,86 @@ def _probe(settings: Settings) -> None:
     raise _unreachable(settings, error or OSError("no bootstrap server"))
 
 
-def horizon_reader(settings: Settings) -> KafkaConsumer:
-    """A consumer without a group, for end offsets only."""
-    _probe(settings)
-    try:
-        return KafkaConsumer(
-            **kafka_python_options(settings),
-            client_id="streamrec-forget",
-            # Asking for a topic's partitions must not create it.
-            allow_auto_create_topics=False,
-            request_timeout_ms=int(KAFKA_TIMEOUT_S * 1000) + 1000,
-            bootstrap_timeout_ms=int(KAFKA_TIMEOUT_S * 1000),
-        )
-    except KafkaError as exc:
-        raise _unreachable(settings, exc) from exc
+class PartitionOffsets:
+    """A consumer without a group, held open, for partition counts and end offsets
+    (blocking; one caller at a time). A Kafka error closes it, and raises
+    `StreamrecError`; the next call opens a new one."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: KafkaConsumer | None = None
 
-def current_horizon(
-    settings: Settings, user_id: str, must_exist: tuple[str, ...] = ()
-) -> tuple[Horizon, ...]:
-    """The horizon of a request sent now (blocking); `must_exist`: topics whose
-    absence is an error too (where the request goes)."""
-    consumer = horizon_reader(settings)
-    try:
-        for topic in must_exist:
-            if not consumer.partitions_for_topic(topic):
-                raise StreamrecError(
-                    f"topic {topic!r} does not exist; create it with `streamrec topics` "
-                    "(a worker creates it when it starts)"
-                )
-        return read_horizon(consumer, settings.input_topics, user_id)
-    except KafkaError as exc:
-        raise _unreachable(settings, exc) from exc
-    finally:
-        consumer.close()
+    def horizon(self, user_id: str, must_exist: tuple[str, ...] = ()) -> tuple[Horizon, ...]:
+        """The horizon of a request sent now: the end offset of the user's partition
+        of each input topic. `must_exist`: topics whose absence is an error too."""
+        consumer = self._open()
+        try:
+            for topic in must_exist:
+                if not consumer.partitions_for_topic(topic):
+                    raise StreamrecError(
+                        f"topic {topic!r} does not exist; create it with `streamrec topics` "
+                        "(a worker creates it when it starts)"
+                    )
+            wanted = []
+            for topic in self.settings.input_topics:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    raise StreamrecError(
+                        f"topic {topic!r} does not exist; create it with `streamrec topics`"
+                    )
+                wanted.append(TopicPartition(topic, user_partition(user_id, len(partitions))))
+            ends = consumer.end_offsets(wanted)
+        except KafkaError as exc:
+            self.close()
+            raise _unreachable(self.settings, exc) from exc
+        return tuple(Horizon(tp.topic, tp.partition, int(ends[tp])) for tp in wanted)
 
-
-def horizon_problem(settings: Settings, horizon: tuple[Horizon, ...]) -> str | None:
-    """Why a request's horizon cannot be waited for (blocking), or None: a topic
-    that is no input topic, a partition it does not have, an offset past the
-    partition's end. Such a request would wait forever."""
-    for h in horizon:
-        if h.topic not in settings.input_topics:
-            return f"the horizon names topic {h.topic!r}, not one of {list(settings.input_topics)}"
-    consumer = horizon_reader(settings)
-    try:
-        wanted = []
+    def problem(self, horizon: tuple[Horizon, ...]) -> str | None:
+        """Why a request's horizon cannot be waited for, or None: a topic that is no
+        input topic, a partition it does not have, an offset past the partition's
+        end. Such a request would wait forever."""
+        inputs = self.settings.input_topics
         for h in horizon:
-            partitions = consumer.partitions_for_topic(h.topic) or set()
-            if h.partition not in partitions:
-                return f"the horizon names {h.topic}[{h.partition}], which does not exist"
-            wanted.append(TopicPartition(h.topic, h.partition))
-        ends = consumer.end_offsets(wanted) if wanted else {}
-    except KafkaError as exc:
-        raise _unreachable(settings, exc) from exc
-    finally:
-        consumer.close()
-    for h in horizon:
-        end = int(ends[TopicPartition(h.topic, h.partition)])
-        if h.offset > end:
-            return f"the horizon's {h.topic}[{h.partition}] offset {h.offset} is past its end {end}"
-    return None
+            if h.topic not in inputs:
+                return f"the horizon names topic {h.topic!r}, not one of {list(inputs)}"
+        if not horizon:
+            return None
+        consumer = self._open()
+        try:
+            for h in horizon:
+                if h.partition not in (consumer.partitions_for_topic(h.topic) or set()):
+                    return f"the horizon names {h.topic}[{h.partition}], which does not exist"
+            ends = consumer.end_offsets([TopicPartition(h.topic, h.partition) for h in horizon])
+        except KafkaError as exc:
+            self.close()
+            raise _unreachable(self.settings, exc) from exc
+        for h in horizon:
+            end = int(ends[TopicPartition(h.topic, h.partition)])
+            if h.offset > end:
+                where = f"{h.topic}[{h.partition}]"
+                return f"the horizon's {where} offset {h.offset} is past its end {end}"
+        return None
+
+    def _open(self) -> KafkaConsumer:
+        if self._consumer is None:
+            _probe(self.settings)
+            try:
+                self._consumer = KafkaConsumer(
+                    **kafka_python_options(self.settings),
+                    client_id="streamrec-forget",
+                    # Asking for a topic's partitions must not create it.
+                    allow_auto_create_topics=False,
+                    request_timeout_ms=int(KAFKA_TIMEOUT_S * 1000) + 1000,
+                    bootstrap_timeout_ms=int(KAFKA_TIMEOUT_S * 1000),
+                )
+            except KafkaError as exc:
+                raise _unreachable(self.settings, exc) from exc
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 def group_committed(settings: Settings) -> dict[tuple[str, int], int]:
@@ -272,7 +275,11 @@ def send_forget(settings: Settings, user_id: str) -> ForgetRequest:
     problem = check_user_id(user_id)
     if problem is not None:
         raise StreamrecError(problem)
-    horizon = current_horizon(settings, user_id, must_exist=(settings.topic_users_forget,))
+    offsets = PartitionOffsets(settings)
+    try:
+        horizon = offsets.horizon(user_id, must_exist=(settings.topic_users_forget,))
+    finally:
+        offsets.close()
     request = ForgetRequest(user_id, int(time.time() * 1000), horizon)
     try:
         producer = KafkaProducer(
