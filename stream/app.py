@@ -213,7 +213,7 @@ def create_app(
             return await asyncio.to_thread(offsets.problem, horizon)
 
         forgetter = Forgetter(
-            state.forget_user,
+            state.forget_users,
             archive,
             metrics,
             send_dlq,

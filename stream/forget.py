@@ -8,7 +8,7 @@ after it. Then, in this order, each step idempotent, so that a crash anywhere
 redelivers the request and it runs again:
 
 1. the archive's forget list (from here on no read returns the user's rows);
-2. every Redis key of the user;
+2. every Redis key of the user (one SCAN for a batch of requests);
 3. the archive's segment files that name the user, rewritten without them (once
    for a batch of requests);
 4. a tombstone for the user on `recommendations`, and a notice telling the feed.
@@ -81,20 +81,18 @@ class ForgetDone:
 
 
 @dataclass(frozen=True, slots=True)
-class _Cleared:
-    """A request whose user is on the forget list and out of Redis (or whose
-    deletion Redis refused), waiting for the batch's archive rewrite."""
+class _Listed:
+    """A request waited for and on the forget list, its horizon known."""
 
     request: ForgetRequest
     partition: int  # of the user's events, for the feed's notice
     applied_ms: int
-    redis_keys: int | RedisError
 
 
 class Forgetter:
     def __init__(
         self,
-        forget_keys: Callable[[str], Awaitable[int]],
+        forget_keys: Callable[[list[str]], Awaitable[list[int]]],
         archive: ArchiveWriter | None,
         metrics: IngestMetrics,
         send_dlq: DlqSender,
@@ -166,27 +164,36 @@ class Forgetter:
     async def forget_all(
         self, requests: Sequence[tuple[ForgetRequest, int]]
     ) -> list[ForgetDone | RedisError]:
-        """Each request in order: wait for its horizon, the forget list, Redis; then one
-        archive rewrite for them all (a burst of requests reads the files once); then
-        their tombstones. Per request what it removed, or the error Redis answered."""
-        cleared = [await self._clear(request, partition) for request, partition in requests]
-        users = {c.request.user_id for c in cleared if not isinstance(c.redis_keys, RedisError)}
-        partitions = {(h.topic, h.partition) for c in cleared for h in c.request.horizon}
-        rows = await self._compact(users, partitions) if users else {}
-        self.pending_users |= users
+        """Each request in order waits for its horizon and goes on the forget list;
+        then, for them all at once, Redis (one SCAN), the archive (one rewrite: a
+        burst of requests reads the files once) and their tombstones. Per request
+        what it removed, or the error Redis answered for its deletion."""
+        listed = [await self._list(request, partition) for request, partition in requests]
+        users = list(dict.fromkeys(item.request.user_id for item in listed))
+        outcomes = await self.waits.apply_until_available(self.forget_keys, users) if users else []
+        removed: dict[str, int | RedisError] = {}
+        for user_id, outcome in zip(users, outcomes, strict=True):
+            if isinstance(outcome, Exception) and not isinstance(outcome, RedisError):
+                raise outcome
+            removed[user_id] = outcome
+        cleared = {u for u, keys in removed.items() if not isinstance(keys, RedisError)}
+        partitions = {(h.topic, h.partition) for item in listed for h in item.request.horizon}
+        rows = await self._compact(cleared, partitions) if cleared else {}
+        self.pending_users |= cleared
         results: list[ForgetDone | RedisError] = []
-        for c in cleared:
-            if isinstance(c.redis_keys, RedisError):
-                results.append(c.redis_keys)
+        for item in listed:
+            keys = removed[item.request.user_id]
+            if isinstance(keys, RedisError):
+                results.append(keys)
                 continue
-            await self.announce(c.request.user_id, c.partition)
-            if c.request.requested_ms:
-                delay_s = (c.applied_ms - c.request.requested_ms) / 1000
+            await self.announce(item.request.user_id, item.partition)
+            if item.request.requested_ms:
+                delay_s = (item.applied_ms - item.request.requested_ms) / 1000
                 self.metrics.forget_delay.observe(max(0.0, delay_s))
-            results.append(ForgetDone(c.redis_keys, rows.get(user_digest(c.request.user_id), 0)))
+            results.append(ForgetDone(keys, rows.get(user_digest(item.request.user_id), 0)))
         return results
 
-    async def _clear(self, request: ForgetRequest, partition: int) -> _Cleared:
+    async def _list(self, request: ForgetRequest, partition: int) -> _Listed:
         if not request.horizon:
             horizon = await self._kafka(self.read_horizon, request.user_id)
             request = replace(request, horizon=horizon)
@@ -194,14 +201,8 @@ class Forgetter:
         applied_ms = int(time.time() * 1000)
         if self.archive is not None:
             await self._record(request.user_id, applied_ms)
-        (outcome,) = await self.waits.apply_until_available(self._forget_each, [request.user_id])
-        removed: int | RedisError
-        if isinstance(outcome, RedisError) or not isinstance(outcome, Exception):
-            removed = outcome
-        else:
-            raise outcome
         events_partition = request.horizon[0].partition if request.horizon else partition
-        return _Cleared(request, events_partition, applied_ms, removed)
+        return _Listed(request, events_partition, applied_ms)
 
     async def _kafka(self, ask: Callable[[Arg], Awaitable[Answer]], arg: Arg) -> Answer:
         """Ask Kafka until it answers: the request waits, as ingestion does in an outage."""
@@ -238,9 +239,6 @@ class Forgetter:
             return True
         committed = await self.committed(horizon.topic, horizon.partition)
         return committed is not None and committed >= horizon.offset
-
-    async def _forget_each(self, user_ids: list[str]) -> list[int]:
-        return [await self.forget_keys(user_id) for user_id in user_ids]
 
     async def _record(self, user_id: str, applied_ms: int) -> None:
         """The forget list must be written before anything is deleted: retry, never skip."""

@@ -57,7 +57,7 @@ class Harness:
             self.store, self.metrics, send_dlq, self.policy, self.archive, waits=waits
         )
         self.forgetter = Forgetter(
-            self.store.forget_user, self.archive, self.metrics, send_dlq, self.policy, waits,
+            self.store.forget_users, self.archive, self.metrics, send_dlq, self.policy, waits,
             committed, no_horizon, check, announce,
         )  # fmt: skip
 

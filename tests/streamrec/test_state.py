@@ -329,3 +329,7 @@ async def test_forgetting_a_user_removes_every_key_of_theirs_and_only_theirs(
     # Idempotent, and a user who never existed is no error.
     assert await store.forget_user("u1") == 0
     assert await store.forget_user("nobody") == 0
+    # Many users in one SCAN: the same keys, and still only theirs.
+    assert await store.forget_users(["u10", "nobody", "u1}:ev", "u10"]) == [9, 0, 9, 9]
+    left = {cast(bytes, k).decode() for k in await store.redis.keys("sr:u:*")}
+    assert left and all(k.startswith("sr:u:{a*b}:xy}:") for k in left)
