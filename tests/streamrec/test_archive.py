@@ -14,6 +14,7 @@ from streamrec.archive import (
     read_forgotten,
     record_forget,
     segments,
+    user_digest,
 )
 from streamrec.events import Event, EventType
 
@@ -144,4 +145,25 @@ def test_retention_drops_forget_entries_older_than_every_segment_left(tmp_path: 
     record_forget(writer, "u2", int((T0 + timedelta(hours=5)).timestamp() * 1000))
     prune(tmp_path, retention_s=2 * 3600, now=T0 + timedelta(hours=5), writer=writer)
     assert read_forgotten(tmp_path).count == 1
+    writer.close()
+
+
+def test_a_targeted_pass_reads_only_files_naming_its_users_and_counts_per_user(
+    tmp_path: Path,
+) -> None:
+    def row(n: int, user: str, partition: int) -> ArchivedEvent:
+        event = Event(f"e{n}", user, "i", EventType.CLICK, 1_000 + n)
+        return ArchivedEvent(event, "clicks", partition, n, int(T0.timestamp() * 1000))
+
+    writer = ArchiveWriter(tmp_path, writer_id="w")
+    writer.append([row(0, "u1", 0), row(1, "u2", 1), row(2, "u2", 1), row(3, "u0", 1)])
+    at = int(T0.timestamp() * 1000)
+    record_forget(writer, "u1", at)
+    record_forget(writer, "u2", at)
+    report = compact(writer, user_ids=["u2"], now=T0 + timedelta(hours=2))
+    assert report.rows_by_user == {user_digest("u2"): 2} and report.files_rewritten == 1
+    # u1's file was not read: its row stays on disk until a pass names u1, hidden.
+    assert b'"user_id":"u1"' in b"".join(line for line in raw_lines(tmp_path))
+    assert [r.event.user_id for r in read_archive(tmp_path)] == ["u0"]
+    assert compact(writer, user_ids=["u1"], now=T0 + timedelta(hours=2)).rows_removed == 1
     writer.close()
