@@ -1,6 +1,6 @@
 """Forgetting a user through the real broker, worker and Redis: the request is sent
 while the user's events are still on Kafka, unconsumed, and afterwards nothing of
-the user is left in Redis, the archive or the next training read."""
+the user is left in Redis, the archive or the next bundle's training set."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import redis
 
+from bench.scenarios.models import TINY_PLAN
 from bench.scenarios.workers import produce_raw, read_topic, start_worker, taobao_events, wait_until
 from devtools.scrape import counter_total
+from retrain import cycle, training
+from streamrec import registry
 from streamrec.archive import read_archive, read_forgotten, segments
 from streamrec.forget import group_committed, send_forget
 from streamrec.keys import is_user_key
@@ -36,7 +40,7 @@ def archived_user_ids(settings: Settings) -> Counter[str]:
 
 
 def test_a_forget_sent_behind_the_users_events_leaves_nothing_of_them(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings("forget")
     ensure_topics(settings)
@@ -91,6 +95,25 @@ def test_a_forget_sent_behind_the_users_events_leaves_nothing_of_them(
             e.event_id for e in events if e.user_id != gone
         )
         assert read_forgotten(settings.archive_root).count == 2  # the retrain's horizon
+
+        # The next bundle: a retraining cycle on this archive trains on everyone but
+        # the user, and its manifest names the forgets it honoured.
+        trained_on: list[str] = []
+
+        def train_and_watch(sequences: Any, *args: Any, **kwargs: Any) -> Any:
+            trained_on.extend(s.user_id for s in sequences)
+            return real_train(sequences, *args, **kwargs)
+
+        real_train = training.train_models
+        monkeypatch.setattr(cycle, "train_models", train_and_watch)
+        retrain = settings.model_copy(
+            update={"registry": tmp_path / "registry", "retrain_min_events": 100}
+        )
+        result = cycle.run_cycle(retrain, TINY_PLAN)
+        assert result.outcome == "published", result.reason
+        assert set(trained_on) == set(per_user) - {gone}
+        manifest = registry.read_manifest(retrain.registry, str(result.version))
+        assert manifest.data_window["forgets_applied"] == 2
         assert (forgets("forgotten"), forgets("absent"), forgets("rejected")) == (1, 1, 4)
 
         # Downstream: a tombstone for the user on the feed's topic (compaction drops
