@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -24,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from redis.exceptions import RedisError
 
 from stream.catalogue import CatalogueIngestor, item_message
-from stream.forget import CommittedOffsets, Forgetter
+from stream.forget import add_forget_agent
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter, raw_message
@@ -35,7 +34,6 @@ from stream.vectors import VectorRefresher
 from streamrec.archive import ArchiveWriter, prune
 from streamrec.catalogue import Catalogue
 from streamrec.errors import BundleError
-from streamrec.forget import Horizon, PartitionOffsets
 from streamrec.kafka_client import kafka_python_options, ssl_context
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import IngestMetrics
@@ -183,61 +181,9 @@ def create_app(
             writer = OverlappedWriter(app, catalogue.handle_batch, item_message)
             await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
 
-        recommendations = app.topic(
-            settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
+        forgetter = add_forget_agent(
+            app, settings, state, archive, metrics, send_dlq, ingestor.waits, changes, batches
         )
-
-        async def announce_forgotten(user_id: str, partition: int) -> None:
-            # The tombstone lets a compacted `recommendations` drop the user; the notice
-            # tells the feed, after the notices of the user's earlier events.
-            sent = [
-                await recommendations.send(key=user_id.encode(), value=None, headers=SCHEMA_HEADERS)
-            ]
-            if settings.emit_state_changes:
-                notice = StateChanges(partition, {}, int(time.time() * 1000), (user_id,))
-                sent.append(
-                    await changes.send(
-                        value=notice.to_json(), partition=partition, headers=SCHEMA_HEADERS
-                    )
-                )
-            await asyncio.gather(*sent)
-
-        # One consumer for the forget agent's questions about offsets, held open: a
-        # burst of requests asks it once each.
-        offsets = PartitionOffsets(settings)
-
-        async def horizon_now(user_id: str) -> tuple[Horizon, ...]:
-            return await asyncio.to_thread(offsets.horizon, user_id)
-
-        async def check_horizon(horizon: tuple[Horizon, ...]) -> str | None:
-            return await asyncio.to_thread(offsets.problem, horizon)
-
-        forgetter = Forgetter(
-            state.forget_users,
-            archive,
-            metrics,
-            send_dlq,
-            IngestPolicy.from_settings(settings),
-            ingestor.waits,
-            CommittedOffsets(app, settings),
-            horizon_now,
-            check_horizon,
-            announce_forgotten,
-        )
-        forget_source = app.topic(
-            settings.topic_users_forget,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-
-        @app.agent(forget_source, name="forget")
-        async def apply_forgets(stream: faust.StreamT[bytes]) -> None:
-            # A forget request's message may be a bare tombstone (null value): kept apart
-            # from an empty one, as the catalogue's are.
-            writer = OverlappedWriter(app, forgetter.handle_batch, item_message)
-            await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
 
         @app.task
         async def check_redis() -> None:

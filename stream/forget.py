@@ -25,24 +25,34 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import faust
-from faust.types import TP
+from faust.types import TP, EventT
 from redis.exceptions import RedisError
 
-from stream.catalogue import ItemMessage
+from stream.catalogue import ItemMessage, item_message
 from stream.dead_letter import DlqSender
 from stream.ingest import IngestPolicy, RawMessage, send_rejections
+from stream.overlap import OverlappedWriter
 from stream.redis_waits import RedisWaits
 from streamrec.archive import ArchiveWriter, compact, record_forget, user_digest
 from streamrec.errors import ArchiveError, StreamrecError
 from streamrec.events import RejectReason
-from streamrec.forget import ForgetRequest, Horizon, group_committed, parse_forget
+from streamrec.forget import (
+    ForgetRequest,
+    Horizon,
+    PartitionOffsets,
+    group_committed,
+    parse_forget,
+)
 from streamrec.metrics import IngestMetrics
+from streamrec.notices import StateChanges
+from streamrec.producer import SCHEMA_HEADERS
 from streamrec.settings import Settings
+from streamrec.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -303,3 +313,66 @@ class CommittedOffsets:
             except StreamrecError as exc:
                 log.warning("the group's committed offsets were not read: %s", exc)
         return self._from_broker.get((topic, partition))
+
+
+def add_forget_agent(
+    app: faust.App,
+    settings: Settings,
+    state: StateStore,
+    archive: ArchiveWriter | None,
+    metrics: IngestMetrics,
+    send_dlq: DlqSender,
+    waits: RedisWaits,
+    changes: faust.types.TopicT,
+    batches: Callable[[faust.StreamT[bytes]], AsyncIterator[Sequence[EventT[bytes]]]],
+) -> Forgetter:
+    """The worker's agent on `users.forget` (stream/app.py builds the rest)."""
+    recommendations = app.topic(
+        settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
+    )
+
+    async def announce(user_id: str, partition: int) -> None:
+        # The tombstone lets a compacted `recommendations` drop the user; the notice
+        # tells the feed, after the notices of the user's earlier events.
+        sent = [
+            await recommendations.send(key=user_id.encode(), value=None, headers=SCHEMA_HEADERS)
+        ]
+        if settings.emit_state_changes:
+            notice = StateChanges(partition, {}, int(time.time() * 1000), (user_id,))
+            sent.append(
+                await changes.send(
+                    value=notice.to_json(), partition=partition, headers=SCHEMA_HEADERS
+                )
+            )
+        await asyncio.gather(*sent)
+
+    # One consumer for the agent's questions about offsets, held open: a burst of
+    # requests asks it once each.
+    offsets = PartitionOffsets(settings)
+
+    async def horizon_now(user_id: str) -> tuple[Horizon, ...]:
+        return await asyncio.to_thread(offsets.horizon, user_id)
+
+    async def check_horizon(horizon: tuple[Horizon, ...]) -> str | None:
+        return await asyncio.to_thread(offsets.problem, horizon)
+
+    forgetter = Forgetter(
+        state.forget_users, archive, metrics, send_dlq, IngestPolicy.from_settings(settings),
+        waits, CommittedOffsets(app, settings), horizon_now, check_horizon, announce,
+    )  # fmt: skip
+    source = app.topic(
+        settings.topic_users_forget,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @app.agent(source, name="forget")
+    async def apply_forgets(stream: faust.StreamT[bytes]) -> None:
+        # A request may be a bare tombstone (null value): kept apart from an empty
+        # value, as the catalogue's records are.
+        writer = OverlappedWriter(app, forgetter.handle_batch, item_message)
+        await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
+
+    return forgetter
