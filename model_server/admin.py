@@ -1,16 +1,19 @@
-"""The operator endpoints /admin/reload and /admin/rollback, behind a bearer token
-compared in constant time; without a configured token they always answer 401."""
+"""The operator endpoints /admin/reload, /admin/rollback and DELETE
+/v1/admin/users/{user_id}, behind a bearer token compared in constant time; without
+a configured token they always answer 401."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from model_server.schemas import RollbackRequest
+from model_server.schemas import ForgetHorizon, ForgetResponse, RollbackRequest
 from model_server.serving import Problem, json_response, parse_body, serving_of
-from streamrec.errors import BundleError
+from streamrec.errors import BundleError, StreamrecError
+from streamrec.forget import check_user_id, send_forget
 from streamrec.loaded import SwapResult
 from streamrec.registry import refusal_reason
 
@@ -53,3 +56,27 @@ async def rollback(request: Request) -> Response:
         return _swapped(await serving_of(request).holder.rollback(body.version))
     except BundleError as exc:
         raise Problem(409, "rollback_refused", refusal_reason(exc)) from None
+
+
+async def forget_user(request: Request) -> Response:
+    """Ask the workers to forget a user: a request on `users.forget`, answered 202 once
+    the broker acknowledged it (the worker applies it after the user's earlier events)."""
+    require_token(request)
+    user_id = request.path_params["user_id"]
+    problem = check_user_id(user_id)
+    if problem is not None:
+        raise Problem(400, "invalid_user_id", problem)
+    settings = serving_of(request).settings
+    try:
+        sent = await asyncio.to_thread(send_forget, settings, user_id)
+    except StreamrecError as exc:
+        raise Problem(503, "kafka_unavailable", str(exc), {"Retry-After": "5"}) from None
+    answer = ForgetResponse(
+        user_id=user_id,
+        status="requested",
+        topic=settings.topic_users_forget,
+        requested_ms=sent.requested_ms,
+        horizon=[ForgetHorizon(topic=h.topic, partition=h.partition, offset=h.offset)
+                 for h in sent.horizon],
+    )  # fmt: skip
+    return json_response(answer.model_dump(), 202)

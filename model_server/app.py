@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -193,6 +194,13 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
     routes = [
         *(Route(f"/v1{path}", handler, methods=[method]) for path, handler, method in operations),
         Route("/v1/events", measured("events", endpoints.events, capped=True), methods=["POST"]),
+        # Any id reaches the handler, which says what is wrong with it: an empty one,
+        # or one holding "/" or a line break, which `path` would leave to a 404.
+        Route(
+            "/v1/admin/users/{user_id:any_text}",
+            measured("admin", admin.forget_user),
+            methods=["DELETE"],
+        ),
         *(Route(path, handler, methods=[method]) for path, handler, method in operations),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
@@ -223,6 +231,22 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
 
 
 STATIC = Path(__file__).parent / "static"
+
+
+class AnyText(Convertor[str]):
+    """A path parameter of any characters (Starlette's `path` stops at a line break):
+    a user id may hold any, as the event contract says."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_text", AnyText())
 
 
 def static_page(path: Path) -> Callable[[Request], Awaitable[Response]]:

@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from model_server.schemas import (
     EventsResponse,
+    ForgetResponse,
     HealthResponse,
     ModelResponse,
     ProblemBody,
@@ -71,6 +72,7 @@ def openapi_document(
         ProblemBody,
         EventsResponse,
         VersionsResponse,
+        ForgetResponse,
     ]
     inputs = (requests.recommend, requests.score, requests.similar, RollbackRequest)
     refs, top = models_json_schema(
@@ -131,6 +133,16 @@ def openapi_document(
             }
         ],
         "rollback": {"version": "v20261206T044327Z-e79b72"},
+        "forget": {
+            "user_id": "u021",
+            "status": "requested",
+            "topic": "users.forget",
+            "requested_ms": 1765015200000,
+            "horizon": [
+                {"topic": "clicks", "partition": 2, "offset": 18231},
+                {"topic": "purchases", "partition": 2, "offset": 977},
+            ],
+        },
     }
 
     batch_event = {"description": "An event, judged by #/components/schemas/Event"}
@@ -139,6 +151,11 @@ def openapi_document(
         (media,) = request_body["content"].values()
         media["example"] = examples[name]
         return request_body
+
+    def with_response_example(response: dict[str, Any], name: str) -> dict[str, Any]:
+        (media,) = response["content"].values()
+        media["example"] = examples[name]
+        return response
 
     return {
         "openapi": "3.1.0",
@@ -231,6 +248,32 @@ def openapi_document(
                                 "required": False},
                 "responses": {"200": answer("Swapped or unchanged", SwapResponse),
                               **with_body, **unauthorized, **refused, **failed, **no_state},
+            }},
+            "/v1/admin/users/{user_id}": {"delete": {
+                "operationId": "adminForgetUser",
+                "summary": "Forget a user: every Redis key, archived event and "
+                           "recommendation record of theirs, after their earlier events",
+                "description": "Writes a request to the users.forget topic and answers "
+                               "202 once Kafka acknowledged it; a worker applies it after "
+                               "every event the user sent before (docs/operations.md, "
+                               "\"Forgetting a user\"). Idempotent; a user never seen is "
+                               "no error.",
+                "security": admin_security,
+                "parameters": [{
+                    "name": "user_id", "in": "path", "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "example": "u021",
+                }],
+                "responses": {
+                    "202": with_response_example(
+                        answer("Requested: on Kafka, to be applied by a worker", ForgetResponse),
+                        "forget",
+                    ),
+                    "400": answer("The user id is empty or longer than 128 characters"),
+                    **unauthorized, **failed,
+                    "503": answer("Kafka did not take the request (kafka_unavailable): "
+                                  "nothing was recorded, send it again; see Retry-After"),
+                },
             }},
         },
         "components": {

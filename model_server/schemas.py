@@ -292,3 +292,20 @@ class SwapResponse(BaseModel):
     outcome: Literal["swapped", "unchanged"]
     model_version: str
     previous: str | None
+
+
+class ForgetHorizon(BaseModel):
+    """The end offset of the user's partition of one input topic when the request was
+    sent: the worker forgets the user after every event below it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class ForgetResponse(BaseModel):
+    user_id: str
+    status: Literal["requested"]
+    topic: str
+    requested_ms: int
+    horizon: list[ForgetHorizon]

@@ -65,6 +65,22 @@ class IngestMetrics:
             "Items with a live catalogue record marked unavailable (take max, not sum).",
             registry=registry,
         )
+        self.forgets = Counter(
+            "streamrec_forgets_total",
+            "Requests to forget a user, by outcome (forgotten: Redis keys or archive rows "
+            "removed; absent: nothing held the user, or it was forgotten already; rejected: "
+            "malformed, sent to the DLQ, by reason in streamrec_dlq_total; failed: Redis "
+            "refused the deletion, sent to the DLQ as forget_failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.forget_delay = Histogram(
+            "streamrec_forget_request_to_applied_seconds",
+            "From a forget request being sent to the worker applying it (after the "
+            "user's earlier events; before the archive's rewrite).",
+            buckets=DELAY_BUCKETS_S,
+            registry=registry,
+        )
         self.item_to_state = Histogram(
             "streamrec_item_record_to_state_seconds",
             "From a catalogue record's Kafka message timestamp to its change being in Redis.",
@@ -253,7 +269,9 @@ class FeedMetrics:
             "streamrec_feed_records_total",
             "Users' top-K records on the feed, by outcome (published: sent; rate_limited: "
             "a change inside the user's interval, deferred until it passes; coalesced: a "
-            "change folded into a deferred one, sent with it).",
+            "change folded into a deferred one, sent with it; tombstone: a forgotten "
+            "user's null record; forgotten: a change of a user forgotten before it was "
+            "sent, not sent).",
             ["outcome"],
             registry=registry,
         )

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     topic_state_changes: str = "state.changes"
     # Catalogue records, key = item_id, created compacted (docs/catalogue.md).
     topic_items: str = "items"
+    # Requests to forget a user, key = user_id, partitioned as the input topics
+    # (docs/operations.md, "Forgetting a user").
+    topic_users_forget: str = "users.forget"
     # Notices of changed users after each batch, which the feed turns into fresh
     # top-K on `topic_recommendations` (`streamrec feed`). Its settings were named
     # for `streamrec publish`; those names are read until the next release.

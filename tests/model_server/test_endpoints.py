@@ -399,9 +399,15 @@ EXPECTED_STATUSES = {
     ("/v1/admin/rollback", "post"): {
         *("200", "400", "401", "408", "409", "413", "422", "499", "500", "503")
     },
+    ("/v1/admin/users/{user_id}", "delete"): {"202", "400", "401", "500", "503"},
 }
 # What answers in the shape of a successful call, not a problem.
-SUCCESS_SHAPES = {("/readyz", "503"), ("/v1/events", "202"), ("/v1/events", "503")}
+SUCCESS_SHAPES = {
+    ("/readyz", "503"),
+    ("/v1/events", "202"),
+    ("/v1/events", "503"),
+    ("/v1/admin/users/{user_id}", "202"),
+}
 
 
 async def test_the_schema_lists_every_status_each_endpoint_can_answer(served: Served) -> None:
