@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from model_server import admin, endpoints
+from model_server.access import Access
 from model_server.catalogue_mirror import CatalogueMirror
 from model_server.event_intake import EventIntake
 from model_server.limits import BodySizeLimit
@@ -145,6 +146,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 write_back,
                 InFlight(settings.serve_max_concurrency),
                 intake,
+                Access(settings),
             )
             watcher = asyncio.create_task(holder.follow(settings))
             # What start-up built (~100k objects the collector tracks: modules, the

@@ -108,9 +108,17 @@ def openapi_document(
             "see Retry-After"
         )
     }
-    unauthorized = {"401": answer("Missing or wrong bearer token")}
+    # Keys and their scopes: model_server/access.py, docs/serving.md ("Access").
+    guarded = {
+        "401": answer("No credential where one is needed, or an unknown one"),
+        "403": answer("The key lacks the scope this needs (read, explain, write, admin)"),
+        "429": answer("Too many refused credentials from this address; see Retry-After"),
+    }
+    unauthorized = guarded
     refused = {"409": answer("The bundle was refused; the old version keeps serving")}
-    admin_security: list[dict[str, list[str]]] = [{"bearer": []}]
+    admin_security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+    # {}: no credential, while reads are open (by default on a loopback bind only).
+    read_security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
     accepted_events = {
         "202": answer("Each event's outcome; every valid one is on Kafka", EventsResponse),
         "503": answer(
@@ -172,21 +180,24 @@ def openapi_document(
                 "summary": "Top-k items for a user",
                 "requestBody": with_example(body(requests.recommend), "recommend"),
                 "responses": {"200": answer("Ranked items", RecommendResponse),
-                              **with_body, **failed, **no_state},
+                              **with_body, **guarded, **failed, **no_state},
+                "security": read_security,
             }},
             "/v1/score": {"post": {
                 "operationId": "score",
                 "summary": "Ranker scores for the given items; unknown items per item",
                 "requestBody": with_example(body(requests.score), "score"),
                 "responses": {"200": answer("Scores in request order", ScoreResponse),
-                              **with_body, **failed, **no_state},
+                              **with_body, **guarded, **failed, **no_state},
+                "security": read_security,
             }},
             "/v1/similar": {"post": {
                 "operationId": "similar",
                 "summary": "Items like this one (customers who viewed this)",
                 "requestBody": with_example(body(requests.similar), "similar"),
                 "responses": {"200": answer("Similar items", SimilarResponse),
-                              **with_body, **failed, **no_state},
+                              **with_body, **guarded, **failed, **no_state},
+                "security": read_security,
             }},
             "/v1/events": {"post": {
                 "operationId": "events",
@@ -206,16 +217,19 @@ def openapi_document(
                     ]},
                     "example": examples["events"],
                 }}},
-                "responses": {**accepted_events, **with_body, **failed},
+                "responses": {**accepted_events, **with_body, **guarded, **failed},
+                "security": read_security,
             }},
             "/v1/model": {"get": {"operationId": "model",
                                   "summary": "The version being served",
+                                  "security": read_security,
                                   "responses": {"200": answer("Manifest summary", ModelResponse),
-                                                **failed}}},
+                                                **guarded, **failed}}},
             "/v1/versions": {"get": {"operationId": "versions",
                                      "summary": "The registry's versions and their lineage",
+                                     "security": read_security,
                                      "responses": {"200": answer("Versions", VersionsResponse),
-                                                   **failed}}},
+                                                   **guarded, **failed}}},
             "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive",
                                  "responses": {"200": answer("ok", HealthResponse)}}},
             "/readyz": {"get": {"operationId": "readyz",
@@ -278,6 +292,9 @@ def openapi_document(
         },
         "components": {
             "schemas": {**top.get("$defs", {}), "Event": event_schema()},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
     }  # fmt: skip

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -17,6 +17,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from model_server.event_intake import EventIntake
+
+if TYPE_CHECKING:
+    from model_server.access import Access
 from model_server.limits import BodyTooLarge
 from model_server.recommender import Recommender
 from model_server.request_ids import request_id
@@ -72,6 +75,7 @@ class Serving:
     write_back: WriteBackQueue
     in_flight: InFlight
     intake: EventIntake
+    access: Access
 
 
 def serving_of(request: Request) -> Serving:
