@@ -11,12 +11,14 @@ docs/operations.md "the command contract"): the outcome is the last stdout line'
 the dashboard read either) live in the Pushgateway: each cycle reads them back, adds
 itself and pushes them again. Cycles never overlap (the CronJob forbids it, the loop
 runs one at a time), so nothing races; a Pushgateway that lost them starts again from
-zero, which Prometheus reads as a counter reset. Exits with the command's exit code.
+zero, which Prometheus reads as a counter reset. SIGTERM (a Job's deadline) is handed
+to the command, whose exit then counts as failed. Exits with the command's exit code.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +42,9 @@ def run_cycle(command: Sequence[str]) -> tuple[str, int, float]:
     started = time.perf_counter()
     last_line = b""
     with subprocess.Popen(command, stdout=subprocess.PIPE) as process:
+        # As a container's PID 1 this process would ignore SIGTERM (a Job's deadline,
+        # a stop): hand it to the cycle, whose exit is then counted as failed.
+        signal.signal(signal.SIGTERM, lambda signum, _: process.send_signal(signum))
         assert process.stdout is not None
         for line in process.stdout:
             sys.stdout.buffer.write(line)
@@ -48,7 +53,9 @@ def run_cycle(command: Sequence[str]) -> tuple[str, int, float]:
                 last_line = line
     seconds = time.perf_counter() - started
     if process.returncode != 0:
-        return "failed", process.returncode, seconds
+        # Killed by signal N: exit 128 + N, as a shell says it.
+        code = process.returncode if process.returncode > 0 else 128 - process.returncode
+        return "failed", code, seconds
     try:
         outcome = orjson.loads(last_line)["outcome"]
     except (orjson.JSONDecodeError, KeyError, TypeError):

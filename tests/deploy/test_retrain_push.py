@@ -4,6 +4,8 @@ keeps the retrain counters in a Pushgateway, one higher each cycle."""
 from __future__ import annotations
 
 import importlib.util
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -134,3 +136,17 @@ def test_an_unreachable_pushgateway_leaves_the_cycle_s_exit_code(
     published = {"outcome": "published", "reason": "not worse"}
     assert pusher.main(["--pushgateway", "http://127.0.0.1:9", "--", *cycle(published)]) == 0
     assert "not pushed" in capsys.readouterr().err
+
+
+def test_a_stopped_cycle_is_counted_as_failed(pushgateway: str) -> None:
+    """SIGTERM to the wrapper (a Job's deadline) reaches the cycle, whose end is pushed."""
+    ready = "import sys, time; print('started', flush=True); time.sleep(60)"
+    command = [sys.executable, str(PUSHER), "--pushgateway", pushgateway, "--"]
+    with subprocess.Popen(
+        [*command, sys.executable, "-c", ready], stdout=subprocess.PIPE
+    ) as wrapper:
+        assert wrapper.stdout is not None
+        assert wrapper.stdout.readline() == b"started\n"
+        wrapper.send_signal(signal.SIGTERM)
+        assert wrapper.wait(timeout=30) == 128 + signal.SIGTERM
+    assert pushed(FakePushgateway.groups)["streamrec_retrain_totaloutcome=failed"] == 1
