@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The binaries the dev stack and the tests run, from Debian when missing (as root):
 # redis-server (unless STREAMREC_REDIS_URL names a Redis) and prometheus/promtool
-# (the observability tests check the alert rules and scrape a live worker), and
+# (the observability tests check the alert rules and scrape a live worker), the
+# Pushgateway (the retrain job's counters go through one in the deployments), and
 # chromium with its driver (the console test drives a real headless browser).
 set -euo pipefail
 missing=()
@@ -10,6 +11,9 @@ if [[ -z "${STREAMREC_REDIS_URL:-}" ]] && ! command -v redis-server >/dev/null; 
 fi
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   missing+=(prometheus)
+fi
+if ! command -v prometheus-pushgateway >/dev/null; then
+  missing+=(prometheus-pushgateway)
 fi
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   missing+=(chromium chromium-driver)
@@ -21,7 +25,7 @@ if [[ "$(id -u)" -ne 0 ]]; then
   echo "missing: ${missing[*]}; run 'sudo apt-get install ${missing[*]}'" \
        "(or set STREAMREC_REDIS_URL for Redis)" >&2
   [[ " ${missing[*]} " == *" redis-server "* ]] && exit 1
-  exit 0  # without prometheus or chromium only the tests that need them skip
+  exit 0  # without prometheus, the Pushgateway or chromium only the tests that need them skip
 fi
 echo "installing Debian's ${missing[*]}..." >&2
 export DEBIAN_FRONTEND=noninteractive

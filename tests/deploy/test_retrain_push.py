@@ -4,11 +4,15 @@ keeps the retrain counters in a Pushgateway, one higher each cycle."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +20,11 @@ from typing import ClassVar
 
 import orjson
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.devstack import free_port
+from tests.deploy.test_observability import RULES, query_until
 
 PUSHER = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "retrain_and_push.py"
 
@@ -150,3 +158,101 @@ def test_a_stopped_cycle_is_counted_as_failed(pushgateway: str) -> None:
         wrapper.send_signal(signal.SIGTERM)
         assert wrapper.wait(timeout=30) == 128 + signal.SIGTERM
     assert pushed(FakePushgateway.groups)["streamrec_retrain_totaloutcome=failed"] == 1
+
+
+needs_pushgateway = pytest.mark.skipif(
+    shutil.which("prometheus-pushgateway") is None,
+    reason="prometheus-pushgateway not installed (make binaries)",
+)
+
+
+@contextmanager
+def real_pushgateway(workdir: Path) -> Iterator[str]:
+    """Debian's Pushgateway on a free port; its address."""
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    with subprocess.Popen(
+        # Debian's build persists to /var/lib/prometheus by default: a file of our own.
+        ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+         f"--persistence.file={workdir / 'pushgateway.data'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ) as process:  # fmt: skip
+        try:
+            wait_for(f"{gateway}/-/ready")
+            yield gateway
+        finally:
+            process.terminate()
+
+
+@needs_pushgateway
+def test_a_real_pushgateway_keeps_the_counters_across_cycles(tmp_path: Path) -> None:
+    """What it writes back (its label order, `le="1"`, its own push_time_seconds) is
+    read as the wrapper expects."""
+    pusher = load_pusher()
+    with real_pushgateway(tmp_path) as gateway:
+        pusher.push(gateway, "published", 2.0)
+        pusher.push(gateway, "rejected", 0.5)
+        pusher.push(gateway, "rejected", 30.0)
+        with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    samples = {
+        (s.name, s.labels.get("outcome") or s.labels.get("le") or ""): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("job") == "streamrec-retrain"
+    }
+    assert samples[("streamrec_retrain_total", "published")] == 1
+    assert samples[("streamrec_retrain_total", "rejected")] == 2
+    assert samples[("streamrec_retrain_seconds_bucket", "1")] == 1  # the Go format
+    assert samples[("streamrec_retrain_seconds_bucket", "5")] == 2
+    assert samples[("streamrec_retrain_seconds_count", "")] == 3
+
+
+@needs_pushgateway
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")
+def test_a_failed_cycle_fires_the_alert_through_a_real_pushgateway(tmp_path: Path) -> None:
+    """The path compose and Kubernetes use: cycle -> Pushgateway -> Prometheus (with
+    honor_labels, our rules) -> StreamrecRetrainFailing."""
+    pusher = load_pusher()
+    with real_pushgateway(tmp_path) as gateway:
+        pusher.push(gateway, "published", 2.0)  # every outcome's series, at 0 for failed
+        target = gateway.removeprefix("http://")
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(RULES)],
+                    "scrape_configs": [
+                        {"job_name": "pushgateway", "honor_labels": True,
+                         "static_configs": [{"targets": [target]}]}
+                    ],
+                }
+            )
+        )  # fmt: skip
+        with subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ) as prometheus:  # fmt: skip
+            try:
+                failed = 'streamrec_retrain_total{job="streamrec-retrain",outcome="failed"}'
+                assert query_until(port, f"count({failed})", 1) == 1
+                pusher.push(gateway, "failed", 3.0)
+                firing = 'ALERTS{alertname="StreamrecRetrainFailing",alertstate="firing"}'
+                assert query_until(port, f"count({firing})", 1) == 1
+            finally:
+                prometheus.terminate()
+
+
+def wait_for(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
