@@ -2,7 +2,8 @@
 # The binaries the dev stack and the tests run, from Debian when missing (as root):
 # redis-server (unless STREAMREC_REDIS_URL names a Redis) and prometheus/promtool
 # (the observability tests check the alert rules and scrape a live worker), the
-# Pushgateway (the retrain job's counters go through one in the deployments), and
+# Pushgateway and redis_exporter (the deployments' retrain counters and Redis memory
+# go through them), and
 # chromium with its driver (the console test drives a real headless browser).
 set -euo pipefail
 missing=()
@@ -12,9 +13,11 @@ fi
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   missing+=(prometheus)
 fi
-if ! command -v prometheus-pushgateway >/dev/null; then
-  missing+=(prometheus-pushgateway)
-fi
+for exporter in prometheus-pushgateway prometheus-redis-exporter; do
+  if ! command -v "$exporter" >/dev/null; then
+    missing+=("$exporter")
+  fi
+done
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   missing+=(chromium chromium-driver)
 fi

@@ -8,6 +8,8 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.devstack import free_port
 from streamrec.metrics import FeedMetrics, IngestMetrics, ServeMetrics
 from streamrec.settings import Settings
 
@@ -352,3 +355,44 @@ def test_promtool_accepts_the_compose_scrape_config(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None or shutil.which("prometheus-redis-exporter") is None,
+    reason="redis-server or prometheus-redis-exporter not installed (make binaries)",
+)
+def test_redis_as_compose_runs_it_gives_the_exporter_the_memory_alert_s_series(
+    tmp_path: Path,
+) -> None:
+    """compose's redis command as written (its maxmemory given), Debian's
+    redis_exporter: the series the memory alert divides, with a limit to divide by."""
+    command = compose_services()["redis"]["command"]
+    command = [arg.replace("${REDIS_MAXMEMORY:-1gb}", "64mb") for arg in command]
+    redis_port, exporter_port = free_port(), free_port()
+    redis_args = ["--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    exporter_args = [
+        "prometheus-redis-exporter", f"-redis.addr=redis://127.0.0.1:{redis_port}",
+        f"-web.listen-address=127.0.0.1:{exporter_port}",
+    ]  # fmt: skip
+    with (
+        subprocess.Popen([*command, *redis_args], stdout=subprocess.DEVNULL) as redis_server,
+        subprocess.Popen(exporter_args, stderr=subprocess.DEVNULL) as exporter,
+    ):
+        try:
+            text = ""
+            deadline = time.monotonic() + 30
+            while "redis_memory_max_bytes" not in text and time.monotonic() < deadline:
+                time.sleep(0.2)
+                try:
+                    url = f"http://127.0.0.1:{exporter_port}/metrics"
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        text = response.read().decode()
+                except OSError:
+                    pass
+        finally:
+            exporter.terminate()
+            redis_server.terminate()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert set(samples) >= REDIS_EXPORTER, sorted(REDIS_EXPORTER - set(samples))
+    assert samples["redis_memory_max_bytes"] == 64 * 1024 * 1024
+    assert samples["redis_up"] == 1
