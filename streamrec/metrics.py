@@ -16,6 +16,14 @@ DELAY_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
+def at_zero(counter: Counter, *outcomes: str) -> None:
+    """Export each outcome from the start, at 0: a series that first appears at 1
+    is never an `increase(...) > 0` to Prometheus, so an alert on the first
+    refusal or failed cycle would not fire."""
+    for outcome in outcomes:
+        counter.labels(outcome)
+
+
 class IngestMetrics:
     """What the stream worker exports on its /metrics."""
 
@@ -136,6 +144,7 @@ class IngestMetrics:
             ["outcome"],
             registry=registry,
         )
+        at_zero(self.retrain, "published", "rejected", "skipped", "failed")
         self.retrain_seconds = Histogram(
             "streamrec_retrain_seconds",
             "Duration of one retraining cycle, as a process of its own.",
@@ -171,6 +180,7 @@ class IngestMetrics:
             ["outcome"],
             registry=registry,
         )
+        at_zero(self.swaps, "swapped", "refused")
         self.model_info = Gauge(
             "streamrec_worker_model_info",
             "1 for the model version this worker computes user vectors with.",
@@ -238,6 +248,7 @@ class ServeMetrics:
             ["outcome"],
             registry=registry,
         )
+        at_zero(self.swaps, "swapped", "refused")
         self.vector_refreshes = Counter(
             "streamrec_serve_vector_refreshes_total",
             "Users answered lately whose vector the server computed with a new version "
