@@ -207,7 +207,7 @@ async def versions(request: Request) -> Response:
     return json_response(
         {
             "current": current,
-            "served": serving.holder.current.version,
+            "served": serving.holder.held.version if serving.holder.held else None,
             "versions": [
                 {
                     "version": m.version,
@@ -256,7 +256,10 @@ async def readyz(request: Request) -> Response:
         # A probe needs no token: a reason code; the address and the error go to the log.
         log.warning("not ready: Redis did not answer a ping: %s", exc or type(exc).__name__)
         return json_response({"ready": False, "reason": "redis_unavailable"}, 503)
-    return json_response({"ready": True, "model_version": serving.holder.current.version})
+    if serving.holder.held is None:
+        # Started with `serve_wait_for_model` before the registry had a version.
+        return json_response({"ready": False, "reason": "no_model"}, 503)
+    return json_response({"ready": True, "model_version": serving.holder.held.version})
 
 
 def metrics_page(

@@ -26,12 +26,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from model_server.recommender import Recommendation, Recommender
+from streamrec.errors import BundleError
 from streamrec.kafka_client import kafka_python_options
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import FeedMetrics, ServeMetrics
 from streamrec.notices import StateChanges
 from streamrec.preflight import check_model, check_port, check_redis
 from streamrec.producer import SCHEMA_HEADERS
+from streamrec.registry import current_version
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from streamrec.topics import ensure_topics
@@ -93,7 +95,7 @@ class Feed:
     async def run(self) -> None:
         s = self.settings
         await self.store.ping()
-        await self.models.load()
+        await self._first_model()
         kafka = kafka_python_options(s)  # aiokafka takes the same option names
         consumer = AIOKafkaConsumer(
             s.topic_state_changes,
@@ -134,6 +136,20 @@ class Feed:
             await producer.stop()
             await web_runner.cleanup()
             await self.store.close()
+
+    async def _first_model(self) -> None:
+        """The registry's current version; with `serve_wait_for_model`, waited for
+        (polled every `registry_poll_s`) while the registry has none."""
+        while True:
+            try:
+                await self.models.load()
+                return
+            except BundleError:
+                root = self.settings.registry
+                if not self.settings.serve_wait_for_model or current_version(root) is not None:
+                    raise
+            log.warning("no model version in %s yet: waiting for the first", root)
+            await asyncio.sleep(self.settings.registry_poll_s)
 
     async def send_changed(self, producer: AIOKafkaProducer, changes: list[Change]) -> int:
         """Send the users of these notices whose interval has passed; coalesce the
@@ -280,7 +296,8 @@ class Feed:
 def run_feed(settings: Settings) -> None:
     check_redis(settings)
     check_port(settings.worker_web_host, settings.feed_web_port, "STREAMREC_FEED_WEB_PORT")
-    check_model(settings.registry)
+    if not settings.serve_wait_for_model:
+        check_model(settings.registry)
     ensure_topics(settings)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -25,6 +25,7 @@ from model_server.recommender import Recommender
 from model_server.request_ids import request_id
 from model_server.schemas import RequestModels
 from model_server.write_back import WriteBackQueue
+from streamrec.errors import NoModel
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
@@ -163,6 +164,8 @@ def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
                 response = await handler(request)
         except Problem as problem:
             response = problem.response()
+        except NoModel as exc:
+            response = Problem(503, "no_model", str(exc), {"Retry-After": "5"}).response()
         except RedisError as exc:
             if (suppressed := redis_warnings.due()) is not None:
                 log.warning(

@@ -225,6 +225,11 @@ class Settings(BaseSettings):
     # Reads (and explain) without a key: None means only on a loopback bind
     # (serve_host 127.0.0.1, ::1 or localhost). True opens them on any bind.
     serve_open_reads: bool | None = None
+    # With no version in the registry: False, `streamrec serve` and `streamrec feed`
+    # exit at once, saying so; True, they start, the server answering 503 no_model
+    # (/readyz too), and serve the first version once it is published (a deployment
+    # that boots before any model exists).
+    serve_wait_for_model: bool = False
     # Refused credentials from one client address per 10 s before its requests are
     # a 429 for the rest of the 10 s (0: no limit).
     serve_refusals_per_window: int = Field(default=20, ge=0)
