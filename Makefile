@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install streamrec with its dev tools
 
-binaries: ## redis-server and prometheus from Debian when missing (apt-get, as root)
+binaries: ## redis-server, prometheus, the Pushgateway and redis_exporter from Debian when missing (apt-get, as root)
 	@scripts/ensure-binaries.sh
 
 demo: venv binaries ## replay a synthetic sample through Kafka -> Faust -> Redis and watch state change

@@ -722,7 +722,8 @@ ITEM_EFFECT_PATH = (
     "an item record {available: false} (the item's record otherwise unchanged, ts now) "
     "produced to the items topic (acks=all, flushed) -> broker -> the stream worker's "
     "catalogue agent -> its apply script in Redis -> the model server's next "
-    "POST /recommend (k = 5, ranked: it checks its candidates' availability in its copy of the catalogue, which follows the change log every 0.05 s) "
+    "POST /recommend (k = 5, ranked: it checks its candidates' availability in its copy "
+    "of the catalogue, which follows the change log every 0.05 s) "
     "for a user whose top item it was, polled one request after another until the item "
     "is gone"
 )

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli import bench, demo, dev, feed, ingest, items, models, retrain, serve
+from cli import bench, demo, dev, feed, ingest, items, keys, models, retrain, serve
 from streamrec import __version__
 from streamrec.errors import StreamrecError
 
@@ -26,6 +26,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
 dev.register(app)
 ingest.register(app)
 items.register(app)
+keys.register(app)
 demo.register(app)
 bench.register(app)
 models.register(app)

@@ -1,4 +1,4 @@
-"""`streamrec produce | worker | state | topics`: events in, state out."""
+"""`streamrec produce | worker | state | forget | topics`: events in, state out."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
     app.command()(produce)
     app.command()(worker)
     app.command()(state)
+    app.command()(forget)
     app.command()(topics)
 
 
@@ -120,6 +121,20 @@ def state(user_id: str = typer.Argument(..., help="The user whose state to print
         return user.to_json_dict()
 
     typer.echo(orjson.dumps(asyncio.run(read()), option=orjson.OPT_INDENT_2).decode())
+
+
+def forget(user_id: str = typer.Argument(..., help="The user to forget.")) -> None:
+    """Forget a user: every Redis key, archived event and recommendation record of
+    theirs goes, after the events they sent before (docs/operations.md)."""
+    from streamrec.forget import send_forget
+
+    settings = Settings()
+    request = send_forget(settings, user_id)
+    reached = ", ".join(f"{h.topic}[{h.partition}]@{h.offset}" for h in request.horizon)
+    console.print(
+        f"requested on {settings.topic_users_forget}: the worker forgets the user once "
+        f"their events up to {reached} are applied"
+    )
 
 
 def topics() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -24,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from model_server import admin, endpoints
+from model_server.access import Access
 from model_server.catalogue_mirror import CatalogueMirror
 from model_server.event_intake import EventIntake
 from model_server.limits import BodySizeLimit
@@ -37,13 +40,16 @@ from model_server.schemas import request_models
 from model_server.serving import InFlight, Serving, json_response, measured
 from model_server.write_back import WriteBackQueue
 from streamrec import __version__
-from streamrec.errors import StateError
+from streamrec.errors import BundleError, StateError
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.pipelined import PipelinedConnection
 from streamrec.redact import redacted
+from streamrec.registry import current_version
 from streamrec.settings import Settings
 from streamrec.state import StateStore
+
+log = logging.getLogger(__name__)
 
 # The longest any Redis call waits (to connect, for a reply, for a free pooled
 # connection). Requests bound theirs to STREAMREC_SERVE_REDIS_TIMEOUT_MS on top; this
@@ -96,12 +102,13 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                     f"Redis at {redacted(settings.redis_url)} does not answer: {exc}"
                 ) from exc
             holder = ModelHolder(settings.registry, metrics)
-            await holder.load()
+            await _first_model(holder, settings)
             if settings.serve_popularity_refresh_s > 0:
                 popularity = PopularityTable(
                     store, settings.serve_popularity_refresh_s, settings.popularity_half_life_s
                 )
-                await popularity.refresh(holder.current)
+                if holder.held is not None:
+                    await popularity.refresh(holder.held)
                 refresher = asyncio.create_task(popularity.follow(holder))
             prewarm = (
                 Prewarm(holder, metrics, settings.serve_prewarm_users)
@@ -126,11 +133,13 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 live_items = LiveItems(
                     holder, recommender.mirror, metrics, settings.serve_live_items_poll_s
                 )
-                await live_items.catch_up(holder.current)
+                if holder.held is not None:
+                    await live_items.catch_up(holder.held)
                 holder.before_swap.append(live_items.prepare)
                 follower = asyncio.create_task(live_items.follow())
             # Held from the start: while Redis does not answer, /recommend answers it.
-            await recommender.hold_trending(holder.current)
+            if holder.held is not None:
+                await recommender.hold_trending(holder.held)
             write_back = WriteBackQueue(store)
             writer = asyncio.create_task(write_back.run())
             intake = EventIntake(settings)
@@ -144,6 +153,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 write_back,
                 InFlight(settings.serve_max_concurrency),
                 intake,
+                Access(settings),
             )
             watcher = asyncio.create_task(holder.follow(settings))
             # What start-up built (~100k objects the collector tracks: modules, the
@@ -193,6 +203,13 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
     routes = [
         *(Route(f"/v1{path}", handler, methods=[method]) for path, handler, method in operations),
         Route("/v1/events", measured("events", endpoints.events, capped=True), methods=["POST"]),
+        # Any id reaches the handler, which says what is wrong with it: an empty one,
+        # or one holding "/" or a line break, which `path` would leave to a 404.
+        Route(
+            "/v1/admin/users/{user_id:any_text}",
+            measured("admin", admin.forget_user),
+            methods=["DELETE"],
+        ),
         *(Route(path, handler, methods=[method]) for path, handler, method in operations),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
@@ -223,6 +240,36 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
 
 
 STATIC = Path(__file__).parent / "static"
+
+
+async def _first_model(holder: ModelHolder, settings: Settings) -> None:
+    """The registry's current version; with `serve_wait_for_model` and none yet,
+    nothing: the registry watcher (`ModelHolder.follow`) loads the first one."""
+    try:
+        await holder.load()
+    except BundleError:
+        if not settings.serve_wait_for_model or current_version(settings.registry) is not None:
+            raise
+        log.warning(
+            "no model version in %s yet: answering 503 no_model until one is published",
+            settings.registry,
+        )
+
+
+class AnyText(Convertor[str]):
+    """A path parameter of any characters (Starlette's `path` stops at a line break):
+    a user id may hold any, as the event contract says."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_text", AnyText())
 
 
 def static_page(path: Path) -> Callable[[Request], Awaitable[Response]]:

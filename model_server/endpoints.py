@@ -51,6 +51,7 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 async def events(request: Request) -> Response:
     """POST /v1/events (model_server/event_intake.py)."""
     serving = serving_of(request)
+    serving.access.require(request, "write")
     raw = await read_body(request)
     try:
         items = batch_items(raw, serving.settings.serve_max_events)
@@ -72,7 +73,10 @@ async def events(request: Request) -> Response:
 
 async def recommend(request: Request) -> Response:
     serving = serving_of(request)
+    serving.access.require(request, "read")
     body = await parse_body(request, serving.requests.recommend)
+    if body.explain:
+        serving.access.require(request, "explain")  # a user's history and features
     model = serving.holder.current
     max_per_category = _or_default(body.max_per_category, serving.settings.serve_max_per_category)
     answer = await serving.recommender.recommend(
@@ -118,6 +122,7 @@ def item_filter(body: ItemFilterBody | None) -> ItemFilter:
 
 async def similar(request: Request) -> Response:
     serving = serving_of(request)
+    serving.access.require(request, "read")
     body = await parse_body(request, serving.requests.similar)
     max_per_category = _or_default(body.max_per_category, serving.settings.serve_max_per_category)
     answer = await serving.recommender.similar(
@@ -138,6 +143,7 @@ async def similar(request: Request) -> Response:
 
 async def score(request: Request) -> Response:
     serving = serving_of(request)
+    serving.access.require(request, "read")
     body = await parse_body(request, serving.requests.score)
     answer = await serving.recommender.score(serving.holder.current, body.user_id, body.item_ids)
     items = [
@@ -152,7 +158,10 @@ async def score(request: Request) -> Response:
 
 
 async def model_info(request: Request) -> Response:
+    """Why a version was refused or a swap failed is for operators (the admin
+    scope): other callers see that it happened, not the error text."""
     serving = serving_of(request)
+    operator = "admin" in serving.access.require(request, "read").scopes
     model = serving.holder.current
     manifest = model.bundle.manifest
     root = serving.settings.registry
@@ -171,12 +180,14 @@ async def model_info(request: Request) -> Response:
                 for key, value in manifest.data_window.items()
             },
             "refused": {
-                version: without_paths(reason, root)
+                version: without_paths(reason, root) if operator else "refused"
                 for version, reason in serving.holder.refused.items()
             },
             "swaps": [
                 {
-                    k: without_paths(v, root) if k == "reason" and isinstance(v, str) else v
+                    k: (without_paths(v, root) if operator else "withheld")
+                    if k == "reason" and isinstance(v, str)
+                    else v
                     for k, v in entry.items()
                 }
                 for entry in serving.holder.history
@@ -189,13 +200,14 @@ async def versions(request: Request) -> Response:
     """GET /v1/versions: the registry's versions, oldest first, with their lineage
     and gate figures; which one CURRENT names and which one this process serves."""
     serving = serving_of(request)
+    operator = "admin" in serving.access.require(request, "read").scopes
     root = serving.settings.registry
     listing = await asyncio.to_thread(list_registry, root)
     current = await asyncio.to_thread(current_version, root)
     return json_response(
         {
             "current": current,
-            "served": serving.holder.current.version,
+            "served": serving.holder.held.version if serving.holder.held else None,
             "versions": [
                 {
                     "version": m.version,
@@ -207,7 +219,8 @@ async def versions(request: Request) -> Response:
                 for m in listing.versions
             ],
             "unreadable": {
-                name: without_paths(reason, root) for name, reason in listing.unreadable.items()
+                name: without_paths(reason, root) if operator else "unreadable"
+                for name, reason in listing.unreadable.items()
             },
         }
     )
@@ -243,7 +256,10 @@ async def readyz(request: Request) -> Response:
         # A probe needs no token: a reason code; the address and the error go to the log.
         log.warning("not ready: Redis did not answer a ping: %s", exc or type(exc).__name__)
         return json_response({"ready": False, "reason": "redis_unavailable"}, 503)
-    return json_response({"ready": True, "model_version": serving.holder.current.version})
+    if serving.holder.held is None:
+        # Started with `serve_wait_for_model` before the registry had a version.
+        return json_response({"ready": False, "reason": "no_model"}, 503)
+    return json_response({"ready": True, "model_version": serving.holder.held.version})
 
 
 def metrics_page(

@@ -8,7 +8,8 @@ later ones and the user's record is sent once when the interval passes, from
 the state as it is then, so the last record per user is always their latest
 answer. Offsets are committed after the records are acknowledged by the broker,
 and never past a notice whose user still waits, so a crash sends again rather
-than loses.
+than loses. A notice of a forgotten user drops what waits for them and sends their
+tombstone, after any record sent for them before.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from model_server.recommender import Recommendation, Recommender
+from streamrec.errors import BundleError
 from streamrec.kafka_client import kafka_python_options
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import FeedMetrics, ServeMetrics
 from streamrec.notices import StateChanges
 from streamrec.preflight import check_model, check_port, check_redis
 from streamrec.producer import SCHEMA_HEADERS
+from streamrec.registry import current_version
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from streamrec.topics import ensure_topics
@@ -92,7 +95,7 @@ class Feed:
     async def run(self) -> None:
         s = self.settings
         await self.store.ping()
-        await self.models.load()
+        await self._first_model()
         kafka = kafka_python_options(s)  # aiokafka takes the same option names
         consumer = AIOKafkaConsumer(
             s.topic_state_changes,
@@ -134,14 +137,35 @@ class Feed:
             await web_runner.cleanup()
             await self.store.close()
 
+    async def _first_model(self) -> None:
+        """The registry's current version; with `serve_wait_for_model`, waited for
+        (polled every `registry_poll_s`) while the registry has none."""
+        while True:
+            try:
+                await self.models.load()
+                return
+            except BundleError:
+                root = self.settings.registry
+                if not self.settings.serve_wait_for_model or current_version(root) is not None:
+                    raise
+            log.warning("no model version in %s yet: waiting for the first", root)
+            await asyncio.sleep(self.settings.registry_poll_s)
+
     async def send_changed(self, producer: AIOKafkaProducer, changes: list[Change]) -> int:
         """Send the users of these notices whose interval has passed; coalesce the
         rest into their pending entry. Returns how many users were sent."""
         changed: dict[str, Pending] = {}
+        forgotten: list[str] = []
         for change in changes:
             for user_id in change.notice.last_ts_ms:
                 entry = Pending(0, change.notice.applied_at_ms, change.tp, change.offset)
                 changed[user_id] = changed[user_id].merged(entry) if user_id in changed else entry
+            for user_id in change.notice.forgotten:
+                # In notice order: a change after the forget is a new event, sent below.
+                changed.pop(user_id, None)
+                self.pending.pop(user_id, None)
+                forgotten.append(user_id)
+        await self._send_tombstones(producer, forgotten)
         waiting = [u for u in changed if u in self.pending]
         for user_id in waiting:
             self.pending[user_id] = self.pending[user_id].merged(changed.pop(user_id))
@@ -156,9 +180,30 @@ class Feed:
             del self.pending[user_id]
         return await self._send_free(producer, due)
 
+    async def _send_tombstones(self, producer: AIOKafkaProducer, user_ids: list[str]) -> None:
+        """A null record per forgotten user: a compacted topic drops their records."""
+        sends = [
+            await producer.send(
+                self.settings.topic_recommendations,
+                None,
+                key=user_id.encode(),
+                headers=SCHEMA_HEADERS,
+            )
+            for user_id in user_ids
+        ]
+        await asyncio.gather(*sends)
+        self.metrics.records.labels("tombstone").inc(len(sends))
+
     async def _send_free(self, producer: AIOKafkaProducer, users: dict[str, Pending]) -> int:
         if not users:
             return 0
+        # A notice names a user whose state changed; no state now means the user was
+        # forgotten since (the forget's own notice follows): send nothing for them.
+        present = await self.store.users_with_state(list(users))
+        for user_id, has_state in zip(list(users), present, strict=True):
+            if not has_state:
+                del users[user_id]
+                self.metrics.records.labels("forgotten").inc()
         order = list(users)
         waits = await self.store.feed_slots(order, self.settings.feed_min_interval_ms)
         now_ms = _now_ms()
@@ -251,7 +296,8 @@ class Feed:
 def run_feed(settings: Settings) -> None:
     check_redis(settings)
     check_port(settings.worker_web_host, settings.feed_web_port, "STREAMREC_FEED_WEB_PORT")
-    check_model(settings.registry)
+    if not settings.serve_wait_for_model:
+        check_model(settings.registry)
     ensure_topics(settings)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"

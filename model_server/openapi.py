@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from model_server.schemas import (
     EventsResponse,
+    ForgetResponse,
     HealthResponse,
     ModelResponse,
     ProblemBody,
@@ -71,6 +72,7 @@ def openapi_document(
         ProblemBody,
         EventsResponse,
         VersionsResponse,
+        ForgetResponse,
     ]
     inputs = (requests.recommend, requests.score, requests.similar, RollbackRequest)
     refs, top = models_json_schema(
@@ -106,9 +108,17 @@ def openapi_document(
             "see Retry-After"
         )
     }
-    unauthorized = {"401": answer("Missing or wrong bearer token")}
+    # Keys and their scopes: model_server/access.py, docs/serving.md ("Access").
+    guarded = {
+        "401": answer("No credential where one is needed, or an unknown one"),
+        "403": answer("The key lacks the scope this needs (read, explain, write, admin)"),
+        "429": answer("Too many refused credentials from this address; see Retry-After"),
+    }
+    unauthorized = guarded
     refused = {"409": answer("The bundle was refused; the old version keeps serving")}
-    admin_security: list[dict[str, list[str]]] = [{"bearer": []}]
+    admin_security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+    # {}: no credential, while reads are open (by default on a loopback bind only).
+    read_security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
     accepted_events = {
         "202": answer("Each event's outcome; every valid one is on Kafka", EventsResponse),
         "503": answer(
@@ -131,6 +141,16 @@ def openapi_document(
             }
         ],
         "rollback": {"version": "v20261206T044327Z-e79b72"},
+        "forget": {
+            "user_id": "u021",
+            "status": "requested",
+            "topic": "users.forget",
+            "requested_ms": 1765015200000,
+            "horizon": [
+                {"topic": "clicks", "partition": 2, "offset": 18231},
+                {"topic": "purchases", "partition": 2, "offset": 977},
+            ],
+        },
     }
 
     batch_event = {"description": "An event, judged by #/components/schemas/Event"}
@@ -139,6 +159,11 @@ def openapi_document(
         (media,) = request_body["content"].values()
         media["example"] = examples[name]
         return request_body
+
+    def with_response_example(response: dict[str, Any], name: str) -> dict[str, Any]:
+        (media,) = response["content"].values()
+        media["example"] = examples[name]
+        return response
 
     return {
         "openapi": "3.1.0",
@@ -155,21 +180,24 @@ def openapi_document(
                 "summary": "Top-k items for a user",
                 "requestBody": with_example(body(requests.recommend), "recommend"),
                 "responses": {"200": answer("Ranked items", RecommendResponse),
-                              **with_body, **failed, **no_state},
+                              **with_body, **guarded, **failed, **no_state},
+                "security": read_security,
             }},
             "/v1/score": {"post": {
                 "operationId": "score",
                 "summary": "Ranker scores for the given items; unknown items per item",
                 "requestBody": with_example(body(requests.score), "score"),
                 "responses": {"200": answer("Scores in request order", ScoreResponse),
-                              **with_body, **failed, **no_state},
+                              **with_body, **guarded, **failed, **no_state},
+                "security": read_security,
             }},
             "/v1/similar": {"post": {
                 "operationId": "similar",
                 "summary": "Items like this one (customers who viewed this)",
                 "requestBody": with_example(body(requests.similar), "similar"),
                 "responses": {"200": answer("Similar items", SimilarResponse),
-                              **with_body, **failed, **no_state},
+                              **with_body, **guarded, **failed, **no_state},
+                "security": read_security,
             }},
             "/v1/events": {"post": {
                 "operationId": "events",
@@ -189,16 +217,19 @@ def openapi_document(
                     ]},
                     "example": examples["events"],
                 }}},
-                "responses": {**accepted_events, **with_body, **failed},
+                "responses": {**accepted_events, **with_body, **guarded, **failed},
+                "security": read_security,
             }},
             "/v1/model": {"get": {"operationId": "model",
                                   "summary": "The version being served",
+                                  "security": read_security,
                                   "responses": {"200": answer("Manifest summary", ModelResponse),
-                                                **failed}}},
+                                                **guarded, **failed}}},
             "/v1/versions": {"get": {"operationId": "versions",
                                      "summary": "The registry's versions and their lineage",
+                                     "security": read_security,
                                      "responses": {"200": answer("Versions", VersionsResponse),
-                                                   **failed}}},
+                                                   **guarded, **failed}}},
             "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive",
                                  "responses": {"200": answer("ok", HealthResponse)}}},
             "/readyz": {"get": {"operationId": "readyz",
@@ -232,9 +263,38 @@ def openapi_document(
                 "responses": {"200": answer("Swapped or unchanged", SwapResponse),
                               **with_body, **unauthorized, **refused, **failed, **no_state},
             }},
+            "/v1/admin/users/{user_id}": {"delete": {
+                "operationId": "adminForgetUser",
+                "summary": "Forget a user: every Redis key, archived event and "
+                           "recommendation record of theirs, after their earlier events",
+                "description": "Writes a request to the users.forget topic and answers "
+                               "202 once Kafka acknowledged it; a worker applies it after "
+                               "every event the user sent before (docs/operations.md, "
+                               "\"Forgetting a user\"). Idempotent; a user never seen is "
+                               "no error.",
+                "security": admin_security,
+                "parameters": [{
+                    "name": "user_id", "in": "path", "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "example": "u021",
+                }],
+                "responses": {
+                    "202": with_response_example(
+                        answer("Requested: on Kafka, to be applied by a worker", ForgetResponse),
+                        "forget",
+                    ),
+                    "400": answer("The user id is empty or longer than 128 characters"),
+                    **unauthorized, **failed,
+                    "503": answer("Kafka did not take the request (kafka_unavailable): "
+                                  "nothing was recorded, send it again; see Retry-After"),
+                },
+            }},
         },
         "components": {
             "schemas": {**top.get("$defs", {}), "Event": event_schema()},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
     }  # fmt: skip

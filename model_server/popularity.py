@@ -128,7 +128,12 @@ class PopularityTable:
     async def follow(self, holder: ModelHolder) -> None:
         """Refresh for the served version until `stop()`; a Redis outage leaves the
         last table in place and the next refresh catches up."""
-        await self._polling.run(lambda: self.refresh(holder.current), (RedisError,))
+
+        async def step() -> None:
+            if holder.held is not None:  # a server waiting for its first version
+                await self.refresh(holder.held)
+
+        await self._polling.run(step, (RedisError,))
 
     def stop(self) -> None:
         self._polling.stop()

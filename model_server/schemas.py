@@ -254,7 +254,9 @@ class VersionSummary(BaseModel):
 
 class VersionsResponse(BaseModel):
     current: str | None = Field(description="The version the registry's CURRENT names.")
-    served: str = Field(description="The version this process serves.")
+    served: str | None = Field(
+        description="The version this process serves (none yet: waiting for the first)."
+    )
     versions: list[VersionSummary] = Field(description="Oldest first.")
     unreadable: dict[str, str] = Field(description="Registry entries that are no bundle: why.")
 
@@ -266,7 +268,9 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     model_version: str | None = None
-    reason: Literal["redis_unavailable"] | None = Field(None, description="Why not ready.")
+    reason: Literal["redis_unavailable", "no_model"] | None = Field(
+        None, description="Why not ready."
+    )
 
 
 class EventOutcome(BaseModel):
@@ -292,3 +296,20 @@ class SwapResponse(BaseModel):
     outcome: Literal["swapped", "unchanged"]
     model_version: str
     previous: str | None
+
+
+class ForgetHorizon(BaseModel):
+    """The end offset of the user's partition of one input topic when the request was
+    sent: the worker forgets the user after every event below it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class ForgetResponse(BaseModel):
+    user_id: str
+    status: Literal["requested"]
+    topic: str
+    requested_ms: int
+    horizon: list[ForgetHorizon]

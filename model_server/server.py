@@ -34,7 +34,8 @@ def run_server(settings: Settings) -> None:
     StreamrecError before anything starts."""
     check_redis(settings)
     check_port(settings.serve_host, settings.serve_port, "--port or STREAMREC_SERVE_PORT")
-    check_model(settings.registry)
+    if not settings.serve_wait_for_model:
+        check_model(settings.registry)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

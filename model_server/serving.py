@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -17,11 +17,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from model_server.event_intake import EventIntake
+
+if TYPE_CHECKING:
+    from model_server.access import Access
 from model_server.limits import BodyTooLarge
 from model_server.recommender import Recommender
 from model_server.request_ids import request_id
 from model_server.schemas import RequestModels
 from model_server.write_back import WriteBackQueue
+from streamrec.errors import NoModel
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
@@ -72,6 +76,7 @@ class Serving:
     write_back: WriteBackQueue
     in_flight: InFlight
     intake: EventIntake
+    access: Access
 
 
 def serving_of(request: Request) -> Serving:
@@ -159,6 +164,8 @@ def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
                 response = await handler(request)
         except Problem as problem:
             response = problem.response()
+        except NoModel as exc:
+            response = Problem(503, "no_model", str(exc), {"Retry-After": "5"}).response()
         except RedisError as exc:
             if (suppressed := redis_warnings.due()) is not None:
                 log.warning(

@@ -26,7 +26,7 @@ from retrain.data import group_by_user
 from retrain.publish import load_ranker, load_warm_start, publish_models
 from retrain.training import TrainPlan, evaluate_on_slice, train_models, train_plan
 from streamrec import registry
-from streamrec.archive import ArchivedEvent, read_archive
+from streamrec.archive import ArchivedEvent, Forgotten, read_archive, read_forgotten
 from streamrec.catalogue import Catalogue
 from streamrec.content import ItemContent, prices_of
 from streamrec.settings import Settings
@@ -107,7 +107,9 @@ def run_cycle(
     plan = plan or cycle_plan(settings, first=parent is None)
     since = _window_end(root, parent)
 
-    new = list(read_archive(settings.archive_root, since, until))
+    # Read once, before the window: the manifest names the last forget the read honoured.
+    forgotten = read_forgotten(settings.archive_root)
+    new = list(read_archive(settings.archive_root, since, until, forgotten))
     if len(new) < settings.retrain_min_events:
         return CycleResult(
             "skipped",
@@ -116,7 +118,7 @@ def run_cycle(
             new_events=len(new),
             seconds=time.perf_counter() - started,
         )
-    replay = _replay_sample(settings, since) if since is not None else []
+    replay = _replay_sample(settings, since, forgotten) if since is not None else []
     sequences = group_by_user(
         (a.event.user_id, a.event.item_id, a.event.type, a.event.ts_ms) for a in replay + new
     )
@@ -161,6 +163,8 @@ def run_cycle(
         "new_events": len(new),
         "replay_events": len(replay),
         "offsets": _offsets(new),
+        # The forget horizon: every user forgotten up to here is absent from the window.
+        **forgotten.to_json_dict(),
         "gate": {"metrics": GATE_METRICS, "tolerance": settings.retrain_tolerance, **metrics},
     }
     manifest = publish_models(
@@ -211,10 +215,12 @@ def _window_end(root: Any, parent: str | None) -> datetime | None:
     return datetime.fromtimestamp(until_ms / 1000, UTC) if until_ms else None
 
 
-def _replay_sample(settings: Settings, since: datetime) -> list[ArchivedEvent]:
+def _replay_sample(
+    settings: Settings, since: datetime, forgotten: Forgotten
+) -> list[ArchivedEvent]:
     """Older users' events, a seeded sample by user, so old tastes are not forgotten."""
     window_start = since - timedelta(seconds=settings.retrain_replay_window_s)
-    older = list(read_archive(settings.archive_root, window_start, since))
+    older = list(read_archive(settings.archive_root, window_start, since, forgotten))
     users = sorted({a.event.user_id for a in older})
     chosen = set(
         random.Random(0).sample(users, round(len(users) * settings.retrain_replay_fraction))

@@ -2,7 +2,8 @@
 
 One agent consumes both input topics (`clicks`, `purchases`) in batches and
 hands them to `stream.ingest.Ingestor`; another applies the `items` topic to the
-catalogue (`stream.catalogue`); the worker's web server exports
+catalogue (`stream.catalogue`); a third forgets users (`stream.forget`), each
+after the user's earlier events; the worker's web server exports
 /metrics; a timer publishes consumer lag. With a model in the registry, the
 batches' users get fresh cached vectors (`stream.vectors`).
 """
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from redis.exceptions import RedisError
 
 from stream.catalogue import CatalogueIngestor, item_message
+from stream.forget import add_forget_agent
 from stream.ingest import Ingestor, IngestPolicy
 from stream.lag import publish_consumer_lag
 from stream.overlap import OverlappedWriter, raw_message
@@ -179,6 +181,10 @@ def create_app(
             writer = OverlappedWriter(app, catalogue.handle_batch, item_message)
             await writer.consume(batches(stream), settings.worker_shutdown_timeout_s / 3)
 
+        forgetter = add_forget_agent(
+            app, settings, state, archive, metrics, send_dlq, ingestor.waits, changes, batches
+        )
+
         @app.task
         async def check_redis() -> None:
             # Fail fast: a worker that cannot reach Redis must not look healthy.
@@ -213,12 +219,17 @@ def create_app(
             await refresher.holder.follow(settings)
 
     if archive is not None:
+        archive_writer = archive
 
         @app.timer(interval=600.0)
         async def prune_archive() -> None:
-            removed = prune(settings.archive_root, settings.archive_retention_s)
+            removed = prune(
+                settings.archive_root, settings.archive_retention_s, writer=archive_writer
+            )
             if removed:
                 log.info("archive retention: removed segments %s", removed)
+            if not noop:
+                await forgetter.full_pass()
 
     if not noop and (settings.retrain_every_s > 0 or settings.retrain_every_events > 0):
         trigger = RetrainTrigger(settings, state, metrics)

@@ -277,10 +277,14 @@ class _ClientBase:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = RetryPolicy(),
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        api_key: str | None = None,
     ) -> None:
+        """`api_key`: sent as `Authorization: Bearer <key>` (servers that require
+        keys: docs/serving.md, "Access")."""
         self.servers = _Servers(base_urls, retry.cooldown_s)
         self.retry = retry
         self.timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._open_pool()
 
     def _open_pool(self) -> None:
@@ -293,7 +297,7 @@ class RecommenderClient(_ClientBase):
     http: httpx.Client
 
     def _open_pool(self) -> None:
-        self.http = httpx.Client(timeout=self.timeout)
+        self.http = httpx.Client(timeout=self.timeout, headers=self.headers)
 
     def recommend(
         self,
@@ -364,7 +368,7 @@ class AsyncRecommenderClient(_ClientBase):
     http: httpx.AsyncClient
 
     def _open_pool(self) -> None:
-        self.http = httpx.AsyncClient(timeout=self.timeout)
+        self.http = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
 
     async def recommend(
         self,

@@ -9,6 +9,7 @@
     ├── BundleError          a model bundle is missing, corrupt or incompatible
     │   └── ChecksumMismatch a bundle file's sha256 differs from its manifest
     └── ServingError         the model server could not do what was asked
+        ├── NoModel          no version is loaded yet (a server waiting for the first)
         ├── RequestRejected  the server answered a client's request with an error status
         └── ServersUnavailable  no server answered a client's request in its attempts
 
@@ -51,6 +52,10 @@ class ChecksumMismatch(BundleError):
 
 class ServingError(StreamrecError):
     """The model server could not do what was asked (no model to serve, nothing to roll back)."""
+
+
+class NoModel(ServingError):
+    """No model version is loaded yet (a server started before the registry had one)."""
 
 
 class RequestRejected(ServingError):

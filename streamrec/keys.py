@@ -8,6 +8,7 @@ A user's keys share the hash tag `{user_id}`, an item's `{item_id}`, a category'
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -30,6 +31,9 @@ class UserPart(StrEnum):
     VECTOR = "vec"  # the user vector a model version computed
     FEED = "pub"  # the feed's per-user interval marker ("pub": existing keys stay valid)
     DEDUP = "dd:"  # + event_id: an event's dedup marker
+
+
+USER_PARTS = frozenset(p.value for p in UserPart if p is not UserPart.DEDUP)
 
 
 class ItemPart(StrEnum):
@@ -58,6 +62,36 @@ def item_key(item_id: str, part: ItemPart) -> str:
 
 def category_key(category: str, part: CategoryPart) -> str:
     return f"{PREFIX}:c:{{{category}}}:{part}"
+
+
+ALL_USER_KEYS = f"{PREFIX}:u:*"  # a SCAN pattern
+
+
+def user_keys_pattern(user_id: str) -> str:
+    """A SCAN pattern matching every key of the user and no other user's: the id's
+    glob characters are escaped."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in user_id)
+    return f"{PREFIX}:u:{{{escaped}}}:*"
+
+
+def is_user_key(key: str, user_id: str) -> bool:
+    """Whether a key `user_keys_pattern` matched is this user's: one of its parts, or
+    a dedup marker (whose event id may hold anything)."""
+    prefix = user_key(user_id, UserPart.RECENT)[: -len(UserPart.RECENT)]
+    part = key[len(prefix) :]
+    return key.startswith(prefix) and (part in USER_PARTS or part.startswith(UserPart.DEDUP.value))
+
+
+def user_key_owner(key: str, user_ids: Collection[str]) -> str | None:
+    """Which of these users a key is of (`is_user_key`), if any."""
+    start = len(f"{PREFIX}:u:{{")
+    end = key.find("}:", start)
+    while end != -1:
+        candidate = key[start:end]
+        if candidate in user_ids and is_user_key(key, candidate):
+            return candidate
+        end = key.find("}:", end + 1)
+    return None
 
 
 def dedup_key(user_id: str, event_id: str) -> str:

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from streamrec import registry
 from streamrec.announcements import wake_on_announcements
-from streamrec.errors import BundleError, ServingError
+from streamrec.errors import BundleError, NoModel
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class ModelHolder:
     @property
     def current(self) -> ServedModel:
         if self._current is None:
-            raise ServingError("no model version is loaded yet")
+            raise NoModel("no model version is loaded yet")
         return self._current
 
     @property

@@ -16,6 +16,14 @@ DELAY_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
+def at_zero(counter: Counter, *outcomes: str) -> None:
+    """Export each outcome from the start, at 0: a series that first appears at 1
+    is never an `increase(...) > 0` to Prometheus, so an alert on the first
+    refusal or failed cycle would not fire."""
+    for outcome in outcomes:
+        counter.labels(outcome)
+
+
 class IngestMetrics:
     """What the stream worker exports on its /metrics."""
 
@@ -63,6 +71,22 @@ class IngestMetrics:
         self.catalogue_unavailable = Gauge(
             "streamrec_catalogue_unavailable_items",
             "Items with a live catalogue record marked unavailable (take max, not sum).",
+            registry=registry,
+        )
+        self.forgets = Counter(
+            "streamrec_forgets_total",
+            "Requests to forget a user, by outcome (forgotten: Redis keys or archive rows "
+            "removed; absent: nothing held the user, or it was forgotten already; rejected: "
+            "malformed, sent to the DLQ, by reason in streamrec_dlq_total; failed: Redis "
+            "refused the deletion, sent to the DLQ as forget_failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.forget_delay = Histogram(
+            "streamrec_forget_request_to_applied_seconds",
+            "From a forget request being sent to the worker applying it (after the "
+            "user's earlier events; before the archive's rewrite).",
+            buckets=DELAY_BUCKETS_S,
             registry=registry,
         )
         self.item_to_state = Histogram(
@@ -120,6 +144,7 @@ class IngestMetrics:
             ["outcome"],
             registry=registry,
         )
+        at_zero(self.retrain, "published", "rejected", "skipped", "failed")
         self.retrain_seconds = Histogram(
             "streamrec_retrain_seconds",
             "Duration of one retraining cycle, as a process of its own.",
@@ -155,6 +180,7 @@ class IngestMetrics:
             ["outcome"],
             registry=registry,
         )
+        at_zero(self.swaps, "swapped", "refused")
         self.model_info = Gauge(
             "streamrec_worker_model_info",
             "1 for the model version this worker computes user vectors with.",
@@ -222,6 +248,7 @@ class ServeMetrics:
             ["outcome"],
             registry=registry,
         )
+        at_zero(self.swaps, "swapped", "refused")
         self.vector_refreshes = Counter(
             "streamrec_serve_vector_refreshes_total",
             "Users answered lately whose vector the server computed with a new version "
@@ -253,7 +280,9 @@ class FeedMetrics:
             "streamrec_feed_records_total",
             "Users' top-K records on the feed, by outcome (published: sent; rate_limited: "
             "a change inside the user's interval, deferred until it passes; coalesced: a "
-            "change folded into a deferred one, sent with it).",
+            "change folded into a deferred one, sent with it; tombstone: a forgotten "
+            "user's null record; forgotten: a change of a user forgotten before it was "
+            "sent, not sent).",
             ["outcome"],
             registry=registry,
         )

@@ -21,17 +21,23 @@ class StateChanges:
     partition: int
     last_ts_ms: dict[str, int]  # user_id → newest event time applied in the batch
     applied_at_ms: int  # when the state was written
+    # Users forgotten (every key gone): the feed drops what it holds for them and
+    # sends their tombstone, after any record it sent from an earlier notice.
+    forgotten: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "partition": self.partition,
-                "users": self.last_ts_ms,
-                "applied_at": self.applied_at_ms,
-            }
-        )
+        body: dict[str, object] = {
+            "partition": self.partition,
+            "users": self.last_ts_ms,
+            "applied_at": self.applied_at_ms,
+        }
+        if self.forgotten:
+            body["forgotten"] = list(self.forgotten)
+        return orjson.dumps(body)
 
     @classmethod
     def from_json(cls, raw: bytes) -> StateChanges:
         body = orjson.loads(raw)
-        return cls(body["partition"], body["users"], body["applied_at"])
+        return cls(
+            body["partition"], body["users"], body["applied_at"], tuple(body.get("forgotten", ()))
+        )

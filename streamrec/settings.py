@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_STACK_FILE = "dev.json"
@@ -23,6 +23,18 @@ def _env(name: str, former: str) -> AliasChoices:
     when both are set). A field with an alias is read without the prefix, so both
     names are spelt out in full."""
     return AliasChoices(ENV_PREFIX + name, ENV_PREFIX + former)
+
+
+class ApiKey(BaseModel):
+    """One API key of `Settings.api_keys` (model_server/access.py): only its hash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: tuple[Literal["read", "explain", "write", "admin"], ...] = Field(
+        default=("read",), min_length=1
+    )
 
 
 class Settings(BaseSettings):
@@ -59,6 +71,9 @@ class Settings(BaseSettings):
     topic_state_changes: str = "state.changes"
     # Catalogue records, key = item_id, created compacted (docs/catalogue.md).
     topic_items: str = "items"
+    # Requests to forget a user, key = user_id, partitioned as the input topics
+    # (docs/operations.md, "Forgetting a user").
+    topic_users_forget: str = "users.forget"
     # Notices of changed users after each batch, which the feed turns into fresh
     # top-K on `topic_recommendations` (`streamrec feed`). Its settings were named
     # for `streamrec publish`; those names are read until the next release.
@@ -203,6 +218,21 @@ class Settings(BaseSettings):
     serve_workers: int = Field(default=1, ge=1, le=64)
     # Bearer token for /admin/*; empty disables the admin endpoints (401).
     admin_token: str = ""
+    # API keys, as a JSON list: [{"id": "shop-web", "sha256": "<hex of the key's
+    # SHA-256>", "scopes": ["read", "explain", "write", "admin"]}] (`streamrec keys
+    # new` makes one). The server holds only the hashes.
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    # Reads (and explain) without a key: None means only on a loopback bind
+    # (serve_host 127.0.0.1, ::1 or localhost). True opens them on any bind.
+    serve_open_reads: bool | None = None
+    # With no version in the registry: False, `streamrec serve` and `streamrec feed`
+    # exit at once, saying so; True, they start, the server answering 503 no_model
+    # (/readyz too), and serve the first version once it is published (a deployment
+    # that boots before any model exists).
+    serve_wait_for_model: bool = False
+    # Refused credentials from one client address per 10 s before its requests are
+    # a 429 for the rest of the 10 s (0: no limit).
+    serve_refusals_per_window: int = Field(default=20, ge=0)
     # Past this, ranking is skipped and the answer comes in retrieval order.
     serve_budget_ms: float = Field(default=50.0, gt=0)
     serve_max_k: int = Field(default=200, ge=1)

@@ -37,6 +37,7 @@ from streamrec.covis import CovisRule
 from streamrec.events import EVENT_TYPE_OF, Event, EventType
 from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
 from streamrec.keys import (
+    ALL_USER_KEYS,
     EVENT_TYPES,
     NEW_EVENTS_KEY,
     POPULARITY_CHANGED_KEY,
@@ -48,6 +49,8 @@ from streamrec.keys import (
     lua_script,
     trending_key,
     user_key,
+    user_key_owner,
+    user_keys_pattern,
     user_vector_key,
 )
 from streamrec.pipelined import PipelinedConnection
@@ -446,6 +449,46 @@ class StateStore:
             0 if granted else max(1, int(ttl_ms))
             for granted, ttl_ms in zip(replies[::2], replies[1::2], strict=True)
         ]
+
+    async def forget_user(self, user_id: str) -> int:
+        """Delete every key of the user (`keys.user_keys_pattern`: state, cached vector,
+        recommended items, feed marker, dedup markers); returns how many there were.
+        A SCAN, not a list of names: dedup keys are named by event ids nobody keeps.
+        The user's share of item popularity, co-visitation and trending stays: sums
+        over many users that name no one (docs/operations.md, "Forgetting a user")."""
+        (removed,) = await self.forget_users([user_id])
+        return removed
+
+    async def forget_users(self, user_ids: Sequence[str]) -> list[int]:
+        """`forget_user` for many users with one SCAN: a SCAN walks the whole keyspace
+        whatever its pattern (0.6 s per million keys, docs/operations.md), so a burst
+        of forgets walks it once. Per user, the keys removed."""
+        wanted = set(user_ids)
+        pattern = user_keys_pattern(user_ids[0]) if len(wanted) == 1 else ALL_USER_KEYS
+        removed = dict.fromkeys(wanted, 0)
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
+            # Not another user's whose id starts with one of these and "}:".
+            owner = user_key_owner(key.decode(), wanted)
+            if owner is None:
+                continue
+            batch.append(key)
+            removed[owner] += 1
+            if len(batch) >= 500:
+                await self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            await self.redis.unlink(*batch)
+        return [removed[user_id] for user_id in user_ids]
+
+    async def users_with_state(self, user_ids: Sequence[str]) -> list[bool]:
+        """Per user, whether any event of theirs is in the state (one round trip)."""
+        if not user_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.exists(user_key(user_id, UserPart.META))
+            return [bool(found) for found in await pipe.execute()]
 
     async def take_new_event_count(self) -> int:
         """Events applied since the last call (by every worker), and start again at 0."""

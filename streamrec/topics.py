@@ -28,6 +28,9 @@ def wanted_topics(settings: Settings) -> dict[str, int]:
         settings.topic_model_versions: 1,
         settings.topic_state_changes: settings.input_partitions,
         settings.topic_items: settings.input_partitions,
+        # As many partitions as the input topics, keyed alike: the worker that owns a
+        # user's events owns the user's forget requests too.
+        settings.topic_users_forget: settings.input_partitions,
     }
 
 
@@ -49,6 +52,7 @@ def pipeline_names(name: str) -> dict[str, str]:
         "topic_model_versions": f"{name}.model.versions",
         "topic_state_changes": f"{name}.state.changes",
         "topic_items": f"{name}.items",
+        "topic_users_forget": f"{name}.users.forget",
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -148,7 +149,11 @@ class BadBundleDrill:
 
 def bad_bundle_drill(settings: Settings, models: TrainedModels, workdir: Path) -> BadBundleDrill:
     """`settings` name an empty registry; a good version is published, served and
-    loaded, then each bad bundle becomes CURRENT in turn."""
+    loaded, then each bad bundle becomes CURRENT in turn. The reasons are read with
+    the admin token (/model shows them to the admin scope only)."""
+    settings = settings.model_copy(
+        update={"admin_token": settings.admin_token or secrets.token_hex(16)}
+    )
     root = settings.registry
     good = publish(models, root).version
     users = seed_users(settings, list(models.vocab.item_ids))
@@ -165,7 +170,7 @@ def bad_bundle_drill(settings: Settings, models: TrainedModels, workdir: Path) -
             _wait(lambda n=n: _swaps(server, "refused") >= n, f"refusal {n}")
             load.wait_for(len(load.versions) + 20)
         point_current_at(root, good)
-        refused = _get_json(f"{url}/model")["refused"]
+        refused = _get_json(f"{url}/model", settings.admin_token)["refused"]
         metrics = server.metrics_text()
     return BadBundleDrill(
         served_version=good,
@@ -233,10 +238,13 @@ def _wait(check: Any, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def _get_json(url: str) -> dict[str, Any]:
+def _get_json(url: str, token: str = "") -> dict[str, Any]:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=5) as response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(
+        urllib.request.Request(url, headers=headers), timeout=5
+    ) as response:
         body: dict[str, Any] = json.loads(response.read())
         return body
 

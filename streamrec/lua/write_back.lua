@@ -2,12 +2,37 @@
 -- vector ttl s, then per user: user id, now ms, the cached vector ('' for none),
 -- the item count, the item ids. A user's recommended items older than the window
 -- and beyond the cap are dropped. Builds the user keys itself, like the apply script.
+-- A vector is written only while the user's state still has the tag it was computed
+-- from: one read before an event, or before the user was forgotten, is not cached;
+-- the items shown only while the user has state.
 local window, max_items, vector_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+
+-- StoredUser.state_tag, from the meta hash: "<events applied>:<last_ts or None>".
+local function state_tag(user)
+  local meta = redis.call('HGETALL', user_key(user, USER_META))
+  local applied, last_ts = 0, 'None'
+  for j = 1, #meta, 2 do
+    if string.sub(meta[j], 1, 2) == 'n:' then applied = applied + tonumber(meta[j + 1])
+    elseif meta[j] == 'last_ts' then last_ts = meta[j + 1] end
+  end
+  return applied .. ':' .. last_ts
+end
+
+-- The tag inside a cached vector `<version>|<tag>|<bytes>`.
+local function vector_tag(vector)
+  local first = string.find(vector, '|', 1, true)
+  local second = string.find(vector, '|', first + 1, true)
+  return string.sub(vector, first + 1, second - 1)
+end
 local i = 4
 while i <= #ARGV do
   local now, vector, n = tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
-  if vector ~= '' then redis.call('SET', user_key(ARGV[i], USER_VECTOR), vector, 'EX', vector_ttl) end
-  if window > 0 and n > 0 then
+  if vector ~= '' and vector_tag(vector) == state_tag(ARGV[i]) then
+    redis.call('SET', user_key(ARGV[i], USER_VECTOR), vector, 'EX', vector_ttl)
+  end
+  -- Only for a user with state (the server asks nothing else): an answer read before
+  -- the user was forgotten and written back after it leaves nothing.
+  if window > 0 and n > 0 and redis.call('EXISTS', user_key(ARGV[i], USER_META)) == 1 then
     local k_rec = user_key(ARGV[i], USER_RECOMMENDED)
     for j = i + 4, i + 3 + n do redis.call('ZADD', k_rec, now, ARGV[j]) end
     redis.call('ZREMRANGEBYSCORE', k_rec, '-inf', '(' .. (now - window))

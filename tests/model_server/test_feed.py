@@ -12,10 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from bench.scenarios.workers import read_topic
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
+from streamrec.forget import send_forget
+from streamrec.keys import is_user_key
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
 from tests.model_server.conftest import Served
@@ -89,3 +92,23 @@ def test_the_old_command_name_runs_the_feed_and_says_its_new_name(
     with ServiceProcess(settings, ["publish"], log, settings.feed_web_port) as feed:
         assert "streamrec_feed_records_total" in feed.metrics_text()
     assert "`streamrec publish` is now `streamrec feed`" in log.read_text()
+
+
+def test_a_forgotten_users_last_record_is_a_tombstone_and_no_key_of_theirs_is_left(
+    pipeline: Settings, served: Served
+) -> None:
+    """The worker's tombstone and the feed's own (after any record it sent from the
+    user's earlier notices): a compacted topic keeps nothing of the user."""
+    send(pipeline, "fay", [(item, "click") for item in served.items[:4]])
+    feed_records_for(pipeline, "fay", wanted=1)
+    send_forget(pipeline, "fay")
+    deadline = time.monotonic() + 40
+    mine: list[bytes | None] = []
+    while time.monotonic() < deadline:
+        records = read_topic(pipeline, pipeline.topic_recommendations, expected=10**9, timeout_s=1)
+        mine = [r.value for r in records if r.key == b"fay"]
+        if sum(value is None for value in mine) >= 2:
+            break
+    assert sum(value is None for value in mine) == 2 and mine[-1] is None, mine
+    client = redis.Redis.from_url(pipeline.redis_url)
+    assert [k for k in client.scan_iter("sr:u:*") if is_user_key(k.decode(), "fay")] == []

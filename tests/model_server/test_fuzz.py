@@ -44,6 +44,9 @@ def fuzzed_server(
         update={
             "registry": workdir / "registry",
             "serve_port": free_port(),
+            # The fuzzer sends wrong credentials on purpose, hundreds of them: the
+            # limit on refusals (tests/model_server/test_access.py) would 429 it.
+            "serve_refusals_per_window": 0,
             **pipeline_names("fuzz"),
         }
     )

@@ -1,5 +1,6 @@
-"""/model needs no token: it names versions, files of a bundle relative to the
-registry and the training data by its folder's name, never a server path."""
+"""/model names versions, files of a bundle relative to the registry and the
+training data by its folder's name, never a server path; why a version was
+refused only to the admin scope."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import json
 import pytest
 
 from bench.scenarios.models import point_current_at, publish
-from tests.model_server.conftest import Served, in_process
+from tests.model_server.conftest import ADMIN_TOKEN, Served, in_process
 from tests.streamrec.bad_bundles import spoil
 
 pytestmark = pytest.mark.integration
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def test_model_shows_no_server_paths(served: Served) -> None:
@@ -21,7 +23,8 @@ async def test_model_shows_no_server_paths(served: Served) -> None:
     async with in_process(served.settings) as (client, _):
         point_current_at(served.root, bad)
         for _ in range(200):
-            model = (await client.get("/model")).json()
+            # The reasons are for the admin scope (model_server/access.py).
+            model = (await client.get("/model", headers=ADMIN)).json()
             if bad in model["refused"]:
                 break
             await asyncio.sleep(0.05)

@@ -83,7 +83,7 @@ async def test_a_corrupt_bundle_is_refused_and_the_old_one_keeps_serving(served:
         answer = await client.post("/recommend", json={"user_id": "bob", "k": 5})
         assert answer.status_code == 200
         assert answer.json()["model_version"] == served.first.version
-        model = (await client.get("/model")).json()
+        model = (await client.get("/model", headers=ADMIN)).json()  # reasons: admin scope
         assert model["model_version"] == served.first.version
         assert "ranker.onnx" in model["refused"][bad.version]
 

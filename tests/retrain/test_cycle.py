@@ -13,12 +13,12 @@ import pytest
 
 from bench.scenarios.data import yoochoose_sessions
 from bench.scenarios.models import TINY_PLAN
-from retrain import cycle
+from retrain import cycle, training
 from retrain.cycle import run_cycle
 from retrain.train_encoder import EncoderTraining
 from retrain.vocab import ItemVocab
 from streamrec import registry
-from streamrec.archive import ArchivedEvent, ArchiveWriter
+from streamrec.archive import ArchivedEvent, ArchiveWriter, record_forget
 from streamrec.errors import BundleError
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
@@ -185,3 +185,40 @@ def test_the_command_reports_a_skipped_cycle_as_json(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = orjson.loads(done.stdout.strip().splitlines()[-1])
     assert result["outcome"] == "skipped" and result["new_events"] == 0
+
+
+def test_the_next_bundle_never_sees_a_forgotten_user_and_names_the_forget_horizon(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user forgotten before a cycle is absent from its training set (the window and
+    the replay sample), from every file of the bundle, and the manifest says up to
+    which forget the read honoured."""
+    archive_sessions(settings.archive_root, NEW, T0 + timedelta(hours=2))
+    sessions = yoochoose_sessions(NEW.stop)
+    # One of the new window, one of the replay sample; ids long enough that finding
+    # their bytes in a binary file is no accident.
+    forgotten_users = [sessions[NEW.start].user_id, sessions[OLD.start + 1000].user_id]
+    writer = ArchiveWriter(settings.archive_root, writer_id="worker")
+    applied_ms = int((T0 + timedelta(hours=2, minutes=30)).timestamp() * 1000)
+    for user_id in forgotten_users:
+        record_forget(writer, user_id, applied_ms)
+    seen: list[str] = []
+    real_train = training.train_models
+
+    def train_and_watch(sequences: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.extend(s.user_id for s in sequences)
+        return real_train(sequences, *args, **kwargs)
+
+    monkeypatch.setattr(cycle, "train_models", train_and_watch)
+    everyone = settings.model_copy(update={"retrain_replay_fraction": 1.0})
+    result = run_cycle(everyone, TINY_PLAN, now=T0 + timedelta(hours=3))
+    assert result.outcome == "published", result.reason
+    assert seen and not set(forgotten_users) & set(seen)
+    assert sessions[NEW.start + 1].user_id in seen  # the others are there
+    window = registry.read_manifest(settings.registry, str(result.version)).data_window
+    assert (window["forgets_applied"], window["last_forget_applied_ms"]) == (2, applied_ms)
+    bundle = settings.registry / str(result.version)
+    for path in bundle.iterdir():
+        content = path.read_bytes()
+        assert not any(user_id.encode() in content for user_id in forgotten_users), path.name
+    writer.close()

@@ -87,6 +87,8 @@ async def test_a_click_on_a_recently_recommended_item_counts_as_a_hit(
 ) -> None:
     ingestor, metrics, _ = ingestor_for(make_settings("unit", hit_window_s=60))
     store = ingestor.state
+    # Answers are remembered for users with state only.
+    await store.apply_events([Event(f"seed-{u}", u, "x", EventType.VIEW, 1) for u in ("u1", "u2")])
     await store.record_recommended("u1", ["shown", "also"], now_ms=1_000_000)
     await store.record_recommended("u2", ["other"], now_ms=1_000_000)
     clicks = [

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from streamrec.archive import ArchivedEvent, ArchiveWriter, prune, read_archive, segments
+from streamrec.archive import (
+    ArchivedEvent,
+    ArchiveWriter,
+    compact,
+    prune,
+    read_archive,
+    read_forgotten,
+    record_forget,
+    segments,
+    user_digest,
+)
 from streamrec.events import Event, EventType
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -74,3 +84,86 @@ def test_segments_are_private_to_the_writer(tmp_path: Path) -> None:
     assert root.stat().st_mode & 0o777 == 0o700
     assert folder.stat().st_mode & 0o777 == 0o700
     assert segment.stat().st_mode & 0o777 == 0o600
+
+
+def raw_lines(root: Path) -> list[bytes]:
+    return [
+        line for _, folder in segments(root) for path in folder.glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]  # fmt: skip
+
+
+def test_a_forgotten_user_is_hidden_at_once_and_gone_from_disk_after_compaction(
+    tmp_path: Path,
+) -> None:
+    writer = ArchiveWriter(tmp_path, writer_id="w")
+    writer.append([record(n, T0 + timedelta(minutes=n * 20)) for n in range(6)])  # u0 u1 u2
+    forgotten_at = int((T0 + timedelta(hours=3)).timestamp() * 1000)
+    # A crash right after the forget list was written, before any rewrite: no read
+    # returns the user, though the rows are still on disk.
+    record_forget(writer, "u1", forgotten_at)
+    assert [r.event.user_id for r in read_archive(tmp_path)] == ["u0", "u2", "u0", "u2"]
+    assert any(b'"user_id":"u1"' in line for line in raw_lines(tmp_path))
+    report = compact(writer, now=T0 + timedelta(hours=3))
+    assert (report.rows_removed, report.files_rewritten) == (2, 2)
+    assert not any(b'"user_id":"u1"' in line for line in raw_lines(tmp_path))
+    assert not any(b"u1" in path.read_bytes() for path in (tmp_path / "forgotten").iterdir())
+    # The writer goes on appending to the rewritten file; a new event of the user
+    # (after the forget) is kept.
+    writer.append([record(7, T0 + timedelta(hours=3, minutes=1))])
+    assert [r.event.event_id for r in read_archive(tmp_path)][-1] == "e7"
+    # Idempotent: a second forget and pass change nothing else.
+    record_forget(writer, "u1", forgotten_at)
+    assert compact(writer, now=T0 + timedelta(hours=4)).rows_removed == 0
+    assert read_forgotten(tmp_path).count == 2
+    writer.close()
+
+
+def test_another_writers_file_of_the_current_hour_waits_for_a_later_pass(tmp_path: Path) -> None:
+    other = ArchiveWriter(tmp_path, writer_id="other")
+    other.append([record(1, T0)])  # u1, still being written by "other"
+    writer = ArchiveWriter(tmp_path, writer_id="me")
+    record_forget(writer, "u1", int(T0.timestamp() * 1000) + 1)
+    report = compact(writer, now=T0 + timedelta(minutes=30))
+    assert (report.rows_removed, report.files_deferred) == (0, 1)
+    assert list(read_archive(tmp_path)) == []
+    assert compact(writer, now=T0 + timedelta(hours=1, minutes=2)).rows_removed == 1
+    # Only the named partitions' files, when given.
+    third = ArchiveWriter(tmp_path, writer_id="third")
+    third.append([record(3, T0)])  # u0, clicks partition 1
+    record_forget(writer, "u0", int(T0.timestamp() * 1000) + 1)
+    later = T0 + timedelta(hours=2)
+    assert compact(writer, partitions=[("clicks", 0)], now=later).rows_removed == 0
+    assert compact(writer, partitions=[("clicks", 1)], now=later).rows_removed == 1
+    for each in (other, writer, third):
+        each.close()
+
+
+def test_retention_drops_forget_entries_older_than_every_segment_left(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path, writer_id="w")
+    record_forget(writer, "u1", int(T0.timestamp() * 1000))
+    record_forget(writer, "u2", int((T0 + timedelta(hours=5)).timestamp() * 1000))
+    prune(tmp_path, retention_s=2 * 3600, now=T0 + timedelta(hours=5), writer=writer)
+    assert read_forgotten(tmp_path).count == 1
+    writer.close()
+
+
+def test_a_targeted_pass_reads_only_files_naming_its_users_and_counts_per_user(
+    tmp_path: Path,
+) -> None:
+    def row(n: int, user: str, partition: int) -> ArchivedEvent:
+        event = Event(f"e{n}", user, "i", EventType.CLICK, 1_000 + n)
+        return ArchivedEvent(event, "clicks", partition, n, int(T0.timestamp() * 1000))
+
+    writer = ArchiveWriter(tmp_path, writer_id="w")
+    writer.append([row(0, "u1", 0), row(1, "u2", 1), row(2, "u2", 1), row(3, "u0", 1)])
+    at = int(T0.timestamp() * 1000)
+    record_forget(writer, "u1", at)
+    record_forget(writer, "u2", at)
+    report = compact(writer, user_ids=["u2"], now=T0 + timedelta(hours=2))
+    assert report.rows_by_user == {user_digest("u2"): 2} and report.files_rewritten == 1
+    # u1's file was not read: its row stays on disk until a pass names u1, hidden.
+    assert b'"user_id":"u1"' in b"".join(line for line in raw_lines(tmp_path))
+    assert [r.event.user_id for r in read_archive(tmp_path)] == ["u0"]
+    assert compact(writer, user_ids=["u1"], now=T0 + timedelta(hours=2)).rows_removed == 1
+    writer.close()

@@ -6,12 +6,19 @@ import asyncio
 import math
 import random
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 
 from streamrec.events import Event, EventType
 from streamrec.features import EVENT_TYPES
-from streamrec.keys import POPULARITY_SEQ_KEY, item_popularity_key, recommended_key, user_vector_key
+from streamrec.keys import (
+    POPULARITY_SEQ_KEY,
+    is_user_key,
+    item_popularity_key,
+    recommended_key,
+    user_vector_key,
+)
 from streamrec.settings import Settings
 from streamrec.state import POPULARITY_CHANGED_MAX, Applied, CachedVector, StateStore, WriteBack
 
@@ -240,6 +247,7 @@ async def test_recommended_items_are_capped_and_expire_with_the_hit_window(
 ) -> None:
     store = StateStore(make_settings("state", hit_window_s=60, recommended_max=3))
     try:
+        await store.apply_events([ev(1)])
         await store.record_recommended("u", ["old"], now_ms=0)
         await store.record_recommended("u", ["a", "b", "c", "d"], now_ms=61_000)
         key = recommended_key("u")
@@ -263,7 +271,9 @@ async def test_nothing_is_recorded_when_the_hit_window_is_off(
 
 
 async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> None:
-    vector = CachedVector("v1", "3:1000", b"\x00\x01|\x02\x03")  # any bytes, "|" included
+    await store.apply_events([ev(n, user="u1", ts=n * 500) for n in (1, 2)])
+    await store.apply_events([ev(3, user="u2")])
+    vector = CachedVector("v1", "2:1000", b"\x00\x01|\x02\x03")  # any bytes, "|" included
     await store.write_back(
         [
             WriteBack("u1", ["a", "b"], 1_000, vector),
@@ -274,6 +284,9 @@ async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> Non
     assert await store.redis.zrange(recommended_key("u1"), 0, -1) == [b"a", b"b"]
     assert await store.redis.zrange(recommended_key("u2"), 0, -1) == [b"c"]
     assert not await store.redis.exists(recommended_key("u3"), user_vector_key("u2"))
+    # Nothing for a user without state: one never seen, or forgotten since the read.
+    await store.write_back([WriteBack("nobody", ["a"], 1_000)])
+    assert not await store.redis.exists(recommended_key("nobody"))
     raw = await store.redis.get(user_vector_key("u1"))
     assert isinstance(raw, bytes)
     assert CachedVector.from_bytes(raw) == vector
@@ -293,3 +306,46 @@ async def test_an_items_first_event_time_is_kept_in_any_arrival_order_as_trainin
         twin.observe("a", EventType.CLICK, t)
     assert first_seen(stored).tolist() == [3_000, 0]
     assert twin.first_seen(["a", "never"]).tolist() == [3_000, 0]
+
+
+async def test_a_vector_is_cached_only_for_the_state_it_was_computed_from(
+    store: StateStore,
+) -> None:
+    await store.apply_events([ev(1, user="u1", ts=1000)])
+    stale = CachedVector("v1", "0:None", b"\x00" * 8)  # read before the event
+    await store.write_back([WriteBack("u1", [], 0, stale)])
+    assert not await store.redis.exists(user_vector_key("u1"))
+    fresh = CachedVector("v1", (await store.read_user("u1")).state_tag, b"\x00" * 8)
+    await store.write_back([WriteBack("u1", [], 0, fresh)])
+    assert await store.redis.exists(user_vector_key("u1"))
+    # Read before the user was forgotten, written after: not cached, nor what was shown.
+    await store.forget_user("u1")
+    await store.write_back([WriteBack("u1", ["a"], 0, fresh)])
+    assert not await store.redis.exists(user_vector_key("u1"), recommended_key("u1"))
+
+
+async def test_forgetting_a_user_removes_every_key_of_theirs_and_only_theirs(
+    store: StateStore,
+) -> None:
+    odd = "a*b}:x"  # glob characters and a brace: matched as written, nothing else
+    for user in ("u1", odd, "u1}:ev", "u10", "a*b}:xy"):
+        await store.apply_events([ev(1, user=user, kind=EventType.PURCHASE), ev(2, user=user)])
+        await store.record_recommended(user, ["i"], now_ms=1)
+        await store.acquire_feed_slots([user], 60_000)
+    before = {cast(bytes, k).decode() for k in await store.redis.keys("*")}
+    assert await store.forget_user("u1") == 9  # ev buy items cnt meta rec pub + 2 dedup
+    assert await store.forget_user(odd) == 9
+    after = {cast(bytes, k).decode() for k in await store.redis.keys("*")}
+    gone = before - after
+    assert len(gone) == 18 and all(k.startswith(("sr:u:{u1}:", "sr:u:{a*b}:x}:")) for k in gone)
+    assert not {k for k in after if is_user_key(k, "u1") or is_user_key(k, odd)}
+    assert (await store.read_user("u1")).recent_events == ()
+    assert len((await store.read_user("u10")).recent_events) == 2
+    assert len((await store.read_user("u1}:ev")).recent_events) == 2
+    # Idempotent, and a user who never existed is no error.
+    assert await store.forget_user("u1") == 0
+    assert await store.forget_user("nobody") == 0
+    # Many users in one SCAN: the same keys, and still only theirs.
+    assert await store.forget_users(["u10", "nobody", "u1}:ev", "u10"]) == [9, 0, 9, 9]
+    left = {cast(bytes, k).decode() for k in await store.redis.keys("sr:u:*")}
+    assert left and all(k.startswith("sr:u:{a*b}:xy}:") for k in left)

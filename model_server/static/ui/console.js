@@ -6,8 +6,17 @@ const $ = (id) => document.getElementById(id);
 const text = (id, value) => { $(id).textContent = value ?? ""; };
 const REFRESH_MS = 2000;
 
+// The token box's key (an API key or the admin token) goes with every request:
+// a server that needs keys answers with it, and /model shows refusal reasons to
+// the admin scope only.
+function credentials(headers) {
+  const token = $("token").value;
+  if (token) headers["Authorization"] = `Bearer ${token}`;
+  return headers;
+}
+
 async function getJson(path) {
-  const answer = await fetch(path, {headers: {"Accept": "application/json"}});
+  const answer = await fetch(path, {headers: credentials({"Accept": "application/json"})});
   if (!answer.ok) throw new Error(`${path}: ${answer.status}`);
   return answer.json();
 }
@@ -142,7 +151,7 @@ async function tryUser(event) {
   const user = $("user-input").value.trim();
   text("user-status", "asking…");
   const answer = await fetch("/v1/recommend", {
-    method: "POST", headers: {"Content-Type": "application/json"},
+    method: "POST", headers: credentials({"Content-Type": "application/json"}),
     body: JSON.stringify({user_id: user, k: 10, explain: true}),
   });
   const body = await answer.json();
