@@ -28,6 +28,7 @@ from streamrec.metrics import FeedMetrics, IngestMetrics, ServeMetrics
 from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
+from tests.deploy.metric_names import sample_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -45,21 +46,6 @@ def exported_families() -> set[str]:
     return {family.name for family in registry.collect()}
 
 
-def exported_sample_names() -> set[str]:
-    registry = CollectorRegistry()
-    IngestMetrics(registry)
-    ServeMetrics(registry)
-    FeedMetrics(registry)
-    names = set()
-    for family in registry.collect():
-        names.add(family.name)
-        if family.type == "counter":
-            names.add(f"{family.name}_total")
-        if family.type == "histogram":
-            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
-    return names
-
-
 def rule_expressions() -> list[str]:
     rules = yaml.safe_load(RULES.read_text())
     return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
@@ -74,7 +60,7 @@ def dashboard_expressions() -> list[str]:
 def test_every_metric_named_is_one_we_export(where: str) -> None:
     expressions = rule_expressions() if where == "rules" else dashboard_expressions()
     named = {name for expr in expressions for name in NAME.findall(expr)}
-    unknown = named - exported_sample_names() - EXTERNAL
+    unknown = named - sample_names(IngestMetrics, ServeMetrics, FeedMetrics) - EXTERNAL
     assert not unknown, f"{where} name metrics nobody exports: {sorted(unknown)}"
 
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.devstack import free_port
 from streamrec.metrics import FeedMetrics, IngestMetrics, ServeMetrics
 from streamrec.settings import Settings
+from tests.deploy.metric_names import sample_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -57,20 +57,6 @@ def load_pusher() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def sample_names(*metric_sets: type) -> set[str]:
-    registry = CollectorRegistry()
-    for metric_set in metric_sets:
-        metric_set(registry)
-    names = set()
-    for family in registry.collect():
-        names.add(family.name)
-        if family.type == "counter":
-            names.add(f"{family.name}_total")
-        if family.type == "histogram":
-            names |= {f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
-    return names
 
 
 def pushed_names() -> set[str]:
