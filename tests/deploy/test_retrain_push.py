@@ -3,7 +3,6 @@ keeps the retrain counters in a Pushgateway, one higher each cycle."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import ClassVar
 
 import orjson
@@ -24,17 +22,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.devstack import free_port
+from tests.deploy.pusher import PUSHER, load_pusher
 from tests.deploy.test_observability import RULES, query_until
-
-PUSHER = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "retrain_and_push.py"
-
-
-def load_pusher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("retrain_and_push", PUSHER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FakePushgateway(BaseHTTPRequestHandler):

@@ -4,7 +4,6 @@ Kubernetes: ServiceMonitors -> Services -> pods), and the PrometheusRule is rule
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -13,7 +12,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,13 +22,13 @@ from devtools.devstack import free_port
 from streamrec.metrics import FeedMetrics, IngestMetrics, ServeMetrics
 from streamrec.settings import Settings
 from tests.deploy.metric_names import sample_names
+from tests.deploy.pusher import load_pusher
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 COMPOSE = DEPLOY / "compose" / "compose.yml"
 COMPOSE_SCRAPE = DEPLOY / "compose" / "prometheus.yml"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
-PUSHER = DEPLOY / "docker" / "retrain_and_push.py"
 DEFAULTS = Settings(kafka_bootstrap="k:9092", redis_url="redis://r:6379/0")
 PORTS = {
     "worker": DEFAULTS.worker_web_port,
@@ -49,14 +47,6 @@ FUNCTIONS_AND_KEYWORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
     "and", "or", "unless", "offset", "inf", "nan",
 }  # fmt: skip
-
-
-def load_pusher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("retrain_and_push", PUSHER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def pushed_names() -> set[str]:
