@@ -198,3 +198,8 @@ class FieldOf(Mapping[str, V]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        # `if user.categories` runs per ranked request: not a count of every record
+        # (what __len__ would do); an empty catalogue is the only falsy one.
+        return bool(self._records)
