@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 from redis.exceptions import RedisError
@@ -54,11 +54,12 @@ class CatalogueMirror:
         self.records: dict[str, CatalogueItem] = {}
         # Of them, those out of stock: what a request removes from its candidates.
         self.unavailable: set[str] = set()
-        # Each item's categories and price, as `features.UserState` takes them.
-        self.categories_of: Mapping[str, tuple[str, ...]] = FieldOf(
-            self.records, lambda record: record.categories
-        )
-        self.prices_of: Mapping[str, float] = FieldOf(self.records, lambda record: record.price)
+        # Each item's categories and price (an item without either is absent), as
+        # `features.UserState` takes them: plain dicts, kept with the records (the
+        # ranking features look up every candidate in each; a view reading through
+        # the records cost 1.3 ms of a 4.6 ms request: docs/decisions.md).
+        self.categories_of: dict[str, tuple[str, ...]] = {}
+        self.prices_of: dict[str, float] = {}
         self.seq = 0  # the change read up to
         # The latest changes read, oldest first: (change number, item id); complete
         # after change `_held_from` (older ones were let go).
@@ -85,8 +86,12 @@ class CatalogueMirror:
                     if record is None or record.deleted:
                         self.records.pop(item_id, None)
                         self.unavailable.discard(item_id)
+                        self.categories_of.pop(item_id, None)
+                        self.prices_of.pop(item_id, None)
                         continue
                     self.records[item_id] = record
+                    _keep(self.categories_of, item_id, record.categories or None)
+                    _keep(self.prices_of, item_id, record.price)
                     if record.available:
                         self.unavailable.discard(item_id)
                     else:
@@ -175,31 +180,9 @@ class CatalogueMirror:
         return record is not None and record.available and category in record.categories
 
 
-class FieldOf(Mapping[str, V]):
-    """Item → one field of its record, read from the mirror's records as they are now
-    (the ranking features look up a few hundred items a request: building a dict of
-    them per request cost more than the lookups). An item whose record lacks the
-    field (`read` gives None) is absent."""
-
-    def __init__(
-        self, records: Mapping[str, CatalogueItem], read: Callable[[CatalogueItem], V | None]
-    ) -> None:
-        self._records = records
-        self._read = read
-
-    def __getitem__(self, item_id: str) -> V:
-        value = self._read(self._records[item_id])
-        if value is None:
-            raise KeyError(item_id)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return (i for i, record in self._records.items() if self._read(record) is not None)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __bool__(self) -> bool:
-        # `if user.categories` runs per ranked request: not a count of every record
-        # (what __len__ would do); an empty catalogue is the only falsy one.
-        return bool(self._records)
+def _keep(held: dict[str, V], item_id: str, value: V | None) -> None:
+    """`held[item_id] = value`, or the item absent when it has none."""
+    if value is None:
+        held.pop(item_id, None)
+    else:
+        held[item_id] = value

@@ -554,15 +554,15 @@ class Recommender:
     ) -> list[RankedItem]:
         """Items the model knows by decayed popularity (model_server/trending.py); as
         last read when Redis does not answer in time. Never read: the error, or with
-        `required=False` (filling up a ranked answer) none. Filling up, a read younger
-        than `serve_popularity_refresh_s` serves (trending moves slowly; a filtered
-        answer fills from it every time, and reading it each time was a tenth of
-        that answer's CPU: docs/decisions.md)."""
-        max_age_s = 0.0 if required else self._trending_refresh_s
+        `required=False` (filling up a ranked answer) none. A read younger than
+        `serve_popularity_refresh_s` serves, availability applied now (trending
+        moves slowly, as the popularity columns, held as long; reading it per request
+        was half of a trending answer's CPU and a tenth of a filtered one's:
+        docs/decisions.md)."""
         try:
             with self._stage("redis"):
                 ordered = await self._bounded(
-                    self.trending_reader.read(model, k + len(removed), max_age_s)
+                    self.trending_reader.read(model, k + len(removed), self._trending_refresh_s)
                 )
         except RedisError:
             if self.redis_timeout_s is None:

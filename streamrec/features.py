@@ -9,6 +9,7 @@ candidate, in the column order of `FEATURE_NAMES`.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -125,6 +126,8 @@ POPULARITY_WEIGHTS = np.array([TYPE_WEIGHTS[t] for t in EVENT_TYPES], dtype=np.f
 _CLICK = EVENT_TYPES.index(EventType.CLICK)
 _PURCHASE = EVENT_TYPES.index(EventType.PURCHASE)
 _NO_POPULARITY: Mapping[EventType, float] = {}
+# The columns `ranking_features` takes from its per-item table.
+_PER_ITEM_COLUMNS = [6, 7, 8, 9, 10, 11, 12, 16, 17, 18, 19, 23]
 
 
 def popularity_rows(
@@ -247,47 +250,71 @@ def ranking_features(
     out[:, 4] = np.log1p(popularity[:, _CLICK])
     out[:, 5] = np.log1p(popularity[:, _PURCHASE])
 
-    # Columns 6..12 depend only on the user's own items: compute them once per
-    # item the user touched (slot 1..), then gather; slot 0 is every other item.
+    # Every column that depends only on which item a candidate is (the user's own
+    # items, co-visitation neighbours, the latest item's category list) is computed
+    # once per such item (slot 1..) and gathered in one pass; slot 0 is every other
+    # item. The candidates are a few hundred, these items a few dozen to a few
+    # hundred: one dict lookup per candidate instead of one per column.
     recent = user.recent_events
+    covis_total, covis_latest = user.covis_total, user.covis_latest
     slots: dict[str, int] = {}
-    for item_id in (*user.item_counts, *(e.item_id for e in recent), *user.purchased):
+    for item_id in (
+        *user.item_counts,
+        *(e.item_id for e in recent),
+        *user.purchased,
+        *covis_total,
+        *covis_latest,
+        *user.category_items,
+    ):
         slots.setdefault(item_id, len(slots) + 1)
-    per_item = np.zeros((len(slots) + 1, 7), dtype=np.float64)
-    for item_id, counts in user.item_counts.items():
-        slot = slots[item_id]
-        per_item[slot, 0] = math.log1p(sum(TYPE_WEIGHTS[t] * v for t, v in counts.items()))
-        per_item[slot, 1] = math.log1p(counts.get(EventType.CLICK, 0))
-    for item_id in user.purchased:
-        per_item[slots[item_id], 2] = 1.0
-    decay_per_ms = math.log(2) / (half_life_s * 1000)
+    per_item = np.zeros((len(slots) + 1, len(FEATURE_NAMES)), dtype=np.float64)
+    # Filled a column at a time (an element assignment into numpy costs as much as
+    # a dozen dict lookups), each column's items distinct.
+    if user.item_counts:
+        counted = [slots[i] for i in user.item_counts]
+        per_item[counted, 6] = np.log1p(
+            [sum(TYPE_WEIGHTS[t] * v for t, v in c.items()) for c in user.item_counts.values()]
+        )
+        per_item[counted, 7] = np.log1p(
+            [c.get(EventType.CLICK, 0) for c in user.item_counts.values()]
+        )
+    if user.purchased:
+        per_item[[slots[i] for i in user.purchased], 8] = 1.0
     # Recency on the user's own clock (from their latest event), not the request's:
     # training knows when each case's user last acted, not when they will ask, and
     # a replay or a clock running ahead must not age every item alike.
     latest_ms = recent[-1].ts_ms if recent else now_ms
-    for step, event in enumerate(recent):  # a later step overwrites: the last time seen
-        slot = slots[event.item_id]
-        per_item[slot, 3] = 1.0
-        per_item[slot, 4] = 1.0 / (len(recent) - step)
-        per_item[slot, 5] = math.exp(-decay_per_ms * max(latest_ms - event.ts_ms, 0))
     if recent:
-        per_item[slots[recent[-1].item_id], 6] = 1.0
-    if slots:
-        out[:, 6:13] = per_item[[slots.get(i, 0) for i in candidate_ids]]
-    out[:, 13] = TYPE_WEIGHTS[recent[-1].type] if recent else 0.0
-    out[:, 14] = math.log1p(len(recent))
-
-    if user.covis_total:
-        strongest = sorted(user.covis_total.items(), key=lambda pair: (-pair[1], pair[0]))
-        rank_of = {item_id: rank for rank, (item_id, _) in enumerate(strongest, start=1)}
-        total, latest = user.covis_total, user.covis_latest
-        out[:, 16] = np.log1p([total.get(i, 0.0) for i in candidate_ids])
-        out[:, 17] = np.log1p([latest.get(i, 0.0) for i in candidate_ids])
-        out[:, 18] = [1.0 / rank_of[i] if i in rank_of else 0.0 for i in candidate_ids]
+        # Each item's last step in the history (a later one overwrites).
+        last_step = {event.item_id: step for step, event in enumerate(recent)}
+        seen = [slots[i] for i in last_step]
+        steps = np.fromiter(last_step.values(), dtype=np.int64, count=len(last_step))
+        seen_ms = np.array([recent[step].ts_ms for step in last_step.values()], dtype=np.float64)
+        decay_per_ms = math.log(2) / (half_life_s * 1000)
+        per_item[seen, 9] = 1.0
+        per_item[seen, 10] = 1.0 / (len(recent) - steps)
+        per_item[seen, 11] = np.exp(-decay_per_ms * np.maximum(latest_ms - seen_ms, 0))
+        per_item[slots[recent[-1].item_id], 12] = 1.0
+    if covis_total:
+        strongest = sorted(covis_total.items(), key=lambda pair: (-pair[1], pair[0]))
+        linked = [slots[item_id] for item_id, _ in strongest]
+        per_item[linked, 16] = np.log1p([total for _, total in strongest])
+        per_item[linked, 18] = 1.0 / np.arange(1, len(strongest) + 1)
+        if covis_latest:
+            per_item[[slots[i] for i in covis_latest], 17] = np.log1p(list(covis_latest.values()))
     distinct = latest_distinct([e.item_id for e in recent], len(recent))
     if distinct:
-        place = {item_id: 1.0 / p for p, item_id in enumerate(distinct, start=1)}
-        out[:, 19] = [place.get(i, 0.0) for i in candidate_ids]
+        per_item[[slots[i] for i in distinct], 19] = 1.0 / np.arange(1, len(distinct) + 1)
+    if user.category_items:
+        # An item listed twice keeps its later place, as it always has.
+        place = {item_id: p for p, item_id in enumerate(user.category_items, start=1)}
+        per_item[[slots[i] for i in place], 23] = 1.0 / np.fromiter(place.values(), np.float64)
+    if slots:
+        rows = [slots.get(i, 0) for i in candidate_ids]
+        out[:, _PER_ITEM_COLUMNS] = per_item[np.ix_(rows, _PER_ITEM_COLUMNS)]
+    out[:, 13] = TYPE_WEIGHTS[recent[-1].type] if recent else 0.0
+    out[:, 14] = math.log1p(len(recent))
+    if distinct:
         # Is this user going back and forth between items, or moving on? The same
         # for every candidate: it tells the ranker how far to trust the user columns.
         out[:, 20] = 1.0 - len(distinct) / len(recent)
@@ -310,9 +337,6 @@ def ranking_features(
                     best = value
             column[row] = best
         out[:, 22] = column
-    if user.category_items:
-        place = {item_id: 1.0 / p for p, item_id in enumerate(user.category_items, start=1)}
-        out[:, 23] = [place.get(i, 0.0) for i in candidate_ids]
     if user.prices and recent:
         usual = usual_price(recent, user.prices)
         if usual is not None:
@@ -333,4 +357,4 @@ def usual_price(recent: Sequence[RecentEvent], prices: Mapping[str, float]) -> f
     seen = [price for event in recent if (price := prices.get(event.item_id, 0.0)) > 0]
     if not seen:
         return None
-    return float(np.median(seen))
+    return float(statistics.median(seen))
