@@ -153,6 +153,9 @@ class CatalogueMirror:
         """Per category up to `n` of its most popular items that are available now,
         most popular first, from the top `depth` of its list (read from Redis at most
         once per refresh, the lists of all the stale categories in one round trip)."""
+        fresh = self.held_popular(categories, n, depth)
+        if fresh is not None:
+            return fresh
         now = time.monotonic()
         stale = [
             category
@@ -173,6 +176,18 @@ class CatalogueMirror:
             held = self._popular.get(category)
             items = held[2][:depth] if held is not None else []
             answer.append([i for i in items if self._offered_in(i, category)][:n])
+        return answer
+
+    def held_popular(self, categories: Sequence[str], n: int, depth: int) -> list[list[str]] | None:
+        """`popular`'s answer when every category's list is held fresh and deep
+        enough, without a call; else None."""
+        now = time.monotonic()
+        answer: list[list[str]] = []
+        for category in categories:
+            held = self._popular.get(category)
+            if held is None or held[1] < depth or now - held[0] >= self.popular_refresh_s:
+                return None
+            answer.append([i for i in held[2][:depth] if self._offered_in(i, category)][:n])
         return answer
 
     def _offered_in(self, item_id: str, category: str) -> bool:

@@ -54,7 +54,10 @@ RANK_ESTIMATE_WEIGHT = 0.1
 STAGES = ("redis", "encode", "retrieve", "features", "rank")
 
 
-@dataclass(frozen=True)
+# Not frozen: a filtered answer makes several hundred of these, and a frozen
+# dataclass took 3 µs each to make against 0.9 µs (a slow day): a tenth of that
+# answer's CPU. Nothing changes one after it is made.
+@dataclass(slots=True)
 class RankedItem:
     item_id: str
     score: float
@@ -336,7 +339,9 @@ class Recommender:
         `FILL_READ` of each); none when Redis does not answer in time (the answer
         fills from its other sources, or says it is short)."""
         try:
-            lists = await self._bounded(self.mirror.popular(categories, FILL_READ, FILL_READ))
+            lists = self.mirror.held_popular(categories, FILL_READ, FILL_READ)
+            if lists is None:
+                lists = await self._bounded(self.mirror.popular(categories, FILL_READ, FILL_READ))
         except RedisError:
             if self.redis_timeout_s is None:
                 raise
@@ -496,9 +501,11 @@ class Recommender:
             return None
         with self._stage("features"):
             try:
-                stored = await self._bounded(
-                    self._stored_popularity(model, vocab_rows, candidate_ids), deadline
-                )
+                stored = self._held_popularity(model, vocab_rows)
+                if stored is None:
+                    stored = await self._bounded(
+                        self._stored_popularity(model, vocab_rows, candidate_ids), deadline
+                    )
             except RedisError:
                 if self.redis_timeout_s is None:
                     raise
@@ -519,6 +526,14 @@ class Recommender:
         spent_s = time.perf_counter() - started
         self._rank_estimate_s += RANK_ESTIMATE_WEIGHT * (spent_s - self._rank_estimate_s)
         return rank_scores, feature_rows
+
+    def _held_popularity(self, model: ServedModel, vocab_rows: np.ndarray) -> np.ndarray | None:
+        """`_stored_popularity` when the in-process table answers it whole (every
+        candidate known to the model): no Redis call, so none to bound (a bounded
+        call costs a task and a wait, ~30 µs on a slow day)."""
+        if self.popularity is None or not vocab_rows.all():
+            return None
+        return self.popularity.stored(model, vocab_rows)
 
     async def _stored_popularity(
         self, model: ServedModel, vocab_rows: np.ndarray, item_ids: list[str]
@@ -559,11 +574,14 @@ class Recommender:
         moves slowly, as the popularity columns, held as long; reading it per request
         was half of a trending answer's CPU and a tenth of a filtered one's:
         docs/decisions.md)."""
+        wanted = k + len(removed)
         try:
-            with self._stage("redis"):
-                ordered = await self._bounded(
-                    self.trending_reader.read(model, k + len(removed), self._trending_refresh_s)
-                )
+            ordered = self.trending_reader.recent(model, wanted, self._trending_refresh_s)
+            if ordered is None:
+                with self._stage("redis"):
+                    ordered = await self._bounded(
+                        self.trending_reader.read(model, wanted, self._trending_refresh_s)
+                    )
         except RedisError:
             if self.redis_timeout_s is None:
                 raise
@@ -722,8 +740,12 @@ class Recommender:
         popular: list[list[str]] = []
         if latest_categories:
             try:
-                with self._stage("redis"):
-                    popular = await self._bounded(mirror.popular(latest_categories, read, read))
+                held = mirror.held_popular(latest_categories, read, read)
+                if held is not None:
+                    popular = held
+                else:
+                    with self._stage("redis"):
+                        popular = await self._bounded(mirror.popular(latest_categories, read, read))
             except RedisError:
                 if self.redis_timeout_s is None:
                     raise

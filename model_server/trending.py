@@ -44,14 +44,9 @@ class TrendingReader:
         """At least `wanted` (when there are) items the model knows, by score; held.
         With `max_age_s`: the held read when it is younger, for this version and at
         least as deep (availability applied now)."""
-        read_at, version, depth = self._last_read
-        if (
-            self._last is not None
-            and time.monotonic() - read_at < max_age_s
-            and version == model.version
-            and depth >= wanted
-        ):
-            return self._offered(self._last)
+        held = self.recent(model, wanted, max_age_s)
+        if held is not None:
+            return held
         started = time.monotonic()
         per_type = await asyncio.gather(
             *(self._top_of(model, t, max(wanted, READ_MIN)) for t in TRENDING_TYPES)
@@ -63,6 +58,21 @@ class TrendingReader:
         self._last = sorted(combined.items(), key=lambda pair: -pair[1])
         self._last_read = (started, model.version, wanted)
         return self._offered(self._last)
+
+    def recent(
+        self, model: ServedModel, wanted: int, max_age_s: float
+    ) -> list[tuple[str, float]] | None:
+        """`read`'s answer from the held read when that one serves (younger than
+        `max_age_s`, this version, deep enough), without a call; else None."""
+        read_at, version, depth = self._last_read
+        if (
+            self._last is not None
+            and time.monotonic() - read_at < max_age_s
+            and version == model.version
+            and depth >= wanted
+        ):
+            return self._offered(self._last)
+        return None
 
     def _offered(self, ordered: list[tuple[str, float]]) -> list[tuple[str, float]]:
         """Without what the catalogue marks unavailable now: an item out of stock or

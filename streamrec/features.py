@@ -12,6 +12,7 @@ import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -310,7 +311,7 @@ def ranking_features(
         place = {item_id: p for p, item_id in enumerate(user.category_items, start=1)}
         per_item[[slots[i] for i in place], 23] = 1.0 / np.fromiter(place.values(), np.float64)
     if slots:
-        rows = [slots.get(i, 0) for i in candidate_ids]
+        rows = list(map(slots.get, candidate_ids, repeat(0)))  # map: no Python loop
         out[:, _PER_ITEM_COLUMNS] = per_item[np.ix_(rows, _PER_ITEM_COLUMNS)]
     out[:, 13] = TYPE_WEIGHTS[recent[-1].type] if recent else 0.0
     out[:, 14] = math.log1p(len(recent))
@@ -340,7 +341,7 @@ def ranking_features(
     if user.prices and recent:
         usual = usual_price(recent, user.prices)
         if usual is not None:
-            prices = np.array([user.prices.get(i, 0.0) for i in candidate_ids], dtype=np.float64)
+            prices = np.fromiter(map(user.prices.get, candidate_ids, repeat(0.0)), np.float64, n)
             priced = prices > 0
             ratio = np.log(np.where(priced, prices, usual) / usual)
             out[:, 24] = np.clip(ratio, -PRICE_LOG_CLIP, PRICE_LOG_CLIP)
