@@ -65,6 +65,32 @@ class RankedItem:
     source: str | None = None  # /similar: which list the item came from
 
 
+class Offer:
+    """Items offered to a filtered answer, in order, made into `RankedItem`s only
+    when chosen: the picker reads ids, and making every offered item cost a tenth
+    of a filtered answer's CPU (a few hundred offered, twenty chosen)."""
+
+    __slots__ = ("_make", "ids")
+
+    def __init__(self, ids: list[str], make: Callable[[int], RankedItem]) -> None:
+        self.ids = ids
+        self._make = make
+
+    @classmethod
+    def of(cls, items: Sequence[RankedItem]) -> Offer:
+        return cls([item.item_id for item in items], items.__getitem__)
+
+    @classmethod
+    def scored(cls, ids: list[str], score: float, source: str) -> Offer:
+        return cls(ids, lambda p: RankedItem(ids[p], score, source=source))
+
+    def item(self, position: int) -> RankedItem:
+        return self._make(position)
+
+    def items(self) -> list[RankedItem]:
+        return [self._make(p) for p in range(len(self.ids))]
+
+
 @dataclass(frozen=True)
 class Recommendation:
     items: list[RankedItem]
@@ -241,7 +267,7 @@ class Recommender:
             if filtered:
                 held = self._trending_as_last_read(model, FILL_READ, set(exclude))
                 items = await self._pick(
-                    model, held, k, set(exclude), item_filter, max_per_category
+                    model, Offer.of(held), k, set(exclude), item_filter, max_per_category
                 )
             else:
                 items = self._trending_as_last_read(model, k, set(exclude))
@@ -295,18 +321,19 @@ class Recommender:
 
         item_scores_shown = np.nan_to_num(dots, nan=0.0)
 
+        def ranked_item(i: int) -> RankedItem:
+            explained = None
+            if explain and feature_rows is not None:
+                explained = _explained(feature_rows[i], float(item_scores_shown[i]))
+            return RankedItem(candidate_ids[i], float(item_scores[i]), explained)
+
         def in_order() -> Iterator[RankedItem]:
-            for i in order:
-                explained = None
-                if explain and feature_rows is not None:
-                    explained = _explained(feature_rows[i], float(item_scores_shown[i]))
-                yield RankedItem(candidate_ids[i], float(item_scores[i]), explained)
+            return (ranked_item(i) for i in order)
 
         if filtered:
-            ranked_items = list(in_order())
-            items = await self._filtered(
-                model, ranked_items, k, removed, item_filter, max_per_category
-            )
+            ordered = list(order)
+            offer = Offer([candidate_ids[i] for i in ordered], lambda p: ranked_item(ordered[p]))
+            items = await self._filtered(model, offer, k, removed, item_filter, max_per_category)
             return Recommendation(
                 items, model.version, fallback, len(candidate_ids), fresh_vector, history=history
             )
@@ -329,12 +356,13 @@ class Recommender:
     ) -> list[RankedItem]:
         """Trending, through the filters and the cap when the request has any."""
         if item_filter.active or max_per_category > 0:
-            return await self._filtered(model, [], k, removed, item_filter, max_per_category)
+            nothing = Offer.of([])
+            return await self._filtered(model, nothing, k, removed, item_filter, max_per_category)
         return await self.trending(model, k, removed)
 
     async def _category_items(
         self, categories: Sequence[str], removed: Collection[str] = ()
-    ) -> list[RankedItem]:
+    ) -> Offer:
         """The most popular available items of each category in turn (of the top
         `FILL_READ` of each); none when Redis does not answer in time (the answer
         fills from its other sources, or says it is short)."""
@@ -345,18 +373,14 @@ class Recommender:
         except RedisError:
             if self.redis_timeout_s is None:
                 raise
-            return []
-        return [
-            RankedItem(i, 0.0, source="category")
-            for popular in lists
-            for i in popular
-            if i not in removed
-        ]
+            return Offer.of([])
+        ids = [i for popular in lists for i in popular if i not in removed]
+        return Offer.scored(ids, 0.0, "category")
 
     async def _filtered(
         self,
         model: ServedModel,
-        ranked: list[RankedItem],
+        ranked: Offer,
         k: int,
         removed: Collection[str],
         item_filter: ItemFilter,
@@ -367,20 +391,22 @@ class Recommender:
         `removed`, at most `max_per_category` of a category. The catalogue must
         answer: a filter it cannot check is a Redis error (a 503), never ignored."""
 
-        async def trending() -> list[RankedItem]:
-            return await self.trending(model, max(FILL_READ, 2 * k), removed, required=False)
+        async def trending() -> Offer:
+            return Offer.of(
+                await self.trending(model, max(FILL_READ, 2 * k), removed, required=False)
+            )
 
         return await self._pick(model, ranked, k, removed, item_filter, max_per_category, trending)
 
     async def _pick(
         self,
         model: ServedModel,
-        offered: list[RankedItem],
+        offered: Offer,
         k: int,
         removed: Collection[str],
         item_filter: ItemFilter,
         max_per_category: int,
-        fill: Callable[[], Awaitable[list[RankedItem]]] | None = None,
+        fill: Callable[[], Awaitable[Offer]] | None = None,
     ) -> list[RankedItem]:
         """The first `k` of `offered`, then of the included categories' most popular
         items, then of `fill`'s items, that are available, not `removed`, admitted
@@ -394,19 +420,21 @@ class Recommender:
             self.mirror.check_current()
         record = self.mirror.record
         picker = Picker(record, k, item_filter, max_per_category)
-        offered_so_far: list[RankedItem] = []  # what the picker was offered, in order
+        # What the picker was offered, in order: (offer, position in it).
+        offered_so_far: list[tuple[Offer, int]] = []
 
-        def offer(items: Iterable[RankedItem]) -> None:
-            fresh = [item for item in items if item.item_id not in removed]
-            offered_so_far.extend(fresh)
-            picker.offer([item.item_id for item in fresh])
+        def offer(items: Offer) -> None:
+            ids = items.ids
+            fresh = [p for p, item_id in enumerate(ids) if item_id not in removed]
+            offered_so_far.extend((items, p) for p in fresh)
+            picker.offer([ids[p] for p in fresh])
 
         offer(offered)
         included = sorted(item_filter.include_categories)
         # Named categories' own most popular items before trending: few trending
         # items pass such a filter, and offering them first cost more CPU than
         # anything else in a filtered answer (docs/decisions.md).
-        sources: list[Callable[[], Awaitable[list[RankedItem]]]] = []
+        sources: list[Callable[[], Awaitable[Offer]]] = []
         if included:
             sources.append(lambda: self._category_items(included, removed))
         if fill:
@@ -418,16 +446,16 @@ class Recommender:
             elif not answer_categories_read:
                 answer_categories_read = True
                 # The answer's categories, or (when the filter admitted nothing) the offer's.
-                chosen = [record(offered_so_far[p].item_id) for p in picker.chosen]
+                chosen = [record(_offered_id(offered_so_far[p])) for p in picker.chosen]
                 categories = fill_sources(
-                    chosen or (record(item.item_id) for item in offered_so_far)
+                    chosen or (record(_offered_id(pair)) for pair in offered_so_far)
                 )
                 if not categories:
                     break
                 offer(await self._category_items(categories, removed))
             else:
                 break
-        return [offered_so_far[p] for p in picker.chosen]
+        return [items.item(p) for items, p in (offered_so_far[c] for c in picker.chosen)]
 
     async def similar(
         self,
@@ -451,7 +479,7 @@ class Recommender:
             by_weight = sorted(weights.items(), key=lambda pair: (-pair[1], pair[0]))
             offered += [RankedItem(i, w, source="covis") for i, w in by_weight]
         with self._stage("redis"):
-            offered += await self._category_items(self.mirror.categories(item_id))
+            offered += (await self._category_items(self.mirror.categories(item_id))).items()
         row = model.bundle.rows.get(item_id, 0)
         if row > 0:
             with self._stage("retrieve"):
@@ -465,7 +493,9 @@ class Recommender:
         sourced = len(offered)
         fill = await self.trending(model, max(FILL_READ, 2 * k), (item_id,), required=False)
         offered += [replace(item, source="trending") for item in fill]
-        items = await self._pick(model, offered, k, {item_id}, item_filter, max_per_category)
+        items = await self._pick(
+            model, Offer.of(offered), k, {item_id}, item_filter, max_per_category
+        )
         return Recommendation(items, model.version, None, sourced, has_state=False)
 
     def _user_vector(
@@ -834,6 +864,11 @@ def _with_live_items(
     ids = [*candidate_ids, *live_ids]
     rows = np.concatenate([vocab_rows, np.zeros(len(live_ids), dtype=np.int64)])
     return [ids[n] for n in order], rows[order], merged_dots[order]
+
+
+def _offered_id(pair: tuple[Offer, int]) -> str:
+    items, position = pair
+    return items.ids[position]
 
 
 def _top(items: Iterable[RankedItem], k: int, removed: Collection[str]) -> list[RankedItem]:
