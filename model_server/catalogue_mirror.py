@@ -174,8 +174,7 @@ class CatalogueMirror:
         answer: list[list[str]] = []
         for category in categories:
             held = self._popular.get(category)
-            items = held[2][:depth] if held is not None else []
-            answer.append([i for i in items if self._offered_in(i, category)][:n])
+            answer.append(self._offered(held[2][:depth], category, n) if held is not None else [])
         return answer
 
     def held_popular(self, categories: Sequence[str], n: int, depth: int) -> list[list[str]] | None:
@@ -187,12 +186,22 @@ class CatalogueMirror:
             held = self._popular.get(category)
             if held is None or held[1] < depth or now - held[0] >= self.popular_refresh_s:
                 return None
-            answer.append([i for i in held[2][:depth] if self._offered_in(i, category)][:n])
+            answer.append(self._offered(held[2][:depth], category, n))
         return answer
 
-    def _offered_in(self, item_id: str, category: str) -> bool:
-        record = self.records.get(item_id)
-        return record is not None and record.available and category in record.categories
+    def _offered(self, items: list[str], category: str, n: int) -> list[str]:
+        """The first `n` of `items` available now and still in `category`."""
+        records = self.records
+        offered: list[str] = []
+        if n <= 0:
+            return offered
+        for item_id in items:
+            record = records.get(item_id)
+            if record is not None and record.available and category in record.categories:
+                offered.append(item_id)
+                if len(offered) == n:
+                    break
+        return offered
 
 
 def _keep(held: dict[str, V], item_id: str, value: V | None) -> None:
