@@ -19,6 +19,16 @@ def counter_total(metrics_text: str, family_name: str, **labels: str) -> float:
     return total
 
 
+def gauge_samples(metrics_text: str, family_name: str) -> list[tuple[dict[str, str], float]]:
+    """A gauge's samples: (labels, value) each."""
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == family_name
+        for sample in family.samples
+    ]
+
+
 def histogram_buckets(metrics_text: str, family_name: str) -> list[tuple[float, float]]:
     """Cumulative (upper bound, count) pairs of a histogram, +Inf last."""
     buckets: list[tuple[float, float]] = []

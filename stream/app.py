@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from stream.catalogue import CatalogueIngestor, item_message
 from stream.forget import add_forget_agent
 from stream.ingest import Ingestor, IngestPolicy
-from stream.lag import publish_consumer_lag
+from stream.lag import ConsumerLag
 from stream.overlap import OverlappedWriter, raw_message
 from stream.readiness import BrokerContact, readiness
 from stream.retrain_trigger import RetrainTrigger
@@ -240,12 +240,14 @@ def create_app(
 
     broker = BrokerContact(max(settings.worker_broker_timeout_s, 2 * settings.lag_poll_s))
 
+    lag = ConsumerLag(app, metrics)
+
     @app.timer(interval=settings.lag_poll_s)
     async def consumer_lag() -> None:
         # Also the broker probe /readyz reads: the consumer keeps its assignment
         # while the broker is gone.
         try:
-            answered = await asyncio.wait_for(publish_consumer_lag(app, metrics), broker.timeout_s)
+            answered = await asyncio.wait_for(lag.publish(), broker.timeout_s)
         except (KafkaError, TimeoutError) as exc:
             log.warning(
                 "the broker did not answer the lag poll (%r); silent for %.0f s",

@@ -6,6 +6,7 @@ the tests assert on them, `streamrec bench drills` writes them to bench/reports/
 3. A poison flood: 10k bad messages at full speed into a steady stream of 5k good ones.
 7. Redis full (`maxmemory` reached, `noeviction`) in the middle of a replay, then
    its memory raised (drills 4-6 are the serving ones and the soak).
+8. A second worker joins a replay over 4 partitions and later leaves it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from bench.scenarios.workers import (
 )
 from devtools.devstack import free_port, wait_for_port
 from devtools.processes import ServiceProcess
-from devtools.scrape import events_by_type_and_outcome
+from devtools.scrape import events_by_type_and_outcome, gauge_samples
 from streamrec.events import Event, RejectReason
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
@@ -394,3 +395,74 @@ def _ready_status(port: int) -> int:
             return int(response.status)
     except urllib.error.HTTPError as refused:
         return int(refused.code)
+
+
+LAG_GAUGE = "streamrec_consumer_lag_messages"
+
+
+@dataclass
+class RebalanceDrill(IngestDrill):
+    # Partitions (topic, number) each worker reported lag for, read once both
+    # workers held partitions; then the first worker's alone after the second left.
+    shared_first: set[tuple[str, str]] = field(default_factory=set)
+    shared_second: set[tuple[str, str]] = field(default_factory=set)
+    alone_lag: dict[tuple[str, str], float] = field(default_factory=dict)
+    partitions: set[tuple[str, str]] = field(default_factory=set)
+
+
+def lag_by_partition(worker: ServiceProcess, topics: Sequence[str]) -> dict[tuple[str, str], float]:
+    """The worker's consumer lag gauges of `topics`, by (topic, partition)."""
+    return {
+        (labels["topic"], labels["partition"]): value
+        for labels, value in gauge_samples(worker.metrics_text(), LAG_GAUGE)
+        if labels["topic"] in topics
+    }
+
+
+def rebalance_drill(settings: Settings, workdir: Path) -> RebalanceDrill:
+    """Drill 8: a paced 12k-event replay over `settings.input_partitions` partitions per
+    topic; a second worker of the same group joins once 2k are applied and leaves
+    (SIGTERM) once 7k are. Each worker must report lag only for the partitions it
+    holds (none left over from before a rebalance), and the first, alone again,
+    for every partition, back to 0."""
+    ensure_topics(settings)
+    events = taobao_events(40_000, 12_000)
+    messages = messages_for(events, settings)
+    topics = settings.input_topics
+    partitions = {(t, str(p)) for t in topics for p in range(settings.input_partitions)}
+    client = redis.Redis.from_url(settings.redis_url)
+    drill = RebalanceDrill(len(events), partitions=partitions)
+    second_settings = settings.model_copy(update={"worker_web_port": free_port()})
+    producer = paced_producer(settings, messages, rate=1_000)
+    first = start_worker(settings, workdir)
+    second: ServiceProcess | None = None
+    try:
+        wait_until(_applied_at_least(client, 2_000), 120, "2k events applied")
+        (workdir / "second").mkdir(exist_ok=True)
+        second = start_worker(second_settings, workdir / "second")
+
+        def split() -> bool:
+            a, b = lag_by_partition(first, topics), lag_by_partition(second, topics)
+            drill.shared_first, drill.shared_second = set(a), set(b)
+            return bool(a) and bool(b) and set(a) | set(b) == partitions
+
+        wait_until(split, 120, "both workers holding partitions")
+        wait_until(_applied_at_least(client, 7_000), 120, "7k events applied")
+        second.stop()
+        producer.join()
+        wait_until(lambda: applied_count(client) >= len(events), 180, "every event applied")
+
+        def caught_up() -> bool:
+            drill.alone_lag = lag_by_partition(first, topics)
+            return set(drill.alone_lag) == partitions and not any(drill.alone_lag.values())
+
+        wait_until(caught_up, 60, "the first worker's lag back to 0 on every partition")
+        time.sleep(1.0)  # anything applied twice would show up now
+    finally:
+        producer.join()
+        if second is not None:
+            second.stop()
+        first.stop()
+    drill.lost, drill.duplicated = lost_and_duplicated(settings, events)
+    drill.dlq = dlq_count(settings)
+    return drill

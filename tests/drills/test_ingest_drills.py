@@ -12,6 +12,7 @@ from bench.scenarios.ingest import (
     IngestDrill,
     kill_drill,
     poison_drill,
+    rebalance_drill,
     redis_full_drill,
     redis_restart_drill,
 )
@@ -73,3 +74,21 @@ def test_a_full_redis_mid_replay_is_an_outage_waited_out_not_a_dlq_flood(
     assert drill.ready_status_during == 503
     assert drill.applied_during_outage == 0
     assert drill.write_retries >= 1
+
+
+def test_a_worker_joining_and_leaving_a_replay_over_4_partitions_leaves_exact_state_and_true_lag(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings("drill-rebalance", input_partitions=4, commit_interval_s=1.0)
+    drill = rebalance_drill(settings, tmp_path)
+
+    assert_nothing_lost(drill, faults=0)
+    assert drill.dlq == 0
+    # While both ran, each reported only what it held: no gauge of a revoked partition.
+    assert drill.shared_first and drill.shared_second
+    assert not drill.shared_first & drill.shared_second
+    assert drill.shared_first | drill.shared_second == drill.partitions
+    # Alone again: every partition, every lag 0.
+    assert set(drill.alone_lag) == drill.partitions
+    assert not any(drill.alone_lag.values())
+    assert_state_is_exact(settings, taobao_events(40_000, 12_000))
