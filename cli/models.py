@@ -7,6 +7,7 @@ Training code lives in `retrain/` and is imported inside the command bodies.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -85,10 +86,23 @@ def train(
         False, "--force", help="Publish even when no held-out case could measure the model."
     ),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Train the encoder in this many processes on this node (torch.distributed, "
+        "DistributedDataParallel; gloo on CPU, NCCL on GPUs); rank 0 writes the bundle.",
+    ),
 ) -> None:
     """Train the retriever and the ranker on an event file, export them and publish a
     bundle that becomes the current version (servers and workers swap to it)."""
     from dataclasses import replace
+
+    from retrain import distributed
+
+    if nproc > 1 and distributed.joined() is distributed.SINGLE:
+        raise typer.Exit(distributed.relaunch(nproc, distributed.without_nproc(sys.argv[1:])))
+    group = distributed.joined()
 
     from cli.ingest import exit_on_bad_rows
     from retrain.data import SRGNN, read_sequences
@@ -136,9 +150,13 @@ def train(
         if parent_encoder.config.dim != dim:
             _fail(f"current version {parent} has dim {parent_encoder.config.dim}; asked for {dim}")
         typer.echo(f"warm start from {parent} ({len(parent_vocab)} items)")
-    models = train_models(
-        sequences, plan, parent_vocab, parent_encoder, not quiet, categories or None, content
-    )
+    try:
+        models = train_models(
+            sequences, plan, parent_vocab, parent_encoder, not quiet, categories or None,
+            content, group,
+        )  # fmt: skip
+    except distributed.Finished:
+        return  # not rank 0: its share of the encoder's training is done
     typer.echo(json.dumps(models.validation))
     cases = models.validation.get("retriever", {}).get("cases", 0)
     if not cases and not force:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 
@@ -12,6 +14,13 @@ def register(app: typer.Typer) -> None:
 def retrain(
     cold: bool = typer.Option(False, "--cold", help="Do not warm-start from the serving version."),
     progress: bool = typer.Option(False, help="Show training progress bars."),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Train the encoder in this many processes on this node (torch.distributed); "
+        "rank 0 gates, publishes and prints the outcome.",
+    ),
 ) -> None:
     """Train on the events archived since the serving version, gate, publish, announce.
 
@@ -21,12 +30,21 @@ def retrain(
     command contract)."""
     import logging
 
+    from retrain import distributed
     from retrain.cycle import announce, run_cycle
     from streamrec.settings import Settings
 
+    if nproc > 1 and distributed.joined() is distributed.SINGLE:
+        raise typer.Exit(distributed.relaunch(nproc, distributed.without_nproc(sys.argv[1:])))
+    group = distributed.joined()
     settings = Settings()
     logging.basicConfig(level=settings.log_level)
-    result = run_cycle(settings, warm_start=not cold, progress=progress)
+    try:
+        result = run_cycle(settings, warm_start=not cold, progress=progress, group=group)
+    except distributed.Finished:
+        return  # not rank 0: its share of the encoder's training is done
+    if not group.writes:
+        return  # skipped before training: rank 0 says so
     if result.outcome == "published":
         announce(settings, result)
     typer.echo(result.to_json().decode())

@@ -23,6 +23,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from retrain.data import group_by_user
+from retrain.distributed import SINGLE, Group
 from retrain.publish import load_ranker, load_warm_start, publish_models
 from retrain.training import TrainPlan, evaluate_on_slice, train_models, train_plan
 from streamrec import registry
@@ -99,6 +100,7 @@ def run_cycle(
     now: datetime | None = None,
     warm_start: bool = True,
     progress: bool = False,
+    group: Group = SINGLE,
 ) -> CycleResult:
     started = time.perf_counter()
     root = settings.registry
@@ -131,7 +133,7 @@ def run_cycle(
     )
     categories = {item: c.categories for item, c in content.items() if c.categories}
     models = train_models(
-        sequences, plan, parent_vocab, parent_encoder, progress, categories, content
+        sequences, plan, parent_vocab, parent_encoder, progress, categories, content, group
     )
     metrics: dict[str, Any] = {"candidate": _gated(models.validation)}
     if parent is not None:

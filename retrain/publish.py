@@ -143,6 +143,8 @@ def publish_models(
             training={
                 "plan": plan.to_dict(),
                 "train_seconds": round(models.seconds, 1),
+                "encoder_seconds": round(models.encoder_log.seconds, 1),
+                "encoder_processes": models.encoder_processes,
                 "encoder_epochs": models.encoder_log.epoch_metrics,
                 "ranker_losses": models.ranker_losses,
             },

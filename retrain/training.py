@@ -17,6 +17,7 @@ from retrain.batches import encode
 from retrain.candidates import CandidateSet, build_candidates, ranked_target_ranks
 from retrain.covis_cases import CaseEvent, CaseReplay, time_ordered_cases
 from retrain.data import NextItemCases, UserSequence
+from retrain.distributed import SINGLE, Finished, Group, leave
 from retrain.encoder import EncoderConfig, SequenceEncoder, grow_items
 from retrain.holdout import prefix, split_recent
 from retrain.metrics import summarise
@@ -99,6 +100,7 @@ class TrainedModels:
     encoder_log: TrainingLog
     ranker_losses: list[float]
     ranker_seconds: float
+    encoder_processes: int  # the distributed group's size (1: one process)
     validation: dict[str, Any]
     data_window: dict[str, Any]
     seconds: float
@@ -112,6 +114,7 @@ def train_models(
     progress: bool = True,
     categories: Mapping[str, Sequence[str]] | None = None,
     content: Mapping[str, ItemContent] | None = None,
+    group: Group = SINGLE,
 ) -> TrainedModels:
     """`categories` (item -> its categories in the catalogue) gives the cases the
     category candidates and columns serving computes from the catalogue. `content`
@@ -164,7 +167,12 @@ def train_models(
         validate=validate,
         encoder=start,
         progress=progress,
+        group=group,
     )
+    if group.distributed:
+        leave()  # the encoder is the same in every process: the rest is rank 0's
+        if not group.writes:
+            raise Finished
 
     now_ms = last_event_ms(fit)
     popularity = decayed_popularity(fit, now_ms, plan.half_life_s)
@@ -208,6 +216,7 @@ def train_models(
         encoder_log=encoder_log,
         ranker_losses=ranker_losses,
         ranker_seconds=ranker_seconds,
+        encoder_processes=group.world_size,
         validation=validation,
         data_window=data_window,
         seconds=time.perf_counter() - started,
