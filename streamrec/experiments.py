@@ -101,6 +101,12 @@ class Experiment:
         names = ", ".join(arm.name for arm in self.arms)
         raise ExperimentError(f"experiment {self.name!r} has no arm {name!r} (arms: {names})")
 
+    def share(self, arm: Arm) -> float:
+        """The fraction of users the arm gets (its buckets over BUCKETS)."""
+        position = self.arms.index(arm)
+        low = self.bounds[position - 1] if position else 0
+        return (self.bounds[position] - low) / BUCKETS
+
     def pinned_versions(self) -> set[str]:
         """The versions its arms name, other than CURRENT's follower."""
         return {arm.version for arm in self.arms if arm.version != CURRENT_ARM}
