@@ -118,6 +118,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if popularity is not None:
                 # After the warm-up: the table the new version starts with is the freshest.
                 holder.before_swap.append(popularity.prepare)
+                holder.before_arm.append(popularity.hold)
             recommender = Recommender(
                 settings,
                 store,
@@ -136,6 +137,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 if holder.held is not None:
                     await live_items.catch_up(holder.held)
                 holder.before_swap.append(live_items.prepare)
+                holder.before_arm.append(live_items.prepare)
                 follower = asyncio.create_task(live_items.follow())
             # Held from the start: while Redis does not answer, /recommend answers it.
             if holder.held is not None:
@@ -155,6 +157,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 intake,
                 Access(settings),
             )
+            # The running experiment's versions, opened before the first request.
+            await holder.hold_experiment()
             watcher = asyncio.create_task(holder.follow(settings))
             # What start-up built (~100k objects the collector tracks: modules, the
             # model) lives until shutdown: out of the collector's sight, a full

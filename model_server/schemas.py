@@ -178,10 +178,17 @@ class HistoryEvent(BaseModel):
     ts: int
 
 
+ARM_DESCRIPTION = (
+    "The user's arm of the running experiment (docs/experiments.md), whose version "
+    "model_version names (the current one when the arm's did not open); null without one."
+)
+
+
 class RecommendResponse(BaseModel):
     user_id: str
     items: list[ScoredItem]
     model_version: str
+    arm: str | None = Field(None, description=ARM_DESCRIPTION)
     fallback: Literal["trending", "retrieval"] | None = Field(
         None, description="Set when the answer is not the ranker's: why."
     )
@@ -218,6 +225,7 @@ class ScoreResponse(BaseModel):
     user_id: str
     items: list[ItemScore]
     model_version: str
+    arm: str | None = Field(None, description=ARM_DESCRIPTION)
 
 
 class ProblemBody(BaseModel):

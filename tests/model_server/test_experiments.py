@@ -1,0 +1,179 @@
+"""Experiments in the model server: two versions held at once, each user answered
+by their arm's version and told which (sticky), the record followed as CURRENT
+is, an arm whose version does not open answered by the current one, and no
+failed answer while an experiment is promoted or stopped under load."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import pytest
+
+from bench.scenarios.models import corrupt, publish
+from bench.scenarios.users import apply, events_for
+from devtools.processes import ServiceProcess
+from devtools.scrape import counter_total
+from streamrec import experiments, registry
+from streamrec.experiments import CURRENT_ARM, Arm, Experiment, new_experiment
+from tests.model_server.conftest import (
+    ADMIN_TOKEN,
+    Served,
+    in_process,
+    wait_until,
+    wait_until_async,
+)
+
+pytestmark = pytest.mark.integration
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+USERS = [f"user-{n}" for n in range(24)]
+
+
+def halves(candidate: str, name: str = "ranker-b") -> Experiment:
+    return new_experiment(name, [Arm("control", CURRENT_ARM, 1), Arm("candidate", candidate, 1)])
+
+
+async def with_history(served: Served, users: list[str]) -> None:
+    events = [e for n, user in enumerate(users) for e in events_for(user, served.items[n : n + 4])]
+    await apply(served.settings, events)
+
+
+async def test_answers_name_their_arm_and_version(served: Served) -> None:
+    second = publish(served.models, served.root, served.first.version, make_current=False)
+    await with_history(served, USERS[:12])  # ranked answers; the others: trending
+    async with in_process(served.settings) as (client, app):
+        plain = (await client.post("/v1/recommend", json={"user_id": USERS[0], "k": 5})).json()
+        assert plain["arm"] is None and plain["model_version"] == served.first.version
+
+        experiment = experiments.start(served.root, halves(second.version))
+        versions = {"control": served.first.version, "candidate": second.version}
+
+        async def arm_of_first_user() -> object:
+            answer = await client.post("/v1/recommend", json={"user_id": USERS[0], "k": 5})
+            return answer.json()["arm"]
+
+        await wait_until_async(arm_of_first_user)
+        # The candidate's version is held beside the current one, with a popularity
+        # table of its own (no Redis read per request for its candidates).
+        held = app.state.serving.holder.arm_models
+        assert [model.version for model in held] == [second.version]
+        table = app.state.serving.recommender.popularity
+        assert table is not None and table.stored(held[0], np.array([1, 2])) is not None
+        seen: dict[str, list[tuple[str, str]]] = {}
+        for _ in range(3):  # sticky: the same arm and version every time
+            for user in USERS:
+                answer = await client.post("/v1/recommend", json={"user_id": user, "k": 5})
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                seen.setdefault(user, []).append((body["arm"], body["model_version"]))
+                assert len(body["items"]) == 5
+                scored = await client.post(
+                    "/v1/score", json={"user_id": user, "item_ids": served.items[:3]}
+                )
+                assert (scored.json()["arm"], scored.json()["model_version"]) == seen[user][-1]
+        for user, answers in seen.items():
+            arm = experiment.arm_of(user).name
+            assert answers == [(arm, versions[arm])] * 3, user
+        arms = [experiment.arm_of(user).name for user in USERS]
+        assert set(arms) == {"control", "candidate"}
+        metrics = (await client.get("/metrics")).text
+        for arm in ("control", "candidate"):
+            # /recommend and /score, three rounds (plus the first user's polls).
+            answered = counter_total(
+                metrics, "streamrec_experiment_answers", experiment="ranker-b", arm=arm
+            )
+            assert answered >= 6 * arms.count(arm)
+        assert counter_total(metrics, "streamrec_experiment_arm_fallbacks") == 0
+
+        experiments.stop(served.root)
+
+        async def arm_gone() -> object:
+            answer = await client.post("/v1/recommend", json={"user_id": USERS[0], "k": 5})
+            return answer.json()["arm"] is None
+
+        await wait_until_async(arm_gone)
+
+
+async def test_an_arm_whose_version_does_not_open_is_answered_by_current(
+    served: Served,
+) -> None:
+    bad = publish(served.models, served.root, served.first.version, make_current=False)
+    corrupt(served.root, bad.version)
+    experiment = experiments.start(served.root, halves(bad.version))
+    candidates = [u for u in USERS if experiment.arm_of(u).name == "candidate"]
+    async with in_process(served.settings) as (client, _):
+        for user in candidates:
+            answer = await client.post("/v1/recommend", json={"user_id": user, "k": 5})
+            assert answer.status_code == 200
+            assert answer.json()["arm"] == "candidate"
+            assert answer.json()["model_version"] == served.first.version
+        metrics = (await client.get("/metrics")).text
+        fell_back = counter_total(
+            metrics, "streamrec_experiment_arm_fallbacks", experiment="ranker-b", arm="candidate"
+        )
+        assert fell_back == len(candidates)
+        assert counter_total(metrics, "streamrec_model_swaps", outcome="refused") == 1
+        model = (await client.get("/v1/model", headers=ADMIN)).json()
+        assert "ranker.onnx" in model["refused"][bad.version]
+
+
+async def test_promote_and_stop_under_load_fail_no_answer(
+    served: Served, server_process: ServiceProcess
+) -> None:
+    """A server in its own process follows the record the CLI writes: an experiment
+    starts, its candidate is promoted, a second one starts and is stopped, while
+    eight clients ask without pause. Every answer is a 200 naming a version and,
+    while an experiment runs for that server, the user's arm."""
+    await with_history(served, USERS)
+    first = served.first.version
+    second = publish(served.models, served.root, first, make_current=False).version
+    url = f"http://127.0.0.1:{served.settings.serve_port}"
+    answers: list[tuple[str, str | None, str]] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def keep_asking(client: httpx.AsyncClient, offset: int) -> None:
+        n = offset
+        while not stop.is_set():
+            user = USERS[n % len(USERS)]
+            n += 1
+            response = await client.post("/v1/recommend", json={"user_id": user, "k": 5})
+            if response.status_code != 200 or len(response.json()["items"]) != 5:
+                failures.append(f"{response.status_code} {response.text}")
+                continue
+            body = response.json()
+            answers.append((user, body["arm"], body["model_version"]))
+
+    def latest_are(check: Callable[[str, str | None, str], bool]) -> bool:
+        return len(answers) >= 16 and all(check(*a) for a in answers[-16:])
+
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        askers = [asyncio.create_task(keep_asking(client, n)) for n in range(8)]
+        running = experiments.start(served.root, halves(second))
+        await wait_until(lambda: latest_are(lambda u, arm, v: arm is not None))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(experiments.promote, served.root, "candidate")
+        await wait_until(lambda: latest_are(lambda u, arm, v: arm is None and v == second))
+        mark = len(answers)
+        again = experiments.start(served.root, halves(first, "back"))
+        await wait_until(lambda: latest_are(lambda u, arm, v: arm is not None))
+        await asyncio.sleep(0.3)
+        experiments.stop(served.root)
+        await wait_until(lambda: latest_are(lambda u, arm, v: arm is None and v == second))
+        stop.set()
+        await asyncio.gather(*askers)
+
+    assert failures == []
+    first_run = {(u, arm, v) for u, arm, v in answers[:mark] if arm is not None}
+    second_run = {(u, arm, v) for u, arm, v in answers[mark:] if arm is not None}
+    for user, arm, version in first_run:
+        assert arm == running.arm_of(user).name
+        assert version == (first if arm == "control" else second)
+    for user, arm, version in second_run:
+        assert arm == again.arm_of(user).name
+        # Control follows CURRENT, which names `second` after the promotion.
+        assert version == (second if arm == "control" else first)
+    assert {arm for _, arm, _ in first_run} == {"control", "candidate"}
+    assert registry.current_version(served.root) == second
