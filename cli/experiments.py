@@ -3,9 +3,14 @@ record (streamrec/experiments.py), which every server and feed follows."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from streamrec.settings import Settings
 
 experiment_app = typer.Typer(
     no_args_is_help=True, help="Split users between model versions (docs/experiments.md)."
@@ -51,6 +56,8 @@ def start(
 @experiment_app.command()
 def status() -> None:
     """The running experiment, its arms and each arm's online figures."""
+    from redis.exceptions import RedisError
+
     from streamrec import experiments
     from streamrec.errors import ExperimentError
     from streamrec.settings import Settings
@@ -67,8 +74,41 @@ def status() -> None:
         f"{experiment.name}: started {experiment.started_at}, salt {experiment.salt!r}, "
         f"run {experiment.run_id}"
     )
+    try:
+        counts = asyncio.run(_counts(settings, experiment.run_id))
+    except (RedisError, OSError) as exc:
+        counts = {}
+        typer.echo(f"  (no online figures: Redis did not answer: {exc})")
     for arm in experiment.arms:
         typer.echo(f"  {arm.name}: {arm.version}, {experiment.share(arm):.2%} of users")
+        typer.echo("    " + arm_figures(counts.get(arm.name, {})))
+
+
+def arm_figures(counts: Mapping[str, int]) -> str:
+    """One arm's online figures on one line: answers, clicks, hits, the hit rate
+    (hits / clicks) with its 95% Wilson interval, purchases of recommended items."""
+    from streamrec.experiments import wilson_interval
+
+    answers, clicks, hits = counts.get("answers", 0), counts.get("clicks", 0), counts.get("hits", 0)
+    if clicks:
+        low, high = wilson_interval(hits, clicks)
+        rate = f"hit rate {hits / clicks:.2%} (95% CI {low:.2%}-{high:.2%})"
+    else:
+        rate = "hit rate - (no clicks yet)"
+    return (
+        f"answers {answers}, clicks {clicks}, hits {hits}, {rate}, "
+        f"purchases {counts.get('purchases', 0)}"
+    )
+
+
+async def _counts(settings: Settings, run_id: str) -> dict[str, dict[str, int]]:
+    from streamrec.state import StateStore
+
+    store = StateStore(settings)
+    try:
+        return await store.experiment_counts(run_id)
+    finally:
+        await store.close()
 
 
 @experiment_app.command()

@@ -95,7 +95,8 @@ async def recommend(request: Request) -> Response:
     if remember or answer.fresh_vector:
         shown = [item.item_id for item in answer.items]
         at_ms = int(time.time() * 1000)
-        serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector))
+        tag = route.experiment.arm_tag(route.arm) if route.experiment and route.arm else None
+        serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector, tag))
     answered = answer.body(body.user_id, body.k, route.arm)
     if body.explain:
         # The user's recent events, oldest first, as the answer read them.

@@ -94,6 +94,11 @@ class Experiment:
                 return arm
         raise AssertionError("the last bound is BUCKETS")  # pragma: no cover
 
+    def arm_tag(self, arm_name: str) -> str:
+        """What the write-back keeps with a user's answers (`<run id>|<arm>`): the
+        stream worker counts the user's clicks and purchases for that arm."""
+        return f"{self.run_id}|{arm_name}"
+
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
             if arm.name == name:
@@ -169,6 +174,21 @@ def _bounds(weights: Sequence[float]) -> tuple[int, ...]:
         bounds.append(round(BUCKETS * running / total))
     bounds[-1] = BUCKETS
     return tuple(bounds)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% with z = 1.96): unlike the
+    normal approximation it stays inside [0, 1] and is sound for few trials or a
+    rate near 0, which online hit rates are. (0, 1) without trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    rate = successes / trials
+    z2 = z * z
+    centre = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = (
+        z * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    )
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def parse_arm(text: str) -> Arm:

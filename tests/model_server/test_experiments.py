@@ -11,13 +11,18 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from bench.scenarios.models import corrupt, publish
 from bench.scenarios.users import apply, events_for
+from cli import app
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total
 from streamrec import experiments, registry
+from streamrec.events import EventType
 from streamrec.experiments import CURRENT_ARM, Arm, Experiment, new_experiment
+from streamrec.keys import experiment_key, user_arm_key
+from streamrec.state import Applied, StateStore
 from tests.model_server.conftest import (
     ADMIN_TOKEN,
     Served,
@@ -177,3 +182,55 @@ async def test_promote_and_stop_under_load_fail_no_answer(
         assert version == (second if arm == "control" else first)
     assert {arm for _, arm, _ in first_run} == {"control", "candidate"}
     assert registry.current_version(served.root) == second
+
+
+async def test_clicks_and_purchases_count_for_the_users_arm(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write-back keeps the user's arm with what they were shown; the apply
+    script (the stream worker's) counts their clicks, hits and purchases of
+    recommended items for that arm in Redis; `streamrec experiment status` prints them."""
+    second = publish(served.models, served.root, served.first.version, make_current=False)
+    experiment = experiments.start(served.root, halves(second.version))
+    user = USERS[0]
+    await with_history(served, [user])
+    store = StateStore(served.settings)
+    try:
+        async with in_process(served.settings) as (client, _):
+            answer = (await client.post("/v1/recommend", json={"user_id": user, "k": 5})).json()
+            arm = experiment.arm_of(user).name
+            assert answer["arm"] == arm
+
+            async def answer_counted() -> bool:
+                counts = await store.experiment_counts(experiment.run_id)
+                return counts.get(arm, {}).get("answers") == 1
+
+            await wait_until_async(answer_counted)
+        shown = [item["item_id"] for item in answer["items"]]
+        elsewhere = next(i for i in reversed(served.items) if i not in shown)
+        outcomes = await store.apply_events(
+            [
+                *events_for(user, [shown[0], elsewhere], start=100),
+                *events_for(user, [shown[1]], EventType.PURCHASE, start=200),
+            ]
+        )
+        assert outcomes == [Applied.HIT, Applied.APPLIED, Applied.APPLIED]
+        counts = await store.experiment_counts(experiment.run_id)
+        assert counts == {arm: {"answers": 1, "clicks": 2, "hits": 1, "purchases": 1}}
+        ttl = await store.redis.ttl(experiment_key(experiment.run_id))
+        assert 0 < ttl <= served.settings.experiment_counts_ttl_s
+        arm_ttl_ms = await store.redis.pttl(user_arm_key(user))
+        assert 0 < arm_ttl_ms <= served.settings.hit_window_s * 1000
+    finally:
+        await store.close()
+
+    monkeypatch.setenv("STREAMREC_REGISTRY", str(served.root))
+    monkeypatch.setenv("STREAMREC_REDIS_URL", served.settings.redis_url)
+    # In a thread: the command runs an event loop of its own.
+    status = await asyncio.to_thread(CliRunner().invoke, app, ["experiment", "status"])
+    assert status.exit_code == 0, status.output
+    lines = status.output.splitlines()
+    figures = lines[lines.index(f"  {arm}: {experiment.arm(arm).version}, 50.00% of users") + 1]
+    assert figures == (
+        "    answers 1, clicks 2, hits 1, hit rate 50.00% (95% CI 9.45%-90.55%), purchases 1"
+    )

@@ -205,3 +205,13 @@ def test_a_damaged_record_is_an_error_not_a_crash(root: Path) -> None:
     (root / registry.EXPERIMENT).write_text(json.dumps({"name": "e"}))
     with pytest.raises(ExperimentError, match="not an experiment record"):
         experiments.read(root)
+
+
+def test_wilson_interval_against_published_values() -> None:
+    """Wilson's 95% interval, as tabulated (Newcombe 1998, table I): 0/10 is
+    0-0.2775, 5/10 is 0.2366-0.7634; no trials say nothing."""
+    assert experiments.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert experiments.wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = experiments.wilson_interval(45, 300)
+    assert low < 45 / 300 < high and high - low == pytest.approx(0.0808, abs=1e-4)
+    assert experiments.wilson_interval(0, 0) == (0.0, 1.0)
