@@ -209,6 +209,14 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         Route("/v1/events", measured("events", endpoints.events, capped=True), methods=["POST"]),
         # Any id reaches the handler, which says what is wrong with it: an empty one,
         # or one holding "/" or a line break, which `path` would leave to a 404.
+        Route("/v1/admin/experiment", measured("admin", admin.experiment), methods=["GET"]),
+        Route("/v1/admin/experiment", measured("admin", admin.start_experiment), methods=["PUT"]),
+        Route("/v1/admin/experiment", measured("admin", admin.stop_experiment), methods=["DELETE"]),
+        Route(
+            "/v1/admin/experiment/promote",
+            measured("admin", admin.promote_experiment),
+            methods=["POST"],
+        ),
         Route(
             "/v1/admin/users/{user_id:any_text}",
             measured("admin", admin.forget_user),

@@ -6,6 +6,8 @@ failed answer while an experiment is promoted or stopped under load."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -234,3 +236,88 @@ async def test_clicks_and_purchases_count_for_the_users_arm(
     assert figures == (
         "    answers 1, clicks 2, hits 1, hit rate 50.00% (95% CI 9.45%-90.55%), purchases 1"
     )
+
+
+async def test_the_admin_api_starts_shows_promotes_and_stops(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamrec.audit")
+    second = publish(served.models, served.root, served.first.version, make_current=False)
+    body = {
+        "name": "api-ab",
+        "arms": [
+            {"name": "control", "version": "current", "weight": 3},
+            {"name": "candidate", "version": second.version, "weight": 1},
+        ],
+    }
+    async with in_process(served.settings) as (client, _):
+        assert (await client.put("/v1/admin/experiment", json=body)).status_code == 401
+        started = await client.put("/v1/admin/experiment", json=body, headers=ADMIN)
+        assert started.status_code == 201, started.text
+        assert started.json() == {"outcome": "started", "experiment": "api-ab"}
+        # Served here before the answer: the next request already has its arm.
+        running = experiments.read(served.root)
+        assert running is not None
+        user = next(u for u in USERS if running.arm_of(u).name == "candidate")
+        answer = (await client.post("/v1/recommend", json={"user_id": user, "k": 5})).json()
+        assert (answer["arm"], answer["model_version"]) == ("candidate", second.version)
+
+        shown = (await client.get("/v1/admin/experiment", headers=ADMIN)).json()["experiment"]
+        assert (shown["name"], shown["run_id"]) == ("api-ab", running.run_id)
+        arms = {arm["name"]: arm for arm in shown["arms"]}
+        assert arms["control"]["share"] == 0.75 and arms["candidate"]["share"] == 0.25
+        assert arms["control"]["served_by"] == served.first.version
+        assert arms["candidate"]["served_by"] == second.version
+        assert arms["control"]["counts"]["hit_rate"] is None
+
+        again = await client.put("/v1/admin/experiment", json=body, headers=ADMIN)
+        assert again.status_code == 409 and again.json()["error"] == "experiment_refused"
+        bad = {**body, "arms": [{"name": "a", "version": "current", "weight": 1}] * 2}
+        invalid = await client.put("/v1/admin/experiment", json=bad, headers=ADMIN)
+        assert invalid.status_code == 409 and "unique" in invalid.json()["detail"]
+        nowhere = await client.post(
+            "/v1/admin/experiment/promote", json={"arm": "nope"}, headers=ADMIN
+        )
+        assert nowhere.status_code == 409 and "no arm 'nope'" in nowhere.json()["detail"]
+
+        promoted = await client.post(
+            "/v1/admin/experiment/promote", json={"arm": "candidate"}, headers=ADMIN
+        )
+        assert promoted.json() == {
+            "outcome": "swapped",
+            "experiment": "api-ab",
+            "model_version": second.version,
+            "previous": served.first.version,
+        }
+        assert registry.current_version(served.root) == second.version
+        after = (await client.post("/v1/recommend", json={"user_id": user, "k": 5})).json()
+        assert (after["arm"], after["model_version"]) == (None, second.version)
+        none = await client.get("/v1/admin/experiment", headers=ADMIN)
+        assert none.json() == {"experiment": None}
+
+        assert (await client.put("/v1/admin/experiment", json=body, headers=ADMIN)).is_success
+        stopped = await client.delete("/v1/admin/experiment", headers=ADMIN)
+        assert stopped.json() == {"outcome": "stopped", "experiment": "api-ab"}
+        gone = await client.delete("/v1/admin/experiment", headers=ADMIN)
+        assert gone.status_code == 409 and "no experiment runs" in gone.json()["detail"]
+
+    audit = [json.loads(r.getMessage()) for r in caplog.records if r.name == "streamrec.audit"]
+    actions = [(line["action"], line["outcome"]) for line in audit if line["audit"] == "admin"]
+    assert actions == [
+        ("experiment_start", "started"),
+        ("experiment_show", "running"),
+        ("experiment_start", "experiment_refused"),
+        ("experiment_start", "experiment_refused"),
+        ("experiment_promote", "promotion_refused"),
+        ("experiment_promote", "swapped"),
+        ("experiment_show", "none"),
+        ("experiment_start", "started"),
+        ("experiment_stop", "stopped"),
+        ("experiment_stop", "experiment_refused"),
+    ]
+    assert [line["action"] for line in experiments.history(served.root)] == [
+        "started",
+        "promoted",
+        "started",
+        "stopped",
+    ]
