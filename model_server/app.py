@@ -101,7 +101,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 raise StateError(
                     f"Redis at {redacted(settings.redis_url)} does not answer: {exc}"
                 ) from exc
-            holder = ModelHolder(settings.registry, metrics)
+            holder = ModelHolder(settings.registry, metrics, experiments=True)
             await _first_model(holder, settings)
             if settings.serve_popularity_refresh_s > 0:
                 popularity = PopularityTable(

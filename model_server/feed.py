@@ -87,7 +87,7 @@ class Feed:
         self.metrics = FeedMetrics(registry)
         self.serve_metrics = ServeMetrics(registry)
         self.store = StateStore(settings)
-        self.models = ModelHolder(settings.registry, self.serve_metrics)
+        self.models = ModelHolder(settings.registry, self.serve_metrics, experiments=True)
         self.recommender = Recommender(settings, self.store, self.serve_metrics)
         self.ready = False
         # Users with a change not yet sent because their interval has not passed.

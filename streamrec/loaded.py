@@ -170,10 +170,14 @@ def open_model(root: Path, version: str) -> ServedModel:
 class ModelHolder:
     """Holds the served version; loads others in a thread and swaps only those that pass."""
 
-    def __init__(self, root: Path, metrics: SwapMetrics) -> None:
+    def __init__(self, root: Path, metrics: SwapMetrics, experiments: bool = False) -> None:
+        """`experiments`: also follow the registry's experiment record and hold its
+        arms' versions (the model server and the feed, which answer users; the stream
+        worker refreshes vectors for the current version only)."""
         single_threaded_faiss()  # built on the event loop's thread, which searches
         self.root = root
         self.metrics = metrics
+        self.follows_experiments = experiments
         self._current: ServedModel | None = None
         self._lock = asyncio.Lock()
         # Versions the watcher will not retry until an operator asks (/admin/reload).
@@ -316,6 +320,8 @@ class ModelHolder:
         then the experiment served. A version that does not open is refused as any
         (counted, logged, listed, not retried until a reload): its arms are answered
         by the current version. An unreadable record leaves what is held."""
+        if not self.follows_experiments:
+            return
         try:
             wanted = experiments.read(self.root)
         except ExperimentError as exc:

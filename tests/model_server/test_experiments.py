@@ -13,6 +13,7 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from bench.scenarios.models import corrupt, publish
@@ -24,6 +25,8 @@ from streamrec import experiments, registry
 from streamrec.events import EventType
 from streamrec.experiments import CURRENT_ARM, Arm, Experiment, new_experiment
 from streamrec.keys import experiment_key, user_arm_key
+from streamrec.loaded import ModelHolder
+from streamrec.metrics import ServeMetrics
 from streamrec.state import Applied, StateStore
 from tests.model_server.conftest import (
     ADMIN_TOKEN,
@@ -321,3 +324,23 @@ async def test_the_admin_api_starts_shows_promotes_and_stops(
         "started",
         "stopped",
     ]
+
+
+async def test_only_holders_that_answer_users_follow_experiments(served: Served) -> None:
+    """The stream worker's holder (no `experiments`) opens no arm's version; the
+    server's does, and drops it when the experiment ends."""
+    second = publish(served.models, served.root, served.first.version, make_current=False)
+    experiments.start(served.root, halves(second.version))
+    worker = ModelHolder(served.root, ServeMetrics(CollectorRegistry()))
+    server = ModelHolder(served.root, ServeMetrics(CollectorRegistry()), experiments=True)
+    for holder in (worker, server):
+        await holder.load()
+        await holder.hold_experiment()
+    assert (worker.experiment, worker.arm_models) == (None, [])
+    assert worker.route(USERS[0]).arm is None
+    assert server.experiment is not None
+    assert [model.version for model in server.arm_models] == [second.version]
+    assert {server.route(user).arm for user in USERS} == {"control", "candidate"}
+    experiments.stop(served.root)
+    await server.hold_experiment()
+    assert server.arm_models == [] and server.route(USERS[0]).arm is None
