@@ -344,3 +344,55 @@ async def test_only_holders_that_answer_users_follow_experiments(served: Served)
     experiments.stop(served.root)
     await server.hold_experiment()
     assert server.arm_models == [] and server.route(USERS[0]).arm is None
+
+
+async def test_admin_changes_under_concurrent_requests_fail_no_answer(served: Served) -> None:
+    """Start, promote, start again and stop through the admin API while eight
+    clients ask the same process without pause: every answer a 200 with its items,
+    each arm-named one from that arm's version at that moment."""
+    await with_history(served, USERS)
+    first = served.first.version
+    second = publish(served.models, served.root, first, make_current=False).version
+    failures: list[str] = []
+    answered: list[tuple[str | None, str]] = []
+    stop = asyncio.Event()
+    async with in_process(served.settings) as (client, _):
+
+        async def keep_asking(offset: int) -> None:
+            n = offset
+            while not stop.is_set():
+                user = USERS[n % len(USERS)]
+                n += 1
+                response = await client.post("/v1/recommend", json={"user_id": user, "k": 5})
+                if response.status_code != 200 or len(response.json()["items"]) != 5:
+                    failures.append(f"{response.status_code} {response.text}")
+                else:
+                    answered.append((response.json()["arm"], response.json()["model_version"]))
+                await asyncio.sleep(0)
+
+        askers = [asyncio.create_task(keep_asking(n)) for n in range(8)]
+        steps = [
+            client.put("/v1/admin/experiment", headers=ADMIN,
+                       json={"name": "a", "arms": [
+                           {"name": "control", "version": "current", "weight": 1},
+                           {"name": "candidate", "version": second, "weight": 1}]}),
+            client.post("/v1/admin/experiment/promote", headers=ADMIN, json={"arm": "candidate"}),
+            client.put("/v1/admin/experiment", headers=ADMIN,
+                       json={"name": "b", "arms": [
+                           {"name": "control", "version": "current", "weight": 1},
+                           {"name": "old", "version": first, "weight": 1}]}),
+            client.delete("/v1/admin/experiment", headers=ADMIN),
+        ]  # fmt: skip
+        for step in steps:
+            await asyncio.sleep(0.3)
+            response = await step
+            assert response.is_success, response.text
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*askers)
+    assert failures == []
+    arms = {arm for arm, _ in answered}
+    assert {"control", "candidate", "old", None} <= arms
+    assert {v for arm, v in answered if arm == "candidate"} == {second}
+    assert {v for arm, v in answered if arm == "old"} == {first}
+    assert answered[-1] == (None, second)
