@@ -226,6 +226,11 @@ async def test_clicks_and_purchases_count_for_the_users_arm(
         assert 0 < ttl <= served.settings.experiment_counts_ttl_s
         arm_ttl_ms = await store.redis.pttl(user_arm_key(user))
         assert 0 < arm_ttl_ms <= served.settings.hit_window_s * 1000
+        # The user's arm is one of their keys: forgetting them removes it; the run's
+        # counters name no one and stay.
+        await store.forget_user(user)
+        assert await store.redis.exists(user_arm_key(user)) == 0
+        assert await store.experiment_counts(experiment.run_id) == counts
     finally:
         await store.close()
 
