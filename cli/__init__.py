@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli import bench, demo, dev, feed, ingest, items, keys, models, retrain, serve
+from cli import bench, demo, dev, experiments, feed, ingest, items, keys, models, retrain, serve
 from streamrec import __version__
 from streamrec.errors import StreamrecError
 
@@ -30,6 +30,7 @@ keys.register(app)
 demo.register(app)
 bench.register(app)
 models.register(app)
+experiments.register(app)
 serve.register(app)
 feed.register(app)
 retrain.register(app)

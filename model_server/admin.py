@@ -1,21 +1,41 @@
-"""The operator endpoints /admin/reload, /admin/rollback and DELETE
-/v1/admin/users/{user_id}, for the admin token or a key with the admin scope
+"""The operator endpoints /admin/reload, /admin/rollback, DELETE
+/v1/admin/users/{user_id} and /v1/admin/experiment (GET, PUT, DELETE, POST
+.../promote), for the admin token or a key with the admin scope
 (model_server/access.py); each action leaves an audit line with its outcome."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from model_server.access import Caller
-from model_server.schemas import ForgetHorizon, ForgetResponse, RollbackRequest
-from model_server.serving import Problem, json_response, parse_body, serving_of
-from streamrec.errors import BundleError, StreamrecError
+from model_server.schemas import (
+    ArmCounts,
+    ArmStatus,
+    ExperimentChange,
+    ExperimentRequest,
+    ExperimentResponse,
+    ExperimentStatus,
+    ForgetHorizon,
+    ForgetResponse,
+    PromoteRequest,
+    RollbackRequest,
+)
+from model_server.serving import Problem, Serving, json_response, parse_body, serving_of
+from streamrec import experiments
+from streamrec.errors import BundleError, ExperimentError, StreamrecError
+from streamrec.experiments import Arm, Experiment
 from streamrec.forget import check_user_id, send_forget
 from streamrec.loaded import SwapResult
 from streamrec.registry import refusal_reason
+
+log = logging.getLogger(__name__)
+# The experiment's counters are read with this bound; past it the answer has none.
+COUNTS_TIMEOUT_S = 2.0
 
 
 def require_token(request: Request) -> Caller:
@@ -82,3 +102,130 @@ async def forget_user(request: Request) -> Response:
                  for h in sent.horizon],
     )  # fmt: skip
     return json_response(answer.model_dump(), 202)
+
+
+async def experiment(request: Request) -> Response:
+    """GET /v1/admin/experiment: the running experiment, each arm's share, the
+    version this process answers it with, and its online figures from Redis."""
+    caller = require_token(request)
+    serving = serving_of(request)
+    try:
+        running = await asyncio.to_thread(experiments.read, serving.settings.registry)
+    except ExperimentError as exc:
+        problem = Problem(409, "experiment_unreadable", str(exc))
+        raise _failed(request, caller, "experiment_show", problem) from None
+    serving.access.admitted(request, "experiment_show", "running" if running else "none", caller)
+    if running is None:
+        return json_response(ExperimentResponse(experiment=None).model_dump())
+    try:
+        async with asyncio.timeout(COUNTS_TIMEOUT_S):
+            counts: dict[str, dict[str, int]] | None = await serving.store.experiment_counts(
+                running.run_id
+            )
+    except (RedisError, TimeoutError) as exc:
+        log.warning("experiment %s: its counters could not be read: %s", running.name, exc)
+        counts = None
+    status = ExperimentStatus(
+        name=running.name,
+        salt=running.salt,
+        run_id=running.run_id,
+        started_at=running.started_at,
+        arms=[
+            ArmStatus(
+                name=arm.name,
+                version=arm.version,
+                weight=arm.weight,
+                share=running.share(arm),
+                served_by=_served_by(serving, running, arm),
+                counts=None if counts is None else arm_counts(counts.get(arm.name, {})),
+            )
+            for arm in running.arms
+        ],
+    )
+    return json_response(ExperimentResponse(experiment=status).model_dump())
+
+
+def arm_counts(counts: dict[str, int]) -> ArmCounts:
+    clicks, hits = counts.get("clicks", 0), counts.get("hits", 0)
+    return ArmCounts(
+        answers=counts.get("answers", 0),
+        clicks=clicks,
+        hits=hits,
+        purchases=counts.get("purchases", 0),
+        hit_rate=hits / clicks if clicks else None,
+        hit_rate_95=experiments.wilson_interval(hits, clicks),
+    )
+
+
+def _served_by(serving: Serving, running: Experiment, arm: Arm) -> str | None:
+    holder = serving.holder
+    if holder.experiment != running or holder.held is None:
+        return None
+    held = {model.version: model for model in holder.arm_models}
+    if arm.version in held:
+        return arm.version
+    return holder.held.version  # CURRENT's follower, the current version, or a fallback
+
+
+async def start_experiment(request: Request) -> Response:
+    """PUT /v1/admin/experiment: start one (409 while another runs, or when an arm's
+    version is not in the registry); this process serves it before answering."""
+    caller = require_token(request)
+    body = await parse_body(request, ExperimentRequest)
+    try:
+        wanted = experiments.new_experiment(
+            body.name,
+            [experiments.Arm(arm.name, arm.version, arm.weight) for arm in body.arms],
+            body.salt,
+        )
+    except ExperimentError as exc:
+        # Well-formed, but against the rules (docs/experiments.md): refused, as a
+        # second experiment or a missing version is.
+        problem = Problem(409, "experiment_refused", str(exc))
+        raise _failed(request, caller, "experiment_start", problem) from None
+    try:
+        await serving_of(request).holder.start_experiment(wanted)
+    except ExperimentError as exc:
+        problem = Problem(409, "experiment_refused", str(exc))
+        raise _failed(request, caller, "experiment_start", problem) from None
+    serving_of(request).access.admitted(request, "experiment_start", "started", caller)
+    change = ExperimentChange(
+        outcome="started", experiment=wanted.name, model_version=None, previous=None
+    )
+    return json_response(change.model_dump(exclude_none=True), 201)
+
+
+async def stop_experiment(request: Request) -> Response:
+    """DELETE /v1/admin/experiment: end it; every user on the current version."""
+    caller = require_token(request)
+    try:
+        ended = await serving_of(request).holder.stop_experiment()
+    except ExperimentError as exc:
+        problem = Problem(409, "experiment_refused", str(exc))
+        raise _failed(request, caller, "experiment_stop", problem) from None
+    serving_of(request).access.admitted(request, "experiment_stop", "stopped", caller)
+    change = ExperimentChange(
+        outcome="stopped", experiment=ended.name, model_version=None, previous=None
+    )
+    return json_response(change.model_dump(exclude_none=True))
+
+
+async def promote_experiment(request: Request) -> Response:
+    """POST /v1/admin/experiment/promote: point CURRENT at the arm's version (the one
+    this process holds for it, else opened first) and serve it, then end the
+    experiment; a version that does not open is a 409 and nothing moves."""
+    caller = require_token(request)
+    body = await parse_body(request, PromoteRequest)
+    try:
+        ended, result = await serving_of(request).holder.promote(body.arm)
+    except (ExperimentError, BundleError) as exc:
+        problem = Problem(409, "promotion_refused", refusal_reason(exc))
+        raise _failed(request, caller, "experiment_promote", problem) from None
+    serving_of(request).access.admitted(request, "experiment_promote", result.outcome, caller)
+    change = ExperimentChange(
+        outcome=result.outcome,
+        experiment=ended.name,
+        model_version=result.version,
+        previous=result.previous,
+    )
+    return json_response(change.model_dump())

@@ -101,7 +101,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 raise StateError(
                     f"Redis at {redacted(settings.redis_url)} does not answer: {exc}"
                 ) from exc
-            holder = ModelHolder(settings.registry, metrics)
+            holder = ModelHolder(settings.registry, metrics, experiments=True)
             await _first_model(holder, settings)
             if settings.serve_popularity_refresh_s > 0:
                 popularity = PopularityTable(
@@ -118,6 +118,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if popularity is not None:
                 # After the warm-up: the table the new version starts with is the freshest.
                 holder.before_swap.append(popularity.prepare)
+                holder.before_arm.append(popularity.hold)
             recommender = Recommender(
                 settings,
                 store,
@@ -136,6 +137,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 if holder.held is not None:
                     await live_items.catch_up(holder.held)
                 holder.before_swap.append(live_items.prepare)
+                holder.before_arm.append(live_items.prepare)
                 follower = asyncio.create_task(live_items.follow())
             # Held from the start: while Redis does not answer, /recommend answers it.
             if holder.held is not None:
@@ -155,6 +157,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 intake,
                 Access(settings),
             )
+            # The running experiment's versions, opened before the first request.
+            await holder.hold_experiment()
             watcher = asyncio.create_task(holder.follow(settings))
             # What start-up built (~100k objects the collector tracks: modules, the
             # model) lives until shutdown: out of the collector's sight, a full
@@ -205,6 +209,14 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         Route("/v1/events", measured("events", endpoints.events, capped=True), methods=["POST"]),
         # Any id reaches the handler, which says what is wrong with it: an empty one,
         # or one holding "/" or a line break, which `path` would leave to a 404.
+        Route("/v1/admin/experiment", measured("admin", admin.experiment), methods=["GET"]),
+        Route("/v1/admin/experiment", measured("admin", admin.start_experiment), methods=["PUT"]),
+        Route("/v1/admin/experiment", measured("admin", admin.stop_experiment), methods=["DELETE"]),
+        Route(
+            "/v1/admin/experiment/promote",
+            measured("admin", admin.promote_experiment),
+            methods=["POST"],
+        ),
         Route(
             "/v1/admin/users/{user_id:any_text}",
             measured("admin", admin.forget_user),

@@ -23,11 +23,13 @@ from model_server.schemas import ItemFilterBody
 from model_server.serving import (
     RETRY_AFTER,
     Problem,
+    Serving,
     json_response,
     parse_body,
     read_body,
     serving_of,
 )
+from streamrec.loaded import Route
 from streamrec.registry import current_version, list_registry
 from streamrec.state import WriteBack
 
@@ -77,10 +79,10 @@ async def recommend(request: Request) -> Response:
     body = await parse_body(request, serving.requests.recommend)
     if body.explain:
         serving.access.require(request, "explain")  # a user's history and features
-    model = serving.holder.current
+    route = routed(serving, body.user_id)
     max_per_category = _or_default(body.max_per_category, serving.settings.serve_max_per_category)
     answer = await serving.recommender.recommend(
-        model,
+        route.model,
         body.user_id,
         body.k,
         body.exclude,
@@ -93,14 +95,26 @@ async def recommend(request: Request) -> Response:
     if remember or answer.fresh_vector:
         shown = [item.item_id for item in answer.items]
         at_ms = int(time.time() * 1000)
-        serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector))
-    answered = answer.body(body.user_id, body.k)
+        tag = route.experiment.arm_tag(route.arm) if route.experiment and route.arm else None
+        serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector, tag))
+    answered = answer.body(body.user_id, body.k, route.arm)
     if body.explain:
         # The user's recent events, oldest first, as the answer read them.
         answered["history"] = [
             {"item_id": e.item_id, "type": e.type.value, "ts": e.ts_ms} for e in answer.history
         ]
     return json_response(answered)
+
+
+def routed(serving: Serving, user_id: str) -> Route:
+    """The model that answers this user (their experiment arm's), counted per arm."""
+    route = serving.holder.route(user_id)
+    if route.experiment is not None:
+        labels = (route.experiment.name, route.arm)
+        serving.metrics.experiment_answers.labels(*labels).inc()
+        if route.fell_back:
+            serving.metrics.experiment_arm_fallbacks.labels(*labels).inc()
+    return route
 
 
 def _or_default(asked: T | None, setting: T) -> T:
@@ -145,7 +159,8 @@ async def score(request: Request) -> Response:
     serving = serving_of(request)
     serving.access.require(request, "read")
     body = await parse_body(request, serving.requests.score)
-    answer = await serving.recommender.score(serving.holder.current, body.user_id, body.item_ids)
+    route = routed(serving, body.user_id)
+    answer = await serving.recommender.score(route.model, body.user_id, body.item_ids)
     items = [
         {"item_id": s.item_id, "score": s.score}
         if s.score is not None
@@ -153,7 +168,12 @@ async def score(request: Request) -> Response:
         for s in answer.items
     ]
     return json_response(
-        {"user_id": body.user_id, "items": items, "model_version": answer.model_version}
+        {
+            "user_id": body.user_id,
+            "items": items,
+            "model_version": answer.model_version,
+            "arm": route.arm,
+        }
     )
 
 

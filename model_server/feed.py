@@ -41,9 +41,12 @@ from streamrec.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 
-def feed_record(user_id: str, answer: Recommendation, k: int, now_ms: int) -> bytes:
-    """What downstream consumers read: the /recommend answer plus when it was made."""
-    return orjson.dumps({**answer.body(user_id, k), "ts": now_ms})
+def feed_record(
+    user_id: str, answer: Recommendation, k: int, now_ms: int, arm: str | None = None
+) -> bytes:
+    """What downstream consumers read: the /recommend answer (its experiment arm
+    included) plus when it was made."""
+    return orjson.dumps({**answer.body(user_id, k, arm), "ts": now_ms})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +85,10 @@ class Feed:
         self.settings = settings
         self.registry = registry
         self.metrics = FeedMetrics(registry)
-        serve_metrics = ServeMetrics(registry)
+        self.serve_metrics = ServeMetrics(registry)
         self.store = StateStore(settings)
-        self.models = ModelHolder(settings.registry, serve_metrics)
-        self.recommender = Recommender(settings, self.store, serve_metrics)
+        self.models = ModelHolder(settings.registry, self.serve_metrics, experiments=True)
+        self.recommender = Recommender(settings, self.store, self.serve_metrics)
         self.ready = False
         # Users with a change not yet sent because their interval has not passed.
         self.pending: dict[str, Pending] = {}
@@ -96,6 +99,9 @@ class Feed:
         s = self.settings
         await self.store.ping()
         await self._first_model()
+        # The running experiment's versions: a user's record comes from their arm's,
+        # as their /recommend answer does.
+        await self.models.hold_experiment()
         kafka = kafka_python_options(s)  # aiokafka takes the same option names
         consumer = AIOKafkaConsumer(
             s.topic_state_changes,
@@ -218,22 +224,27 @@ class Feed:
         return len(free)
 
     async def _send(self, producer: AIOKafkaProducer, applied_at: dict[str, int]) -> None:
-        model = self.models.current
         # The catalogue as it is now: the feed has no one waiting, so it reads the
         # change log before each batch rather than following it.
         await self.recommender.mirror.catch_up()
         sends = []
         for user_id, applied_at_ms in applied_at.items():
+            route = self.models.route(user_id)
+            if route.experiment is not None:
+                labels = (route.experiment.name, route.arm)
+                self.serve_metrics.experiment_answers.labels(*labels).inc()
+                if route.fell_back:
+                    self.serve_metrics.experiment_arm_fallbacks.labels(*labels).inc()
             # The settings' cap and diversity, as /recommend applies them by default.
             answer = await self.recommender.recommend(
-                model,
+                route.model,
                 user_id,
                 self.settings.feed_k,
                 max_per_category=self.settings.serve_max_per_category,
                 diversity=self.settings.serve_diversity,
             )
             now_ms = _now_ms()
-            value = feed_record(user_id, answer, self.settings.feed_k, now_ms)
+            value = feed_record(user_id, answer, self.settings.feed_k, now_ms, route.arm)
             sends.append(
                 await producer.send(
                     self.settings.topic_recommendations,

@@ -74,6 +74,8 @@ class LiveItems:
         async def step() -> None:
             if self.holder.held is not None:
                 await self.catch_up(self.holder.held)
+            for model in self.holder.arm_models:  # an experiment's arms' versions
+                await self.catch_up(model)
 
         await self._polling.run(step, (BundleError,))
 

@@ -11,10 +11,14 @@ from pydantic.json_schema import models_json_schema
 
 from model_server.schemas import (
     EventsResponse,
+    ExperimentChange,
+    ExperimentRequest,
+    ExperimentResponse,
     ForgetResponse,
     HealthResponse,
     ModelResponse,
     ProblemBody,
+    PromoteRequest,
     ReadyResponse,
     RecommendResponse,
     RequestModels,
@@ -73,8 +77,19 @@ def openapi_document(
         EventsResponse,
         VersionsResponse,
         ForgetResponse,
+        ExperimentRequest,
+        PromoteRequest,
+        ExperimentResponse,
+        ExperimentChange,
     ]
-    inputs = (requests.recommend, requests.score, requests.similar, RollbackRequest)
+    inputs = (
+        requests.recommend,
+        requests.score,
+        requests.similar,
+        RollbackRequest,
+        ExperimentRequest,
+        PromoteRequest,
+    )
     refs, top = models_json_schema(
         [(m, "validation" if m in inputs else "serialization") for m in models],
         ref_template=REF,
@@ -116,6 +131,14 @@ def openapi_document(
     }
     unauthorized = guarded
     refused = {"409": answer("The bundle was refused; the old version keeps serving")}
+    experiment_refused = {
+        "409": answer(
+            "Refused, nothing changed: another experiment runs, none runs, an arm's "
+            "version is not in the registry or does not open, no such arm, arms against "
+            "the rules (names, unique, a weight too small for one bucket), or the "
+            "record is unreadable"
+        )
+    }
     admin_security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
     # {}: no credential, while reads are open (by default on a loopback bind only).
     read_security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
@@ -141,6 +164,14 @@ def openapi_document(
             }
         ],
         "rollback": {"version": "v20261206T044327Z-e79b72"},
+        "experiment": {
+            "name": "ranker-b",
+            "arms": [
+                {"name": "control", "version": "current", "weight": 90},
+                {"name": "candidate", "version": "v20261206T044327Z-e79b72", "weight": 10},
+            ],
+        },
+        "promote": {"arm": "candidate"},
         "forget": {
             "user_id": "u021",
             "status": "requested",
@@ -262,6 +293,42 @@ def openapi_document(
                                 "required": False},
                 "responses": {"200": answer("Swapped or unchanged", SwapResponse),
                               **with_body, **unauthorized, **refused, **failed, **no_state},
+            }},
+            "/v1/admin/experiment": {
+                "get": {
+                    "operationId": "adminExperiment",
+                    "summary": "The running experiment: arms, shares, the version this "
+                               "process answers each with, online figures per arm",
+                    "security": admin_security,
+                    "responses": {"200": answer("The experiment, or null", ExperimentResponse),
+                                  **unauthorized, **experiment_refused, **failed},
+                },
+                "put": {
+                    "operationId": "adminStartExperiment",
+                    "summary": "Start an experiment: users split by a stable hash into "
+                               "arms, each served by a version (docs/experiments.md)",
+                    "security": admin_security,
+                    "requestBody": with_example(body(ExperimentRequest), "experiment"),
+                    "responses": {"201": answer("Started and served here", ExperimentChange),
+                                  **with_body, **unauthorized, **experiment_refused,
+                                  **failed},
+                },
+                "delete": {
+                    "operationId": "adminStopExperiment",
+                    "summary": "Stop the running experiment: every user on CURRENT",
+                    "security": admin_security,
+                    "responses": {"200": answer("Stopped", ExperimentChange),
+                                  **unauthorized, **experiment_refused, **failed},
+                },
+            },
+            "/v1/admin/experiment/promote": {"post": {
+                "operationId": "adminPromoteArm",
+                "summary": "Point CURRENT at an arm's version, serve it, end the experiment",
+                "security": admin_security,
+                "requestBody": with_example(body(PromoteRequest), "promote"),
+                "responses": {"200": answer("Swapped or unchanged", ExperimentChange),
+                              **with_body, **unauthorized, **experiment_refused, **failed,
+                              **no_state},
             }},
             "/v1/admin/users/{user_id}": {"delete": {
                 "operationId": "adminForgetUser",

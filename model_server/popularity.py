@@ -4,7 +4,8 @@ Every `serve_popularity_refresh_s` the table reads again only the items whose
 popularity changed (the apply script logs them); before a swap (`prepare`) it
 carries every row over to the new vocabulary and reads only the items that
 vocabulary added; it reads everything when the log cannot tell, and every
-FULL_REFRESH_S (items whose keys expired)."""
+FULL_REFRESH_S (items whose keys expired). It holds a table for each version an
+experiment's arm serves too (`hold`), refreshed with the current one's."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ class PopularityTable:
         self._snapshot: Snapshot | None = None
         # Carried over to a version about to swap in (`prepare`), until it serves.
         self._incoming: Snapshot | None = None
+        # The versions experiment arms serve beside the current one (`hold`).
+        self._arms: dict[str, Snapshot] = {}
         self._polling = Polling(refresh_s, "popularity refresh")
 
     def rows(self, model: ServedModel, vocab_rows: np.ndarray, now_ms: int) -> np.ndarray | None:
@@ -67,7 +70,13 @@ class PopularityTable:
         for snapshot in (self._snapshot, self._incoming):
             if snapshot is not None and snapshot.model_version == version:
                 return snapshot
-        return None
+        return self._arms.get(version)
+
+    async def hold(self, model: ServedModel) -> None:
+        """A table for a version an experiment's arm serves (`ModelHolder.before_arm`),
+        carried over from the current one's like `prepare`; refreshed by `follow` for
+        as long as the holder keeps the arm."""
+        self._arms[model.version] = await self._next_snapshot(model)
 
     async def prepare(self, model: ServedModel) -> None:
         """Carry the table over to `model` before it swaps in (`ModelHolder.before_swap`).
@@ -132,6 +141,10 @@ class PopularityTable:
         async def step() -> None:
             if holder.held is not None:  # a server waiting for its first version
                 await self.refresh(holder.held)
+            arms = holder.arm_models
+            self._arms = {m.version: self._arms[m.version] for m in arms if m.version in self._arms}
+            for model in arms:
+                await self.hold(model)
 
         await self._polling.run(step, (RedisError,))
 

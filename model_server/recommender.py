@@ -106,9 +106,10 @@ class Recommendation:
     # With explain: the user's recent events the answer was computed from.
     history: Sequence[redis_state.StoredEvent] = ()
 
-    def body(self, user_id: str, k: int) -> dict[str, object]:
+    def body(self, user_id: str, k: int, arm: str | None = None) -> dict[str, object]:
         """The answer on the wire, the one shape `/recommend` returns and the
-        recommendations feed sends (docs/serving.md)."""
+        recommendations feed sends (docs/serving.md); `arm`: the user's arm of the
+        running experiment, None without one."""
         items = []
         for item in self.items:
             row: dict[str, object] = {"item_id": item.item_id, "score": item.score}
@@ -119,6 +120,7 @@ class Recommendation:
             "user_id": user_id,
             "items": items,
             "model_version": self.model_version,
+            "arm": arm,
             "fallback": self.fallback,
             "short": len(items) < k,
         }
@@ -199,9 +201,10 @@ class Recommender:
         self.covis_half_life_s = settings.covis_half_life_s
         self.trending_only = settings.serve_strategy == "trending"
         self.exclude_purchased = settings.serve_exclude_purchased
-        # The trending candidates, read at most once per refresh (they move slowly).
+        # The trending candidates, read at most once per refresh (they move slowly),
+        # per version (an experiment's arms may know other items than the current one).
         self._trending_refresh_s = settings.serve_popularity_refresh_s
-        self._trending_ids: tuple[float, int, list[str]] = (-float("inf"), 0, [])
+        self._trending_ids: dict[str, tuple[float, int, list[str]]] = {}
         self._rank_estimate_s = 0.0
         # Looked up once: five label lookups per request were a visible share of it.
         self._stage_seconds = {name: metrics.stage_seconds.labels(name) for name in STAGES}
@@ -588,10 +591,12 @@ class Recommender:
         while Redis does not answer (the other candidates still do)."""
         if n <= 0:
             return []
-        read_at, read_n, ids = self._trending_ids
+        read_at, read_n, ids = self._trending_ids.get(model.version, (-float("inf"), 0, []))
         if read_n != n or time.monotonic() - read_at >= self._trending_refresh_s:
             ids = [item.item_id for item in await self.trending(model, n, required=False)]
-            self._trending_ids = (time.monotonic(), n, ids)
+            if model.version not in self._trending_ids and len(self._trending_ids) >= 4:
+                self._trending_ids.clear()  # versions swapped out long ago
+            self._trending_ids[model.version] = (time.monotonic(), n, ids)
         return ids
 
     async def trending(

@@ -178,10 +178,17 @@ class HistoryEvent(BaseModel):
     ts: int
 
 
+ARM_DESCRIPTION = (
+    "The user's arm of the running experiment (docs/experiments.md), whose version "
+    "model_version names (the current one when the arm's did not open); null without one."
+)
+
+
 class RecommendResponse(BaseModel):
     user_id: str
     items: list[ScoredItem]
     model_version: str
+    arm: str | None = Field(None, description=ARM_DESCRIPTION)
     fallback: Literal["trending", "retrieval"] | None = Field(
         None, description="Set when the answer is not the ranker's: why."
     )
@@ -218,6 +225,7 @@ class ScoreResponse(BaseModel):
     user_id: str
     items: list[ItemScore]
     model_version: str
+    arm: str | None = Field(None, description=ARM_DESCRIPTION)
 
 
 class ProblemBody(BaseModel):
@@ -296,6 +304,67 @@ class SwapResponse(BaseModel):
     outcome: Literal["swapped", "unchanged"]
     model_version: str
     previous: str | None
+
+
+class ArmRequest(Request):
+    name: Id = Field(description="Letters, digits, '.', '_' and '-', up to 64.")
+    version: Id = Field(description="A version of the registry, or `current` (follows CURRENT).")
+    weight: float = Field(gt=0, allow_inf_nan=False, description="Relative to the arms' sum.")
+
+
+class ExperimentRequest(Request):
+    name: Id = Field(description="Letters, digits, '.', '_' and '-', up to 64.")
+    arms: list[ArmRequest] = Field(min_length=2, max_length=16)
+    salt: Id | None = Field(None, description="The assignment's hash salt; default: the name.")
+
+
+class PromoteRequest(Request):
+    arm: Id = Field(description="The arm whose version becomes CURRENT.")
+
+
+class ArmCounts(BaseModel):
+    """One arm's online figures, from Redis (docs/experiments.md)."""
+
+    answers: int = Field(description="Answers to users with state written back.")
+    clicks: int = Field(description="Clicks by users shown this arm within the hit window.")
+    hits: int = Field(description="Those clicks on an item this arm recommended to them.")
+    purchases: int = Field(description="Purchases of an item this arm recommended to them.")
+    hit_rate: float | None = Field(description="hits / clicks; null without clicks.")
+    hit_rate_95: tuple[float, float] = Field(description="Its 95% Wilson interval.")
+
+
+class ArmStatus(BaseModel):
+    name: str
+    version: str
+    weight: float
+    share: float = Field(description="The fraction of users assigned to it.")
+    served_by: str | None = Field(
+        description="The version this process answers it with (the current one when the "
+        "arm's did not open); null before this process follows the record."
+    )
+    counts: ArmCounts | None = Field(description="Null when Redis did not answer.")
+
+
+class ExperimentStatus(BaseModel):
+    name: str
+    salt: str
+    run_id: str
+    started_at: str
+    arms: list[ArmStatus]
+
+
+class ExperimentResponse(BaseModel):
+    experiment: ExperimentStatus | None = Field(description="Null when none runs.")
+
+
+class ExperimentChange(BaseModel):
+    outcome: Literal["started", "stopped", "swapped", "unchanged"] = Field(
+        description="started, stopped; for a promotion as a rollback says: swapped, or "
+        "unchanged when the arm's version was already current."
+    )
+    experiment: str
+    model_version: str | None = Field(None, description="Promotion: now CURRENT's version.")
+    previous: str | None = None
 
 
 class ForgetHorizon(BaseModel):

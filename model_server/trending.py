@@ -21,6 +21,8 @@ TRENDING_TYPES = tuple(EventType)
 # and reads on, this many times more at each step, while too few are known.
 READ_MIN = 20
 READ_GROWTH = 4
+# Versions whose latest read is kept (the current one and an experiment's arms').
+VERSIONS_KEPT = 4
 
 
 class TrendingReader:
@@ -35,8 +37,9 @@ class TrendingReader:
         # What the catalogue says of an item (model_server/catalogue_mirror.py).
         self.available = available
         self._last: list[tuple[str, float]] | None = None
-        # (monotonic time, version, wanted) of the last read.
-        self._last_read: tuple[float, str, int] = (-float("inf"), "", 0)
+        # Per version (the current one, an experiment's arms'), its latest read:
+        # (monotonic time, wanted, items by score).
+        self._reads: dict[str, tuple[float, int, list[tuple[str, float]]]] = {}
 
     async def read(
         self, model: ServedModel, wanted: int, max_age_s: float = 0.0
@@ -56,7 +59,10 @@ class TrendingReader:
             for item_id, score in rows:
                 combined[item_id] = combined.get(item_id, 0.0) + score
         self._last = sorted(combined.items(), key=lambda pair: -pair[1])
-        self._last_read = (started, model.version, wanted)
+        self._reads.pop(model.version, None)
+        self._reads[model.version] = (started, wanted, self._last)
+        if len(self._reads) > VERSIONS_KEPT:
+            del self._reads[next(iter(self._reads))]
         return self._offered(self._last)
 
     def recent(
@@ -64,14 +70,12 @@ class TrendingReader:
     ) -> list[tuple[str, float]] | None:
         """`read`'s answer from the held read when that one serves (younger than
         `max_age_s`, this version, deep enough), without a call; else None."""
-        read_at, version, depth = self._last_read
-        if (
-            self._last is not None
-            and time.monotonic() - read_at < max_age_s
-            and version == model.version
-            and depth >= wanted
-        ):
-            return self._offered(self._last)
+        read = self._reads.get(model.version)
+        if read is None:
+            return None
+        read_at, depth, ordered = read
+        if time.monotonic() - read_at < max_age_s and depth >= wanted:
+            return self._offered(ordered)
         return None
 
     def _offered(self, ordered: list[tuple[str, float]]) -> list[tuple[str, float]]:

@@ -86,6 +86,7 @@ class Recommendations:
     short: bool = False  # fewer than k: the filters and the catalogue left no more
     # Only with explain=True: the user's recent events, oldest first.
     history: tuple[Mapping[str, object], ...] | None = None
+    arm: str | None = None  # the user's experiment arm; None without an experiment
 
     @property
     def item_ids(self) -> list[str]:
@@ -97,6 +98,7 @@ class Scores:
     user_id: str
     items: tuple[ItemScore, ...]
     model_version: str
+    arm: str | None = None  # the user's experiment arm; None without an experiment
 
     @property
     def unknown(self) -> list[str]:
@@ -257,12 +259,13 @@ def _recommendations(body: dict[str, Any]) -> Recommendations:
         body.get("fallback"),
         bool(body.get("short", False)),
         tuple(body["history"]) if body.get("history") is not None else None,
+        body.get("arm"),
     )
 
 
 def _scores(body: dict[str, Any]) -> Scores:
     items = tuple(ItemScore(r["item_id"], r["score"], r.get("error")) for r in body["items"])
-    return Scores(body["user_id"], items, body["model_version"])
+    return Scores(body["user_id"], items, body["model_version"], body.get("arm"))
 
 
 class _ClientBase:

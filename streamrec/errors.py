@@ -8,6 +8,7 @@
     ├── ArchiveError         the event archive cannot be written or read
     ├── BundleError          a model bundle is missing, corrupt or incompatible
     │   └── ChecksumMismatch a bundle file's sha256 differs from its manifest
+    ├── ExperimentError      an experiment record is invalid, missing or in the way
     └── ServingError         the model server could not do what was asked
         ├── NoModel          no version is loaded yet (a server waiting for the first)
         ├── RequestRejected  the server answered a client's request with an error status
@@ -48,6 +49,10 @@ class BundleError(StreamrecError):
 
 class ChecksumMismatch(BundleError):
     """A file in a bundle does not hash to the sha256 its manifest records."""
+
+
+class ExperimentError(StreamrecError):
+    """An experiment cannot be started, read, stopped or promoted as asked."""
 
 
 class ServingError(StreamrecError):

@@ -28,6 +28,7 @@ class UserPart(StrEnum):
     COUNTS = "cnt"  # hash: `<type>:<item>` -> count
     META = "meta"  # hash: counts by type, the latest event time
     RECOMMENDED = "rec"  # sorted set: items recommended lately, by time (hit rate)
+    ARM = "arm"  # string: the experiment run and arm of those answers (streamrec/experiments.py)
     VECTOR = "vec"  # the user vector a model version computed
     FEED = "pub"  # the feed's per-user interval marker ("pub": existing keys stay valid)
     DEDUP = "dd:"  # + event_id: an event's dedup marker
@@ -108,6 +109,16 @@ def user_vector_key(user_id: str) -> str:
     return user_key(user_id, UserPart.VECTOR)
 
 
+def user_arm_key(user_id: str) -> str:
+    """`<run id>|<arm>` of the experiment answers the user was shown lately."""
+    return user_key(user_id, UserPart.ARM)
+
+
+def experiment_key(run_id: str) -> str:
+    """One experiment run's counters: `<arm>:<answers|clicks|hits|purchases>` -> count."""
+    return f"{PREFIX}:x:{{{run_id}}}"
+
+
 def item_popularity_key(item_id: str) -> str:
     return item_key(item_id, ItemPart.POPULARITY)
 
@@ -179,6 +190,9 @@ LUA_PRELUDE = "\n".join(
             + f" .. {name} .. '}}:' .. part end"
             for name, letter in (("user", "u"), ("item", "i"), ("category", "c"))
         ),
+        "local function experiment_key(run) return "
+        + _lua_string(f"{PREFIX}:x:{{")
+        + " .. run .. '}' end",
         *_lua_constants("USER", UserPart),
         *_lua_constants("ITEM", ItemPart),
         *_lua_constants("CATEGORY", CategoryPart),

@@ -5,6 +5,10 @@ loaded in a thread and swapped in by one reference assignment. A request reads
 `ModelHolder.current` once and keeps that `ServedModel` to the end, so a swap
 never changes it mid-way. Any failure to open a version, whatever its type, is
 that version's refusal: counted, logged once, listed in `refused`; the held one stays.
+
+Beside the current version a holder keeps the versions the registry's running
+experiment names (streamrec/experiments.py), opened the same way; `route` gives a
+user the model of their arm, or the current one when the arm's version did not open.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Literal, Protocol
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from streamrec import registry
+from streamrec import experiments, registry
 from streamrec.announcements import wake_on_announcements
-from streamrec.errors import BundleError, NoModel
+from streamrec.errors import BundleError, ExperimentError, NoModel
+from streamrec.experiments import Experiment
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,18 @@ class ServedModel:
         return np.asarray(self.bundle.index.reconstruct_batch(positions), dtype=np.float32)
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The model that answers one user, and why: their arm of the running experiment
+    (None without one); `fell_back` when that arm's version is not held (it did not
+    open) and the current version answers instead."""
+
+    model: ServedModel
+    experiment: Experiment | None = None
+    arm: str | None = None
+    fell_back: bool = False
+
+
 @dataclass(frozen=True)
 class SwapResult:
     outcome: SwapOutcome
@@ -153,10 +170,14 @@ def open_model(root: Path, version: str) -> ServedModel:
 class ModelHolder:
     """Holds the served version; loads others in a thread and swaps only those that pass."""
 
-    def __init__(self, root: Path, metrics: SwapMetrics) -> None:
+    def __init__(self, root: Path, metrics: SwapMetrics, experiments: bool = False) -> None:
+        """`experiments`: also follow the registry's experiment record and hold its
+        arms' versions (the model server and the feed, which answer users; the stream
+        worker refreshes vectors for the current version only)."""
         single_threaded_faiss()  # built on the event loop's thread, which searches
         self.root = root
         self.metrics = metrics
+        self.follows_experiments = experiments
         self._current: ServedModel | None = None
         self._lock = asyncio.Lock()
         # Versions the watcher will not retry until an operator asks (/admin/reload).
@@ -168,6 +189,13 @@ class ModelHolder:
         self.wake = asyncio.Event()
         # The latest swaps and refusals, newest last (GET /v1/model, the console).
         self.history: deque[dict[str, object]] = deque(maxlen=HISTORY_KEPT)
+        # The running experiment as this process serves it, and the versions its arms
+        # name other than the current one, by version: replaced together, never changed.
+        self._experiment: Experiment | None = None
+        self._arm_models: dict[str, ServedModel] = {}
+        # Awaited with each arm's version after it opens and before it answers anyone
+        # (the popularity table, the live items); an exception is logged.
+        self.before_arm: list[Callable[[ServedModel], Awaitable[None]]] = []
 
     @property
     def current(self) -> ServedModel:
@@ -179,6 +207,30 @@ class ModelHolder:
     def held(self) -> ServedModel | None:
         """The current version, or None before one has loaded (the worker goes on without)."""
         return self._current
+
+    @property
+    def experiment(self) -> Experiment | None:
+        """The experiment this process serves (it follows the registry's record)."""
+        return self._experiment
+
+    @property
+    def arm_models(self) -> list[ServedModel]:
+        """The versions held for the experiment's arms, besides the current one."""
+        return list(self._arm_models.values())
+
+    def route(self, user_id: str) -> Route:
+        """The model for this user: their arm's version while an experiment runs."""
+        current = self.current
+        experiment = self._experiment
+        if experiment is None:
+            return Route(current)
+        arm = experiment.arm_of(user_id)
+        if arm.version == experiments.CURRENT_ARM or arm.version == current.version:
+            return Route(current, experiment, arm.name)
+        model = self._arm_models.get(arm.version)
+        if model is None:
+            return Route(current, experiment, arm.name, fell_back=True)
+        return Route(model, experiment, arm.name)
 
     async def load(self, version: str | None = None) -> SwapResult:
         """Load `version` (default: the registry's current pointer) and swap it in.
@@ -250,9 +302,111 @@ class ModelHolder:
                 log.warning("cannot read the current model pointer: %s", exc)
                 return
             served = self._current.version if self._current else None
-            if pointer is None or pointer == served or pointer in self.refused:
-                return
-            await self._swap(await self._open(pointer, served), served)
+            if pointer is not None and pointer != served and pointer not in self.refused:
+                # A version an arm already serves (a promotion) is not opened again.
+                held = self._arm_models.get(pointer)
+                await self._swap(held or await self._open(pointer, served), served)
+            await self._follow_experiment()
+
+    async def hold_experiment(self) -> None:
+        """Follow the registry's experiment record now (at start-up, after the first
+        version loaded, and after a change made through this process)."""
+        async with self._lock:
+            await self._follow_experiment()
+
+    async def _follow_experiment(self) -> None:
+        """Hold what the experiment record asks: its arms' versions opened (each as
+        any version: checksums, smoke inference), prepared (`before_arm`), and only
+        then the experiment served. A version that does not open is refused as any
+        (counted, logged, listed, not retried until a reload): its arms are answered
+        by the current version. An unreadable record leaves what is held."""
+        if not self.follows_experiments:
+            return
+        try:
+            wanted = experiments.read(self.root)
+        except ExperimentError as exc:
+            log.warning("cannot read the experiment record; serving as before: %s", exc)
+            return
+        current = self._current
+        if wanted is None or current is None:
+            if self._experiment is not None:
+                log.info("experiment %s ended; every user on %s", self._experiment.name,
+                         current.version if current else None)  # fmt: skip
+            self._experiment, self._arm_models = None, {}
+            return
+        needed = sorted(wanted.pinned_versions() - {current.version})
+        if wanted == self._experiment and all(
+            v in self._arm_models or v in self.refused for v in needed
+        ):
+            return
+        held: dict[str, ServedModel] = {}
+        fresh = wanted != self._experiment  # a new record tries refused versions once more
+        for version in needed:
+            model = self._arm_models.get(version)
+            if model is None and (fresh or version not in self.refused):
+                with contextlib.suppress(BundleError):  # counted, logged, listed by _open
+                    model = await self._open(version, current.version)
+                    await self._prepare_arm(model)
+            if model is None:
+                log.warning("experiment %s: version %s is refused (%s); its arms are "
+                            "answered by %s", wanted.name, version,
+                            self.refused.get(version), current.version)  # fmt: skip
+            else:
+                held[version] = model
+        if fresh:
+            log.info("experiment %s served: %s", wanted.name, ", ".join(
+                f"{arm.name}={arm.version}:{wanted.share(arm):.2%}" for arm in wanted.arms
+            ))  # fmt: skip
+        self._experiment, self._arm_models = wanted, held
+
+    async def _prepare_arm(self, model: ServedModel) -> None:
+        for prepare in self.before_arm:
+            try:
+                await prepare(model)
+            except Exception:
+                log.exception(
+                    "preparing %s for its experiment arm failed; serving it", model.version
+                )
+
+    async def promote(self, arm_name: str) -> tuple[Experiment, SwapResult]:
+        """Point CURRENT at the running experiment's arm's version and serve it, then
+        end the experiment, as `streamrec experiment promote` does; a version this
+        process holds for the arm is not opened again. Raises ExperimentError (no
+        such experiment or arm) or BundleError (the version does not open)."""
+        async with self._lock:
+            experiment = await asyncio.to_thread(experiments.read, self.root)
+            if experiment is None:
+                raise ExperimentError(f"no experiment runs in {self.root}")
+            arm = experiment.arm(arm_name)
+            version = await asyncio.to_thread(experiments.resolved_version, self.root, arm)
+            previous = self._current.version if self._current else None
+            if arm.version == experiments.CURRENT_ARM or version == previous:
+                result = SwapResult("unchanged", version, previous)
+            else:
+                model = self._arm_models.get(version) or await self._open(version, previous)
+                try:
+                    await asyncio.to_thread(registry.point_at, model.bundle)
+                except OSError as exc:
+                    raise BundleError(
+                        f"{version} opened but CURRENT could not move: {exc}"
+                    ) from exc
+                result = await self._swap(model, previous)
+            await asyncio.to_thread(experiments.ended, self.root, experiment, arm, version)
+            await self._follow_experiment()
+            return experiment, result
+
+    async def start_experiment(self, experiment: Experiment) -> None:
+        """Write the record (refused while another runs) and serve it at once."""
+        async with self._lock:
+            await asyncio.to_thread(experiments.start, self.root, experiment)
+            await self._follow_experiment()
+
+    async def stop_experiment(self) -> Experiment:
+        """End the running experiment: every user on the current version."""
+        async with self._lock:
+            ended = await asyncio.to_thread(experiments.stop, self.root)
+            await self._follow_experiment()
+            return ended
 
     async def _open(self, version: str, previous: str | None) -> ServedModel:
         """Open `version` in a thread; any failure is its refusal, raised as BundleError."""
@@ -273,7 +427,9 @@ class ModelHolder:
                     await prepare(model)
                 except Exception:
                     log.exception("preparing to swap in %s failed; swapping anyway", model.version)
+        outgoing = self._current
         self._current = model
+        self._rearm(outgoing)
         self.metrics.swaps.labels("swapped").inc()
         self.history.append(
             {"at_s": time.time(), "outcome": "swapped", "version": model.version,
@@ -286,6 +442,18 @@ class ModelHolder:
         self.metrics.model_info.labels(model.version).set(1)
         log.info("serving model %s (was %s)", model.version, previous)
         return SwapResult("swapped", model.version, previous)
+
+    def _rearm(self, outgoing: ServedModel | None) -> None:
+        """After a swap, in the same step: the new current version leaves the arms, and
+        the outgoing one joins them when an arm names it, so no arm falls back."""
+        experiment = self._experiment
+        if experiment is None or self._current is None:
+            return
+        pinned = experiment.pinned_versions() - {self._current.version}
+        held = {v: m for v, m in self._arm_models.items() if v in pinned}
+        if outgoing is not None and outgoing.version in pinned:
+            held[outgoing.version] = outgoing
+        self._arm_models = held
 
     def _refuse(
         self,

@@ -242,6 +242,19 @@ class ServeMetrics:
             # process, so sum by (version) counts the processes on each version.
             multiprocess_mode="liveall",
         )
+        self.experiment_answers = Counter(
+            "streamrec_experiment_answers_total",
+            "Answers (/recommend, /score, feed records) per arm of the running experiment.",
+            ["experiment", "arm"],
+            registry=registry,
+        )
+        self.experiment_arm_fallbacks = Counter(
+            "streamrec_experiment_arm_fallbacks_total",
+            "Answers to an experiment arm whose version this process does not hold (it "
+            "did not open), given by the current version instead.",
+            ["experiment", "arm"],
+            registry=registry,
+        )
         self.swaps = Counter(
             "streamrec_model_swaps_total",
             "Attempts to load a model version, by outcome (swapped, refused).",

@@ -7,6 +7,8 @@
     <registry>/<version>/vocab.json          item id of every index row
     <registry>/<version>/content_tower.onnx  optional: content tokens -> new item's vector
     <registry>/CURRENT                       {"version": ...}, replaced atomically
+    <registry>/EXPERIMENT                    the running experiment (streamrec/experiments.py)
+    <registry>/experiments.jsonl             experiments started, stopped, promoted
 
 Loading reads every file once, through the version folder's descriptor and never
 through a symlink, checks its sha256 and the manifest's shape, opens the models
@@ -48,13 +50,15 @@ from streamrec.features import (
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+EXPERIMENT = "EXPERIMENT"
+EXPERIMENT_LOG = "experiments.jsonl"
 REQUIRED_FILES = ("user_encoder.onnx", "ranker.onnx", "items.faiss", "vocab.json")
 # Optional: content tokens -> a new item's vector (a bundle trained with a content tower).
 CONTENT_TOWER_FILE = "content_tower.onnx"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _OBJECT_FIELDS = ("files", "encoder", "ranker", "index", "data_window", "metrics", "training")
 # A mounted volume's root may hold this; it is not a bundle and not worth a warning.
-_NOT_VERSIONS = {CURRENT, "lost+found"}
+_NOT_VERSIONS = {CURRENT, EXPERIMENT, EXPERIMENT_LOG, "lost+found"}
 
 
 @dataclass(frozen=True)

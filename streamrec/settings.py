@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     # click on one of them as a hit. 0 turns both off.
     hit_window_s: int = Field(default=30 * 60, ge=0, le=24 * 3600)
     recommended_max: int = Field(default=100, ge=1, le=10_000)  # <= 128 stays compact
+    # An experiment run's per-arm counters (answers, clicks, hits, purchases) live
+    # this long past their last change.
+    experiment_counts_ttl_s: int = Field(default=90 * 86400, ge=60)
 
     # Models (used by later stages).
     registry: Path = Field(default_factory=lambda: Path.home() / ".streamrec" / "registry")

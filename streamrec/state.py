@@ -44,6 +44,7 @@ from streamrec.keys import (
     POPULARITY_SEQ_KEY,
     TRENDING_EPOCH_KEY,
     UserPart,
+    experiment_key,
     item_covis_key,
     item_popularity_key,
     lua_script,
@@ -78,6 +79,8 @@ class WriteBack:
     item_ids: Sequence[str]
     at_ms: int
     vector: CachedVector | None = None
+    # `<run id>|<arm>` when an experiment's arm answered (`experiments.arm_tag`).
+    arm: str | None = None
 
 
 class Applied(IntEnum):
@@ -294,6 +297,7 @@ def _apply_config(settings: Settings) -> bytes:
             "covis_backward": covis.backward,
             "covis_rebase_half_lives": COVIS_REBASE_HALF_LIVES,
             "category_max": s.category_popular_max,
+            "experiment_ttl_s": s.experiment_counts_ttl_s,
         }
     )
 
@@ -427,19 +431,29 @@ class StateStore:
             window_ms,
             self.settings.recommended_max,
             self.settings.user_ttl_s,
+            self.settings.experiment_counts_ttl_s,
         ]
         for record in records:
             items = record.item_ids if window_ms > 0 else ()
             if not items and record.vector is None:
                 continue
             vector = record.vector.to_bytes() if record.vector is not None else b""
-            args += [record.user_id, record.at_ms, vector, len(items), *items]
-        if len(args) > 3:
+            args += [record.user_id, record.at_ms, vector, record.arm or "", len(items), *items]
+        if len(args) > 4:
             await self._write_back_script(args=args)
 
     async def record_recommended(self, user_id: str, item_ids: Sequence[str], now_ms: int) -> None:
         """Remember what the user was shown, for the online hit rate."""
         await self.write_back([WriteBack(user_id, item_ids, now_ms)])
+
+    async def experiment_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """One experiment run's counters by arm: answers, clicks, hits, purchases."""
+        counts: dict[str, dict[str, int]] = {}
+        stored = cast(dict[bytes, bytes], await self.redis.hgetall(experiment_key(run_id)))
+        for field_name, value in stored.items():
+            arm, _, what = field_name.decode().rpartition(":")
+            counts.setdefault(arm, {})[what] = int(value)
+        return counts
 
     async def acquire_feed_slots(self, user_ids: Sequence[str], interval_ms: int) -> list[bool]:
         """Per-user rate limit shared by every feed replica: True where this caller

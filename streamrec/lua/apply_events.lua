@@ -10,6 +10,9 @@
 -- Returns per event: 0 duplicate, 1 applied, 2 applied and a click on an item
 -- recommended to that user within the hit window (the online hit rate), 3 a
 -- duplicate id whose content differs from the event applied under it (not applied).
+-- A click or purchase by a user shown an experiment arm's answers within the hit
+-- window (their `arm` key, from the write-back) is counted for that run and arm:
+-- clicks, hits (clicks on an item recommended in the window), purchases of such items.
 -- Keys other than the global ones are not declared, so this needs a single Redis
 -- (primary + replicas); see docs/state.md.
 local c = cjson.decode(ARGV[1])
@@ -21,6 +24,7 @@ local covis_window, covis_max = c.covis_window, c.covis_max
 local covis_half_life, covis_backward = c.covis_half_life_ms, c.covis_backward
 local covis_rebase = c.covis_rebase_half_lives
 local category_max = c.category_max
+local experiment_ttl = c.experiment_ttl_s
 local types = EVENT_TYPES
 local k_new_events, k_pop_seq, k_pop_changed = KEYS[2 + #types], KEYS[3 + #types], KEYS[4 + #types]
 local changed_items = {}
@@ -115,9 +119,22 @@ local function apply(event)
   end
 
   local hit = 0
-  if etype == 'click' and hit_window > 0 then
+  if (etype == 'click' or etype == 'purchase') and hit_window > 0 then
     local at = tonumber(redis.call('ZSCORE', user_key(user, USER_RECOMMENDED), item) or '')
-    if at and ts >= at and ts - at <= hit_window then hit = 1 end
+    local recommended = at and ts >= at and ts - at <= hit_window
+    local arm = redis.call('GET', user_key(user, USER_ARM))
+    if arm then
+      local bar = string.find(arm, '|', 1, true)
+      local k_counts, name = experiment_key(string.sub(arm, 1, bar - 1)), string.sub(arm, bar + 1)
+      if etype == 'click' then
+        redis.call('HINCRBY', k_counts, name .. ':clicks', 1)
+        if recommended then redis.call('HINCRBY', k_counts, name .. ':hits', 1) end
+      elseif recommended then
+        redis.call('HINCRBY', k_counts, name .. ':purchases', 1)
+      end
+      redis.call('EXPIRE', k_counts, experiment_ttl)
+    end
+    if etype == 'click' and recommended then hit = 1 end
   end
 
   -- Length-prefixed, so any id round-trips: <len>:<event_id><len>:<item_id><type>

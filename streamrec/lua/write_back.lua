@@ -1,11 +1,15 @@
 -- Written back after serving, many users at once. ARGV: hit window ms (0: record no items), max items,
--- vector ttl s, then per user: user id, now ms, the cached vector ('' for none),
--- the item count, the item ids. A user's recommended items older than the window
+-- vector ttl s, experiment counters' ttl s, then per user: user id, now ms, the cached
+-- vector ('' for none), the experiment run and arm `<run id>|<arm>` ('' for none), the
+-- item count, the item ids. An answer of an experiment's arm is counted in the run's
+-- counters (`<arm>:answers`) and the user's arm kept beside the items, so the apply
+-- script counts their clicks for it; an answer outside an experiment clears it. A user's recommended items older than the window
 -- and beyond the cap are dropped. Builds the user keys itself, like the apply script.
 -- A vector is written only while the user's state still has the tag it was computed
 -- from: one read before an event, or before the user was forgotten, is not cached;
 -- the items shown only while the user has state.
 local window, max_items, vector_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local experiment_ttl = ARGV[4]
 
 -- StoredUser.state_tag, from the meta hash: "<events applied>:<last_ts or None>".
 local function state_tag(user)
@@ -24,9 +28,9 @@ local function vector_tag(vector)
   local second = string.find(vector, '|', first + 1, true)
   return string.sub(vector, first + 1, second - 1)
 end
-local i = 4
+local i = 5
 while i <= #ARGV do
-  local now, vector, n = tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  local now, vector, arm, n = tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   if vector ~= '' and vector_tag(vector) == state_tag(ARGV[i]) then
     redis.call('SET', user_key(ARGV[i], USER_VECTOR), vector, 'EX', vector_ttl)
   end
@@ -34,11 +38,21 @@ while i <= #ARGV do
   -- the user was forgotten and written back after it leaves nothing.
   if window > 0 and n > 0 and redis.call('EXISTS', user_key(ARGV[i], USER_META)) == 1 then
     local k_rec = user_key(ARGV[i], USER_RECOMMENDED)
-    for j = i + 4, i + 3 + n do redis.call('ZADD', k_rec, now, ARGV[j]) end
+    for j = i + 5, i + 4 + n do redis.call('ZADD', k_rec, now, ARGV[j]) end
     redis.call('ZREMRANGEBYSCORE', k_rec, '-inf', '(' .. (now - window))
     redis.call('ZREMRANGEBYRANK', k_rec, 0, -max_items - 1)
     redis.call('PEXPIRE', k_rec, window)
+    local k_arm = user_key(ARGV[i], USER_ARM)
+    if arm == '' then
+      redis.call('DEL', k_arm)
+    else
+      redis.call('SET', k_arm, arm, 'PX', window)
+      local bar = string.find(arm, '|', 1, true)
+      local k_counts = experiment_key(string.sub(arm, 1, bar - 1))
+      redis.call('HINCRBY', k_counts, string.sub(arm, bar + 1) .. ':answers', 1)
+      redis.call('EXPIRE', k_counts, experiment_ttl)
+    end
   end
-  i = i + 4 + n
+  i = i + 5 + n
 end
 return 0

@@ -403,10 +403,19 @@ EXPECTED_STATUSES = {
         *("200", "400", "408", "409", "413", "422", "499", "500", "503", *GUARDED)
     },
     ("/v1/admin/users/{user_id}", "delete"): {"202", "400", "500", "503", *GUARDED},
+    ("/v1/admin/experiment", "get"): {"200", "409", "500", *GUARDED},
+    ("/v1/admin/experiment", "put"): {
+        *("201", "400", "408", "409", "413", "422", "499", "500", *GUARDED)
+    },
+    ("/v1/admin/experiment", "delete"): {"200", "409", "500", *GUARDED},
+    ("/v1/admin/experiment/promote", "post"): {
+        *("200", "400", "408", "409", "413", "422", "499", "500", "503", *GUARDED)
+    },
 }
 # What answers in the shape of a successful call, not a problem.
 SUCCESS_SHAPES = {
     ("/readyz", "503"),
+    ("/v1/admin/experiment", "201"),
     ("/v1/events", "202"),
     ("/v1/events", "503"),
     ("/v1/admin/users/{user_id}", "202"),

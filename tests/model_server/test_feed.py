@@ -14,9 +14,12 @@ import orjson
 import pytest
 import redis
 
+from bench.scenarios.models import publish
 from bench.scenarios.workers import read_topic
 from devtools.devstack import free_port
 from devtools.processes import ServiceProcess
+from streamrec import experiments
+from streamrec.experiments import CURRENT_ARM, Arm, new_experiment
 from streamrec.forget import send_forget
 from streamrec.keys import is_user_key
 from streamrec.settings import Settings
@@ -112,3 +115,21 @@ def test_a_forgotten_users_last_record_is_a_tombstone_and_no_key_of_theirs_is_le
     assert sum(value is None for value in mine) == 2 and mine[-1] is None, mine
     client = redis.Redis.from_url(pipeline.redis_url)
     assert [k for k in client.scan_iter("sr:u:*") if is_user_key(k.decode(), "fay")] == []
+
+
+def test_records_come_from_the_users_experiment_arm(served: Served, tmp_path: Path) -> None:
+    """The feed assigns users as the server does: each record from the user's arm's
+    version, naming the arm."""
+    second = publish(served.models, served.root, served.first.version, make_current=False)
+    arms = [Arm("control", CURRENT_ARM, 1), Arm("candidate", second.version, 1)]
+    experiment = experiments.start(served.root, new_experiment("feed-ab", arms))
+    users = [f"feed-user-{n}" for n in range(6)]
+    versions = {"control": served.first.version, "candidate": second.version}
+    assert {experiment.arm_of(user).name for user in users} == {"control", "candidate"}
+    with running_feed(served, tmp_path, feed_min_interval_ms=0) as settings:
+        for user in users:
+            send(settings, user, [(item, "click") for item in served.items[:3]])
+        for user in users:
+            (record, *_) = feed_records_for(settings, user, wanted=1)
+            arm = experiment.arm_of(user).name
+            assert (record["arm"], record["model_version"]) == (arm, versions[arm]), user
