@@ -110,10 +110,7 @@ def routed(serving: Serving, user_id: str) -> Route:
     """The model that answers this user (their experiment arm's), counted per arm."""
     route = serving.holder.route(user_id)
     if route.experiment is not None:
-        labels = (route.experiment.name, route.arm)
-        serving.metrics.experiment_answers.labels(*labels).inc()
-        if route.fell_back:
-            serving.metrics.experiment_arm_fallbacks.labels(*labels).inc()
+        serving.metrics.experiment_answer(route.experiment.name, route.arm, route.fell_back)
     return route
 
 

@@ -231,10 +231,9 @@ class Feed:
         for user_id, applied_at_ms in applied_at.items():
             route = self.models.route(user_id)
             if route.experiment is not None:
-                labels = (route.experiment.name, route.arm)
-                self.serve_metrics.experiment_answers.labels(*labels).inc()
-                if route.fell_back:
-                    self.serve_metrics.experiment_arm_fallbacks.labels(*labels).inc()
+                self.serve_metrics.experiment_answer(
+                    route.experiment.name, route.arm, route.fell_back
+                )
             # The settings' cap and diversity, as /recommend applies them by default.
             answer = await self.recommender.recommend(
                 route.model,

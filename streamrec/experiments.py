@@ -265,7 +265,7 @@ def start(root: Path, experiment: Experiment) -> Experiment:
         raise ExperimentError(f"{what}; stop or promote it first (one at a time)") from None
     finally:
         temp.unlink()
-    _fsync_dir(root)
+    registry.fsync_dir(root)
     _record(root, "started", experiment)
     return experiment
 
@@ -330,7 +330,7 @@ def _end(
             )
     finally:
         taken.unlink()
-    _fsync_dir(root)
+    registry.fsync_dir(root)
     _record(root, action, experiment, details)
     return experiment
 
@@ -376,11 +376,3 @@ def _write_synced(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

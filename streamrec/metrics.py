@@ -284,6 +284,13 @@ class ServeMetrics:
             registry=registry,
         )
 
+    def experiment_answer(self, experiment: str, arm: str | None, fell_back: bool) -> None:
+        """One answer to a user of `arm`; `fell_back`: by the current version, the
+        arm's not held (the server's and the feed's count alike)."""
+        self.experiment_answers.labels(experiment, str(arm)).inc()
+        if fell_back:
+            self.experiment_arm_fallbacks.labels(experiment, str(arm)).inc()
+
 
 class FeedMetrics:
     """What the recommendations feed exports on its /metrics."""

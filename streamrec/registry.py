@@ -266,7 +266,8 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder: a rename or a link in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -282,7 +283,7 @@ def _write_atomically(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def publish(
@@ -343,7 +344,7 @@ def publish(
         with (building / name).open("rb") as handle:
             os.fsync(handle.fileno())
     os.replace(building, root / version)
-    _fsync_dir(root)
+    fsync_dir(root)
     if make_current:
         set_current(root, version)
     return manifest

@@ -12,23 +12,13 @@ from retrain.data import read_sequences
 from streamrec import registry
 from streamrec.event_files import bad_row_message, read_events
 from streamrec.events import Rejection
+from tests.retrain.session_events import write_session_events
 
 
 def test_train_publishes_and_model_commands_read_the_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events = tmp_path / "events.jsonl"
-    with events.open("w") as handle:
-        for sequence in yoochoose_sessions(300):
-            for step, item_id in enumerate(sequence.item_ids):
-                body = {
-                    "event_id": f"{sequence.user_id}-{step}",
-                    "user_id": sequence.user_id,
-                    "item_id": item_id,
-                    "type": "purchase" if step == 3 else "click",
-                    "ts": 1_700_000_000_000 + step * 1000,
-                }
-                handle.write(json.dumps(body) + "\n")
+    events = write_session_events(tmp_path / "events.jsonl", 300)
     monkeypatch.setenv("STREAMREC_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
     runner = CliRunner()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.scenarios.data import yoochoose_sessions
 from retrain.distributed import without_nproc
 from streamrec import registry
+from tests.retrain.session_events import write_session_events
 
 pytestmark = pytest.mark.slow
 
@@ -21,18 +21,7 @@ def test_without_nproc_drops_the_option_in_both_spellings() -> None:
 
 
 def test_train_in_two_processes_publishes_one_version_trained_by_both(tmp_path: Path) -> None:
-    events = tmp_path / "events.jsonl"
-    with events.open("w") as handle:
-        for sequence in yoochoose_sessions(600):
-            for step, item_id in enumerate(sequence.item_ids):
-                body = {
-                    "event_id": f"{sequence.user_id}-{step}",
-                    "user_id": sequence.user_id,
-                    "item_id": item_id,
-                    "type": "click",
-                    "ts": 1_700_000_000_000 + step * 1000,
-                }
-                handle.write(json.dumps(body) + "\n")
+    events = write_session_events(tmp_path / "events.jsonl", 600)
     env = {
         **os.environ,
         "STREAMREC_REGISTRY": str(tmp_path / "registry"),
