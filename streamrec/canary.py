@@ -8,15 +8,28 @@ standard error above 0 for an arm with no hits or only hits).
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import math
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
+from streamrec import experiments, registry
+from streamrec.errors import BundleError
+from streamrec.experiments import CURRENT_ARM, Arm, Experiment
+
 if TYPE_CHECKING:
     from streamrec.settings import Settings
+    from streamrec.state import StateStore
+
+log = logging.getLogger(__name__)
 
 Verdict = Literal["promote", "rollback", "wait"]
+VERDICTS: tuple[Verdict, ...] = ("promote", "rollback", "wait")
 # The arms `streamrec retrain --canary` starts; `decide` judges only such an experiment.
 CONTROL_ARM = "control"
 CANARY_ARM = "canary"
@@ -116,3 +129,73 @@ def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> D
     if timed_out:
         return made("rollback", f"undecided after {age_s:.0f} s", bounds)
     return made("wait", f"bounds {lower:+.4f}..{upper:+.4f} straddle -{rule.margin}", bounds)
+
+
+def canary_experiment(version: str, percent: int, now: datetime | None = None) -> Experiment:
+    """`canary-<version>`: control follows CURRENT with 100 - percent of users, the
+    canary arm is `version` with `percent`."""
+    if not 0 < percent < 100:
+        raise ValueError(f"a canary's share is 1 to 99 percent, got {percent}")
+    return experiments.new_experiment(
+        f"{EXPERIMENT_PREFIX}{version}",
+        [Arm(CONTROL_ARM, CURRENT_ARM, 100 - percent), Arm(CANARY_ARM, version, percent)],
+        now=now,
+    )
+
+
+def is_canary(experiment: Experiment) -> bool:
+    """Judged automatically: the two arms `retrain --canary` starts, control on CURRENT."""
+    arms = {arm.name: arm.version for arm in experiment.arms}
+    return arms.keys() == {CONTROL_ARM, CANARY_ARM} and arms[CONTROL_ARM] == CURRENT_ARM
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One evaluation: what ran, what was decided and what was done about it."""
+
+    action: Literal["promoted", "rolled_back", "waiting", "none"]
+    reason: str
+    experiment: str | None = None
+    version: str | None = None  # the canary's
+    decision: Decision | None = None
+
+    def to_json(self) -> str:
+        decision = self.decision.to_dict() if self.decision else None
+        return json.dumps({**asdict(self), "decision": decision})
+
+
+async def check(root: Path, store: StateStore, rule: Rule, now: datetime | None = None) -> Checked:
+    """Read the running canary's counts from Redis, decide, and act: promote the canary
+    (its version opened first; one that does not open is rolled back instead) or stop
+    the experiment. A promotion or rollback is one line in experiments.jsonl and in the
+    canary version's lineage, with the decision; every decision is logged."""
+    experiment = await asyncio.to_thread(experiments.read, root)
+    if experiment is None:
+        return Checked("none", "no experiment runs")
+    if not is_canary(experiment):
+        return Checked("none", f"{experiment.name!r} is not a canary", experiment.name)
+    counts = await store.experiment_counts(experiment.run_id)
+    moment = now or datetime.now(UTC)
+    age_s = max(0.0, moment.timestamp() - experiment.started_ms / 1000)
+    decision = decide(
+        ArmCounts.of(counts.get(CONTROL_ARM, {})),
+        ArmCounts.of(counts.get(CANARY_ARM, {})),
+        rule,
+        age_s,
+    )
+    version = experiment.arm(CANARY_ARM).version
+    log.info("canary %s (%s): %s: %s", experiment.name, version, decision.verdict, decision.reason)
+    if decision.verdict == "wait":
+        return Checked("waiting", decision.reason, experiment.name, version, decision)
+    details: dict[str, object] = {"by": "canary", "decision": decision.to_dict()}
+    if decision.verdict == "promote":
+        try:
+            await asyncio.to_thread(experiments.promote, root, CANARY_ARM, experiment, details)
+            return Checked("promoted", decision.reason, experiment.name, version, decision)
+        except BundleError as exc:
+            reason = f"the canary's version does not open: {registry.refusal_reason(exc)}"
+            log.error("canary %s: promotion refused, rolling back: %s", experiment.name, reason)
+            details["refused"] = reason
+    await asyncio.to_thread(experiments.stop, root, experiment, details)
+    reason = str(details.get("refused", decision.reason))
+    return Checked("rolled_back", reason, experiment.name, version, decision)
