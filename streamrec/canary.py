@@ -131,15 +131,18 @@ def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> D
     return made("wait", f"bounds {lower:+.4f}..{upper:+.4f} straddle -{rule.margin}", bounds)
 
 
-def canary_experiment(version: str, percent: int, now: datetime | None = None) -> Experiment:
+def canary_experiment(
+    version: str, percent: int, now: datetime | None = None, salt: str | None = None
+) -> Experiment:
     """`canary-<version>`: control follows CURRENT with 100 - percent of users, the
-    canary arm is `version` with `percent`."""
+    canary arm is `version` with `percent`; the salt defaults to the name."""
     if not 0 < percent < 100:
         raise ValueError(f"a canary's share is 1 to 99 percent, got {percent}")
     return experiments.new_experiment(
         f"{EXPERIMENT_PREFIX}{version}",
         [Arm(CONTROL_ARM, CURRENT_ARM, 100 - percent), Arm(CANARY_ARM, version, percent)],
-        now=now,
+        salt,
+        now,
     )
 
 
