@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -19,16 +20,17 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from bench.scenarios.data import yoochoose_sessions
-from bench.scenarios.models import publish
+from bench.scenarios.models import corrupt, publish
 from cli import app
 from retrain.ranker import BLEND_WEIGHTS
 from retrain.training import TrainedModels
 from stream.canary_check import CanaryCheck
 from streamrec import experiments, lineage, registry
-from streamrec.canary import CANARY_ARM, CONTROL_ARM, VERDICTS, canary_experiment
+from streamrec.canary import CANARY_ARM, CONTROL_ARM, VERDICTS, Rule, canary_experiment, check
 from streamrec.events import Event, EventType
 from streamrec.experiments import Experiment
 from streamrec.features import FEATURE_NAMES
+from streamrec.keys import experiment_key
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -270,3 +272,45 @@ async def test_a_canary_no_worse_than_control_is_promoted(served: Served) -> Non
         await idle_store.close()
     assert idle is not None and idle.action == "none"
     assert sum(metrics.canary_decisions.labels(d)._value.get() for d in VERDICTS) == 2
+
+
+async def test_a_canary_that_does_not_open_or_stays_undecided_is_rolled_back(
+    served: Served,
+) -> None:
+    """Counts that say promote, for a version whose ranker is damaged: refused and
+    rolled back, with the reason; counts that say nothing past the time limit:
+    rolled back. CURRENT never moves. (The counts are written directly: what is
+    tested here is the action, the replay above tests the counting.)"""
+    settings = judged(served)
+    root, first = served.root, served.first.version
+    store = StateStore(settings)
+    try:
+        broken = publish(served.models, root, first, make_current=False).version
+        corrupt(root, broken)
+        running = experiments.start(root, canary_experiment(broken, 10))
+        await store.redis.hset(
+            experiment_key(running.run_id),
+            mapping={"control:clicks": 5000, "control:hits": 1500,
+                     "canary:clicks": 5000, "canary:hits": 1500},
+        )  # fmt: skip
+        refused = await check(root, store, Rule.of(settings))
+        assert (refused.action, refused.version) == ("rolled_back", broken)
+        assert refused.decision is not None and refused.decision.verdict == "promote"
+        assert "does not open" in refused.reason
+        assert registry.current_version(root) == first and experiments.read(root) is None
+        ended = experiments.history(root)[-1]
+        assert (ended["action"], ended["by"]) == ("stopped", "canary")
+        assert "ranker.onnx" in ended["refused"]
+
+        slow = publish(served.models, root, first, make_current=False).version
+        waiting = experiments.start(root, canary_experiment(slow, 10))
+        late = datetime.fromtimestamp(
+            waiting.started_ms / 1000 + settings.canary_max_duration_s, UTC
+        )
+        assert (await check(root, store, Rule.of(settings))).action == "waiting"
+        timed_out = await check(root, store, Rule.of(settings), now=late)
+        assert timed_out.action == "rolled_back" and "undecided" in timed_out.reason
+        assert registry.current_version(root) == first
+        assert [e["action"] for e in lineage.read(root, slow)] == ["started", "stopped"]
+    finally:
+        await store.close()
