@@ -252,3 +252,19 @@ def test_a_canary_cycle_publishes_an_arm_not_current_and_waits_while_one_runs(
     again = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=4), canary_percent=10)
     assert again.outcome == "skipped" and running.name in again.reason
     assert experiments.read(root) == running
+
+
+def test_a_first_version_has_no_control_and_is_published_as_current(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from streamrec import experiments
+
+    settings = make_settings(
+        "cycle-first", registry=tmp_path / "registry", archive_dir=tmp_path / "archive",
+        retrain_min_events=100,
+    )  # fmt: skip
+    archive_sessions(settings.archive_root, OLD, T0)
+    first = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=1), canary_percent=10)
+    assert (first.outcome, first.reason, first.canary) == ("published", "first version", None)
+    assert registry.current_version(settings.registry) == first.version
+    assert experiments.read(settings.registry) is None
