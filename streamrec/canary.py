@@ -1,5 +1,7 @@
 """The canary's automatic decision: promote, roll back or wait, from the two arms'
-online hit rates (clicks, hits), a margin and a confidence (docs/experiments.md).
+online hit rates (clicks, hits), a margin and a confidence (docs/experiments.md);
+and `check`, one evaluation that reads the counts and acts, which
+`streamrec experiment decide` and the leader worker run.
 
 The test: a one-sided normal approximation for the difference of two proportions,
 Agresti-Caffo adjusted (one hit and one miss added to each arm, which keeps the
