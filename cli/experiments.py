@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from streamrec.canary import Checked
     from streamrec.settings import Settings
 
 experiment_app = typer.Typer(
@@ -140,3 +141,37 @@ def promote(arm: str = typer.Argument(..., help="The arm whose version becomes C
     except ExperimentError as exc:
         _fail(str(exc))
     typer.echo(f"promoted {arm} of {experiment.name}: current is now {version}")
+
+
+@experiment_app.command()
+def decide() -> None:
+    """Judge the running canary once: read its arms' counts from Redis and promote
+    it, roll it back or wait (the rule and STREAMREC_CANARY_* in docs/experiments.md).
+    Prints the outcome as one JSON line; exit 0 whatever was decided."""
+    import logging
+
+    from redis.exceptions import RedisError
+
+    from streamrec.errors import ExperimentError
+    from streamrec.settings import Settings
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level)
+    try:
+        checked = asyncio.run(_check(settings))
+    except (RedisError, OSError) as exc:
+        _fail(f"no decision: Redis did not answer: {exc}")
+    except ExperimentError as exc:
+        _fail(f"no decision: {exc}")
+    typer.echo(checked.to_json())
+
+
+async def _check(settings: Settings) -> Checked:
+    from streamrec.canary import Rule, check
+    from streamrec.state import StateStore
+
+    store = StateStore(settings)
+    try:
+        return await check(settings.registry, store, Rule.of(settings))
+    finally:
+        await store.close()

@@ -227,11 +227,17 @@ def model_list() -> None:
 
 
 def model_show(version: str) -> None:
-    """Print a version's manifest."""
+    """Print a version's manifest, with its lineage (experiments it took part in,
+    canary decisions) under `lineage`."""
+    from streamrec import lineage
+
+    root = Settings().registry
     try:
-        typer.echo(registry.read_manifest(Settings().registry, version).to_json())
+        manifest = json.loads(registry.read_manifest(root, version).to_json())
     except BundleError as exc:
         _fail(registry.refusal_reason(exc))
+    body = {**manifest, "lineage": lineage.read(root, version)}
+    typer.echo(json.dumps(body, indent=2, sort_keys=True))
 
 
 def model_verify(version: str) -> None:

@@ -21,13 +21,23 @@ def retrain(
         help="Train the encoder in this many processes on this node (torch.distributed); "
         "rank 0 gates, publishes and prints the outcome.",
     ),
+    canary: int = typer.Option(
+        0,
+        "--canary",
+        min=0,
+        max=50,
+        metavar="PCT",
+        help="Publish as a canary arm of PCT% of users, not as current; the leader "
+        "worker's cycles add it from STREAMREC_RETRAIN_CANARY_PERCENT. 0: no canary.",
+    ),
 ) -> None:
     """Train on the events archived since the serving version, gate, publish, announce.
 
     Prints the outcome as one JSON line, the last of stdout: published, rejected
-    (the gate kept the serving version) or skipped (too few new events). Exit code 0
-    for all three. The worker's trigger reads that line (docs/operations.md, the
-    command contract)."""
+    (the gate kept the serving version) or skipped (too few new events, or a canary
+    cycle while an experiment runs). Exit code 0 for all three. With a canary the
+    line's `canary` names the experiment started. The worker's trigger reads that
+    line (docs/operations.md, the command contract)."""
     import logging
 
     from retrain import distributed
@@ -40,7 +50,9 @@ def retrain(
     settings = Settings()
     logging.basicConfig(level=settings.log_level)
     try:
-        result = run_cycle(settings, warm_start=not cold, progress=progress, group=group)
+        result = run_cycle(
+            settings, warm_start=not cold, progress=progress, canary_percent=canary, group=group
+        )
     except distributed.Finished:
         return  # not rank 0: its share of the encoder's training is done
     if not group.writes:

@@ -26,10 +26,12 @@ from retrain.data import group_by_user
 from retrain.distributed import SINGLE, Group
 from retrain.publish import load_ranker, load_warm_start, publish_models
 from retrain.training import TrainPlan, evaluate_on_slice, train_models, train_plan
-from streamrec import registry
+from streamrec import experiments, registry
 from streamrec.archive import ArchivedEvent, Forgotten, read_archive, read_forgotten
+from streamrec.canary import canary_experiment
 from streamrec.catalogue import Catalogue
 from streamrec.content import ItemContent, prices_of
+from streamrec.errors import ExperimentError
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class CycleResult:
     replay_events: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # Published as a canary arm, not current: {experiment, run_id, percent}.
+    canary: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.__dict__)
@@ -100,14 +104,29 @@ def run_cycle(
     now: datetime | None = None,
     warm_start: bool = True,
     progress: bool = False,
+    canary_percent: int = 0,
     group: Group = SINGLE,
 ) -> CycleResult:
+    """`canary_percent` > 0: a version that passes the gate is published without
+    becoming current, as the `canary` arm of an experiment `canary-<version>` with
+    that share of users (docs/experiments.md). While any experiment runs, such a
+    cycle is skipped before training; a first version has no control and is
+    published as current."""
     started = time.perf_counter()
     root = settings.registry
     until = now or datetime.now(UTC)
     parent = registry.current_version(root)
     plan = plan or cycle_plan(settings, first=parent is None)
     since = _window_end(root, parent)
+    canary = canary_percent > 0 and parent is not None
+    running = experiments.read(root) if canary else None
+    if running is not None:
+        return CycleResult(
+            "skipped",
+            f"experiment {running.name!r} runs; a canary cycle waits until it ends",
+            parent,
+            seconds=time.perf_counter() - started,
+        )
 
     # Read once, before the window: the manifest names the last forget the read honoured.
     forgotten = read_forgotten(settings.archive_root)
@@ -170,14 +189,32 @@ def run_cycle(
         "gate": {"metrics": GATE_METRICS, "tolerance": settings.retrain_tolerance, **metrics},
     }
     manifest = publish_models(
-        models, root, plan, source, parent, settings.hnsw_threshold, make_current=True
+        models, root, plan, source, parent, settings.hnsw_threshold, make_current=not canary
     )
+    reason = "not worse than the serving version" if parent else "first version"
+    started_canary = None
+    if canary:
+        reason, started_canary = _start_canary(root, manifest.version, canary_percent)
     result = CycleResult(
-        "published", "not worse than the serving version" if parent else "first version",
-        parent, manifest.version, len(new), len(replay), metrics, time.perf_counter() - started,
+        "published", reason, parent, manifest.version, len(new), len(replay), metrics,
+        time.perf_counter() - started, started_canary,
     )  # fmt: skip
-    log.info("retrain published %s (parent %s)", manifest.version, parent)
+    log.info("retrain published %s (parent %s): %s", manifest.version, parent, reason)
     return result
+
+
+def _start_canary(root: Any, version: str, percent: int) -> tuple[str, dict[str, Any] | None]:
+    """Start `canary-<version>`; the version stays published, not current, if an
+    experiment was started between the check before training and now."""
+    try:
+        experiment = experiments.start(root, canary_experiment(version, percent))
+    except ExperimentError as exc:
+        log.warning("retrain: %s published, not current, without a canary: %s", version, exc)
+        return f"published, not current; no canary: {exc}", None
+    return (
+        f"not worse than the serving version offline; a canary for {percent}% of users",
+        {"experiment": experiment.name, "run_id": experiment.run_id, "percent": percent},
+    )
 
 
 def _gated(evaluation: dict[str, Any]) -> dict[str, Any]:

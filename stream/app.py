@@ -22,6 +22,7 @@ from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
+from stream.canary_check import CanaryCheck
 from stream.catalogue import CatalogueIngestor, item_message
 from stream.forget import add_forget_agent
 from stream.ingest import Ingestor, IngestPolicy
@@ -237,6 +238,13 @@ def create_app(
         @app.timer(interval=10.0, on_leader=True)
         async def retrain_when_due() -> None:
             await trigger.tick()
+
+    if not noop and settings.canary_check_s > 0:
+        canary = CanaryCheck(settings, state, metrics)
+
+        @app.timer(interval=settings.canary_check_s, on_leader=True)
+        async def judge_canary() -> None:
+            await canary.tick()
 
     broker = BrokerContact(max(settings.worker_broker_timeout_s, 2 * settings.lag_poll_s))
 

@@ -58,8 +58,10 @@ class RetrainTrigger:
 
     async def _run(self) -> None:
         started = time.perf_counter()
+        percent = self.settings.retrain_canary_percent
+        canary = ["--canary", str(percent)] if percent else []
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", "retrain",
+            sys.executable, "-m", "cli", "retrain", *canary,
             env=self.settings.child_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

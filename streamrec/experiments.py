@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streamrec import registry
+from streamrec import lineage, registry
 from streamrec.errors import BundleError, ExperimentError
 
 log = logging.getLogger(__name__)
@@ -270,10 +270,15 @@ def start(root: Path, experiment: Experiment) -> Experiment:
     return experiment
 
 
-def stop(root: Path, expected: Experiment | None = None) -> Experiment:
+def stop(
+    root: Path,
+    expected: Experiment | None = None,
+    details: Mapping[str, object] | None = None,
+) -> Experiment:
     """End the running experiment (`expected`, when given, must be the one running):
-    every user is served by CURRENT again."""
-    return _end(root, "stopped", expected)
+    every user is served by CURRENT again. `details` (who decided, why) go into the
+    experiment log and each arm version's lineage; by default `{"by": "manual"}`."""
+    return _end(root, "stopped", expected, details or {"by": "manual"})
 
 
 def resolved_version(root: Path, arm: Arm) -> str:
@@ -286,24 +291,43 @@ def resolved_version(root: Path, arm: Arm) -> str:
     return current
 
 
-def promote(root: Path, arm_name: str) -> tuple[Experiment, str]:
+def promote(
+    root: Path,
+    arm_name: str,
+    expected: Experiment | None = None,
+    details: Mapping[str, object] | None = None,
+) -> tuple[Experiment, str]:
     """Point CURRENT at the arm's version (opened and smoke-tested first, as a
     rollback does), then end the experiment. A version that does not open is
-    refused (BundleError) and nothing changes."""
+    refused (BundleError) and nothing changes; so is an `expected` experiment that
+    is no longer the one running (ExperimentError)."""
     experiment = read(root)
     if experiment is None:
         raise ExperimentError(f"no experiment runs in {root}")
+    if expected is not None and experiment != expected:
+        raise ExperimentError(
+            f"experiment {experiment.name!r} runs, not {expected.name!r}; nothing changed"
+        )
     arm = experiment.arm(arm_name)
     version = resolved_version(root, arm)
     if arm.version != CURRENT_ARM:
         registry.set_current(root, version)
-    ended(root, experiment, arm, version)
+    ended(root, experiment, arm, version, details)
     return experiment, version
 
 
-def ended(root: Path, experiment: Experiment, arm: Arm, version: str) -> None:
+def ended(
+    root: Path,
+    experiment: Experiment,
+    arm: Arm,
+    version: str,
+    details: Mapping[str, object] | None = None,
+) -> None:
     """After CURRENT names the promoted arm's version: the experiment ends."""
-    _end(root, "promoted", experiment, {"arm": arm.name, "version": version})
+    _end(
+        root, "promoted", experiment,
+        {"arm": arm.name, "version": version, **(details or {"by": "manual"})},
+    )  # fmt: skip
 
 
 def _end(
@@ -369,6 +393,19 @@ def _record(
         handle.write(json.dumps(entry) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+    # Each version an arm pins (not CURRENT's follower) keeps what became of it.
+    for arm in experiment.arms:
+        if arm.version == CURRENT_ARM:
+            continue
+        # An arm not promoted when another is: its experiment simply ended.
+        promoted_elsewhere = action == "promoted" and (details or {}).get("arm") != arm.name
+        with contextlib.suppress(FileNotFoundError):  # a version removed meanwhile
+            lineage.append(
+                root, arm.version,
+                {**(details or {}), "action": "ended" if promoted_elsewhere else action,
+                 "experiment": experiment.name, "run_id": experiment.run_id,
+                 "arm": arm.name, "share": experiment.share(arm)},
+            )  # fmt: skip
 
 
 def _write_synced(path: Path, text: str) -> None:

@@ -151,6 +151,13 @@ class IngestMetrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
             registry=registry,
         )
+        self.canary_decisions = Counter(
+            "streamrec_canary_decisions_total",
+            "The leader worker's canary checks, by decision (promote, rollback, wait).",
+            ["decision"],
+            registry=registry,
+        )
+        at_zero(self.canary_decisions, "promote", "rollback", "wait")
         self.consumer_lag = Gauge(
             "streamrec_consumer_lag_messages",
             "Messages in the partition not yet committed by this worker's consumer group.",

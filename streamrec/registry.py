@@ -6,6 +6,7 @@
     <registry>/<version>/items.faiss         item vectors, inner-product index
     <registry>/<version>/vocab.json          item id of every index row
     <registry>/<version>/content_tower.onnx  optional: content tokens -> new item's vector
+    <registry>/<version>/LINEAGE.jsonl       what became of it: experiments (streamrec/lineage.py)
     <registry>/CURRENT                       {"version": ...}, replaced atomically
     <registry>/EXPERIMENT                    the running experiment (streamrec/experiments.py)
     <registry>/experiments.jsonl             experiments started, stopped, promoted

@@ -183,6 +183,16 @@ class Settings(BaseSettings):
     # An experiment run's per-arm counters (answers, clicks, hits, purchases) live
     # this long past their last change.
     experiment_counts_ttl_s: int = Field(default=90 * 86400, ge=60)
+    # The canary's automatic decision (streamrec/canary.py, docs/experiments.md): no
+    # decision before each arm has this many clicks; promote when the canary's hit
+    # rate is not worse than control's by more than the margin (absolute) at this
+    # one-sided confidence, roll back when it is worse by more; undecided this long
+    # after the start: roll back. The leader worker checks every CANARY_CHECK_S (0: never).
+    canary_min_clicks: int = Field(default=200, ge=1)
+    canary_margin: float = Field(default=0.02, ge=0, lt=1)
+    canary_confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    canary_max_duration_s: int = Field(default=3 * 86400, ge=60)
+    canary_check_s: float = Field(default=300.0, ge=0)
 
     # Models (used by later stages).
     registry: Path = Field(default_factory=lambda: Path.home() / ".streamrec" / "registry")
@@ -207,6 +217,9 @@ class Settings(BaseSettings):
     # When the leader worker starts a cycle: every N seconds or M new events (0: never).
     retrain_every_s: int = Field(default=3600, ge=0)
     retrain_every_events: int = Field(default=100_000, ge=0)
+    # The leader's cycles publish as a canary arm of this percent of users (0: as
+    # the current version, no canary); `streamrec retrain --canary PCT` by hand.
+    retrain_canary_percent: int = Field(default=0, ge=0, le=50)
 
     log_level: str = "INFO"
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from bench.scenarios.data import yoochoose_sessions
@@ -222,3 +223,48 @@ def test_the_next_bundle_never_sees_a_forgotten_user_and_names_the_forget_horizo
         content = path.read_bytes()
         assert not any(user_id.encode() in content for user_id in forgotten_users), path.name
     writer.close()
+
+
+def test_a_canary_cycle_publishes_an_arm_not_current_and_waits_while_one_runs(
+    settings: Settings,
+) -> None:
+    """`retrain --canary 10`: the version is published, CURRENT stays, and an
+    experiment `canary-<version>` gives it 10% of users; while it runs the next
+    canary cycle is skipped before training."""
+    from streamrec import experiments, lineage
+
+    root = settings.registry
+    parent = registry.current_version(root)
+    archive_sessions(settings.archive_root, NEW, T0 + timedelta(hours=2))
+    result = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=3), canary_percent=10)
+    assert result.outcome == "published", result.reason
+    assert registry.current_version(root) == parent
+    running = experiments.read(root)
+    assert running is not None and running.name == f"canary-{result.version}"
+    assert [(a.name, a.version, a.weight) for a in running.arms] == [
+        ("control", "current", 90),
+        ("canary", result.version, 10),
+    ]
+    assert result.canary == {"experiment": running.name, "run_id": running.run_id, "percent": 10}
+    assert orjson.loads(result.to_json())["canary"] == result.canary  # the outcome line
+    assert [e["action"] for e in lineage.read(root, str(result.version))] == ["started"]
+
+    again = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=4), canary_percent=10)
+    assert again.outcome == "skipped" and running.name in again.reason
+    assert experiments.read(root) == running
+
+
+def test_a_first_version_has_no_control_and_is_published_as_current(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from streamrec import experiments
+
+    settings = make_settings(
+        "cycle-first", registry=tmp_path / "registry", archive_dir=tmp_path / "archive",
+        retrain_min_events=100,
+    )  # fmt: skip
+    archive_sessions(settings.archive_root, OLD, T0)
+    first = run_cycle(settings, TINY_PLAN, now=T0 + timedelta(hours=1), canary_percent=10)
+    assert (first.outcome, first.reason, first.canary) == ("published", "first version", None)
+    assert registry.current_version(settings.registry) == first.version
+    assert experiments.read(settings.registry) is None

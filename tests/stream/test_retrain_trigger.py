@@ -56,3 +56,27 @@ async def test_an_unreachable_redis_skips_a_tick_instead_of_crashing_the_worker(
         assert "Redis unavailable" in caplog.text
     finally:
         await store.close()
+
+
+async def test_the_canary_setting_starts_cycles_with_canary(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """STREAMREC_RETRAIN_CANARY_PERCENT: the command runs with `--canary 10` and
+    answers as usual (an empty archive: skipped, not a failed command line)."""
+    settings = make_settings(
+        "trigger-canary", registry=tmp_path / "registry", retrain_every_s=0,
+        retrain_every_events=1, retrain_canary_percent=10,
+    )  # fmt: skip
+    store = StateStore(settings)
+    metrics = IngestMetrics(CollectorRegistry())
+    trigger = RetrainTrigger(settings, store, metrics)
+    try:
+        await store.apply_events([Event("e1", "u", "i", EventType.CLICK, 1)])
+        await trigger.tick()
+        assert trigger.running is not None
+        await trigger.running
+        assert metrics.retrain.labels("skipped")._value.get() == 1
+        assert metrics.retrain.labels("failed")._value.get() == 0
+    finally:
+        await store.redis.flushdb()
+        await store.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.scenarios.models import publish, serving_models
-from streamrec import experiments, registry
+from streamrec import experiments, lineage, registry
 from streamrec.errors import BundleError, ExperimentError
 from streamrec.experiments import CURRENT_ARM, Arm, new_experiment, parse_arm
 
@@ -30,6 +30,8 @@ def root(two_versions: tuple[Path, str, str]) -> Path:
     path = two_versions[0]
     (path / registry.EXPERIMENT).unlink(missing_ok=True)
     (path / registry.EXPERIMENT_LOG).unlink(missing_ok=True)
+    for version in two_versions[1:]:
+        (path / version / lineage.LINEAGE).unlink(missing_ok=True)
     return path
 
 
@@ -163,6 +165,7 @@ def test_promote_moves_current_then_ends(root: Path, two_versions: tuple[Path, s
             "run_id": experiment.run_id,
             "arm": "candidate",
             "version": second,
+            "by": "manual",
         }
         # Promoting the arm that follows CURRENT ends it and moves nothing.
         experiments.start(root, new_experiment("f", split(version=first)))
@@ -170,6 +173,34 @@ def test_promote_moves_current_then_ends(root: Path, two_versions: tuple[Path, s
         assert registry.current_version(root) == second
         with pytest.raises(ExperimentError, match="no experiment runs"):
             experiments.promote(root, "control")
+    finally:
+        registry.set_current(root, first)
+
+
+def test_manual_stop_and_promote_are_written_to_the_versions_lineage(
+    root: Path, two_versions: tuple[Path, str, str]
+) -> None:
+    """What becomes of a version an arm pins: started, stopped, started, promoted,
+    each a line of its LINEAGE.jsonl (the arm following CURRENT writes none); the
+    bundle still verifies (no listed file changed)."""
+    _, first, second = two_versions
+    one = experiments.start(root, new_experiment("one", split(version=second)))
+    experiments.stop(root)
+    two = experiments.start(root, new_experiment("two", split(version=second)))
+    try:
+        experiments.promote(root, "candidate")
+        entries = [entry | {"at": None} for entry in lineage.read(root, second)]
+        common = {"at": None, "arm": "candidate", "share": 0.1}
+        assert entries == [
+            common | {"action": "started", "experiment": "one", "run_id": one.run_id},
+            common | {"action": "stopped", "experiment": "one", "run_id": one.run_id,
+                      "by": "manual"},
+            common | {"action": "started", "experiment": "two", "run_id": two.run_id},
+            common | {"action": "promoted", "experiment": "two", "run_id": two.run_id,
+                      "by": "manual", "version": second},
+        ]  # fmt: skip
+        assert lineage.read(root, first) == []
+        registry.verify(root, second)
     finally:
         registry.set_current(root, first)
 

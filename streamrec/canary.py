@@ -1,0 +1,206 @@
+"""The canary's automatic decision: promote, roll back or wait, from the two arms'
+online hit rates (clicks, hits), a margin and a confidence (docs/experiments.md);
+and `check`, one evaluation that reads the counts and acts, which
+`streamrec experiment decide` and the leader worker run.
+
+The test: a one-sided normal approximation for the difference of two proportions,
+Agresti-Caffo adjusted (one hit and one miss added to each arm, which keeps the
+standard error above 0 for an arm with no hits or only hits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Literal
+
+from streamrec import experiments, registry
+from streamrec.errors import BundleError
+from streamrec.experiments import CURRENT_ARM, Arm, Experiment
+
+if TYPE_CHECKING:
+    from streamrec.settings import Settings
+    from streamrec.state import StateStore
+
+log = logging.getLogger(__name__)
+
+Verdict = Literal["promote", "rollback", "wait"]
+VERDICTS: tuple[Verdict, ...] = ("promote", "rollback", "wait")
+# The arms `streamrec retrain --canary` starts; `decide` judges only such an experiment.
+CONTROL_ARM = "control"
+CANARY_ARM = "canary"
+EXPERIMENT_PREFIX = "canary-"
+
+
+@dataclass(frozen=True)
+class ArmCounts:
+    answers: int
+    clicks: int
+    hits: int
+
+    @classmethod
+    def of(cls, counts: dict[str, int]) -> ArmCounts:
+        return cls(counts.get("answers", 0), counts.get("clicks", 0), counts.get("hits", 0))
+
+
+@dataclass(frozen=True)
+class Rule:
+    min_clicks: int  # per arm, before anything but a time-out is decided
+    margin: float  # absolute hit rate the canary may lose to control
+    confidence: float  # one-sided, 0.5 < confidence < 1
+    max_duration_s: float  # undecided this long after the start: roll back
+
+    @classmethod
+    def of(cls, settings: Settings) -> Rule:
+        return cls(
+            settings.canary_min_clicks,
+            settings.canary_margin,
+            settings.canary_confidence,
+            settings.canary_max_duration_s,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    control: ArmCounts
+    canary: ArmCounts
+    difference: float | None  # canary - control hit rate (adjusted); None before min_clicks
+    lower: float | None  # the one-sided bounds of the difference at the confidence
+    upper: float | None
+    margin: float
+    confidence: float
+    age_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def difference_bounds(
+    control: ArmCounts, canary: ArmCounts, confidence: float
+) -> tuple[float, float, float]:
+    """(difference, lower, upper): the canary's hit rate minus control's and its
+    one-sided bounds at `confidence` (each bound on its own holds at that level)."""
+    z = NormalDist().inv_cdf(confidence)
+    rate_control = (control.hits + 1) / (control.clicks + 2)
+    rate_canary = (canary.hits + 1) / (canary.clicks + 2)
+    error = math.sqrt(
+        rate_control * (1 - rate_control) / (control.clicks + 2)
+        + rate_canary * (1 - rate_canary) / (canary.clicks + 2)
+    )
+    difference = rate_canary - rate_control
+    return difference, difference - z * error, difference + z * error
+
+
+def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> Decision:
+    """Promote when the lower bound of (canary - control) is >= -margin; roll back when
+    the upper bound is < -margin; else wait. Before both arms have `min_clicks`
+    clicks: wait. Past `max_duration_s` without a promotion: roll back (conservative)."""
+
+    def made(
+        verdict: Verdict, reason: str, bounds: tuple[float, float, float] | None = None
+    ) -> Decision:
+        difference, lower, upper = bounds or (None, None, None)
+        return Decision(
+            verdict, reason, control, canary, difference, lower, upper,
+            rule.margin, rule.confidence, age_s,
+        )  # fmt: skip
+
+    timed_out = age_s >= rule.max_duration_s
+    fewest = min(control.clicks, canary.clicks)
+    if fewest < rule.min_clicks:
+        if timed_out:
+            return made("rollback", f"undecided after {age_s:.0f} s: an arm has {fewest} clicks")
+        return made("wait", f"an arm has {fewest} clicks of the {rule.min_clicks} needed")
+    bounds = difference_bounds(control, canary, rule.confidence)
+    _, lower, upper = bounds
+    level = f"{rule.confidence:.0%}"
+    if lower >= -rule.margin:
+        reason = f"not worse than control by more than {rule.margin} ({lower:+.4f} at {level})"
+        return made("promote", reason, bounds)
+    if upper < -rule.margin:
+        reason = f"worse than control by more than {rule.margin} ({upper:+.4f} at {level})"
+        return made("rollback", reason, bounds)
+    if timed_out:
+        return made("rollback", f"undecided after {age_s:.0f} s", bounds)
+    return made("wait", f"bounds {lower:+.4f}..{upper:+.4f} straddle -{rule.margin}", bounds)
+
+
+def canary_experiment(
+    version: str, percent: int, now: datetime | None = None, salt: str | None = None
+) -> Experiment:
+    """`canary-<version>`: control follows CURRENT with 100 - percent of users, the
+    canary arm is `version` with `percent`; the salt defaults to the name."""
+    if not 0 < percent < 100:
+        raise ValueError(f"a canary's share is 1 to 99 percent, got {percent}")
+    return experiments.new_experiment(
+        f"{EXPERIMENT_PREFIX}{version}",
+        [Arm(CONTROL_ARM, CURRENT_ARM, 100 - percent), Arm(CANARY_ARM, version, percent)],
+        salt,
+        now,
+    )
+
+
+def is_canary(experiment: Experiment) -> bool:
+    """Judged automatically: the two arms `retrain --canary` starts, control on CURRENT."""
+    arms = {arm.name: arm.version for arm in experiment.arms}
+    return arms.keys() == {CONTROL_ARM, CANARY_ARM} and arms[CONTROL_ARM] == CURRENT_ARM
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One evaluation: what ran, what was decided and what was done about it."""
+
+    action: Literal["promoted", "rolled_back", "waiting", "none"]
+    reason: str
+    experiment: str | None = None
+    version: str | None = None  # the canary's
+    decision: Decision | None = None
+
+    def to_json(self) -> str:
+        decision = self.decision.to_dict() if self.decision else None
+        return json.dumps({**asdict(self), "decision": decision})
+
+
+async def check(root: Path, store: StateStore, rule: Rule, now: datetime | None = None) -> Checked:
+    """Read the running canary's counts from Redis, decide, and act: promote the canary
+    (its version opened first; one that does not open is rolled back instead) or stop
+    the experiment. A promotion or rollback is one line in experiments.jsonl and in the
+    canary version's lineage, with the decision; every decision is logged."""
+    experiment = await asyncio.to_thread(experiments.read, root)
+    if experiment is None:
+        return Checked("none", "no experiment runs")
+    if not is_canary(experiment):
+        return Checked("none", f"{experiment.name!r} is not a canary", experiment.name)
+    counts = await store.experiment_counts(experiment.run_id)
+    moment = now or datetime.now(UTC)
+    age_s = max(0.0, moment.timestamp() - experiment.started_ms / 1000)
+    decision = decide(
+        ArmCounts.of(counts.get(CONTROL_ARM, {})),
+        ArmCounts.of(counts.get(CANARY_ARM, {})),
+        rule,
+        age_s,
+    )
+    version = experiment.arm(CANARY_ARM).version
+    log.info("canary %s (%s): %s: %s", experiment.name, version, decision.verdict, decision.reason)
+    if decision.verdict == "wait":
+        return Checked("waiting", decision.reason, experiment.name, version, decision)
+    details: dict[str, object] = {"by": "canary", "decision": decision.to_dict()}
+    if decision.verdict == "promote":
+        try:
+            await asyncio.to_thread(experiments.promote, root, CANARY_ARM, experiment, details)
+            return Checked("promoted", decision.reason, experiment.name, version, decision)
+        except BundleError as exc:
+            reason = f"the canary's version does not open: {registry.refusal_reason(exc)}"
+            log.error("canary %s: promotion refused, rolling back: %s", experiment.name, reason)
+            details["refused"] = reason
+    await asyncio.to_thread(experiments.stop, root, experiment, details)
+    reason = str(details.get("refused", decision.reason))
+    return Checked("rolled_back", reason, experiment.name, version, decision)
