@@ -104,6 +104,7 @@ def run(quick: bool) -> dict[str, Any]:
     )
     runs: list[dict[str, Any]] = []
     swap: dict[str, Any] = {"errors": 0}
+    two_versions: dict[str, Any] = {}
     try:
         model_source = prepare_model(settings, plan)
         # Before the users' events, so the event script keeps each category's
@@ -148,6 +149,9 @@ def run(quick: bool) -> dict[str, Any]:
                     steady = [r for r in runs if r["servers"] == 1 and r["rate"] == swap_rate]
                     swap["steady_p99_ms"] = steady[0]["p99_ms"] if steady else None
                     console.print(f"swap: {_line(swap)}")
+                    # The swap left two versions: split users 50/50 between them.
+                    two_versions = two_version_run(url, server, settings, users, swap_rate, plan)
+                    console.print(f"two versions: {_line(two_versions)}")
                     with stream_worker(settings):
                         effect = event_to_effect(url, settings, users, plan.effect_samples)
                         # Other users than the purchases': their answers are untouched.
@@ -171,6 +175,7 @@ def run(quick: bool) -> dict[str, Any]:
         "swap_published_after_s": swap.get("published_after_s"),
         "swap_swapped_after_s": swap.get("swapped_after_s"),
         "swap_steady_p99_ms": swap.get("steady_p99_ms"),
+        "two_versions": _without_samples(two_versions) if two_versions else None,
         "event_to_effect_p50_ms": effect["p50_ms"],
         "event_to_effect_p99_ms": effect["p99_ms"],
         "event_to_effect_samples": effect["samples"],
@@ -680,6 +685,66 @@ def swap_run(
     return result
 
 
+def two_version_run(
+    url: str,
+    server: ServiceProcess,
+    settings: Settings,
+    users: list[str],
+    rate: float,
+    plan: Plan,
+) -> dict[str, Any]:
+    """Issue 17's cost of an experiment: the same run as the steady one at `rate`, right
+    after it, with users split 50/50 between the current version and the one before
+    it (both held by the server), and the server's resident memory before the second
+    version was opened and once it serves."""
+    import psutil
+
+    from streamrec import experiments
+
+    root = settings.registry
+    current = registry.current_version(root)
+    previous = next(
+        (m.version for m in reversed(registry.list_versions(root)) if m.version != current), None
+    )
+    if current is None or previous is None or server.proc is None:
+        return {}
+    process = psutil.Process(server.proc.pid)
+    rss_before = process.memory_info().rss
+    experiment = experiments.start(
+        root,
+        experiments.new_experiment(
+            "bench-two-versions",
+            [
+                experiments.Arm("control", experiments.CURRENT_ARM, 50),
+                experiments.Arm("previous", previous, 50),
+            ],
+        ),
+    )
+    try:
+        probe = next(
+            u for u in users if experiments.Experiment.arm_of(experiment, u).name == "previous"
+        )
+        deadline = time.monotonic() + 60
+        with RecommenderClient(url) as client:
+            # Until the server serves the second version to its arm (opened, prepared).
+            while (answer := client.recommend(probe, k=5)).model_version != previous:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{previous} not served to its arm within 60 s")
+                time.sleep(0.2)
+        assert answer.arm == "previous"
+        rss_after = process.memory_info().rss
+        result = measured_run(url, server, users, rate, plan.seconds)
+    finally:
+        experiments.stop(root, experiment)
+    result.update(
+        versions=[current, previous],
+        rss_before_mb=round(rss_before / 2**20, 1),
+        rss_two_versions_mb=round(rss_after / 2**20, 1),
+        second_version_mb=round((rss_after - rss_before) / 2**20, 1),
+    )
+    return result
+
+
 @contextmanager
 def stream_worker(settings: Settings) -> Iterator[None]:
     """`streamrec worker` (devtools' ServiceProcess) on the bench's topics and Redis:
@@ -951,6 +1016,22 @@ def _ratio_cell(ratio: float | None) -> str:
     return str(ratio) if ratio is not None else "not held"
 
 
+def _two_versions_line(r: dict[str, Any]) -> str:
+    two = r.get("two_versions")
+    if not two:
+        return "Two versions at once: not run (the registry held one version)."
+    ratio = _ratio(two["p99_ms"], r.get("swap_steady_p99_ms") or 0)
+    return (
+        f"Two versions at once (issue 17: an experiment splitting users 50/50 between "
+        f"{two['versions'][0]} and {two['versions'][1]}, both held by the server), right "
+        f"after the swap, at {two['rate']} req/s: p99 {two['p99_ms']} ms against "
+        f"{r.get('swap_steady_p99_ms')} ms steady with one version ({ratio}×; goal ≤ 1.2×), "
+        f"errors {two['errors']}, {two['server_cpu_ms_per_request']} ms of server CPU per "
+        f"request; the second version took {two['second_version_mb']} MB of the server's "
+        f"resident memory ({two['rss_before_mb']} → {two['rss_two_versions_mb']} MB)."
+    )
+
+
 def _write_markdown(r: dict[str, Any], stem: str) -> None:
     m = r["machine"]
     model = r["model"]
@@ -1059,6 +1140,7 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
             if r.get("swap_swapped_after_s") is not None
             else "**The server had not swapped when the run ended: this p99 is not a swap's.**"
         ),
+        _two_versions_line(r),
         f"Event-to-effect (purchase produced to Kafka → the item gone from the answer), "
         f"{r['event_to_effect_samples']} samples: p50 {r['event_to_effect_p50_ms']} ms, "
         f"p99 {r['event_to_effect_p99_ms']} ms.",
