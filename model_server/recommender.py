@@ -184,7 +184,11 @@ class Recommender:
         # Used only for a bundle whose manifest does not say how many the ranker saw.
         self.default_candidates = settings.retrieval_candidates
         self.live_candidates = settings.serve_live_item_candidates
-        self.budget_s = settings.serve_budget_ms / 1000
+        # The request budget is for someone waiting: the feed (no Redis timeout) ranks
+        # every answer, however long its cold first one takes.
+        self.budget_s = (
+            settings.serve_budget_ms / 1000 if redis_timeout_s is not None else float("inf")
+        )
         self.redis_timeout_s = redis_timeout_s
         self.catalogue = Catalogue(settings, client=store.redis)
         # Its owner (the app, the feed) reads it in full at start and has it follow.
