@@ -54,6 +54,28 @@ RANK_ESTIMATE_WEIGHT = 0.1
 STAGES = ("redis", "encode", "retrieve", "features", "rank")
 
 
+class RankEstimate:
+    """A running estimate of what ranking costs, to skip it (retrieval order) when
+    the request's remaining budget cannot cover it. A sample counts for at most the
+    whole budget, and each skip shrinks the estimate by the newest sample's weight:
+    one stalled rank (a GC pause, a frozen Redis) must not keep ranking off for
+    good, as it did when only completed ranks moved the estimate."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.estimate_s = 0.0
+
+    def covers(self, remaining_s: float) -> bool:
+        if remaining_s > self.estimate_s:
+            return True
+        self.estimate_s *= 1 - RANK_ESTIMATE_WEIGHT
+        return False
+
+    def record(self, spent_s: float) -> None:
+        sample_s = min(spent_s, self.budget_s)
+        self.estimate_s += RANK_ESTIMATE_WEIGHT * (sample_s - self.estimate_s)
+
+
 # Not frozen: a filtered answer makes several hundred of these, and a frozen
 # dataclass took 3 µs each to make against 0.9 µs (a slow day): a tenth of that
 # answer's CPU. Nothing changes one after it is made.
@@ -209,7 +231,7 @@ class Recommender:
         # per version (an experiment's arms may know other items than the current one).
         self._trending_refresh_s = settings.serve_popularity_refresh_s
         self._trending_ids: dict[str, tuple[float, int, list[str]]] = {}
-        self._rank_estimate_s = 0.0
+        self._rank_estimate = RankEstimate(self.budget_s)
         # Looked up once: five label lookups per request were a visible share of it.
         self._stage_seconds = {name: metrics.stage_seconds.labels(name) for name in STAGES}
 
@@ -534,7 +556,7 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Ranker scores and feature rows, or None when the budget cannot cover them."""
         started = time.perf_counter()
-        if deadline - started <= self._rank_estimate_s:
+        if not self._rank_estimate.covers(deadline - started):
             return None
         with self._stage("features"):
             try:
@@ -560,8 +582,7 @@ class Recommender:
             return None
         with self._stage("rank"):
             rank_scores = model.bundle.score(feature_rows)
-        spent_s = time.perf_counter() - started
-        self._rank_estimate_s += RANK_ESTIMATE_WEIGHT * (spent_s - self._rank_estimate_s)
+        self._rank_estimate.record(time.perf_counter() - started)
         return rank_scores, feature_rows
 
     def _held_popularity(self, model: ServedModel, vocab_rows: np.ndarray) -> np.ndarray | None:
