@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -167,27 +169,32 @@ def _served_by(serving: Serving, running: Experiment, arm: Arm) -> str | None:
     return holder.held.version  # CURRENT's follower, the current version, or a fallback
 
 
+@contextmanager
+def _refused(
+    request: Request, caller: Caller, action: str, code: str = "experiment_refused"
+) -> Iterator[None]:
+    """A change that is well-formed but against the rules (docs/experiments.md: a
+    second experiment, a version not in the registry or that does not open): a 409
+    with the reason, audited like every refused admin action."""
+    try:
+        yield
+    except (ExperimentError, BundleError) as exc:
+        problem = Problem(409, code, refusal_reason(exc))
+        raise _failed(request, caller, action, problem) from None
+
+
 async def start_experiment(request: Request) -> Response:
     """PUT /v1/admin/experiment: start one (409 while another runs, or when an arm's
     version is not in the registry); this process serves it before answering."""
     caller = require_token(request)
     body = await parse_body(request, ExperimentRequest)
-    try:
+    with _refused(request, caller, "experiment_start"):
         wanted = experiments.new_experiment(
             body.name,
             [experiments.Arm(arm.name, arm.version, arm.weight) for arm in body.arms],
             body.salt,
         )
-    except ExperimentError as exc:
-        # Well-formed, but against the rules (docs/experiments.md): refused, as a
-        # second experiment or a missing version is.
-        problem = Problem(409, "experiment_refused", str(exc))
-        raise _failed(request, caller, "experiment_start", problem) from None
-    try:
         await serving_of(request).holder.start_experiment(wanted)
-    except ExperimentError as exc:
-        problem = Problem(409, "experiment_refused", str(exc))
-        raise _failed(request, caller, "experiment_start", problem) from None
     serving_of(request).access.admitted(request, "experiment_start", "started", caller)
     change = ExperimentChange(
         outcome="started", experiment=wanted.name, model_version=None, previous=None
@@ -198,11 +205,8 @@ async def start_experiment(request: Request) -> Response:
 async def stop_experiment(request: Request) -> Response:
     """DELETE /v1/admin/experiment: end it; every user on the current version."""
     caller = require_token(request)
-    try:
+    with _refused(request, caller, "experiment_stop"):
         ended = await serving_of(request).holder.stop_experiment()
-    except ExperimentError as exc:
-        problem = Problem(409, "experiment_refused", str(exc))
-        raise _failed(request, caller, "experiment_stop", problem) from None
     serving_of(request).access.admitted(request, "experiment_stop", "stopped", caller)
     change = ExperimentChange(
         outcome="stopped", experiment=ended.name, model_version=None, previous=None
@@ -216,11 +220,8 @@ async def promote_experiment(request: Request) -> Response:
     experiment; a version that does not open is a 409 and nothing moves."""
     caller = require_token(request)
     body = await parse_body(request, PromoteRequest)
-    try:
+    with _refused(request, caller, "experiment_promote", "promotion_refused"):
         ended, result = await serving_of(request).holder.promote(body.arm)
-    except (ExperimentError, BundleError) as exc:
-        problem = Problem(409, "promotion_refused", refusal_reason(exc))
-        raise _failed(request, caller, "experiment_promote", problem) from None
     serving_of(request).access.admitted(request, "experiment_promote", result.outcome, caller)
     change = ExperimentChange(
         outcome=result.outcome,

@@ -41,6 +41,37 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 USERS = [f"user-{n}" for n in range(24)]
 
 
+class Askers:
+    """Eight clients asking for USERS' recommendations without pause, each answer
+    kept as (user, arm, version), each failure (not a 200 with its 5 items) as text."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, str | None, str]] = []
+        self.failures: list[str] = []
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, client: httpx.AsyncClient, clients: int = 8) -> None:
+        self._tasks = [asyncio.create_task(self._ask(client, n)) for n in range(clients)]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _ask(self, client: httpx.AsyncClient, offset: int) -> None:
+        n = offset
+        while not self._stopping.is_set():
+            user = USERS[n % len(USERS)]
+            n += 1
+            response = await client.post("/v1/recommend", json={"user_id": user, "k": 5})
+            if response.status_code != 200 or len(response.json()["items"]) != 5:
+                self.failures.append(f"{response.status_code} {response.text}")
+            else:
+                body = response.json()
+                self.answers.append((user, body["arm"], body["model_version"]))
+            await asyncio.sleep(0)  # in process, the app answers without yielding
+
+
 def halves(candidate: str, name: str = "ranker-b") -> Experiment:
     return new_experiment(name, [Arm("control", CURRENT_ARM, 1), Arm("candidate", candidate, 1)])
 
@@ -140,44 +171,30 @@ async def test_promote_and_stop_under_load_fail_no_answer(
     first = served.first.version
     second = publish(served.models, served.root, first, make_current=False).version
     url = f"http://127.0.0.1:{served.settings.serve_port}"
-    answers: list[tuple[str, str | None, str]] = []
-    failures: list[str] = []
-    stop = asyncio.Event()
-
-    async def keep_asking(client: httpx.AsyncClient, offset: int) -> None:
-        n = offset
-        while not stop.is_set():
-            user = USERS[n % len(USERS)]
-            n += 1
-            response = await client.post("/v1/recommend", json={"user_id": user, "k": 5})
-            if response.status_code != 200 or len(response.json()["items"]) != 5:
-                failures.append(f"{response.status_code} {response.text}")
-                continue
-            body = response.json()
-            answers.append((user, body["arm"], body["model_version"]))
+    asking = Askers()
 
     def latest_are(check: Callable[[str, str | None, str], bool]) -> bool:
+        answers = asking.answers
         return len(answers) >= 16 and all(check(*a) for a in answers[-16:])
 
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        askers = [asyncio.create_task(keep_asking(client, n)) for n in range(8)]
+        asking.start(client)
         running = experiments.start(served.root, halves(second))
         await wait_until(lambda: latest_are(lambda u, arm, v: arm is not None))
         await asyncio.sleep(0.3)
         await asyncio.to_thread(experiments.promote, served.root, "candidate")
         await wait_until(lambda: latest_are(lambda u, arm, v: arm is None and v == second))
-        mark = len(answers)
+        mark = len(asking.answers)
         again = experiments.start(served.root, halves(first, "back"))
         await wait_until(lambda: latest_are(lambda u, arm, v: arm is not None))
         await asyncio.sleep(0.3)
         experiments.stop(served.root)
         await wait_until(lambda: latest_are(lambda u, arm, v: arm is None and v == second))
-        stop.set()
-        await asyncio.gather(*askers)
+        await asking.stop()
 
-    assert failures == []
-    first_run = {(u, arm, v) for u, arm, v in answers[:mark] if arm is not None}
-    second_run = {(u, arm, v) for u, arm, v in answers[mark:] if arm is not None}
+    assert asking.failures == []
+    first_run = {(u, arm, v) for u, arm, v in asking.answers[:mark] if arm is not None}
+    second_run = {(u, arm, v) for u, arm, v in asking.answers[mark:] if arm is not None}
     for user, arm, version in first_run:
         assert arm == running.arm_of(user).name
         assert version == (first if arm == "control" else second)
@@ -358,24 +375,9 @@ async def test_admin_changes_under_concurrent_requests_fail_no_answer(served: Se
     await with_history(served, USERS)
     first = served.first.version
     second = publish(served.models, served.root, first, make_current=False).version
-    failures: list[str] = []
-    answered: list[tuple[str | None, str]] = []
-    stop = asyncio.Event()
+    asking = Askers()
     async with in_process(served.settings) as (client, _):
-
-        async def keep_asking(offset: int) -> None:
-            n = offset
-            while not stop.is_set():
-                user = USERS[n % len(USERS)]
-                n += 1
-                response = await client.post("/v1/recommend", json={"user_id": user, "k": 5})
-                if response.status_code != 200 or len(response.json()["items"]) != 5:
-                    failures.append(f"{response.status_code} {response.text}")
-                else:
-                    answered.append((response.json()["arm"], response.json()["model_version"]))
-                await asyncio.sleep(0)
-
-        askers = [asyncio.create_task(keep_asking(n)) for n in range(8)]
+        asking.start(client)
         steps = [
             client.put("/v1/admin/experiment", headers=ADMIN,
                        json={"name": "a", "arms": [
@@ -393,9 +395,9 @@ async def test_admin_changes_under_concurrent_requests_fail_no_answer(served: Se
             response = await step
             assert response.is_success, response.text
         await asyncio.sleep(0.3)
-        stop.set()
-        await asyncio.gather(*askers)
-    assert failures == []
+        await asking.stop()
+    assert asking.failures == []
+    answered = [(arm, version) for _, arm, version in asking.answers]
     arms = {arm for arm, _ in answered}
     assert {"control", "candidate", "old", None} <= arms
     assert {v for arm, v in answered if arm == "candidate"} == {second}
