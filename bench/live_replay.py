@@ -128,7 +128,7 @@ class VariantResult:
     reciprocal_ranks: np.ndarray  # 1/rank within the top 20, else 0
     errors: int
     fallbacks: Counter[str]
-    versions: Counter[str]  # which model version answered, how often
+    versions: Counter[str | None]  # which model version answered (None: none yet), how often
     seconds: float
     retrains: dict[str, int] = field(default_factory=dict)
     retrain_seconds: float | None = None  # mean duration of a finished cycle
@@ -718,7 +718,7 @@ class _Scores:
         self.reciprocal_ranks = np.zeros(n, dtype=np.float32)
         self.errors = 0
         self.fallbacks: Counter[str] = Counter()
-        self.versions: Counter[str] = Counter()
+        self.versions: Counter[str | None] = Counter()
         self.exposure: Counter[str] = Counter()
 
     def mean_diversity(self) -> float | None:

@@ -1,8 +1,10 @@
 """The model server app, built from `Settings` by `create_app`, never at import time.
 
 Start-up fails fast: Redis must answer and the registry's current version must
-load (checksums, smoke inference) before /readyz says yes. A watcher follows
-the registry's current pointer and swaps new versions in.
+load (checksums, smoke inference) before /readyz says yes; with
+`serve_wait_for_model` a registry without a loadable version is no failure: the
+server answers trending until one loads. A watcher follows the registry's current
+pointer and swaps new versions in.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.pipelined import PipelinedConnection
 from streamrec.redact import redacted
-from streamrec.registry import current_version
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -140,8 +141,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 holder.before_arm.append(live_items.prepare)
                 follower = asyncio.create_task(live_items.follow())
             # Held from the start: while Redis does not answer, /recommend answers it.
-            if holder.held is not None:
-                await recommender.hold_trending(holder.held)
+            await recommender.hold_trending(holder.held)
             write_back = WriteBackQueue(store)
             writer = asyncio.create_task(write_back.run())
             intake = EventIntake(settings)
@@ -255,16 +255,19 @@ STATIC = Path(__file__).parent / "static"
 
 
 async def _first_model(holder: ModelHolder, settings: Settings) -> None:
-    """The registry's current version; with `serve_wait_for_model` and none yet,
-    nothing: the registry watcher (`ModelHolder.follow`) loads the first one."""
+    """The registry's current version; with `serve_wait_for_model` and none that
+    loads (none yet, or one refused: counted and logged by the holder), nothing:
+    /recommend answers trending and the registry watcher (`ModelHolder.follow`)
+    loads the first version that opens."""
     try:
         await holder.load()
-    except BundleError:
-        if not settings.serve_wait_for_model or current_version(settings.registry) is not None:
+    except BundleError as exc:
+        if not settings.serve_wait_for_model:
             raise
         log.warning(
-            "no model version in %s yet: answering 503 no_model until one is published",
+            "no model version loaded from %s (%s): answering from trending until one is",
             settings.registry,
+            exc,
         )
 
 

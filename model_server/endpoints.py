@@ -29,6 +29,7 @@ from model_server.serving import (
     read_body,
     serving_of,
 )
+from streamrec.errors import NoModel
 from streamrec.loaded import Route
 from streamrec.registry import current_version, list_registry
 from streamrec.state import WriteBack
@@ -82,7 +83,7 @@ async def recommend(request: Request) -> Response:
     route = routed(serving, body.user_id)
     max_per_category = _or_default(body.max_per_category, serving.settings.serve_max_per_category)
     answer = await serving.recommender.recommend(
-        route.model,
+        route.model if route else None,
         body.user_id,
         body.k,
         body.exclude,
@@ -92,12 +93,14 @@ async def recommend(request: Request) -> Response:
         _or_default(body.diversity, serving.settings.serve_diversity),
     )
     remember = serving.settings.hit_window_s > 0 and answer.items and answer.has_state
+    arm = route.arm if route else None
     if remember or answer.fresh_vector:
         shown = [item.item_id for item in answer.items]
         at_ms = int(time.time() * 1000)
-        tag = route.experiment.arm_tag(route.arm) if route.experiment and route.arm else None
+        experiment = route.experiment if route else None
+        tag = experiment.arm_tag(arm) if experiment and arm else None
         serving.write_back.add(WriteBack(body.user_id, shown, at_ms, answer.fresh_vector, tag))
-    answered = answer.body(body.user_id, body.k, route.arm)
+    answered = answer.body(body.user_id, body.k, arm)
     if body.explain:
         # The user's recent events, oldest first, as the answer read them.
         answered["history"] = [
@@ -106,8 +109,11 @@ async def recommend(request: Request) -> Response:
     return json_response(answered)
 
 
-def routed(serving: Serving, user_id: str) -> Route:
-    """The model that answers this user (their experiment arm's), counted per arm."""
+def routed(serving: Serving, user_id: str) -> Route | None:
+    """The model that answers this user (their experiment arm's), counted per arm;
+    None before the first version loaded (`serve_wait_for_model`: trending answers)."""
+    if serving.holder.held is None:
+        return None
     route = serving.holder.route(user_id)
     if route.experiment is not None:
         serving.metrics.experiment_answer(route.experiment.name, route.arm, route.fell_back)
@@ -136,8 +142,9 @@ async def similar(request: Request) -> Response:
     serving.access.require(request, "read")
     body = await parse_body(request, serving.requests.similar)
     max_per_category = _or_default(body.max_per_category, serving.settings.serve_max_per_category)
+    # Before the first version: co-visitation, categories and trending, no vectors.
     answer = await serving.recommender.similar(
-        serving.holder.current, body.item_id, body.k, item_filter(body.filter), max_per_category
+        serving.holder.held, body.item_id, body.k, item_filter(body.filter), max_per_category
     )
     return json_response(
         {
@@ -157,6 +164,8 @@ async def score(request: Request) -> Response:
     serving.access.require(request, "read")
     body = await parse_body(request, serving.requests.score)
     route = routed(serving, body.user_id)
+    if route is None:
+        raise NoModel("no model version is loaded yet: scores are the ranker's")  # a 503
     answer = await serving.recommender.score(route.model, body.user_id, body.item_ids)
     items = [
         {"item_id": s.item_id, "score": s.score}
@@ -273,10 +282,12 @@ async def readyz(request: Request) -> Response:
         # A probe needs no token: a reason code; the address and the error go to the log.
         log.warning("not ready: Redis did not answer a ping: %s", exc or type(exc).__name__)
         return json_response({"ready": False, "reason": "redis_unavailable"}, 503)
-    if serving.holder.held is None:
-        # Started with `serve_wait_for_model` before the registry had a version.
-        return json_response({"ready": False, "reason": "no_model"}, 503)
-    return json_response({"ready": True, "model_version": serving.holder.held.version})
+    held = serving.holder.held
+    if held is None:
+        # Started with `serve_wait_for_model` before the registry had a version: ready,
+        # /recommend answers trending until the watcher loads the first one.
+        return json_response({"ready": True, "model_version": None, "serving": "trending"})
+    return json_response({"ready": True, "model_version": held.version, "serving": "model"})
 
 
 def metrics_page(

@@ -10,6 +10,9 @@ answer. Offsets are committed after the records are acknowledged by the broker,
 and never past a notice whose user still waits, so a crash sends again rather
 than loses. A notice of a forgotten user drops what waits for them and sends their
 tombstone, after any record sent for them before.
+
+Before the first model (`serve_wait_for_model`) it sends what /recommend answers
+then: trending, `model_version` null.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from streamrec.metrics import FeedMetrics, ServeMetrics
 from streamrec.notices import StateChanges
 from streamrec.preflight import check_model, check_port, check_redis
 from streamrec.producer import SCHEMA_HEADERS
-from streamrec.registry import current_version
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from streamrec.topics import ensure_topics
@@ -144,18 +146,19 @@ class Feed:
             await self.store.close()
 
     async def _first_model(self) -> None:
-        """The registry's current version; with `serve_wait_for_model`, waited for
-        (polled every `registry_poll_s`) while the registry has none."""
-        while True:
-            try:
-                await self.models.load()
-                return
-            except BundleError:
-                root = self.settings.registry
-                if not self.settings.serve_wait_for_model or current_version(root) is not None:
-                    raise
-            log.warning("no model version in %s yet: waiting for the first", root)
-            await asyncio.sleep(self.settings.registry_poll_s)
+        """The registry's current version; with `serve_wait_for_model` and none that
+        loads, nothing: records come from trending until the watcher loads one (as
+        the server's answers do)."""
+        try:
+            await self.models.load()
+        except BundleError as exc:
+            if not self.settings.serve_wait_for_model:
+                raise
+            log.warning(
+                "no model version loaded from %s (%s): sending trending until one is",
+                self.settings.registry,
+                exc,
+            )
 
     async def send_changed(self, producer: AIOKafkaProducer, changes: list[Change]) -> int:
         """Send the users of these notices whose interval has passed; coalesce the
@@ -229,21 +232,23 @@ class Feed:
         await self.recommender.mirror.catch_up()
         sends = []
         for user_id, applied_at_ms in applied_at.items():
-            route = self.models.route(user_id)
-            if route.experiment is not None:
+            # None before the first version: the answer is trending.
+            route = self.models.route(user_id) if self.models.held is not None else None
+            if route is not None and route.experiment is not None:
                 self.serve_metrics.experiment_answer(
                     route.experiment.name, route.arm, route.fell_back
                 )
             # The settings' cap and diversity, as /recommend applies them by default.
             answer = await self.recommender.recommend(
-                route.model,
+                route.model if route else None,
                 user_id,
                 self.settings.feed_k,
                 max_per_category=self.settings.serve_max_per_category,
                 diversity=self.settings.serve_diversity,
             )
             now_ms = _now_ms()
-            value = feed_record(user_id, answer, self.settings.feed_k, now_ms, route.arm)
+            arm = route.arm if route else None
+            value = feed_record(user_id, answer, self.settings.feed_k, now_ms, arm)
             sends.append(
                 await producer.send(
                     self.settings.topic_recommendations,
@@ -286,9 +291,11 @@ class Feed:
             return web.json_response({"status": "ok"})
 
         async def readyz(_: web.Request) -> web.Response:
+            held = self.models.held
             body: dict[str, Any] = {
                 "ready": self.ready,
-                "model_version": self.models.current.version,
+                "model_version": held.version if held else None,
+                "serving": "model" if held else "trending",
             }
             return web.json_response(body, status=200 if self.ready else 503)
 

@@ -123,6 +123,16 @@ def openapi_document(
             "see Retry-After"
         )
     }
+    # Before the first model loads (STREAMREC_SERVE_WAIT_FOR_MODEL) /recommend and
+    # /similar answer without one; what needs the model is a 503 no_model.
+    no_state_or_model = {
+        "503": answer(
+            "No model version is loaded yet (no_model), Redis did not answer in time "
+            "(state_unavailable) or the process has as many requests in progress as "
+            "it takes (overloaded); see Retry-After"
+        )
+    }
+    no_model = {"503": answer("No model version is loaded yet (no_model); see Retry-After")}
     # Keys and their scopes: model_server/access.py, docs/serving.md ("Access").
     guarded = {
         "401": answer("No credential where one is needed, or an unknown one"),
@@ -210,7 +220,9 @@ def openapi_document(
                 "operationId": "recommend",
                 "summary": "Top-k items for a user",
                 "requestBody": with_example(body(requests.recommend), "recommend"),
-                "responses": {"200": answer("Ranked items", RecommendResponse),
+                "responses": {"200": answer("Ranked items (trending, model_version "
+                                            "null, before the first model loads)",
+                                            RecommendResponse),
                               **with_body, **guarded, **failed, **no_state},
                 "security": read_security,
             }},
@@ -219,7 +231,7 @@ def openapi_document(
                 "summary": "Ranker scores for the given items; unknown items per item",
                 "requestBody": with_example(body(requests.score), "score"),
                 "responses": {"200": answer("Scores in request order", ScoreResponse),
-                              **with_body, **guarded, **failed, **no_state},
+                              **with_body, **guarded, **failed, **no_state_or_model},
                 "security": read_security,
             }},
             "/v1/similar": {"post": {
@@ -255,7 +267,7 @@ def openapi_document(
                                   "summary": "The version being served",
                                   "security": read_security,
                                   "responses": {"200": answer("Manifest summary", ModelResponse),
-                                                **guarded, **failed}}},
+                                                **guarded, **failed, **no_model}}},
             "/v1/versions": {"get": {"operationId": "versions",
                                      "summary": "The registry's versions and their lineage",
                                      "security": read_security,
@@ -264,7 +276,8 @@ def openapi_document(
             "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive",
                                  "responses": {"200": answer("ok", HealthResponse)}}},
             "/readyz": {"get": {"operationId": "readyz",
-                                "summary": "Redis reachable and a model loaded",
+                                "summary": "Redis reachable; answers from a model, or "
+                                           "from trending before the first one loads",
                                 "responses": {"200": answer("ready", ReadyResponse),
                                               "503": answer("not ready", ReadyResponse)}}},
             "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",

@@ -1,6 +1,7 @@
 """One request's path: the user's state from Redis → user vector (ONNX encoder) →
 FAISS candidates → ranking features (streamrec.features) → ONNX ranker →
-filters → top-k; the fallbacks (trending, retrieval order); and /score."""
+filters → top-k; the fallbacks (trending, retrieval order, and trending before
+the first model is loaded); and /score."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ class Offer:
 @dataclass(frozen=True)
 class Recommendation:
     items: list[RankedItem]
-    model_version: str
+    model_version: str | None  # None: no model loaded yet, the answer is trending
     fallback: Fallback | None
     candidates: int
     # The user vector this answer computed (the cache had none for this state and
@@ -266,7 +267,7 @@ class Recommender:
 
     async def recommend(
         self,
-        model: ServedModel,
+        model: ServedModel | None,
         user_id: str,
         k: int,
         exclude: Collection[str] = (),
@@ -279,7 +280,9 @@ class Recommender:
         ranked candidates, then the included categories' most popular items and
         trending, against the catalogue's records (model_server/filters.py, held in
         the process: model_server/catalogue_mirror.py). With
-        `diversity` > 0 the ranked order is re-ranked first (model_server/diversity.py)."""
+        `diversity` > 0 the ranked order is re-ranked first (model_server/diversity.py).
+        Without a `model` (none loaded yet) every user gets trending, their purchases
+        and `exclude` removed, through the filter and the cap; `model_version` None."""
         deadline = time.perf_counter() + self.budget_s
         filtered = item_filter.active or max_per_category > 0
         now_ms = int(time.time() * 1000)
@@ -292,7 +295,7 @@ class Recommender:
             # No state in time: trending as last read (none held: the error, a 503),
             # through the filter and the cap, checked against the process's catalogue
             # (one too far behind to check them: a 503, never an unchecked answer).
-            self.metrics.fallbacks.labels("trending").inc()
+            self.metrics.fallbacks.labels(_trending_kind(model)).inc()
             if filtered:
                 held = self._trending_as_last_read(model, FILL_READ, set(exclude))
                 items = await self._pick(
@@ -300,15 +303,17 @@ class Recommender:
                 )
             else:
                 items = self._trending_as_last_read(model, k, set(exclude))
-            return Recommendation(items, model.version, "trending", 0, has_state=False)
+            version = None if model is None else model.version
+            return Recommendation(items, version, "trending", 0, has_state=False)
         removed = (stored.purchased if self.exclude_purchased else frozenset()) | set(exclude)
         history = tuple(stored.recent_events) if explain else ()
-        if self.trending_only or not stored.recent_events:
-            self.metrics.fallbacks.labels("trending").inc()
+        if model is None or self.trending_only or not stored.recent_events:
+            self.metrics.fallbacks.labels(_trending_kind(model)).inc()
             items = await self._unranked(model, k, removed, item_filter, max_per_category)
             has_state = bool(stored.recent_events)
+            version = None if model is None else model.version
             return Recommendation(
-                items, model.version, "trending", 0, has_state=has_state, history=history
+                items, version, "trending", 0, has_state=has_state, history=history
             )
         user = feature_user(stored, now_ms, self.covis_half_life_s)
         inputs = user_encoder_inputs(model, stored.recent_events)
@@ -377,7 +382,7 @@ class Recommender:
 
     async def _unranked(
         self,
-        model: ServedModel,
+        model: ServedModel | None,
         k: int,
         removed: Collection[str],
         item_filter: ItemFilter,
@@ -408,7 +413,7 @@ class Recommender:
 
     async def _filtered(
         self,
-        model: ServedModel,
+        model: ServedModel | None,
         ranked: Offer,
         k: int,
         removed: Collection[str],
@@ -429,7 +434,7 @@ class Recommender:
 
     async def _pick(
         self,
-        model: ServedModel,
+        model: ServedModel | None,
         offered: Offer,
         k: int,
         removed: Collection[str],
@@ -488,7 +493,7 @@ class Recommender:
 
     async def similar(
         self,
-        model: ServedModel,
+        model: ServedModel | None,
         item_id: str,
         k: int,
         item_filter: ItemFilter = NO_FILTER,
@@ -498,7 +503,8 @@ class Recommender:
         real-time co-visitation neighbours by decayed weight, the most popular items
         of its categories, its nearest items by the model's item vectors, then
         trending; each once, available, filtered and capped as /recommend's (the
-        order: bench/reports/similar.md)."""
+        order: bench/reports/similar.md). Without a `model` (none loaded yet): the
+        same without the vector neighbours, `model_version` None."""
         now_ms = int(time.time() * 1000)
         with self._stage("redis"):
             links, epoch = await self._bounded(self.store.read_item_links(item_id, SIMILAR_READ))
@@ -509,8 +515,8 @@ class Recommender:
             offered += [RankedItem(i, w, source="covis") for i, w in by_weight]
         with self._stage("redis"):
             offered += (await self._category_items(self.mirror.categories(item_id))).items()
-        row = model.bundle.rows.get(item_id, 0)
-        if row > 0:
+        row = 0 if model is None else model.bundle.rows.get(item_id, 0)
+        if model is not None and row > 0:
             with self._stage("retrieve"):
                 vector = np.asarray(model.item_vectors([row]), dtype=np.float32).reshape(1, -1)
                 scores, rows = model.bundle.search(vector, min(SIMILAR_READ + 1, model.n_items))
@@ -525,7 +531,8 @@ class Recommender:
         items = await self._pick(
             model, Offer.of(offered), k, {item_id}, item_filter, max_per_category
         )
-        return Recommendation(items, model.version, None, sourced, has_state=False)
+        version = None if model is None else model.version
+        return Recommendation(items, version, None, sourced, has_state=False)
 
     def _user_vector(
         self, model: ServedModel, stored: redis_state.StoredUser, inputs: EncoderInputs
@@ -625,9 +632,14 @@ class Recommender:
         return ids
 
     async def trending(
-        self, model: ServedModel, k: int, removed: Collection[str] = (), required: bool = True
+        self,
+        model: ServedModel | None,
+        k: int,
+        removed: Collection[str] = (),
+        required: bool = True,
     ) -> list[RankedItem]:
-        """Items the model knows by decayed popularity (model_server/trending.py); as
+        """Items the model knows (any before the first model) by decayed popularity
+        (model_server/trending.py); as
         last read when Redis does not answer in time. Never read: the error, or with
         `required=False` (filling up a ranked answer) none. A read younger than
         `serve_popularity_refresh_s` serves, availability applied now (trending
@@ -650,13 +662,13 @@ class Recommender:
             return self._trending_as_last_read(model, k, removed)
         return _top([RankedItem(i, s) for i, s in ordered], k, removed)
 
-    async def hold_trending(self, model: ServedModel) -> None:
+    async def hold_trending(self, model: ServedModel | None) -> None:
         """Read trending now, with no request's bound (at start-up): what /recommend
         answers from while Redis does not answer."""
         await self.trending_reader.read(model, 0)
 
     def _trending_as_last_read(
-        self, model: ServedModel, k: int, removed: Collection[str]
+        self, model: ServedModel | None, k: int, removed: Collection[str]
     ) -> list[RankedItem]:
         held = self.trending_reader.held(model)
         if held is None:
@@ -899,6 +911,11 @@ def _with_live_items(
 def _offered_id(pair: tuple[Offer, int]) -> str:
     items, position = pair
     return items.ids[position]
+
+
+def _trending_kind(model: ServedModel | None) -> str:
+    """How a trending answer is counted: `no_model` before the first model loaded."""
+    return "trending" if model is not None else "no_model"
 
 
 def _top(items: Iterable[RankedItem], k: int, removed: Collection[str]) -> list[RankedItem]:

@@ -184,10 +184,16 @@ ARM_DESCRIPTION = (
 )
 
 
+MODEL_VERSION_DESCRIPTION = (
+    "The version that answered; null before the first model is loaded "
+    "(STREAMREC_SERVE_WAIT_FOR_MODEL), when the answer comes from trending."
+)
+
+
 class RecommendResponse(BaseModel):
     user_id: str
     items: list[ScoredItem]
-    model_version: str
+    model_version: str | None = Field(description=MODEL_VERSION_DESCRIPTION)
     arm: str | None = Field(None, description=ARM_DESCRIPTION)
     fallback: Literal["trending", "retrieval"] | None = Field(
         None, description="Set when the answer is not the ranker's: why."
@@ -209,7 +215,7 @@ class SimilarItem(BaseModel):
 class SimilarResponse(BaseModel):
     item_id: str
     items: list[SimilarItem]
-    model_version: str
+    model_version: str | None = Field(description=MODEL_VERSION_DESCRIPTION)
     short: bool = Field(
         False, description="Fewer than k items: the filters and the catalogue left no more."
     )
@@ -275,10 +281,13 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool
-    model_version: str | None = None
-    reason: Literal["redis_unavailable", "no_model"] | None = Field(
-        None, description="Why not ready."
+    model_version: str | None = Field(None, description="null: no model loaded yet.")
+    serving: Literal["model", "trending"] | None = Field(
+        None,
+        description="When ready: answers come from the model, or from trending before "
+        "the first model loads (STREAMREC_SERVE_WAIT_FOR_MODEL).",
     )
+    reason: Literal["redis_unavailable"] | None = Field(None, description="Why not ready.")
 
 
 class EventOutcome(BaseModel):

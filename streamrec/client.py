@@ -69,7 +69,7 @@ class SimilarItem:
 class Similar:
     item_id: str
     items: tuple[SimilarItem, ...]
-    model_version: str
+    model_version: str | None  # None: no model loaded yet (no vector neighbours)
     short: bool = False
 
     @property
@@ -81,7 +81,7 @@ class Similar:
 class Recommendations:
     user_id: str
     items: tuple[ScoredItem, ...]
-    model_version: str
+    model_version: str | None  # None: no model loaded yet, the items are trending
     fallback: str | None  # "trending" or "retrieval" when the ranker did not order them
     short: bool = False  # fewer than k: the filters and the catalogue left no more
     # Only with explain=True: the user's recent events, oldest first.

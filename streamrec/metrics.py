@@ -230,7 +230,8 @@ class ServeMetrics:
         )
         self.fallbacks = Counter(
             "streamrec_serve_fallbacks_total",
-            "Answers not ranked by the model, by kind (trending, retrieval).",
+            "Answers not ranked by the model, by kind (trending, retrieval; no_model: "
+            "trending because no model version is loaded yet).",
             ["kind"],
             registry=registry,
         )

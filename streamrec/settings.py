@@ -242,9 +242,11 @@ class Settings(BaseSettings):
     # (serve_host 127.0.0.1, ::1 or localhost). True opens them on any bind.
     serve_open_reads: bool | None = None
     # With no version in the registry: False, `streamrec serve` and `streamrec feed`
-    # exit at once, saying so; True, they start, the server answering 503 no_model
-    # (/readyz too), and serve the first version once it is published (a deployment
-    # that boots before any model exists).
+    # exit at once, saying so; True, they start (a deployment that boots before any
+    # model exists): /readyz ready with `"serving": "trending"`, /recommend and the
+    # feed answer trending (`model_version` null), /score and /model 503 no_model,
+    # and the registry watcher swaps in the first version that opens. A refused
+    # version at start-up is no failure either: trending until a good one.
     serve_wait_for_model: bool = False
     # Refused credentials from one client address per 10 s before its requests are
     # a 429 for the rest of the 10 s (0: no limit).

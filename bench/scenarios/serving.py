@@ -52,7 +52,7 @@ class ClientLoad:
         self.users = list(users)
         self.concurrency = concurrency
         self.latencies_s: list[float] = []
-        self.versions: list[str] = []
+        self.versions: list[str | None] = []  # None: trending, no model yet
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -139,7 +139,7 @@ class BadBundleDrill:
     """Drill 4's figures."""
 
     served_version: str
-    versions_seen: list[str]
+    versions_seen: list[str | None]
     refused: dict[str, str]  # kind -> the server's reason
     refused_metric: float
     swapped_metric: float
@@ -174,7 +174,7 @@ def bad_bundle_drill(settings: Settings, models: TrainedModels, workdir: Path) -
         metrics = server.metrics_text()
     return BadBundleDrill(
         served_version=good,
-        versions_seen=sorted(set(load.versions)),
+        versions_seen=sorted(set(load.versions), key=str),
         refused={kind: refused.get(version, "") for kind, version in bad.items()},
         refused_metric=counter_total(metrics, "streamrec_model_swaps", outcome="refused"),
         swapped_metric=counter_total(metrics, "streamrec_model_swaps", outcome="swapped"),

@@ -312,7 +312,7 @@ async def test_health_model_metrics_and_schema(served: Served) -> None:
         model = (await client.get("/model")).json()
         metrics = (await client.get("/metrics")).text
         schema = (await client.get("/openapi.json")).json()
-    assert ready == {"ready": True, "model_version": served.first.version}
+    assert ready == {"ready": True, "model_version": served.first.version, "serving": "model"}
     assert model["model_version"] == served.first.version
     assert model["items"] == len(served.models.vocab)
     assert f'streamrec_model_info{{version="{served.first.version}"}} 1.0' in metrics
@@ -392,7 +392,7 @@ EXPECTED_STATUSES = {
     ("/v1/score", "post"): {"200", "400", "408", "413", "422", "499", "500", "503", *GUARDED},
     ("/v1/similar", "post"): {"200", "400", "408", "413", "422", "499", "500", "503", *GUARDED},
     ("/v1/events", "post"): {"202", "400", "408", "413", "422", "499", "500", "503", *GUARDED},
-    ("/v1/model", "get"): {"200", "500", *GUARDED},
+    ("/v1/model", "get"): {"200", "500", "503", *GUARDED},
     ("/v1/versions", "get"): {"200", "500", *GUARDED},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},

@@ -4,7 +4,9 @@ feed's old command name still runs it."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,12 +33,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @contextmanager
-def running_feed(served: Served, tmp_path: Path, feed_min_interval_ms: int) -> Iterator[Settings]:
-    """A worker and a feed on the served registry, ready; their settings."""
+def running_feed(
+    served: Served, tmp_path: Path, feed_min_interval_ms: int, **update: Any
+) -> Iterator[Settings]:
+    """A worker and a feed on the served registry (or as `update` says), ready;
+    their settings."""
     settings = served.settings.model_copy(
         update={
             "feed_web_port": free_port(),
             "feed_min_interval_ms": feed_min_interval_ms,
+            **update,
         }
     )
     ensure_topics(settings)
@@ -85,6 +91,40 @@ def test_a_users_new_events_send_their_fresh_top_k(pipeline: Settings, served: S
     latest = records[-1]
     assert bought not in [item["item_id"] for item in latest["items"]]
     assert latest["ts"] >= first["ts"]
+
+
+def feed_readyz(settings: Settings) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{settings.feed_web_port}/readyz"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: dict[str, Any] = json.loads(response.read())
+        return body
+
+
+def test_without_a_model_the_feed_sends_trending_until_the_first_version(
+    served: Served, tmp_path: Path
+) -> None:
+    """A fresh deployment (issue 18): the feed starts, its records are what
+    /recommend answers then (trending, model_version null), and it swaps in the
+    first version as the server does."""
+    empty = tmp_path / "empty-registry"
+    items = served.items[:4]
+    with running_feed(
+        served, tmp_path, feed_min_interval_ms=0, registry=empty, serve_wait_for_model=True
+    ) as settings:
+        waiting = feed_readyz(settings)
+        send(settings, "noa", [(item, "click") for item in items])
+        (first, *_) = feed_records_for(settings, "noa", wanted=1)
+        version = publish(served.models, empty).version
+        deadline = time.monotonic() + 20
+        while feed_readyz(settings)["model_version"] != version:
+            assert time.monotonic() < deadline, "the feed did not swap the first version in"
+            time.sleep(0.1)
+        send(settings, "noa", [(served.items[5], "click")])
+        records = feed_records_for(settings, "noa", wanted=2)
+    assert waiting == {"ready": True, "model_version": None, "serving": "trending"}
+    assert first["model_version"] is None and first["fallback"] == "trending"
+    assert set(i["item_id"] for i in first["items"]) <= set(items) and first["items"]
+    assert records[-1]["model_version"] == version and records[-1]["fallback"] is None
 
 
 def test_the_old_command_name_runs_the_feed_and_says_its_new_name(

@@ -71,7 +71,7 @@ def test_a_cycle_under_load_publishes_swaps_and_drops_no_request(
         assert time.monotonic() < deadline, "the worker did not archive the events"
         time.sleep(0.5)
 
-    versions: Counter[str] = Counter()
+    versions: Counter[str | None] = Counter()
     failures: list[str] = []
     stop = threading.Event()
     users = [s.user_id for s in sessions]

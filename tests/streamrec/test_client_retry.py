@@ -72,13 +72,15 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def recommend(mode: str, urls: list[str], policy: RetryPolicy, timeout_s: float = 5.0) -> str:
+def recommend(
+    mode: str, urls: list[str], policy: RetryPolicy, timeout_s: float = 5.0
+) -> str | None:
     """One /recommend through the sync or the async client; the served version."""
     if mode == "sync":
         with RecommenderClient(urls, timeout_s=timeout_s, retry=policy) as client:
             return client.recommend("u", k=1).model_version
 
-    async def ask() -> str:
+    async def ask() -> str | None:
         async with AsyncRecommenderClient(urls, timeout_s=timeout_s, retry=policy) as client:
             return (await client.recommend("u", k=1)).model_version
 

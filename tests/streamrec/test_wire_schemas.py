@@ -45,6 +45,8 @@ def test_what_we_produce_validates() -> None:
     assert valid(orjson.loads(feed_record("u1", answer, 20, 1_700_000_000_000)), RECOMMENDATION)
     trending = Recommendation([RankedItem("i1", 3.0)], "v1", "trending", 0)
     assert valid(orjson.loads(feed_record("u1", trending, 1, 1_700_000_000_000)), RECOMMENDATION)
+    no_model = Recommendation([RankedItem("i1", 3.0)], None, "trending", 0)
+    assert valid(orjson.loads(feed_record("u1", no_model, 1, 1_700_000_000_000)), RECOMMENDATION)
 
 
 def test_what_the_parsers_refuse_the_schemas_refuse() -> None:
