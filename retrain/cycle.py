@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,12 +21,12 @@ from typing import Any, Literal
 import orjson
 from redis.exceptions import RedisError
 
-from retrain.data import group_by_user
 from retrain.distributed import SINGLE, Group
 from retrain.publish import load_ranker, load_warm_start, publish_models
 from retrain.training import TrainPlan, evaluate_on_slice, train_models, train_plan
+from retrain.window import TrainingWindow
 from streamrec import experiments, registry
-from streamrec.archive import ArchivedEvent, Forgotten, read_archive, read_forgotten
+from streamrec.archive import read_archive, read_forgotten
 from streamrec.canary import canary_experiment
 from streamrec.catalogue import Catalogue
 from streamrec.content import ItemContent, prices_of
@@ -130,19 +129,23 @@ def run_cycle(
 
     # Read once, before the window: the manifest names the last forget the read honoured.
     forgotten = read_forgotten(settings.archive_root)
-    new = list(read_archive(settings.archive_root, since, until, forgotten))
-    if len(new) < settings.retrain_min_events:
+    window = TrainingWindow(settings.retrain_max_events)
+    window.read_new(read_archive(settings.archive_root, since, until, forgotten))
+    window.finish()
+    if window.new_events < settings.retrain_min_events:
         return CycleResult(
             "skipped",
-            f"{len(new)} new events since {since}; the minimum is {settings.retrain_min_events}",
+            f"{window.new_events} new events since {since}; "
+            f"the minimum is {settings.retrain_min_events}",
             parent,
-            new_events=len(new),
+            new_events=window.new_events,
             seconds=time.perf_counter() - started,
         )
-    replay = _replay_sample(settings, since, forgotten) if since is not None else []
-    sequences = group_by_user(
-        (a.event.user_id, a.event.item_id, a.event.type, a.event.ts_ms) for a in replay + new
-    )
+    if since is not None:
+        window_start = since - timedelta(seconds=settings.retrain_replay_window_s)
+        older = read_archive(settings.archive_root, window_start, since, forgotten)
+        window.read_replay(older, settings.retrain_replay_fraction)
+    sequences = window.sequences()
 
     parent_vocab, parent_encoder = (
         load_warm_start(root, parent) if parent and warm_start else (None, None)
@@ -174,16 +177,18 @@ def run_cycle(
             reason = "; ".join(failures)
             log.warning("retrain rejected: %s", reason)
             return CycleResult(
-                "rejected", reason, parent, None, len(new), len(replay), metrics,
+                "rejected", reason, parent, None, window.new_events, window.replay_events, metrics,
                 time.perf_counter() - started,
             )  # fmt: skip
 
     source = {
         "archive_since_ms": int(since.timestamp() * 1000) if since else None,
         "archive_until_ms": int(until.timestamp() * 1000),
-        "new_events": len(new),
-        "replay_events": len(replay),
-        "offsets": _offsets(new),
+        "new_events": window.new_events,
+        "replay_events": window.replay_events,
+        # The oldest beyond STREAMREC_RETRAIN_MAX_EVENTS, not trained on.
+        "dropped_events": window.dropped,
+        "offsets": window.offsets,
         # The forget horizon: every user forgotten up to here is absent from the window.
         **forgotten.to_json_dict(),
         "gate": {"metrics": GATE_METRICS, "tolerance": settings.retrain_tolerance, **metrics},
@@ -196,7 +201,8 @@ def run_cycle(
     if canary:
         reason, started_canary = _start_canary(root, manifest.version, canary_percent)
     result = CycleResult(
-        "published", reason, parent, manifest.version, len(new), len(replay), metrics,
+        "published", reason, parent, manifest.version, window.new_events,
+        window.replay_events, metrics,
         time.perf_counter() - started, started_canary,
     )  # fmt: skip
     log.info("retrain published %s (parent %s): %s", manifest.version, parent, reason)
@@ -252,28 +258,6 @@ def _window_end(root: Any, parent: str | None) -> datetime | None:
         return None
     until_ms = registry.read_manifest(root, parent).data_window.get("archive_until_ms")
     return datetime.fromtimestamp(until_ms / 1000, UTC) if until_ms else None
-
-
-def _replay_sample(
-    settings: Settings, since: datetime, forgotten: Forgotten
-) -> list[ArchivedEvent]:
-    """Older users' events, a seeded sample by user, so old tastes are not forgotten."""
-    window_start = since - timedelta(seconds=settings.retrain_replay_window_s)
-    older = list(read_archive(settings.archive_root, window_start, since, forgotten))
-    users = sorted({a.event.user_id for a in older})
-    chosen = set(
-        random.Random(0).sample(users, round(len(users) * settings.retrain_replay_fraction))
-    )
-    return [a for a in older if a.event.user_id in chosen]
-
-
-def _offsets(events: list[ArchivedEvent]) -> dict[str, list[int]]:
-    """topic:partition → [first, last] Kafka offset of the window's events."""
-    spans: dict[str, list[int]] = {}
-    for a in events:
-        span = spans.setdefault(f"{a.topic}:{a.partition}", [a.offset, a.offset])
-        span[0], span[1] = min(span[0], a.offset), max(span[1], a.offset)
-    return spans
 
 
 def announce(settings: Settings, result: CycleResult) -> None:

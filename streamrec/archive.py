@@ -17,6 +17,7 @@ between the two leaves rows on disk that no reader returns.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import shutil
 import socket
@@ -157,11 +158,10 @@ def read_archive(
             continue
         if until is not None and start >= until:
             break
-        records: list[ArchivedEvent] = []
-        for path in sorted(folder.glob("*.jsonl")):
-            records.extend(_read_segment_file(path))
-        records.sort(key=lambda r: (r.arrived_ms, r.topic, r.partition, r.offset))
-        for record in records:
+        # Each file is one writer's appends to one partition, in arrival order: merged,
+        # not read whole and sorted, so an hour of events is never all in memory.
+        files = [_read_segment_file(path) for path in sorted(folder.glob("*.jsonl"))]
+        for record in heapq.merge(*files, key=_arrival_order):
             arrived = datetime.fromtimestamp(record.arrived_ms / 1000, UTC)
             if (since is not None and arrived < since) or (until is not None and arrived >= until):
                 continue
@@ -171,6 +171,10 @@ def read_archive(
                 continue
             seen.add(record.event.event_id)
             yield record
+
+
+def _arrival_order(record: ArchivedEvent) -> tuple[int, str, int, int]:
+    return record.arrived_ms, record.topic, record.partition, record.offset
 
 
 def _read_segment_file(path: Path) -> Iterator[ArchivedEvent]:

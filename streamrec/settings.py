@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     retrain_min_events: int = Field(default=1000, ge=1)  # fewer new events: skip the cycle
     retrain_replay_window_s: int = Field(default=7 * 24 * 3600, ge=0)
     retrain_replay_fraction: float = Field(default=0.2, ge=0, le=1)  # of older users, sampled
+    # At most this many events train one cycle, the newest (window first, then the
+    # replay sample): what bounds a cycle's memory, not the window (docs/operations.md).
+    retrain_max_events: int = Field(default=5_000_000, ge=1)
     retrain_epochs: int = Field(default=2, ge=1)
     # A first version (nothing to warm-start from) trains its encoder this long.
     retrain_first_epochs: int = Field(default=8, ge=1)
