@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from bench.common import REPORTS, machine, machine_line, write_json
+from bench.common import REPORTS, machine_line, run_record, write_json
 from bench.live_replay import (
     VARIANTS,
     Plan,
@@ -329,13 +329,7 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     stem = "canary-quick" if quick else "canary"
-    report |= {
-        "quick": quick,
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "command": "streamrec bench prequential --canary"
-        + (" --quick" if quick else f" --limit {limit}" if limit else ""),
-        "machine": machine(),
-    }
+    report |= run_record("streamrec bench prequential --canary", quick, limit, load_before)
     write_json(stem, report)
     path = REPORTS / f"{stem}.md"
     path.write_text(markdown(report), encoding="utf-8")

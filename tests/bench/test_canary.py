@@ -62,13 +62,7 @@ def test_the_report_holds_the_decision_beside_the_whole_replay(
     assert during[CONTROL_ARM]["events"] > 0 and during[CANARY_ARM]["events"] > 0
     for key in ("version", "experiment", "reason", "event_hours_until_decision"):
         assert bad[key] is not None
-    page = markdown(
-        report
-        | {
-            "command": "test",
-            "machine": {"cpu": "x", "cores": 2, "memory_gib": 1, "python": "3", "date": "d",
-                        "commit": "c"},
-            "load_average": {"before": [0.0], "after": [0.0]},
-        }  # fmt: skip
-    )
+    machine = {"cpu": "x", "cores": 2, "memory_gib": 1, "python": "3", "date": "d", "commit": "c"}
+    load = {"before": [0.0], "after": [0.0]}
+    page = markdown(report | {"command": "test", "machine": machine, "load_average": load})
     assert "| bad | rolled_back |" in page
