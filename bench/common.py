@@ -76,6 +76,19 @@ def machine() -> dict[str, object]:
     }
 
 
+def run_record(
+    command: str, quick: bool, limit: int | None, load_before: tuple[float, float, float]
+) -> dict[str, object]:
+    """What a replay report says of its run: the exact command (with `--quick` or
+    `--limit N`), the load average before and after, and the machine."""
+    return {
+        "quick": quick,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "command": command + (" --quick" if quick else f" --limit {limit}" if limit else ""),
+        "machine": machine(),
+    }
+
+
 def reference_loop_ms() -> float:
     """A yardstick for the cores' speed on the day: the best of 5 runs of one million
     Python additions. The same VM kind has measured 2-3x apart from day to day."""

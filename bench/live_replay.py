@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import orjson
@@ -61,6 +61,7 @@ from devtools.devstack import DevStack, free_port
 from devtools.processes import ServiceProcess
 from devtools.scrape import counter_total, histogram_mean
 from retrain.online_baselines import BASELINES, Baseline
+from retrain.training import TrainPlan
 from streamrec import registry
 from streamrec.catalogue import Catalogue
 from streamrec.client import AsyncRecommenderClient, Recommendations
@@ -136,6 +137,9 @@ class VariantResult:
     # the mean share of distinct categories in a top 20 (items with a category).
     exposure: Counter[str] = field(default_factory=Counter)
     category_diversity: float | None = None
+    # Per scored event: the experiment arm its answer named (None: no experiment, or
+    # no answer); empty for a baseline.
+    arms: list[str | None] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -261,6 +265,26 @@ class Plan:
     # Asked of every /recommend: at most this many items of a category (None: the
     # server's setting, 0 by default), to see what the cap costs and what it spreads.
     max_per_category: int | None = None
+    # Each scored event takes the wall-clock time at which it is sent (kept increasing),
+    # not its shifted time: the online hit counters count a click on an item shown
+    # before it, so an event must come after the answers it may hit, as live ones do.
+    live_clock: bool = False
+
+
+class RoundWatcher(Protocol):
+    """Called by the replay around each round: what an experiment run needs to see."""
+
+    async def answered(
+        self, step: list[tuple[int, Event]], answers: list[Recommendations | None]
+    ) -> None:
+        """After the round's answers (in `step`'s order; None where the ask failed),
+        before its events are sent."""
+
+    async def applied(self, step: list[tuple[int, Event]], done: int) -> None:
+        """After the round's events were applied; `done`: events replayed so far."""
+
+    async def finished(self) -> None:
+        """After the replay (or when it failed): close what the watcher opened."""
 
 
 def load_replay(
@@ -330,15 +354,7 @@ def run(
     broker and Redis under `workdir` (none is started when `variants` is empty)."""
     _check_names("variants", variants, VARIANTS)
     _check_names("baselines", baselines, BASELINES)
-    settings = Settings(
-        home=workdir,
-        input_partitions=2,
-        registry_poll_s=0.5,
-        # Quality is measured here, not speed: never cut ranking or a Redis read short.
-        serve_budget_ms=10_000,
-        serve_redis_timeout_ms=10_000,
-        log_level="WARNING",
-    )
+    settings = replay_settings(workdir)
     cases, types = event_cases(replay)
     outcome = PrequentialRun([], [], cases, types)
     for name in baselines:
@@ -364,6 +380,20 @@ def run(
     return outcome
 
 
+def replay_settings(workdir: Path, **overrides: Any) -> Settings:
+    """What every replay's pipelines share, before the private stack's addresses."""
+    return Settings(
+        home=workdir,
+        input_partitions=2,
+        registry_poll_s=0.5,
+        # Quality is measured here, not speed: never cut ranking or a Redis read short.
+        serve_budget_ms=10_000,
+        serve_redis_timeout_ms=10_000,
+        log_level="WARNING",
+        **overrides,
+    )
+
+
 def _check_names(kind: str, names: Sequence[str], known: Mapping[str, object]) -> None:
     unknown = set(names) - set(known)
     if unknown:
@@ -375,41 +405,85 @@ def _run_variants(
 ) -> tuple[list[VariantResult], Path]:
     """The variants' results, and the first model's bundle (every variant's start)."""
     workdir = settings.home
-    stack = DevStack(workdir / "stack")
-    status = stack.up()
-    base = settings.model_copy(
-        update={
-            "kafka_bootstrap": status.kafka_bootstrap or "",
-            "redis_url": status.redis_url or "",
-        }
-    )
     if plan.retrain_every_events == 0:
         plan = replace(plan, retrain_every_events=max(1000, len(replay.scored) // 6))
     first_model: Path | None = None
     results = []
-    try:
+    with private_stack(settings) as base:
         for db, name in enumerate(variants, start=1):
             variant = VARIANTS[name]
-            settings = _variant_settings(base, replay, variant, db, plan)
-            with ExitStack() as running:
-                # The warm-up goes through a worker that never retrains; the
-                # variants whose scoring worker differs get a fresh one after it.
-                quiet = settings.model_copy(update={"retrain_every_events": 0})
-                ensure_topics(settings)
-                _load_catalogue(settings, replay)
-                worker: ServiceProcess | None = running.enter_context(_worker(quiet))
-                _send_and_wait(settings, replay.warmup, plan, f"{replay.name}: warm-up")
-                first_model = first_model or _train_first_model(settings, workdir / replay.name)
-                _install(first_model, settings.registry)
-                if worker is not None and (variant.retrain or not variant.realtime):
-                    worker.stop()
-                    worker = running.enter_context(_worker(settings)) if variant.realtime else None
-                results.append(_score(settings, replay, variant, worker, plan))
+            with warmed_pipeline(base, replay, variant, db, plan) as pipeline:
+                first_model = first_model or train_first_model(
+                    pipeline.settings, workdir / replay.name
+                )
+                install(first_model, pipeline.settings.registry)
+                worker = pipeline.scoring_worker()
+                results.append(score(pipeline.settings, replay, variant, worker, plan))
             console.print(_line(replay.name, results[-1]))
-    finally:
-        stack.down()
     assert first_model is not None  # `variants` is not empty
     return results, first_model
+
+
+@contextmanager
+def private_stack(settings: Settings) -> Iterator[Settings]:
+    """A broker and Redis of their own under `settings.home`; `settings` pointed at them."""
+    stack = DevStack(settings.home / "stack")
+    status = stack.up()
+    try:
+        yield settings.model_copy(
+            update={
+                "kafka_bootstrap": status.kafka_bootstrap or "",
+                "redis_url": status.redis_url or "",
+            }
+        )
+    finally:
+        stack.down()
+
+
+@dataclass
+class Pipeline:
+    """One variant's pipeline on the private stack, its warm-up applied by a worker that
+    never retrains (`worker`): `scoring_worker` gives the worker the scoring runs with."""
+
+    settings: Settings
+    variant: Variant
+    worker: ServiceProcess | None
+    running: ExitStack
+
+    def scoring_worker(self) -> ServiceProcess | None:
+        """The variants whose scoring worker differs from the warm-up's get a fresh one
+        (a retraining one, or none for the frozen variant)."""
+        if self.worker is not None and (self.variant.retrain or not self.variant.realtime):
+            self.worker.stop()
+            self.worker = (
+                self.running.enter_context(_worker(self.settings))
+                if self.variant.realtime
+                else None
+            )
+        return self.worker
+
+
+@contextmanager
+def warmed_pipeline(
+    base: Settings,
+    replay: Replay,
+    variant: Variant,
+    db: int,
+    plan: Plan,
+    name: str | None = None,
+    **overrides: Any,
+) -> Iterator[Pipeline]:
+    """`variant`'s own topics, Redis database `db`, archive and registry (under `name`,
+    the variant's by default; `overrides`: more settings), the replay's catalogue, and
+    the warm-up sent through a worker and applied. No model is installed yet."""
+    settings = _variant_settings(base, replay, variant, db, plan, name).model_copy(update=overrides)
+    with ExitStack() as running:
+        quiet = settings.model_copy(update={"retrain_every_events": 0})
+        ensure_topics(settings)
+        _load_catalogue(settings, replay)
+        worker = running.enter_context(_worker(quiet))
+        _send_and_wait(settings, replay.warmup, plan, f"{replay.name}: warm-up")
+        yield Pipeline(settings, variant, worker, running)
 
 
 CATALOGUE_LOAD_BATCH = 5000  # records per pipelined round trip
@@ -449,13 +523,14 @@ def _load_catalogue(settings: Settings, replay: Replay) -> None:
 
 
 def _variant_settings(
-    base: Settings, replay: Replay, variant: Variant, db: int, plan: Plan
+    base: Settings, replay: Replay, variant: Variant, db: int, plan: Plan, name: str | None = None
 ) -> Settings:
-    home = base.home / replay.name / variant.name
+    name = name or variant.name
+    home = base.home / replay.name / name
     redis_base = base.redis_url.rsplit("/", 1)[0]
     return base.model_copy(
         update={
-            **pipeline_names(f"preq-{replay.name}-{variant.name}"),
+            **pipeline_names(f"preq-{replay.name}-{name}"),
             "redis_url": f"{redis_base}/{db}",
             "archive_dir": home / "archive",
             "registry": home / "registry",
@@ -465,29 +540,35 @@ def _variant_settings(
             "retrain_epochs": plan.train_epochs,
             "retrain_every_s": 0,
             "retrain_every_events": plan.retrain_every_events if variant.retrain else 0,
-            "retrain_min_events": min(1000, plan.retrain_every_events),
+            "retrain_min_events": max(1, min(1000, plan.retrain_every_events)),
         }
     )
 
 
-def _install(bundle: Path, root: Path) -> None:
-    """A copy of `bundle` in the registry at `root`, made current."""
+def install(bundle: Path, root: Path, make_current: bool = True) -> None:
+    """A copy of `bundle` in the registry at `root`, made current (or not)."""
     shutil.copytree(bundle, root / bundle.name)
-    registry.set_current(root, bundle.name)
+    if make_current:
+        registry.set_current(root, bundle.name)
 
 
-def _train_first_model(settings: Settings, workdir: Path) -> Path:
-    """What a first `streamrec retrain` makes of the warm-up's archive."""
+def train_first_model(
+    settings: Settings, workdir: Path, name: str = "first-model", plan: TrainPlan | None = None
+) -> Path:
+    """What a first `streamrec retrain` makes of the warm-up's archive (with `plan`: its
+    own plan, another seed for instance), in a registry of its own at `workdir/name`."""
     from retrain.cycle import run_cycle
 
-    root = workdir / "first-model"
-    console.print(f"training the first model on the warm-up ({settings.archive_root})")
+    root = workdir / name
+    console.print(f"training {name} on the warm-up ({settings.archive_root})")
     result = run_cycle(
-        settings.model_copy(update={"registry": root, "retrain_min_events": 1}), progress=True
+        settings.model_copy(update={"registry": root, "retrain_min_events": 1}),
+        plan=plan,
+        progress=True,
     )
     if result.outcome != "published" or result.version is None:
-        raise StreamrecError(f"the first model was not trained: {result.reason}")
-    console.print(f"first model {result.version}: {result.metrics.get('candidate')}")
+        raise StreamrecError(f"{name} was not trained: {result.reason}")
+    console.print(f"{name} {result.version}: {result.metrics.get('candidate')}")
     return root / result.version
 
 
@@ -547,16 +628,17 @@ async def _wait_applied(state: aioredis.Redis, events: list[Event], timeout_s: f
         pause = min(pause * 2, 0.01)
 
 
-def _score(
+def score(
     settings: Settings,
     replay: Replay,
     variant: Variant,
     worker: ServiceProcess | None,
     plan: Plan,
+    watcher: RoundWatcher | None = None,
 ) -> VariantResult:
     with _server(settings) as url:
         started = time.perf_counter()
-        result = asyncio.run(_replay(settings, url, replay, variant, plan))
+        result = asyncio.run(_replay(settings, url, replay, variant, plan, watcher))
         result.seconds = time.perf_counter() - started
     if worker is not None and variant.retrain:
         metrics = worker.metrics_text()
@@ -570,15 +652,23 @@ def _score(
 
 
 async def _replay(
-    settings: Settings, url: str, replay: Replay, variant: Variant, plan: Plan
+    settings: Settings,
+    url: str,
+    replay: Replay,
+    variant: Variant,
+    plan: Plan,
+    watcher: RoundWatcher | None = None,
 ) -> VariantResult:
     n = len(replay.scored)
     scores = _Scores(n, replay_categories(replay))
     state = aioredis.Redis.from_url(settings.redis_url)
     producer = EventProducer(settings) if variant.realtime else None
     asking = asyncio.Semaphore(plan.concurrency)
+    clock_ms = 0
 
-    async def ask(client: AsyncRecommenderClient, index: int, event: Event) -> None:
+    async def ask(
+        client: AsyncRecommenderClient, index: int, event: Event
+    ) -> Recommendations | None:
         async with asking:
             try:
                 answer = await client.recommend(
@@ -587,21 +677,37 @@ async def _replay(
             except StreamrecError as exc:
                 scores.errors += 1
                 log.warning("recommend for %s failed: %s", event.user_id, exc)
-            else:
-                scores.record(index, event.item_id, answer)
+                return None
+            scores.record(index, event.item_id, answer)
+            return answer
 
+    def timed(event: Event) -> Event:
+        nonlocal clock_ms
+        if not plan.live_clock:
+            return event
+        clock_ms = max(int(time.time() * 1000), clock_ms + 1)
+        return replace(event, ts_ms=clock_ms)
+
+    done = 0
     try:
         async with AsyncRecommenderClient(url, timeout_s=30) as client:
             with _progress(f"{replay.name}: {variant.name}", n) as advance:
                 for start in range(0, n, plan.window):
                     for step in _rounds(replay.scored, start, min(start + plan.window, n)):
-                        await asyncio.gather(*(ask(client, i, e) for i, e in step))
+                        answers = await asyncio.gather(*(ask(client, i, e) for i, e in step))
+                        if watcher is not None:
+                            await watcher.answered(step, answers)
                         if producer is not None:
                             for _, event in step:
-                                producer.send(event)
+                                producer.send(timed(event))
                             await _wait_applied(state, [e for _, e in step], plan.timeout_s)
+                        done += len(step)
+                        if watcher is not None:
+                            await watcher.applied(step, done)
                         advance(len(step))
     finally:
+        if watcher is not None:
+            await watcher.finished()
         if producer is not None:
             producer.close()
         await state.aclose()
@@ -609,7 +715,7 @@ async def _replay(
     return VariantResult(
         variant.name, variant.label, ts, scores.hits, scores.reciprocal_ranks,
         scores.errors, scores.fallbacks, scores.versions, 0.0, exposure=scores.exposure,
-        category_diversity=scores.mean_diversity(),
+        category_diversity=scores.mean_diversity(), arms=scores.arms,
     )  # fmt: skip
 
 
@@ -720,6 +826,7 @@ class _Scores:
         self.fallbacks: Counter[str] = Counter()
         self.versions: Counter[str | None] = Counter()
         self.exposure: Counter[str] = Counter()
+        self.arms: list[str | None] = [None] * n
 
     def mean_diversity(self) -> float | None:
         return float(np.mean(self.diversity)) if self.diversity else None
@@ -727,6 +834,7 @@ class _Scores:
     def record(self, index: int, item_id: str, answer: Recommendations) -> None:
         self.fallbacks[answer.fallback or "none"] += 1
         self.versions[answer.model_version] += 1
+        self.arms[index] = answer.arm
         self.hit(index, item_id, answer.item_ids)
 
     def hit(self, index: int, item_id: str, item_ids: list[str]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPORTS, machine, machine_line, write_json
+from bench.common import REPORTS, machine_line, run_record, write_json
 from bench.live_replay import CASE_GROUPS, VARIANTS, Plan, curves, load_replay, run
 from bench.scenarios.data import TAOBAO, shared
 from bench.scenarios.data import YOOCHOOSE_SESSIONS as YOOCHOOSE
@@ -89,11 +89,7 @@ def run_bench(quick: bool = False, limit: int | None = None) -> Path:
         "below_best_baseline": {n: _below_best(d) for n, d in results.items()},
         "below_any_baseline": {n: _below_best(d, "any") for n, d in results.items()},
         "datasets": results,
-        "quick": quick,
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "command": "streamrec bench prequential"
-        + (" --quick" if quick else f" --limit {limit}" if limit else ""),
-        "machine": machine(),
+        **run_record("streamrec bench prequential", quick, limit, load_before),
     }
     write_json(stem, report)
     _plot(results, REPORTS / f"{stem}.png")

@@ -420,12 +420,24 @@ def bench_prequential(
         False, help="2,000 events of each dataset: minutes, not the result."
     ),
     limit: int | None = typer.Option(None, min=1, help="Score at most N events per dataset."),
+    canary: bool = typer.Option(
+        False,
+        "--canary",
+        help="Instead: the canary run on the yoochoose replay (a good and a bad candidate "
+        "at 10% of users, 50% with --quick) until the decision; writes "
+        "bench/reports/canary.{md,json}.",
+    ),
 ) -> None:
     """The prequential replay on yoochoose_sessions (test day) and taobao_stream;
     writes bench/reports/prequential.{md,json,png}."""
     from cli.checkout import bench_on_path
 
     bench_on_path()
+    if canary:
+        from bench.canary import run_bench as run_canary
+
+        typer.echo(f"wrote {run_canary(quick=quick, limit=limit)}")
+        return
     from bench.prequential import run_bench
 
     typer.echo(f"wrote {run_bench(quick=quick, limit=limit)}")

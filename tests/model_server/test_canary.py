@@ -15,21 +15,18 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-import torch
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from bench.scenarios.data import yoochoose_sessions
-from bench.scenarios.models import corrupt, publish
+from bench.scenarios.models import corrupt, publish, reversed_blend
 from cli import app
-from retrain.ranker import BLEND_WEIGHTS
 from retrain.training import TrainedModels
 from stream.canary_check import CanaryCheck
 from streamrec import experiments, lineage, registry
 from streamrec.canary import CANARY_ARM, CONTROL_ARM, VERDICTS, Rule, canary_experiment, check
 from streamrec.events import Event, EventType
 from streamrec.experiments import Experiment
-from streamrec.features import FEATURE_NAMES
 from streamrec.keys import experiment_key
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
@@ -44,23 +41,10 @@ K = 20
 SALT = "replay"
 
 
-def reversed_blend(models: TrainedModels) -> TrainedModels:
-    """The same bundle with a ranker that scores by the hand blend reversed (the
-    user's own latest items, co-visitation neighbours and popular items last): it
-    shows the candidates least likely to be next. (The tiny trained ranker negated is
-    no use here: on these sessions it scored better than the trained one.)"""
+def reversed_blend_models(models: TrainedModels) -> TrainedModels:
+    """The same bundle with a ranker that scores by the hand blend reversed."""
     bad = copy.deepcopy(models)
-    ranker = bad.ranker
-    with torch.no_grad():
-        last = ranker.mlp[-1]
-        assert isinstance(last, torch.nn.Linear)
-        last.weight.zero_()
-        last.bias.zero_()
-        ranker.skip.weight.zero_()
-        for name, raw_weight in BLEND_WEIGHTS.items():
-            if name in FEATURE_NAMES[: ranker.n_features]:
-                column = FEATURE_NAMES.index(name)
-                ranker.skip.weight[0, column] = -raw_weight * float(ranker.scale[column])
+    bad.ranker = reversed_blend(models.ranker)
     return bad
 
 
@@ -174,7 +158,7 @@ async def test_a_canary_ranking_by_the_reversed_blend_is_rolled_back(
     settings = judged(served)
     root = served.root
     first = served.first.version
-    bad = publish(reversed_blend(served.models), root, first, make_current=False).version
+    bad = publish(reversed_blend_models(served.models), root, first, make_current=False).version
     experiment = experiments.start(root, canary_experiment(bad, 50, salt=SALT))
     store = StateStore(settings)
     try:
