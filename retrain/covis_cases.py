@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from retrain.data import NextItemCases, UserSequence
 from retrain.holdout import prefix
 from retrain.popularity import CategoryPopularity, ItemPopularity
 from streamrec.covis import CovisRule, CovisTable, covis_scores, latest_distinct
 from streamrec.events import EventType
 from streamrec.features import category_candidates
+
+CASE_SAMPLE_SEED = 0
 
 CaseEvent = tuple[str, str, int, EventType]  # user, item, ts ms, type
 
@@ -79,11 +83,14 @@ def time_ordered_cases(
     case_sequences: Sequence[UserSequence],
     from_ms: int | None = None,
     until_ms: int | None = None,
+    max_cases: int | None = None,
 ) -> tuple[NextItemCases, list[int], list[CaseEvent]]:
     """Every next-item case of `case_sequences` (which are among `history`) whose
     next event lies in [from_ms, until_ms), ordered by the time of that event; per
     case how many of the returned events (all of `history`, in time order) came
-    before it."""
+    before it. Beyond `max_cases`, a seeded sample of them (the same every call):
+    each case holds its prefix and, once built, its candidates' feature rows, so
+    their number, not the window's, bounds a cycle's memory."""
     low = -(2**63) if from_ms is None else from_ms
     high = 2**63 - 1 if until_ms is None else until_ms
     wanted = {id(sequence) for sequence in case_sequences}
@@ -92,12 +99,24 @@ def time_ordered_cases(
         for n, sequence in enumerate(history)
         for position, ts in enumerate(sequence.ts_ms)
     )
+
+    def is_case(ts: int, n: int, position: int) -> bool:
+        return position > 0 and low <= ts < high and id(history[n]) in wanted
+
+    n_cases = sum(1 for entry in timeline if is_case(*entry))
+    kept: set[int] | None = None
+    if max_cases is not None and n_cases > max_cases:
+        sample = np.random.default_rng(CASE_SAMPLE_SEED).choice(n_cases, max_cases, replace=False)
+        kept = set(sample.tolist())
     events: list[CaseEvent] = []
     prefixes: list[UserSequence] = []
     targets, target_types, moments = [], [], []
+    case_number = -1
     for ts, n, position in timeline:
         sequence = history[n]
-        if position > 0 and low <= ts < high and id(sequence) in wanted:
+        case = is_case(ts, n, position)
+        case_number += case
+        if case and (kept is None or case_number in kept):
             prefixes.append(prefix(sequence, position))
             targets.append(sequence.item_ids[position])
             target_types.append(sequence.types[position])

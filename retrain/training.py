@@ -66,6 +66,9 @@ class TrainPlan:
     # Learn item vectors from content too (streamrec/content.py), when items have any.
     content_tower: bool = True
     validation_cases: int = 5000  # per-epoch encoder check, a sample of held-out cases
+    # The ranker's cases per window (its training cases, and the cases that measure
+    # it and the gate), a seeded sample beyond this: what bounds a cycle's memory.
+    max_cases: int = 30_000
     half_life_s: float = 6 * 3600
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +89,7 @@ def train_plan(settings: Settings, **choices: Any) -> TrainPlan:
             covis=covis_rule(settings),
             covis_read_items=settings.covis_read_items,
             half_life_s=settings.popularity_half_life_s,
+            max_cases=settings.retrain_max_cases,
         ),
         **choices,
     )
@@ -232,9 +236,12 @@ class CaseWindow:
     case_sequences: Sequence[UserSequence]
     from_ms: int | None = None
     until_ms: int | None = None
+    max_cases: int | None = None
 
     def cases(self) -> tuple[NextItemCases, list[int], list[CaseEvent]]:
-        return time_ordered_cases(self.sequences, self.case_sequences, self.from_ms, self.until_ms)
+        return time_ordered_cases(
+            self.sequences, self.case_sequences, self.from_ms, self.until_ms, self.max_cases
+        )
 
 
 def holdout_slices(
@@ -247,7 +254,11 @@ def holdout_slices(
     if plan.split == "sequences":
         fit, held_out = split_recent(sequences, plan.holdout_fraction)
         ranker_fit, ranker_check = split_recent(held_out, 1 - plan.ranker_share)
-        return fit, CaseWindow(sequences, ranker_fit), CaseWindow(sequences, ranker_check)
+        return (
+            fit,
+            CaseWindow(sequences, ranker_fit, max_cases=plan.max_cases),
+            CaseWindow(sequences, ranker_check, max_cases=plan.max_cases),
+        )
     times = np.sort(np.fromiter((t for s in sequences for t in s.ts_ms), dtype=np.int64))
     if not len(times):
         return [], CaseWindow(sequences, ()), CaseWindow(sequences, ())
@@ -259,8 +270,8 @@ def holdout_slices(
     fit = [before(s, cut) for s in sequences if s.ts_ms and s.ts_ms[0] < cut]
     return (
         fit,
-        CaseWindow(sequences, sequences, cut, check_cut),
-        CaseWindow(sequences, sequences, check_cut, None),
+        CaseWindow(sequences, sequences, cut, check_cut, plan.max_cases),
+        CaseWindow(sequences, sequences, check_cut, None, plan.max_cases),
     )
 
 

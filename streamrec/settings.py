@@ -204,6 +204,9 @@ class Settings(BaseSettings):
     # At most this many events train one cycle, the newest (window first, then the
     # replay sample): what bounds a cycle's memory, not the window (docs/operations.md).
     retrain_max_events: int = Field(default=5_000_000, ge=1)
+    # The ranker's cases (and the gate's) per cycle, a seeded sample beyond this: each
+    # holds its candidates' feature rows (~20 KB), the largest term of a cycle's memory.
+    retrain_max_cases: int = Field(default=30_000, ge=100)
     retrain_epochs: int = Field(default=2, ge=1)
     # A first version (nothing to warm-start from) trains its encoder this long.
     retrain_first_epochs: int = Field(default=8, ge=1)

@@ -50,3 +50,20 @@ def test_each_case_sees_popularity_and_trending_as_they_were() -> None:
     assert rows[1, click] == pytest.approx(0.5 ** (3_599_000 / 3_600_000))
     assert rows[1, purchase] == pytest.approx(0.5 ** (3_598_000 / 3_600_000))
     assert rows[2].sum() == 0.0
+
+
+def test_beyond_max_cases_a_seeded_sample_keeps_time_order_and_moments() -> None:
+    history = [
+        seq(f"u{n}", [f"i{n + k}" for k in range(6)], [n + 10 * k for k in range(6)])
+        for n in range(40)
+    ]
+    every, every_moments, events = time_ordered_cases(history, history)
+    sampled, moments, same_events = time_ordered_cases(history, history, max_cases=50)
+    again, _, _ = time_ordered_cases(history, history, max_cases=50)
+    assert len(every.targets) == 200 and len(sampled.targets) == 50
+    assert same_events == events and again == sampled
+    pairs = list(zip(every_moments, every.targets, strict=True))
+    kept = list(zip(moments, sampled.targets, strict=True))
+    assert set(kept) <= set(pairs) and kept == sorted(kept)
+    for moment, case in zip(moments, sampled.prefixes, strict=True):
+        assert events[moment][:2] == (case.user_id, next(t for m, t in pairs if m == moment))
