@@ -69,6 +69,10 @@ def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
             "worker_web_port": free_port(),
             "lag_poll_s": 0.5,
             "redis_retry_max_s": 0.5,
+            # The embedded broker holds a group join for about half the session
+            # timeout: 2 s per worker start, stop and rebalance instead of 5.
+            "consumer_session_timeout_s": 4.0,
+            "consumer_heartbeat_s": 0.5,
             **overrides,
         }
         settings = Settings(**fields)  # type: ignore[arg-type]
