@@ -29,6 +29,14 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("streamrec")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a test marked slow first, each module kept whole and in order:
+    `make test` hands its workers a module at a time in this order, and a long
+    module handed out last would run on alone while the other workers idle."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("streamrec-home")

@@ -23,7 +23,7 @@ import pytest
 from devtools.devstack import free_port
 from devtools.scrape import counter_total
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LONG_RUNNING = {"worker", "serve", "feed"}
