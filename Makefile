@@ -25,8 +25,14 @@ binaries: ## redis-server, prometheus, the Pushgateway and redis_exporter from D
 demo: venv binaries ## replay a synthetic sample through Kafka -> Faust -> Redis and watch state change
 	$(BIN)/streamrec demo
 
+# On every core, a module per worker (module fixtures stay shared); then the
+# timing-sensitive tests (marked `alone`) with nothing running beside them. Both
+# runs report before the target fails.
 test: venv binaries ## unit, integration (real broker, real Redis) and end-to-end tests
-	$(BIN)/python -m pytest
+	status=0; \
+	$(BIN)/python -m pytest -n logical --dist loadscope --no-loadscope-reorder -m "not alone" || status=$$?; \
+	$(BIN)/python -m pytest -m alone || status=$$?; \
+	exit $$status
 
 lint: venv ## ruff check, ruff format --check, the import layers, mypy (strict) on every package and the tests
 	$(BIN)/ruff check .

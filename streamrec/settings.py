@@ -103,8 +103,8 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=500, ge=1)
     batch_within_ms: int = Field(default=10, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
-    # Group membership. The embedded broker holds a join for the rebalance
-    # timeout, so tests and the demo use short ones.
+    # Group membership. The embedded broker holds a join for about half the
+    # session timeout (whatever the rebalance timeout), so the tests use 4 s.
     consumer_session_timeout_s: float = Field(default=10.0, gt=0)
     consumer_rebalance_timeout_s: float = Field(default=5.0, gt=0)
     consumer_heartbeat_s: float = Field(default=1.0, gt=0)

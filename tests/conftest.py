@@ -29,6 +29,14 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("streamrec")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a test marked slow first, each module kept whole and in order:
+    `make test` hands its workers a module at a time in this order, and a long
+    module handed out last would run on alone while the other workers idle."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("streamrec-home")
@@ -69,6 +77,10 @@ def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
             "worker_web_port": free_port(),
             "lag_poll_s": 0.5,
             "redis_retry_max_s": 0.5,
+            # The embedded broker holds a group join for about half the session
+            # timeout: 2 s per worker start, stop and rebalance instead of 5.
+            "consumer_session_timeout_s": 4.0,
+            "consumer_heartbeat_s": 0.5,
             **overrides,
         }
         settings = Settings(**fields)  # type: ignore[arg-type]

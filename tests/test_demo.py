@@ -13,7 +13,7 @@ import redis
 from streamrec import registry
 from streamrec.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_demo_trains_serves_and_shows_recommendations_change(

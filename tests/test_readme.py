@@ -23,7 +23,7 @@ import pytest
 from devtools.devstack import free_port
 from devtools.scrape import counter_total
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LONG_RUNNING = {"worker", "serve", "feed"}
@@ -68,6 +68,12 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
         "STREAMREC_SERVE_PORT": str(ports["serve"]),
         "STREAMREC_WORKER_WEB_PORT": str(ports["worker"]),
         "STREAMREC_FEED_WEB_PORT": str(ports["feed"]),
+        # Waits only, as the tests' own settings (tests/conftest.py): a group join in
+        # 2 s rather than 5, and a worker whose broker is gone (`dev down` ran first)
+        # out 5 s after SIGTERM rather than 30.
+        "STREAMREC_CONSUMER_SESSION_TIMEOUT_S": "4",
+        "STREAMREC_CONSUMER_HEARTBEAT_S": "0.5",
+        "STREAMREC_WORKER_SHUTDOWN_TIMEOUT_S": "5",
         # What `make venv` puts first on a user's PATH.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -107,31 +113,32 @@ def test_the_readme_by_hand_block_runs_as_written(tmp_path: Path) -> None:
                 outcome = json.loads(done.stdout.decode().strip().splitlines()[-1])
                 assert outcome["outcome"] in ("published", "kept"), outcome
     finally:
-        for process in services.values():
-            _stop_group(process)
+        _stop_groups(list(services.values()))
         if "streamrec dev down" not in ran:
             subprocess.run(["streamrec", "dev", "down"], env=env, cwd=tmp_path, timeout=60)
     assert ran == [c.replace("localhost:8000", f"127.0.0.1:{ports['serve']}") for c in commands]
 
 
-def _stop_group(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    """SIGTERM to the command's whole process group (the shell and the service it
-    started), then SIGKILL to whatever is left after `timeout_s`: a worker whose
-    broker is already down (`dev down` ran) may never finish its shutdown."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        process.poll()  # reaps the shell, whose zombie would keep the group alive
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
+def _stop_groups(processes: list[subprocess.Popen[bytes]], timeout_s: float = 20) -> None:
+    """SIGTERM to each command's whole process group (the shell and the service it
+    started), all at once, then SIGKILL to whatever is left after `timeout_s`: a
+    worker whose broker is already down (`dev down` ran) may never finish its shutdown."""
+    for process in processes:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        while time.monotonic() < deadline:
+            process.poll()  # reaps the shell, whose zombie would keep the group alive
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def _wait_for_the_sample(worker_port: int, timeout_s: float = 120) -> None:

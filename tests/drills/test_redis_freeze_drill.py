@@ -14,7 +14,8 @@ from devtools.devstack import free_port
 from retrain.training import TrainedModels
 from streamrec.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# It asserts a latency maximum: `make test` runs it alone, after the parallel run.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.alone]
 
 
 def test_with_redis_frozen_every_answer_comes_within_the_budget(

@@ -50,10 +50,16 @@ class Served:
 def serve_settings(make_settings: Callable[..., Settings]) -> Settings:
     """One Redis database for every model-server test (there are only 16); each test
     flushes it and gets its own registry, port and topics."""
-    # A Redis timeout the shared cores cannot trip (a starved Redis took over the
-    # default 30 ms): tests of the timeouts set their own, drill 8 runs the default.
+    # A Redis timeout and a request budget the shared cores cannot trip (a starved
+    # Redis took over the default 30 ms; a loaded run ranked past the default 50 ms
+    # and answered in retrieval order): tests of the timeouts and of the budget set
+    # their own, drill 8 runs the defaults.
     return make_settings(
-        "serve", admin_token=ADMIN_TOKEN, registry_poll_s=0.1, serve_redis_timeout_ms=2000
+        "serve",
+        admin_token=ADMIN_TOKEN,
+        registry_poll_s=0.1,
+        serve_redis_timeout_ms=2000,
+        serve_budget_ms=60_000,
     )
 
 

@@ -154,9 +154,7 @@ def test_a_worker_killed_mid_replay_counts_no_link_twice(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     # Nothing is committed before the kill, so the new worker gets every event again.
-    settings = pipeline_settings(
-        make_settings, "covis-crash", commit_interval_s=120.0, consumer_session_timeout_s=6.0
-    )
+    settings = pipeline_settings(make_settings, "covis-crash", commit_interval_s=120.0)
     client = redis.Redis.from_url(settings.redis_url)
     rounds = replay_rounds(seed=3, rounds=12, users=5, items=8)
     kill_at = 6

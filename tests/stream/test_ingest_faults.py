@@ -88,7 +88,14 @@ def test_readyz_says_not_ready_once_the_broker_is_gone(
     broker = DevStack(tmp_path / "broker")
     status = broker.up(external_redis_url=redis_url)
     try:
-        settings = make_settings("broker-gone", kafka_bootstrap=status.kafka_bootstrap)
+        # Short bounds, as waits: not ready 2 s after the last broker answer (the
+        # default is 15 s), out 10 s after SIGTERM (30 s) with the broker gone.
+        settings = make_settings(
+            "broker-gone",
+            kafka_bootstrap=status.kafka_bootstrap,
+            worker_broker_timeout_s=2.0,
+            worker_shutdown_timeout_s=10.0,
+        )
         ensure_topics(settings)
         worker = start_worker(settings, tmp_path)
         try:
