@@ -15,6 +15,8 @@ from bench.live_replay import load_replay
 from bench.scenarios.data import DATA
 from streamrec.canary import CANARY_ARM, CONTROL_ARM
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 SESSIONS = DATA / "yoochoose_sessions"
 SCORED = 300
 

@@ -33,7 +33,7 @@ from streamrec.settings import Settings
 from streamrec.state import StateStore
 from tests.model_server.conftest import Served, in_process, wait_until_async
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = 4  # asks and clicks per user
 K = 20
 # A fixed split of the replay's fixed users (the default salt, the name, holds the

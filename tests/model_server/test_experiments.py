@@ -36,7 +36,7 @@ from tests.model_server.conftest import (
     wait_until_async,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 USERS = [f"user-{n}" for n in range(24)]
 
