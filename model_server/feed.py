@@ -114,6 +114,10 @@ class Feed:
             enable_auto_commit=False,
             auto_offset_reset="latest",
             fetch_max_wait_ms=s.consumer_fetch_max_wait_ms,
+            # The group timings the workers' consumers take (STREAMREC_CONSUMER_*).
+            session_timeout_ms=round(s.consumer_session_timeout_s * 1000),
+            rebalance_timeout_ms=round(s.consumer_rebalance_timeout_s * 1000),
+            heartbeat_interval_ms=round(s.consumer_heartbeat_s * 1000),
         )
         producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=5)
         watcher = asyncio.create_task(self.models.follow(s))
