@@ -650,11 +650,11 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
         "",
         "FAISS reads max(efSearch, k) candidates, so efSearch below 200 is 200 here. "
         + (
-            f"Built with efSearch {tuned['built_ef_search']}, which misses the goal for "
-            f"held-out sessions: the bundle was republished with efSearch {tuned['ef_search']} "
-            f"(index file and manifest; version {tuned['version']}), the smallest swept value "
-            f"that meets it{'' if _meets(r) else ' — none did: the largest swept'}, and that "
-            "version is the one served below."
+            f"Built with efSearch {tuned['built_ef_search']}; republished with efSearch "
+            f"{tuned['ef_search']} (index file and manifest; version {tuned['version']}), the "
+            "smallest swept value that meets the goal for held-out sessions"
+            f"{'' if _meets(r) else ' (none did: the largest swept)'}; that version is the "
+            "one served below."
             if tuned["ef_search"] != tuned["built_ef_search"]
             else f"Served as built (efSearch {tuned['ef_search']})."
         ),
