@@ -138,10 +138,15 @@ def write_json(name: str, payload: dict[str, object]) -> Path:
 
 
 def republish(
-    root: Path, version: str, replace: Mapping[str, Path] | None = None, make_current: bool = True
+    root: Path,
+    version: str,
+    replace: Mapping[str, Path] | None = None,
+    make_current: bool = True,
+    index: Mapping[str, Any] | None = None,
 ) -> registry.Manifest:
     """A new version holding `version`'s files (some `replace`d) under its manifest's
-    description: a swap without training."""
+    description (its index section replaced by `index`, if given): a swap without
+    training."""
     manifest = registry.read_manifest(root, version)
     with tempfile.TemporaryDirectory(dir=root, prefix=".republish-") as staging:
         staged = Path(staging) / "bundle"
@@ -152,7 +157,8 @@ def republish(
         return registry.publish(
             root, staged, parent=version, data_window=manifest.data_window,
             metrics=manifest.metrics, encoder=manifest.encoder, ranker=manifest.ranker,
-            index=manifest.index, training=manifest.training, make_current=make_current,
+            index=index or manifest.index, training=manifest.training,
+            make_current=make_current,
         )  # fmt: skip
 
 

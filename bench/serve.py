@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -47,6 +47,9 @@ from streamrec.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 from streamrec.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from retrain.training import TrainedModels, TrainPlan
 
 console = Console(stderr=True)
 STAGE_COLUMNS = (*STAGES, "server total recommend")
@@ -87,21 +90,7 @@ def run(quick: bool) -> dict[str, Any]:
     plan = QUICK if quick else FULL
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-serve-"))
     stack = DevStack(home)
-    status = stack.up()
-    settings = Settings(
-        home=home,
-        kafka_bootstrap=status.kafka_bootstrap or "",
-        redis_url=status.redis_url or "",
-        registry=home / "registry",
-        app_id="bench-serve",
-        topic_clicks="bench-serve.clicks",
-        topic_purchases="bench-serve.purchases",
-        topic_items="bench-serve.items",
-        serve_port=free_port(),
-        worker_web_port=free_port(),
-        registry_poll_s=0.5,
-        log_level="WARNING",
-    )
+    settings = bench_settings(home, stack, "bench-serve")
     runs: list[dict[str, Any]] = []
     swap: dict[str, Any] = {"errors": 0}
     two_versions: dict[str, Any] = {}
@@ -228,6 +217,26 @@ def run(quick: bool) -> dict[str, Any]:
     return report
 
 
+def bench_settings(home: Path, stack: DevStack, name: str) -> Settings:
+    """Settings for a serving bench: the dev stack started in `home`, a registry there,
+    topics and app id of the bench's own `name`, free ports."""
+    status = stack.up()
+    return Settings(
+        home=home,
+        kafka_bootstrap=status.kafka_bootstrap or "",
+        redis_url=status.redis_url or "",
+        registry=home / "registry",
+        app_id=name,
+        topic_clicks=f"{name}.clicks",
+        topic_purchases=f"{name}.purchases",
+        topic_items=f"{name}.items",
+        serve_port=free_port(),
+        worker_web_port=free_port(),
+        registry_poll_s=0.5,
+        log_level="WARNING",
+    )
+
+
 def measured_run(
     url: str,
     server: ServiceProcess,
@@ -283,17 +292,26 @@ def bench_categories(item_ids: Iterable[str]) -> dict[str, str]:
 
 
 def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
-    """The bench's own model, pinned: trained on the first `plan.train_sessions`
-    sessions of yoochoose1_64 with the bench catalogue's categories (so it has a
-    content tower), never whatever model the user has."""
+    """The bench's own model, pinned (`train_bench_model`), published as the current
+    version of `settings.registry`, never whatever model the user has."""
+    from retrain.publish import publish_models
+
+    models, train_plan = train_bench_model(plan.train_sessions)
+    manifest = publish_models(
+        models, settings.registry, train_plan, {"source": str(DATA)}, None, settings.hnsw_threshold
+    )
+    return model_source(manifest, models, plan.train_sessions, train_plan)
+
+
+def train_bench_model(sessions: int) -> tuple[TrainedModels, TrainPlan]:
+    """Trained on the first `sessions` sessions of yoochoose1_64 with the bench
+    catalogue's categories (so it has a content tower)."""
     from itertools import islice
 
     from retrain.data import load_sequences
-    from retrain.publish import publish_models
     from retrain.train_encoder import EncoderTraining
     from retrain.training import TrainPlan, train_models
 
-    sessions = plan.train_sessions
     console.print(f"training the bench's model on {sessions:,} sessions of {DATA.name}")
     sequences = list(islice(load_sequences(shared(DATA), "srgnn"), sessions))
     categories = bench_categories(item for s in sequences for item in s.item_ids)
@@ -304,9 +322,13 @@ def prepare_model(settings: Settings, plan: Plan) -> dict[str, Any]:
     models = train_models(
         sequences, train_plan, progress=False, categories={i: (c,) for i, c in categories.items()}
     )
-    manifest = publish_models(
-        models, settings.registry, train_plan, {"source": str(DATA)}, None, settings.hnsw_threshold
-    )
+    return models, train_plan
+
+
+def model_source(
+    manifest: registry.Manifest, models: TrainedModels, sessions: int, train_plan: TrainPlan
+) -> dict[str, Any]:
+    """What a report says of the bench's model."""
     return {
         "version": manifest.version,
         "items": len(models.vocab),
@@ -328,17 +350,25 @@ async def seed_users(settings: Settings, count: int) -> list[str]:
     try:
         for start in range(0, len(events), 5000):
             await store.apply_events(events[start : start + 5000])
-        # As the stream worker leaves them (STREAMREC_WORKER_REFRESH_VECTORS, on by
-        # default): each user's vector cached for the current version.
+    finally:
+        await store.close()
+    await cache_user_vectors(settings, users)
+    return users
+
+
+async def cache_user_vectors(settings: Settings, users: list[str]) -> None:
+    """As the stream worker leaves them (STREAMREC_WORKER_REFRESH_VECTORS, on by
+    default): each user's vector cached for the current version of `settings.registry`."""
+    store = StateStore(settings)
+    try:
         metrics = IngestMetrics(CollectorRegistry())
         holder = ModelHolder(settings.registry, metrics)
         await holder.load()
         refresher = VectorRefresher(store, holder, metrics)
-        for start in range(0, count, 500):
+        for start in range(0, len(users), 500):
             await refresher.refresh(users[start : start + 500])
     finally:
         await store.close()
-    return users
 
 
 def _vocabulary(settings: Settings) -> list[str]:
@@ -470,12 +500,14 @@ def server_cpu_s(server: ServiceProcess) -> float:
 
 
 @contextmanager
-def serving(settings: Settings, servers: int) -> Iterator[tuple[str, ServiceProcess]]:
+def serving(
+    settings: Settings, servers: int, ready_timeout_s: float = 90.0
+) -> Iterator[tuple[str, ServiceProcess]]:
     settings = settings.model_copy(update={"serve_workers": servers})
     process = ServiceProcess(settings, ["serve"], settings.home / "serve.log", settings.serve_port)
     process.start()
     try:
-        process.wait_ready()
+        process.wait_ready(ready_timeout_s)
         yield f"http://127.0.0.1:{settings.serve_port}", process
     finally:
         process.stop()

@@ -65,3 +65,15 @@ def soak(
     from bench.soak import run
 
     run(minutes, rate, swap_every, servers)
+
+
+@bench_app.command()
+def catalogue(quick: bool = typer.Option(False, help="100k items, fewer requests.")) -> None:
+    """A million items: the bench model grown with synthetic items, an HNSW bundle
+    served; recall against exact search, build time and memory, live additions, p99."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
+    from bench.catalogue import run
+
+    run(quick=quick)
