@@ -91,6 +91,41 @@ class Ranker(nn.Module):
         return scores.squeeze(-1)
 
 
+class _Rows:
+    """Some cases of a (cases, candidates, features) array as float32 tensors, made
+    for the cases asked (a batch), never for all at once."""
+
+    def __init__(self, features: np.ndarray, cases: np.ndarray) -> None:
+        self.features = features
+        self.cases = cases
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, positions: torch.Tensor | slice) -> torch.Tensor:
+        chosen = self.cases[positions.numpy() if isinstance(positions, torch.Tensor) else positions]
+        return torch.from_numpy(self.features[chosen].astype(np.float32, copy=False))
+
+
+def _column_moments(
+    x: _Rows, present: torch.Tensor, cases_per_step: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (population) standard deviation per feature over the present rows of
+    `x`, a slice of cases at a time instead of one copy of every row, in float64."""
+    total = torch.zeros(x.features.shape[-1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    count = 0
+    for start in range(0, len(x), cases_per_step):
+        step = slice(start, start + cases_per_step)
+        rows = x[step][present[step]].double()
+        total += rows.sum(dim=0)
+        squares += (rows * rows).sum(dim=0)
+        count += len(rows)
+    mean = total / count
+    variance = (squares / count - mean * mean).clamp(min=0.0)
+    return mean.float(), variance.sqrt().float()
+
+
 def train_ranker(
     features: np.ndarray,
     labels: np.ndarray,
@@ -105,16 +140,18 @@ def train_ranker(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     keep = labels.sum(axis=1) > 0
-    x = torch.from_numpy(features[keep].astype(np.float32))
-    y = torch.from_numpy(labels[keep].astype(np.float32))
+    # The kept cases by position, read a batch at a time: the feature rows are most of
+    # a retrain cycle's memory, and a copy of them all would double it.
+    kept = np.flatnonzero(keep)
+    x = _Rows(features, kept)
+    y = torch.from_numpy(labels[keep].astype(np.float32, copy=False))
     present = torch.from_numpy(
         np.ones(labels.shape, dtype=bool)[keep] if real is None else real[keep]
     )
     ranker = Ranker(config)
-    flat = x[present]
-    if len(flat):
-        ranker.mean.copy_(flat.mean(dim=0))
-        std = flat.std(dim=0, correction=0)
+    if bool(present.any()):
+        mean, std = _column_moments(x, present)
+        ranker.mean.copy_(mean)
         # A column that never varied in training (no prices, no categories in this
         # data) is scaled to nothing: untrained weights must not read it at serving.
         ranker.scale.copy_(torch.where(std < 1e-6, IGNORED_SCALE, std.clamp(min=1e-3)))
