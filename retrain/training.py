@@ -39,6 +39,9 @@ from streamrec.events import EventType
 from streamrec.settings import Settings
 from streamrec.state import covis_rule
 
+# Candidate rows the ranker scores at once when a version is measured.
+SCORE_ROWS = 65_536
+
 
 @dataclass(frozen=True)
 class TrainPlan:
@@ -358,8 +361,17 @@ def evaluate_pair(
     retrieval_order = -np.arange(k, dtype=np.float32)[None, :].repeat(len(candidates.rows), axis=0)
     # A ranker of an older feature schema reads the first columns it knows.
     columns = candidates.features[..., : ranker.n_features].reshape(-1, ranker.n_features)
-    ranked = ranker(torch.from_numpy(np.ascontiguousarray(columns)))
-    ranked_scores = ranked.numpy().reshape(len(candidates.rows), k)
+    # A slice of rows at a time: the ranker's hidden layers over every row at once
+    # were the peak of a retrain cycle's memory.
+    ranked = [
+        ranker(torch.from_numpy(np.ascontiguousarray(columns[start : start + SCORE_ROWS])))
+        for start in range(0, len(columns), SCORE_ROWS)
+    ]
+    ranked_scores = (
+        torch.cat(ranked).numpy().reshape(len(candidates.rows), k)
+        if ranked
+        else np.zeros((len(candidates.rows), k), dtype=np.float32)
+    )
     ranks = ranked_target_ranks(candidates, ranked_scores, n_items)
     repeats = candidates.repeats
     return {
