@@ -103,11 +103,12 @@ def time_ordered_cases(
     def is_case(ts: int, n: int, position: int) -> bool:
         return position > 0 and low <= ts < high and id(history[n]) in wanted
 
-    n_cases = sum(1 for entry in timeline if is_case(*entry))
     kept: set[int] | None = None
-    if max_cases is not None and n_cases > max_cases:
-        sample = np.random.default_rng(CASE_SAMPLE_SEED).choice(n_cases, max_cases, replace=False)
-        kept = set(sample.tolist())
+    if max_cases is not None:
+        n_cases = sum(1 for entry in timeline if is_case(*entry))
+        if n_cases > max_cases:
+            rng = np.random.default_rng(CASE_SAMPLE_SEED)
+            kept = set(rng.choice(n_cases, max_cases, replace=False).tolist())
     events: list[CaseEvent] = []
     prefixes: list[UserSequence] = []
     targets, target_types, moments = [], [], []

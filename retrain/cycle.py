@@ -131,7 +131,6 @@ def run_cycle(
     forgotten = read_forgotten(settings.archive_root)
     window = TrainingWindow(settings.retrain_max_events)
     window.read_new(read_archive(settings.archive_root, since, until, forgotten))
-    window.finish()
     if window.new_events < settings.retrain_min_events:
         return CycleResult(
             "skipped",

@@ -52,6 +52,7 @@ class TrainingWindow:
             span = spans.setdefault(f"{record.topic}:{record.partition}", [record.offset] * 2)
             span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
             self._add(record)
+        self._drop_oldest()
 
     def read_replay(self, archived: Iterable[ArchivedEvent], fraction: float) -> None:
         """Older events of a stable `fraction` of their users (a hash of the user id
@@ -71,6 +72,7 @@ class TrainingWindow:
                 keep = chosen[user_id] = _replay_bucket(user_id) < threshold
             if keep:
                 kept._add(record)
+        kept._drop_oldest()
         self.replay_events = len(kept)
         self.dropped += kept.dropped
         # Older, so first: the columns stay in arrival order.
@@ -117,15 +119,13 @@ class TrainingWindow:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
+        """Down to `max_events`: while reading, only once twice as many are held (to
+        copy rarely), and at the end of each read."""
         extra = len(self._users) - self.max_events
         if extra <= 0:
             return
         self.dropped += extra
         del self._users[:extra], self._items[:extra], self._types[:extra], self._ts_ms[:extra]
-
-    def finish(self) -> None:
-        """Down to `max_events` (adding drops only in halves, to copy rarely)."""
-        self._drop_oldest()
 
 
 def _replay_bucket(user_id: str) -> int:

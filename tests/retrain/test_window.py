@@ -34,7 +34,6 @@ def test_sequences_are_what_group_by_user_gives() -> None:
     events = archived(2000)
     window = TrainingWindow(max_events=10_000)
     window.read_new(events)
-    window.finish()
     assert window.sequences() == group_by_user(as_rows(events))
     assert window.new_events == 2000 and window.dropped == 0
     assert window.offsets == {"clicks:0": [0, 1998], "clicks:1": [1, 1999], "clicks:2": [2, 1997]}
@@ -44,7 +43,6 @@ def test_beyond_max_events_the_oldest_go() -> None:
     events = archived(2500)
     window = TrainingWindow(max_events=1000)
     window.read_new(events)
-    window.finish()
     assert len(window) == 1000 and window.dropped == 1500 and window.new_events == 2500
     assert window.sequences() == group_by_user(as_rows(events[-1000:]))
 
@@ -55,7 +53,6 @@ def test_the_replay_sample_is_stable_older_first_and_takes_only_the_room_left() 
     for _ in range(2):
         window = TrainingWindow(max_events=10_000)
         window.read_new(new)
-        window.finish()
         window.read_replay(older, 0.25)
         picks.append({s.user_id for s in window.sequences()} - {a.event.user_id for a in new})
     assert picks[0] == picks[1]
@@ -66,7 +63,11 @@ def test_the_replay_sample_is_stable_older_first_and_takes_only_the_room_left() 
 
     full = TrainingWindow(max_events=600)
     full.read_new(new)
-    full.finish()
     full.read_replay(older, 1.0)
     assert len(full) == 600 and full.replay_events == 100
     assert full.sequences() == group_by_user(as_rows(older[-100:] + new))
+    # However many older events there are, the replay keeps to the room left.
+    odd = TrainingWindow(max_events=600)
+    odd.read_new(new)
+    odd.read_replay(older[: 3050 - 1000], 1.0)
+    assert len(odd) == 600 and odd.replay_events == 100
