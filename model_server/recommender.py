@@ -18,6 +18,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, replace
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -353,12 +354,11 @@ class Recommender:
                 pool = min(len(order), DIVERSITY_POOL_PER_ITEM * k)
                 order = mmr_order(order, item_scores, vectors, diversity, pool)
 
-        item_scores_shown = np.nan_to_num(dots, nan=0.0)
-
         def ranked_item(i: int) -> RankedItem:
             explained = None
             if explain and feature_rows is not None:
-                explained = _explained(feature_rows[i], float(item_scores_shown[i]))
+                shown = float(dots[i]) if not np.isnan(dots[i]) else 0.0
+                explained = _explained(feature_rows[i], shown)
             return RankedItem(candidate_ids[i], float(item_scores[i]), explained)
 
         def in_order() -> Iterator[RankedItem]:
@@ -771,16 +771,17 @@ class Recommender:
             )
         if not extra:
             return candidate_ids, vocab_rows, dots.astype(np.float32), user, unavailable
-        extra_rows = np.array([model.bundle.rows.get(i, 0) for i in extra], dtype=np.int64)
+        extra_rows = np.fromiter(map(model.bundle.rows.get, extra, repeat(0)), np.int64, len(extra))
         extra_dots = np.full(len(extra), np.nan, dtype=np.float32)
         has_vector = extra_rows > 0
         if user_vector is not None and has_vector.any():
             extra_dots[has_vector] = (
                 model.item_vectors(extra_rows[has_vector].tolist()) @ user_vector[0]
             )
-        live = [n for n, item in enumerate(extra) if item in model.live]
-        if user_vector is not None and live:
-            extra_dots[live] = model.live.vectors([extra[n] for n in live]) @ user_vector[0]
+        if user_vector is not None and len(model.live):
+            live = [n for n, item in enumerate(extra) if item in model.live.positions]
+            if live:
+                extra_dots[live] = model.live.vectors([extra[n] for n in live]) @ user_vector[0]
         return (
             candidate_ids + extra,
             np.concatenate([vocab_rows, extra_rows]),
@@ -804,9 +805,8 @@ class Recommender:
             return user, frozenset()
         unavailable = frozenset(mirror.unavailable.intersection(ranked))
         # A ranker never trained on prices ignores them (retrain/ranker.py).
-        user = replace(user, prices=mirror.prices_of)
         if max_category <= 0:
-            return user, unavailable
+            return replace(user, prices=mirror.prices_of), unavailable
         read = features.category_read(max_category)
         latest_categories = mirror.categories(recent[-1])
         popular: list[list[str]] = []
@@ -825,6 +825,7 @@ class Recommender:
             user,
             category_items=features.category_candidates(popular, read),
             categories=mirror.categories_of,
+            prices=mirror.prices_of,
         )
         return with_categories, unavailable
 

@@ -109,7 +109,9 @@ def covis_scores(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(score over the user's items, score from the latest item alone) of every
     neighbour, decayed to `now_ms`. `neighbour_lists` holds (stored scores, epoch)
-    of the user's latest distinct items, latest first; the d-th counts 1/d."""
+    of the user's latest distinct items, latest first; the d-th counts 1/d. The
+    first is ordered strongest first (ties by item id), as the candidates and the
+    ranking features take them: sorted once here, not by each of them."""
     total: dict[str, float] = {}
     latest: dict[str, float] = {}
     half_life_ms = half_life_s * 1000
@@ -119,4 +121,8 @@ def covis_scores(
             total[item_id] = total.get(item_id, 0.0) + value * scale
         if d == 1:
             latest = {item_id: value * scale for item_id, value in stored.items()}
-    return total, latest
+    return dict(sorted(total.items(), key=_strongest_first)), latest
+
+
+def _strongest_first(pair: tuple[str, float]) -> tuple[float, str]:
+    return -pair[1], pair[0]

@@ -108,7 +108,9 @@ class UserState:
     purchased: frozenset[str] = frozenset()
     item_counts: Mapping[str, Mapping[EventType, int]] = field(default_factory=dict)
     # Co-visitation scores of neighbours of the user's latest items, decayed to the
-    # request (`covis.covis_scores`): over those items, and from the latest alone.
+    # request (`covis.covis_scores`): over those items, strongest first (ties by
+    # id: the order the candidates and `covis_rank_inv` take), and from the latest
+    # alone.
     covis_total: Mapping[str, float] = field(default_factory=dict)
     covis_latest: Mapping[str, float] = field(default_factory=dict)
     # The most popular items right now of the categories of the user's latest item
@@ -194,9 +196,8 @@ def extra_candidates(
     for item_id in latest_distinct([e.item_id for e in user.recent_events], max_recent):
         add(item_id)
     if max_covis > 0 and user.covis_total:
-        strongest = sorted(user.covis_total.items(), key=lambda pair: (-pair[1], pair[0]))
         taken = 0
-        for item_id, _ in strongest:
+        for item_id in user.covis_total:  # strongest first
             if taken == max_covis:
                 break
             taken += add(item_id)
@@ -297,10 +298,9 @@ def ranking_features(
         per_item[seen, 11] = np.exp(-decay_per_ms * np.maximum(latest_ms - seen_ms, 0))
         per_item[slots[recent[-1].item_id], 12] = 1.0
     if covis_total:
-        strongest = sorted(covis_total.items(), key=lambda pair: (-pair[1], pair[0]))
-        linked = [slots[item_id] for item_id, _ in strongest]
-        per_item[linked, 16] = np.log1p([total for _, total in strongest])
-        per_item[linked, 18] = 1.0 / np.arange(1, len(strongest) + 1)
+        linked = list(map(slots.__getitem__, covis_total))  # strongest first
+        per_item[linked, 16] = np.log1p(np.fromiter(covis_total.values(), np.float64))
+        per_item[linked, 18] = 1.0 / np.arange(1, len(linked) + 1)
         if covis_latest:
             per_item[[slots[i] for i in covis_latest], 17] = np.log1p(list(covis_latest.values()))
     distinct = latest_distinct([e.item_id for e in recent], len(recent))
