@@ -69,10 +69,12 @@ NO_FILTER = ItemFilter()
 
 
 class Picker:
-    """The first `k` available items the filter admits, each once, at most
-    `max_per_category` (0: no cap) of any one category, chosen from the items
-    offered in order: a caller offers more only while the answer is short. Out of
-    stock or deleted: never chosen (an item the catalogue lacks can be)."""
+    """The first `k` available items the filter admits, each once, none of `removed`,
+    at most `max_per_category` (0: no cap) of any one category, chosen from the
+    items offered in order: a caller offers more only while the answer is short.
+    Out of stock or deleted: never chosen (an item the catalogue lacks can be).
+    `chosen` holds positions among every item offered so far, `offered` how many
+    that is."""
 
     def __init__(
         self,
@@ -80,14 +82,15 @@ class Picker:
         k: int,
         item_filter: ItemFilter,
         max_per_category: int = 0,
+        removed: Iterable[str] = (),
     ) -> None:
         self.record_of = record_of
         self.k = k
-        self.item_filter = item_filter
+        self.admits = item_filter.admits if item_filter.active else _admits_all
         self.max_per_category = max_per_category
-        self.chosen: list[int] = []  # positions among every item offered so far
-        self._offered = 0
-        self._seen: set[str] = set()
+        self.chosen: list[int] = []
+        self.offered = 0
+        self._seen: set[str] = set(removed)
         self._per_category: dict[str, int] = {}
 
     @property
@@ -95,29 +98,35 @@ class Picker:
         return len(self.chosen) >= self.k
 
     def offer(self, item_ids: Sequence[str]) -> None:
-        cap = self.max_per_category
-        for position, item_id in enumerate(item_ids, start=self._offered):
-            if self.full:
+        # Everything the loop reads held in locals: it runs for every candidate of a
+        # filtered answer (a few hundred), and attribute lookups were most of it.
+        cap, k, chosen, seen = self.max_per_category, self.k, self.chosen, self._seen
+        record_of, admits, counts = self.record_of, self.admits, self._per_category
+        for position, item_id in enumerate(item_ids, start=self.offered):
+            if len(chosen) >= k:
                 break
-            if item_id in self._seen:
+            if item_id in seen:
                 continue
-            self._seen.add(item_id)
-            record = self.record_of(item_id)
+            seen.add(item_id)
+            record = record_of(item_id)
             if record is not None and not record.available:
                 continue
-            if not self.item_filter.admits(record):
+            if not admits(record):
                 continue
-            categories = record.categories if record is not None else ()
-            if cap:
+            if cap and record is not None:
                 # Plain loops and dict.get: Counter's lookups of absent keys and its
                 # update() were a third of a filtered answer's picking.
-                counts = self._per_category
+                categories = record.categories
                 if any(counts.get(c, 0) >= cap for c in categories):
                     continue
                 for category in categories:
                     counts[category] = counts.get(category, 0) + 1
-            self.chosen.append(position)
-        self._offered += len(item_ids)
+            chosen.append(position)
+        self.offered += len(item_ids)
+
+
+def _admits_all(record: CatalogueItem | None) -> bool:
+    return True
 
 
 def pick(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_right
 from collections.abc import (
     Awaitable,
     Callable,
@@ -453,15 +454,19 @@ class Recommender:
         if item_filter.active or max_per_category > 0:
             self.mirror.check_current()
         record = self.mirror.records.get  # the dict's own: a method call less per item
-        picker = Picker(record, k, item_filter, max_per_category)
-        # What the picker was offered, in order: (offer, position in it).
-        offered_so_far: list[tuple[Offer, int]] = []
+        picker = Picker(record, k, item_filter, max_per_category, removed)
+        # What the picker was offered, in order, each with its first position.
+        offers: list[Offer] = []
+        starts: list[int] = []
 
         def offer(items: Offer) -> None:
-            ids = items.ids
-            fresh = [p for p, item_id in enumerate(ids) if item_id not in removed]
-            offered_so_far.extend((items, p) for p in fresh)
-            picker.offer([ids[p] for p in fresh])
+            offers.append(items)
+            starts.append(picker.offered)
+            picker.offer(items.ids)
+
+        def offered_at(position: int) -> tuple[Offer, int]:
+            n = bisect_right(starts, position) - 1
+            return offers[n], position - starts[n]
 
         offer(offered)
         included = sorted(item_filter.include_categories)
@@ -480,16 +485,16 @@ class Recommender:
             elif not answer_categories_read:
                 answer_categories_read = True
                 # The answer's categories, or (when the filter admitted nothing) the offer's.
-                chosen = [record(_offered_id(offered_so_far[p])) for p in picker.chosen]
+                chosen = [record(_offered_id(offered_at(p))) for p in picker.chosen]
                 categories = fill_sources(
-                    chosen or (record(_offered_id(pair)) for pair in offered_so_far)
+                    chosen or (record(i) for items in offers for i in items.ids if i not in removed)
                 )
                 if not categories:
                     break
                 offer(await self._category_items(categories, removed))
             else:
                 break
-        return [items.item(p) for items, p in (offered_so_far[c] for c in picker.chosen)]
+        return [items.item(p) for items, p in map(offered_at, picker.chosen)]
 
     async def similar(
         self,
