@@ -140,7 +140,7 @@ class ClusterApply:
             ],
         )
         results: list[int | RedisError] = [ClusterDownError("not applied") for _ in events]
-        effects: list[Effects] = []
+        effects: list[tuple[int, Effects]] = []
         first_time = 0
         for group, reply in zip(groups, replies, strict=True):
             for index, answer in zip(group, _answers(reply, len(group)), strict=True):
@@ -150,12 +150,16 @@ class ClusterApply:
                 outcome, raw, earlier = answer
                 results[index] = int(outcome)
                 if raw:
-                    effects.append(Effects.from_json(events[index], raw))
+                    effects.append((index, Effects.from_json(events[index], raw)))
                     # The retrain counter counts an event once, at its first attempt: a
                     # batch cut short before step 3 leaves it short (a trigger, not a tally).
                     first_time += int(not earlier)
         if effects:
-            await self._finish(effects, first_time)
+            # In the batch's order, as on a single Redis: the first link an item gets
+            # sets its links' epoch.
+            await self._finish(
+                [e for _, e in sorted(effects, key=lambda pair: pair[0])], first_time
+            )
         return results
 
     async def _finish(self, effects: list[Effects], first_time: int) -> None:
