@@ -354,12 +354,11 @@ def redis_client(settings: Settings) -> RedisClient:
 def cluster_client(settings: Settings, **options: Any) -> RedisCluster:
     """The Redis Cluster client: it learns every node from the URL's one, routes each
     call to its slot's primary and follows MOVED, ASK and failovers."""
-    return RedisCluster.from_url(
-        settings.redis_node_url,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s,
-        **options,
-    )
+    timeouts = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+    }
+    return RedisCluster.from_url(settings.redis_node_url, **(timeouts | options))
 
 
 # Why Redis takes no writes for now, whatever the event: an outage to wait out, never
