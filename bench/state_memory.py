@@ -66,6 +66,7 @@ def _full_item_events(settings: Settings, start_ms: int) -> list[Event]:
 async def measure(settings: Settings) -> dict[str, object]:
     store = StateStore(settings)
     client = store.redis
+    assert isinstance(client, aioredis.Redis), "measured on a single Redis"
     await client.flushdb()
     events = [event for event, _ in load_messages(10**9)]
     for start in track(range(0, len(events), 1000), description="applying Taobao events"):

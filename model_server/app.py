@@ -48,7 +48,7 @@ from streamrec.metrics import ServeMetrics
 from streamrec.pipelined import PipelinedConnection
 from streamrec.redact import redacted
 from streamrec.settings import Settings
-from streamrec.state import StateStore
+from streamrec.state import RedisClient, StateStore, cluster_client
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,35 @@ REDIS_CALL_TIMEOUT_S = 5.0
 WARM_UP_USER = "streamrec-warm-up"  # read at start-up; no one has state under it
 
 
+def _redis_client(settings: Settings) -> RedisClient:
+    """The server's pooled client: waits for a free connection instead of failing when
+    all are busy (on a Redis Cluster, per node)."""
+    if settings.redis_is_cluster:
+        return cluster_client(
+            settings,
+            max_connections=settings.serve_redis_connections,
+            socket_timeout=REDIS_CALL_TIMEOUT_S,
+            socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.serve_redis_connections,
+        timeout=REDIS_CALL_TIMEOUT_S,
+        socket_timeout=REDIS_CALL_TIMEOUT_S,
+        socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _pipelined_reads(settings: Settings) -> PipelinedConnection | None:
+    """Each request's state read shares one pipelined connection (a tenth of a
+    request's CPU less than through the pool); everything else uses the pool. A
+    cluster's reads go through its client (one call per slot)."""
+    if settings.redis_is_cluster or not PipelinedConnection.supports(settings.redis_url):
+        return None
+    return PipelinedConnection(settings.redis_url)
+
+
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Starlette:
     metrics = ServeMetrics(registry)
     requests = request_models(settings)
@@ -66,22 +95,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Waits for a free connection instead of failing when all are busy.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.serve_redis_connections,
-            timeout=REDIS_CALL_TIMEOUT_S,
-            socket_timeout=REDIS_CALL_TIMEOUT_S,
-            socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
-        )
-        # Each request's state read shares one pipelined connection (a tenth of a
-        # request's CPU less than through the pool); everything else uses the pool.
-        reads = (
-            PipelinedConnection(settings.redis_url)
-            if PipelinedConnection.supports(settings.redis_url)
-            else None
-        )
-        store = StateStore(settings, aioredis.Redis(connection_pool=pool), reads)
+        store = StateStore(settings, _redis_client(settings), _pipelined_reads(settings))
         watcher: asyncio.Task[None] | None = None
         popularity: PopularityTable | None = None
         refresher: asyncio.Task[None] | None = None
@@ -187,7 +201,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if intake is not None:
                 await intake.close()
             await store.close()
-            await pool.aclose()
+            if isinstance(store.redis, aioredis.Redis):  # a pool it was handed stays open
+                await store.redis.connection_pool.aclose()
 
     async def openapi(request: Request) -> Response:
         return json_response(schema)

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from streamrec.content import ItemContent
+from streamrec.errors import StreamrecError
 from streamrec.items import AttributeValue, ItemChange, ItemDelete
 from streamrec.keys import (
     CATALOGUE_CHANGES_KEY,
@@ -32,7 +33,7 @@ from streamrec.keys import (
     lua_script,
 )
 from streamrec.settings import Settings
-from streamrec.state import SCRIPT_MAX_EVENTS, redis_client
+from streamrec.state import SCRIPT_MAX_EVENTS, RedisClient, redis_client
 
 # What the fingerprint of a delete is: any record's is 16 hex digits.
 DELETED_FINGERPRINT = "-"
@@ -131,10 +132,10 @@ class Catalogue:
     """The catalogue's script and reads over one Redis client (its own, or one it is
     handed and leaves open)."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: RedisClient | None = None) -> None:
         self.settings = settings
         self._owns_client = client is None
-        self.redis: aioredis.Redis = client or redis_client(settings)
+        self.redis: RedisClient = client or redis_client(settings)
         self._apply_script = self.redis.register_script(lua_script("apply_items"))
         self._read_field_script = self.redis.register_script(lua_script("read_field"))
         self._config = orjson.dumps({"tombstone_ttl_s": settings.item_tombstone_ttl_s})
@@ -151,6 +152,12 @@ class Catalogue:
         call), so a caller can call again for exactly those. Unreachable Redis raises."""
         if not changes:
             return []
+        if not isinstance(self.redis, aioredis.Redis):
+            # Its script writes category and catalogue keys of other slots.
+            raise StreamrecError(
+                "catalogue records are applied on a single Redis only, not yet on a "
+                "Redis Cluster (docs/operations.md, Redis Cluster)"
+            )
         calls = range(0, len(changes), SCRIPT_MAX_EVENTS)
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in calls:

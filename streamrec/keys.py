@@ -3,12 +3,16 @@ scripts' key functions (`LUA_PRELUDE`, put before every script of `streamrec/lua
 are both made from this table. docs/state.md gives each key's memory.
 
 A user's keys share the hash tag `{user_id}`, an item's `{item_id}`, a category's
-`{category}`; every key is capped or expires.
+`{category}`; every key is capped or expires. The global keys the event apply writes
+(trending, its epoch, the retrain counter, the popularity change log) have one
+layout per deployment (`GlobalKeys`): on a Redis Cluster they share the hash tag
+`{g}`, so one script call per batch updates them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -31,6 +35,9 @@ class UserPart(StrEnum):
     ARM = "arm"  # string: the experiment run and arm of those answers (streamrec/experiments.py)
     VECTOR = "vec"  # the user vector a model version computed
     FEED = "pub"  # the feed's per-user interval marker ("pub": existing keys stay valid)
+    # Redis Cluster only: hash, event id -> what is left to apply of that event in
+    # other slots (streamrec/cluster_apply.py); empty once a batch has gone through.
+    PENDING = "pend"
     DEDUP = "dd:"  # + event_id: an event's dedup marker
 
 
@@ -43,6 +50,9 @@ class ItemPart(StrEnum):
     POPULARITY = "pop"  # hash: decayed counts by type, their reference times, epochs
     COVIS = "cv"  # sorted set: co-visitation links (streamrec/covis.py)
     INFO = "info"  # hash: the catalogue record, or its deletion marker
+    # Redis Cluster only: + `<len>:<user_id><event_id>`, that event's share of this
+    # item (popularity, co-visitation links) was added (streamrec/cluster_apply.py).
+    DEDUP = "dd:"
 
 
 class CategoryPart(StrEnum):
@@ -144,18 +154,66 @@ def category_popular_key(category: str) -> str:
     return category_key(category, CategoryPart.POPULAR)
 
 
+def event_marker(user_id: str, event_id: str) -> str:
+    """One event's name in the cluster path's per-slot markers: the user's id with its
+    length first, so no two (user, event) pairs share a name."""
+    return f"{len(user_id)}:{user_id}{event_id}"
+
+
+def item_event_key(item_id: str, user_id: str, event_id: str) -> str:
+    """Redis Cluster: the marker that this event's share of the item was added."""
+    return item_key(item_id, ItemPart.DEDUP) + event_marker(user_id, event_id)
+
+
+def experiment_event_key(run_id: str, user_id: str, event_id: str) -> str:
+    """Redis Cluster: the marker that this event was counted in the run's counters."""
+    return f"{experiment_key(run_id)}:dd:{event_marker(user_id, event_id)}"
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalKeys:
+    """The keys every batch of events writes, whoever its users and items."""
+
+    # Per type a sorted set: item -> decayed count, scores against the epoch.
+    trending: dict[EventType, str]
+    trending_epoch: str
+    # Events applied since the last retraining cycle was triggered (all workers).
+    new_events: str
+    # Which items' popularity changed, and when: a counter bumped once per script call
+    # that changed any, and a sorted set of items scored by its value at their newest
+    # change. A model server holding every item's popularity reads only what changed.
+    popularity_seq: str
+    popularity_changed: str
+
+    @classmethod
+    def under(cls, prefix: str) -> GlobalKeys:
+        return cls(
+            trending={t: f"{prefix}:trend:{t.value}" for t in EVENT_TYPES},
+            trending_epoch=f"{prefix}:trend:epoch",
+            new_events=f"{prefix}:retrain:new_events",
+            popularity_seq=f"{prefix}:pop:seq",
+            popularity_changed=f"{prefix}:pop:changed",
+        )
+
+
+# A single Redis keeps the names it always had; a cluster puts them in one slot.
+STANDALONE_KEYS = GlobalKeys.under(PREFIX)
+CLUSTER_KEYS = GlobalKeys.under(f"{PREFIX}:{{g}}")
+
+
+def global_keys(cluster: bool) -> GlobalKeys:
+    return CLUSTER_KEYS if cluster else STANDALONE_KEYS
+
+
 def trending_key(event_type: EventType) -> str:
-    return f"{PREFIX}:trend:{event_type.value}"
+    """A single Redis's trending set of this type (`GlobalKeys` for a cluster's)."""
+    return STANDALONE_KEYS.trending[event_type]
 
 
-TRENDING_EPOCH_KEY = f"{PREFIX}:trend:epoch"
-# Events applied since the last retraining cycle was triggered (all workers).
-NEW_EVENTS_KEY = f"{PREFIX}:retrain:new_events"
-# Which items' popularity changed, and when: a counter bumped once per script call
-# that changed any, and a sorted set of items scored by its value at their newest
-# change. A model server holding every item's popularity reads only what changed.
-POPULARITY_SEQ_KEY = f"{PREFIX}:pop:seq"
-POPULARITY_CHANGED_KEY = f"{PREFIX}:pop:changed"
+TRENDING_EPOCH_KEY = STANDALONE_KEYS.trending_epoch
+NEW_EVENTS_KEY = STANDALONE_KEYS.new_events
+POPULARITY_SEQ_KEY = STANDALONE_KEYS.popularity_seq
+POPULARITY_CHANGED_KEY = STANDALONE_KEYS.popularity_changed
 # Set by the first item record ever applied: until then serving skips its catalogue read.
 CATALOGUE_MARKER = f"{PREFIX}:catalogue"
 # Items with a live record, and those of them unavailable: counters the items script

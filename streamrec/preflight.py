@@ -22,8 +22,9 @@ def check_redis(settings: Settings) -> None:
     """`redis_url` is a Redis URL and the server answers a PING within 2 s."""
     shown = redacted(settings.redis_url)
     try:
+        # A cluster URL's node answers as any Redis does.
         client = redis.Redis.from_url(
-            settings.redis_url,
+            settings.redis_node_url,
             socket_timeout=REDIS_CHECK_TIMEOUT_S,
             socket_connect_timeout=REDIS_CHECK_TIMEOUT_S,
         )

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_STACK_FILE = "dev.json"
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 ENV_PREFIX = "STREAMREC_"
 
 
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     redis_url: str = ""
     # True when the Redis URL came from the caller, not from the dev stack.
     redis_url_explicit: bool = False
+    # The Redis URL names one node of a Redis Cluster (any primary or replica; the
+    # client learns the rest): `redis+cluster://` or `rediss+cluster://` URLs say so
+    # too. The state then takes its cluster path (docs/operations.md, Redis Cluster).
+    redis_cluster: bool = False
 
     # Kafka security (production brokers): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -326,6 +331,16 @@ class Settings(BaseSettings):
         if not values.get("registry"):
             values["registry"] = home / "registry"
         return values
+
+    @property
+    def redis_is_cluster(self) -> bool:
+        return self.redis_cluster or self.redis_url.startswith(CLUSTER_SCHEMES)
+
+    @property
+    def redis_node_url(self) -> str:
+        """`redis_url` as a plain Redis URL: a cluster URL's scheme without `+cluster`."""
+        scheme, sep, rest = self.redis_url.partition("://")
+        return scheme.removesuffix("+cluster") + sep + rest
 
     @property
     def archive_root(self) -> Path:

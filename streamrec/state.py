@@ -11,6 +11,7 @@ newer state.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
@@ -32,6 +34,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from streamrec.cluster_apply import ClusterApply
 from streamrec.covis import REBASE_HALF_LIVES as COVIS_REBASE_HALF_LIVES
 from streamrec.covis import CovisRule
 from streamrec.events import EVENT_TYPE_OF, Event, EventType
@@ -39,16 +42,12 @@ from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
 from streamrec.keys import (
     ALL_USER_KEYS,
     EVENT_TYPES,
-    NEW_EVENTS_KEY,
-    POPULARITY_CHANGED_KEY,
-    POPULARITY_SEQ_KEY,
-    TRENDING_EPOCH_KEY,
     UserPart,
     experiment_key,
+    global_keys,
     item_covis_key,
     item_popularity_key,
     lua_script,
-    trending_key,
     user_key,
     user_key_owner,
     user_keys_pattern,
@@ -64,6 +63,9 @@ TRENDING_REBASE_HALF_LIVES = 256
 # Items kept in the change log; a reader further behind than this re-reads them all.
 POPULARITY_CHANGED_MAX = 100_000
 
+
+# A single Redis (with its replicas) or a Redis Cluster.
+RedisClient = aioredis.Redis | RedisCluster
 
 # Bounds one script call: Redis runs a script to the end before serving anyone else.
 SCRIPT_MAX_EVENTS = 100
@@ -175,6 +177,41 @@ class StoredUser:
             "item_counts": self.item_counts,
             "last_ts": self.last_ts_ms,
         }
+
+
+def _user_read_keys(user_ids: Sequence[str]) -> list[str]:
+    """`read_users.lua`'s KEYS: six per user."""
+    return [
+        key
+        for user_id in user_ids
+        for key in (
+            user_key(user_id, UserPart.RECENT),
+            user_key(user_id, UserPart.PURCHASED),
+            user_key(user_id, UserPart.COUNTS),
+            user_key(user_id, UserPart.META),
+            user_vector_key(user_id),
+            user_key(user_id, UserPart.ITEMS),
+        )
+    ]
+
+
+def _latest_items(recent: list[bytes], n: int) -> list[str]:
+    """The user's `n` latest distinct items, from the recent events and their times (a
+    flat member, score list): the items set's top, which holds each item's latest time."""
+    by_time = sorted(
+        (
+            (float(recent[i + 1]), parse_recent_member(recent[i])[1])
+            for i in range(0, len(recent), 2)
+        ),
+        reverse=True,
+    )
+    latest: list[str] = []
+    for _, item_id in by_time:
+        if item_id not in latest:
+            latest.append(item_id)
+            if len(latest) == n:
+                break
+    return latest
 
 
 def parse_recent_member(member: bytes) -> tuple[str, str, str]:
@@ -302,13 +339,26 @@ def _apply_config(settings: Settings) -> bytes:
     )
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """A client of `redis_url` whose every call has a reply and connect timeout."""
+def redis_client(settings: Settings) -> RedisClient:
+    """A client of `redis_url` whose every call has a reply and connect timeout: of a
+    Redis Cluster when the settings say so (`Settings.redis_is_cluster`)."""
+    if settings.redis_is_cluster:
+        return cluster_client(settings)
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
     )
+
+
+def cluster_client(settings: Settings, **options: Any) -> RedisCluster:
+    """The Redis Cluster client: it learns every node from the URL's one, routes each
+    call to its slot's primary and follows MOVED, ASK and failovers."""
+    timeouts = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+    }
+    return RedisCluster.from_url(settings.redis_node_url, **(timeouts | options))
 
 
 # Why Redis takes no writes for now, whatever the event: an outage to wait out, never
@@ -348,12 +398,18 @@ class StateStore:
     def __init__(
         self,
         settings: Settings,
-        client: aioredis.Redis | None = None,
+        client: RedisClient | None = None,
         reads: PipelinedConnection | None = None,
     ) -> None:
         self.settings = settings
-        self.redis: aioredis.Redis = client or redis_client(settings)
+        self.redis: RedisClient = client or redis_client(settings)
         self.reads = reads
+        self.cluster: ClusterApply | None = None
+        if isinstance(self.redis, RedisCluster):
+            self.cluster = ClusterApply(
+                self.redis, settings.experiment_counts_ttl_s, settings.dedup_ttl_s
+            )
+        self.keys = global_keys(self.cluster is not None)
         self._apply_script = self.redis.register_script(lua_script("apply_events"))
         self._write_back_script = self.redis.register_script(lua_script("write_back"))
         self._read_popularity_script = self.redis.register_script(lua_script("read_popularity"))
@@ -365,7 +421,7 @@ class StateStore:
         self._popularity_changes_script = self.redis.register_script(
             lua_script("popularity_changes")
         )
-        self._trend_keys = [trending_key(t) for t in EVENT_TYPES]
+        self._trend_keys = [self.keys.trending[t] for t in EVENT_TYPES]
         self._popularity_types = [t.value for t in POPULARITY_TYPES]
 
     async def close(self) -> None:
@@ -390,14 +446,22 @@ class StateStore:
         call again for exactly the events not applied. Unreachable Redis raises."""
         if not events:
             return []
+        if self.cluster is not None:
+            fingerprints = [content_fingerprint(e) for e in events]
+            # Its steps' markers live as long as the dedup markers.
+            config = orjson.loads(_apply_config(self.settings))
+            config["marker_ttl_s"] = self.settings.dedup_ttl_s
+            replies = await self.cluster.apply(events, fingerprints, orjson.dumps(config))
+            return [r if isinstance(r, RedisError) else Applied(r) for r in replies]
         keys = [
-            TRENDING_EPOCH_KEY,
+            self.keys.trending_epoch,
             *self._trend_keys,
-            NEW_EVENTS_KEY,
-            POPULARITY_SEQ_KEY,
-            POPULARITY_CHANGED_KEY,
+            self.keys.new_events,
+            self.keys.popularity_seq,
+            self.keys.popularity_changed,
         ]
         config = _apply_config(self.settings)
+        assert isinstance(self.redis, aioredis.Redis)  # a single Redis: one call per batch
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(events), SCRIPT_MAX_EVENTS):
                 batch = orjson.dumps(
@@ -427,20 +491,48 @@ class StateStore:
         """After serving, in one script call for many users: what each was shown
         (for the online hit rate) and the user vectors computed."""
         window_ms = self.settings.hit_window_s * 1000
-        args: list[str | int | bytes] = [
+        head: list[str | int | bytes] = [
             window_ms,
             self.settings.recommended_max,
             self.settings.user_ttl_s,
             self.settings.experiment_counts_ttl_s,
+            "0" if self.cluster is not None else "1",
         ]
+        by_slot: dict[int, list[str | int | bytes]] = {}
         for record in records:
             items = record.item_ids if window_ms > 0 else ()
             if not items and record.vector is None:
                 continue
             vector = record.vector.to_bytes() if record.vector is not None else b""
-            args += [record.user_id, record.at_ms, vector, record.arm or "", len(items), *items]
-        if len(args) > 4:
-            await self._write_back_script(args=args)
+            slot = 0 if self.cluster is None else self._slot(user_vector_key(record.user_id))
+            by_slot.setdefault(slot, [record.user_id]).extend(
+                [record.user_id, record.at_ms, vector, record.arm or "", len(items), *items]
+            )
+        if not by_slot:
+            return
+        # Each call's first entry is a user of its slot: the key a cluster routes it by.
+        answered = await asyncio.gather(
+            *(
+                self._write_back_script(
+                    keys=[user_vector_key(str(args[0]))] if self.cluster is not None else [],
+                    args=[*head, *args[1:]],
+                )
+                for args in by_slot.values()
+            )
+        )
+        arms = [arm for call in answered for arm in call]
+        if arms:
+            await self._count_answers(arms)
+
+    async def _count_answers(self, arms: Sequence[bytes]) -> None:
+        """Redis Cluster: the experiment answers `write_back.lua` returned, counted in
+        their runs' counters (other slots than the users')."""
+        async with self.redis.pipeline() as pipe:
+            for arm in arms:
+                run_id, _, name = arm.decode().partition("|")
+                pipe.hincrby(experiment_key(run_id), f"{name}:answers", 1)
+                pipe.expire(experiment_key(run_id), self.settings.experiment_counts_ttl_s)
+            await pipe.execute()
 
     async def record_recommended(self, user_id: str, item_ids: Sequence[str], now_ms: int) -> None:
         """Remember what the user was shown, for the online hit rate."""
@@ -517,11 +609,11 @@ class StateStore:
 
     async def take_new_event_count(self) -> int:
         """Events applied since the last call (by every worker), and start again at 0."""
-        taken = await self.redis.getdel(NEW_EVENTS_KEY)
+        taken = await self.redis.getdel(self.keys.new_events)
         return int(taken or 0)
 
     async def new_event_count(self) -> int:
-        return int(await self.redis.get(NEW_EVENTS_KEY) or 0)
+        return int(await self.redis.get(self.keys.new_events) or 0)
 
     async def read_user(self, user_id: str) -> StoredUser:
         """The user's whole state, and the cached user vector, in one round trip. One
@@ -536,22 +628,13 @@ class StateStore:
         `for_ranking=False` only what the user encoder and the cache tag need (recent
         events, counts, last_ts, cached vector): purchases and user-item counts come
         back empty, for the stream worker's vector refresh."""
-        keys = [
-            key
-            for user_id in user_ids
-            for key in (
-                user_key(user_id, UserPart.RECENT),
-                user_key(user_id, UserPart.PURCHASED),
-                user_key(user_id, UserPart.COUNTS),
-                user_key(user_id, UserPart.META),
-                user_vector_key(user_id),
-                user_key(user_id, UserPart.ITEMS),
-            )
-        ]
         covis_items = self.settings.covis_read_items if for_ranking else 0
-        replies = await self._read_users_script(
-            keys=keys, args=["1" if for_ranking else "0", covis_items]
-        )
+        if self.cluster is not None:
+            replies = await self._read_users_by_slot(user_ids, for_ranking, covis_items)
+        else:
+            replies = await self._read_users_script(
+                keys=_user_read_keys(user_ids), args=["1" if for_ranking else "0", covis_items]
+            )
         users = []
         for user_id, (recent, purchased, counts, meta, vector, covis) in zip(
             user_ids, replies, strict=True
@@ -568,6 +651,56 @@ class StateStore:
                 )
             )
         return users
+
+    async def _read_users_by_slot(
+        self, user_ids: Sequence[str], for_ranking: bool, covis_items: int
+    ) -> list[Any]:
+        """Redis Cluster: `read_users`'s script once per slot of the users (a script
+        reads one slot), concurrently; the co-visitation links of each user's latest
+        items (other slots) read after, per item."""
+        by_slot: dict[int, list[int]] = {}
+        for index, user_id in enumerate(user_ids):
+            slot = self._slot(user_key(user_id, UserPart.META))
+            by_slot.setdefault(slot, []).append(index)
+        groups = list(by_slot.values())
+        answers = await asyncio.gather(
+            *(
+                self._read_users_script(
+                    keys=_user_read_keys([user_ids[i] for i in group]),
+                    args=["1" if for_ranking else "0", 0],
+                )
+                for group in groups
+            )
+        )
+        replies: list[Any] = [None] * len(user_ids)
+        for group, answer in zip(groups, answers, strict=True):
+            for index, reply in zip(group, answer, strict=True):
+                replies[index] = reply
+        if covis_items > 0:
+            latest = [_latest_items(reply[0], covis_items) for reply in replies]
+            wanted = sorted({item for items in latest for item in items})
+            links = dict(zip(wanted, await self._read_raw_links(wanted), strict=True))
+            for reply, items in zip(replies, latest, strict=True):
+                reply[5] = [links[item] for item in items]
+        return replies
+
+    async def _read_raw_links(self, item_ids: Sequence[str]) -> list[list[Any]]:
+        """Per item [item, epoch, links and scores] as `read_users.lua` gives them."""
+        if not item_ids:
+            return []
+        async with self.redis.pipeline() as pipe:
+            for item_id in item_ids:
+                pipe.hget(item_popularity_key(item_id), "cv:epoch")
+                pipe.zrange(item_covis_key(item_id), 0, -1, desc=True, withscores=True)
+            replies = await pipe.execute()
+        return [
+            [item_id.encode(), epoch or b"0", [part for pair in links for part in pair]]
+            for item_id, epoch, links in zip(item_ids, replies[::2], replies[1::2], strict=True)
+        ]
+
+    def _slot(self, key: str) -> int:
+        assert isinstance(self.redis, RedisCluster)
+        return int(self.redis.keyslot(key))
 
     async def read_item_links(self, item_id: str, n: int) -> tuple[dict[str, float], int]:
         """The item's `n` strongest co-visitation links as stored, with their epoch
@@ -595,17 +728,43 @@ class StateStore:
         shape = (len(item_ids), FIRST_SEEN_SLOT + 1, 2)
         if not item_ids:
             return np.zeros(shape)
+        if self.cluster is not None:
+            return await self._read_popularity_by_slot(item_ids, shape)
         encoded = await self._read_popularity_script(
             keys=[item_popularity_key(i) for i in item_ids], args=self._popularity_types
         )
         return np.frombuffer(encoded, dtype="<f8").reshape(shape).astype(np.float64)
+
+    async def _read_popularity_by_slot(
+        self, item_ids: Sequence[str], shape: tuple[int, int, int]
+    ) -> np.ndarray:
+        """Redis Cluster: the popularity script once per slot of the items, all at once;
+        the answer waits for the slowest node."""
+        by_slot: dict[int, list[int]] = {}
+        for index, item_id in enumerate(item_ids):
+            by_slot.setdefault(self._slot(item_popularity_key(item_id)), []).append(index)
+        groups = list(by_slot.values())
+        answers = await asyncio.gather(
+            *(
+                self._read_popularity_script(
+                    keys=[item_popularity_key(item_ids[i]) for i in group],
+                    args=self._popularity_types,
+                )
+                for group in groups
+            )
+        )
+        table = np.zeros(shape)
+        for group, encoded in zip(groups, answers, strict=True):
+            rows = np.frombuffer(encoded, dtype="<f8").reshape((len(group), *shape[1:]))
+            table[group] = rows
+        return table
 
     async def popularity_changes(self, since: int | None) -> tuple[int, list[str] | None]:
         """(the change counter, the items whose popularity changed after the counter
         was `since`); None for the items when the log cannot tell (read them all).
         With `since=None` only the counter: where a full read starts from."""
         seq, changed = await self._popularity_changes_script(
-            keys=[POPULARITY_SEQ_KEY, POPULARITY_CHANGED_KEY],
+            keys=[self.keys.popularity_seq, self.keys.popularity_changed],
             args=["" if since is None else since, POPULARITY_CHANGED_MAX],
         )
         return int(seq), None if changed is None else [item.decode() for item in changed]
@@ -614,6 +773,6 @@ class StateStore:
         """The top-k items by decayed count of one event type (relative scores)."""
         rows = cast(
             list[tuple[bytes, float]],
-            await self.redis.zrevrange(trending_key(event_type), 0, k - 1, withscores=True),
+            await self.redis.zrevrange(self.keys.trending[event_type], 0, k - 1, withscores=True),
         )
         return [(member.decode(), float(score)) for member, score in rows]

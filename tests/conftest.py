@@ -17,6 +17,7 @@ from hypothesis import settings as hypothesis_settings
 
 from bench.scenarios.workers import pipeline_names
 from devtools.devstack import DevStack, free_port
+from devtools.redis_cluster import LocalRedisCluster
 from streamrec.settings import Settings
 from streamrec.state import StateStore
 
@@ -93,6 +94,34 @@ def make_settings(dev_stack: Settings) -> Callable[..., Settings]:
 @pytest.fixture
 async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[StateStore]:
     state = StateStore(make_settings("state"))
+    yield state
+    await state.redis.flushdb()
+    await state.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of three primaries (no replicas) on free local ports."""
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+async def any_store(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
+) -> AsyncIterator[StateStore]:
+    """`store` on a single Redis, then on a Redis Cluster (its state path). A module
+    runs its tests against both by naming this its `store`."""
+    if request.param == "standalone":
+        settings = make_settings("state")
+    else:
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        settings = make_settings("state").model_copy(update={"redis_url": cluster.url})
+    state = StateStore(settings)
     yield state
     await state.redis.flushdb()
     await state.close()

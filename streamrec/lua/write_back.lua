@@ -1,5 +1,7 @@
 -- Written back after serving, many users at once. ARGV: hit window ms (0: record no items), max items,
--- vector ttl s, experiment counters' ttl s, then per user: user id, now ms, the cached
+-- vector ttl s, experiment counters' ttl s, '1' to count the answers of experiment
+-- arms here ('0': a Redis Cluster, where the counters are another slot: they are
+-- returned instead, `<run id>|<arm>` per answer), then per user: user id, now ms, the cached
 -- vector ('' for none), the experiment run and arm `<run id>|<arm>` ('' for none), the
 -- item count, the item ids. An answer of an experiment's arm is counted in the run's
 -- counters (`<arm>:answers`) and the user's arm kept beside the items, so the apply
@@ -9,7 +11,8 @@
 -- from: one read before an event, or before the user was forgotten, is not cached;
 -- the items shown only while the user has state.
 local window, max_items, vector_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local experiment_ttl = ARGV[4]
+local experiment_ttl, count_here = ARGV[4], ARGV[5] == '1'
+local answered = {}
 
 -- StoredUser.state_tag, from the meta hash: "<events applied>:<last_ts or None>".
 local function state_tag(user)
@@ -28,7 +31,7 @@ local function vector_tag(vector)
   local second = string.find(vector, '|', first + 1, true)
   return string.sub(vector, first + 1, second - 1)
 end
-local i = 5
+local i = 6
 while i <= #ARGV do
   local now, vector, arm, n = tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   if vector ~= '' and vector_tag(vector) == state_tag(ARGV[i]) then
@@ -47,6 +50,9 @@ while i <= #ARGV do
       redis.call('DEL', k_arm)
     else
       redis.call('SET', k_arm, arm, 'PX', window)
+      answered[#answered + 1] = arm
+    end
+    if arm ~= '' and count_here then
       local bar = string.find(arm, '|', 1, true)
       local k_counts = experiment_key(string.sub(arm, 1, bar - 1))
       redis.call('HINCRBY', k_counts, string.sub(arm, bar + 1) .. ':answers', 1)
@@ -55,4 +61,5 @@ while i <= #ARGV do
   end
   i = i + 5 + n
 end
-return 0
+if count_here then return {} end
+return answered

@@ -23,6 +23,14 @@ from streamrec.settings import Settings
 from streamrec.state import POPULARITY_CHANGED_MAX, Applied, CachedVector, StateStore, WriteBack
 
 HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+def store(any_store: StateStore) -> StateStore:
+    """Every test here runs on a single Redis and on a Redis Cluster."""
+    return any_store
+
+
 CLICK = EVENT_TYPES.index(EventType.CLICK)
 
 
@@ -136,15 +144,16 @@ async def test_every_key_is_capped_or_expires(store: StateStore) -> None:
     assert keys
     for key in keys:
         ttl = await store.redis.ttl(key)
-        if key in ("sr:retrain:new_events", "sr:pop:seq"):
+        if key in (store.keys.new_events, store.keys.popularity_seq):
             continue  # one counter each
-        if key == "sr:pop:changed":
+        if key == store.keys.popularity_changed:
             assert await store.redis.zcard(key) <= POPULARITY_CHANGED_MAX
             continue
-        if key.startswith("sr:trend:"):
+        if key == store.keys.trending_epoch:
+            continue
+        if key in store.keys.trending.values():
             # Global trending sets are capped by size, not time.
-            if key != "sr:trend:epoch":
-                assert await store.redis.zcard(key) <= store.settings.trending_max_items
+            assert await store.redis.zcard(key) <= store.settings.trending_max_items
             continue
         assert ttl > 0, f"{key} never expires"
 

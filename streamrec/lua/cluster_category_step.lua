@@ -1,0 +1,48 @@
+-- Redis Cluster, step 4 of an event batch (streamrec/cluster_apply.py): the
+-- popularity sets of the categories in one slot. KEYS[1]: a key of that slot
+-- (routing only). ARGV: 1 the limits, 2 JSON [[category, item, [value, ref] per
+-- EVENT_TYPES], ...]. An item's score is its whole decayed count over every type
+-- against the set's epoch, set with ZADD GT (it only grows): no marker needed.
+local c = cjson.decode(ARGV[1])
+local half_life, rebase, category_max, item_ttl = c.half_life_ms, c.rebase_half_lives,
+  c.category_max, c.item_ttl_s
+
+for _, entry in ipairs(cjson.decode(ARGV[2])) do
+  local category, item, standing = entry[1], entry[2], entry[3]
+  local k_set, k_meta = category_key(category, CATEGORY_POPULAR), category_key(category, CATEGORY_META)
+  local latest = nil
+  for t = 2, #standing, 2 do
+    local ref = tonumber(standing[t])
+    if tonumber(standing[t - 1]) > 0 and (not latest or ref > latest) then latest = ref end
+  end
+  if latest then
+    local epoch = tonumber(redis.call('HGET', k_meta, 'epoch') or '')
+    if not epoch or redis.call('EXISTS', k_set) == 0 then
+      epoch = latest
+      redis.call('HSET', k_meta, 'epoch', epoch)
+    end
+    local exponent = (latest - epoch) / half_life
+    if exponent > rebase then
+      local shift = math.floor(exponent / rebase) * rebase
+      local scale = math.pow(2, -shift)
+      local members = redis.call('ZRANGE', k_set, 0, -1, 'WITHSCORES')
+      for i = 1, #members, 2 do
+        redis.call('ZADD', k_set, tonumber(members[i + 1]) * scale, members[i])
+      end
+      epoch = epoch + math.floor(shift * half_life)
+      redis.call('HSET', k_meta, 'epoch', epoch)
+    end
+    local score = 0
+    for t = 2, #standing, 2 do
+      local value = tonumber(standing[t - 1])
+      if value > 0 then score = score + value * math.pow(2, (tonumber(standing[t]) - epoch) / half_life) end
+    end
+    redis.call('ZADD', k_set, 'GT', string.format('%.17g', score), item)
+    if redis.call('ZCARD', k_set) > category_max then
+      redis.call('ZREMRANGEBYRANK', k_set, 0, -category_max - 1)
+    end
+    redis.call('EXPIRE', k_set, item_ttl)
+    redis.call('EXPIRE', k_meta, item_ttl)
+  end
+end
+return 0
