@@ -116,7 +116,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
                 raise StateError(
                     f"Redis at {redacted(settings.redis_url)} does not answer: {exc}"
                 ) from exc
-            holder = ModelHolder(settings.registry, metrics, experiments=True)
+            holder = ModelHolder(
+                settings.registry,
+                metrics,
+                experiments=True,
+                ef_search=settings.serve_hnsw_ef_search,
+            )
             await _first_model(holder, settings)
             if settings.serve_popularity_refresh_s > 0:
                 popularity = PopularityTable(

@@ -89,7 +89,12 @@ class Feed:
         self.metrics = FeedMetrics(registry)
         self.serve_metrics = ServeMetrics(registry)
         self.store = StateStore(settings)
-        self.models = ModelHolder(settings.registry, self.serve_metrics, experiments=True)
+        self.models = ModelHolder(
+            settings.registry,
+            self.serve_metrics,
+            experiments=True,
+            ef_search=settings.serve_hnsw_ef_search,
+        )
         self.recommender = Recommender(settings, self.store, self.serve_metrics)
         self.ready = False
         # Users with a change not yet sent because their interval has not passed.

@@ -153,10 +153,14 @@ def single_threaded_faiss() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def open_model(root: Path, version: str) -> ServedModel:
-    """Verify checksums, open the sessions and index, run the smoke inference (blocking)."""
+def open_model(root: Path, version: str, ef_search: int = 0) -> ServedModel:
+    """Verify checksums, open the sessions and index, run the smoke inference (blocking).
+    `ef_search` > 0: an HNSW index searches with it instead of the bundle's own
+    (recall against CPU per request: docs/scaling.md, "A million items")."""
     single_threaded_faiss()  # the smoke inference runs here, in the loading thread
     bundle = registry.load(root, version)
+    if ef_search > 0 and hasattr(bundle.index, "hnsw"):
+        bundle.index.hnsw.efSearch = ef_search
     item_id_by_row = np.array(["", *bundle.item_ids], dtype=object)
     dim = int(bundle.manifest.encoder["dim"])
     model = ServedModel(bundle, dim, time.time(), item_id_by_row, LiveIndex(dim))
@@ -170,12 +174,16 @@ def open_model(root: Path, version: str) -> ServedModel:
 class ModelHolder:
     """Holds the served version; loads others in a thread and swaps only those that pass."""
 
-    def __init__(self, root: Path, metrics: SwapMetrics, experiments: bool = False) -> None:
+    def __init__(
+        self, root: Path, metrics: SwapMetrics, experiments: bool = False, ef_search: int = 0
+    ) -> None:
         """`experiments`: also follow the registry's experiment record and hold its
         arms' versions (the model server and the feed, which answer users; the stream
-        worker refreshes vectors for the current version only)."""
+        worker refreshes vectors for the current version only). `ef_search`: as
+        `open_model`'s, for every version opened."""
         single_threaded_faiss()  # built on the event loop's thread, which searches
         self.root = root
+        self.ef_search = ef_search
         self.metrics = metrics
         self.follows_experiments = experiments
         self._current: ServedModel | None = None
@@ -411,7 +419,7 @@ class ModelHolder:
     async def _open(self, version: str, previous: str | None) -> ServedModel:
         """Open `version` in a thread; any failure is its refusal, raised as BundleError."""
         try:
-            model = await asyncio.to_thread(open_model, self.root, version)
+            model = await asyncio.to_thread(open_model, self.root, version, self.ef_search)
         except BundleError as exc:
             raise self._refuse(version, previous, exc) from None
         except Exception as exc:  # a case the registry missed: a refusal, with its traceback

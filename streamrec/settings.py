@@ -238,6 +238,9 @@ class Settings(BaseSettings):
     # index to HNSW at this many items; retrieval hands the ranker this many.
     hnsw_threshold: int = Field(default=100_000, ge=1)
     retrieval_candidates: int = Field(default=100, ge=1)
+    # An HNSW index's efSearch as served (0: the one the bundle was built with);
+    # FAISS searches at least the candidates asked for whatever it is set to.
+    serve_hnsw_ef_search: int = Field(default=0, ge=0)
 
     # Serving (model_server/): where it listens, its limits and latency budget.
     serve_host: str = "127.0.0.1"

@@ -1,6 +1,7 @@
 """A bundle whose index is HNSW (a catalogue above STREAMREC_HNSW_THRESHOLD; here the
 threshold is lowered to the tiny model's size) is served: /v1/model says so and a
-/v1/recommend answer comes from it, retrieved through the graph."""
+/v1/recommend answer comes from it, retrieved through the graph; with
+STREAMREC_SERVE_HNSW_EF_SEARCH it searches with that efSearch instead of the bundle's."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from tests.model_server.conftest import in_process
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("ef_search", [0, 300])
 async def test_a_bundle_with_an_hnsw_index_answers(
-    trained: TrainedModels, serve_settings: Settings, tmp_path: Path
+    trained: TrainedModels, serve_settings: Settings, tmp_path: Path, ef_search: int
 ) -> None:
     redis.Redis.from_url(serve_settings.redis_url).flushdb()
     root = tmp_path / "registry"
@@ -31,11 +33,18 @@ async def test_a_bundle_with_an_hnsw_index_answers(
     )
     assert manifest.index["kind"] == "hnsw"
     settings = serve_settings.model_copy(
-        update={"registry": root, "serve_port": free_port(), **pipeline_names("serve-hnsw")}
+        update={
+            "registry": root,
+            "serve_port": free_port(),
+            "serve_hnsw_ef_search": ef_search,
+            **pipeline_names("serve-hnsw"),
+        }
     )
     items = list(trained.vocab.item_ids)
     await apply(settings, events_for("hnsw-fan", items[:5]))
-    async with in_process(settings) as (client, _):
+    async with in_process(settings) as (client, app):
+        served = app.state.serving.holder.current.bundle.index.hnsw.efSearch
+        assert served == (ef_search or manifest.index["ef_search"])
         model = (await client.get("/v1/model")).json()
         assert model["model_version"] == manifest.version and model["index"]["kind"] == "hnsw"
         response = await client.post("/v1/recommend", json={"user_id": "hnsw-fan", "k": 10})
