@@ -39,8 +39,9 @@ VERDICTS: tuple[Verdict, ...] = ("promote", "rollback", "wait")
 CONTROL_ARM = "control"
 CANARY_ARM = "canary"
 EXPERIMENT_PREFIX = "canary-"
-# The mixture's scale for a margin of 0 (absolute hit rate).
+# The smallest mixture scale, for a margin of 0 (absolute hit rate); the scales' step.
 MIN_MIXTURE_SCALE = 0.01
+MIXTURE_STEP = 5
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,12 @@ class Rule:
         )
 
     @property
-    def mixture_scale(self) -> float:
-        """τ, the spread of differences the confidence sequence is tuned to: the
-        margin, where a same-quality canary's promotion is decided (there the bound is
-        within a few percent of its tightest)."""
-        return max(self.margin, MIN_MIXTURE_SCALE)
+    def mixture_scales(self) -> tuple[float, float, float]:
+        """τ₁..τ₃, the spreads of differences the confidence sequence mixes over: the
+        margin, where a same-quality canary's promotion is decided, and 5 and 25 times
+        it, so a canary far worse is rolled back on few clicks."""
+        scale = max(self.margin, MIN_MIXTURE_SCALE)
+        return scale, scale * MIXTURE_STEP, scale * MIXTURE_STEP**2
 
 
 @dataclass(frozen=True)
@@ -84,30 +86,38 @@ class Decision:
         return asdict(self)
 
 
-def always_valid_half_width(variance: float, scale: float, confidence: float) -> float:
+def mixture_ratio(half_width: float, variance: float, scale: float) -> float:
+    """The one-sided normal mixture's likelihood ratio when d̂ - d = `half_width`, for an
+    estimate of this variance, mixing over effects θ >= 0 with a half-normal of scale τ:
+        M(b) = 2 · √(v / (v + τ²)) · Φ(s) · exp(s² / 2),  s = b·τ / √(v·(v + τ²))."""
+    s = half_width * scale / math.sqrt(variance * (variance + scale * scale))
+    log_ratio = math.log(2 * NormalDist().cdf(s)) + s * s / 2
+    return math.sqrt(variance / (variance + scale * scale)) * math.exp(min(log_ratio, 700.0))
+
+
+def always_valid_half_width(variance: float, scales: tuple[float, ...], confidence: float) -> float:
     """b such that an estimate d̂ of d with this variance has d >= d̂ - b (and, on its
     own, d <= d̂ + b) at `confidence` at every look at once: the one-sided normal-mixture
     confidence sequence (Robbins; Howard et al. 2021; the mSPRT of Johari et al. 2017),
-    mixing over effects θ >= 0 with a half-normal of scale τ = `scale`. Its likelihood
-    ratio after variance v is
-        M(b) = 2 · √(v / (v + τ²)) · Φ(s) · exp(s² / 2),  s = b·τ / √(v·(v + τ²)),
-    a martingale for a Gaussian d̂, so by Ville's inequality it ever reaches 1/α with
-    probability at most α = 1 - confidence. b solves M(b) = 1/α."""
-    alpha = 1 - confidence
-    target = math.log(math.sqrt((variance + scale * scale) / variance) / (2 * alpha))
-    normal = NormalDist()
-    low, high = 0.0, 40.0  # log Φ(s) + s²/2 grows with s; at s = 0 it is below target
+    its ratio the mean of `mixture_ratio` over `scales`. A mean of martingales is one
+    (for a Gaussian d̂), so by Ville's inequality it ever reaches 1/α with probability
+    at most α = 1 - confidence. b solves mean M(b) = 1/α (it grows with b)."""
+    target = 1 / (1 - confidence)
+
+    def ratio(half_width: float) -> float:
+        return sum(mixture_ratio(half_width, variance, s) for s in scales) / len(scales)
+
+    low, high = 0.0, math.sqrt(variance)
+    while ratio(high) < target:
+        low, high = high, 2 * high
     for _ in range(60):
         middle = (low + high) / 2
-        if math.log(normal.cdf(middle)) + middle * middle / 2 < target:
-            low = middle
-        else:
-            high = middle
-    return high * math.sqrt(variance * (variance + scale * scale)) / scale
+        low, high = (middle, high) if ratio(middle) < target else (low, middle)
+    return high
 
 
 def difference_bounds(
-    control: ArmCounts, canary: ArmCounts, confidence: float, scale: float
+    control: ArmCounts, canary: ArmCounts, confidence: float, scales: tuple[float, ...]
 ) -> tuple[float, float, float]:
     """(difference, lower, upper): the canary's hit rate minus control's and its
     one-sided always-valid bounds at `confidence` (each bound on its own holds at that
@@ -116,7 +126,7 @@ def difference_bounds(
     control_rate, canary_rate = estimate(control), estimate(canary)
     variance = control_rate.variance + canary_rate.variance
     difference = canary_rate.rate - control_rate.rate
-    half = always_valid_half_width(variance, scale, confidence)
+    half = always_valid_half_width(variance, scales, confidence)
     return difference, difference - half, difference + half
 
 
@@ -140,7 +150,7 @@ def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> D
         if timed_out:
             return made("rollback", f"undecided after {age_s:.0f} s: an arm has {fewest} clicks")
         return made("wait", f"an arm has {fewest} clicks of the {rule.min_clicks} needed")
-    bounds = difference_bounds(control, canary, rule.confidence, rule.mixture_scale)
+    bounds = difference_bounds(control, canary, rule.confidence, rule.mixture_scales)
     _, lower, upper = bounds
     level = f"{rule.confidence:.0%}"
     if lower >= -rule.margin:

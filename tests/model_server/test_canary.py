@@ -210,8 +210,8 @@ async def test_a_canary_ranking_by_the_reversed_blend_is_rolled_back(
 async def test_a_canary_no_worse_than_control_is_promoted(served: Served) -> None:
     """The same models as control: the bounds sit around 0, inside the margin once
     there are enough clicks (the margin is wide for this many: 320 clicks from 80
-    users per arm, with bounds that hold at every check, resolve about ±0.11; at 0.1
-    the decision turned on a couple of hits of the split). The leader worker's
+    users per arm, with bounds that hold at every check, resolve about ±0.12; at 0.1
+    the decision would turn on a couple of hits of the split). The leader worker's
     check promotes it and counts the decision."""
     settings = judged(served).model_copy(update={"canary_margin": 0.15})
     root = served.root
