@@ -41,13 +41,14 @@ from bench.scenarios.data import shared
 from bench.scenarios.models import publish_reversed_blend
 from retrain.cycle import cycle_plan
 from stream.canary_check import CanaryCheck
-from streamrec import experiments
-from streamrec.canary import CANARY_ARM, CONTROL_ARM, ArmCounts, Checked, Rule, canary_experiment
+from streamrec import experiments, hit_rates
+from streamrec.canary import CANARY_ARM, CONTROL_ARM, Checked, Rule, canary_experiment
 from streamrec.canary import decide as rule_decides
 from streamrec.client import Recommendations
 from streamrec.errors import StreamrecError
 from streamrec.events import Event
 from streamrec.experiments import Experiment, wilson_interval
+from streamrec.hit_rates import ArmCounts
 from streamrec.metrics import IngestMetrics
 from streamrec.settings import Settings
 from streamrec.state import StateStore
@@ -252,11 +253,13 @@ def _canary_summary(
     )
     online = {}
     for arm, arm_counts in at_decision.items():
-        low, high = wilson_interval(arm_counts.hits, arm_counts.clicks)
+        low, high = hit_rates.interval(arm_counts)
         online[arm] = {
             "answers": arm_counts.answers,
+            "users": arm_counts.users,
             "clicks": arm_counts.clicks,
             "hits": arm_counts.hits,
+            "effective_clicks": round(hit_rates.effective_clicks(arm_counts), 1),
             "hit_rate": _pct(arm_counts.hits / arm_counts.clicks) if arm_counts.clicks else None,
             "hit_rate_95": [_pct(low), _pct(high)],
         }
@@ -301,7 +304,10 @@ def _clicks_needed(counts: dict[str, ArmCounts], rule: Rule) -> int | None:
 
     def verdict(clicks: int) -> str:
         def at(arm: ArmCounts) -> ArmCounts:
-            return ArmCounts(0, clicks, round(arm.hits * clicks / arm.clicks))
+            # More users like the ones seen: every count and per-user sum scaled alike.
+            scale = clicks / arm.clicks
+            sums = (arm.hits, arm.users, arm.clicks_sq, arm.hits_sq, arm.clicks_hits)
+            return ArmCounts(0, clicks, *(round(value * scale) for value in sums))
 
         return rule_decides(at(control), at(canary), rule, 0.0).verdict
 
@@ -354,13 +360,16 @@ def markdown(report: dict[str, Any]) -> str:
         "(stream/canary_check.py, which `streamrec experiment decide` shares) runs every "
         f"{rule['check_s']:.0f} s of the replay's event time with the real rule: at least "
         f"{rule['min_clicks']} clicks per arm, margin {rule['margin']}, one-sided confidence "
-        f"{rule['confidence']}; hit window {report['hit_window_s']} s. Each model also "
+        f"{rule['confidence']} at every check (an always-valid confidence sequence on the "
+        "difference of the arms' hit rates, each a ratio over users with the delta "
+        f"method's variance); hit window {report['hit_window_s']} s. Each model also "
         "serves the whole replay alone: its prequential hit@20 is the truth the decision "
         "is held to.",
         "",
-        "| canary | decision | events until it | event time (h) | control clicks / hits "
-        "| canary clicks / hits | online hit rate % control / canary (95%) "
-        "| d and one-sided bounds (points) | agrees with the whole replay |",
+        "| canary | decision | events until it | event time (h) "
+        "| control users / clicks / hits | canary users / clicks / hits "
+        "| online hit rate % control / canary (95%, over users) "
+        "| d and always-valid one-sided bounds (points) | agrees with the whole replay |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in report["canaries"].items():
@@ -377,7 +386,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {decision} | {until if until is not None else '-'} "
             f"| {run['event_hours_until_decision'] or '-'} "
-            f"| {control['clicks']} / {control['hits']} | {canary['clicks']} / {canary['hits']} "
+            f"| {_counts_cell(control)} | {_counts_cell(canary)} "
             f"| {_rate_cell(control)} / {_rate_cell(canary)} | {d} "
             f"| {'-' if run['agrees'] is None else 'yes' if run['agrees'] else 'no'} |"
         )
@@ -415,6 +424,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {row['hr20']} | {lo}–{hi} | {row['events']:,} | {row['errors']} |"
         )
     return "\n".join([*lines, ""])
+
+
+def _counts_cell(arm: dict[str, Any]) -> str:
+    return f"{arm['users']} / {arm['clicks']} / {arm['hits']}"
 
 
 def _rate_cell(arm: dict[str, Any]) -> str:

@@ -86,18 +86,24 @@ def status() -> None:
 
 
 def arm_figures(counts: Mapping[str, int]) -> str:
-    """One arm's online figures on one line: answers, clicks, hits, the hit rate
-    (hits / clicks) with its 95% Wilson interval, purchases of recommended items."""
-    from streamrec.experiments import wilson_interval
+    """One arm's online figures on one line: answers, users, clicks, hits, the hit rate
+    (hits / clicks) with its 95% interval over users (streamrec/hit_rates.py) and the
+    clicks it is worth, purchases of recommended items."""
+    from streamrec import hit_rates
 
-    answers, clicks, hits = counts.get("answers", 0), counts.get("clicks", 0), counts.get("hits", 0)
+    arm = hit_rates.ArmCounts.of(counts)
+    clicks, hits = arm.clicks, arm.hits
     if clicks:
-        low, high = wilson_interval(hits, clicks)
-        rate = f"hit rate {hits / clicks:.2%} (95% CI {low:.2%}-{high:.2%})"
+        low, high = hit_rates.interval(arm)
+        effective = hit_rates.effective_clicks(arm)
+        rate = (
+            f"hit rate {hits / clicks:.2%} (95% CI {low:.2%}-{high:.2%}, "
+            f"worth {effective:,.0f} independent clicks)"
+        )
     else:
         rate = "hit rate - (no clicks yet)"
     return (
-        f"answers {answers}, clicks {clicks}, hits {hits}, {rate}, "
+        f"answers {arm.answers}, users {arm.users}, clicks {clicks}, hits {hits}, {rate}, "
         f"purchases {counts.get('purchases', 0)}"
     )
 

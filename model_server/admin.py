@@ -28,7 +28,7 @@ from model_server.schemas import (
     RollbackRequest,
 )
 from model_server.serving import Problem, Serving, json_response, parse_body, serving_of
-from streamrec import experiments
+from streamrec import experiments, hit_rates
 from streamrec.errors import BundleError, ExperimentError, StreamrecError
 from streamrec.experiments import Arm, Experiment
 from streamrec.forget import check_user_id, send_forget
@@ -148,14 +148,17 @@ async def experiment(request: Request) -> Response:
 
 
 def arm_counts(counts: dict[str, int]) -> ArmCounts:
-    clicks, hits = counts.get("clicks", 0), counts.get("hits", 0)
+    stored = hit_rates.ArmCounts.of(counts)
+    clicks, hits = stored.clicks, stored.hits
     return ArmCounts(
-        answers=counts.get("answers", 0),
+        answers=stored.answers,
+        users=stored.users,
         clicks=clicks,
         hits=hits,
         purchases=counts.get("purchases", 0),
         hit_rate=hits / clicks if clicks else None,
-        hit_rate_95=experiments.wilson_interval(hits, clicks),
+        hit_rate_95=hit_rates.interval(stored),
+        effective_clicks=round(hit_rates.effective_clicks(stored), 1),
     )
 
 

@@ -335,11 +335,22 @@ class ArmCounts(BaseModel):
     """One arm's online figures, from Redis (docs/experiments.md)."""
 
     answers: int = Field(description="Answers to users with state written back.")
+    users: int = Field(
+        description="Users with a click counted for this arm (0 in counters written before "
+        "users were counted: their clicks are taken as independent)."
+    )
     clicks: int = Field(description="Clicks by users shown this arm within the hit window.")
     hits: int = Field(description="Those clicks on an item this arm recommended to them.")
     purchases: int = Field(description="Purchases of an item this arm recommended to them.")
     hit_rate: float | None = Field(description="hits / clicks; null without clicks.")
-    hit_rate_95: tuple[float, float] = Field(description="Its 95% Wilson interval.")
+    hit_rate_95: tuple[float, float] = Field(
+        description="Its 95% interval: Wilson's on the effective clicks (a user's clicks "
+        "count together: the delta method's variance over users)."
+    )
+    effective_clicks: float = Field(
+        description="As many independent clicks as these are worth: clicks over the design "
+        "effect (the user-level variance over the independent-clicks one, at least 1)."
+    )
 
 
 class ArmStatus(BaseModel):

@@ -1,11 +1,13 @@
 """The canary's automatic decision: promote, roll back or wait, from the two arms'
-online hit rates (clicks, hits), a margin and a confidence (docs/experiments.md);
+online hit rates (hits / clicks), a margin and a confidence (docs/experiments.md);
 and `check`, one evaluation that reads the counts and acts, which
 `streamrec experiment decide` and the leader worker run.
 
-The test: a one-sided normal approximation for the difference of two proportions,
-Agresti-Caffo adjusted (one hit and one miss added to each arm, which keeps the
-standard error above 0 for an arm with no hits or only hits).
+The test: each arm's hit rate is a ratio of sums over its users, with the delta
+method's variance (streamrec/hit_rates.py: a user's clicks count together); the
+difference's bounds are an always-valid one-sided confidence sequence (a normal
+mixture, as in the mSPRT), so checking every few minutes on growing counts keeps the
+stated confidence.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from streamrec import experiments, registry
 from streamrec.errors import BundleError
 from streamrec.experiments import CURRENT_ARM, Arm, Experiment
+from streamrec.hit_rates import ArmCounts, estimate
 
 if TYPE_CHECKING:
     from streamrec.settings import Settings
@@ -36,17 +39,9 @@ VERDICTS: tuple[Verdict, ...] = ("promote", "rollback", "wait")
 CONTROL_ARM = "control"
 CANARY_ARM = "canary"
 EXPERIMENT_PREFIX = "canary-"
-
-
-@dataclass(frozen=True)
-class ArmCounts:
-    answers: int
-    clicks: int
-    hits: int
-
-    @classmethod
-    def of(cls, counts: dict[str, int]) -> ArmCounts:
-        return cls(counts.get("answers", 0), counts.get("clicks", 0), counts.get("hits", 0))
+# The smallest mixture scale, for a margin of 0 (absolute hit rate); the scales' step.
+MIN_MIXTURE_SCALE = 0.01
+MIXTURE_STEP = 5
 
 
 @dataclass(frozen=True)
@@ -64,6 +59,14 @@ class Rule:
             settings.canary_confidence,
             settings.canary_max_duration_s,
         )
+
+    @property
+    def mixture_scales(self) -> tuple[float, float, float]:
+        """τ₁..τ₃, the spreads of differences the confidence sequence mixes over: the
+        margin, where a same-quality canary's promotion is decided, and 5 and 25 times
+        it, so a canary far worse is rolled back on few clicks."""
+        scale = max(self.margin, MIN_MIXTURE_SCALE)
+        return scale, scale * MIXTURE_STEP, scale * MIXTURE_STEP**2
 
 
 @dataclass(frozen=True)
@@ -83,20 +86,48 @@ class Decision:
         return asdict(self)
 
 
+def mixture_ratio(half_width: float, variance: float, scale: float) -> float:
+    """The one-sided normal mixture's likelihood ratio when d̂ - d = `half_width`, for an
+    estimate of this variance, mixing over effects θ >= 0 with a half-normal of scale τ:
+        M(b) = 2 · √(v / (v + τ²)) · Φ(s) · exp(s² / 2),  s = b·τ / √(v·(v + τ²))."""
+    s = half_width * scale / math.sqrt(variance * (variance + scale * scale))
+    log_ratio = math.log(2 * NormalDist().cdf(s)) + s * s / 2
+    return math.sqrt(variance / (variance + scale * scale)) * math.exp(min(log_ratio, 700.0))
+
+
+def always_valid_half_width(variance: float, scales: tuple[float, ...], confidence: float) -> float:
+    """b such that an estimate d̂ of d with this variance has d >= d̂ - b (and, on its
+    own, d <= d̂ + b) at `confidence` at every look at once: the one-sided normal-mixture
+    confidence sequence (Robbins; Howard et al. 2021; the mSPRT of Johari et al. 2017),
+    its ratio the mean of `mixture_ratio` over `scales`. A mean of martingales is one
+    (for a Gaussian d̂), so by Ville's inequality it ever reaches 1/α with probability
+    at most α = 1 - confidence. b solves mean M(b) = 1/α (it grows with b)."""
+    target = 1 / (1 - confidence)
+
+    def ratio(half_width: float) -> float:
+        return sum(mixture_ratio(half_width, variance, s) for s in scales) / len(scales)
+
+    low, high = 0.0, math.sqrt(variance)
+    while ratio(high) < target:
+        low, high = high, 2 * high
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if ratio(middle) < target else (low, middle)
+    return high
+
+
 def difference_bounds(
-    control: ArmCounts, canary: ArmCounts, confidence: float
+    control: ArmCounts, canary: ArmCounts, confidence: float, scales: tuple[float, ...]
 ) -> tuple[float, float, float]:
     """(difference, lower, upper): the canary's hit rate minus control's and its
-    one-sided bounds at `confidence` (each bound on its own holds at that level)."""
-    z = NormalDist().inv_cdf(confidence)
-    rate_control = (control.hits + 1) / (control.clicks + 2)
-    rate_canary = (canary.hits + 1) / (canary.clicks + 2)
-    error = math.sqrt(
-        rate_control * (1 - rate_control) / (control.clicks + 2)
-        + rate_canary * (1 - rate_canary) / (canary.clicks + 2)
-    )
-    difference = rate_canary - rate_control
-    return difference, difference - z * error, difference + z * error
+    one-sided always-valid bounds at `confidence` (each bound on its own holds at that
+    level, at every look). The arms are independent (users split by a hash): the
+    variances of their ratio estimates add."""
+    control_rate, canary_rate = estimate(control), estimate(canary)
+    variance = control_rate.variance + canary_rate.variance
+    difference = canary_rate.rate - control_rate.rate
+    half = always_valid_half_width(variance, scales, confidence)
+    return difference, difference - half, difference + half
 
 
 def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> Decision:
@@ -119,7 +150,7 @@ def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> D
         if timed_out:
             return made("rollback", f"undecided after {age_s:.0f} s: an arm has {fewest} clicks")
         return made("wait", f"an arm has {fewest} clicks of the {rule.min_clicks} needed")
-    bounds = difference_bounds(control, canary, rule.confidence)
+    bounds = difference_bounds(control, canary, rule.confidence, rule.mixture_scales)
     _, lower, upper = bounds
     level = f"{rule.confidence:.0%}"
     if lower >= -rule.margin:

@@ -176,10 +176,11 @@ def _bounds(weights: Sequence[float]) -> tuple[int, ...]:
     return tuple(bounds)
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+def wilson_interval(successes: float, trials: float, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a proportion (95% with z = 1.96): unlike the
     normal approximation it stays inside [0, 1] and is sound for few trials or a
-    rate near 0, which online hit rates are. (0, 1) without trials."""
+    rate near 0, which online hit rates are. (0, 1) without trials. Counts may be
+    fractional (effective trials, streamrec/hit_rates.py)."""
     if trials <= 0:
         return 0.0, 1.0
     rate = successes / trials

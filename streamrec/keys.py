@@ -33,6 +33,7 @@ class UserPart(StrEnum):
     META = "meta"  # hash: counts by type, the latest event time
     RECOMMENDED = "rec"  # sorted set: items recommended lately, by time (hit rate)
     ARM = "arm"  # string: the experiment run and arm of those answers (streamrec/experiments.py)
+    ARM_COUNTS = "armc"  # hash: the user's clicks and hits in that arm (hit_rates.py)
     VECTOR = "vec"  # the user vector a model version computed
     FEED = "pub"  # the feed's per-user interval marker ("pub": existing keys stay valid)
     # Redis Cluster only: hash, event id -> what is left to apply of that event in
@@ -124,8 +125,15 @@ def user_arm_key(user_id: str) -> str:
     return user_key(user_id, UserPart.ARM)
 
 
+def user_arm_counts_key(user_id: str) -> str:
+    """The user's own clicks and hits in their experiment arm (`arm`: `<run id>|<arm>`,
+    `clicks`, `hits`): what the arm's per-user sums are moved by."""
+    return user_key(user_id, UserPart.ARM_COUNTS)
+
+
 def experiment_key(run_id: str) -> str:
-    """One experiment run's counters: `<arm>:<answers|clicks|hits|purchases>` -> count."""
+    """One experiment run's counters: `<arm>:<answers|clicks|hits|purchases>` -> count,
+    and the per-user sums `<arm>:<users|clicks_sq|hits_sq|clicks_hits>`."""
     return f"{PREFIX}:x:{{{run_id}}}"
 
 

@@ -12,7 +12,8 @@
 -- duplicate id whose content differs from the event applied under it (not applied).
 -- A click or purchase by a user shown an experiment arm's answers within the hit
 -- window (their `arm` key, from the write-back) is counted for that run and arm:
--- clicks, hits (clicks on an item recommended in the window), purchases of such items.
+-- clicks, hits (clicks on an item recommended in the window), purchases of such items;
+-- and, for the arm's cluster-robust interval, its per-user sums (`count_user_click`).
 -- Keys other than the global ones are not declared, so this needs a single Redis
 -- (primary + replicas); see docs/state.md.
 local c = cjson.decode(ARGV[1])
@@ -34,6 +35,26 @@ local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 local clock = redis.call('TIME')
 local latest_ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   + c.max_future_skew_ms
+
+-- The arm's sums over its users (streamrec/hit_rates.py): users, and of each user's
+-- clicks c and hits h in the run, c^2, h^2 and c*h. The user's own c and h are kept in
+-- a key of theirs (their hash tag, one run at a time: another run's tag starts at 0);
+-- each click moves the sums by what it changes: (c+1)^2 - c^2 = 2c + 1, and so on.
+local function count_user_click(user, arm, k_counts, name, hit)
+  local k_user = user_key(user, USER_ARM_COUNTS)
+  local held = redis.call('HMGET', k_user, 'arm', 'clicks', 'hits')
+  local c, h = 0, 0
+  if held[1] == arm then
+    c, h = tonumber(held[2]) or 0, tonumber(held[3]) or 0
+  else
+    redis.call('HINCRBY', k_counts, name .. ':users', 1)
+  end
+  redis.call('HINCRBY', k_counts, name .. ':clicks_sq', 2 * c + 1)
+  if hit == 1 then redis.call('HINCRBY', k_counts, name .. ':hits_sq', 2 * h + 1) end
+  redis.call('HINCRBY', k_counts, name .. ':clicks_hits', h + hit * (c + 1))
+  redis.call('HSET', k_user, 'arm', arm, 'clicks', c + 1, 'hits', h + hit)
+  redis.call('EXPIRE', k_user, experiment_ttl)
+end
 
 local trend_key = {}
 for i, t in ipairs(types) do trend_key[t] = KEYS[1 + i] end
@@ -129,6 +150,7 @@ local function apply(event)
       if etype == 'click' then
         redis.call('HINCRBY', k_counts, name .. ':clicks', 1)
         if recommended then redis.call('HINCRBY', k_counts, name .. ':hits', 1) end
+        count_user_click(user, arm, k_counts, name, recommended and 1 or 0)
       elseif recommended then
         redis.call('HINCRBY', k_counts, name .. ':purchases', 1)
       end

@@ -24,7 +24,7 @@ from devtools.scrape import counter_total
 from streamrec import experiments, registry
 from streamrec.events import EventType
 from streamrec.experiments import CURRENT_ARM, Arm, Experiment, new_experiment
-from streamrec.keys import experiment_key, user_arm_key
+from streamrec.keys import experiment_key, user_arm_counts_key, user_arm_key
 from streamrec.loaded import ModelHolder
 from streamrec.metrics import ServeMetrics
 from streamrec.state import Applied, StateStore
@@ -238,15 +238,26 @@ async def test_clicks_and_purchases_count_for_the_users_arm(
         )
         assert outcomes == [Applied.HIT, Applied.APPLIED, Applied.APPLIED]
         counts = await store.experiment_counts(experiment.run_id)
-        assert counts == {arm: {"answers": 1, "clicks": 2, "hits": 1, "purchases": 1}}
+        # One user: a hit, then a miss (c, h = 2, 1): their sums 1, c², h², c·h.
+        assert counts == {
+            arm: {"answers": 1, "clicks": 2, "hits": 1, "purchases": 1,
+                  "users": 1, "clicks_sq": 4, "hits_sq": 1, "clicks_hits": 2}
+        }  # fmt: skip
+        assert await store.redis.hgetall(user_arm_counts_key(user)) == {
+            b"arm": experiment.arm_tag(arm).encode(),
+            b"clicks": b"2",
+            b"hits": b"1",
+        }
         ttl = await store.redis.ttl(experiment_key(experiment.run_id))
         assert 0 < ttl <= served.settings.experiment_counts_ttl_s
+        user_ttl = await store.redis.ttl(user_arm_counts_key(user))
+        assert 0 < user_ttl <= served.settings.experiment_counts_ttl_s
         arm_ttl_ms = await store.redis.pttl(user_arm_key(user))
         assert 0 < arm_ttl_ms <= served.settings.hit_window_s * 1000
         # The user's arm is one of their keys: forgetting them removes it; the run's
         # counters name no one and stay.
         await store.forget_user(user)
-        assert await store.redis.exists(user_arm_key(user)) == 0
+        assert await store.redis.exists(user_arm_key(user), user_arm_counts_key(user)) == 0
         assert await store.experiment_counts(experiment.run_id) == counts
     finally:
         await store.close()
@@ -259,7 +270,8 @@ async def test_clicks_and_purchases_count_for_the_users_arm(
     lines = status.output.splitlines()
     figures = lines[lines.index(f"  {arm}: {experiment.arm(arm).version}, 50.00% of users") + 1]
     assert figures == (
-        "    answers 1, clicks 2, hits 1, hit rate 50.00% (95% CI 9.45%-90.55%), purchases 1"
+        "    answers 1, users 1, clicks 2, hits 1, hit rate 50.00% (95% CI 9.45%-90.55%, "
+        "worth 2 independent clicks), purchases 1"
     )
 
 

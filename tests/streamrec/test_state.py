@@ -17,6 +17,7 @@ from streamrec.keys import (
     is_user_key,
     item_popularity_key,
     recommended_key,
+    user_arm_counts_key,
     user_vector_key,
 )
 from streamrec.settings import Settings
@@ -358,3 +359,52 @@ async def test_forgetting_a_user_removes_every_key_of_theirs_and_only_theirs(
     assert await store.forget_users(["u10", "nobody", "u1}:ev", "u10"]) == [9, 0, 9, 9]
     left = {cast(bytes, k).decode() for k in await store.redis.keys("sr:u:*")}
     assert left and all(k.startswith("sr:u:{a*b}:xy}:") for k in left)
+
+
+async def test_an_arms_per_user_sums_follow_each_click(store: StateStore) -> None:
+    """The apply script keeps each user's clicks and hits in their arm and moves the
+    arm's sums over users of 1, clicks², hits² and clicks·hits by each click's change:
+    they equal the sums over the users' final counts (streamrec/hit_rates.py)."""
+    rng = random.Random(3)
+    arms = {f"u{n}": "run1|control" if n < 3 else "run1|canary" for n in range(6)}
+    await store.apply_events([ev(n, user=user) for n, user in enumerate(arms)])
+    await store.write_back(
+        [WriteBack(user, ["shown"], 2_000_000, arm=arm) for user, arm in arms.items()]
+    )
+    clicks = [
+        ev(100 + n, user=rng.choice(list(arms)[:5]), item=rng.choice(["shown", "other"]),
+           ts=2_000_000 + n)
+        for n in range(60)
+    ]  # fmt: skip
+    await store.apply_events(clicks)
+    by_user = {user: (0, 0) for user in arms}
+    for click in clicks:
+        c, h = by_user[click.user_id]
+        by_user[click.user_id] = (c + 1, h + (click.item_id == "shown"))
+    expected: dict[str, dict[str, int]] = {}
+    for user, (c, h) in by_user.items():
+        if c == 0:
+            continue
+        # Three users of each arm were answered once.
+        sums = expected.setdefault(arms[user].split("|")[1], {"answers": 3})
+        for name, value in {"users": 1, "clicks": c, "hits": h, "clicks_sq": c * c,
+                            "hits_sq": h * h, "clicks_hits": c * h}.items():  # fmt: skip
+            sums[name] = sums.get(name, 0) + value
+    counts = await store.experiment_counts("run1")
+    assert counts == expected
+    c, h = by_user["u0"]
+    assert await store.redis.hgetall(user_arm_counts_key("u0")) == {
+        b"arm": b"run1|control",
+        b"clicks": str(c).encode(),
+        b"hits": str(h).encode(),
+    }
+    ttl = await store.redis.ttl(user_arm_counts_key("u0"))
+    assert 0 < ttl <= store.settings.experiment_counts_ttl_s
+    # In another run the user starts again from nothing; the first run's sums stay.
+    await store.write_back([WriteBack("u0", ["shown"], 3_000_000, arm="run2|canary")])
+    await store.apply_events([ev(200, user="u0", item="shown", ts=3_000_001)])
+    assert await store.experiment_counts("run2") == {
+        "canary": {"answers": 1, "users": 1, "clicks": 1, "hits": 1,
+                   "clicks_sq": 1, "hits_sq": 1, "clicks_hits": 1}
+    }  # fmt: skip
+    assert await store.experiment_counts("run1") == counts
