@@ -59,6 +59,9 @@ class Effects:
     neighbours: tuple[str, ...]
     arm: str
     recommended: bool
+    # A click's share of its arm's per-user sums (users, clicks_sq, hits_sq,
+    # clicks_hits), worked out in the user's slot; () for any other event.
+    sums: tuple[int, ...]
 
     @classmethod
     def from_json(cls, event: Event, raw: bytes) -> Effects:
@@ -75,6 +78,7 @@ class Effects:
             neighbours=tuple(neighbours) if isinstance(neighbours, list) else (),
             arm=stored["arm"],
             recommended=stored["recommended"] == 1,
+            sums=tuple(sums) if isinstance(sums := stored.get("sums"), list) else (),
         )
 
     @property
@@ -252,7 +256,9 @@ class ClusterApply:
             if not e.arm:
                 continue
             run_id, _, arm = e.arm.partition("|")
-            entries.append((run_id, [e.marker, run_id, arm, e.type, int(e.recommended)]))
+            entries.append(
+                (run_id, [e.marker, run_id, arm, e.type, int(e.recommended), list(e.sums)])
+            )
         if not entries:
             return
         by_slot = _grouped(entries, lambda entry: self._slot(experiment_key(entry[0])))

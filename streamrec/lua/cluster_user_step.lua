@@ -13,12 +13,27 @@ local c = cjson.decode(ARGV[1])
 local recent_max, purchased_max, items_max = c.recent_max, c.purchased_max, c.user_items_max
 local user_ttl, dedup_ttl, marker_ttl = c.user_ttl_s, c.dedup_ttl_s, c.marker_ttl_s
 local hit_window, covis_window, covis_max = c.hit_window_ms, c.covis_window, c.covis_max
+local experiment_ttl = c.experiment_ttl_s
 local types = EVENT_TYPES
 local clock = redis.call('TIME')
 local latest_ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   + c.max_future_skew_ms
 
 local applied_here = {}
+
+-- A click's share of its arm's per-user sums (streamrec/hit_rates.py), as
+-- apply_events.lua's count_user_click moves them: the user's own clicks c and hits h
+-- in the run are kept here, in their slot; what the sums move by ({new user, 2c+1,
+-- 2h+1 on a hit, h + hit * (c+1)}) goes with the pending effects to step 5.
+local function user_click_sums(user, arm, hit)
+  local k_user = user_key(user, USER_ARM_COUNTS)
+  local held = redis.call('HMGET', k_user, 'arm', 'clicks', 'hits')
+  local c, h, new_user = 0, 0, 1
+  if held[1] == arm then c, h, new_user = tonumber(held[2]) or 0, tonumber(held[3]) or 0, 0 end
+  redis.call('HSET', k_user, 'arm', arm, 'clicks', c + 1, 'hits', h + hit)
+  redis.call('EXPIRE', k_user, experiment_ttl)
+  return {new_user, 2 * c + 1, hit * (2 * h + 1), h + hit * (c + 1)}
+end
 
 local function apply(event)
   local event_id, user, item, etype, ts = event[1], event[2], event[3], event[4], event[5]
@@ -43,6 +58,8 @@ local function apply(event)
     arm = redis.call('GET', user_key(user, USER_ARM))
     if etype == 'click' and recommended then hit = 1 end
   end
+  local sums = {}
+  if etype == 'click' and arm then sums = user_click_sums(user, arm, hit) end
 
   local member = #event_id .. ':' .. event_id .. #item .. ':' .. item .. etype
   redis.call('ZADD', k_recent, ts, member)
@@ -85,6 +102,7 @@ local function apply(event)
   local effects = cjson.encode({
     outcome = 1 + hit, item = item, type = etype, ts = ts, decay_ts = math.min(ts, latest_ts),
     neighbours = neighbours, arm = arm or '', recommended = recommended and 1 or 0,
+    sums = sums,
   })
   applied_here[k_dedup] = true
   redis.call('HSET', k_pending, event_id, effects)
