@@ -1,7 +1,8 @@
 """The operator's console (/ui) and the API page (/docs) in a real headless Chromium
 (Debian's, driven by selenium; nothing downloaded): the page shows the served model
 and the registry, the try-a-user box shows what /v1/recommend answers, and a
-rollback without the admin token is refused. A screenshot is kept as an artefact
+rollback without the admin token is refused; before the first version, it says the
+server answers from trending. A screenshot is kept as an artefact
 (.test-artifacts/console.png)."""
 
 from __future__ import annotations
@@ -105,3 +106,25 @@ def test_the_console_shows_the_model_a_users_answer_and_refuses_a_rollback_witho
         browser.get(f"{url}/docs")
         wait.until(lambda d: "streamrec model server" in d.find_element(By.TAG_NAME, "body").text)
         assert "/v1/events" in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_before_the_first_version_the_console_says_the_server_answers_from_trending(
+    served: Served, browser: object, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    settings = served.settings.model_copy(
+        update={"registry": tmp_path / "empty-registry", "serve_wait_for_model": True}
+    )
+    with ServiceProcess(settings, ["serve"], tmp_path / "serve.log", settings.serve_port):
+        browser.get(f"http://127.0.0.1:{settings.serve_port}/ui")
+        wait = WebDriverWait(browser, 20)
+        wait.until(lambda d: d.find_element(By.ID, "refreshed").text.startswith("updated"))
+        assert "answering from trending" in browser.find_element(By.ID, "model-version").text
+        browser.find_element(By.ID, "user-input").send_keys("nobody")
+        browser.find_element(By.ID, "user-go").click()
+        status = "no model yet, fallback: trending"
+        wait.until(lambda d: d.find_element(By.ID, "user-status").text == status)

@@ -15,9 +15,15 @@ function credentials(headers) {
   return headers;
 }
 
+// A refusal throws with the API's error code (`code`) beside its status.
 async function getJson(path) {
   const answer = await fetch(path, {headers: credentials({"Accept": "application/json"})});
-  if (!answer.ok) throw new Error(`${path}: ${answer.status}`);
+  if (!answer.ok) {
+    const body = await answer.json().catch(() => ({}));
+    const error = new Error(`${path}: ${answer.status}${body.error ? " " + body.error : ""}`);
+    error.code = body.error;
+    throw error;
+  }
   return answer.json();
 }
 
@@ -29,8 +35,18 @@ function item(list, label, className) {
   return li;
 }
 
+// Before the first version (STREAMREC_SERVE_WAIT_FOR_MODEL) /v1/model is a 503
+// no_model: the server is up and answers from trending, which the page says.
+const NO_MODEL = "none yet: answering from trending until the first version is published";
+
 async function showModel() {
-  const model = await getJson("/v1/model");
+  let model;
+  try {
+    model = await getJson("/v1/model");
+  } catch (error) {
+    if (error.code !== "no_model") throw error;
+    model = {model_version: NO_MODEL, created_at: "", parent: "", items: 0, swaps: []};
+  }
   text("model-version", model.model_version);
   text("model-created", model.created_at);
   text("model-parent", model.parent ?? "none (trained from scratch)");
@@ -159,7 +175,7 @@ async function tryUser(event) {
     text("user-status", `${answer.status} ${body.error}`);
     return;
   }
-  text("user-status", `${body.model_version}${body.fallback ? ", fallback: " + body.fallback : ""}`);
+  text("user-status", `${body.model_version ?? "no model yet"}${body.fallback ? ", fallback: " + body.fallback : ""}`);
   const history = $("history");
   history.replaceChildren();
   for (const e of body.history || []) {
