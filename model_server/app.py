@@ -31,6 +31,7 @@ from model_server import admin, endpoints
 from model_server.access import Access
 from model_server.catalogue_mirror import CatalogueMirror
 from model_server.event_intake import EventIntake
+from model_server.experiment_figures import ExperimentFigures
 from model_server.limits import BodySizeLimit
 from model_server.live_items import LiveItems
 from model_server.openapi import openapi_document
@@ -106,6 +107,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
         mirroring: asyncio.Task[None] | None = None
         intake: EventIntake | None = None
         follower: asyncio.Task[None] | None = None
+        figures: ExperimentFigures | None = None
+        figures_reader: asyncio.Task[None] | None = None
         try:
             try:
                 await store.ping()
@@ -179,6 +182,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             # The running experiment's versions, opened before the first request.
             await holder.hold_experiment()
             watcher = asyncio.create_task(holder.follow(settings))
+            if settings.serve_experiment_figures_s > 0:
+                figures = ExperimentFigures(
+                    holder, store, metrics, settings.serve_experiment_figures_s
+                )
+                figures_reader = asyncio.create_task(figures.follow())
             # What start-up built (~100k objects the collector tracks: modules, the
             # model) lives until shutdown: out of the collector's sight, a full
             # collection took 4 ms instead of 42-62 ms, which every request waiting
@@ -203,6 +211,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             if mirror is not None and mirroring is not None:
                 mirror.stop()
                 await mirroring
+            if figures is not None and figures_reader is not None:
+                figures.stop()
+                await figures_reader
             if intake is not None:
                 await intake.close()
             await store.close()

@@ -263,6 +263,26 @@ class ServeMetrics:
             ["experiment", "arm"],
             registry=registry,
         )
+        # Read from the run's counters in Redis (model_server/experiment_figures.py):
+        # the same values in every process, the most recent one's exported.
+        self.experiment_arm_count = Gauge(
+            "streamrec_experiment_arm_count",
+            "The running experiment's online counts per arm, from Redis: answers (to "
+            "users with state), users with a click, clicks, hits (clicks on an item "
+            "shown within the hit window), purchases of shown items.",
+            ["experiment", "arm", "count"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.experiment_arm_hit_rate = Gauge(
+            "streamrec_experiment_arm_hit_rate",
+            "The running experiment's online hit rate (hits / clicks) per arm, and its "
+            "95% interval over users (low_95, high_95; streamrec/hit_rates.py); NaN "
+            "before the arm's first click.",
+            ["experiment", "arm", "bound"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
         self.swaps = Counter(
             "streamrec_model_swaps_total",
             "Attempts to load a model version, by outcome (swapped, refused).",

@@ -287,6 +287,9 @@ class Settings(BaseSettings):
     serve_header_timeout_s: float = Field(default=5.0, gt=0)
     serve_body_timeout_s: float = Field(default=5.0, gt=0)
     registry_poll_s: float = Field(default=2.0, gt=0)
+    # How often each server process reads the running experiment's counters into
+    # its per-arm gauges (0: not exported).
+    serve_experiment_figures_s: float = Field(default=15.0, ge=0)
     # Servers, the feed and workers also swap as soon as `streamrec retrain`
     # announces a version on `topic_model_versions` (the poll stays the fallback).
     follow_announcements: bool = True

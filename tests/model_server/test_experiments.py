@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import numpy as np
@@ -20,8 +20,8 @@ from bench.scenarios.models import corrupt, publish
 from bench.scenarios.users import apply, events_for
 from cli import app
 from devtools.processes import ServiceProcess
-from devtools.scrape import counter_total
-from streamrec import experiments, registry
+from devtools.scrape import counter_total, gauge_samples
+from streamrec import experiments, hit_rates, registry
 from streamrec.events import EventType
 from streamrec.experiments import CURRENT_ARM, Arm, Experiment, new_experiment
 from streamrec.keys import experiment_key, user_arm_counts_key, user_arm_key
@@ -272,6 +272,74 @@ async def test_clicks_and_purchases_count_for_the_users_arm(
     assert figures == (
         "    answers 1, users 1, clicks 2, hits 1, hit rate 50.00% (95% CI 9.45%-90.55%, "
         "worth 2 independent clicks), purchases 1"
+    )
+
+
+async def test_each_arms_online_figures_are_exported_to_prometheus_until_it_ends(
+    served: Served,
+) -> None:
+    """The server reads the running experiment's counters from Redis into gauges per
+    arm (answers, users, clicks, hits, purchases; the hit rate with its interval over
+    users, as `streamrec experiment status` shows it); the series go when it ends."""
+    second = publish(served.models, served.root, served.first.version, make_current=False)
+    experiment = experiments.start(served.root, halves(second.version))
+    user = USERS[0]
+    arm = experiment.arm_of(user).name
+    await with_history(served, [user])
+    settings = served.settings.model_copy(update={"serve_experiment_figures_s": 0.1})
+    store = StateStore(settings)
+    try:
+        async with in_process(settings) as (client, _):
+            answer = (await client.post("/v1/recommend", json={"user_id": user, "k": 5})).json()
+            shown = [item["item_id"] for item in answer["items"]]
+            elsewhere = next(i for i in reversed(served.items) if i not in shown)
+            await wait_until_async(
+                lambda: _arm_counted(store, experiment.run_id, arm, "answers", 1)
+            )
+            await store.apply_events(
+                [
+                    *events_for(user, [shown[0], elsewhere], start=100),
+                    *events_for(user, [shown[1]], EventType.PURCHASE, start=200),
+                ]
+            )
+            counts = (await store.experiment_counts(experiment.run_id))[arm]
+            low, high = hit_rates.interval(hit_rates.ArmCounts.of(counts))
+
+            async def exported() -> dict[str, float]:
+                text = (await client.get("/metrics")).text
+                figures = {
+                    labels["count"]: value
+                    for labels, value in gauge_samples(text, "streamrec_experiment_arm_count")
+                    if labels["arm"] == arm and labels["experiment"] == experiment.name
+                }
+                figures.update(
+                    (labels["bound"], value)
+                    for labels, value in gauge_samples(text, "streamrec_experiment_arm_hit_rate")
+                    if labels["arm"] == arm
+                )
+                return figures
+
+            wanted = {"answers": 1, "users": 1, "clicks": 2, "hits": 1, "purchases": 1,
+                      "estimate": 0.5, "low_95": low, "high_95": high}  # fmt: skip
+            await wait_until_async(lambda: _equal_figures(exported(), wanted))
+            experiments.stop(served.root)
+
+            async def gone() -> bool:
+                return not await exported()
+
+            await wait_until_async(gone)
+    finally:
+        await store.close()
+
+
+async def _arm_counted(store: StateStore, run_id: str, arm: str, count: str, value: int) -> bool:
+    return (await store.experiment_counts(run_id)).get(arm, {}).get(count) == value
+
+
+async def _equal_figures(figures: Awaitable[dict[str, float]], wanted: dict[str, float]) -> bool:
+    got = await figures
+    return got.keys() == wanted.keys() and all(
+        got[name] == pytest.approx(value) for name, value in wanted.items()
     )
 
 
