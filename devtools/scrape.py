@@ -19,6 +19,18 @@ def counter_total(metrics_text: str, family_name: str, **labels: str) -> float:
     return total
 
 
+def histogram_count(metrics_text: str, family_name: str, **labels: str) -> float:
+    """How many observations a histogram's series whose labels include `labels` hold."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == family_name
+        for sample in family.samples
+        if sample.name.endswith("_count")
+        and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def gauge_samples(metrics_text: str, family_name: str) -> list[tuple[dict[str, str], float]]:
     """A gauge's samples: (labels, value) each."""
     return [

@@ -13,10 +13,16 @@ written to Redis, where the old version's are still being served. After the swap
 a request whose state is the one remembered takes its vector from here and writes
 it back with its answer.
 
+The same for an experiment's arm whose version is not the current one: before
+the experiment serves, that version computes the vectors of the users answered
+lately whom the experiment assigns to it, so that a canary's users do not each pay
+the encoder on their next request (held per arm version, for as long as the
+experiment runs).
+
 The inputs are only reused where they are exactly what the new version would
 build from that state: every recent event's item known to the old version and the
 new one, and the same sequence length. Anyone else is left to the request path.
-The swap waits for this, at most PREWARM_MAX_S.
+The swap (or the experiment) waits for this, at most PREWARM_MAX_S.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -65,9 +72,12 @@ class Prewarm:
         self.max_users = max_users
         self._answered: dict[str, Encoded] = {}  # least lately answered first
         self._warm: tuple[str, dict[str, CachedVector]] = ("", {})  # version, by user
+        # The running experiment's arm versions': by version, by user.
+        self._arms_warm: dict[str, dict[str, CachedVector]] = {}
         # One thread: encoder calls never overlap, and never hold the event loop.
         self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="prewarm")
         holder.before_swap.append(self.warm_up)
+        holder.before_arm.append(self.warm_arm)
 
     def answered(self, model: ServedModel, user: StoredUser, inputs: EncoderInputs) -> None:
         """Remember a request's encoder inputs, when they are the user's whole recent
@@ -89,7 +99,7 @@ class Prewarm:
         cache entry, when computed from this very state."""
         version, entries = self._warm
         if version != model.version:
-            return None
+            entries = self._arms_warm.get(model.version, {})
         entry = entries.get(user.user_id)
         user_vector = entry_vector(model, user, entry)
         return None if user_vector is None or entry is None else (user_vector, entry)
@@ -97,16 +107,40 @@ class Prewarm:
     async def warm_up(self, model: ServedModel) -> None:
         """Compute `model`'s vectors for the users answered lately (the holder awaits
         this between loading a version and swapping it in)."""
+        entries = await self._warmed(model, lambda user_id: True)
+        if entries is not None:
+            self._warm = (model.version, entries)
+
+    async def warm_arm(self, model: ServedModel) -> None:
+        """Compute the vectors of an arm's version for the users answered lately whom
+        the arriving experiment assigns to it (the holder awaits this before the
+        experiment serves); the other arms' versions warmed before are let go."""
+        experiment = self.holder.arriving
+        if experiment is None:
+            return
+        pinned = experiment.pinned_versions()
+        self._arms_warm = {v: held for v, held in self._arms_warm.items() if v in pinned}
+        entries = await self._warmed(
+            model, lambda user_id: experiment.arm_of(user_id).version == model.version
+        )
+        if entries is not None:
+            self._arms_warm[model.version] = entries
+
+    async def _warmed(
+        self, model: ServedModel, wanted: Callable[[str], bool]
+    ) -> dict[str, CachedVector] | None:
+        """`model`'s vectors for the `wanted` users answered lately by the serving
+        version; None before any version serves."""
         serving = self.holder.held
         if serving is None:
-            return
+            return None
         started = time.monotonic()
         # Serving version's row → new version's row (0: the new one lacks the item).
         remap = vocabulary_map(model.bundle.rows, serving.bundle.item_ids)
         users = [
             (user_id, answered)
             for user_id, answered in reversed(self._answered.items())
-            if answered.model_version == serving.version
+            if answered.model_version == serving.version and wanted(user_id)
         ]
         entries: dict[str, CachedVector] = {}
         skipped = 0
@@ -135,7 +169,6 @@ class Prewarm:
             self.metrics.vector_refresh_seconds.observe(spent_s)
             await asyncio.sleep(spent_s * PREWARM_PAUSE_RATIO)
         self.metrics.vector_refreshes.labels("skipped").inc(skipped)
-        self._warm = (model.version, entries)
         log.info(
             "%s: %d users' vectors ready in %.1f s (%d left to requests)",
             model.version,
@@ -143,3 +176,4 @@ class Prewarm:
             time.monotonic() - started,
             skipped,
         )
+        return entries

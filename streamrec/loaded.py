@@ -202,8 +202,11 @@ class ModelHolder:
         self._experiment: Experiment | None = None
         self._arm_models: dict[str, ServedModel] = {}
         # Awaited with each arm's version after it opens and before it answers anyone
-        # (the popularity table, the live items); an exception is logged.
+        # (the popularity table, the live items, the arm's users' vectors); an
+        # exception is logged. While they run, `arriving` is the experiment record
+        # whose arms they prepare.
         self.before_arm: list[Callable[[ServedModel], Awaitable[None]]] = []
+        self.arriving: Experiment | None = None
 
     @property
     def current(self) -> ServedModel:
@@ -354,7 +357,7 @@ class ModelHolder:
             if model is None and (fresh or version not in self.refused):
                 with contextlib.suppress(BundleError):  # counted, logged, listed by _open
                     model = await self._open(version, current.version)
-                    await self._prepare_arm(model)
+                    await self._prepare_arm(model, wanted)
             if model is None:
                 log.warning("experiment %s: version %s is refused (%s); its arms are "
                             "answered by %s", wanted.name, version,
@@ -367,14 +370,18 @@ class ModelHolder:
             ))  # fmt: skip
         self._experiment, self._arm_models = wanted, held
 
-    async def _prepare_arm(self, model: ServedModel) -> None:
-        for prepare in self.before_arm:
-            try:
-                await prepare(model)
-            except Exception:
-                log.exception(
-                    "preparing %s for its experiment arm failed; serving it", model.version
-                )
+    async def _prepare_arm(self, model: ServedModel, experiment: Experiment) -> None:
+        self.arriving = experiment
+        try:
+            for prepare in self.before_arm:
+                try:
+                    await prepare(model)
+                except Exception:
+                    log.exception(
+                        "preparing %s for its experiment arm failed; serving it", model.version
+                    )
+        finally:
+            self.arriving = None
 
     async def promote(self, arm_name: str) -> tuple[Experiment, SwapResult]:
         """Point CURRENT at the running experiment's arm's version and serve it, then

@@ -20,7 +20,7 @@ from bench.scenarios.models import corrupt, publish
 from bench.scenarios.users import apply, events_for
 from cli import app
 from devtools.processes import ServiceProcess
-from devtools.scrape import counter_total, gauge_samples
+from devtools.scrape import counter_total, gauge_samples, histogram_count
 from streamrec import experiments, hit_rates, registry
 from streamrec.events import EventType
 from streamrec.experiments import CURRENT_ARM, Arm, Experiment, new_experiment
@@ -273,6 +273,39 @@ async def test_clicks_and_purchases_count_for_the_users_arm(
         "    answers 1, users 1, clicks 2, hits 1, hit rate 50.00% (95% CI 9.45%-90.55%, "
         "worth 2 independent clicks), purchases 1"
     )
+
+
+async def test_an_arms_users_answered_lately_get_its_vectors_before_it_serves(
+    served: Served,
+) -> None:
+    """Before an experiment serves, each arm's version (not the current one) computes
+    the vectors of the users answered lately whom the experiment assigns to it: their
+    next answers come from that version without running the encoder."""
+    await with_history(served, USERS)
+    second = publish(served.models, served.root, served.first.version, make_current=False)
+    experiment = halves(second.version)
+    in_arm = [u for u in USERS if experiment.arm_of(u).version == second.version]
+    assert 0 < len(in_arm) < len(USERS)
+    async with in_process(served.settings) as (client, app):
+        for user in USERS:  # answered by the current version: remembered
+            await client.post("/v1/recommend", json={"user_id": user, "k": 5})
+
+        async def encodes() -> float:
+            text = (await client.get("/metrics")).text
+            return histogram_count(text, "streamrec_serve_stage_seconds", stage="encode")
+
+        text = (await client.get("/metrics")).text
+        warmed = counter_total(text, "streamrec_serve_vector_refreshes", outcome="refreshed")
+        experiments.start(served.root, experiment)
+        await app.state.serving.holder.hold_experiment()
+        text = (await client.get("/metrics")).text
+        now_warmed = counter_total(text, "streamrec_serve_vector_refreshes", outcome="refreshed")
+        assert now_warmed - warmed == len(in_arm)
+        before = await encodes()
+        for user in in_arm:
+            answer = (await client.post("/v1/recommend", json={"user_id": user, "k": 5})).json()
+            assert answer["model_version"] == second.version
+        assert await encodes() == before  # no answer ran the encoder
 
 
 async def test_each_arms_online_figures_are_exported_to_prometheus_until_it_ends(

@@ -8,12 +8,11 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.scenarios.models import corrupt, point_current_at, publish
 from bench.scenarios.users import apply, events_for
 from devtools.processes import ServiceProcess
-from devtools.scrape import counter_total
+from devtools.scrape import counter_total, histogram_count
 from streamrec import registry
 from streamrec.loaded import open_model
 from streamrec.state import StateStore
@@ -144,13 +143,7 @@ async def test_a_new_version_swaps_in_with_the_vectors_of_users_answered_lately(
 
             async def encodes() -> float:
                 text = (await client.get("/metrics")).text
-                return sum(
-                    sample.value
-                    for family in text_string_to_metric_families(text)
-                    for sample in family.samples
-                    if sample.name == "streamrec_serve_stage_seconds_count"
-                    and sample.labels.get("stage") == "encode"
-                )
+                return histogram_count(text, "streamrec_serve_stage_seconds", stage="encode")
 
             second = publish(served.models, served.root, parent=served.first.version)
             for _ in range(200):
