@@ -454,7 +454,9 @@ class Recommender:
         if item_filter.active or max_per_category > 0:
             self.mirror.check_current()
         record = self.mirror.records.get  # the dict's own: a method call less per item
-        picker = Picker(record, k, item_filter, max_per_category, removed)
+        picker = Picker(
+            record, k, item_filter, max_per_category, removed, self.mirror.categories_of
+        )
         # What the picker was offered, in order, each with its first position.
         offers: list[Offer] = []
         starts: list[int] = []
