@@ -45,6 +45,7 @@ REPLAY_RATE = 800.0  # events/s: the replay is still going when the primary dies
 class ClusterFailoverDrill:
     events: int
     killed_port: int = 0
+    applied_at_kill: int = 0
     promoted_s: float = 0.0  # from the kill to every slot served by a live primary
     state_moved_s: float = 0.0  # from the kill to the worker applying events again
     lost: int = 0
@@ -71,6 +72,7 @@ class ClusterFailoverDrill:
         after = [a.sent_s - self.killed_at_s for a in refused]
         return {
             "events": self.events,
+            "applied_at_kill": self.applied_at_kill,
             "promoted_s": self.promoted_s,
             "state_moved_s": self.state_moved_s,
             "lost": self.lost,
@@ -136,7 +138,7 @@ def _run(
         try:
             wait_until(lambda: applied_count(client) >= KILL_AFTER_EVENTS, 120, "events applied")
             drill.killed_port = cluster.primary_ports()[0]
-            applied_then = applied_count(client)
+            applied_then = drill.applied_at_kill = applied_count(client)
             killed_at = time.monotonic()
             drill.killed_at_s = load.now_s()
             cluster.kill(drill.killed_port)
