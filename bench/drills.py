@@ -1,4 +1,4 @@
-"""Fault drills 1-5, 7 and 8 outside pytest, on a dev stack of their own; each drill's
+"""Fault drills 1-5, 7, 8 and 9 outside pytest, on a dev stack of their own; each drill's
 figures go to bench/reports/drills.{md,json}, or, for a run of some drills only
 (`--only`), to a report of their own (drills-7-8.{md,json}). The drills are the ones the
 tests run (bench/scenarios/); here nothing is asserted, everything is written down."""
@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from bench.common import REPORTS, ScratchStack, machine, machine_line, write_json
+from bench.scenarios.cluster_failover import cluster_failover_drill
 from bench.scenarios.ingest import kill_drill, poison_drill, redis_full_drill, redis_restart_drill
 from bench.scenarios.models import serving_models
 from bench.scenarios.redis_freeze import redis_freeze_drill
@@ -30,7 +31,7 @@ console = Console(stderr=True)
 COMMAND = "flock /tmp/streamrec-bench.lock streamrec bench drills"
 DRILLS = (
     "1_worker_kill", "2_redis_restart", "3_poison_flood", "4_bad_bundles", "5_server_kill",
-    "7_redis_full", "8_redis_freeze",
+    "7_redis_full", "8_redis_freeze", "9_cluster_failover",
 )  # fmt: skip
 FREEZE_MARGIN_MS = 50.0  # drill 8's goal: every answer within the budget plus this
 
@@ -155,6 +156,14 @@ def _drills(base: Settings, home: Path) -> dict[str, Callable[[], dict[str, Any]
         figures["statuses"] = dict(Counter(str(a.status) for a in drill.answers))
         return figures
 
+    def cluster_failover() -> dict[str, Any]:
+        # A Redis timeout the shared cores do not trip: the 503s are the failover's.
+        failover = serving("cluster-failover").model_copy(
+            update={"serve_redis_timeout_ms": 1000.0, "serve_budget_ms": 60_000.0}
+        )
+        drill = cluster_failover_drill(failover, serving_models(), workdir("cluster-failover"))
+        return drill.figures()
+
     return {
         "1_worker_kill": one_kill,
         "2_redis_restart": redis_restart,
@@ -163,6 +172,7 @@ def _drills(base: Settings, home: Path) -> dict[str, Callable[[], dict[str, Any]
         "5_server_kill": server_kill,
         "7_redis_full": redis_full,
         "8_redis_freeze": redis_freeze,
+        "9_cluster_failover": cluster_failover,
     }
 
 
@@ -189,6 +199,8 @@ def _write_markdown(name: str, r: dict[str, Any]) -> None:
         lines += _serving(d)
     if "8_redis_freeze" in d:
         lines += _redis_freeze(d["8_redis_freeze"])
+    if "9_cluster_failover" in d:
+        lines += _cluster_failover(d["9_cluster_failover"])
     if not partial:
         lines += [
             "Drill 6 (10 minutes at a fixed rate with a swap every minute) is "
@@ -363,5 +375,29 @@ def _redis_freeze(freeze: dict[str, Any]) -> list[str]:
         f"Drill 8: **{frozen['within_limit']:,} of {frozen['answers']:,} answers during the "
         f"freeze within {freeze['limit_ms']:.0f} ms** (max {frozen['max_ms']} ms). "
         f"Statuses over the whole run: {statuses}.",
+        "",
+    ]
+
+
+def _cluster_failover(f: dict[str, Any]) -> list[str]:
+    window = f["503_window_s"]
+    return [
+        "## A Redis Cluster primary killed (drill 9)",
+        "",
+        "A local Redis Cluster of 3 primaries with a replica each (`cluster-node-timeout` "
+        f"2 s); a {f['events']:,}-event Taobao replay through one `streamrec worker` while "
+        "one `streamrec serve` on the same cluster answers closed-loop load (2 askers, "
+        "Redis timeout 1 s); one primary SIGKILLed after "
+        f"{f['applied_at_kill']:,} events were applied.",
+        "",
+        f"Drill 9: the replica took over **{f['promoted_s']} s** after the kill; the worker "
+        f"applied events again after {f['state_moved_s']} s ({f['write_retries']:.0f} write "
+        f"retries); **lost {f['lost']}, doubled {f['duplicated']}**; users and items whose "
+        f"state differs from the same replay on a single Redis: {f['users_differing']} and "
+        f"{f['items_differing']}. The server: **{f['503s']} answers 503** of "
+        f"{f['answers']:,}"
+        + (f", sent {window[0]} to {window[1]} s after the kill" if window else "")
+        + f"; {f['failover_answers']} answers to requests sent during the failover "
+        f"({f['failover_by_status']}), the slowest {f['failover_max_ms']} ms.",
         "",
     ]

@@ -41,8 +41,8 @@ def drills(
         "is drills-<numbers>, never the full drills report.",
     ),
 ) -> None:
-    """Fault drills 1-5, 7, 8 (worker and server kills, Redis restart, poison, bad bundles,
-    Redis full, Redis frozen)."""
+    """Fault drills 1-5, 7, 8, 9 (worker and server kills, Redis restart, poison, bad
+    bundles, Redis full, Redis frozen, a Redis Cluster primary killed)."""
     from cli.checkout import bench_on_path
 
     bench_on_path()

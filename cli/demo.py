@@ -52,11 +52,22 @@ def demo_settings(settings: Settings) -> Settings:
     """The demo's own pipeline beside the user's: its registry and archive under
     <home>/demo, its topics and consumer group, and the last database of the Redis
     server (flushed at the start of each demo), so that a demo never makes its model
-    current for the user's servers nor writes into the user's state or archive."""
+    current for the user's servers nor writes into the user's state or archive. On a
+    Redis Cluster (one database) only the dev stack's own cluster, flushed."""
     import redis
 
     from streamrec.topics import pipeline_names
 
+    folder = settings.home / "demo"
+    own = settings.model_copy(
+        update={
+            "registry": folder / "registry",
+            "archive_dir": folder / "archive",
+            **pipeline_names(DEMO_NAME),
+        }
+    )
+    if settings.redis_is_cluster:
+        return _on_own_cluster(own)
     url = urlsplit(settings.redis_url)
     mine = int(url.path.strip("/") or 0)
     client = redis.Redis.from_url(settings.redis_url)
@@ -75,15 +86,29 @@ def demo_settings(settings: Settings) -> Settings:
         )
     demo_url = urlunsplit(url._replace(path=f"/{database}"))
     redis.Redis.from_url(demo_url).flushdb()
-    folder = settings.home / "demo"
-    return settings.model_copy(
-        update={
-            "redis_url": demo_url,
-            "registry": folder / "registry",
-            "archive_dir": folder / "archive",
-            **pipeline_names(DEMO_NAME),
-        }
-    )
+    return own.model_copy(update={"redis_url": demo_url})
+
+
+def _on_own_cluster(settings: Settings) -> Settings:
+    """A Redis Cluster has one database: the demo flushes the dev stack's own cluster
+    (`streamrec dev up --cluster`) and refuses any other, which holds someone's state."""
+    import redis
+
+    from devtools.devstack import DevStack
+
+    stack = DevStack(settings.home).status()
+    if not stack.redis_cluster_pids or stack.redis_url != settings.redis_url:
+        raise StreamrecError(
+            "a Redis Cluster has one database, and the demo flushes it: it runs on the dev "
+            f"stack's own cluster (`streamrec dev up --cluster`), not on "
+            f"{redacted(settings.redis_url)}"
+        )
+    client = redis.RedisCluster.from_url(settings.redis_node_url)
+    try:
+        client.flushdb()  # every primary
+    finally:
+        client.close()
+    return settings
 
 
 def sample(

@@ -23,12 +23,19 @@ def _stack() -> tuple[Settings, DevStack]:
 
 
 @dev_app.command()
-def up() -> None:
+def up(
+    cluster: bool = typer.Option(
+        False,
+        "--cluster",
+        help="Start a local Redis Cluster (3 primaries) instead of one Redis; "
+        "STREAMREC_REDIS_CLUSTER=true says so too.",
+    ),
+) -> None:
     """Start the broker, and Redis unless STREAMREC_REDIS_URL names one, on free ports."""
     settings, stack = _stack()
     # An explicit Redis URL wins over starting our own.
     external = settings.redis_url if settings.redis_url_explicit else ""
-    status = stack.up(external_redis_url=external)
+    status = stack.up(external_redis_url=external, cluster=cluster or settings.redis_cluster)
     ensure_topics(Settings())
     rprint(
         f"[green]up[/green] kafka={status.kafka_bootstrap} redis={redacted(status.redis_url or '')}"

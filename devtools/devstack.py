@@ -15,11 +15,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from streamrec.errors import DevStackError
 from streamrec.settings import DEV_STACK_FILE, read_dev_stack
+
+if TYPE_CHECKING:
+    from devtools.redis_cluster import LocalRedisCluster
 
 READY_TIMEOUT_S = 20.0
 
@@ -68,6 +72,8 @@ class DevStackStatus:
     redis_pid: int | None
     broker_alive: bool
     redis_alive: bool
+    # The nodes of the stack's own Redis Cluster (`up(cluster=True)`), if it made one.
+    redis_cluster_pids: tuple[int, ...] = ()
 
 
 class DevStack:
@@ -78,11 +84,14 @@ class DevStack:
         self.log_dir = home / "logs"
         # Held so the children are reaped by us, not warned about when collected.
         self._children: list[subprocess.Popen[bytes]] = []
+        self._clusters: list[LocalRedisCluster] = []
 
-    def up(self, external_redis_url: str = "") -> DevStackStatus:
-        """Start what is not running yet; reuse what is."""
+    def up(self, external_redis_url: str = "", cluster: bool = False) -> DevStackStatus:
+        """Start what is not running yet; reuse what is. With `cluster`, Redis is a
+        local Redis Cluster (3 primaries, `devtools/redis_cluster.py`) in <home>/redis-cluster."""
         current = self.status()
-        if current.broker_alive and (current.redis_alive or external_redis_url):
+        same_kind = bool(current.redis_cluster_pids) == cluster
+        if current.broker_alive and ((current.redis_alive and same_kind) or external_redis_url):
             return current
         self.down()
         self.home.mkdir(parents=True, exist_ok=True)
@@ -107,6 +116,13 @@ class DevStack:
 
         if external_redis_url:
             described["redis_url"] = external_redis_url
+        elif cluster:
+            # Imported here: devtools.redis_cluster builds on this module.
+            from devtools.redis_cluster import LocalRedisCluster
+
+            nodes = LocalRedisCluster(self.home / "redis-cluster").start()
+            self._clusters.append(nodes)
+            described.update(redis_url=nodes.url, redis_cluster_pids=nodes.pids)
         else:
             redis_port = free_port()
             redis = self._spawn(
@@ -142,27 +158,36 @@ class DevStack:
 
     def down(self) -> None:
         raw = self._described()
-        for name in ("broker_pid", "redis_pid"):
-            pid = raw.get(name)
+        nodes = raw.get("redis_cluster_pids")
+        pids = [raw.get("broker_pid"), raw.get("redis_pid")]
+        pids += nodes if isinstance(nodes, list) else []
+        for pid in pids:
             if isinstance(pid, int) and _alive(pid):
                 os.kill(pid, signal.SIGTERM)
                 _wait_gone(pid)
         for child in self._children:
             child.wait()
         self._children.clear()
+        for cluster in self._clusters:
+            cluster.stop()
+        self._clusters.clear()
         (self.home / DEV_STACK_FILE).unlink(missing_ok=True)
 
     def status(self) -> DevStackStatus:
         raw = self._described()
         broker_pid = raw.get("broker_pid")
         redis_pid = raw.get("redis_pid")
+        listed = raw.get("redis_cluster_pids")
+        nodes = tuple(p for p in listed if isinstance(p, int)) if isinstance(listed, list) else ()
         return DevStackStatus(
             kafka_bootstrap=read_dev_stack(self.home).get("kafka_bootstrap"),
             redis_url=read_dev_stack(self.home).get("redis_url"),
             broker_pid=broker_pid if isinstance(broker_pid, int) else None,
             redis_pid=redis_pid if isinstance(redis_pid, int) else None,
             broker_alive=isinstance(broker_pid, int) and _alive(broker_pid),
-            redis_alive=isinstance(redis_pid, int) and _alive(redis_pid),
+            redis_alive=(isinstance(redis_pid, int) and _alive(redis_pid))
+            or (bool(nodes) and all(_alive(pid) for pid in nodes)),
+            redis_cluster_pids=nodes,
         )
 
     def _described(self) -> dict[str, object]:

@@ -50,8 +50,9 @@ class LocalRedisCluster:
 
     @property
     def url(self) -> str:
-        """A cluster URL naming the first node (the client learns the others)."""
-        return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+        """A cluster URL naming the first live node (the client learns the others)."""
+        live = self.live_ports() or self.ports
+        return f"redis+cluster://127.0.0.1:{live[0]}/0"
 
     def start(self) -> LocalRedisCluster:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -107,10 +108,14 @@ class LocalRedisCluster:
         """Until every live node says the cluster is ok and sees every slot served."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(self._node_ok(port) for port in self.live_ports()):
+            if self.healthy():
                 return
             time.sleep(0.1)
         raise DevStackError(f"the cluster on {self.ports} was not ok within {timeout_s:.0f} s")
+
+    def healthy(self) -> bool:
+        """Does every live node say the cluster is ok (every slot served)?"""
+        return all(self._node_ok(port) for port in self.live_ports())
 
     def _node_ok(self, port: int) -> bool:
         try:
@@ -119,6 +124,10 @@ class LocalRedisCluster:
         except (redis.RedisError, OSError):
             return False
         return isinstance(info, dict) and info.get("cluster_state") == "ok"
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self._nodes.values()]
 
     def live_ports(self) -> list[int]:
         return [port for port, node in self._nodes.items() if node.poll() is None]

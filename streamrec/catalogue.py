@@ -4,7 +4,8 @@ them, and the reads serving asks of them.
 An item's record is one hash in the item's hash slot (`{item_id}`, as its
 popularity keys); each category has a sorted set of its available items. One Lua
 script applies a batch of records, comparing event times inside Redis, so an
-older record never overwrites a newer one (docs/catalogue.md, docs/state.md).
+older record never overwrites a newer one (docs/catalogue.md, docs/state.md); on a
+Redis Cluster the same is done in steps by slot (`streamrec/cluster_catalogue.py`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from streamrec.cluster_catalogue import ClusterCatalogueApply
 from streamrec.content import ItemContent
-from streamrec.errors import StreamrecError
 from streamrec.items import AttributeValue, ItemChange, ItemDelete
 from streamrec.keys import (
-    CATALOGUE_CHANGES_KEY,
-    CATALOGUE_ITEMS_KEY,
-    CATALOGUE_MARKER,
-    CATALOGUE_UNAVAILABLE_KEY,
+    catalogue_keys,
     category_available_key,
     category_popular_key,
     item_info_key,
@@ -136,9 +135,19 @@ class Catalogue:
         self.settings = settings
         self._owns_client = client is None
         self.redis: RedisClient = client or redis_client(settings)
+        self.cluster: ClusterCatalogueApply | None = None
+        if isinstance(self.redis, RedisCluster):
+            self.cluster = ClusterCatalogueApply(self.redis, catalogue_keys(cluster=True))
+        self.keys = catalogue_keys(self.cluster is not None)
         self._apply_script = self.redis.register_script(lua_script("apply_items"))
         self._read_field_script = self.redis.register_script(lua_script("read_field"))
-        self._config = orjson.dumps({"tombstone_ttl_s": settings.item_tombstone_ttl_s})
+        self._config = orjson.dumps(
+            {
+                "tombstone_ttl_s": settings.item_tombstone_ttl_s,
+                # Redis Cluster: how long a record's pending entry and marker live.
+                "pending_ttl_s": settings.dedup_ttl_s,
+            }
+        )
 
     async def close(self) -> None:
         if self._owns_client:
@@ -152,12 +161,13 @@ class Catalogue:
         call), so a caller can call again for exactly those. Unreachable Redis raises."""
         if not changes:
             return []
-        if not isinstance(self.redis, aioredis.Redis):
-            # Its script writes category and catalogue keys of other slots.
-            raise StreamrecError(
-                "catalogue records are applied on a single Redis only, not yet on a "
-                "Redis Cluster (docs/operations.md, Redis Cluster)"
-            )
+        if self.cluster is not None:
+            rows = [_script_args(c) for c in changes]
+            return [
+                o if isinstance(o, RedisError) else ItemApplied(o)
+                for o in await self.cluster.apply(rows, self._config)
+            ]
+        assert isinstance(self.redis, aioredis.Redis)  # not a cluster: one script per call
         calls = range(0, len(changes), SCRIPT_MAX_EVENTS)
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in calls:
@@ -200,19 +210,19 @@ class Catalogue:
         rows = cast(
             list[tuple[bytes, float]],
             await self.redis.zrangebyscore(
-                CATALOGUE_CHANGES_KEY, f"({seq}", "+inf", start=0, num=limit, withscores=True
+                self.keys.changes, f"({seq}", "+inf", start=0, num=limit, withscores=True
             ),
         )
         return [(member.decode(), int(score)) for member, score in rows]
 
     async def present(self) -> bool:
-        """Has any record ever been applied here (`CATALOGUE_MARKER`)?"""
-        return bool(await self.redis.exists(CATALOGUE_MARKER))
+        """Has any record ever been applied here (`CatalogueKeys.marker`)?"""
+        return bool(await self.redis.exists(self.keys.marker))
 
     async def counts(self) -> tuple[int, int]:
         """(items with a live record, of them unavailable), as the items script keeps
         them (records applied before these counters existed are not in them)."""
-        items, unavailable = await self.redis.mget(CATALOGUE_ITEMS_KEY, CATALOGUE_UNAVAILABLE_KEY)
+        items, unavailable = await self.redis.mget(self.keys.items, self.keys.unavailable)
         return int(items or 0), int(unavailable or 0)
 
     async def popular(self, categories: Sequence[str], limit: int) -> list[list[str]]:
@@ -242,5 +252,12 @@ class Catalogue:
         if not item_ids:
             return []
         keys = [item_info_key(item_id) for item_id in item_ids]
-        values = await self._read_field_script(keys=keys, args=[field])
+        if self.cluster is not None:
+            # The script reads one slot: the fields one command each, a node at a time.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, field)
+                values = await pipe.execute()
+        else:
+            values = await self._read_field_script(keys=keys, args=[field])
         return [value or None for value in values]

@@ -6,7 +6,8 @@ A user's keys share the hash tag `{user_id}`, an item's `{item_id}`, a category'
 `{category}`; every key is capped or expires. The global keys the event apply writes
 (trending, its epoch, the retrain counter, the popularity change log) have one
 layout per deployment (`GlobalKeys`): on a Redis Cluster they share the hash tag
-`{g}`, so one script call per batch updates them.
+`{g}`, so one script call per batch updates them; the catalogue-wide keys
+(`CatalogueKeys`) likewise share `{catalogue}` there.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class ItemPart(StrEnum):
     POPULARITY = "pop"  # hash: decayed counts by type, their reference times, epochs
     COVIS = "cv"  # sorted set: co-visitation links (streamrec/covis.py)
     INFO = "info"  # hash: the catalogue record, or its deletion marker
+    # Redis Cluster only: hash, `<ts>:<fingerprint>` -> what is left to apply of that
+    # record in other slots (streamrec/cluster_catalogue.py); empty between batches.
+    RECORD_PENDING = "ipend"
     # Redis Cluster only: + `<len>:<user_id><event_id>`, that event's share of this
     # item (popularity, co-visitation links) was added (streamrec/cluster_apply.py).
     DEDUP = "dd:"
@@ -222,21 +226,61 @@ TRENDING_EPOCH_KEY = STANDALONE_KEYS.trending_epoch
 NEW_EVENTS_KEY = STANDALONE_KEYS.new_events
 POPULARITY_SEQ_KEY = STANDALONE_KEYS.popularity_seq
 POPULARITY_CHANGED_KEY = STANDALONE_KEYS.popularity_changed
-# Set by the first item record ever applied: until then serving skips its catalogue read.
-CATALOGUE_MARKER = f"{PREFIX}:catalogue"
-# Items with a live record, and those of them unavailable: counters the items script
-# keeps with every record it applies (the worker's catalogue gauges read them).
-CATALOGUE_ITEMS_KEY = f"{PREFIX}:catalogue:items"
-CATALOGUE_UNAVAILABLE_KEY = f"{PREFIX}:catalogue:unavailable"
-# Which items' records changed, and in what order: a counter bumped per applied
-# record, and a sorted set of the items scored by its value at their newest record
-# (a deleted item's for as long as its deletion marker lives: the deletions, scored
-# by the delete's event time, say which entries go when). Model servers follow it
-# to mirror the catalogue (model_server/catalogue_mirror.py) and to give items
-# their model has no vector for one from their content (model_server/live_items.py).
-CATALOGUE_SEQ_KEY = f"{PREFIX}:catalogue:seq"
-CATALOGUE_CHANGES_KEY = f"{PREFIX}:catalogue:changes"
-CATALOGUE_DELETIONS_KEY = f"{PREFIX}:catalogue:deletions"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueKeys:
+    """The catalogue-wide keys the items script keeps beside each item's record."""
+
+    # Set by the first item record ever applied: until then serving skips its
+    # catalogue read.
+    marker: str
+    # Items with a live record, and those of them unavailable: counters kept with
+    # every record applied (the worker's catalogue gauges read them).
+    items: str
+    unavailable: str
+    # Which items' records changed, and in what order: a counter bumped per applied
+    # record, and a sorted set of the items scored by its value at their newest
+    # record (a deleted item's for as long as its deletion marker lives: the
+    # deletions, scored by the delete's event time, say which entries go when).
+    # Model servers follow it to mirror the catalogue (model_server/catalogue_mirror.py)
+    # and to give items their model has no vector for one from their content
+    # (model_server/live_items.py).
+    seq: str
+    changes: str
+    deletions: str
+
+    @classmethod
+    def under(cls, prefix: str) -> CatalogueKeys:
+        return cls(
+            marker=prefix,
+            items=f"{prefix}:items",
+            unavailable=f"{prefix}:unavailable",
+            seq=f"{prefix}:seq",
+            changes=f"{prefix}:changes",
+            deletions=f"{prefix}:deletions",
+        )
+
+    def record_marker(self, item_id: str, ts_ms: int, fingerprint: str) -> str:
+        """Redis Cluster: the marker that this record was counted and logged."""
+        return f"{self.marker}:dd:{len(item_id)}:{item_id}{ts_ms}:{fingerprint}"
+
+
+# A single Redis keeps the names it always had; a cluster puts them in one slot.
+STANDALONE_CATALOGUE_KEYS = CatalogueKeys.under(f"{PREFIX}:catalogue")
+CLUSTER_CATALOGUE_KEYS = CatalogueKeys.under(f"{PREFIX}:{{catalogue}}")
+
+
+def catalogue_keys(cluster: bool) -> CatalogueKeys:
+    return CLUSTER_CATALOGUE_KEYS if cluster else STANDALONE_CATALOGUE_KEYS
+
+
+CATALOGUE_MARKER = STANDALONE_CATALOGUE_KEYS.marker
+CATALOGUE_ITEMS_KEY = STANDALONE_CATALOGUE_KEYS.items
+CATALOGUE_UNAVAILABLE_KEY = STANDALONE_CATALOGUE_KEYS.unavailable
+CATALOGUE_SEQ_KEY = STANDALONE_CATALOGUE_KEYS.seq
+CATALOGUE_CHANGES_KEY = STANDALONE_CATALOGUE_KEYS.changes
+CATALOGUE_DELETIONS_KEY = STANDALONE_CATALOGUE_KEYS.deletions
 
 
 def _lua_string(text: str) -> str:

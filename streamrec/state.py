@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -60,6 +60,7 @@ from streamrec.settings import Settings
 # half-lives the epoch moves forward and every score is scaled down, so the
 # doubles never overflow.
 TRENDING_REBASE_HALF_LIVES = 256
+T = TypeVar("T")
 # Items kept in the change log; a reader further behind than this re-reads them all.
 POPULARITY_CHANGED_MAX = 100_000
 
@@ -405,10 +406,16 @@ class StateStore:
         self.redis: RedisClient = client or redis_client(settings)
         self.reads = reads
         self.cluster: ClusterApply | None = None
+        # A cluster client fails a call outright when its node's pool is used up (it
+        # does not wait): the fan-outs below keep to half of a node's connections,
+        # whichever node every call of them goes to.
+        self._cluster_calls: asyncio.Semaphore | None = None
         if isinstance(self.redis, RedisCluster):
             self.cluster = ClusterApply(
                 self.redis, settings.experiment_counts_ttl_s, settings.dedup_ttl_s
             )
+            per_node = int(self.redis.nodes_manager.connection_kwargs.get("max_connections", 2))
+            self._cluster_calls = asyncio.Semaphore(max(1, per_node // 2))
         self.keys = global_keys(self.cluster is not None)
         self._apply_script = self.redis.register_script(lua_script("apply_events"))
         self._write_back_script = self.redis.register_script(lua_script("write_back"))
@@ -511,14 +518,12 @@ class StateStore:
         if not by_slot:
             return
         # Each call's first entry is a user of its slot: the key a cluster routes it by.
-        answered = await asyncio.gather(
-            *(
-                self._write_back_script(
-                    keys=[user_vector_key(str(args[0]))] if self.cluster is not None else [],
-                    args=[*head, *args[1:]],
-                )
-                for args in by_slot.values()
+        answered = await self._fan_out(
+            self._write_back_script(
+                keys=[user_vector_key(str(args[0]))] if self.cluster is not None else [],
+                args=[*head, *args[1:]],
             )
+            for args in by_slot.values()
         )
         arms = [arm for call in answered for arm in call]
         if arms:
@@ -663,14 +668,12 @@ class StateStore:
             slot = self._slot(user_key(user_id, UserPart.META))
             by_slot.setdefault(slot, []).append(index)
         groups = list(by_slot.values())
-        answers = await asyncio.gather(
-            *(
-                self._read_users_script(
-                    keys=_user_read_keys([user_ids[i] for i in group]),
-                    args=["1" if for_ranking else "0", 0],
-                )
-                for group in groups
+        answers = await self._fan_out(
+            self._read_users_script(
+                keys=_user_read_keys([user_ids[i] for i in group]),
+                args=["1" if for_ranking else "0", 0],
             )
+            for group in groups
         )
         replies: list[Any] = [None] * len(user_ids)
         for group, answer in zip(groups, answers, strict=True):
@@ -697,6 +700,19 @@ class StateStore:
             [item_id.encode(), epoch or b"0", [part for pair in links for part in pair]]
             for item_id, epoch, links in zip(item_ids, replies[::2], replies[1::2], strict=True)
         ]
+
+    async def _fan_out(self, calls: Iterable[Awaitable[T]]) -> list[T]:
+        """Script calls, one per slot, run at once: on a cluster no more in flight
+        than `_cluster_calls` allows."""
+        limit = self._cluster_calls
+        if limit is None:
+            return list(await asyncio.gather(*calls))
+
+        async def bounded(call: Awaitable[T]) -> T:
+            async with limit:
+                return await call
+
+        return list(await asyncio.gather(*(bounded(call) for call in calls)))
 
     def _slot(self, key: str) -> int:
         assert isinstance(self.redis, RedisCluster)
@@ -744,14 +760,12 @@ class StateStore:
         for index, item_id in enumerate(item_ids):
             by_slot.setdefault(self._slot(item_popularity_key(item_id)), []).append(index)
         groups = list(by_slot.values())
-        answers = await asyncio.gather(
-            *(
-                self._read_popularity_script(
-                    keys=[item_popularity_key(item_ids[i]) for i in group],
-                    args=self._popularity_types,
-                )
-                for group in groups
+        answers = await self._fan_out(
+            self._read_popularity_script(
+                keys=[item_popularity_key(item_ids[i]) for i in group],
+                args=self._popularity_types,
             )
+            for group in groups
         )
         table = np.zeros(shape)
         for group, encoded in zip(groups, answers, strict=True):

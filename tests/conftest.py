@@ -109,6 +109,13 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRed
         cluster.stop()
 
 
+def on_cluster(settings: Settings, cluster: LocalRedisCluster) -> Settings:
+    """These settings with their state on the (flushed) session cluster: how a test
+    of a single Redis runs again on a cluster."""
+    cluster.flush()
+    return settings.model_copy(update={"redis_url": cluster.url})
+
+
 @pytest.fixture(params=["standalone", "cluster"])
 async def any_store(
     request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
@@ -118,9 +125,7 @@ async def any_store(
     if request.param == "standalone":
         settings = make_settings("state")
     else:
-        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
-        cluster.flush()
-        settings = make_settings("state").model_copy(update={"redis_url": cluster.url})
+        settings = on_cluster(make_settings("state"), request.getfixturevalue("redis_cluster"))
     state = StateStore(settings)
     yield state
     await state.redis.flushdb()

@@ -30,6 +30,7 @@ from bench.scenarios.workers import (
     produce_raw,
     read_topic,
     start_worker,
+    state_client,
     taobao_events,
     wait_counted,
     wait_until,
@@ -50,7 +51,7 @@ def lost_and_duplicated(settings: Settings, events: list[Event]) -> tuple[int, i
     wanted: Counter[tuple[str, str]] = Counter()
     for event in {e.event_id: e for e in events}.values():
         wanted[(event.user_id, event.type.value)] += 1
-    client = redis.Redis.from_url(settings.redis_url)
+    client = state_client(settings)
     users = sorted({user for user, _ in wanted})
     pipe = client.pipeline(transaction=False)
     for user in users:

@@ -87,7 +87,7 @@ class RedisFreezeDrill:
         }
 
 
-class _Load:
+class ClosedLoad:
     """Closed loop from a thread: `concurrency` askers, each sending its next request
     (the next in a fixed mix) when the last one is answered."""
 
@@ -104,7 +104,7 @@ class _Load:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def __enter__(self) -> _Load:
+    def __enter__(self) -> ClosedLoad:
         self._thread.start()
         return self
 
@@ -147,7 +147,7 @@ def redis_freeze_drill(
     log_path = workdir / "drill8-serve.log"
     with (
         ServiceProcess(settings, ["serve"], log_path, settings.serve_port),
-        _Load(url, users, items, concurrency) as load,
+        ClosedLoad(url, users, items, concurrency) as load,
     ):
         time.sleep(2.0)
         frozen_from_s = load.now_s()

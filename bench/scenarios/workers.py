@@ -77,7 +77,19 @@ def paced_producer(
     return thread
 
 
-def applied_count(client: redis.Redis) -> int:
+# A synchronous client of the state: a single Redis or a Redis Cluster.
+StateClient = redis.Redis | redis.RedisCluster
+
+
+def state_client(settings: Settings) -> StateClient:
+    """The tests' and drills' own client of the state Redis the settings name: a
+    cluster client (every primary scanned, each key routed) for a cluster URL."""
+    if settings.redis_is_cluster:
+        return redis.RedisCluster.from_url(settings.redis_node_url)
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def applied_count(client: StateClient) -> int:
     """Events applied to the state so far: the sum of every user's per-type counts."""
     total = 0
     for key in client.scan_iter("sr:u:*:meta", count=1000):
@@ -214,7 +226,7 @@ def start_worker(settings: Settings, log_dir: Path) -> ServiceProcess:
 
 
 def assert_state_is_exact(settings: Settings, events: list[Event]) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = state_client(settings)
     expected = expected_state(events, settings)
     users_in_redis = {
         key.decode().split("{", 1)[1].rsplit("}", 1)[0]

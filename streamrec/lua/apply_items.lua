@@ -2,7 +2,8 @@
 -- (0/1), available (0/1), [categories], [field, value, ...]], ...] (the hash fields
 -- beyond ts, fp and available). Returns an `ItemApplied` per record. Category keys
 -- are other slots and are built here, so this needs one Redis, as the event apply
--- script does (docs/state.md, Redis Cluster). Keeps the catalogue's counts
+-- script does; a Redis Cluster runs the same in steps by slot
+-- (streamrec/cluster_catalogue.py). Keeps the catalogue's counts
 -- (CATALOGUE_ITEMS: items with a live record; CATALOGUE_UNAVAILABLE: those of them
 -- unavailable) with every record it applies, and the change log (CATALOGUE_CHANGES:
 -- each item scored by the CATALOGUE_SEQ value of its newest record; a deleted item

@@ -1,7 +1,8 @@
 """A server process's copy of the catalogue (model_server/catalogue_mirror.py) against
 a real Redis: it follows records, deletes and restocks; it never goes back to an
 older record; it says when it is too far behind to check a filter; the change log
-it follows stays bounded by the deletion markers' lifetime."""
+it follows stays bounded by the deletion markers' lifetime. On a single Redis and on
+a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -14,16 +15,21 @@ from model_server.catalogue_mirror import CatalogueBehind, CatalogueMirror
 from streamrec.catalogue import Catalogue
 from streamrec.events import Event, EventType
 from streamrec.items import ItemDelete, ItemRecord
-from streamrec.keys import CATALOGUE_CHANGES_KEY, CATALOGUE_DELETIONS_KEY
 from streamrec.settings import Settings
 from streamrec.state import StateStore
+from tests.conftest import on_cluster
 
 TTL_S = 600
 
 
-@pytest.fixture
-async def catalogue(make_settings: Callable[..., Settings]) -> AsyncIterator[Catalogue]:
-    opened = Catalogue(make_settings("mirror", item_tombstone_ttl_s=TTL_S))
+@pytest.fixture(params=["standalone", "cluster"])
+async def catalogue(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Catalogue]:
+    settings = make_settings("mirror", item_tombstone_ttl_s=TTL_S)
+    if request.param == "cluster":
+        settings = on_cluster(settings, request.getfixturevalue("redis_cluster"))
+    opened = Catalogue(settings)
     yield opened
     await opened.redis.flushdb()
     await opened.close()
@@ -117,15 +123,15 @@ async def test_the_change_log_forgets_deletes_once_their_markers_expire(
     await catalogue.apply_records_each(
         [ItemRecord("old", 1), ItemDelete("old", 2), ItemRecord("kept", 1)]
     )
-    changes = await catalogue.redis.zrange(CATALOGUE_CHANGES_KEY, 0, -1)
+    changes = await catalogue.redis.zrange(catalogue.keys.changes, 0, -1)
     assert set(changes) == {b"old", b"kept"}
     # A delete one marker lifetime later trims the earlier delete's entries.
     await catalogue.apply_records_each([ItemDelete("gone", 3 + TTL_S * 1000 + day_ms)])
-    assert set(await catalogue.redis.zrange(CATALOGUE_CHANGES_KEY, 0, -1)) == {b"kept", b"gone"}
-    assert await catalogue.redis.zrange(CATALOGUE_DELETIONS_KEY, 0, -1) == [b"gone"]
+    assert set(await catalogue.redis.zrange(catalogue.keys.changes, 0, -1)) == {b"kept", b"gone"}
+    assert await catalogue.redis.zrange(catalogue.keys.deletions, 0, -1) == [b"gone"]
     # Back in the catalogue: no longer a deletion to trim.
     await catalogue.apply_records_each([ItemRecord("gone", 4 + TTL_S * 1000 + day_ms)])
-    assert await catalogue.redis.zrange(CATALOGUE_DELETIONS_KEY, 0, -1) == []
+    assert await catalogue.redis.zrange(catalogue.keys.deletions, 0, -1) == []
 
 
 async def test_changed_since_reads_on_or_says_it_cannot(

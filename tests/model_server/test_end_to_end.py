@@ -5,6 +5,7 @@ changed user's vector, and the server answers from it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +23,20 @@ from streamrec.settings import Settings
 from streamrec.state import StateStore, StoredUser
 from streamrec.topics import ensure_topics
 from streamrec.user_vectors import user_encoder_inputs
+from tests.conftest import on_cluster
 from tests.model_server.conftest import Served
 from tests.model_server.test_endpoints import encodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def served(request: pytest.FixtureRequest, served: Served) -> Served:
+    """The worker and the server on a single Redis, then both on a Redis Cluster."""
+    if request.param == "standalone":
+        return served
+    cluster = request.getfixturevalue("redis_cluster")
+    return dataclasses.replace(served, settings=on_cluster(served.settings, cluster))
 
 
 @pytest.fixture

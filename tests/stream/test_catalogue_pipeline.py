@@ -30,6 +30,7 @@ from streamrec.keys import (
 )
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
+from tests.conftest import on_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -187,10 +188,16 @@ def test_records_deletes_late_and_bad_records_through_the_worker(
         assert letter.headers["streamrec.detail"]
 
 
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
 async def test_the_read_api_sees_what_the_worker_wrote(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    kind: str,
 ) -> None:
-    settings = make_settings("catalogue-read")
+    settings = make_settings(f"catalogue-read-{kind}")
+    if kind == "cluster":
+        settings = on_cluster(settings, request.getfixturevalue("redis_cluster"))
     ensure_topics(settings)
     worker = start_worker(settings, tmp_path)
     try:

@@ -14,7 +14,13 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from bench.scenarios.workers import applied_count, start_worker, wait_until
+from bench.scenarios.workers import (
+    StateClient,
+    applied_count,
+    start_worker,
+    state_client,
+    wait_until,
+)
 from devtools.scrape import events_by_type_and_outcome
 from streamrec.covis import CovisTable
 from streamrec.events import Event, EventType
@@ -23,6 +29,7 @@ from streamrec.producer import topic_for
 from streamrec.settings import Settings
 from streamrec.state import covis_rule
 from streamrec.topics import ensure_topics
+from tests.conftest import on_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +68,7 @@ def twin_links(settings: Settings, rounds: list[list[Event]]) -> Links:
     return twin.stored()
 
 
-def stored_links(client: redis.Redis) -> Links:
+def stored_links(client: StateClient) -> Links:
     out: Links = {}
     for key in client.scan_iter("sr:i:*:cv", count=1000):
         item_id = key.decode().split("{", 1)[1].rsplit("}", 1)[0]
@@ -98,7 +105,7 @@ def producer_for(settings: Settings) -> Iterator[Callable[[list[Event]], None]]:
         producer.close()
 
 
-def wait_applied(client: redis.Redis, count: int) -> None:
+def wait_applied(client: StateClient, count: int) -> None:
     wait_until(lambda: applied_count(client) >= count, 30, f"{count} events applied")
 
 
@@ -150,12 +157,19 @@ def test_no_item_keeps_more_than_the_neighbour_cap(
     assert len(sizes) == 12 and max(sizes) == 3, sizes  # the cap is reached, never passed
 
 
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
 def test_a_worker_killed_mid_replay_counts_no_link_twice(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    kind: str,
 ) -> None:
-    # Nothing is committed before the kill, so the new worker gets every event again.
-    settings = pipeline_settings(make_settings, "covis-crash", commit_interval_s=120.0)
-    client = redis.Redis.from_url(settings.redis_url)
+    # Nothing is committed before the kill, so the new worker gets every event again;
+    # on a cluster, the batch cut short is finished by its steps' markers.
+    settings = pipeline_settings(make_settings, f"covis-crash-{kind}", commit_interval_s=120.0)
+    if kind == "cluster":
+        settings = on_cluster(settings, request.getfixturevalue("redis_cluster"))
+    client = state_client(settings)
     rounds = replay_rounds(seed=3, rounds=12, users=5, items=8)
     kill_at = 6
     worker = start_worker(settings, tmp_path)

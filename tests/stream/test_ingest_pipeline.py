@@ -30,15 +30,19 @@ from streamrec.notices import StateChanges
 from streamrec.producer import topic_for
 from streamrec.settings import Settings
 from streamrec.topics import ensure_topics
+from tests.conftest import on_cluster
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
+@pytest.fixture(params=["standalone", "cluster"])
 def pipeline(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> Iterator[tuple[Settings, ServiceProcess]]:
-    settings = make_settings("ingest")
+    """A worker on a single Redis, then on a Redis Cluster (its cluster apply)."""
+    settings = make_settings(f"ingest-{request.param}")  # topics of its own
+    if request.param == "cluster":
+        settings = on_cluster(settings, request.getfixturevalue("redis_cluster"))
     ensure_topics(settings)
     worker = start_worker(settings, tmp_path)
     try:

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
+from cli.demo import demo_settings
 from streamrec import __version__
+from streamrec.errors import StreamrecError
+from streamrec.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +48,37 @@ def test_dev_up_writes_addresses_that_the_other_commands_find(tmp_path: Path) ->
         down = run(tmp_path, "dev", "down")
     assert down.returncode == 0
     assert run(tmp_path, "dev", "status").returncode == 1
+
+
+def test_dev_up_cluster_starts_a_redis_cluster_the_demo_resets(tmp_path: Path) -> None:
+    up = run(tmp_path, "dev", "up", "--cluster")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        described = orjson.loads((tmp_path / "dev.json").read_bytes())
+        assert described["redis_url"].startswith("redis+cluster://")
+        assert len(described["redis_cluster_pids"]) == 3
+        status = run(tmp_path, "dev", "status")
+        assert status.returncode == 0 and "redis:  up" in status.stdout, status.stdout
+        state = run(tmp_path, "state", "nobody")  # read through the cluster client
+        assert "no state for user 'nobody'" in state.stderr, state.stdout + state.stderr
+
+        settings = Settings(home=tmp_path)
+        assert settings.redis_is_cluster
+        client = redis.RedisCluster.from_url(settings.redis_node_url)
+        client.set("sr:u:{someone}:meta", "1")
+        assert demo_settings(settings).redis_url == settings.redis_url
+        assert client.dbsize() == 0  # every primary flushed
+        client.close()
+    finally:
+        down = run(tmp_path, "dev", "down")
+    assert down.returncode == 0
+    assert run(tmp_path, "dev", "status").returncode == 1
+
+
+def test_the_demo_refuses_a_cluster_that_is_not_the_dev_stacks(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, redis_url="redis+cluster://127.0.0.1:1/0")
+    with pytest.raises(StreamrecError, match="dev up --cluster"):
+        demo_settings(settings)
 
 
 def test_unreachable_kafka_and_redis_are_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
