@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from streamrec.events import EventType
 
@@ -320,6 +321,11 @@ LUA_PRELUDE = "\n".join(
 
 @cache
 def lua_script(name: str) -> str:
-    """`streamrec/lua/<name>.lua` with the key layout before it."""
-    body = resources.files("streamrec").joinpath("lua", f"{name}.lua").read_text("utf-8")
-    return LUA_PRELUDE + body
+    """`streamrec/lua/<name>.lua` with the key layout and the functions the scripts
+    share (`lua/shared.lua`) before it."""
+    lua = resources.files("streamrec").joinpath("lua")
+    return LUA_PRELUDE + "\n" + _lua_text(lua, "shared") + "\n" + _lua_text(lua, name)
+
+
+def _lua_text(folder: Traversable, name: str) -> str:
+    return folder.joinpath(f"{name}.lua").read_text("utf-8")

@@ -13,12 +13,13 @@
 -- A click or purchase by a user shown an experiment arm's answers within the hit
 -- window (their `arm` key, from the write-back) is counted for that run and arm:
 -- clicks, hits (clicks on an item recommended in the window), purchases of such items;
--- and, for the arm's cluster-robust interval, its per-user sums (`count_user_click`).
+-- and, for the arm's cluster-robust interval, its per-user sums (`user_click_sums`,
+-- lua/shared.lua, which also holds what an event writes to the user's keys, the
+-- item's popularity and the trending epoch: the Redis Cluster steps share them).
 -- Keys other than the global ones are not declared, so this needs a single Redis
 -- (primary + replicas); see docs/state.md.
 local c = cjson.decode(ARGV[1])
-local recent_max, purchased_max, items_max = c.recent_max, c.purchased_max, c.user_items_max
-local user_ttl, item_ttl, dedup_ttl = c.user_ttl_s, c.item_ttl_s, c.dedup_ttl_s
+local item_ttl, dedup_ttl = c.item_ttl_s, c.dedup_ttl_s
 local half_life, trending_max, rebase = c.half_life_ms, c.trending_max, c.rebase_half_lives
 local hit_window, changed_max = c.hit_window_ms, c.changed_max
 local covis_window, covis_max = c.covis_window, c.covis_max
@@ -36,58 +37,10 @@ local clock = redis.call('TIME')
 local latest_ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   + c.max_future_skew_ms
 
--- The arm's sums over its users (streamrec/hit_rates.py): users, and of each user's
--- clicks c and hits h in the run, c^2, h^2 and c*h. The user's own c and h are kept in
--- a key of theirs (their hash tag, one run at a time: another run's tag starts at 0);
--- each click moves the sums by what it changes: (c+1)^2 - c^2 = 2c + 1, and so on.
-local function count_user_click(user, arm, k_counts, name, hit)
-  local k_user = user_key(user, USER_ARM_COUNTS)
-  local held = redis.call('HMGET', k_user, 'arm', 'clicks', 'hits')
-  local c, h = 0, 0
-  if held[1] == arm then
-    c, h = tonumber(held[2]) or 0, tonumber(held[3]) or 0
-  else
-    redis.call('HINCRBY', k_counts, name .. ':users', 1)
-  end
-  redis.call('HINCRBY', k_counts, name .. ':clicks_sq', 2 * c + 1)
-  if hit == 1 then redis.call('HINCRBY', k_counts, name .. ':hits_sq', 2 * h + 1) end
-  redis.call('HINCRBY', k_counts, name .. ':clicks_hits', h + hit * (c + 1))
-  redis.call('HSET', k_user, 'arm', arm, 'clicks', c + 1, 'hits', h + hit)
-  redis.call('EXPIRE', k_user, experiment_ttl)
-end
-
-local trend_key = {}
-for i, t in ipairs(types) do trend_key[t] = KEYS[1 + i] end
-
--- A member's score in a decayed sorted set is w * 2^((ts - epoch) / half-life)
--- against the set's own epoch (field `epoch_field` of hash `k_epoch`); the epoch moves
--- forward (and the scores are scaled down) once the exponent passes `rebase_at`.
--- The set keeps its `max_members` strongest members.
-local function decayed_add(k_set, k_epoch, epoch_field, member, weight, ts, hl, rebase_at,
-                           max_members, ttl)
-  local epoch = tonumber(redis.call('HGET', k_epoch, epoch_field) or '')
-  if not epoch or redis.call('EXISTS', k_set) == 0 then
-    epoch = ts
-    redis.call('HSET', k_epoch, epoch_field, epoch)
-  end
-  local exponent = (ts - epoch) / hl
-  if exponent > rebase_at then
-    local shift = math.floor(exponent / rebase_at) * rebase_at
-    local scale = math.pow(2, -shift)
-    local members = redis.call('ZRANGE', k_set, 0, -1, 'WITHSCORES')
-    for i = 1, #members, 2 do
-      redis.call('ZADD', k_set, tonumber(members[i + 1]) * scale, members[i])
-    end
-    epoch = epoch + math.floor(shift * hl)
-    redis.call('HSET', k_epoch, epoch_field, epoch)
-    exponent = exponent - shift
-  end
-  redis.call('ZINCRBY', k_set, string.format('%.17g', weight * math.pow(2, exponent)), member)
-  if redis.call('ZCARD', k_set) > max_members then
-    redis.call('ZREMRANGEBYRANK', k_set, 0, -max_members - 1)
-  end
-  redis.call('EXPIRE', k_set, ttl)
-  redis.call('EXPIRE', k_epoch, ttl)
+local trend_key, trend_sets = {}, {}
+for i, t in ipairs(types) do
+  trend_key[t] = KEYS[1 + i]
+  trend_sets[i] = KEYS[1 + i]
 end
 
 -- Co-visitation (streamrec/covis.py has the rule and its Python twin): each item's
@@ -125,10 +78,7 @@ end
 local function apply(event)
   local event_id, user, item, etype, ts = event[1], event[2], event[3], event[4], event[5]
   local content = event[6]
-  local k_recent, k_buy = user_key(user, USER_RECENT), user_key(user, USER_PURCHASED)
-  local k_items, k_cnt = user_key(user, USER_ITEMS), user_key(user, USER_COUNTS)
-  local k_meta = user_key(user, USER_META)
-  local k_pop = item_key(item, ITEM_POPULARITY)
+  local k_items, k_pop = user_key(user, USER_ITEMS), item_key(item, ITEM_POPULARITY)
   -- The dedup marker holds the event's content fingerprint, so a second event under
   -- the same id with other content is told apart (a conflict) from a redelivery.
   local k_dedup = user_key(user, USER_DEDUP .. event_id)
@@ -150,7 +100,8 @@ local function apply(event)
       if etype == 'click' then
         redis.call('HINCRBY', k_counts, name .. ':clicks', 1)
         if recommended then redis.call('HINCRBY', k_counts, name .. ':hits', 1) end
-        count_user_click(user, arm, k_counts, name, recommended and 1 or 0)
+        add_arm_sums(k_counts, name, user_click_sums(user, arm, recommended and 1 or 0,
+                                                    experiment_ttl))
       elseif recommended then
         redis.call('HINCRBY', k_counts, name .. ':purchases', 1)
       end
@@ -159,81 +110,16 @@ local function apply(event)
     if etype == 'click' and recommended then hit = 1 end
   end
 
-  -- Length-prefixed, so any id round-trips: <len>:<event_id><len>:<item_id><type>
-  local member = #event_id .. ':' .. event_id .. #item .. ':' .. item .. etype
-  redis.call('ZADD', k_recent, ts, member)
-  redis.call('ZREMRANGEBYRANK', k_recent, 0, -recent_max - 1)
-  redis.call('EXPIRE', k_recent, user_ttl)
-
-  if etype == 'purchase' then
-    redis.call('ZADD', k_buy, 'GT', ts, item)
-    redis.call('ZREMRANGEBYRANK', k_buy, 0, -purchased_max - 1)
-    redis.call('EXPIRE', k_buy, user_ttl)
-  end
-
+  record_recent(user, event_id, item, etype, ts, c)
   if covis_max > 0 then covisit(k_items, item, ts) end
-  redis.call('ZADD', k_items, 'GT', ts, item)
-  redis.call('HINCRBY', k_cnt, etype .. ':' .. item, 1)
-  local excess = redis.call('ZCARD', k_items) - items_max
-  if excess > 0 then
-    local evicted = redis.call('ZPOPMIN', k_items, excess)
-    for i = 1, #evicted, 2 do
-      for _, t in ipairs(types) do
-        redis.call('HDEL', k_cnt, t .. ':' .. evicted[i])
-      end
-    end
-  end
-  redis.call('EXPIRE', k_items, user_ttl)
-  redis.call('EXPIRE', k_cnt, user_ttl)
+  record_item(user, item, etype, ts, c)
 
-  redis.call('HINCRBY', k_meta, 'n:' .. etype, 1)
-  local last_ts = tonumber(redis.call('HGET', k_meta, 'last_ts') or '-1')
-  if ts > last_ts then redis.call('HSET', k_meta, 'last_ts', ts) end
-  redis.call('EXPIRE', k_meta, user_ttl)
-
-  -- Decayed popularity: the value is kept at a reference time (the newest event
-  -- seen); an older event adds its weight decayed to that time, so the result
-  -- does not depend on arrival order. Both counters take the event's time capped
-  -- at `latest_ts`.
+  -- Both counters take the event's time capped at `latest_ts`.
   local decay_ts = math.min(ts, latest_ts)
-  local ref_field = etype .. ':ref'
-  local pop = redis.call('HMGET', k_pop, etype, ref_field, 'first')
-  local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(decay_ts))
-  if decay_ts >= ref then
-    value = value * math.pow(2, -(decay_ts - ref) / half_life) + 1
-    ref = decay_ts
-  else
-    value = value + math.pow(2, -(ref - decay_ts) / half_life)
-  end
-  -- `first`: the item's earliest event time, whatever order events arrive in (the
-  -- ranker's item_newness, streamrec/features.py).
-  local first = tonumber(pop[3] or '')
-  if not first or decay_ts < first then first = decay_ts end
-  redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref,
-    'first', string.format('%d', first))
-  redis.call('EXPIRE', k_pop, item_ttl)
+  add_popularity(k_pop, etype, decay_ts, half_life, item_ttl)
   changed_items[item] = true
-
-  -- Trending: scores are 2^((ts - epoch) / half-life); the epoch moves forward
-  -- (and every score is scaled down) before the exponent can overflow a double.
-  if not epoch then
-    epoch = decay_ts
-    redis.call('SET', KEYS[1], epoch)
-  end
-  local exponent = (decay_ts - epoch) / half_life
-  if exponent > rebase then
-    local shift = math.floor(exponent / rebase) * rebase
-    local scale = math.pow(2, -shift)
-    for t = 2, 1 + #types do
-      local members = redis.call('ZRANGE', KEYS[t], 0, -1, 'WITHSCORES')
-      for i = 1, #members, 2 do
-        redis.call('ZADD', KEYS[t], tonumber(members[i + 1]) * scale, members[i])
-      end
-    end
-    epoch = epoch + shift * half_life
-    redis.call('SET', KEYS[1], string.format('%.17g', epoch))
-    exponent = exponent - shift
-  end
+  local exponent
+  epoch, exponent = trending_exponent(KEYS[1], trend_sets, epoch, decay_ts, half_life, rebase)
   local trend = trend_key[etype]
   redis.call('ZINCRBY', trend, string.format('%.17g', math.pow(2, exponent)), item)
   if redis.call('ZCARD', trend) > trending_max then

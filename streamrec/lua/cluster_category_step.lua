@@ -16,22 +16,7 @@ for _, entry in ipairs(cjson.decode(ARGV[2])) do
     if tonumber(standing[t - 1]) > 0 and (not latest or ref > latest) then latest = ref end
   end
   if latest then
-    local epoch = tonumber(redis.call('HGET', k_meta, 'epoch') or '')
-    if not epoch or redis.call('EXISTS', k_set) == 0 then
-      epoch = latest
-      redis.call('HSET', k_meta, 'epoch', epoch)
-    end
-    local exponent = (latest - epoch) / half_life
-    if exponent > rebase then
-      local shift = math.floor(exponent / rebase) * rebase
-      local scale = math.pow(2, -shift)
-      local members = redis.call('ZRANGE', k_set, 0, -1, 'WITHSCORES')
-      for i = 1, #members, 2 do
-        redis.call('ZADD', k_set, tonumber(members[i + 1]) * scale, members[i])
-      end
-      epoch = epoch + math.floor(shift * half_life)
-      redis.call('HSET', k_meta, 'epoch', epoch)
-    end
+    local epoch = set_epoch(k_set, k_meta, 'epoch', latest, half_life, rebase)
     local score = 0
     for t = 2, #standing, 2 do
       local value = tonumber(standing[t - 1])

@@ -14,12 +14,7 @@ for _, entry in ipairs(cjson.decode(ARGV[3])) do
     if etype == 'click' then
       redis.call('HINCRBY', k_counts, arm .. ':clicks', 1)
       if recommended == 1 then redis.call('HINCRBY', k_counts, arm .. ':hits', 1) end
-      if #sums == 4 then
-        redis.call('HINCRBY', k_counts, arm .. ':users', sums[1])
-        redis.call('HINCRBY', k_counts, arm .. ':clicks_sq', sums[2])
-        redis.call('HINCRBY', k_counts, arm .. ':hits_sq', sums[3])
-        redis.call('HINCRBY', k_counts, arm .. ':clicks_hits', sums[4])
-      end
+      if #sums == #ARM_SUM_FIELDS then add_arm_sums(k_counts, arm, sums) end
     elseif recommended == 1 then
       redis.call('HINCRBY', k_counts, arm .. ':purchases', 1)
     end

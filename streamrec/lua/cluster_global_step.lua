@@ -14,26 +14,8 @@ local k_new_events, k_pop_seq, k_pop_changed = KEYS[2 + #types], KEYS[3 + #types
 local batch = cjson.decode(ARGV[2])
 local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 
--- Moves the epoch forward (scaling every score down) once `ts` is past the rebase point.
-local function rebased(ts)
-  if not epoch then
-    epoch = ts
-    redis.call('SET', KEYS[1], epoch)
-  end
-  local exponent = (ts - epoch) / half_life
-  if exponent > rebase then
-    local shift = math.floor(exponent / rebase) * rebase
-    local scale = math.pow(2, -shift)
-    for t = 2, 1 + #types do
-      local members = redis.call('ZRANGE', KEYS[t], 0, -1, 'WITHSCORES')
-      for i = 1, #members, 2 do
-        redis.call('ZADD', KEYS[t], tonumber(members[i + 1]) * scale, members[i])
-      end
-    end
-    epoch = epoch + shift * half_life
-    redis.call('SET', KEYS[1], string.format('%.17g', epoch))
-  end
-end
+local trend_sets = {}
+for t = 1, #types do trend_sets[t] = KEYS[1 + t] end
 
 local changed = 0
 for _, entry in ipairs(batch.items) do
@@ -41,7 +23,7 @@ for _, entry in ipairs(batch.items) do
   for t = 1, #types do
     local value, ref = tonumber(standing[2 * t - 1]), tonumber(standing[2 * t])
     if value > 0 then
-      rebased(ref)
+      epoch = trending_exponent(KEYS[1], trend_sets, epoch, ref, half_life, rebase)
       local trend = KEYS[1 + t]
       local score = value * math.pow(2, (ref - epoch) / half_life)
       redis.call('ZADD', trend, 'GT', string.format('%.17g', score), item)

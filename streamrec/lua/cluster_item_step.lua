@@ -13,51 +13,10 @@ local item_ttl, half_life, marker_ttl = c.item_ttl_s, c.half_life_ms, c.marker_t
 local covis_half_life, covis_backward = c.covis_half_life_ms, c.covis_backward
 local covis_rebase, covis_max = c.covis_rebase_half_lives, c.covis_max
 
--- apply_events.lua's decayed_add, for the co-visitation links.
+-- Co-visitation links, as apply_events.lua's covis_add.
 local function covis_add(item, neighbour, weight, ts)
-  local k_set, k_epoch = item_key(item, ITEM_COVIS), item_key(item, ITEM_POPULARITY)
-  local epoch = tonumber(redis.call('HGET', k_epoch, 'cv:epoch') or '')
-  if not epoch or redis.call('EXISTS', k_set) == 0 then
-    epoch = ts
-    redis.call('HSET', k_epoch, 'cv:epoch', epoch)
-  end
-  local exponent = (ts - epoch) / covis_half_life
-  if exponent > covis_rebase then
-    local shift = math.floor(exponent / covis_rebase) * covis_rebase
-    local scale = math.pow(2, -shift)
-    local members = redis.call('ZRANGE', k_set, 0, -1, 'WITHSCORES')
-    for i = 1, #members, 2 do
-      redis.call('ZADD', k_set, tonumber(members[i + 1]) * scale, members[i])
-    end
-    epoch = epoch + math.floor(shift * covis_half_life)
-    redis.call('HSET', k_epoch, 'cv:epoch', epoch)
-    exponent = exponent - shift
-  end
-  redis.call('ZINCRBY', k_set, string.format('%.17g', weight * math.pow(2, exponent)), neighbour)
-  if redis.call('ZCARD', k_set) > covis_max then
-    redis.call('ZREMRANGEBYRANK', k_set, 0, -covis_max - 1)
-  end
-  redis.call('EXPIRE', k_set, item_ttl)
-  redis.call('EXPIRE', k_epoch, item_ttl)
-end
-
--- apply_events.lua's popularity update.
-local function add_popularity(item, etype, decay_ts)
-  local k_pop = item_key(item, ITEM_POPULARITY)
-  local ref_field = etype .. ':ref'
-  local pop = redis.call('HMGET', k_pop, etype, ref_field, 'first')
-  local value, ref = tonumber(pop[1] or '0'), tonumber(pop[2] or tostring(decay_ts))
-  if decay_ts >= ref then
-    value = value * math.pow(2, -(decay_ts - ref) / half_life) + 1
-    ref = decay_ts
-  else
-    value = value + math.pow(2, -(ref - decay_ts) / half_life)
-  end
-  local first = tonumber(pop[3] or '')
-  if not first or decay_ts < first then first = decay_ts end
-  redis.call('HSET', k_pop, etype, string.format('%.17g', value), ref_field, ref,
-    'first', string.format('%d', first))
-  redis.call('EXPIRE', k_pop, item_ttl)
+  decayed_add(item_key(item, ITEM_COVIS), item_key(item, ITEM_POPULARITY), 'cv:epoch', neighbour,
+              weight, ts, covis_half_life, covis_rebase, covis_max, item_ttl)
 end
 
 local function standing(item)
@@ -86,7 +45,7 @@ for i, task in ipairs(cjson.decode(ARGV[2])) do
       if covis_max > 0 and covis_backward > 0 then
         for d, other in ipairs(task[5]) do covis_add(item, other, covis_backward / d, task[6]) end
       end
-      add_popularity(item, etype, task[4])
+      add_popularity(item_key(item, ITEM_POPULARITY), etype, task[4], half_life, item_ttl)
     end
     out[i] = standing(item)
   end
