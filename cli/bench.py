@@ -34,6 +34,20 @@ def memory() -> None:
 
 
 @bench_app.command()
+def apply(
+    quick: bool = typer.Option(False, help="20,000 events instead of the whole stream."),
+) -> None:
+    """The state apply on a single Redis and on a local Redis Cluster: events/s, CPU per
+    event on each side, script calls per batch."""
+    from cli.checkout import bench_on_path
+
+    bench_on_path()
+    from bench.apply import run
+
+    run(quick=quick)
+
+
+@bench_app.command()
 def drills(
     only: list[str] = typer.Option(
         [],
