@@ -2,9 +2,10 @@
 the keys of one slot only: `lua/apply_items.lua` split into steps, each safe to run
 again (the same rules as the event apply, `streamrec/cluster_apply.py`).
 
-1. per item slot (`lua/cluster_record_step.lua`): each record compared with the
-   stored one and written, as on one Redis; what is left to apply elsewhere is kept
-   in the item's pending hash (`sr:i:{I}:ipend`);
+1. per item slot (`lua/cluster_record_step.lua`, one call per node for all its
+   slots): each record compared with the stored one and written, as on one Redis;
+   what is left to apply elsewhere is kept in the item's pending hash
+   (`sr:i:{I}:ipend`);
 2. per category slot: the item leaves the available sets of its old categories and
    joins those of its new ones, in the batch's order (ZREM and ZADD: the same
    commands again leave the same sets);
@@ -28,6 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from streamrec.cluster_apply import node_of
 from streamrec.keys import (
     CatalogueKeys,
     ItemPart,
@@ -84,18 +86,18 @@ class ClusterCatalogueApply:
     def __init__(self, client: RedisCluster, keys: CatalogueKeys) -> None:
         self.client = client
         self.keys = keys
-        self._record = client.register_script(lua_script("cluster_record_step"))
+        self._record = client.register_script(lua_script("cluster_record_step", cross_slot=True))
         self._catalogue = client.register_script(lua_script("cluster_catalogue_step"))
 
     async def apply(self, rows: Sequence[Sequence[Any]], config: bytes) -> list[int | RedisError]:
         """Per record (`apply_items.lua`'s argument rows) its `ItemApplied` value, or
         the error of the step-1 call that held it; `config`: the limits, with
         `pending_ttl_s`. Raises when a later step fails: applying again finishes it."""
-        by_slot: dict[int, list[int]] = {}
+        await self.client.initialize()  # the slot map the calls are grouped by
+        by_node: dict[str, list[int]] = {}
         for index, row in enumerate(rows):
-            slot = int(self.client.keyslot(item_info_key(str(row[0]))))
-            by_slot.setdefault(slot, []).append(index)
-        groups = list(by_slot.values())
+            by_node.setdefault(node_of(self.client, item_info_key(str(row[0]))), []).append(index)
+        groups = list(by_node.values())
         limit = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
 
         async def call(group: list[int]) -> Any:

@@ -320,11 +320,14 @@ LUA_PRELUDE = "\n".join(
 
 
 @cache
-def lua_script(name: str) -> str:
+def lua_script(name: str, cross_slot: bool = False) -> str:
     """`streamrec/lua/<name>.lua` with the key layout and the functions the scripts
-    share (`lua/shared.lua`) before it."""
+    share (`lua/shared.lua`) before it. `cross_slot`: flagged to touch keys of several
+    slots of one Redis Cluster node (Redis 7's `allow-cross-slot-keys`): a cluster
+    step sends one call per node, not one per slot."""
     lua = resources.files("streamrec").joinpath("lua")
-    return LUA_PRELUDE + "\n" + _lua_text(lua, "shared") + "\n" + _lua_text(lua, name)
+    flags = "#!lua flags=allow-cross-slot-keys\n" if cross_slot else ""
+    return flags + LUA_PRELUDE + "\n" + _lua_text(lua, "shared") + "\n" + _lua_text(lua, name)
 
 
 def _lua_text(folder: Traversable, name: str) -> str:
