@@ -62,16 +62,19 @@ class TrendingReader:
         if held is not None:
             return held
         started = time.monotonic()
-        per_type = await asyncio.gather(
-            *(self._top_of(model, t, max(wanted, READ_MIN)) for t in TRENDING_TYPES)
-        )
+        # To the next power of two: requests want a little more or less (k plus what
+        # each removes), and a read as deep as the last one wanted was read again by
+        # the next request that wanted one more (a filtered answer's fill: a trending
+        # read per request).
+        depth = 1 << (max(wanted, READ_MIN) - 1).bit_length()
+        per_type = await asyncio.gather(*(self._top_of(model, t, depth) for t in TRENDING_TYPES))
         combined: dict[str, float] = {}
         for rows in per_type:
             for item_id, score in rows:
                 combined[item_id] = combined.get(item_id, 0.0) + score
         self._last = sorted(combined.items(), key=lambda pair: -pair[1])
         self._reads.pop(_version(model), None)
-        self._reads[_version(model)] = (started, wanted, self._last)
+        self._reads[_version(model)] = (started, depth, self._last)
         if len(self._reads) > VERSIONS_KEPT:
             del self._reads[next(iter(self._reads))]
         return self._offered(self._last)

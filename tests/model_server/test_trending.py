@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 
 from bench.scenarios.users import apply, events_for
+from model_server.trending import TrendingReader
 from streamrec.catalogue import Catalogue
 from streamrec.items import ItemRecord
+from streamrec.loaded import open_model
+from streamrec.state import StateStore
 from tests.model_server.conftest import Served, in_process
 
 pytestmark = pytest.mark.integration
@@ -60,3 +63,19 @@ async def test_an_item_out_of_stock_leaves_trending_and_comes_back(served: Serve
         assert (await newcomer())[0] == top
     finally:
         await catalogue.close()
+
+
+async def test_a_trending_read_serves_requests_that_want_a_few_more_items(served: Served) -> None:
+    """Answers want k plus what they remove (their purchases, `exclude`): a read is
+    taken to the next power of two and held, so one that wants a few more than the
+    last does not read Redis again within the refresh."""
+    await apply(served.settings, events_for("crowd", served.items[:40]))
+    store = StateStore(served.settings)
+    try:
+        reader = TrendingReader(store, served.settings.trending_max_items)
+        model = open_model(served.root, served.first.version)
+        await reader.read(model, 100, max_age_s=60)
+        assert reader.recent(model, 120, max_age_s=60) is not None  # 128 read
+        assert reader.recent(model, 129, max_age_s=60) is None
+    finally:
+        await store.close()
