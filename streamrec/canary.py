@@ -50,6 +50,9 @@ class Rule:
     margin: float  # absolute hit rate the canary may lose to control
     confidence: float  # one-sided, 0.5 < confidence < 1
     max_duration_s: float  # undecided this long after the start: roll back
+    # per arm, users with a click, as well: the variance over users (the delta
+    # method's) is an estimate that wants a few dozen of them
+    min_users: int = 30
 
     @classmethod
     def of(cls, settings: Settings) -> Rule:
@@ -58,6 +61,7 @@ class Rule:
             settings.canary_margin,
             settings.canary_confidence,
             settings.canary_max_duration_s,
+            settings.canary_min_users,
         )
 
     @property
@@ -133,7 +137,8 @@ def difference_bounds(
 def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> Decision:
     """Promote when the lower bound of (canary - control) is >= -margin; roll back when
     the upper bound is < -margin; else wait. Before both arms have `min_clicks`
-    clicks: wait. Past `max_duration_s` without a promotion: roll back (conservative)."""
+    clicks from `min_users` users: wait. Past `max_duration_s` without a promotion:
+    roll back (conservative)."""
 
     def made(
         verdict: Verdict, reason: str, bounds: tuple[float, float, float] | None = None
@@ -146,10 +151,16 @@ def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> D
 
     timed_out = age_s >= rule.max_duration_s
     fewest = min(control.clicks, canary.clicks)
+    fewest_users = min(_users(control), _users(canary))
+    short = None
     if fewest < rule.min_clicks:
+        short = f"{fewest} clicks of the {rule.min_clicks} needed"
+    elif fewest_users < rule.min_users:
+        short = f"{fewest_users} users with a click of the {rule.min_users} needed"
+    if short is not None:
         if timed_out:
-            return made("rollback", f"undecided after {age_s:.0f} s: an arm has {fewest} clicks")
-        return made("wait", f"an arm has {fewest} clicks of the {rule.min_clicks} needed")
+            return made("rollback", f"undecided after {age_s:.0f} s: an arm has {short}")
+        return made("wait", f"an arm has {short}")
     bounds = difference_bounds(control, canary, rule.confidence, rule.mixture_scales)
     _, lower, upper = bounds
     level = f"{rule.confidence:.0%}"
@@ -162,6 +173,11 @@ def decide(control: ArmCounts, canary: ArmCounts, rule: Rule, age_s: float) -> D
     if timed_out:
         return made("rollback", f"undecided after {age_s:.0f} s", bounds)
     return made("wait", f"bounds {lower:+.4f}..{upper:+.4f} straddle -{rule.margin}", bounds)
+
+
+def _users(arm: ArmCounts) -> int:
+    """Users with a click; counters from before the per-user sums count one a click."""
+    return arm.users if arm.by_user else arm.clicks
 
 
 def canary_experiment(

@@ -189,11 +189,13 @@ class Settings(BaseSettings):
     # this long past their last change.
     experiment_counts_ttl_s: int = Field(default=90 * 86400, ge=60)
     # The canary's automatic decision (streamrec/canary.py, docs/experiments.md): no
-    # decision before each arm has this many clicks; promote when the canary's hit
+    # decision before each arm has this many clicks, from this many users (the
+    # variance over users wants a few dozen); promote when the canary's hit
     # rate is not worse than control's by more than the margin (absolute) at this
     # one-sided confidence, roll back when it is worse by more; undecided this long
     # after the start: roll back. The leader worker checks every CANARY_CHECK_S (0: never).
     canary_min_clicks: int = Field(default=200, ge=1)
+    canary_min_users: int = Field(default=30, ge=2)
     canary_margin: float = Field(default=0.02, ge=0, lt=1)
     canary_confidence: float = Field(default=0.95, gt=0.5, lt=1)
     canary_max_duration_s: int = Field(default=3 * 86400, ge=60)

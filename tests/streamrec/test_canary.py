@@ -5,6 +5,7 @@ cluster by user, and checks repeated on growing counts."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from statistics import NormalDist
 
 import numpy as np
@@ -171,8 +172,10 @@ def test_a_stricter_confidence_or_margin_waits_longer() -> None:
 
 
 def test_the_rule_reads_the_settings() -> None:
-    settings = Settings(canary_min_clicks=50, canary_margin=0.01, canary_confidence=0.9)
-    assert Rule.of(settings) == Rule(50, 0.01, 0.9, settings.canary_max_duration_s)
+    settings = Settings(
+        canary_min_clicks=50, canary_min_users=40, canary_margin=0.01, canary_confidence=0.9
+    )
+    assert Rule.of(settings) == Rule(50, 0.01, 0.9, settings.canary_max_duration_s, 40)
 
 
 def clustered_users(rates: list[float], clicks: int) -> ArmCounts:
@@ -194,9 +197,23 @@ def test_clicks_clustered_by_user_widen_the_interval_and_the_rule_waits() -> Non
     variance = estimate(control).variance + estimate(canary).variance
     difference, _, _ = difference_bounds(control, canary, 0.95, RULE.mixture_scales)
     assert difference - Z95 * math.sqrt(variance) < -0.05
-    decision = decide(control, canary, RULE, age_s=60)
+    # (Ten users an arm are under the rule's minimum: the interval is judged here.)
+    decision = decide(control, canary, replace(RULE, min_users=10), age_s=60)
     assert decision.verdict == "wait" and decision.lower is not None
     assert decision.lower < old_lower - 0.1
+
+
+def test_too_few_users_wait_however_many_clicks_they_made() -> None:
+    """The variance over users is estimated from them: with fewer than `min_users`
+    users with a click in an arm the rule waits, as with too few clicks, even where
+    the bounds would decide (and rolls back at the time-out)."""
+    # 29 users an arm, 2,900 clicks each side; the canary far worse.
+    control = clustered_users([0.6] * 29, 100)
+    canary = clustered_users([0.1] * 29, 100)
+    assert decide(control, canary, replace(RULE, min_users=29), age_s=60).verdict == "rollback"
+    waiting = decide(control, canary, RULE, age_s=60)
+    assert waiting.verdict == "wait" and "29 users with a click of the 30" in waiting.reason
+    assert decide(control, canary, RULE, age_s=RULE.max_duration_s).verdict == "rollback"
 
 
 def test_independent_clicks_agree_with_the_old_rule() -> None:
