@@ -346,9 +346,25 @@ class Settings(BaseSettings):
 
     @property
     def redis_node_url(self) -> str:
-        """`redis_url` as a plain Redis URL: a cluster URL's scheme without `+cluster`."""
+        """`redis_url` as a plain Redis URL: a cluster URL's scheme without `+cluster`,
+        and of the nodes it may name (`host:port,host:port,...`) the first."""
         scheme, sep, rest = self.redis_url.partition("://")
-        return scheme.removesuffix("+cluster") + sep + rest
+        location, slash, path = rest.partition("/")
+        credentials, at, nodes = location.rpartition("@")
+        first = nodes.split(",", 1)[0]
+        return scheme.removesuffix("+cluster") + sep + credentials + at + first + slash + path
+
+    @property
+    def redis_cluster_seeds(self) -> list[tuple[str, int]]:
+        """Every node a cluster URL names (`redis+cluster://h1:p1,h2:p2/0`), the first
+        first: the client learns the cluster from whichever of them answers, so a
+        service starts while one of them is down."""
+        location = self.redis_url.partition("://")[2].partition("/")[0]
+        seeds = []
+        for node in location.rpartition("@")[2].split(","):
+            host, _, port = node.rpartition(":") if ":" in node else (node, "", "6379")
+            seeds.append((host, int(port)))
+        return seeds
 
     @property
     def archive_root(self) -> Path:

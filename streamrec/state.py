@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
@@ -359,7 +359,11 @@ def cluster_client(settings: Settings, **options: Any) -> RedisCluster:
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
     }
-    return RedisCluster.from_url(settings.redis_node_url, **(timeouts | options))
+    # The URL's other nodes, to learn the cluster from when its first is down.
+    seeds = [ClusterNode(host, port) for host, port in settings.redis_cluster_seeds[1:]]
+    return RedisCluster.from_url(
+        settings.redis_node_url, **(timeouts | {"startup_nodes": seeds or None} | options)
+    )
 
 
 # Why Redis takes no writes for now, whatever the event: an outage to wait out, never

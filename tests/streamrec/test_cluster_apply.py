@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from devtools.devstack import free_port
 from devtools.redis_cluster import LocalRedisCluster
 from streamrec.cluster_apply import ClusterApply
 from streamrec.events import Event, EventType
@@ -125,3 +126,21 @@ async def test_a_batch_cut_short_at_any_step_is_finished_once_by_applying_it_aga
     # And once more: everything is a duplicate now, nothing moves.
     assert set(await cluster_store.apply_events(events)) <= {Applied.DUPLICATE}
     assert_same(await snapshot(cluster_store), expected)
+
+
+async def test_a_cluster_url_naming_several_nodes_works_while_its_first_is_down(
+    redis_cluster: LocalRedisCluster, make_settings: Callable[..., Settings]
+) -> None:
+    """`redis+cluster://h1:p1,h2:p2/0`: the client learns the cluster from whichever
+    named node answers, so a worker starts while the first one is down."""
+    redis_cluster.flush()
+    live = redis_cluster.live_ports()[0]
+    url = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{live}/0"
+    store = StateStore(make_settings("cluster-seeds").model_copy(update={"redis_url": url}))
+    try:
+        events = batch(7, 10)
+        assert Applied.APPLIED in await store.apply_events(events)
+        (user,) = await store.read_users([events[0].user_id])
+        assert user.recent_events
+    finally:
+        await store.close()
