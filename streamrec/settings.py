@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     # reply (then it is an outage, retried): a connection left hanging across a
     # Redis restart otherwise stalled ingest for good.
     redis_socket_timeout_s: float = Field(default=10.0, gt=0)
+    # After each batch of events, wait until this many replicas acknowledged it (Redis
+    # WAIT), at most REDIS_WAIT_TIMEOUT_MS; fewer: the batch is refused as NOREPLICAS
+    # and applied again (its events then count as duplicates) until they do, its
+    # offsets uncommitted meanwhile. 0: no wait (a primary lost before it replicated
+    # loses what it acknowledged last). A single Redis with replicas only for now.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1)
     lag_poll_s: float = Field(default=5.0, gt=0)
     # /readyz says not ready once the broker has not answered the lag poll for this
     # long (at least two polls).

@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streamrec.cluster_apply import ClusterApply
 from streamrec.covis import REBASE_HALF_LIVES as COVIS_REBASE_HALF_LIVES
 from streamrec.covis import CovisRule
+from streamrec.errors import ConfigError
 from streamrec.events import EVENT_TYPE_OF, Event, EventType
 from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
 from streamrec.keys import (
@@ -415,6 +416,12 @@ class StateStore:
         # whichever node every call of them goes to.
         self._cluster_calls: asyncio.Semaphore | None = None
         if isinstance(self.redis, RedisCluster):
+            if settings.redis_wait_replicas > 0:
+                # WAIT counts one connection's writes; a batch's reach every primary
+                # over many connections (docs/operations.md, "Redis Cluster").
+                raise ConfigError(
+                    "STREAMREC_REDIS_WAIT_REPLICAS is not supported on a Redis Cluster yet"
+                )
             self.cluster = ClusterApply(
                 self.redis, settings.experiment_counts_ttl_s, settings.dedup_ttl_s
             )
@@ -454,7 +461,10 @@ class StateStore:
     async def apply_events_each(self, events: Sequence[Event]) -> list[Applied | RedisError]:
         """`apply_events`, with per event its outcome or the error Redis answered for the
         script call that held it (`SCRIPT_MAX_EVENTS` events a call), so a caller can
-        call again for exactly the events not applied. Unreachable Redis raises."""
+        call again for exactly the events not applied. Unreachable Redis raises. With
+        `redis_wait_replicas`, a batch the replicas did not acknowledge in time is
+        refused whole (NOREPLICAS: the caller applies it again; its events are then
+        duplicates)."""
         if not events:
             return []
         if self.cluster is not None:
@@ -489,7 +499,20 @@ class StateStore:
                     ]
                 )
                 await self._apply_script(keys=keys, args=[config, batch], client=pipe)
+            wanted = self.settings.redis_wait_replicas
+            if wanted > 0:
+                # On the same connection as the writes: WAIT counts the replicas that
+                # acknowledged this connection's last write.
+                pipe.execute_command("WAIT", wanted, self.settings.redis_wait_timeout_ms)
             chunks = await pipe.execute(raise_on_error=False)
+            if wanted > 0:
+                acknowledged = chunks.pop()
+                if not isinstance(acknowledged, int) or acknowledged < wanted:
+                    refused = ResponseError(
+                        f"NOREPLICAS {acknowledged} of the {wanted} replicas wanted "
+                        f"acknowledged the batch within {self.settings.redis_wait_timeout_ms} ms"
+                    )
+                    return [refused] * len(events)
         outcomes: list[Applied | RedisError] = []
         for start, chunk in zip(range(0, len(events), SCRIPT_MAX_EVENTS), chunks, strict=True):
             if isinstance(chunk, RedisError):
