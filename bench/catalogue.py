@@ -25,7 +25,15 @@ import numpy as np
 import orjson
 import psutil
 
-from bench.common import REPORTS, in_process_report_head, machine, republish, write_json
+from bench.common import (
+    REPORTS,
+    in_process_report_head,
+    latency_axes,
+    latency_cdf,
+    machine,
+    republish,
+    write_json,
+)
 from bench.scenarios.data import YOOCHOOSE, shared
 from bench.scenarios.grown import (
     calibrated_noise_scale,
@@ -568,17 +576,11 @@ def _plot(r: dict[str, Any], stem: str) -> None:
     fig, (latency, recall) = plt.subplots(1, 2, figsize=(11, 4))
     for serve in r["serving"]:
         for x in serve["runs"]:
-            ms = np.sort(x["samples_ms"])
-            latency.plot(
-                ms, np.arange(1, len(ms) + 1) / len(ms),
-                ls="-" if serve["label"] == "trained" else "--",
+            latency_cdf(
+                latency, x["samples_ms"], ls="-" if serve["label"] == "trained" else "--",
                 label=f"{serve['items']:,} items ({serve['index']}), {x['rate']}/s",
             )  # fmt: skip
-    latency.set_xscale("log")
-    latency.set_xlabel("latency from scheduled send (ms, log)")
-    latency.set_ylabel("share of requests ≤ x")
-    latency.axhline(0.99, color="grey", lw=0.5, ls="--")
-    latency.set_title("POST /v1/recommend, open loop, k = 20")
+    latency_axes(latency, "POST /v1/recommend, open loop, k = 20")
     latency.legend(fontsize=8)
     for queries, label in QUERY_KINDS:
         efs = [x["ef_search"] for x in r[queries]]

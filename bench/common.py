@@ -192,3 +192,26 @@ def dataset_table_head(result: dict[str, Any], columns: Sequence[str]) -> list[s
 
 
 _STARTED_AT = _git_commit()
+
+
+def latency_cdf(ax: Any, samples_ms: Sequence[float], **style: Any) -> Any:
+    """One latency CDF on `ax` (a matplotlib Axes); returns its line."""
+    import numpy as np
+
+    ms = np.sort(np.asarray(samples_ms, dtype=float))
+    return ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), **style)[0]
+
+
+def latency_axes(ax: Any, title: str) -> None:
+    """The latency CDF axes every serving report draws: log milliseconds labelled as
+    plain numbers (the minor ticks' '2×10⁰' labels ran into each other), the p99 line."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("latency from scheduled send (ms, log)")
+    ax.set_ylabel("share of requests ≤ x")
+    ax.axhline(0.99, color="grey", lw=0.5, ls="--")
+    ax.set_title(title)

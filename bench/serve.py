@@ -28,7 +28,14 @@ import orjson
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from bench.common import REPORTS, machine, machine_line, write_json
+from bench.common import (
+    REPORTS,
+    latency_axes,
+    latency_cdf,
+    machine,
+    machine_line,
+    write_json,
+)
 from bench.scenarios.data import YOOCHOOSE as DATA
 from bench.scenarios.data import shared
 from devtools.devstack import DevStack, free_port
@@ -1023,21 +1030,13 @@ def _plot(runs: list[dict[str, Any]], stem: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:
-        ms = np.sort(r["samples_ms"])
-        line = ax.plot(
-            ms, np.arange(1, len(ms) + 1) / len(ms), label=f"{r['servers']} srv, {r['rate']}/s"
-        )[0]
+        line = latency_cdf(ax, r["samples_ms"], label=f"{r['servers']} srv, {r['rate']}/s")
         if "filtered_samples_ms" in r:
-            ms = np.sort(r["filtered_samples_ms"])
-            ax.plot(
-                ms, np.arange(1, len(ms) + 1) / len(ms), color=line.get_color(), ls="--",
+            latency_cdf(
+                ax, r["filtered_samples_ms"], color=line.get_color(), ls="--",
                 label=f"{r['servers']} srv, {r['rate']}/s, filtered",
             )  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("latency from scheduled send (ms, log)")
-    ax.set_ylabel("share of requests ≤ x")
-    ax.axhline(0.99, color="grey", lw=0.5, ls="--")
-    ax.set_title("POST /recommend, open loop, k = 20 (dashed: filter + category cap)")
+    latency_axes(ax, "POST /recommend, open loop, k = 20 (dashed: filter + category cap)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves
     fig.tight_layout()
     fig.savefig(REPORTS / f"{stem}.png", dpi=110, bbox_inches="tight")
