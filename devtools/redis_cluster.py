@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from devtools.devstack import redis_server_binary, wait_for_port
+from devtools.devstack import redis_server_argv, wait_for_port
 from streamrec.errors import DevStackError
 
 READY_TIMEOUT_S = 30.0
@@ -75,26 +75,10 @@ class LocalRedisCluster:
     def _start_node(self, port: int) -> None:
         node_dir = self.root / str(port)
         node_dir.mkdir(exist_ok=True)
-        argv = [
-            redis_server_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            # A primary down this long is failed over to its replica.
-            "--cluster-node-timeout",
-            "2000",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(node_dir),
-        ]
+        # A primary down for --cluster-node-timeout ms is failed over to its replica.
+        argv = redis_server_argv(port, node_dir, "--cluster-enabled", "yes",
+                                 "--cluster-config-file", "nodes.conf",
+                                 "--cluster-node-timeout", "2000")  # fmt: skip
         log = open(node_dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self._nodes[port] = subprocess.Popen(

@@ -6,7 +6,6 @@ its own, started for the test."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from devtools.devstack import free_port, redis_server_binary, wait_for_port
+from devtools.devstack import local_redis
 from streamrec.errors import ConfigError
 from streamrec.events import Event, EventType
 from streamrec.settings import Settings
@@ -23,22 +22,10 @@ from streamrec.state import Applied, StateStore, unavailable_reason
 pytestmark = pytest.mark.integration
 
 
-def _server(folder: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    folder.mkdir()
-    argv = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-            "--appendonly", "no", "--dir", str(folder), *extra]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_for_port(port)
-    return process
-
-
 @pytest.fixture
 def primary(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    process = _server(tmp_path / "primary", port)
-    yield port
-    process.terminate()
-    process.wait(10)
+    with local_redis(tmp_path / "primary") as port:
+        yield port
 
 
 def events(prefix: str) -> list[Event]:
@@ -63,10 +50,8 @@ async def test_without_the_replicas_wanted_a_batch_is_refused_and_applied_once_l
         assert all(unavailable_reason(r) == "refused" for r in refused if isinstance(r, Exception))
         assert len(refused) == len(batch) and all(isinstance(r, Exception) for r in refused)
         # A replica joins: the batch applied again is acknowledged, each event once.
-        replica_port = free_port()
-        replica = _server(tmp_path / "replica", replica_port, "--replicaof", "127.0.0.1",
-                          str(primary))  # fmt: skip
-        try:
+        replica_of_primary = ("--replicaof", "127.0.0.1", str(primary))
+        with local_redis(tmp_path / "replica", *replica_of_primary) as replica_port:
             deadline = time.monotonic() + 20
             with redis.Redis(port=replica_port) as client:
                 while client.info("replication").get("master_link_status") != "up":
@@ -77,9 +62,6 @@ async def test_without_the_replicas_wanted_a_batch_is_refused_and_applied_once_l
             assert second == [Applied.APPLIED] * 5, second[0]
             (user,) = await store.read_users(["ada"])
             assert len(user.recent_events) == 10
-        finally:
-            replica.terminate()
-            replica.wait(10)
     finally:
         await store.close()
 
