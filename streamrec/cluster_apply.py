@@ -30,6 +30,7 @@ import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streamrec.events import Event
 from streamrec.keys import (
@@ -138,7 +139,7 @@ class ClusterApply:
         # The slot map the calls are grouped by (a no-op once it is held; after an
         # error redis-py asks for a fresh one, which this takes).
         await self.client.initialize()
-        by_user_slot = _grouped(
+        by_user_slot = grouped(
             range(len(events)), lambda i: self._slot(user_key(events[i].user_id, UserPart.META))
         )
         groups = list(by_user_slot.values())
@@ -196,7 +197,7 @@ class ClusterApply:
         )
         await self._categories_step(standing)
         await self._experiments_step(effects)
-        by_user_slot = _grouped(effects, lambda e: self._slot(user_key(e.user_id, UserPart.META)))
+        by_user_slot = grouped(effects, lambda e: self._slot(user_key(e.user_id, UserPart.META)))
         await self._raise_any(
             "clear",
             [
@@ -218,7 +219,7 @@ class ClusterApply:
             )
             for distance, other in enumerate(e.neighbours, start=1):
                 tasks.append((other, [e.marker, other, "", distance, [e.item_id, e.ts_ms]]))
-        by_slot = _grouped(tasks, lambda task: self._slot(item_popularity_key(task[0])))
+        by_slot = grouped(tasks, lambda task: self._slot(item_popularity_key(task[0])))
         groups = list(by_slot.values())
         replies = await self._raise_any(
             "item",
@@ -247,7 +248,7 @@ class ClusterApply:
         ]
         if not entries:
             return
-        by_slot = _grouped(entries, lambda entry: self._slot(category_popular_key(entry[0])))
+        by_slot = grouped(entries, lambda entry: self._slot(category_popular_key(entry[0])))
         await self._raise_any(
             "category",
             [
@@ -270,7 +271,7 @@ class ClusterApply:
             )
         if not entries:
             return
-        by_slot = _grouped(entries, lambda entry: self._slot(experiment_key(entry[0])))
+        by_slot = grouped(entries, lambda entry: self._slot(experiment_key(entry[0])))
         await self._raise_any(
             "experiment",
             [
@@ -290,18 +291,7 @@ class ClusterApply:
         """Run one step's script calls, a bounded number at once; per call its reply
         or its error (a cluster without the slot's node: `ClusterDownError`)."""
         self.last.calls[step] = self.last.calls.get(step, 0) + len(calls)
-        limit = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
-
-        async def bounded(call: Awaitable[Any]) -> Any:
-            async with limit:
-                try:
-                    return await call
-                except RedisClusterException as exc:
-                    return ClusterDownError(str(exc))
-                except (RedisError, OSError) as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(bounded(call) for call in calls)))
+        return await bounded_calls(calls)
 
     async def _raise_any(self, step: str, calls: list[Awaitable[Any]]) -> list[Any]:
         replies = await self._calls(step, calls)
@@ -309,6 +299,26 @@ class ClusterApply:
             if isinstance(reply, BaseException):
                 raise reply
         return replies
+
+
+async def bounded_calls(calls: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Script calls, at most MAX_CALLS_IN_FLIGHT at once; per call its reply or its
+    error: a cluster without the slot's node (`ClusterDownError`), Redis's own, or an
+    unreachable node (`RedisConnectionError`, as redis-py says it), never raised."""
+    limit = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+
+    async def bounded(call: Awaitable[Any]) -> Any:
+        async with limit:
+            try:
+                return await call
+            except RedisClusterException as exc:
+                return ClusterDownError(str(exc))
+            except RedisError as exc:
+                return exc
+            except OSError as exc:
+                return RedisConnectionError(str(exc))
+
+    return list(await asyncio.gather(*(bounded(call) for call in calls)))
 
 
 def node_of(client: RedisCluster, key: str) -> str:
@@ -335,7 +345,8 @@ def _rows(events: Sequence[Event], fingerprints: Sequence[str], indexes: list[in
 T = TypeVar("T")
 
 
-def _grouped(values: Iterable[T], slot_of: Callable[[T], str]) -> dict[str, list[T]]:
+def grouped(values: Iterable[T], slot_of: Callable[[T], str]) -> dict[str, list[T]]:
+    """`values` by `slot_of` (a node: `node_of`), each group in their order."""
     groups: dict[str, list[T]] = defaultdict(list)
     for value in values:
         groups[slot_of(value)].append(value)

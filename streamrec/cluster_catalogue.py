@@ -19,7 +19,6 @@ the pending entries of its records instead of calling them duplicates.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +26,8 @@ from typing import Any
 import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streamrec.cluster_apply import node_of
+from streamrec.cluster_apply import bounded_calls, grouped, node_of
 from streamrec.keys import (
     CatalogueKeys,
     ItemPart,
@@ -38,9 +36,6 @@ from streamrec.keys import (
     item_key,
     lua_script,
 )
-
-# Script calls of step 1 in flight at once (each its own round trip to its node).
-MAX_CALLS_IN_FLIGHT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,27 +89,19 @@ class ClusterCatalogueApply:
         the error of the step-1 call that held it; `config`: the limits, with
         `pending_ttl_s`. Raises when a later step fails: applying again finishes it."""
         await self.client.initialize()  # the slot map the calls are grouped by
-        by_node: dict[str, list[int]] = {}
-        for index, row in enumerate(rows):
-            by_node.setdefault(node_of(self.client, item_info_key(str(row[0]))), []).append(index)
+        by_node = grouped(
+            range(len(rows)), lambda index: node_of(self.client, item_info_key(str(rows[index][0])))
+        )
         groups = list(by_node.values())
-        limit = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
-
-        async def call(group: list[int]) -> Any:
-            async with limit:
-                try:
-                    return await self._record(
-                        keys=[item_info_key(str(rows[group[0]][0]))],
-                        args=[config, orjson.dumps([rows[i] for i in group])],
-                    )
-                except RedisClusterException as exc:
-                    return ClusterDownError(str(exc))
-                except RedisError as exc:
-                    return exc
-                except OSError as exc:
-                    return RedisConnectionError(str(exc))
-
-        replies = await asyncio.gather(*(call(group) for group in groups))
+        replies = await bounded_calls(
+            [
+                self._record(
+                    keys=[item_info_key(str(rows[group[0]][0]))],
+                    args=[config, orjson.dumps([rows[i] for i in group])],
+                )
+                for group in groups
+            ]
+        )
         results: list[int | RedisError] = [ClusterDownError("not applied") for _ in rows]
         pending: list[tuple[int, PendingRecord]] = []
         for group, reply in zip(groups, replies, strict=True):
