@@ -91,9 +91,7 @@ local function apply(event)
 
   local hit = 0
   if (etype == 'click' or etype == 'purchase') and hit_window > 0 then
-    local at = tonumber(redis.call('ZSCORE', user_key(user, USER_RECOMMENDED), item) or '')
-    local recommended = at and ts >= at and ts - at <= hit_window
-    local arm = redis.call('GET', user_key(user, USER_ARM))
+    local recommended, arm = shown_to(user, item, ts, hit_window)
     if arm then
       local bar = string.find(arm, '|', 1, true)
       local k_counts, name = experiment_key(string.sub(arm, 1, bar - 1)), string.sub(arm, bar + 1)

@@ -23,11 +23,7 @@ for _, entry in ipairs(cjson.decode(ARGV[2])) do
       if value > 0 then score = score + value * math.pow(2, (tonumber(standing[t]) - epoch) / half_life) end
     end
     redis.call('ZADD', k_set, 'GT', string.format('%.17g', score), item)
-    if redis.call('ZCARD', k_set) > category_max then
-      redis.call('ZREMRANGEBYRANK', k_set, 0, -category_max - 1)
-    end
-    redis.call('EXPIRE', k_set, item_ttl)
-    redis.call('EXPIRE', k_meta, item_ttl)
+    kept_strongest(k_set, k_meta, category_max, item_ttl)
   end
 end
 return 0

@@ -35,9 +35,7 @@ local function apply(event)
 
   local hit, recommended, arm = 0, false, false
   if (etype == 'click' or etype == 'purchase') and hit_window > 0 then
-    local at = tonumber(redis.call('ZSCORE', user_key(user, USER_RECOMMENDED), item) or '')
-    recommended = (at and ts >= at and ts - at <= hit_window) and true or false
-    arm = redis.call('GET', user_key(user, USER_ARM))
+    recommended, arm = shown_to(user, item, ts, hit_window)
     if etype == 'click' and recommended then hit = 1 end
   end
   local sums = {}

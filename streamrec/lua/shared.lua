@@ -89,17 +89,23 @@ local function set_epoch(k_set, k_epoch, epoch_field, ts, hl, rebase_at)
   return epoch, exponent
 end
 
+-- A decayed sorted set after a write: its `max_members` strongest members kept, and
+-- it and its epoch's hash living `ttl` more seconds.
+local function kept_strongest(k_set, k_epoch, max_members, ttl)
+  if redis.call('ZCARD', k_set) > max_members then
+    redis.call('ZREMRANGEBYRANK', k_set, 0, -max_members - 1)
+  end
+  redis.call('EXPIRE', k_set, ttl)
+  redis.call('EXPIRE', k_epoch, ttl)
+end
+
 -- Adds `weight` at `ts` to `member` of a decayed sorted set (`set_epoch`), which keeps
 -- its `max_members` strongest members.
 local function decayed_add(k_set, k_epoch, epoch_field, member, weight, ts, hl, rebase_at,
                            max_members, ttl)
   local _, exponent = set_epoch(k_set, k_epoch, epoch_field, ts, hl, rebase_at)
   redis.call('ZINCRBY', k_set, string.format('%.17g', weight * math.pow(2, exponent)), member)
-  if redis.call('ZCARD', k_set) > max_members then
-    redis.call('ZREMRANGEBYRANK', k_set, 0, -max_members - 1)
-  end
-  redis.call('EXPIRE', k_set, ttl)
-  redis.call('EXPIRE', k_epoch, ttl)
+  kept_strongest(k_set, k_epoch, max_members, ttl)
 end
 
 -- Trending scores are 2^((ts - epoch) / half-life) against the epoch in `k_epoch`
@@ -126,6 +132,15 @@ local function trending_exponent(k_epoch, k_sets, epoch, ts, half_life, rebase)
     exponent = exponent - shift
   end
   return epoch, exponent
+end
+
+-- Was `item` shown to `user` (the write-back's `rec` set) within `hit_window` ms
+-- before `ts`, and which experiment arm's answers the user saw lately (`arm` key,
+-- `<run id>|<arm>`; false: none). For a click or purchase with a hit window only.
+local function shown_to(user, item, ts, hit_window)
+  local at = tonumber(redis.call('ZSCORE', user_key(user, USER_RECOMMENDED), item) or '')
+  local recommended = (at and ts >= at and ts - at <= hit_window) and true or false
+  return recommended, redis.call('GET', user_key(user, USER_ARM))
 end
 
 -- The arm's sums over its users (streamrec/hit_rates.py): users, and of each user's
