@@ -30,16 +30,6 @@ local function recount(stored, deleted, available)
     redis.call('INCRBY', CATALOGUE_UNAVAILABLE, unavailable_after - unavailable_before)
   end
 end
--- The log entries of items deleted before `before_ms` (event time) leave it, as their
--- markers expire: a bounded number per call, each delete trims what it can.
-local function forget_deletions_before(before_ms)
-  local old = redis.call(
-    'ZRANGEBYSCORE', CATALOGUE_DELETIONS, '-inf', string.format('(%d', before_ms), 'LIMIT', 0, 100)
-  if #old > 0 then
-    redis.call('ZREM', CATALOGUE_CHANGES, unpack(old))
-    redis.call('ZREM', CATALOGUE_DELETIONS, unpack(old))
-  end
-end
 local function apply(r)
   local item, ts, fp, deleted, available = r[1], r[2], r[3], r[4], r[5]
   local k = item_key(item, ITEM_INFO)
@@ -69,7 +59,7 @@ local function apply(r)
     recount(stored, deleted, available)
     redis.call('ZADD', CATALOGUE_CHANGES, redis.call('INCR', CATALOGUE_SEQ), item)
     redis.call('ZADD', CATALOGUE_DELETIONS, ts_text, item)
-    forget_deletions_before(ts - c.tombstone_ttl_s * 1000)
+    forget_deletions_before(CATALOGUE_DELETIONS, CATALOGUE_CHANGES, ts - c.tombstone_ttl_s * 1000)
     return 2
   end
   redis.call('HSET', k, 'ts', ts_text, 'fp', fp, 'available', tostring(available), unpack(r[7]))

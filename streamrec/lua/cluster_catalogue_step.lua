@@ -7,15 +7,6 @@
 local c = cjson.decode(ARGV[1])
 local k_marker, k_items, k_unavailable = KEYS[1], KEYS[2], KEYS[3]
 local k_seq, k_changes, k_deletions = KEYS[4], KEYS[5], KEYS[6]
--- As apply_items.lua: the log entries of items deleted long enough ago leave it.
-local function forget_deletions_before(before_ms)
-  local old = redis.call(
-    'ZRANGEBYSCORE', k_deletions, '-inf', string.format('(%d', before_ms), 'LIMIT', 0, 100)
-  if #old > 0 then
-    redis.call('ZREM', k_changes, unpack(old))
-    redis.call('ZREM', k_deletions, unpack(old))
-  end
-end
 for _, r in ipairs(cjson.decode(ARGV[2])) do
   local marker, item, ts, deleted, live, unavailable = r[1], r[2], r[3], r[4], r[5], r[6]
   if redis.call('EXISTS', marker) == 0 then
@@ -24,7 +15,7 @@ for _, r in ipairs(cjson.decode(ARGV[2])) do
     redis.call('ZADD', k_changes, redis.call('INCR', k_seq), item)
     if deleted == 1 then
       redis.call('ZADD', k_deletions, string.format('%d', ts), item)
-      forget_deletions_before(ts - c.tombstone_ttl_s * 1000)
+      forget_deletions_before(k_deletions, k_changes, ts - c.tombstone_ttl_s * 1000)
     else
       redis.call('ZREM', k_deletions, item)
     end

@@ -134,6 +134,18 @@ local function trending_exponent(k_epoch, k_sets, epoch, ts, half_life, rebase)
   return epoch, exponent
 end
 
+-- The catalogue's change log (`k_changes`) lets go of the items deleted before
+-- `before_ms` (event time, `k_deletions`), as their markers expire: a bounded number
+-- per call, each delete trims what it can.
+local function forget_deletions_before(k_deletions, k_changes, before_ms)
+  local old = redis.call(
+    'ZRANGEBYSCORE', k_deletions, '-inf', string.format('(%d', before_ms), 'LIMIT', 0, 100)
+  if #old > 0 then
+    redis.call('ZREM', k_changes, unpack(old))
+    redis.call('ZREM', k_deletions, unpack(old))
+  end
+end
+
 -- Was `item` shown to `user` (the write-back's `rec` set) within `hit_window` ms
 -- before `ts`, and which experiment arm's answers the user saw lately (`arm` key,
 -- `<run id>|<arm>`; false: none). For a click or purchase with a hit window only.
