@@ -12,7 +12,7 @@ import math
 import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, count, repeat
 
 import numpy as np
 
@@ -129,8 +129,6 @@ POPULARITY_WEIGHTS = np.array([TYPE_WEIGHTS[t] for t in EVENT_TYPES], dtype=np.f
 _CLICK = EVENT_TYPES.index(EventType.CLICK)
 _PURCHASE = EVENT_TYPES.index(EventType.PURCHASE)
 _NO_POPULARITY: Mapping[EventType, float] = {}
-# The columns `ranking_features` takes from its per-item table.
-_PER_ITEM_COLUMNS = [6, 7, 8, 9, 10, 11, 12, 16, 17, 18, 19, 23]
 
 
 def popularity_rows(
@@ -233,25 +231,8 @@ def ranking_features(
     dozen) and co-visitation neighbours (a few hundred), never over the candidates."""
     n = len(candidate_ids)
     dots = np.asarray(user_item_dots, dtype=np.float64).reshape(n)
-    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
     if n == 0:
-        return out
-    known = ~np.isnan(dots)
-    dots = np.where(known, dots, dots[known].min() if known.any() else 0.0)
-    out[:, 0] = dots
-    shifted = dots - dots.max()
-    out[:, 1] = shifted - math.log(float(np.exp(shifted).sum()))
-    order = np.argsort(-dots, kind="stable")
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.arange(n)
-    out[:, 2] = np.log1p(ranks)
-    out[:, 15] = known
-
-    popularity = np.asarray(candidate_popularity, dtype=np.float64).reshape(n, len(EVENT_TYPES))
-    out[:, 3] = np.log1p(popularity @ POPULARITY_WEIGHTS)
-    out[:, 4] = np.log1p(popularity[:, _CLICK])
-    out[:, 5] = np.log1p(popularity[:, _PURCHASE])
-
+        return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
     # Every column that depends only on which item a candidate is (the user's own
     # items, co-visitation neighbours, the latest item's category list) is computed
     # once per such item (slot 1..) and gathered in one pass; slot 0 is every other
@@ -259,17 +240,25 @@ def ranking_features(
     # hundred: one dict lookup per candidate instead of one per column.
     recent = user.recent_events
     covis_total, covis_latest = user.covis_total, user.covis_latest
-    slots: dict[str, int] = {}
-    for item_id in (
-        *user.item_counts,
-        *(e.item_id for e in recent),
-        *user.purchased,
-        *covis_total,
-        *covis_latest,
-        *user.category_items,
-    ):
-        slots.setdefault(item_id, len(slots) + 1)
-    per_item = np.zeros((len(slots) + 1, len(FEATURE_NAMES)), dtype=np.float64)
+    # Numbered from 1 in order of first appearance (no Python loop over them).
+    slots: dict[str, int] = dict(
+        zip(
+            dict.fromkeys(
+                chain(
+                    user.item_counts,
+                    (e.item_id for e in recent),
+                    user.purchased,
+                    covis_total,
+                    covis_latest,
+                    user.category_items,
+                )
+            ),
+            count(1),
+        )
+    )
+    # As wide as a feature row: a candidate's row starts as its item's row (one
+    # gather), the other columns zero until set below.
+    per_item = np.zeros((len(slots) + 1, len(FEATURE_NAMES)), dtype=np.float32)
     # Filled a column at a time (an element assignment into numpy costs as much as
     # a dozen dict lookups), each column's items distinct.
     if user.item_counts:
@@ -310,9 +299,23 @@ def ranking_features(
         # An item listed twice keeps its later place, as it always has.
         place = {item_id: p for p, item_id in enumerate(user.category_items, start=1)}
         per_item[[slots[i] for i in place], 23] = 1.0 / np.fromiter(place.values(), np.float64)
-    if slots:
-        rows = list(map(slots.get, candidate_ids, repeat(0)))  # map: no Python loop
-        out[:, _PER_ITEM_COLUMNS] = per_item[np.ix_(rows, _PER_ITEM_COLUMNS)]
+    out = per_item[list(map(slots.get, candidate_ids, repeat(0)))]  # map: no Python loop
+    known = ~np.isnan(dots)
+    dots = np.where(known, dots, dots[known].min() if known.any() else 0.0)
+    out[:, 0] = dots
+    shifted = dots - dots.max()
+    out[:, 1] = shifted - math.log(float(np.exp(shifted).sum()))
+    order = np.argsort(-dots, kind="stable")
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.arange(n)
+    out[:, 2] = np.log1p(ranks)
+    out[:, 15] = known
+
+    popularity = np.asarray(candidate_popularity, dtype=np.float64).reshape(n, len(EVENT_TYPES))
+    out[:, 3] = np.log1p(popularity @ POPULARITY_WEIGHTS)
+    out[:, 4] = np.log1p(popularity[:, _CLICK])
+    out[:, 5] = np.log1p(popularity[:, _PURCHASE])
+
     out[:, 13] = TYPE_WEIGHTS[recent[-1].type] if recent else 0.0
     out[:, 14] = math.log1p(len(recent))
     if distinct:
