@@ -153,6 +153,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
             mirror = recommender.mirror
             await mirror.catch_up()
             mirroring = asyncio.create_task(mirror.follow())
+            holder.before_swap.append(recommender.prepare_catalogue_rows)
+            holder.before_arm.append(recommender.prepare_catalogue_rows)
+            if holder.held is not None:
+                await recommender.prepare_catalogue_rows(holder.held)
             if settings.serve_live_items_poll_s > 0:
                 live_items = LiveItems(
                     holder, recommender.mirror, metrics, settings.serve_live_items_poll_s

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_server.catalogue_mirror import CatalogueMirror
+from model_server.catalogue_rows import CatalogueRows
 from model_server.diversity import mmr_order
 from model_server.filters import NO_FILTER, ItemFilter, Picker, fill_sources
 from model_server.popularity import PopularityTable
@@ -234,6 +235,8 @@ class Recommender:
         # per version (an experiment's arms may know other items than the current one).
         self._trending_refresh_s = settings.serve_popularity_refresh_s
         self._trending_ids: dict[str, tuple[float, int, list[str]]] = {}
+        # The catalogue by each held version's rows (model_server/catalogue_rows.py).
+        self._catalogue_rows: dict[str, CatalogueRows] = {}
         self._rank_estimate = RankEstimate(self.budget_s)
         # Looked up once: five label lookups per request were a visible share of it.
         self._stage_seconds = {name: metrics.stage_seconds.labels(name) for name in STAGES}
@@ -591,6 +594,7 @@ class Recommender:
                 now_ms,
                 self.half_life_s,
                 redis_state.first_seen(stored),
+                self._candidate_catalogue(model, vocab_rows, candidate_ids),
             )
         if time.perf_counter() >= deadline:
             return None
@@ -598,6 +602,29 @@ class Recommender:
             rank_scores = model.bundle.score(feature_rows)
         self._rank_estimate.record(time.perf_counter() - started)
         return rank_scores, feature_rows
+
+    def catalogue_rows(self, model: ServedModel) -> CatalogueRows:
+        """The catalogue by `model`'s rows, built on first use (a version is prepared
+        before it serves: `prepare_catalogue_rows`)."""
+        held = self._catalogue_rows.get(model.version)
+        if held is None:
+            if len(self._catalogue_rows) >= 4:  # current, incoming, arms: the oldest goes
+                del self._catalogue_rows[next(iter(self._catalogue_rows))]
+            held = CatalogueRows(self.mirror, model.bundle.rows, len(model.bundle.item_ids))
+            self._catalogue_rows[model.version] = held
+        return held
+
+    async def prepare_catalogue_rows(self, model: ServedModel) -> None:
+        """Build `model`'s catalogue rows before it serves (`ModelHolder.before_swap`
+        and `before_arm`): a million items take a second, not a request's."""
+        self.catalogue_rows(model).current()
+
+    def _candidate_catalogue(
+        self, model: ServedModel, vocab_rows: np.ndarray, candidate_ids: list[str]
+    ) -> features.CandidateCatalogue | None:
+        if not self.mirror.records:
+            return None  # no catalogue: the columns stay 0
+        return self.catalogue_rows(model).candidates(vocab_rows, candidate_ids)
 
     def _held_popularity(self, model: ServedModel, vocab_rows: np.ndarray) -> np.ndarray | None:
         """`_stored_popularity` when the in-process table answers it whole (every
