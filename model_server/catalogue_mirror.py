@@ -5,9 +5,13 @@ memory instead of a catalogue script call per request (the largest cost of a
 ranked request with a catalogue: docs/decisions.md).
 
 The categories' most popular lists (the stream worker's decayed counts) are read
-from Redis at most once per `serve_popularity_refresh_s` for each category asked
-about; availability is applied to them from the mirror at every request, so an
-item out of stock leaves them as soon as the mirror reads its record.
+from Redis the first time a category is asked about, then renewed in the
+background every `serve_popularity_refresh_s`, all the categories requests asked
+about since in one call, so a request finds them held instead of waiting for a
+read (a read on the request path was a sixth of requests' at 250 req/s, each a
+Redis round trip); a list no request asked for is let go stale and read again
+when one does. Availability is applied to them from the mirror at every request,
+so an item out of stock leaves them as soon as the mirror reads its record.
 
 A request with a filter needs the catalogue: when the mirror has not reached the
 end of the log for longer than `serve_catalogue_max_lag_s` (Redis does not
@@ -36,6 +40,10 @@ READ_BATCH = 1000
 CHANGES_HELD = 100_000
 # Categories whose most popular list is held; the oldest read leaves first.
 POPULAR_HELD = 4096
+# A held list serves requests for this many refresh intervals: the background
+# renewal comes every interval, so a list asked about never goes stale while Redis
+# answers; one no longer renewed (Redis does not answer) is read by the request.
+HELD_FOR_REFRESHES = 2
 
 
 class CatalogueBehind(RedisTimeoutError):
@@ -74,6 +82,10 @@ class CatalogueMirror:
         # for the same few categories' lists many times a second, and checking each
         # item's record again was a twentieth of a filtered answer's CPU.
         self._offered_held: dict[tuple[str, int, int], tuple[float, int, list[str]]] = {}
+        # The categories requests asked about since the last renewal, each with the
+        # deepest read asked; and when that renewal was.
+        self._asked: dict[str, int] = {}
+        self._renewed_at = -float("inf")
         self._polling = Polling(poll_s, "catalogue mirror: following the catalogue")
 
     async def catch_up(self) -> int:
@@ -110,10 +122,28 @@ class CatalogueMirror:
                 self._synced_at = started
                 return changed
 
+    async def poll(self) -> None:
+        """One step of `follow`: the changes, then the popular lists when due."""
+        await self.catch_up()
+        await self.renew_popular()
+
+    async def renew_popular(self) -> None:
+        """Re-read, in one call, the popular lists of the categories requests asked
+        about since the last renewal, once per `popular_refresh_s`."""
+        now = time.monotonic()
+        if now - self._renewed_at < self.popular_refresh_s:
+            return
+        self._renewed_at = now
+        asked, self._asked = self._asked, {}
+        if asked:
+            depth = max(asked.values())
+            lists = await self.catalogue.popular(list(asked), depth)
+            self._hold_lists(list(asked), depth, lists, now)
+
     async def follow(self) -> None:
-        """Catch up every `poll_s` until `stop()`; a Redis outage is logged and the
+        """Poll every `poll_s` until `stop()`; a Redis outage is logged and the
         next poll reads on from where this one stopped."""
-        await self._polling.run(self.catch_up, (RedisError,))
+        await self._polling.run(self.poll, (RedisError,))
 
     def stop(self) -> None:
         self._polling.stop()
@@ -156,8 +186,8 @@ class CatalogueMirror:
 
     async def popular(self, categories: Sequence[str], n: int, depth: int) -> list[list[str]]:
         """Per category up to `n` of its most popular items that are available now,
-        most popular first, from the top `depth` of its list (read from Redis at most
-        once per refresh, the lists of all the stale categories in one round trip)."""
+        most popular first, from the top `depth` of its list: the held lists while
+        fresh (`held_popular`), the others read in one round trip."""
         fresh = self.held_popular(categories, n, depth)
         if fresh is not None:
             return fresh
@@ -165,17 +195,10 @@ class CatalogueMirror:
         stale = [
             category
             for category in dict.fromkeys(categories)
-            if (held := self._popular.get(category)) is None
-            or held[1] < depth
-            or now - held[0] >= self.popular_refresh_s
+            if not self._fresh(self._popular.get(category), depth, now)
         ]
         if stale:
-            lists = await self.catalogue.popular(stale, depth)
-            for category, items in zip(stale, lists, strict=True):
-                self._popular.pop(category, None)
-                self._popular[category] = (now, depth, items)
-            while len(self._popular) > POPULAR_HELD:
-                del self._popular[next(iter(self._popular))]
+            self._hold_lists(stale, depth, await self.catalogue.popular(stale, depth), now)
         answer: list[list[str]] = []
         for category in categories:
             held = self._popular.get(category)
@@ -187,12 +210,32 @@ class CatalogueMirror:
         enough, without a call; else None."""
         now = time.monotonic()
         answer: list[list[str]] = []
+        asked = self._asked
         for category in categories:
             held = self._popular.get(category)
-            if held is None or held[1] < depth or now - held[0] >= self.popular_refresh_s:
+            if held is None or not self._fresh(held, depth, now):
                 return None
+            if asked.get(category, 0) < depth:
+                asked[category] = depth
             answer.append(self._offered_from(held, category, n, depth))
         return answer
+
+    def _fresh(self, held: tuple[float, int, list[str]] | None, depth: int, now: float) -> bool:
+        """Whether a held list may answer a request wanting `depth` of it."""
+        return (
+            held is not None
+            and held[1] >= depth
+            and now - held[0] < self.popular_refresh_s * HELD_FOR_REFRESHES
+        )
+
+    def _hold_lists(
+        self, categories: list[str], depth: int, lists: list[list[str]], read_at: float
+    ) -> None:
+        for category, items in zip(categories, lists, strict=True):
+            self._popular.pop(category, None)
+            self._popular[category] = (read_at, depth, items)
+        while len(self._popular) > POPULAR_HELD:
+            del self._popular[next(iter(self._popular))]
 
     def _offered_from(
         self, held: tuple[float, int, list[str]], category: str, n: int, depth: int

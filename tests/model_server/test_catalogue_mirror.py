@@ -6,6 +6,8 @@ a Redis Cluster."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -114,6 +116,43 @@ async def test_popular_lists_are_held_and_availability_is_applied_at_each_call(
     await mirror.catch_up()
     # The list is as read a moment ago; the stock-out is applied from the mirror.
     assert await mirror.popular(["shoes"], 2, 4) == [["b", "c"]]
+
+
+async def test_the_lists_requests_ask_about_are_renewed_in_the_background(
+    catalogue: Catalogue,
+) -> None:
+    """A request never waits for a read of a list requests keep asking for: the
+    follow loop renews them (one call per refresh); a list no request asked for
+    since is not read again until one does."""
+    store = StateStore(catalogue.settings, client=catalogue.redis)
+    await catalogue.apply_records_each(
+        [
+            ItemRecord(i, 1, categories=(c,))
+            for i, c in (("a", "shoes"), ("b", "shoes"), ("h", "hats"))
+        ]
+    )
+
+    async def clicks(item: str, times: int) -> None:
+        await store.apply_events(
+            [Event(f"{item}-{uuid.uuid4()}", f"u{n}", item, EventType.CLICK, 1_000_000 + n)
+             for n in range(times)]
+        )  # fmt: skip
+
+    await clicks("a", 2)
+    await clicks("h", 1)
+    mirror = CatalogueMirror(catalogue, poll_s=0.05, max_lag_s=60.0, popular_refresh_s=0.3)
+    await mirror.catch_up()
+    assert await mirror.popular(["shoes", "hats"], 2, 4) == [["a"], ["h"]]  # read now
+    await clicks("b", 5)
+    assert mirror.held_popular(["shoes"], 2, 4) == [["a"]]  # held: asked about
+    await asyncio.sleep(0.35)  # past one refresh: still served as held, never read
+    assert mirror.held_popular(["shoes"], 2, 4) == [["a"]]
+    hats_read_at = mirror._popular["hats"][0]
+    await mirror.poll()  # the follow loop's step renews what was asked
+    assert mirror.held_popular(["shoes"], 2, 4) == [["b", "a"]]
+    assert mirror._popular["hats"][0] == hats_read_at  # not asked since: not read
+    await asyncio.sleep(0.65)  # two refreshes without a renewal: the request reads
+    assert mirror.held_popular(["hats"], 2, 4) is None
 
 
 async def test_the_change_log_forgets_deletes_once_their_markers_expire(
