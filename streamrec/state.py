@@ -222,14 +222,15 @@ def _latest_items(recent: list[bytes], n: int) -> list[str]:
 
 def parse_recent_member(member: bytes) -> tuple[str, str, str]:
     """(event_id, item_id, type) from `<len>:<event_id><len>:<item_id><type>` (byte lengths)."""
-    fields = []
-    rest = member
-    for _ in range(2):
-        length_text, _, rest = rest.partition(b":")
-        length = int(length_text)
-        fields.append(rest[:length].decode())
-        rest = rest[length:]
-    return fields[0], fields[1], rest.decode()
+    length_text, _, rest = member.partition(b":")
+    event_end = int(length_text)
+    length_text, _, rest_after_id = rest[event_end:].partition(b":")
+    item_end = int(length_text)
+    return (
+        rest[:event_end].decode(),
+        rest_after_id[:item_end].decode(),
+        rest_after_id[item_end:].decode(),
+    )
 
 
 # `StateStore.read_stored_popularity` rows hold one pair per event type, then the
