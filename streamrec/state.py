@@ -40,6 +40,7 @@ from streamrec.covis import CovisRule
 from streamrec.errors import ConfigError
 from streamrec.events import EVENT_TYPE_OF, Event, EventType
 from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
+from streamrec.features import RecentEvent
 from streamrec.keys import (
     ALL_USER_KEYS,
     EVENT_TYPES,
@@ -117,13 +118,12 @@ def content_fingerprint(event: Event) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One of a user's recent events as the store keeps it."""
+class StoredEvent(RecentEvent):
+    """One of a user's recent events as the store keeps it: what ranking takes
+    (`features.RecentEvent`, so the server passes them on as they are) and the
+    event's id."""
 
     event_id: str
-    item_id: str
-    type: EventType
-    ts_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +159,7 @@ class StoredUser:
     recent_events: tuple[StoredEvent, ...]
     purchased: frozenset[str]
     counts_by_type: dict[str, int]
-    item_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    item_counts: dict[str, dict[EventType, int]] = field(default_factory=dict)
     last_ts_ms: int | None = None
     cached_vector: CachedVector | None = None
     # The co-visitation links of the user's latest distinct items, latest first.
@@ -180,7 +180,10 @@ class StoredUser:
             ],
             "purchased": sorted(self.purchased),
             "counts_by_type": self.counts_by_type,
-            "item_counts": self.item_counts,
+            "item_counts": {
+                item_id: {t.value: n for t, n in by_type.items()}
+                for item_id, by_type in self.item_counts.items()
+            },
             "last_ts": self.last_ts_ms,
         }
 
@@ -309,11 +312,11 @@ def _user_state(
     recent = []
     for member, score in recent_raw:
         event_id, item_id, type_value = parse_recent_member(member)
-        recent.append(StoredEvent(event_id, item_id, EVENT_TYPE_OF[type_value], int(float(score))))
-    item_counts: dict[str, dict[str, int]] = {}
+        recent.append(StoredEvent(item_id, EVENT_TYPE_OF[type_value], int(float(score)), event_id))
+    item_counts: dict[str, dict[EventType, int]] = {}
     for field_name, count in counts_raw:
         type_value, _, item_id = field_name.decode().partition(":")
-        item_counts.setdefault(item_id, {})[type_value] = int(count)
+        item_counts.setdefault(item_id, {})[EVENT_TYPE_OF[type_value]] = int(count)
     meta = {k.decode(): v.decode() for k, v in meta_raw}
     return StoredUser(
         user_id=user_id,
