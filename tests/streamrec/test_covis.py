@@ -171,6 +171,15 @@ def test_links_decay_and_rebase_without_changing_what_they_mean() -> None:
     assert total["b"] == pytest.approx(2.0**-200, rel=1e-9)
 
 
+def test_neighbours_are_scored_strongest_first_ties_by_id() -> None:
+    # The second item counts 1/2: a 1 + 0.5, b 2, c 1, d 2 / 2; no decay at the epoch.
+    lists = [({"c": 1.0, "b": 2.0, "a": 1.0}, 0), ({"d": 2.0, "a": 1.0}, 0)]
+    total, latest = covis_scores(lists, 0, 1.0)
+    assert list(total.items()) == [("b", 2.0), ("a", 1.5), ("c", 1.0), ("d", 1.0)]
+    assert list(latest.items()) == [("c", 1.0), ("b", 2.0), ("a", 1.0)]
+    assert covis_scores([], 0, 1.0) == ({}, {})
+
+
 def test_latest_distinct_items() -> None:
     assert latest_distinct(["a", "b", "a", "c", "c"], 2) == ["c", "a"]
     assert latest_distinct([], 3) == []
