@@ -39,7 +39,6 @@ from streamrec import features
 from streamrec import state as redis_state
 from streamrec.catalogue import Catalogue
 from streamrec.covis import covis_scores
-from streamrec.events import EVENT_TYPE_OF
 from streamrec.loaded import ServedModel
 from streamrec.metrics import ServeMetrics
 from streamrec.settings import Settings
@@ -173,14 +172,9 @@ def feature_user(
         [(links, epoch) for _, links, epoch in user.covis], now_ms, covis_half_life_s
     )
     return features.UserState(
-        recent_events=tuple(
-            features.RecentEvent(e.item_id, e.type, e.ts_ms) for e in user.recent_events
-        ),
+        recent_events=user.recent_events,
         purchased=user.purchased,
-        item_counts={
-            item_id: {EVENT_TYPE_OF[t]: n for t, n in by_type.items()}
-            for item_id, by_type in user.item_counts.items()
-        },
+        item_counts=user.item_counts,
         covis_total=covis_total,
         covis_latest=covis_latest,
     )

@@ -14,6 +14,7 @@ once the exponent passes `REBASE_HALF_LIVES`, as trending does.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -121,8 +122,7 @@ def covis_scores(
             total[item_id] = total.get(item_id, 0.0) + value * scale
         if d == 1:
             latest = {item_id: value * scale for item_id, value in stored.items()}
-    return dict(sorted(total.items(), key=_strongest_first)), latest
-
-
-def _strongest_first(pair: tuple[str, float]) -> tuple[float, str]:
-    return -pair[1], pair[0]
+    # (-score, id) pairs sort strongest first, ties by id, without a key function
+    # called per neighbour (~5 of ~65 us with ~150 of them).
+    ranked = sorted(zip(map(operator.neg, total.values()), total, strict=True))
+    return {item_id: -negated for negated, item_id in ranked}, latest

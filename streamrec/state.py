@@ -40,6 +40,7 @@ from streamrec.covis import CovisRule
 from streamrec.errors import ConfigError
 from streamrec.events import EVENT_TYPE_OF, Event, EventType
 from streamrec.features import EVENT_TYPES as POPULARITY_TYPES
+from streamrec.features import RecentEvent
 from streamrec.keys import (
     ALL_USER_KEYS,
     EVENT_TYPES,
@@ -117,13 +118,12 @@ def content_fingerprint(event: Event) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One of a user's recent events as the store keeps it."""
+class StoredEvent(RecentEvent):
+    """One of a user's recent events as the store keeps it: what ranking takes
+    (`features.RecentEvent`, so the server passes them on as they are) and the
+    event's id."""
 
     event_id: str
-    item_id: str
-    type: EventType
-    ts_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +145,11 @@ class CachedVector:
         return cls(version.decode(), tag.decode(), values)
 
 
+# An item's co-visitation links: (item, stored scores, epoch ms), as
+# `covis.covis_scores` takes them.
+ItemLinks = tuple[str, dict[str, float], int]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredUser:
     """A user's state as read from Redis; ranking sees it as `features.UserState`
@@ -154,12 +159,11 @@ class StoredUser:
     recent_events: tuple[StoredEvent, ...]
     purchased: frozenset[str]
     counts_by_type: dict[str, int]
-    item_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    item_counts: dict[str, dict[EventType, int]] = field(default_factory=dict)
     last_ts_ms: int | None = None
     cached_vector: CachedVector | None = None
-    # The co-visitation links of the user's latest distinct items, latest first:
-    # (item, stored scores, epoch ms), as `covis.covis_scores` takes them.
-    covis: tuple[tuple[str, dict[str, float], int], ...] = ()
+    # The co-visitation links of the user's latest distinct items, latest first.
+    covis: tuple[ItemLinks, ...] = ()
 
     @property
     def state_tag(self) -> str:
@@ -176,7 +180,10 @@ class StoredUser:
             ],
             "purchased": sorted(self.purchased),
             "counts_by_type": self.counts_by_type,
-            "item_counts": self.item_counts,
+            "item_counts": {
+                item_id: {t.value: n for t, n in by_type.items()}
+                for item_id, by_type in self.item_counts.items()
+            },
             "last_ts": self.last_ts_ms,
         }
 
@@ -218,14 +225,15 @@ def _latest_items(recent: list[bytes], n: int) -> list[str]:
 
 def parse_recent_member(member: bytes) -> tuple[str, str, str]:
     """(event_id, item_id, type) from `<len>:<event_id><len>:<item_id><type>` (byte lengths)."""
-    fields = []
-    rest = member
-    for _ in range(2):
-        length_text, _, rest = rest.partition(b":")
-        length = int(length_text)
-        fields.append(rest[:length].decode())
-        rest = rest[length:]
-    return fields[0], fields[1], rest.decode()
+    length_text, _, rest = member.partition(b":")
+    event_end = int(length_text)
+    length_text, _, rest_after_id = rest[event_end:].partition(b":")
+    item_end = int(length_text)
+    return (
+        rest[:event_end].decode(),
+        rest_after_id[:item_end].decode(),
+        rest_after_id[item_end:].decode(),
+    )
 
 
 # `StateStore.read_stored_popularity` rows hold one pair per event type, then the
@@ -266,9 +274,30 @@ def _decoded(members: list[bytes]) -> list[str]:
     return [member.decode() for member in members]
 
 
+def _link_scores(texts: list[bytes]) -> list[float]:
+    """Co-visitation scores as Redis writes them (up to 17 significant digits) as
+    floats. Python's float() takes ~0.4 µs for one of more than 15 digits (its exact
+    slow path), ~60 µs for the ~170 link scores of a request; orjson's parser, as
+    exact (the same double for every text), reads them as one JSON array in a
+    quarter of that. "inf" is no JSON number: then one by one. (A "-0" would come
+    back 0.0; link scores are sums of positive weights.)"""
+    try:
+        numbers = orjson.loads(b"[%b]" % b",".join(texts))
+    except orjson.JSONDecodeError:
+        return list(map(float, texts))
+    return list(map(float, numbers))  # an integral score ("2") comes back an int
+
+
 def _links(flat: list[bytes]) -> dict[str, float]:
     """An item's stored co-visitation links: [member, score, member, score, ...]."""
-    return dict(zip(_decoded(flat[::2]), map(float, flat[1::2]), strict=True))
+    return dict(zip(_decoded(flat[::2]), _link_scores(flat[1::2]), strict=True))
+
+
+def _item_links(covis_raw: list[list[Any]]) -> tuple[ItemLinks, ...]:
+    """`read_users.lua`'s linked items: per item [item, epoch, links and scores]."""
+    return tuple(
+        (item.decode(), _links(links), int(float(epoch))) for item, epoch, links in covis_raw
+    )
 
 
 def _user_state(
@@ -278,16 +307,16 @@ def _user_state(
     counts_raw: list[tuple[bytes, bytes]],
     meta_raw: list[tuple[bytes, bytes]],
     vector_raw: bytes | None,
-    covis_raw: list[list[Any]],
+    covis: tuple[ItemLinks, ...],
 ) -> StoredUser:
     recent = []
     for member, score in recent_raw:
         event_id, item_id, type_value = parse_recent_member(member)
-        recent.append(StoredEvent(event_id, item_id, EVENT_TYPE_OF[type_value], int(float(score))))
-    item_counts: dict[str, dict[str, int]] = {}
+        recent.append(StoredEvent(item_id, EVENT_TYPE_OF[type_value], int(float(score)), event_id))
+    item_counts: dict[str, dict[EventType, int]] = {}
     for field_name, count in counts_raw:
         type_value, _, item_id = field_name.decode().partition(":")
-        item_counts.setdefault(item_id, {})[type_value] = int(count)
+        item_counts.setdefault(item_id, {})[EVENT_TYPE_OF[type_value]] = int(count)
     meta = {k.decode(): v.decode() for k, v in meta_raw}
     return StoredUser(
         user_id=user_id,
@@ -297,9 +326,7 @@ def _user_state(
         item_counts=item_counts,
         last_ts_ms=int(meta["last_ts"]) if "last_ts" in meta else None,
         cached_vector=CachedVector.from_bytes(vector_raw) if vector_raw else None,
-        covis=tuple(
-            (item.decode(), _links(links), int(float(epoch))) for item, epoch, links in covis_raw
-        ),
+        covis=covis,
     )
 
 
@@ -662,14 +689,15 @@ class StateStore:
         back empty, for the stream worker's vector refresh."""
         covis_items = self.settings.covis_read_items if for_ranking else 0
         if self.cluster is not None:
-            replies = await self._read_users_by_slot(user_ids, for_ranking, covis_items)
+            replies, covis = await self._read_users_by_slot(user_ids, for_ranking, covis_items)
         else:
             replies = await self._read_users_script(
                 keys=_user_read_keys(user_ids), args=["1" if for_ranking else "0", covis_items]
             )
+            covis = [_item_links(reply[5]) for reply in replies]
         users = []
-        for user_id, (recent, purchased, counts, meta, vector, covis) in zip(
-            user_ids, replies, strict=True
+        for user_id, (recent, purchased, counts, meta, vector, _), links in zip(
+            user_ids, replies, covis, strict=True
         ):
             users.append(
                 _user_state(
@@ -679,17 +707,18 @@ class StateStore:
                     _pairs(counts),
                     _pairs(meta),
                     vector,
-                    covis,
+                    links,
                 )
             )
         return users
 
     async def _read_users_by_slot(
         self, user_ids: Sequence[str], for_ranking: bool, covis_items: int
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[tuple[ItemLinks, ...]]]:
         """Redis Cluster: `read_users`'s script once per slot of the users (a script
         reads one slot), concurrently; the co-visitation links of each user's latest
-        items (other slots) read after, per item."""
+        items (other slots) read after, per item. The script's replies, and each
+        user's links."""
         by_slot: dict[int, list[int]] = {}
         for index, user_id in enumerate(user_ids):
             slot = self._slot(user_key(user_id, UserPart.META))
@@ -706,16 +735,16 @@ class StateStore:
         for group, answer in zip(groups, answers, strict=True):
             for index, reply in zip(group, answer, strict=True):
                 replies[index] = reply
-        if covis_items > 0:
-            latest = [_latest_items(reply[0], covis_items) for reply in replies]
-            wanted = sorted({item for items in latest for item in items})
-            links = dict(zip(wanted, await self._read_raw_links(wanted), strict=True))
-            for reply, items in zip(replies, latest, strict=True):
-                reply[5] = [links[item] for item in items]
-        return replies
+        if covis_items == 0:
+            return replies, [() for _ in replies]
+        latest = [_latest_items(reply[0], covis_items) for reply in replies]
+        wanted = sorted({item for items in latest for item in items})
+        links = dict(zip(wanted, await self._read_links(wanted), strict=True))
+        return replies, [tuple(links[item] for item in items) for items in latest]
 
-    async def _read_raw_links(self, item_ids: Sequence[str]) -> list[list[Any]]:
-        """Per item [item, epoch, links and scores] as `read_users.lua` gives them."""
+    async def _read_links(self, item_ids: Sequence[str]) -> list[ItemLinks]:
+        """Each item's co-visitation links, as `_item_links` reads them from
+        `read_users.lua` (the client gives the scores as floats)."""
         if not item_ids:
             return []
         async with self.redis.pipeline() as pipe:
@@ -724,7 +753,7 @@ class StateStore:
                 pipe.zrange(item_covis_key(item_id), 0, -1, desc=True, withscores=True)
             replies = await pipe.execute()
         return [
-            [item_id.encode(), epoch or b"0", [part for pair in links for part in pair]]
+            (item_id, {member.decode(): score for member, score in links}, int(float(epoch or 0)))
             for item_id, epoch, links in zip(item_ids, replies[::2], replies[1::2], strict=True)
         ]
 

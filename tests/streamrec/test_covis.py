@@ -10,12 +10,14 @@ from typing import cast
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamrec.covis import CovisRule, CovisTable, covis_scores, latest_distinct
 from streamrec.events import Event, EventType
 from streamrec.keys import item_covis_key
 from streamrec.settings import Settings
-from streamrec.state import StateStore, covis_rule
+from streamrec.state import StateStore, _link_scores, covis_rule
 
 DAY_MS = 86_400_000
 
@@ -122,6 +124,39 @@ async def test_the_model_server_read_returns_the_latest_items_links(
         await store.close()
 
 
+async def test_the_model_server_read_gives_every_stored_score_exactly(
+    make_settings: Callable[..., Settings],
+) -> None:
+    store = StateStore(make_settings("covis-exact", covis_read_items=12))
+    items = ["a", "3:x", "{i}", "ünï", 'q"uote\\', ",", "]", "\n", "1e5", "-0", ""]
+    rng = random.Random(5)
+    events = [
+        ev(n, f"u{rng.randrange(3)}", rng.choice(items), 10_000 + n * 7919) for n in range(200)
+    ]
+    try:
+        await store.apply_events(events)
+        stored = await stored_links(store, items)
+        for user_id in ("u0", "u1", "u2"):
+            user = await store.read_user(user_id)
+            assert len(user.covis) == len({e.item_id for e in events if e.user_id == user_id})
+            for item, links, epoch in user.covis:
+                want, want_epoch = stored[item]
+                assert epoch == want_epoch
+                assert {k: v.hex() for k, v in links.items()} == {
+                    k: v.hex() for k, v in want.items()
+                }
+    finally:
+        await store.redis.flushdb()
+        await store.close()
+
+
+@given(st.lists(st.floats(min_value=0.0, allow_nan=False)))
+def test_link_scores_read_in_bulk_are_the_doubles_redis_wrote(values: list[float]) -> None:
+    for text_of in ("%.17g", "%r"):  # Redis 7.0 writes the first, 7.2 the shortest
+        texts = [(text_of % v).encode() for v in values]
+        assert [v.hex() for v in _link_scores(texts)] == [float(t).hex() for t in texts]
+
+
 def test_links_decay_and_rebase_without_changing_what_they_mean() -> None:
     rule = CovisRule(window=2, max_neighbours=10, half_life_s=1.0, backward=0.0)
     table = CovisTable(rule)
@@ -134,6 +169,15 @@ def test_links_decay_and_rebase_without_changing_what_they_mean() -> None:
     total, _ = covis_scores([(scores, epoch)], 200_000, rule.half_life_s)
     assert total["c"] == pytest.approx(1.0)
     assert total["b"] == pytest.approx(2.0**-200, rel=1e-9)
+
+
+def test_neighbours_are_scored_strongest_first_ties_by_id() -> None:
+    # The second item counts 1/2: a 1 + 0.5, b 2, c 1, d 2 / 2; no decay at the epoch.
+    lists = [({"c": 1.0, "b": 2.0, "a": 1.0}, 0), ({"d": 2.0, "a": 1.0}, 0)]
+    total, latest = covis_scores(lists, 0, 1.0)
+    assert list(total.items()) == [("b", 2.0), ("a", 1.5), ("c", 1.0), ("d", 1.0)]
+    assert list(latest.items()) == [("c", 1.0), ("b", 2.0), ("a", 1.0)]
+    assert covis_scores([], 0, 1.0) == ({}, {})
 
 
 def test_latest_distinct_items() -> None:

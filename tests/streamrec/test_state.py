@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamrec.events import Event, EventType
 from streamrec.features import EVENT_TYPES
@@ -21,7 +23,14 @@ from streamrec.keys import (
     user_vector_key,
 )
 from streamrec.settings import Settings
-from streamrec.state import POPULARITY_CHANGED_MAX, Applied, CachedVector, StateStore, WriteBack
+from streamrec.state import (
+    POPULARITY_CHANGED_MAX,
+    Applied,
+    CachedVector,
+    StateStore,
+    WriteBack,
+    parse_recent_member,
+)
 
 HOUR_MS = 3_600_000
 
@@ -201,6 +210,22 @@ async def test_any_ids_round_trip_through_the_state(store: StateStore) -> None:
         ]
         assert state.purchased == {event.item_id}
         assert state.item_counts == {event.item_id: {"purchase": 1}}
+
+
+@given(st.text(), st.text(), st.sampled_from([t.value for t in EventType]))
+def test_a_recent_events_member_parses_back_whatever_its_ids(
+    event_id: str, item_id: str, type_value: str
+) -> None:
+    # As the apply script writes it: byte lengths, so an id may hold ":" or digits.
+    raw_event, raw_item = event_id.encode(), item_id.encode()
+    member = b"%d:%b%d:%b%b" % (
+        len(raw_event),
+        raw_event,
+        len(raw_item),
+        raw_item,
+        type_value.encode(),
+    )
+    assert parse_recent_member(member) == (event_id, item_id, type_value)
 
 
 async def test_the_dedup_window_forgets_old_event_ids(
