@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from streamrec.covis import CovisRule, CovisTable, covis_scores, latest_distinct
 from streamrec.events import Event, EventType
 from streamrec.keys import item_covis_key
+from streamrec.pipelined import PipelinedConnection
 from streamrec.settings import Settings
 from streamrec.state import StateStore, _link_scores, covis_rule
 
@@ -136,8 +137,13 @@ async def test_the_model_server_read_gives_every_stored_score_exactly(
     try:
         await store.apply_events(events)
         stored = await stored_links(store, items)
-        for user_id in ("u0", "u1", "u2"):
-            user = await store.read_user(user_id)
+        # The model server reads through its pipelined connection (scores as
+        # Redis's text), the other readers through redis-py (scores as floats).
+        piped = StateStore(store.settings, reads=PipelinedConnection(store.settings.redis_url))
+        users = [await reader.read_user(u) for reader in (store, piped) for u in ("u0", "u1", "u2")]
+        await piped.close()
+        for user in users:
+            user_id = user.user_id
             assert len(user.covis) == len({e.item_id for e in events if e.user_id == user_id})
             for item, links, epoch in user.covis:
                 want, want_epoch = stored[item]
