@@ -4,8 +4,8 @@ A pure ASGI middleware: a few microseconds a request."""
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,8 +24,10 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         given = next((value for name, value in scope["headers"] if name == HEADER), None)
+        # 16 random bytes as hex, as uuid4().hex gave them: its UUID object cost
+        # 2.7 µs against 0.6 µs a request, and the id is no UUID to anyone.
         request_id = (
-            given if given is not None and _SANE.match(given) else uuid.uuid4().hex.encode()
+            given if given is not None and _SANE.match(given) else os.urandom(16).hex().encode()
         )
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 
