@@ -3,14 +3,14 @@ its endpoints share: JSON bodies in and out, problems as 4xx/5xx, per-endpoint t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
@@ -49,8 +49,9 @@ class InFlight:
         self.limit = limit
         self.count = 0
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
+    # `with in_flight:` holds a slot; methods, not a generator: contextlib's
+    # `contextmanager` cost 1.5 µs a request against 0.3 µs.
+    def __enter__(self) -> None:
         if self.count >= self.limit:
             raise Problem(
                 503,
@@ -59,10 +60,9 @@ class InFlight:
                 RETRY_AFTER,
             )
         self.count += 1
-        try:
-            yield
-        finally:
-            self.count -= 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
 
 
 @dataclass(frozen=True)
@@ -151,14 +151,15 @@ def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
     """Time the handler, turn a Problem into its answer, count answers by status class.
     `capped`: the request takes one of the process's `InFlight` slots or is shed."""
     redis_warnings = _Throttled(REDIS_WARNING_EVERY_S)
+    answers: _Answers | None = None
 
     async def wrapped(request: Request) -> Response:
+        nonlocal answers
         serving = serving_of(request)
-        metrics = serving.metrics
         started = time.perf_counter()
         try:
             if capped:
-                with serving.in_flight.slot():
+                with serving.in_flight:
                     response = await handler(request)
             else:
                 response = await handler(request)
@@ -181,11 +182,35 @@ def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
         except Exception:
             log.exception("%s failed (request %s)", endpoint, request_id(request))
             response = Problem(500, "internal_error", "see the server log").response()
-        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
-        metrics.requests.labels(endpoint, f"{response.status_code // 100}xx").inc()
+        if answers is None or answers.metrics is not serving.metrics:
+            answers = _Answers(serving.metrics, endpoint)
+        answers.observe(time.perf_counter() - started, response.status_code)
         return response
 
     return wrapped
+
+
+class _Answers:
+    """One endpoint's time and answer counts, each series looked up once (by the
+    first answer that needs it: no series shows before it has counted one); two
+    `labels()` calls were 3 µs of every request."""
+
+    def __init__(self, metrics: ServeMetrics, endpoint: str) -> None:
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self._seconds: Histogram | None = None
+        self._by_class: dict[int, Counter] = {}
+
+    def observe(self, seconds: float, status_code: int) -> None:
+        if self._seconds is None:
+            self._seconds = self.metrics.request_seconds.labels(self.endpoint)
+        self._seconds.observe(seconds)
+        status_class = status_code // 100
+        answered = self._by_class.get(status_class)
+        if answered is None:
+            answered = self.metrics.requests.labels(self.endpoint, f"{status_class}xx")
+            self._by_class[status_class] = answered
+        answered.inc()
 
 
 class _Throttled:
