@@ -40,7 +40,7 @@ from model_server.prewarm import Prewarm
 from model_server.recommender import Recommender
 from model_server.request_ids import RequestIds
 from model_server.schemas import request_models
-from model_server.serving import InFlight, Serving, json_response, measured
+from model_server.serving import InFlight, Measured, Serving, json_response
 from model_server.write_back import WriteBackQueue
 from streamrec import __version__
 from streamrec.errors import BundleError, StateError
@@ -231,30 +231,30 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> St
     # for one release (docs/serving.md). Probes, metrics and the schema are not
     # versioned: what they answer is not the API.
     operations = [
-        ("/recommend", measured("recommend", endpoints.recommend, capped=True), "POST"),
-        ("/score", measured("score", endpoints.score, capped=True), "POST"),
-        ("/similar", measured("similar", endpoints.similar, capped=True), "POST"),
-        ("/model", measured("model", endpoints.model_info), "GET"),
-        ("/versions", measured("model", endpoints.versions), "GET"),
-        ("/admin/reload", measured("admin", admin.reload), "POST"),
-        ("/admin/rollback", measured("admin", admin.rollback), "POST"),
+        ("/recommend", Measured("recommend", endpoints.recommend, capped=True), "POST"),
+        ("/score", Measured("score", endpoints.score, capped=True), "POST"),
+        ("/similar", Measured("similar", endpoints.similar, capped=True), "POST"),
+        ("/model", Measured("model", endpoints.model_info), "GET"),
+        ("/versions", Measured("model", endpoints.versions), "GET"),
+        ("/admin/reload", Measured("admin", admin.reload), "POST"),
+        ("/admin/rollback", Measured("admin", admin.rollback), "POST"),
     ]
     routes = [
         *(Route(f"/v1{path}", handler, methods=[method]) for path, handler, method in operations),
-        Route("/v1/events", measured("events", endpoints.events, capped=True), methods=["POST"]),
+        Route("/v1/events", Measured("events", endpoints.events, capped=True), methods=["POST"]),
         # Any id reaches the handler, which says what is wrong with it: an empty one,
         # or one holding "/" or a line break, which `path` would leave to a 404.
-        Route("/v1/admin/experiment", measured("admin", admin.experiment), methods=["GET"]),
-        Route("/v1/admin/experiment", measured("admin", admin.start_experiment), methods=["PUT"]),
-        Route("/v1/admin/experiment", measured("admin", admin.stop_experiment), methods=["DELETE"]),
+        Route("/v1/admin/experiment", Measured("admin", admin.experiment), methods=["GET"]),
+        Route("/v1/admin/experiment", Measured("admin", admin.start_experiment), methods=["PUT"]),
+        Route("/v1/admin/experiment", Measured("admin", admin.stop_experiment), methods=["DELETE"]),
         Route(
             "/v1/admin/experiment/promote",
-            measured("admin", admin.promote_experiment),
+            Measured("admin", admin.promote_experiment),
             methods=["POST"],
         ),
         Route(
             "/v1/admin/users/{user_id:any_text}",
-            measured("admin", admin.forget_user),
+            Measured("admin", admin.forget_user),
             methods=["DELETE"],
         ),
         *(Route(path, handler, methods=[method]) for path, handler, method in operations),

@@ -4,8 +4,8 @@ A pure ASGI middleware: a few microseconds a request."""
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,10 +23,15 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((value for name, value in scope["headers"] if name == HEADER), None)
-        request_id = (
-            given if given is not None and _SANE.match(given) else uuid.uuid4().hex.encode()
-        )
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == HEADER:  # the first one, sane or not
+                request_id = value if _SANE.match(value) else None
+                break
+        if request_id is None:
+            # 16 random bytes as hex, as uuid4().hex gave them: its UUID object cost
+            # 2.7 µs against 0.6 µs a request, and the id is no UUID to anyone.
+            request_id = os.urandom(16).hex().encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 
         async def with_id(message: Message) -> None:

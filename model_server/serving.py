@@ -3,18 +3,19 @@ its endpoints share: JSON bodies in and out, problems as 4xx/5xx, per-endpoint t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from model_server.event_intake import EventIntake
 
@@ -49,8 +50,9 @@ class InFlight:
         self.limit = limit
         self.count = 0
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
+    # `with in_flight:` holds a slot; methods, not a generator: contextlib's
+    # `contextmanager` cost 1.5 µs a request against 0.3 µs.
+    def __enter__(self) -> None:
         if self.count >= self.limit:
             raise Problem(
                 503,
@@ -59,10 +61,9 @@ class InFlight:
                 RETRY_AFTER,
             )
         self.count += 1
-        try:
-            yield
-        finally:
-            self.count -= 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ async def parse_body(request: Request, model: type[Body], empty_ok: bool = False
 async def read_body(request: Request) -> bytes:
     """The whole body; too large or cut off by the client is the caller's Problem."""
     try:
-        return await request.body()
+        return await _whole_body(request)
     except BodyTooLarge:
         limit = request.scope.get("state", {}).get(
             "max_body_bytes", serving_of(request).settings.serve_max_body_bytes
@@ -140,6 +141,24 @@ async def read_body(request: Request) -> bytes:
         ) from None
 
 
+async def _whole_body(request: Request) -> bytes:
+    """What `request.body()` gives, read with a plain loop: its async generator and
+    `aclosing` cost 4 µs of a request whose body comes in one message. Kept where
+    Starlette keeps it, so a later `request.body()` or `stream()` gives it again."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body
+    return body
+
+
 def _readable(errors: list[Any]) -> list[dict[str, object]]:
     return [
         {"field": ".".join(str(part) for part in e["loc"]) or "body", "message": e["msg"]}
@@ -147,30 +166,44 @@ def _readable(errors: list[Any]) -> list[dict[str, object]]:
     ]
 
 
-def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
-    """Time the handler, turn a Problem into its answer, count answers by status class.
-    `capped`: the request takes one of the process's `InFlight` slots or is shed."""
-    redis_warnings = _Throttled(REDIS_WARNING_EVERY_S)
+class Measured:
+    """An endpoint that times its handler, turns a Problem into its answer and counts
+    answers by status class. `capped`: the request takes one of the process's
+    `InFlight` slots or is shed.
 
-    async def wrapped(request: Request) -> Response:
+    A plain ASGI app, not a function for `Route` to wrap in `request_response`: that
+    wrapped each request in a second exception handler besides the app's own (the
+    same handlers, so what it caught the app's catches), 2 µs a request."""
+
+    def __init__(self, endpoint: str, handler: Handler, capped: bool = False) -> None:
+        self.endpoint = endpoint
+        self.handler = handler
+        self.capped = capped
+        self._redis_warnings = _Throttled(REDIS_WARNING_EVERY_S)
+        self._answers: _Answers | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.answer(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    async def answer(self, request: Request) -> Response:
         serving = serving_of(request)
-        metrics = serving.metrics
         started = time.perf_counter()
         try:
-            if capped:
-                with serving.in_flight.slot():
-                    response = await handler(request)
+            if self.capped:
+                with serving.in_flight:
+                    response = await self.handler(request)
             else:
-                response = await handler(request)
+                response = await self.handler(request)
         except Problem as problem:
             response = problem.response()
         except NoModel as exc:
             response = Problem(503, "no_model", str(exc), {"Retry-After": "5"}).response()
         except RedisError as exc:
-            if (suppressed := redis_warnings.due()) is not None:
+            if (suppressed := self._redis_warnings.due()) is not None:
                 log.warning(
                     "%s (request %s): Redis unavailable: %s (%d more like it not logged)",
-                    endpoint,
+                    self.endpoint,
                     request_id(request),
                     exc,
                     suppressed,
@@ -179,13 +212,36 @@ def measured(endpoint: str, handler: Handler, capped: bool = False) -> Handler:
                 503, "state_unavailable", "Redis did not answer in time", RETRY_AFTER
             ).response()
         except Exception:
-            log.exception("%s failed (request %s)", endpoint, request_id(request))
+            log.exception("%s failed (request %s)", self.endpoint, request_id(request))
             response = Problem(500, "internal_error", "see the server log").response()
-        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
-        metrics.requests.labels(endpoint, f"{response.status_code // 100}xx").inc()
+        answers = self._answers
+        if answers is None or answers.metrics is not serving.metrics:
+            answers = self._answers = _Answers(serving.metrics, self.endpoint)
+        answers.observe(time.perf_counter() - started, response.status_code)
         return response
 
-    return wrapped
+
+class _Answers:
+    """One endpoint's time and answer counts, each series looked up once (by the
+    first answer that needs it: no series shows before it has counted one); two
+    `labels()` calls were 3 µs of every request."""
+
+    def __init__(self, metrics: ServeMetrics, endpoint: str) -> None:
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self._seconds: Histogram | None = None
+        self._by_class: dict[int, Counter] = {}
+
+    def observe(self, seconds: float, status_code: int) -> None:
+        if self._seconds is None:
+            self._seconds = self.metrics.request_seconds.labels(self.endpoint)
+        self._seconds.observe(seconds)
+        status_class = status_code // 100
+        answered = self._by_class.get(status_class)
+        if answered is None:
+            answered = self.metrics.requests.labels(self.endpoint, f"{status_class}xx")
+            self._by_class[status_class] = answered
+        answered.inc()
 
 
 class _Throttled:

@@ -21,11 +21,17 @@ CONNECT_TIMEOUT_S = 5.0
 Arg = str | int | bytes
 
 
-def _command(args: Sequence[Arg]) -> bytes:
-    """RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
+def _command(args: Sequence[Arg], head: bytes = b"", head_count: int = 0) -> bytes:
+    """RESP: an array of bulk strings; `head`: the first `head_count` of them, already
+    encoded (a script's EVALSHA and SHA1)."""
+    parts = [b"*%d\r\n" % (head_count + len(args)), head]
     for arg in args:
-        raw = arg if isinstance(arg, bytes) else str(arg).encode()
+        if isinstance(arg, bytes):
+            raw = arg
+        elif type(arg) is str:  # most are: without the call to str()
+            raw = arg.encode()
+        else:
+            raw = str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
     return b"".join(parts)
 
@@ -86,8 +92,14 @@ class PipelinedConnection:
         """One command's reply; an error reply raises redis-py's exception for it. A
         connection lost before the reply raises ConnectionError: the caller decides
         whether to try again (reads may; writes should not)."""
-        protocol = await self._connected()
-        reply = await protocol.send(_command(args))
+        return await self.send(_command(args))
+
+    async def send(self, payload: bytes) -> Any:
+        """`call` for a command already encoded (`_command`)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connected()
+        reply = await protocol.send(payload)
         if isinstance(reply, hiredis.ReplyError):
             message = str(reply)
             if message.startswith("NOSCRIPT"):
@@ -154,6 +166,8 @@ class PipelinedScript:
         self.connection = connection
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        # Each call's first two bulk strings, encoded once.
+        self._evalsha = _command(["EVALSHA", self.sha])[len(b"*2\r\n") :]
 
     async def __call__(
         self, keys: Sequence[Arg] | None = None, args: Sequence[Arg] | None = None
@@ -166,6 +180,8 @@ class PipelinedScript:
 
     async def _run(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         try:
-            return await self.connection.call("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.connection.send(
+                _command([len(keys), *keys, *args], self._evalsha, head_count=2)
+            )
         except NoScriptError:
             return await self.connection.call("EVAL", self.source, len(keys), *keys, *args)
