@@ -43,6 +43,7 @@ from bench.scenarios.grown import (
 )
 from bench.serve import (
     CATEGORIES,
+    WARM_UP_S,
     bench_settings,
     cache_user_vectors,
     console,
@@ -75,9 +76,6 @@ QUERY_KINDS = (
     ("recall_users", "bench users (random clicks)"),
     ("recall_items", "item vectors"),
 )
-# Seconds of load before each server's measured runs, not reported: a fresh process
-# pays its first ONNX runs and page faults on the index there.
-WARM_UP_S = 3.0
 
 
 @dataclass(frozen=True)
