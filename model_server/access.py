@@ -24,7 +24,7 @@ from typing import Literal
 from starlette.requests import Request
 
 from model_server.serving import Problem
-from streamrec.settings import ApiKey, Settings
+from streamrec.settings import Settings
 
 Scope = Literal["read", "explain", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "explain", "write", "admin")
@@ -68,13 +68,11 @@ def is_loopback(host: str) -> bool:
 
 class Access:
     def __init__(self, settings: Settings) -> None:
-        self.keys: dict[str, ApiKey] = {key.sha256: key for key in settings.api_keys}
-        # Each key's caller made once (by its SHA-256: the secret itself is not held).
+        # Each key's caller made once, by its SHA-256 (the secret itself is not held).
         self._callers = {
-            digest: Caller(key.id, frozenset(key.scopes)) for digest, key in self.keys.items()
+            key.sha256: Caller(key.id, frozenset(key.scopes)) for key in settings.api_keys
         }
-        self.admin_token = settings.admin_token
-        self._admin_token = settings.admin_token.encode()
+        self._admin_token = settings.admin_token.encode()  # b"": none
         open_reads = settings.serve_open_reads
         self.open_reads = is_loopback(settings.serve_host) if open_reads is None else open_reads
         self.refusals_per_window = settings.serve_refusals_per_window
@@ -86,7 +84,7 @@ class Access:
         secret = _credential(request)
         if secret is None:
             return ANONYMOUS
-        if self.admin_token and hmac.compare_digest(secret.encode(), self._admin_token):
+        if self._admin_token and hmac.compare_digest(secret.encode(), self._admin_token):
             return ADMIN_TOKEN
         caller = self._callers.get(key_digest(secret))
         if caller is None:
@@ -109,7 +107,7 @@ class Access:
                 return caller
             detail = (
                 "admin endpoints are disabled (no admin token or admin key configured)"
-                if scope == "admin" and not (self.admin_token or self._has_scope("admin"))
+                if scope == "admin" and not (self._admin_token or self._has_scope("admin"))
                 else f"this endpoint needs an API key with the {scope!r} scope "
                 "('Authorization: Bearer <key>' or 'X-API-Key: <key>')"
             )
@@ -123,7 +121,7 @@ class Access:
         _audit("admin", request, caller.key_id, action=action, outcome=outcome)
 
     def _has_scope(self, scope: str) -> bool:
-        return any(scope in key.scopes for key in self.keys.values())
+        return any(scope in caller.scopes for caller in self._callers.values())
 
     def _refused(self, request: Request, client: str, key_id: str | None, reason: str) -> None:
         _audit("refused", request, key_id, reason=reason)
