@@ -14,7 +14,7 @@ it is seen; the codes grow with the catalogue's distinct sets, never with reques
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,11 +49,13 @@ class CatalogueRows:
         mirror = self.mirror
         if self.seq == mirror.seq:
             return
-        changed = None if self.seq == NOT_BUILT else mirror.changed_since(self.seq)
+        changed: Iterable[str] | None = (
+            None if self.seq == NOT_BUILT else mirror.changed_since(self.seq)
+        )
         if changed is None:
             self.prices[:] = 0.0
             self.codes[:] = 0
-            changed = [*mirror.prices_of, *mirror.categories_of]
+            changed = mirror.prices_of.keys() | mirror.categories_of.keys()  # each once
         rows = self.rows
         for item_id in changed:
             row = rows.get(item_id, 0)
