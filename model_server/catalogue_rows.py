@@ -44,6 +44,15 @@ class CatalogueRows:
             prices[n], codes[n] = self._attributes(item_ids[n])
         return CandidateCatalogue(prices, codes, self.coded, len(self._code_of))
 
+    def within(
+        self, vocab_rows: np.ndarray, item_ids: Sequence[str], categories: Iterable[str]
+    ) -> np.ndarray:
+        """Per candidate (as `candidates` takes them), whether it is in at least one
+        of `categories`."""
+        held = self.candidates(vocab_rows, item_ids).category_codes  # brought current first
+        codes = [code for category in categories for code in self.coded.get(category, ())]
+        return np.isin(held, codes)
+
     def current(self) -> None:
         """Bring the rows up to the mirror's latest change."""
         mirror = self.mirror

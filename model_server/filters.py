@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from streamrec.catalogue import CatalogueItem
 from streamrec.items import AttributeValue
@@ -87,12 +87,16 @@ class Picker:
     ) -> None:
         self.record_of = record_of
         self.k = k
-        self.admits = item_filter.admits if item_filter.active else _admits_all
         # With the catalogue's categories per item (the records' own) and categories
         # to include, an offer first drops the items in none of them in one pass:
         # few of a few hundred candidates are, and checking each whole cost 3x as much.
+        # What passed that pass is checked against the rest of the filter only.
         self._include = item_filter.include_categories if categories_of is not None else None
         self._categories_of = categories_of or {}
+        rest = (
+            replace(item_filter, include_categories=frozenset()) if self._include else item_filter
+        )
+        self._admits = rest.admits if rest.active else None
         self.max_per_category = max_per_category
         self.chosen: list[int] = []
         self.offered = 0
@@ -103,44 +107,63 @@ class Picker:
     def full(self) -> bool:
         return len(self.chosen) >= self.k
 
-    def offer(self, item_ids: Sequence[str]) -> None:
-        # Everything the loop reads held in locals: it runs for every candidate of a
-        # filtered answer (a few hundred), and attribute lookups were most of it.
+    def offer(self, item_ids: Sequence[str], within: str | None = None) -> None:
+        """Choose from `item_ids` while the answer is short. `within`: every item is in
+        that category (its most popular list): the include pass is skipped when it
+        is included, and the list is left once the cap fills it (what follows
+        would each be turned away)."""
+        # Everything the loop reads held in locals, plain loops, the per-category cap
+        # before the filter: it runs for every candidate of a filtered answer (a few
+        # hundred, most of them turned away by the cap once a category is full), and
+        # attribute lookups, generators and calls were most of it (docs/decisions.md).
         cap, k, chosen, seen = self.max_per_category, self.k, self.chosen, self._seen
-        record_of, admits, counts = self.record_of, self.admits, self._per_category
+        record_of, admits, counts = self.record_of, self._admits, self._per_category
         start = self.offered
+        self.offered += len(item_ids)
+        if within is not None and cap and counts.get(within, 0) >= cap:
+            return
         offered: Iterable[tuple[int, str]] = enumerate(item_ids)
-        if self._include:
+        if self._include and (within is None or within not in self._include):
             include, listed = self._include, self._categories_of.get
             offered = [
                 (at, i) for at, i in enumerate(item_ids) if not include.isdisjoint(listed(i, ()))
             ]
         for at, item_id in offered:
-            position = start + at
             if len(chosen) >= k:
                 break
             if item_id in seen:
                 continue
             seen.add(item_id)
             record = record_of(item_id)
-            if record is not None and not record.available:
+            if record is None:
+                # Unknown to the catalogue: no category to cap, no value to filter on.
+                if admits is not None and not admits(None):
+                    continue
+            elif not record.available:
                 continue
-            if not admits(record):
-                continue
-            if cap and record is not None:
-                # Plain loops and dict.get: Counter's lookups of absent keys and its
-                # update() were a third of a filtered answer's picking.
+            elif cap:
                 categories = record.categories
-                if any(counts.get(c, 0) >= cap for c in categories):
+                if _any_full(categories, counts, cap):
+                    continue
+                if admits is not None and not admits(record):
                     continue
                 for category in categories:
                     counts[category] = counts.get(category, 0) + 1
-            chosen.append(position)
-        self.offered += len(item_ids)
+                if within is not None and counts.get(within, 0) >= cap:
+                    chosen.append(start + at)
+                    break
+            elif admits is not None and not admits(record):
+                continue
+            chosen.append(start + at)
 
 
-def _admits_all(record: CatalogueItem | None) -> bool:
-    return True
+def _any_full(categories: tuple[str, ...], counts: dict[str, int], cap: int) -> bool:
+    """Whether any of `categories` holds `cap` chosen items (a loop: `any()` over a
+    generator costs a few times as much, once per item offered)."""
+    for category in categories:  # noqa: SIM110
+        if counts.get(category, 0) >= cap:
+            return True
+    return False
 
 
 def pick(

@@ -95,19 +95,24 @@ class Offer:
     when chosen: the picker reads ids, and making every offered item cost a tenth
     of a filtered answer's CPU (a few hundred offered, twenty chosen)."""
 
-    __slots__ = ("_make", "ids")
+    __slots__ = ("_make", "category", "ids")
 
-    def __init__(self, ids: list[str], make: Callable[[int], RankedItem]) -> None:
+    def __init__(
+        self, ids: list[str], make: Callable[[int], RankedItem], category: str | None = None
+    ) -> None:
         self.ids = ids
         self._make = make
+        self.category = category  # every item is in it: a category's most popular list
 
     @classmethod
     def of(cls, items: Sequence[RankedItem]) -> Offer:
         return cls([item.item_id for item in items], items.__getitem__)
 
     @classmethod
-    def scored(cls, ids: list[str], score: float, source: str) -> Offer:
-        return cls(ids, lambda p: RankedItem(ids[p], score, source=source))
+    def scored(
+        cls, ids: list[str], score: float, source: str, category: str | None = None
+    ) -> Offer:
+        return cls(ids, lambda p: RankedItem(ids[p], score, source=source), category)
 
     def item(self, position: int) -> RankedItem:
         return self._make(position)
@@ -364,6 +369,13 @@ class Recommender:
 
         if filtered:
             ordered = list(order)
+            if item_filter.include_categories and self.mirror.records:
+                # The candidates in none of the included categories, dropped in one
+                # step from their category codes: the picker would look each up.
+                inside = self.catalogue_rows(model).within(
+                    vocab_rows, candidate_ids, item_filter.include_categories
+                )
+                ordered = np.asarray(ordered, dtype=np.int64)[inside[ordered]].tolist()
             offer = Offer([candidate_ids[i] for i in ordered], lambda p: ranked_item(ordered[p]))
             items = await self._filtered(model, offer, k, removed, item_filter, max_per_category)
             return Recommendation(
@@ -394,10 +406,10 @@ class Recommender:
 
     async def _category_items(
         self, categories: Sequence[str], removed: Collection[str] = ()
-    ) -> Offer:
-        """The most popular available items of each category in turn (of the top
-        `FILL_READ` of each); none when Redis does not answer in time (the answer
-        fills from its other sources, or says it is short)."""
+    ) -> list[Offer]:
+        """The most popular available items of each category (of the top `FILL_READ`
+        of each), an offer per category in turn; none when Redis does not answer in
+        time (the answer fills from its other sources, or says it is short)."""
         try:
             lists = self.mirror.held_popular(categories, FILL_READ, FILL_READ)
             if lists is None:
@@ -405,9 +417,11 @@ class Recommender:
         except RedisError:
             if self.redis_timeout_s is None:
                 raise
-            return Offer.of([])
-        ids = [i for popular in lists for i in popular if i not in removed]
-        return Offer.scored(ids, 0.0, "category")
+            return []
+        return [
+            Offer.scored([i for i in popular if i not in removed], 0.0, "category", category)
+            for category, popular in zip(categories, lists, strict=True)
+        ]
 
     async def _filtered(
         self,
@@ -461,7 +475,7 @@ class Recommender:
         def offer(items: Offer) -> None:
             offers.append(items)
             starts.append(picker.offered)
-            picker.offer(items.ids)
+            picker.offer(items.ids, items.category)
 
         def offered_at(position: int) -> tuple[Offer, int]:
             n = bisect_right(starts, position) - 1
@@ -472,15 +486,21 @@ class Recommender:
         # Named categories' own most popular items before trending: few trending
         # items pass such a filter, and offering them first cost more CPU than
         # anything else in a filtered answer (docs/decisions.md).
-        sources: list[Callable[[], Awaitable[Offer]]] = []
+        sources: list[Callable[[], Awaitable[list[Offer]]]] = []
         if included:
             sources.append(lambda: self._category_items(included, removed))
-        if fill:
-            sources.append(fill)
+        if fill is not None:
+            filling = fill
+
+            async def filled() -> list[Offer]:
+                return [await filling()]
+
+            sources.append(filled)
         answer_categories_read = bool(included)
         while not picker.full:
             if sources:
-                offer(await sources.pop(0)())
+                for items in await sources.pop(0)():
+                    offer(items)
             elif not answer_categories_read:
                 answer_categories_read = True
                 # The answer's categories, or (when the filter admitted nothing) the offer's.
@@ -490,7 +510,8 @@ class Recommender:
                 )
                 if not categories:
                     break
-                offer(await self._category_items(categories, removed))
+                for items in await self._category_items(categories, removed):
+                    offer(items)
             else:
                 break
         return [items.item(p) for items, p in map(offered_at, picker.chosen)]
@@ -518,7 +539,8 @@ class Recommender:
             by_weight = sorted(weights.items(), key=lambda pair: (-pair[1], pair[0]))
             offered += [RankedItem(i, w, source="covis") for i, w in by_weight]
         with self._stage("redis"):
-            offered += (await self._category_items(self.mirror.categories(item_id))).items()
+            for listed in await self._category_items(self.mirror.categories(item_id)):
+                offered += listed.items()
         row = 0 if model is None else model.bundle.rows.get(item_id, 0)
         if model is not None and row > 0:
             with self._stage("retrieve"):

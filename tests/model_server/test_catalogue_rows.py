@@ -1,8 +1,9 @@
 """The catalogue by a version's rows (model_server/catalogue_rows.py): the ranking
-features it gives are the ones the per-candidate lookups give, bit for bit, after
-the catalogue changes (prices, categories, deletes), for items the version does not
-know, and after a rebuild when the mirror no longer holds the changes since. Against
-a real Redis, through the mirror a server runs."""
+features it gives are the ones the per-candidate lookups give, bit for bit, and so
+are the candidates it finds in a filter's categories, after the catalogue changes
+(prices, categories, deletes), for items the version does not know, and after a
+rebuild when the mirror no longer holds the changes since. Against a real Redis,
+through the mirror a server runs."""
 
 from __future__ import annotations
 
@@ -66,6 +67,13 @@ def _compare(mirror: CatalogueMirror, held: CatalogueRows, rows: dict[str, int])
             candidate_catalogue=held.candidates(vocab_rows, candidates),
         )
         assert np.array_equal(looked_up, gathered), f"case {case}"
+        # What a filtered answer keeps of its candidates by their codes: the
+        # candidates in one of the included categories, as the records say.
+        included = {str(c) for c in rng.choice(CATEGORIES, size=int(rng.integers(1, 3)))}
+        inside = held.within(vocab_rows, candidates, included).tolist()
+        assert inside == [
+            not included.isdisjoint(mirror.categories_of.get(i, ())) for i in candidates
+        ], f"case {case}"
 
 
 async def test_the_rows_give_the_lookups_features_as_the_catalogue_changes(

@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench.scenarios.users import apply, events_for
-from model_server.filters import ItemFilter, pick
+from model_server.filters import ItemFilter, Picker, pick
 from streamrec.catalogue import Catalogue, CatalogueItem
 from streamrec.items import AttributeValue, ItemRecord
 from tests.model_server.conftest import Served, in_process
@@ -120,3 +122,70 @@ async def test_a_filtered_answer_is_a_503_when_the_catalogue_cannot_answer(
                 json={"user_id": "browser", "filter": {"include_categories": ["shoes"]}},
             )
     assert response.status_code == 503, response.text
+
+
+CATEGORIES = ("a", "b", "c", "d")
+
+
+@st.composite
+def picking(draw: st.DrawFn) -> tuple[dict[str, CatalogueItem], ItemFilter, int, int, set[str]]:
+    ids = [f"i{n}" for n in range(draw(st.integers(1, 30)))]
+    records = {
+        item: CatalogueItem(
+            item,
+            1,
+            draw(st.booleans()),
+            tuple(draw(st.lists(st.sampled_from(CATEGORIES), max_size=2, unique=True))),
+            price=draw(st.none() | st.floats(0, 100)),
+        )
+        for item in ids
+        if draw(st.integers(0, 9))  # a tenth the catalogue lacks
+    }
+    include = frozenset(draw(st.lists(st.sampled_from(CATEGORIES), max_size=2)))
+    exclude = frozenset(draw(st.lists(st.sampled_from(CATEGORIES), max_size=1)))
+    price_max = draw(st.none() | st.floats(0, 100))
+    item_filter = ItemFilter(
+        include_categories=include, exclude_categories=exclude, price_max=price_max
+    )
+    removed = set(draw(st.lists(st.sampled_from(ids), max_size=3)))
+    return records, item_filter, draw(st.integers(1, 12)), draw(st.integers(0, 3)), removed
+
+
+@given(picking(), st.data())
+def test_the_picker_chooses_as_one_pass_over_every_offer_would(
+    case: tuple[dict[str, CatalogueItem], ItemFilter, int, int, set[str]], data: st.DataObject
+) -> None:
+    """Offers split in turns, categories' own lists offered as such (the include pass
+    skipped, the list left once its category is full): the same items as a plain
+    check of each offered item in order against every rule."""
+    records, item_filter, k, cap, removed = case
+    ids = [f"i{n}" for n in range(40)]
+    offers: list[tuple[list[str], str | None]] = [
+        (data.draw(st.lists(st.sampled_from(ids), max_size=20)), None)
+    ]
+    for category in data.draw(st.lists(st.sampled_from(CATEGORIES), max_size=3)):
+        listed = [i for i, r in records.items() if category in r.categories]
+        offers.append((data.draw(st.permutations(listed)), category))
+    categories_of = {i: r.categories for i, r in records.items() if r.categories}
+    picker = Picker(records.get, k, item_filter, cap, removed, categories_of)
+    for offered, within in offers:
+        picker.offer(offered, within)
+    every = [i for offered, _ in offers for i in offered]
+
+    expected: list[int] = []
+    seen, counts = set(removed), dict[str, int]()
+    for position, item in enumerate(every):
+        record = records.get(item)
+        if len(expected) == k or item in seen:
+            continue
+        seen.add(item)
+        if (record is not None and not record.available) or not item_filter.admits(record):
+            continue
+        categories = record.categories if record is not None else ()
+        if cap and any(counts.get(c, 0) >= cap for c in categories):
+            continue
+        for c in categories:
+            counts[c] = counts.get(c, 0) + 1
+        expected.append(position)
+    assert picker.chosen == expected
+    assert picker.offered == len(every)
