@@ -166,7 +166,16 @@ class CatalogueMirror:
         record may have)."""
         if seq < self._held_from:
             return None
-        return [item_id for number, item_id in self._changes if number > seq]
+        # From the newest back: callers ask for the last few changes of up to
+        # `CHANGES_HELD` (a scan of them all, every live-items poll, was most of an
+        # idle server's CPU).
+        newer: list[str] = []
+        for number, item_id in reversed(self._changes):
+            if number <= seq:
+                break
+            newer.append(item_id)
+        newer.reverse()
+        return newer
 
     def record(self, item_id: str) -> CatalogueItem | None:
         """The item's record; None when the catalogue has none (or it was deleted)."""
