@@ -163,23 +163,6 @@ def run(quick: bool) -> dict[str, Any]:
                     if two_versions:
                         two_versions["steady_p99_ms"] = swap["steady_p99_ms"]
                     console.print(f"two versions: {_line(two_versions)}")
-                elif (
-                    two_versions
-                    and two_versions["rate"] < TWO_VERSION_GOAL_RATE
-                    and not (two_versions_goal)
-                ):
-                    steady = [
-                        r
-                        for r in runs
-                        if r["servers"] == servers and r["rate"] == TWO_VERSION_GOAL_RATE
-                    ]
-                    if steady and _held(steady[0]):
-                        two_versions_goal = two_version_run(
-                            url, server, settings, users, TWO_VERSION_GOAL_RATE, plan
-                        )
-                        two_versions_goal["servers"] = servers
-                        two_versions_goal["steady_p99_ms"] = steady[0]["p99_ms"]
-                        console.print(f"two versions at the goal rate: {_line(two_versions_goal)}")
                     with stream_worker(settings):
                         effect = event_to_effect(url, settings, users, plan.effect_samples)
                         # Other users than the purchases': their answers are untouched.
@@ -188,9 +171,16 @@ def run(quick: bool) -> dict[str, Any]:
                             catalogue,
                         )  # fmt: skip
                         searchable = new_item_searchable(url, settings, plan.effect_samples)
+                elif two_versions and not two_versions_goal:
+                    two_versions_goal = two_versions_at_goal(
+                        url, server, settings, users, plan, servers, runs, two_versions["rate"]
+                    )
     finally:
         stack.down()
-        if any(r["errors"] or r.get("filtered_errors") for r in [*runs, swap]):
+        if any(
+            r.get("errors") or r.get("filtered_errors")
+            for r in [*runs, swap, two_versions, two_versions_goal]
+        ):
             console.print(f"[red]errors[/red]: the server's log is kept in {home}")
         else:
             shutil.rmtree(home, ignore_errors=True)
@@ -758,6 +748,28 @@ def swap_run(
     result["published_after_s"] = round(publish_after_s, 1)
     # None: the run ended before the server swapped (its p99 then says nothing).
     result["swapped_after_s"] = swapped_after[0] if swapped_after else None
+    return result
+
+
+def two_versions_at_goal(
+    url: str,
+    server: ServiceProcess,
+    settings: Settings,
+    users: list[str],
+    plan: Plan,
+    servers: int,
+    runs: list[dict[str, Any]],
+    one_server_rate: float,
+) -> dict[str, Any]:
+    """`two_version_run` at `TWO_VERSION_GOAL_RATE` on `servers` processes, when one
+    server ran it below that rate and these held it plain; else nothing."""
+    steady = [r for r in runs if r["servers"] == servers and r["rate"] == TWO_VERSION_GOAL_RATE]
+    if one_server_rate >= TWO_VERSION_GOAL_RATE or not steady or not _held(steady[0]):
+        return {}
+    result = two_version_run(url, server, settings, users, TWO_VERSION_GOAL_RATE, plan)
+    if result:
+        result.update(servers=servers, steady_p99_ms=steady[0]["p99_ms"])
+        console.print(f"two versions at the goal rate: {_line(result)}")
     return result
 
 
