@@ -13,6 +13,8 @@
 local window, max_items, vector_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local experiment_ttl, count_here = ARGV[4], ARGV[5] == '1'
 local answered = {}
+-- Members per ZADD call: Lua's unpack() holds a few thousand values at most.
+local ZADD_PAIRS_MAX = 500
 
 -- StoredUser.state_tag, from the meta hash: "<events applied>:<last_ts or None>".
 local function state_tag(user)
@@ -41,7 +43,17 @@ while i <= #ARGV do
   -- the user was forgotten and written back after it leaves nothing.
   if window > 0 and n > 0 and redis.call('EXISTS', user_key(ARGV[i], USER_META)) == 1 then
     local k_rec = user_key(ARGV[i], USER_RECOMMENDED)
-    for j = i + 5, i + 4 + n do redis.call('ZADD', k_rec, now, ARGV[j]) end
+    -- One ZADD for the answer's items (one call per item cost Redis twice as much).
+    local pairs_ = {}
+    for j = i + 5, i + 4 + n do
+      pairs_[#pairs_ + 1] = now
+      pairs_[#pairs_ + 1] = ARGV[j]
+      if #pairs_ >= ZADD_PAIRS_MAX * 2 then
+        redis.call('ZADD', k_rec, unpack(pairs_))
+        pairs_ = {}
+      end
+    end
+    if #pairs_ > 0 then redis.call('ZADD', k_rec, unpack(pairs_)) end
     redis.call('ZREMRANGEBYSCORE', k_rec, '-inf', '(' .. (now - window))
     redis.call('ZREMRANGEBYRANK', k_rec, 0, -max_items - 1)
     redis.call('PEXPIRE', k_rec, window)

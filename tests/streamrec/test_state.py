@@ -294,6 +294,21 @@ async def test_recommended_items_are_capped_and_expire_with_the_hit_window(
         await store.close()
 
 
+async def test_a_long_answer_is_remembered_whole(make_settings: Callable[..., Settings]) -> None:
+    """More items than one ZADD of the write-back takes (500), and than Lua can unpack
+    in one call: every one kept."""
+    store = StateStore(make_settings("state", hit_window_s=60, recommended_max=6000))
+    try:
+        await store.apply_events([ev(1)])
+        shown = [f"item-{n}" for n in range(5001)]
+        await store.record_recommended("u", shown, now_ms=1_000)
+        kept = await store.redis.zrange(recommended_key("u"), 0, -1)
+        assert sorted(kept) == sorted(item.encode() for item in shown)
+    finally:
+        await store.redis.flushdb()
+        await store.close()
+
+
 async def test_nothing_is_recorded_when_the_hit_window_is_off(
     make_settings: Callable[..., Settings],
 ) -> None:
