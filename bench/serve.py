@@ -208,6 +208,8 @@ def run(quick: bool) -> dict[str, Any]:
         "filtered_server_cpu_ms_per_request": goal["filtered_server_cpu_ms_per_request"],
         "filtered_server_cpu_ms_per_sent_request": goal["filtered_server_cpu_ms_per_sent_request"],
         "filtered_load_avg": goal["filtered_load_avg"],
+        "filtered_ranked_share": goal["filtered_ranked_share"],
+        "filtered_plain_ranked_share": goal["ranked_share"],
         "filter": {
             "include_categories": f"the categories of the user's latest items, up to "
             f"{FILTER_CATEGORIES} distinct",
@@ -275,16 +277,22 @@ def measured_run(
     seconds: float,
     bodies: Sequence[bytes] | None = None,
 ) -> dict[str, Any]:
-    """One open-loop run with the server's CPU per request, its mean time per stage
-    and the machine's 1-minute load average before and after."""
+    """One open-loop run with the server's CPU per request, its mean time per stage,
+    the share of answers it ranked and the machine's 1-minute load average before
+    and after."""
     before, cpu_before = scrape(url), server_cpu_s(server)
     load_before = os.getloadavg()[0]
     result = open_loop(url, users, rate, seconds, bodies)
     served = result["sent"] - result["errors"]
+    after = scrape(url)
     result.update(
         # 1-minute load average before and after: the other work on the cores
         load_avg=(round(load_before, 2), round(os.getloadavg()[0], 2)),
-        stages_ms=stage_means(before, scrape(url)),
+        stages_ms=stage_means(before, after),
+        # An answer past its budget before ranking comes in retrieval order
+        # (docs/serving.md): faster, and worse. Every bench user has state, so
+        # every answer is meant to be ranked.
+        ranked_share=ranked_share(before, after, served),
         server_cpu_ms_per_request=round(
             (server_cpu_s(server) - cpu_before) * 1000 / max(served, 1), 3
         ),
@@ -1018,6 +1026,25 @@ def stage_means(before: str, after: str) -> dict[str, float]:
     return means
 
 
+def ranked_share(before: str, after: str, answered: int) -> float:
+    """The share of `answered` requests the ranker ordered: every answer but those
+    counted in `streamrec_serve_fallbacks_total` (retrieval order, trending) over
+    the run."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def fallbacks(text: str) -> float:
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "streamrec_serve_fallbacks"
+            for s in family.samples
+            if s.name == "streamrec_serve_fallbacks_total"
+        )
+
+    unranked = fallbacks(after) - fallbacks(before)
+    return round(max(answered - unranked, 0) / max(answered, 1), 3)
+
+
 def generator_name(runs: list[dict[str, Any]]) -> str:
     """How the runs' load was generated, for a report."""
     if runs and runs[0].get("generator") == "C":
@@ -1030,6 +1057,7 @@ def _line(r: dict[str, Any]) -> str:
     return (
         f"{r.get('servers', 1)} server(s) @ {r['rate']}/s: p50 {r['p50_ms']} ms, "
         f"p99 {r['p99_ms']} ms, errors {r['errors']}, achieved {r['achieved_rate']}/s"
+        + (f", ranked {_share(r['ranked_share'])}" if "ranked_share" in r else "")
     )
 
 
@@ -1043,7 +1071,8 @@ def _filtered_line(r: dict[str, Any]) -> str:
         f"p50 {r['filtered_p50_ms']} ms, p99 {r['filtered_p99_ms']} ms "
         f"({_ratio_text(r['filtered_p99_ratio'], r['filtered_errors'])}, plain p99 "
         f"{r['p99_ms']} ms), errors {r['filtered_errors']}, achieved "
-        f"{r['filtered_achieved_rate']}/s; server CPU {r['filtered_server_cpu_ms_per_request']} "
+        f"{r['filtered_achieved_rate']}/s, ranked {_share(r['filtered_ranked_share'])} (plain "
+        f"{_share(r['ranked_share'])}); server CPU {r['filtered_server_cpu_ms_per_request']} "
         f"ms/answered req, {r['filtered_server_cpu_ms_per_sent_request']} ms/sent req (plain "
         f"{r['server_cpu_ms_per_request']}); load avg {before} -> {after}"
     )
@@ -1131,6 +1160,11 @@ def _two_versions_line(r: dict[str, Any]) -> str:
     return line
 
 
+def _share(value: float | None) -> str:
+    """A share as a percentage; '' where the run predates the figure."""
+    return "" if value is None else f"{value:.0%}"
+
+
 def _against_steady(two: dict[str, Any]) -> str:
     """A two-version run's p99 against one version's in the run before it."""
     steady = two.get("steady_p99_ms")
@@ -1138,7 +1172,7 @@ def _against_steady(two: dict[str, Any]) -> str:
         f"p99 {two['p99_ms']} ms against {steady} ms steady with one version "
         f"({_ratio(two['p99_ms'], steady or 0)}×; goal ≤ 1.2× at {TWO_VERSION_GOAL_RATE} "
         f"req/s), errors {two['errors']}, {two['server_cpu_ms_per_request']} ms of server CPU "
-        "per request"
+        f"per request, {_share(two.get('ranked_share'))} of answers ranked"
     )
 
 
@@ -1165,17 +1199,27 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
         "of load at the first rate, not measured (since 2026-12-06 21:00 UTC).",
         f"{machine_line(m)} Load generator, server(s) and Redis share the cores.",
         "",
-        "| servers | rate req/s | achieved | p50 ms | p95 ms | p99 ms | errors | CPU ms/req "
-        "| load avg before → after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| servers | rate req/s | achieved | p50 ms | p95 ms | p99 ms | errors | ranked "
+        "| CPU ms/req | load avg before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run_ in r["runs"]:
         before, after = run_["load_avg"]
         lines.append(
             f"| {run_['servers']} | {run_['rate']} | {run_['achieved_rate']} | {run_['p50_ms']} | "
             f"{run_['p95_ms']} | {run_['p99_ms']} | {run_['errors']} | "
+            f"{_share(run_.get('ranked_share'))} | "
             f"{run_['server_cpu_ms_per_request']} | {before} → {after} |"
         )
+    lines += [
+        "",
+        "Ranked: the share of answers the ranker ordered; the others fell back "
+        "(`streamrec_serve_fallbacks_total`): past the request's budget "
+        "(`STREAMREC_SERVE_BUDGET_MS`) before ranking, an answer comes in retrieval "
+        "order, cheaper and faster. Every user here has state, so a quiet server ranks "
+        "them all; a lower share is a server past its capacity, and its p99 and CPU "
+        "per request are of partly unranked answers.",
+    ]
     kinds = sorted({k for x in r["runs"] for k in x.get("error_kinds", {})})
     if kinds:
         lines += [
@@ -1202,13 +1246,14 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
         f"{check['categories_over_cap']} categories over the cap, {check['errors']} errors.",
         "",
         "| servers | rate req/s | achieved | p50 ms | p95 ms | filtered p99 ms | plain p99 ms "
-        "| filtered / plain p99 | errors | CPU ms/req | CPU ms/sent req (plain) "
-        "| load avg before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| filtered / plain p99 | ranked (plain) | errors | CPU ms/req "
+        "| CPU ms/sent req (plain) | load avg before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {x['servers']} | {x['rate']} | {x['filtered_achieved_rate']} | "
             f"{x['filtered_p50_ms']} | {x['filtered_p95_ms']} | {x['filtered_p99_ms']} | "
             f"{x['p99_ms']} | {_ratio_cell(x['filtered_p99_ratio'])} | "
+            f"{_share(x.get('filtered_ranked_share'))} ({_share(x.get('ranked_share'))}) | "
             f"{x['filtered_errors']} | {x['filtered_server_cpu_ms_per_request']} | "
             f"{x['filtered_server_cpu_ms_per_sent_request']} "
             f"({x['server_cpu_ms_per_sent_request']}) | {x['filtered_load_avg'][0]} → "
@@ -1219,7 +1264,9 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
         f"`filtered_p99_ms` {r['filtered_p99_ms']} at {r['filtered_rate']} req/s on "
         f"{r['filtered_servers']} server(s): "
         + (
-            f"{r['filtered_p99_ratio']}× the plain p99 {r['filtered_plain_p99_ms']} ms"
+            f"{r['filtered_p99_ratio']}× the plain p99 {r['filtered_plain_p99_ms']} ms "
+            f"({_share(r['filtered_ranked_share'])} of the filtered answers ranked, "
+            f"{_share(r['filtered_plain_ranked_share'])} of the plain ones)"
             if r["filtered_p99_ratio"] is not None
             else f"**not held ({r['filtered_errors']} errors): the p99 is of the few "
             "answers and no ratio is given**; plain p99 "
