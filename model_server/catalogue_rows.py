@@ -37,21 +37,31 @@ class CatalogueRows:
     def candidates(self, vocab_rows: np.ndarray, item_ids: Sequence[str]) -> CandidateCatalogue:
         """The prices and category codes of these candidates (`vocab_rows` in the
         same order; 0 where the version lacks the item), as the mirror holds them now."""
-        self.current()
-        prices = self.prices[vocab_rows]
-        codes = self.codes[vocab_rows]
-        for n in np.flatnonzero(vocab_rows == 0).tolist():
-            prices[n], codes[n] = self._attributes(item_ids[n])
+        prices, codes = self._gathered(vocab_rows, item_ids)
         return CandidateCatalogue(prices, codes, self.coded, len(self._code_of))
 
     def within(
         self, vocab_rows: np.ndarray, item_ids: Sequence[str], categories: Iterable[str]
     ) -> np.ndarray:
         """Per candidate (as `candidates` takes them), whether it is in at least one
-        of `categories`."""
-        held = self.candidates(vocab_rows, item_ids).category_codes  # brought current first
-        codes = [code for category in categories for code in self.coded.get(category, ())]
-        return np.isin(held, codes)
+        of `categories`: a lookup by code (`np.isin` sorts, and cost 3x as much)."""
+        _, codes = self._gathered(vocab_rows, item_ids)  # brought current first
+        wanted = np.zeros(len(self._code_of), dtype=bool)
+        for category in categories:
+            wanted[self.coded.get(category, [])] = True
+        inside: np.ndarray = wanted[codes]
+        return inside
+
+    def _gathered(
+        self, vocab_rows: np.ndarray, item_ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates' prices and category codes, current with the mirror."""
+        self.current()
+        prices = self.prices[vocab_rows]
+        codes = self.codes[vocab_rows]
+        for n in np.flatnonzero(vocab_rows == 0).tolist():
+            prices[n], codes[n] = self._attributes(item_ids[n])
+        return prices, codes
 
     def current(self) -> None:
         """Bring the rows up to the mirror's latest change."""
