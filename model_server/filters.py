@@ -107,11 +107,14 @@ class Picker:
     def full(self) -> bool:
         return len(self.chosen) >= self.k
 
-    def offer(self, item_ids: Sequence[str], within: str | None = None) -> None:
+    def offer(
+        self, item_ids: Sequence[str], within: str | None = None, included: bool = False
+    ) -> None:
         """Choose from `item_ids` while the answer is short. `within`: every item is in
         that category (its most popular list): the include pass is skipped when it
         is included, and the list is left once the cap fills it (what follows
-        would each be turned away)."""
+        would each be turned away). `included`: every item is known to be in an
+        included category (the include pass is skipped)."""
         # Everything the loop reads held in locals, plain loops, the per-category cap
         # before the filter: it runs for every candidate of a filtered answer (a few
         # hundred, most of them turned away by the cap once a category is full), and
@@ -123,7 +126,7 @@ class Picker:
         if within is not None and cap and counts.get(within, 0) >= cap:
             return
         offered: Iterable[tuple[int, str]] = enumerate(item_ids)
-        if self._include and (within is None or within not in self._include):
+        if self._include and not included and (within is None or within not in self._include):
             include, listed = self._include, self._categories_of.get
             offered = [
                 (at, i) for at, i in enumerate(item_ids) if not include.isdisjoint(listed(i, ()))
@@ -143,7 +146,10 @@ class Picker:
                 continue
             elif cap:
                 categories = record.categories
-                if _any_full(categories, counts, cap):
+                if len(categories) == 1:  # most items: no call
+                    if counts.get(categories[0], 0) >= cap:
+                        continue
+                elif _any_full(categories, counts, cap):
                     continue
                 if admits is not None and not admits(record):
                     continue

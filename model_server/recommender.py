@@ -95,14 +95,19 @@ class Offer:
     when chosen: the picker reads ids, and making every offered item cost a tenth
     of a filtered answer's CPU (a few hundred offered, twenty chosen)."""
 
-    __slots__ = ("_make", "category", "ids")
+    __slots__ = ("_make", "category", "ids", "included")
 
     def __init__(
-        self, ids: list[str], make: Callable[[int], RankedItem], category: str | None = None
+        self,
+        ids: list[str],
+        make: Callable[[int], RankedItem],
+        category: str | None = None,
+        included: bool = False,
     ) -> None:
         self.ids = ids
         self._make = make
         self.category = category  # every item is in it: a category's most popular list
+        self.included = included  # every item is in one of the filter's included categories
 
     @classmethod
     def of(cls, items: Sequence[RankedItem]) -> Offer:
@@ -369,14 +374,19 @@ class Recommender:
 
         if filtered:
             ordered = list(order)
-            if item_filter.include_categories and self.mirror.records:
+            included = bool(item_filter.include_categories and self.mirror.records)
+            if included:
                 # The candidates in none of the included categories, dropped in one
                 # step from their category codes: the picker would look each up.
                 inside = self.catalogue_rows(model).within(
                     vocab_rows, candidate_ids, item_filter.include_categories
                 )
                 ordered = np.asarray(ordered, dtype=np.int64)[inside[ordered]].tolist()
-            offer = Offer([candidate_ids[i] for i in ordered], lambda p: ranked_item(ordered[p]))
+            offer = Offer(
+                [candidate_ids[i] for i in ordered],
+                lambda p: ranked_item(ordered[p]),
+                included=included,
+            )
             items = await self._filtered(model, offer, k, removed, item_filter, max_per_category)
             return Recommendation(
                 items, model.version, fallback, len(candidate_ids), fresh_vector, history=history
@@ -475,7 +485,7 @@ class Recommender:
         def offer(items: Offer) -> None:
             offers.append(items)
             starts.append(picker.offered)
-            picker.offer(items.ids, items.category)
+            picker.offer(items.ids, items.category, items.included)
 
         def offered_at(position: int) -> tuple[Offer, int]:
             n = bisect_right(starts, position) - 1

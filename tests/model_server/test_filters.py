@@ -156,21 +156,34 @@ def test_the_picker_chooses_as_one_pass_over_every_offer_would(
     case: tuple[dict[str, CatalogueItem], ItemFilter, int, int, set[str]], data: st.DataObject
 ) -> None:
     """Offers split in turns, categories' own lists offered as such (the include pass
-    skipped, the list left once its category is full): the same items as a plain
-    check of each offered item in order against every rule."""
+    skipped, the list left once its category is full), candidates known to be
+    included offered as such: the same items as a plain check of each offered item
+    in order against every rule."""
     records, item_filter, k, cap, removed = case
     ids = [f"i{n}" for n in range(40)]
-    offers: list[tuple[list[str], str | None]] = [
-        (data.draw(st.lists(st.sampled_from(ids), max_size=20)), None)
+    offers: list[tuple[list[str], str | None, bool]] = [
+        (data.draw(st.lists(st.sampled_from(ids), max_size=20)), None, False)
     ]
+    # Ranked candidates already cut to the included categories (by their codes).
+    inside = [
+        i for i, r in records.items() if not item_filter.include_categories.isdisjoint(r.categories)
+    ]
+    if item_filter.include_categories:
+        offers.append(
+            (
+                data.draw(st.lists(st.sampled_from(inside), max_size=10)) if inside else [],
+                None,
+                True,
+            )
+        )
     for category in data.draw(st.lists(st.sampled_from(CATEGORIES), max_size=3)):
         listed = [i for i, r in records.items() if category in r.categories]
-        offers.append((data.draw(st.permutations(listed)), category))
+        offers.append((data.draw(st.permutations(listed)), category, False))
     categories_of = {i: r.categories for i, r in records.items() if r.categories}
     picker = Picker(records.get, k, item_filter, cap, removed, categories_of)
-    for offered, within in offers:
-        picker.offer(offered, within)
-    every = [i for offered, _ in offers for i in offered]
+    for offered, within, included in offers:
+        picker.offer(offered, within, included)
+    every = [i for offered, _, _ in offers for i in offered]
 
     expected: list[int] = []
     seen, counts = set(removed), dict[str, int]()
