@@ -1030,18 +1030,8 @@ def ranked_share(before: str, after: str, answered: int) -> float:
     """The share of `answered` requests the ranker ordered: every answer but those
     counted in `streamrec_serve_fallbacks_total` (retrieval order, trending) over
     the run."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    def fallbacks(text: str) -> float:
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "streamrec_serve_fallbacks"
-            for s in family.samples
-            if s.name == "streamrec_serve_fallbacks_total"
-        )
-
-    unranked = fallbacks(after) - fallbacks(before)
+    name = "streamrec_serve_fallbacks"
+    unranked = counter_total(after, name) - counter_total(before, name)
     return round(max(answered - unranked, 0) / max(answered, 1), 3)
 
 
