@@ -327,7 +327,8 @@ def publish(
     manifest = Manifest(
         version=version,
         parent=parent,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        # To the microsecond: versions published within one second list in order.
+        created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
         data_window=dict(data_window),
         metrics=dict(metrics),
         encoder=dict(encoder),

@@ -129,3 +129,14 @@ def test_a_bundle_of_a_previous_feature_schema_still_loads_and_ranks(
     (folder / registry.MANIFEST).write_text(json.dumps(body))
     with pytest.raises(BundleError, match="expects features"):
         registry.load(tmp_path, manifest.version)
+
+
+def test_versions_published_within_one_second_list_in_publish_order(
+    models: TrainedModels, tmp_path: Path
+) -> None:
+    """Version names carry the second and a random suffix: the listing orders by when
+    each was published, never by the suffix."""
+    published: list[str] = []
+    for _ in range(6):
+        published.append(_publish(models, tmp_path, published[-1] if published else None).version)
+    assert [m.version for m in registry.list_versions(tmp_path)] == published
