@@ -1061,15 +1061,18 @@ def _line(r: dict[str, Any]) -> str:
     )
 
 
-def _ratio_text(ratio: float | None, errors: int) -> str:
-    return f"{ratio}x plain" if ratio is not None else f"NOT HELD, {errors} errors: no ratio"
+def _ratio_text(ratio: float | None, errors: int, ranked: float | None) -> str:
+    if ratio is not None:
+        return f"{ratio}x plain"
+    return f"NOT HELD, {errors} errors, {_share(ranked)} ranked: no ratio"
 
 
 def _filtered_line(r: dict[str, Any]) -> str:
     before, after = r["filtered_load_avg"]
     return (
         f"p50 {r['filtered_p50_ms']} ms, p99 {r['filtered_p99_ms']} ms "
-        f"({_ratio_text(r['filtered_p99_ratio'], r['filtered_errors'])}, plain p99 "
+        f"({_ratio_text(r['filtered_p99_ratio'], r['filtered_errors'], r['filtered_ranked_share'])}"
+        f", plain p99 "
         f"{r['p99_ms']} ms), errors {r['filtered_errors']}, achieved "
         f"{r['filtered_achieved_rate']}/s, ranked {_share(r['filtered_ranked_share'])} (plain "
         f"{_share(r['ranked_share'])}); server CPU {r['filtered_server_cpu_ms_per_request']} "
@@ -1086,7 +1089,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     console.print(
         f"filtered_p99_ms {r['filtered_p99_ms']} at {r['filtered_rate']} req/s on "
         f"{r['filtered_servers']} server(s): "
-        f"{_ratio_text(r['filtered_p99_ratio'], r['filtered_errors'])}; plain p99 "
+        f"{_ratio_text(r['filtered_p99_ratio'], r['filtered_errors'], r['filtered_ranked_share'])}"
+        f"; plain p99 "
         f"{r['filtered_plain_p99_ms']} ms (goal <= {FILTER_GOAL_RATIO}x at "
         f"{FILTER_GOAL_RATE} req/s); server CPU {r['filtered_server_cpu_ms_per_request']} "
         f"ms/answered req, {r['filtered_server_cpu_ms_per_sent_request']} ms/sent req; "
@@ -1268,8 +1272,9 @@ def _write_markdown(r: dict[str, Any], stem: str) -> None:
             f"({_share(r['filtered_ranked_share'])} of the filtered answers ranked, "
             f"{_share(r['filtered_plain_ranked_share'])} of the plain ones)"
             if r["filtered_p99_ratio"] is not None
-            else f"**not held ({r['filtered_errors']} errors): the p99 is of the few "
-            "answers and no ratio is given**; plain p99 "
+            else f"**not held ({r['filtered_errors']} errors, "
+            f"{_share(r['filtered_ranked_share'])} of the answers ranked): the p99 is of "
+            "few or unranked answers and no ratio is given**; plain p99 "
             f"{r['filtered_plain_p99_ms']} ms"
         )
         + f" (goal: ≤ {FILTER_GOAL_RATIO}× at {FILTER_GOAL_RATE:,} req/s). CPU ms/req is "
