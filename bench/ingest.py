@@ -495,14 +495,15 @@ def _bounds(r: dict[str, object], cpu: dict[str, dict[str, float]]) -> list[str]
         f"- **Ratio {r['ratio']} (goal 0.9).** With the full agent the worker runs at "
         f"{full.get('worker 1', 0):.0f}% of a core while Redis takes "
         f"{full.get('redis', 0):.0f}% and the broker {full.get('broker', 0):.0f}% of the other: "
-        "the Redis work is real CPU on the same two cores, so a full worker cannot match "
-        "a no-op one here. (Not measured: the same with Redis and the broker on other "
-        "cores.)",
+        "the Redis work is real CPU on the same two cores. The ratio moves with the "
+        "machine: full runs gave 0.56 (2026-12-06) and 0.95 (2026-12-07, a slow day: "
+        "the no-op worker lost more than the full one); a quick run 0.79. (Not "
+        "measured: the same with Redis and the broker on other cores.)",
         f"- **Two workers, speed-up {r['two_worker_speedup']} (goal 1.6).** Two workers use "
         f"{two.get('worker 1', 0) + two.get('worker 2', 0):.0f}% of the machine's 200%, Redis "
         f"{two.get('redis', 0):.0f}% and the broker {two.get('broker', 0):.0f}%: the two "
         "cores are full, so the speed-up is bounded by the cores (partitions are "
-        "independent; runs here gave 1.5–1.7).",
+        "independent).",
         f"- **Event-to-state p99 {r['event_to_state_p99_ms']} ms (goal ≤ 100 ms).** The "
         f"transport alone takes p50 {r['transport_floor_p50_ms']} / p99 "
         f"{r['transport_floor_p99_ms']} ms at the same rate (producer batching, broker, "
