@@ -202,16 +202,21 @@ def latency_cdf(ax: Any, samples_ms: Sequence[float], **style: Any) -> Any:
     return ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), **style)[0]
 
 
-def latency_axes(ax: Any, title: str) -> None:
-    """The latency CDF axes every serving report draws: log milliseconds labelled as
-    plain numbers (the minor ticks' '2×10⁰' labels ran into each other), the p99 line."""
+def latency_axes(
+    ax: Any,
+    title: str,
+    xlabel: str = "latency from scheduled send (ms, log)",
+    ylabel: str = "share of requests ≤ x",
+) -> None:
+    """The latency CDF axes every report draws: log milliseconds labelled as plain
+    numbers (the minor ticks' '2×10⁰' labels ran into each other), the p99 line."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("latency from scheduled send (ms, log)")
-    ax.set_ylabel("share of requests ≤ x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.axhline(0.99, color="grey", lw=0.5, ls="--")
     ax.set_title(title)
