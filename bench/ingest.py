@@ -496,7 +496,7 @@ def _plot(
     # Up to twice the bucket that holds the slowest event, not the histogram's last.
     slowest = next((le for le, n in finite if n >= total), finite[-1][0] if finite else 1.0)
     right.set_xlim(1, max(2000 * slowest, float(np.max(floor_ms, initial=1.0)) * 2))
-    right.legend(loc="center right", fontsize=8)
+    right.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
