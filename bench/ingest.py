@@ -453,7 +453,7 @@ def run(quick: bool) -> dict[str, object]:
         "profile_full_worker": summarize_profile(profile_path),
     }
     write_json(stem, result)
-    _plot(result, latency["buckets"], floor["delays_ms"], REPORTS / f"{stem}.png")
+    _plot(result, floor["delays_ms"], REPORTS / f"{stem}.png")
     _write_markdown(result, stem)
     console.print_json(
         orjson.dumps({k: v for k, v in result.items() if k != "profile_full_worker"}).decode()
@@ -461,12 +461,9 @@ def run(quick: bool) -> dict[str, object]:
     return result
 
 
-def _plot(
-    result: dict[str, object],
-    buckets: list[tuple[float, float]],
-    floor_ms: np.ndarray,
-    path: Path,
-) -> None:
+def _plot(result: dict[str, Any], floor_ms: np.ndarray, path: Path) -> None:
+    """The throughput bars and the delay CDFs: the worker's from the histogram kept in
+    `result`, the transport's from every message's delay (`floor_ms`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -474,14 +471,14 @@ def _plot(
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     names = ["no-op agent\n1 worker", "full agent\n1 worker", "full agent\n2 workers"]
-    values = [float(result["noop_eps"]), float(result["full_eps"]), float(result["two_worker_eps"])]  # type: ignore[arg-type]
+    values = [float(result[key]) for key in ("noop_eps", "full_eps", "two_worker_eps")]
     left.bar(names, values, color=["#999999", "#1f77b4", "#2ca02c"])
     left.set_ylabel("events / s")
     left.set_title("Ingestion throughput (Taobao stream)")
     for x, v in enumerate(values):
         left.text(x, v, f"{v:,.0f}", ha="center", va="bottom")
-    finite = [(le, n) for le, n in buckets if le != float("inf")]
-    total = buckets[-1][1] if buckets else 1
+    finite = result["event_to_state_buckets"]
+    total = result["event_to_state_count"] or 1
     right.step(
         [le * 1000 for le, _ in finite], [n / total for _, n in finite], where="post",
         label="worker (histogram buckets)",
@@ -515,9 +512,8 @@ def _bounds(r: dict[str, object], cpu: dict[str, dict[str, float]]) -> list[str]
         f"{full.get('worker 1', 0):.0f}% of a core while Redis takes "
         f"{full.get('redis', 0):.0f}% and the broker {full.get('broker', 0):.0f}% of the other: "
         "the Redis work is real CPU on the same two cores. The ratio moves with the "
-        "machine: full runs gave 0.56 (2026-12-06) and 0.95 (2026-12-07, a slow day: "
-        "the no-op worker lost more than the full one); a quick run 0.79. (Not "
-        "measured: the same with Redis and the broker on other cores.)",
+        "machine from run to run (docs/decisions.md, 2026-12-07). (Not measured: the "
+        "same with Redis and the broker on other cores.)",
         f"- **Two workers, speed-up {r['two_worker_speedup']} (goal 1.6).** Two workers use "
         f"{two.get('worker 1', 0) + two.get('worker 2', 0):.0f}% of the machine's 200%, Redis "
         f"{two.get('redis', 0):.0f}% and the broker {two.get('broker', 0):.0f}%: the two "
@@ -530,8 +526,8 @@ def _bounds(r: dict[str, object], cpu: dict[str, dict[str, float]]) -> list[str]
         "the batch before (one write in flight: `stream/overlap.py`) and its own write "
         "(parse, one Redis script call, the archive). At half the maximum rate the "
         "producer (kafka-python in the benchmark process, ~35% of a core), the worker, "
-        "Redis and the broker share two cores and the tail is queueing behind CPU: "
-        "identical 30 s runs while developing gave p99 145–445 ms.",
+        "Redis and the broker share two cores and the tail is queueing behind CPU: it "
+        "varies several-fold between identical runs (docs/decisions.md, 2026-12-07).",
     ]
     return lines
 
