@@ -188,20 +188,13 @@ class StoredUser:
         }
 
 
-def _user_read_keys(user_ids: Sequence[str]) -> list[str]:
-    """`read_users.lua`'s KEYS: six per user."""
-    return [
-        key
-        for user_id in user_ids
-        for key in (
-            user_key(user_id, UserPart.RECENT),
-            user_key(user_id, UserPart.PURCHASED),
-            user_key(user_id, UserPart.COUNTS),
-            user_key(user_id, UserPart.META),
-            user_vector_key(user_id),
-            user_key(user_id, UserPart.ITEMS),
-        )
-    ]
+def _user_read_call(user_ids: Sequence[str], for_ranking: bool, covis_items: int) -> dict[str, Any]:
+    """`read_users.lua`'s keys and arguments: the first user's meta key (routing only;
+    the script builds every key from the user ids), then one argument per user."""
+    return {
+        "keys": [user_key(user_ids[0], UserPart.META)],
+        "args": ["1" if for_ranking else "0", covis_items, *user_ids],
+    }
 
 
 def _latest_items(recent: list[bytes], n: int) -> list[str]:
@@ -687,12 +680,14 @@ class StateStore:
         `for_ranking=False` only what the user encoder and the cache tag need (recent
         events, counts, last_ts, cached vector): purchases and user-item counts come
         back empty, for the stream worker's vector refresh."""
+        if not user_ids:
+            return []
         covis_items = self.settings.covis_read_items if for_ranking else 0
         if self.cluster is not None:
             replies, covis = await self._read_users_by_slot(user_ids, for_ranking, covis_items)
         else:
             replies = await self._read_users_script(
-                keys=_user_read_keys(user_ids), args=["1" if for_ranking else "0", covis_items]
+                **_user_read_call(user_ids, for_ranking, covis_items)
             )
             covis = [_item_links(reply[5]) for reply in replies]
         users = []
@@ -725,10 +720,7 @@ class StateStore:
             by_slot.setdefault(slot, []).append(index)
         groups = list(by_slot.values())
         answers = await self._fan_out(
-            self._read_users_script(
-                keys=_user_read_keys([user_ids[i] for i in group]),
-                args=["1" if for_ranking else "0", 0],
-            )
+            self._read_users_script(**_user_read_call([user_ids[i] for i in group], for_ranking, 0))
             for group in groups
         )
         replies: list[Any] = [None] * len(user_ids)
