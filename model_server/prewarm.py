@@ -101,7 +101,7 @@ class Prewarm:
         if version != model.version:
             entries = self._arms_warm.get(model.version, {})
         entry = entries.get(user.user_id)
-        user_vector = entry_vector(model, user, entry)
+        user_vector = entry_vector(model, user.state_tag, entry)
         return None if user_vector is None or entry is None else (user_vector, entry)
 
     async def warm_up(self, model: ServedModel) -> None:

@@ -1,8 +1,9 @@
 """Refreshing the cached user vector (`sr:u:{U}:vec`) after each batch, off the ingest path.
 
 Once a batch is in Redis the ingestor hands its users here and goes on. A background
-task reads their state in one round trip, runs the encoder once for all of them (in a
-thread of its own), and writes every vector with the tag the model server checks
+task reads what the encoder needs of their state in one round trip
+(`StateStore.read_vector_inputs`), runs the encoder once for all of them (in a thread
+of its own), and writes every vector with the tag the model server checks
 (`streamrec/user_vectors.py`), so the server's next request for them skips the encoder.
 Nothing here can fail or slow a batch: errors are logged and counted, and a vector
 not written only costs the server one encoder call. A user whose state moved on in
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from streamrec.loaded import ModelHolder, ServedModel
 from streamrec.metrics import IngestMetrics
 from streamrec.state import StateStore, WriteBack
-from streamrec.user_vectors import cache_entry, cached_user_vector, encoder_inputs, known_events
+from streamrec.user_vectors import encoder_inputs, entry_vector, known_items, tagged_entry
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,14 @@ class VectorRefresher:
             self.metrics.vector_refreshes.labels(outcome).inc(count)
 
     async def _refresh(self, model: ServedModel, user_ids: list[str]) -> dict[str, int]:
-        users = await self.store.read_users(user_ids, for_ranking=False)
+        users = await self.store.read_vector_inputs(user_ids)
         stale, inputs = [], []
         cached = trending = 0
         for user in users:
-            if cached_user_vector(model, user) is not None:
+            if entry_vector(model, user.state_tag, user.cached_vector) is not None:
                 cached += 1  # a redelivered batch, or the server was first
                 continue
-            known = known_events(model, user.recent_events)
+            known = known_items(model, user.recent)
             if not known:
                 trending += 1  # the server answers this user from trending items
                 continue
@@ -121,8 +122,8 @@ class VectorRefresher:
         now_ms = int(time.time() * 1000)
         await self.store.write_back(
             [
-                WriteBack(user.user_id, (), now_ms, cache_entry(model, user, user_vectors[n]))
-                for n, user in enumerate(stale)
+                WriteBack(user.user_id, (), now_ms, tagged_entry(model, user.state_tag, vector))
+                for user, vector in zip(stale, user_vectors, strict=True)
             ]
         )
         return outcomes

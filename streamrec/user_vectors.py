@@ -5,11 +5,12 @@ server would compute and carry the tag it checks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from streamrec import features
+from streamrec.events import EventType
 from streamrec.loaded import ServedModel
 from streamrec.state import CachedVector, StoredEvent, StoredUser
 
@@ -19,8 +20,15 @@ TYPE_IDS = features.ENCODER_TYPE_IDS  # the ids training used: one table, never 
 
 def known_events(model: ServedModel, recent: Sequence[StoredEvent]) -> list[tuple[int, int]]:
     """(vocab row, type id) of the last `max_len` recent events the model knows, oldest first."""
+    return known_items(model, ((e.item_id, e.type) for e in recent))
+
+
+def known_items(
+    model: ServedModel, recent: Iterable[tuple[str, EventType]]
+) -> list[tuple[int, int]]:
+    """`known_events` from the recent events' (item id, type), oldest first."""
     rows = model.bundle.rows
-    known = [(rows[e.item_id], TYPE_IDS[e.type]) for e in recent if e.item_id in rows]
+    known = [(rows[item_id], TYPE_IDS[kind]) for item_id, kind in recent if item_id in rows]
     return known[-model.bundle.max_len :]
 
 
@@ -64,17 +72,18 @@ def user_encoder_inputs(model: ServedModel, recent: Sequence[StoredEvent]) -> En
 
 def cached_user_vector(model: ServedModel, user: StoredUser) -> np.ndarray | None:
     """(1, dim) from the cache when this version computed it from this very state."""
-    return entry_vector(model, user, user.cached_vector)
+    return entry_vector(model, user.state_tag, user.cached_vector)
 
 
 def entry_vector(
-    model: ServedModel, user: StoredUser, cached: CachedVector | None
+    model: ServedModel, state_tag: str, cached: CachedVector | None
 ) -> np.ndarray | None:
-    """(1, dim) from a cache entry when `model` computed it from `user`'s very state."""
+    """(1, dim) from a cache entry when `model` computed it from the very state
+    tagged `state_tag` (`StoredUser.state_tag`)."""
     if (
         cached is not None
         and cached.model_version == model.version
-        and cached.state_tag == user.state_tag
+        and cached.state_tag == state_tag
         and len(cached.values) == 4 * model.dim
     ):
         return np.frombuffer(cached.values, dtype=np.float32).reshape(1, model.dim)

@@ -342,6 +342,38 @@ async def test_many_answers_are_remembered_in_one_call(store: StateStore) -> Non
     assert CachedVector.from_bytes(raw) == vector
 
 
+async def test_the_vector_refreshs_read_is_what_the_full_read_says(store: StateStore) -> None:
+    """`read_vector_inputs` (the worker's refresh) gives the recent items and types,
+    the state tag and the cached vector `read_users` (the server) gives, for users of
+    many slots, late events, ids with separators, and users with no state."""
+    users = ["u1", "u:2|x", "ü3", "u4"]
+    await store.apply_events(
+        [
+            ev(
+                n,
+                user=users[n % 3],
+                item=f"i{n % 5}|:",
+                kind=EventType.PURCHASE if n % 4 else EventType.CLICK,
+            )
+            for n in range(30)
+        ]
+        + [ev(99, user="u1", item="late", ts=5)]
+    )
+    full = await store.read_users(users[:3])
+    vector = CachedVector("v7", full[0].state_tag, b"\x00|\x01")
+    await store.write_back([WriteBack("u1", [], 1_000, vector)])
+    lean = await store.read_vector_inputs([*users, "u1"])
+    full = await store.read_users([*users, "u1"])
+    assert [u.user_id for u in lean] == [*users, "u1"]
+    for mine, theirs in zip(lean, full, strict=True):
+        assert mine.recent == [(e.item_id, e.type) for e in theirs.recent_events]
+        assert mine.state_tag == theirs.state_tag
+        assert mine.cached_vector == theirs.cached_vector
+    assert lean[0].cached_vector == vector
+    assert lean[3].recent == [] and lean[3].state_tag == "0:None"
+    assert await store.read_vector_inputs([]) == []
+
+
 async def test_an_items_first_event_time_is_kept_in_any_arrival_order_as_training_replays_it(
     store: StateStore,
 ) -> None:
