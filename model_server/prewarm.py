@@ -39,7 +39,7 @@ import numpy as np
 from streamrec.loaded import ModelHolder, ServedModel, vocabulary_map
 from streamrec.metrics import ServeMetrics
 from streamrec.state import CachedVector, StoredUser
-from streamrec.user_vectors import EncoderInputs, encoder_inputs, entry_vector, tagged_entry
+from streamrec.user_vectors import EncoderInputs, encoded_users, entry_vector, tagged_entry
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Prewarm:
             if batch:
                 loop = asyncio.get_running_loop()
                 user_vectors = await loop.run_in_executor(
-                    self._encoder_thread, model.bundle.user_vectors, *encoder_inputs(sequences)
+                    self._encoder_thread, encoded_users, model, sequences
                 )
                 for (user_id, state_tag), user_vector in zip(batch, user_vectors, strict=True):
                     entries[user_id] = tagged_entry(model, state_tag, user_vector)

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from streamrec.loaded import ModelHolder, ServedModel
 from streamrec.metrics import IngestMetrics
 from streamrec.state import StateStore, WriteBack
-from streamrec.user_vectors import encoder_inputs, entry_vector, known_items, tagged_entry
+from streamrec.user_vectors import encoded_users, entry_vector, known_items, tagged_entry
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class VectorRefresher:
             return outcomes
         loop = asyncio.get_running_loop()
         user_vectors = await loop.run_in_executor(
-            self._encoder_thread, model.bundle.user_vectors, *encoder_inputs(inputs)
+            self._encoder_thread, encoded_users, model, inputs
         )
         # The server's own write-back (one script call, the same TTL), with no items shown.
         now_ms = int(time.time() * 1000)

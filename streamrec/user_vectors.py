@@ -64,6 +64,22 @@ def encoder_inputs(users: Sequence[list[tuple[int, int]]]) -> EncoderInputs:
     )
 
 
+def encoded_users(model: ServedModel, users: Sequence[list[tuple[int, int]]]) -> np.ndarray:
+    """(len(users), dim): `model`'s user vectors of many users' known events, one
+    encoder call per group of users whose event counts share a power-of-two ceiling,
+    so that one long history does not pad every other user of the batch to its
+    length (a user's vector does not depend on the padding: the mask hides it). The
+    stream worker's refresh and the server's prewarm call this off the event loop.
+    Users must not be empty."""
+    vectors = np.empty((len(users), model.dim), dtype=np.float32)
+    groups: dict[int, list[int]] = {}
+    for n, known in enumerate(users):
+        groups.setdefault((len(known) - 1).bit_length(), []).append(n)
+    for members in groups.values():
+        vectors[members] = model.bundle.user_vectors(*encoder_inputs([users[n] for n in members]))
+    return vectors
+
+
 def user_encoder_inputs(model: ServedModel, recent: Sequence[StoredEvent]) -> EncoderInputs | None:
     """One user's inputs; None when no recent item is known to the model (trending)."""
     known = known_events(model, recent)

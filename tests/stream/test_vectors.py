@@ -120,11 +120,12 @@ async def test_a_batchs_users_get_the_vector_the_server_would_compute(
     async with worker_for(settings) as worker:
         await worker.holder.load()
         model = worker.holder.current
-        # Different history lengths: the batch is left-padded, each user's own call is not.
+        # Different history lengths: the batch's users are encoded in groups of like
+        # length, left-padded within a group (ann and bob), each user's own call is not.
         batch = clicks("ann", items[:7]) + clicks("cat", items[10:12])
-        batch += clicks("ned", ["never-seen-1", "never-seen-2"])
+        batch += clicks("ned", ["never-seen-1", "never-seen-2"]) + clicks("bob", items[20:25])
         await worker.ingest(batch)
-        for user_id in ("ann", "cat"):
+        for user_id in ("ann", "cat", "bob"):
             user = await refreshed(worker, user_id)
             cached = user.cached_vector
             assert cached is not None and cached.model_version == version
@@ -134,18 +135,18 @@ async def test_a_batchs_users_get_the_vector_the_server_would_compute(
         assert (await worker.store.read_user("ned")).cached_vector is None
         ttl_s = await worker.store.redis.ttl("sr:u:{ann}:vec")
         assert 0 < ttl_s <= settings.user_ttl_s
-        assert worker.outcome("refreshed") == 2 and worker.outcome("trending") == 1
+        assert worker.outcome("refreshed") == 3 and worker.outcome("trending") == 1
 
         # Redelivered: the state did not change, so the cached vectors stand.
         await worker.ingest(batch)
         await asyncio.sleep(0.2)
-        assert worker.outcome("cached") == 2 and worker.outcome("refreshed") == 2
+        assert worker.outcome("cached") == 3 and worker.outcome("refreshed") == 3
 
         # A new event: a new state tag, a new vector.
         await worker.ingest(clicks("ann", items[20:21], start=100))
         user = await refreshed(worker, "ann")
         assert len(user.recent_events) == 8
-        assert worker.outcome("refreshed") == 3
+        assert worker.outcome("refreshed") == 4
         assert worker.metrics.vector_refresh_seconds._sum.get() > 0
 
 
