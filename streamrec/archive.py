@@ -85,8 +85,12 @@ class ArchiveWriter:
 
     def _append(self, records: Iterable[ArchivedEvent]) -> int:
         written = 0
+        # A batch's records share one arrival time: its segment is named once.
+        named_ms, segment = -1, ""
         for record in records:
-            segment = segment_name(datetime.fromtimestamp(record.arrived_ms / 1000, UTC))
+            if record.arrived_ms != named_ms:
+                named_ms = record.arrived_ms
+                segment = segment_name(datetime.fromtimestamp(named_ms / 1000, UTC))
             handle = self._file(segment, record.topic, record.partition)
             handle.write(
                 orjson.dumps(
