@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -21,6 +22,29 @@ from streamrec.settings import Settings
 log = logging.getLogger(__name__)
 
 RETRY_MAX_S = 30.0
+# How long a cancelled listener lets its consumer's start finish before it gives up.
+START_WAIT_S = 5.0
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_whole(client: Startable) -> None:
+    """`client.start()`, let finish (up to `START_WAIT_S`) when the caller is cancelled
+    meanwhile, then the cancellation raised: aiokafka leaves its bootstrap connection
+    open, until garbage collection closes it with a ResourceWarning, when its start
+    is cancelled while it waits for the first metadata (seen as a test failure)."""
+    starting = asyncio.ensure_future(client.start())
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait({starting}, timeout=START_WAIT_S)
+        if not done:
+            starting.cancel()
+        elif not starting.cancelled():
+            starting.exception()  # a failed start: retrieved, the caller is going away
+        raise
 
 
 async def wake_on_announcements(settings: Settings, wake: asyncio.Event) -> None:
@@ -37,7 +61,7 @@ async def wake_on_announcements(settings: Settings, wake: asyncio.Event) -> None
             auto_offset_reset="latest",
         )
         try:
-            await consumer.start()
+            await start_whole(consumer)
             retry_s = 1.0
             async for record in consumer:
                 log.info(
