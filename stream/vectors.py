@@ -2,9 +2,10 @@
 
 Once a batch is in Redis the ingestor hands its users here and goes on. A background
 task reads what the encoder needs of their state in one round trip
-(`StateStore.read_vector_inputs`), runs the encoder once for all of them (in a thread
-of its own), and writes every vector with the tag the model server checks
-(`streamrec/user_vectors.py`), so the server's next request for them skips the encoder.
+(`StateStore.read_vector_inputs`), runs the encoder on them in a thread of its own
+(`encoded_users`: one call per group of users of like history length), and writes
+every vector with the tag the model server checks (`streamrec/user_vectors.py`), so
+the server's next request for them skips the encoder.
 Nothing here can fail or slow a batch: errors are logged and counted, and a vector
 not written only costs the server one encoder call. A user whose state moved on in
 the meantime gets a vector tagged with the older state, which the server ignores.

@@ -205,11 +205,18 @@ class StoredUser:
         }
 
 
+def _routing_keys(user_ids: Sequence[str]) -> list[str]:
+    """KEYS of a script that reads users of one slot and builds their keys itself
+    (`read_users.lua`, `read_vector_inputs.lua`): the first user's meta key, which
+    routes the call on a Redis Cluster."""
+    return [user_key(user_ids[0], UserPart.META)]
+
+
 def _user_read_call(user_ids: Sequence[str], for_ranking: bool, covis_items: int) -> dict[str, Any]:
-    """`read_users.lua`'s keys and arguments: the first user's meta key (routing only;
-    the script builds every key from the user ids), then one argument per user."""
+    """`read_users.lua`'s keys and arguments: the routing key, then one argument per
+    user."""
     return {
-        "keys": [user_key(user_ids[0], UserPart.META)],
+        "keys": _routing_keys(user_ids),
         "args": ["1" if for_ranking else "0", covis_items, *user_ids],
     }
 
@@ -699,7 +706,7 @@ class StateStore:
         """`read_user` for many users in one script call: one round trip. With
         `for_ranking=False` only what the user encoder and the cache tag need (recent
         events, counts, last_ts, cached vector): purchases and user-item counts come
-        back empty, for the stream worker's vector refresh."""
+        back empty (the worker's vector refresh reads less still: `read_vector_inputs`)."""
         if not user_ids:
             return []
         covis_items = self.settings.covis_read_items if for_ranking else 0
@@ -750,7 +757,7 @@ class StateStore:
 
     async def _read_vector_inputs_call(self, user_ids: Sequence[str]) -> list[Any]:
         reply: list[Any] = await self._read_vector_inputs_script(
-            keys=[user_key(user_ids[0], UserPart.META)], args=list(user_ids)
+            keys=_routing_keys(user_ids), args=list(user_ids)
         )
         return reply
 

@@ -7,8 +7,8 @@
 -- epoch, links and scores}. One script call is one command for the client to pack
 -- and one reply to parse, where a MULTI/EXEC pipeline of five commands per user cost
 -- the model server ~1 ms of its CPU per request; the keys are built here, one
--- argument per user, where six keys per user cost the stream worker's vector
--- refresh a third of its CPU in redis-py's argument encoding.
+-- argument per user, where six keys per user cost the client redis-py's encoding
+-- of every one.
 local ranking = ARGV[1] == '1'
 local covis_items = tonumber(ARGV[2] or '0')
 local out = {}
